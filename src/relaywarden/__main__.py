@@ -1,0 +1,3 @@
+from relaywarden.admin.cli import main
+
+main()
