@@ -1,0 +1,171 @@
+"""The `relaywarden` command.
+
+Exit codes: 0 ok, 1 runtime failure (cannot listen, not found), 2 bad config or usage.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from relaywarden import __version__
+from relaywarden.config.load import ConfigError, load_config
+
+CONFIG_HELP = "TOML config file (default: the embedded default config)"
+
+
+def _load(path: str | None):
+    try:
+        return load_config(Path(path) if path else None)
+    except ConfigError as exc:
+        for msg in exc.messages:
+            click.echo(msg, err=True)
+        sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="relaywarden")
+def main() -> None:
+    """relaywarden: an SMTP relay gateway."""
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+def serve(config_path: str | None) -> None:
+    """Run the relay: every listener of the config, in one process."""
+    from relaywarden.app import run
+
+    cfg = _load(config_path)
+    sys.exit(run(cfg, Path(config_path) if config_path else None))
+
+
+@main.group()
+def config() -> None:
+    """Check configuration files."""
+
+
+@config.command("check")
+@click.argument("path", type=click.Path(dir_okay=False))
+def config_check(path: str) -> None:
+    """Validate PATH; every mistake is printed as `file: dotted.key: what is wrong`."""
+    cfg = _load(path)
+    names = ", ".join(f"{n} ({lc.address}:{lc.port})" for n, lc in cfg.listeners.items())
+    click.echo(f"{path}: ok; listeners: {names}")
+
+
+@main.group()
+def policy() -> None:
+    """Ask the relay policy questions."""
+
+
+@policy.command("explain")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--listener", required=True, help="listener name")
+@click.option("--client", required=True, help="client IP address")
+@click.option("--name", "verified_name", help="the client's verified reverse-DNS name, if any")
+@click.option("--user", help="authenticated user name, if any")
+@click.option("--from", "sender", required=True, help="MAIL FROM address ('<>' or '' for null)")
+@click.option("--to", "recipient", required=True, help="RCPT TO address")
+def policy_explain(config_path, listener, client, verified_name, user, sender, recipient) -> None:
+    """Print the decision for one client, sender and recipient, and the rule that made it."""
+    from relaywarden.config.build import build_policy
+    from relaywarden.policy.model import ClientFacts
+    from relaywarden.smtp.address import AddressError, parse_path
+
+    cfg = _load(config_path)
+    if listener not in cfg.listeners:
+        raise click.UsageError(
+            f"no listener {listener!r}; the config has: {', '.join(cfg.listeners)}"
+        )
+    try:
+        ip = ipaddress.ip_address(client)
+    except ValueError:
+        raise click.UsageError(f"--client: {client!r} is not an IP address") from None
+
+    def path(text: str, what: str):
+        text = text.strip()
+        if not text.startswith("<"):
+            text = f"<{text}>"
+        try:
+            return parse_path(text, utf8=True)
+        except AddressError as exc:
+            raise click.UsageError(f"{what}: {' '.join(exc.reply.lines)}") from None
+
+    facts = ClientFacts(listener=listener, ip=ip, verified_name=verified_name, user=user)
+    explanation = build_policy(cfg).explain(facts, path(sender, "--from"), path(recipient, "--to"))
+    click.echo(explanation.render())
+
+
+@main.group()
+def queue() -> None:
+    """Look at the queue (read-only for now)."""
+
+
+def _reader(config_path):
+    from relaywarden.queue.store import QueueReader
+
+    cfg = _load(config_path)
+    try:
+        return QueueReader(cfg.data_dir)
+    except FileNotFoundError as exc:
+        click.echo(f"relaywarden: {exc}", err=True)
+        sys.exit(1)
+
+
+@queue.command("list")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--status", type=click.Choice(["queued", "badmail", "delivered", "bounced"]))
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def queue_list(config_path, status, as_json) -> None:
+    """List messages with their recipients and each recipient's state."""
+    reader = _reader(config_path)
+    rows = reader.list(status=status)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("queue is empty")
+        return
+    click.echo(f"{'ID':<20} {'RECEIVED (UTC)':<19} {'SIZE':>8}  SENDER -> RECIPIENT [STATE]")
+    for row in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["received_at"]))
+        sender = row["sender"] or "<>"
+        first = True
+        for r in row["recipients"]:
+            lead = f"{row['id']:<20} {when:<19} {row['size']:>8}  {sender}" if first else " " * 51
+            click.echo(f"{lead} -> {r['address']} [{r['status']}]")
+            first = False
+
+
+@queue.command("show")
+@click.argument("queue_id")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--body", is_flag=True, help="also print the message as stored")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def queue_show(queue_id, config_path, body, as_json) -> None:
+    """Show one message's envelope, recipients and (with --body) content."""
+    reader = _reader(config_path)
+    msg = reader.show(queue_id)
+    if msg is None:
+        click.echo(f"relaywarden: no message {queue_id}", err=True)
+        sys.exit(1)
+    if body:
+        msg["body"] = (reader.body(queue_id) or b"").decode("utf-8", "replace")
+    if as_json:
+        click.echo(json.dumps(msg, indent=2))
+        return
+    for key, value in msg.items():
+        if key in ("recipients", "body"):
+            continue
+        click.echo(f"{key + ':':<13} {value if value is not None else '-'}")
+    for r in msg["recipients"]:
+        click.echo(f"recipient:    {r['address']} [{r['status']}] rule={r['rule']}"
+                   + (f" reason={r['reason']}" if r["reason"] else ""))
+    if body:
+        click.echo("")
+        click.echo(msg["body"])

@@ -1,0 +1,182 @@
+"""Builds the parts from the config and runs them: listeners, queue, logs; signals and drain.
+
+No business logic lives here (DESIGN.md): this file only wires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from relaywarden.config.build import build_policy
+from relaywarden.config.load import ConfigError, load_config
+from relaywarden.config.schema import Config
+from relaywarden.logs.files import RotatingFile, Rotation
+from relaywarden.logs.maillog import MailLog
+from relaywarden.logs.protocol import W3C_HEADER, ProtocolLog
+from relaywarden.queue.store import Store
+from relaywarden.server.context import ListenerContext, Services
+from relaywarden.server.session import SmtpSession
+from relaywarden.smtp.server import BareLineEnds, ServerSettings
+
+#: How long a stopping relay lets sessions finish a transaction before it closes them.
+DRAIN_SECONDS = 10.0
+#: How often buffered log lines are written out.
+LOG_FLUSH_SECONDS = 1.0
+
+
+def listener_contexts(cfg: Config) -> dict[str, ListenerContext]:
+    contexts = {}
+    for name, lc in cfg.listeners.items():
+        bare = BareLineEnds.NORMALIZE if lc.line_endings.bare_lf == "normalize" else BareLineEnds.REJECT
+        settings = ServerSettings(
+            hostname=cfg.relay.hostname,
+            max_message_size=lc.max_message_size,
+            max_recipients=lc.max_recipients,
+            max_errors=lc.max_errors,
+            bare_line_ends=bare,
+        )
+        contexts[name] = ListenerContext(
+            name=name,
+            hostname=cfg.relay.hostname,
+            banner=lc.banner,
+            settings=settings,
+            command_timeout=float(lc.command_timeout),
+            data_timeout=float(lc.data_timeout),
+            postmaster=cfg.relay.postmaster,
+            normalize_networks=tuple(
+                ipaddress.ip_network(n) for n in lc.line_endings.normalize_networks
+            ),
+        )
+    return contexts
+
+
+def _logs(cfg: Config) -> tuple[MailLog, ProtocolLog | None]:
+    log = cfg.log
+    directory = cfg.log_dir
+    rotation = Rotation(log.rotate)
+
+    def series(prefix: str, suffix: str, header: str = "") -> RotatingFile:
+        return RotatingFile(directory, prefix=prefix, suffix=suffix, rotation=rotation,
+                            max_size=log.max_size, keep=log.keep, header=header)
+
+    mail = MailLog(series("mail", ".log") if log.mail else None)
+    protocol = None
+    if log.protocol:
+        protocol = ProtocolLog(
+            w3c=series("ex", ".log", W3C_HEADER) if "w3c" in log.protocol_formats else None,
+            jsonl=series("ex", ".jsonl") if "json" in log.protocol_formats else None,
+        )
+    return mail, protocol
+
+
+class Relay:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.services: Services | None = None
+        self.servers: list[asyncio.base_events.Server] = []
+        self.contexts = listener_contexts(cfg)
+        self._stop = asyncio.Event()
+        self._flusher: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        store = Store.open(self.cfg.data_dir)
+        mail_log, protocol_log = _logs(self.cfg)
+        self.services = Services(
+            policy=build_policy(self.cfg), store=store, mail_log=mail_log,
+            protocol_log=protocol_log,
+        )
+        loop = asyncio.get_running_loop()
+        for name, lc in self.cfg.listeners.items():
+            server = await loop.create_server(
+                lambda name=name: SmtpSession(self.contexts[name], self.services),
+                host=lc.address, port=lc.port, reuse_address=True, backlog=1024,
+                family=socket.AF_INET6 if ":" in lc.address else socket.AF_INET,
+            )
+            self.servers.append(server)
+            print(f"relaywarden: listener {name} on {lc.address}:{lc.port}", file=sys.stderr,
+                  flush=True)
+        self._flusher = loop.create_task(self._flush_logs())
+
+    async def _flush_logs(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_FLUSH_SECONDS)
+            self.services.mail_log.flush()
+            if self.services.protocol_log is not None:
+                self.services.protocol_log.flush()
+
+    def reload(self, path: Path | None) -> None:
+        """SIGHUP: new policy and listener settings for new sessions; addresses need a restart."""
+        try:
+            cfg = load_config(path)
+        except ConfigError as exc:
+            for msg in exc.messages:
+                print(f"relaywarden: reload refused: {msg}", file=sys.stderr, flush=True)
+            return
+        moved = [
+            n for n, lc in cfg.listeners.items()
+            if n not in self.cfg.listeners
+            or (lc.address, lc.port) != (self.cfg.listeners[n].address, self.cfg.listeners[n].port)
+        ]
+        if moved or set(cfg.listeners) != set(self.cfg.listeners):
+            print("relaywarden: reload: listener addresses changed; restart to apply them",
+                  file=sys.stderr, flush=True)
+        self.services.policy = build_policy(cfg)
+        self.contexts.update({k: v for k, v in listener_contexts(cfg).items() if k in self.contexts})
+        self.cfg = cfg
+        print("relaywarden: configuration reloaded", file=sys.stderr, flush=True)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            server.close()
+        services = self.services
+        # Let sessions finish what they are doing (a commit in flight must answer its 250).
+        deadline = asyncio.get_running_loop().time() + DRAIN_SECONDS
+        while services.tasks and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        for session in list(services.sessions):
+            if session.transport is not None:
+                session.transport.write(b"421 4.3.2 Service shutting down\r\n")
+                session.transport.close()
+        if self._flusher is not None:
+            self._flusher.cancel()
+        await asyncio.sleep(0)
+        services.store.close()
+        services.mail_log.close()
+        if services.protocol_log is not None:
+            services.protocol_log.close()
+
+
+async def serve(cfg: Config, config_path: Path | None) -> int:
+    relay = Relay(cfg)
+    try:
+        await relay.start()
+    except OSError as exc:
+        print(f"relaywarden: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, relay.request_stop)
+    loop.add_signal_handler(signal.SIGINT, relay.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, relay.reload, config_path)
+    await relay.wait_stopped()
+    await relay.stop()
+    print("relaywarden: stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+def run(cfg: Config, config_path: Path | None) -> int:
+    try:
+        import uvloop  # optional: the "fast" extra
+    except ImportError:
+        return asyncio.run(serve(cfg, config_path))
+    return uvloop.run(serve(cfg, config_path))

@@ -1,0 +1,526 @@
+"""The TOML config schema (pydantic v2).
+
+Strict on purpose: an unknown or misspelt key is an error (`extra="forbid"` on every
+table), values are not coerced between types (`strict=True`: `port = "25"` is a mistake
+worth pointing at), and cross-field mistakes (two listeners on one port, a listener
+naming an undefined group) are reported with the dotted key of the offending entry.
+
+Validators raise `ValueError` with a short "what is wrong" text; `config/load.py` turns
+pydantic's errors into `FILE: dotted.key: what is wrong`. Errors that belong to a key
+below the validated field are raised with `problem(...)`, which carries the extra path.
+
+After validation every value is resolved: sizes are ints, networks are `ip_network`
+objects, patterns are normalised, relative paths are absolute, listener defaults taken
+from `[relay]` are filled in. Code using the config never re-derives a default.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PrivateAttr,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from relaywarden.policy import match
+
+# Context key passed to `model_validate(..., context=...)`: the directory relative paths
+# are resolved against (the config file's directory; cwd for the embedded default).
+BASE_DIR = "base_dir"
+
+# Names of groups and listeners appear in rule names and log lines ("groups.scanners.
+# senders"); keep them to TOML bare keys so a dotted key is never ambiguous.
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def problem(path: Sequence[str | int], message: str) -> PydanticCustomError:
+    """An error about `path` below the field being validated (see load.py)."""
+    return PydanticCustomError("relaywarden_problems", "{message}", {
+        "message": message, "problems": ((tuple(path), message),),
+    })
+
+
+def problems(found: list[tuple[tuple[str | int, ...], str]]) -> PydanticCustomError:
+    return PydanticCustomError("relaywarden_problems", "{message}", {
+        "message": "; ".join(message for _, message in found), "problems": tuple(found),
+    })
+
+
+# ---------------------------------------------------------------------------- value types
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from 10485760, "10MB" (1000-based) or "10MiB" (1024-based)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size: an integer (bytes) or a string like \"35MB\"")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{value} is negative; a size is >= 0 (0 = unlimited)")
+        return value
+    if isinstance(value, str):
+        found = _SIZE.match(value)
+        if found is None:
+            raise ValueError(
+                f"{value!r} is not a size; use bytes or a number with KB, MB, GB, KiB, MiB or GiB"
+            )
+        number, unit = found.groups()
+        return int(float(number) * _UNITS[(unit or "b").lower()])
+    raise ValueError("expected a size: an integer (bytes) or a string like \"35MB\"")
+
+
+def _network(value: Any) -> match.IPNetwork:
+    if not isinstance(value, str):
+        raise ValueError("expected a string such as \"10.0.0.0/8\"")
+    return match.parse_network(value)
+
+
+def _address(value: Any) -> IPv4Address | IPv6Address:
+    if not isinstance(value, str):
+        raise ValueError("expected a string such as \"127.0.0.1\" or \"::\"")
+    try:
+        return ip_address(value.strip())
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+
+
+def _string_parser(parse):
+    def validate(value: Any) -> Any:
+        if not isinstance(value, str):
+            raise ValueError("expected a string")
+        return parse(value)
+    return validate
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("expected a number of seconds")
+    if value <= 0:
+        raise ValueError(f"{value} is not positive")
+    return float(value)
+
+
+def _non_empty_string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value.strip()
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+Network = Annotated[Any, BeforeValidator(_network)]
+IPAddr = Annotated[Any, BeforeValidator(_address)]
+Duration = Annotated[float, BeforeValidator(_duration)]
+AccessEntry = Annotated[Any, BeforeValidator(_string_parser(match.parse_access_entry))]
+HostPattern = Annotated[str, BeforeValidator(_string_parser(match.parse_hostname))]
+HostName = Annotated[
+    str, BeforeValidator(_string_parser(lambda text: match.parse_hostname(text, wildcard=False)))
+]
+DomainPattern = Annotated[str, BeforeValidator(_string_parser(match.parse_domain_pattern))]
+HostedDomain = Annotated[
+    str,
+    BeforeValidator(_string_parser(lambda text: _hosted_domain(text))),
+]
+SenderPattern = Annotated[str, BeforeValidator(_string_parser(match.parse_sender_pattern))]
+MailAddress = Annotated[str, BeforeValidator(_string_parser(match.parse_address))]
+Text = Annotated[str, BeforeValidator(_non_empty_string)]
+
+
+def _hosted_domain(text: str) -> str:
+    if text.strip() == "*":
+        raise ValueError("'*' would accept mail for every domain from anyone: an open relay")
+    return match.parse_domain_pattern(text)
+
+
+def _unique(values: list[Any], what: str = "entry") -> None:
+    seen: dict[Any, int] = {}
+    found = []
+    for index, value in enumerate(values):
+        if value in seen:
+            found.append(((index,), f"duplicate {what} {str(value)!r} (also at [{seen[value]}])"))
+        else:
+            seen[value] = index
+    if found:
+        raise problems(found)
+
+
+def _check_name(name: str, what: str) -> None:
+    if not _NAME.match(name):
+        raise problem(
+            (name,), f"{what} name {name!r} may only use letters, digits, '_' and '-'"
+        )
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+class RelaySettings(Strict):
+    # socket.getfqdn() is the machine's own name: only read when the config leaves it out.
+    hostname: HostName = Field(default_factory=socket.getfqdn)
+    data_dir: Path = Path("var")           # absolute after validation
+    postmaster: MailAddress | None = None  # filled: "postmaster@" + hostname
+    max_message_size: Size = 35_000_000    # 0 = unlimited
+    hosted_domains: list[HostedDomain] = []
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _path(cls, value: Any, info: ValidationInfo) -> Path:
+        if isinstance(value, Path):
+            path = value
+        elif isinstance(value, str) and value.strip():
+            path = Path(value)
+        else:
+            raise ValueError("expected a non-empty path string")
+        base = Path((info.context or {}).get(BASE_DIR) or Path.cwd())
+        return (base / path.expanduser()).absolute()
+
+    @field_validator("hosted_domains")
+    @classmethod
+    def _unique_domains(cls, value: list[str]) -> list[str]:
+        _unique(value, "domain")
+        return value
+
+    @model_validator(mode="after")
+    def _postmaster(self) -> RelaySettings:
+        if self.postmaster is None:
+            self.postmaster = f"postmaster@{self.hostname}"
+        return self
+
+
+class QueueSettings(Strict):
+    backend: str = "sqlite"
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        if value == "postgresql":
+            raise ValueError("'postgresql' is not supported yet")
+        if value != "sqlite":
+            raise ValueError(f"{value!r} is not a queue backend; expected 'sqlite'")
+        return value
+
+
+class LogSettings(Strict):
+    dir: Path = Path("log")                # relative to data_dir; absolute after validation
+    protocol: bool = True
+    protocol_formats: list[Literal["w3c", "json"]] = ["w3c", "json"]
+    mail: bool = True
+    rotate: Literal["daily", "size"] = "daily"
+    max_size: Size = 100_000_000
+    keep: int = Field(default=30, ge=1)
+
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _dir(cls, value: Any) -> Path:
+        if isinstance(value, Path):
+            return value
+        if isinstance(value, str) and value.strip():
+            return Path(value).expanduser()
+        raise ValueError("expected a non-empty path string")
+
+    @field_validator("protocol_formats")
+    @classmethod
+    def _formats(cls, value: list[str]) -> list[str]:
+        _unique(value, "format")
+        return value
+
+    @model_validator(mode="after")
+    def _some_format(self) -> LogSettings:
+        if self.protocol and not self.protocol_formats:
+            raise problem(("protocol_formats",), "must not be empty when protocol = true")
+        if self.rotate == "size" and self.max_size == 0:
+            raise problem(("max_size",), "must be > 0 with rotate = \"size\"")
+        return self
+
+
+_HOP = re.compile(r"^(?:\[(?P<literal>[^\]]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>[0-9]+))?$")
+
+
+def parse_next_hop(text: str) -> tuple[str, int | None]:
+    """("mx", None), ("[10.0.0.5]", 25), ("smtp.example.net", None), ...
+
+    A bracketed host is an IP address used as is (no MX lookup), the usual SMTP
+    convention (Postfix relayhost, IIS smart host). The port is None when not given
+    (delivery uses 25).
+    """
+    stripped = text.strip()
+    if stripped.lower() == "mx":
+        return ("mx", None)
+    found = _HOP.match(stripped)
+    if found is None:
+        raise ValueError(
+            f"{text!r} is not a next hop; use \"[ip]:port\", \"[ip]\", \"host:port\", \"host\" or \"mx\""
+        )
+    port = None
+    if found["port"] is not None:
+        port = int(found["port"])
+        if not 1 <= port <= 65535:
+            raise ValueError(f"{text!r}: port {port} is not in 1..65535")
+    if found["literal"] is not None:
+        literal = found["literal"]
+        if literal.lower().startswith("ipv6:"):
+            literal = literal[5:]
+        try:
+            ip = ip_address(literal)
+        except ValueError:
+            raise ValueError(f"{text!r}: {found['literal']!r} is not an IP address") from None
+        return (f"[{ip}]", port)
+    return (match.parse_hostname(found["host"], wildcard=False), port)
+
+
+def _next_hop(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    host, port = parse_next_hop(value)
+    return host if port is None else f"{host}:{port}"
+
+
+NextHop = Annotated[str, BeforeValidator(_next_hop)]
+
+
+class RouteSettings(Strict):
+    # Normalised: "mx", "[10.0.0.5]:25", "smtp.example.net"; see parse_next_hop.
+    next_hops: list[NextHop] = Field(min_length=1)
+
+
+class GroupSettings(Strict):
+    networks: list[Network] = []
+    hostnames: list[HostPattern] = []
+    users: list[Text] = []
+    directory_groups: list[Text] = []
+    recipient_domains: list[DomainPattern] | None = None   # None: any domain
+    senders: list[SenderPattern] | None = None             # None: any sender
+    on_violation: Literal["reject", "badmail"] = "reject"
+
+    @model_validator(mode="after")
+    def _members(self) -> GroupSettings:
+        if not (self.networks or self.hostnames or self.users or self.directory_groups):
+            raise ValueError(
+                "the group has no members: set networks, hostnames, users or directory_groups"
+            )
+        # An empty list would silently refuse everything; leaving the key out means "any".
+        if self.recipient_domains == []:
+            raise problem(("recipient_domains",), "must not be empty (leave it out to allow any domain)")
+        if self.senders == []:
+            raise problem(("senders",), "must not be empty (leave it out to allow any sender)")
+        for key in ("networks", "hostnames", "recipient_domains", "senders"):
+            _unique_at(key, getattr(self, key) or [])
+        return self
+
+
+def _unique_at(key: str, values: list[Any]) -> None:
+    try:
+        _unique(values)
+    except PydanticCustomError as exc:
+        raise problems([((key, *path), message) for path, message in exc.context["problems"]])
+
+
+class AccessSettings(Strict):
+    default: Literal["allow", "deny"] = "allow"
+    allow: list[AccessEntry] = []
+    deny: list[AccessEntry] = []
+
+
+class ListenerRelaySettings(Strict):
+    # Closed by default: a listener relays for nobody until a network is listed here.
+    networks: list[Network] = []
+    authenticated: bool = False
+
+
+class LineEndingSettings(Strict):
+    bare_lf: Literal["reject", "normalize"] = "reject"
+    normalize_networks: list[Network] = []
+
+    @model_validator(mode="after")
+    def _useful(self) -> LineEndingSettings:
+        if self.bare_lf == "normalize" and self.normalize_networks:
+            raise problem(
+                ("normalize_networks",),
+                "has no effect with bare_lf = \"normalize\" (every client is normalized)",
+            )
+        return self
+
+
+class ListenerSettings(Strict):
+    address: IPAddr
+    port: int = Field(ge=1, le=65535)
+    banner: Text = "ESMTP relaywarden"
+    max_message_size: Size | None = None       # filled from relay.max_message_size
+    max_recipients: int = Field(default=100, ge=1)
+    max_errors: int = Field(default=10, ge=1)
+    command_timeout: Duration = 300.0
+    data_timeout: Duration = 300.0
+    groups: list[str] | None = None            # filled: all defined groups, in file order
+    access: AccessSettings = Field(default_factory=dict)
+    relay: ListenerRelaySettings = Field(default_factory=dict)
+    line_endings: LineEndingSettings = Field(default_factory=dict)
+
+    @field_validator("groups")
+    @classmethod
+    def _unique_groups(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            _unique(value, "group")
+        return value
+
+
+class Config(Strict):
+    relay: RelaySettings = Field(default_factory=dict)
+    queue: QueueSettings = Field(default_factory=dict)
+    log: LogSettings = Field(default_factory=dict)
+    routes: dict[str, RouteSettings] = {}
+    groups: dict[str, GroupSettings] = {}      # in file order: the order groups are tried
+    listeners: dict[str, ListenerSettings] = {}
+
+    # Where the config came from: the path as given, or "<default>". Set by load.py;
+    # private so that no TOML key can set it.
+    _source: str = PrivateAttr(default="<default>")
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _route_keys(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            found = []
+            for key in value:
+                try:
+                    match.parse_domain_pattern(key)
+                except ValueError as exc:
+                    found.append(((key,), f"route key: {exc}"))
+            if found:
+                raise problems(found)
+        return value
+
+    @field_validator("routes")
+    @classmethod
+    def _normalise_routes(cls, value: dict[str, RouteSettings]) -> dict[str, RouteSettings]:
+        routes: dict[str, RouteSettings] = {}
+        found = []
+        for key, route in value.items():
+            domain = match.parse_domain_pattern(key)
+            if domain in routes:
+                found.append(((key,), f"route for {domain!r} is defined twice"))
+            routes[domain] = route
+        if found:
+            raise problems(found)
+        return routes
+
+    @field_validator("groups", mode="before")
+    @classmethod
+    def _group_names(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for name in value:
+                _check_name(name, "group")
+        return value
+
+    @field_validator("listeners", mode="before")
+    @classmethod
+    def _listener_names(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for name in value:
+                _check_name(name, "listener")
+        return value
+
+    @field_validator("listeners")
+    @classmethod
+    def _some_listener(cls, value: dict[str, ListenerSettings]) -> dict[str, ListenerSettings]:
+        if not value:
+            raise ValueError("at least one listener is required ([listeners.NAME])")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        found: list[tuple[tuple[str | int, ...], str]] = []
+        used: dict[tuple[Any, int], str] = {}
+        for name, listener in self.listeners.items():
+            key = (listener.address, listener.port)
+            where = _show_endpoint(listener.address, listener.port)
+            if key in used:
+                found.append(
+                    (("listeners", name, "port"), f"{where} is already used by listener {used[key]!r}")
+                )
+            else:
+                used[key] = name
+            for index, group in enumerate(listener.groups or []):
+                if group not in self.groups:
+                    known = ", ".join(self.groups) or "none defined"
+                    found.append(
+                        (("listeners", name, "groups", index), f"unknown group {group!r} (groups: {known})")
+                    )
+        if found:
+            raise problems(found)
+
+        # Resolve defaults that come from other tables.
+        self.log.dir = self.relay.data_dir / self.log.dir
+        for listener in self.listeners.values():
+            if listener.max_message_size is None:
+                listener.max_message_size = self.relay.max_message_size
+            if listener.groups is None:
+                listener.groups = list(self.groups)
+            else:
+                # Groups are tried in file order whatever order the listener lists them.
+                chosen = set(listener.groups)
+                listener.groups = [name for name in self.groups if name in chosen]
+        return self
+
+    # Convenience views ------------------------------------------------------------
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def data_dir(self) -> Path:
+        """Absolute: queue, logs and badmail live below it."""
+        return self.relay.data_dir
+
+    @property
+    def log_dir(self) -> Path:
+        return self.log.dir
+
+
+def _show_endpoint(address: IPv4Address | IPv6Address, port: int) -> str:
+    return f"{address}:{port}" if address.version == 4 else f"[{address}]:{port}"
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """Things that load but probably will not work, as `FILE: dotted.key: ...` lines.
+
+    A wildcard bind ("0.0.0.0:25") next to a specific one on the same port ("10.0.0.1:25")
+    works on Windows and the BSDs but fails with "address in use" on Linux; it is not an
+    error because the config is valid where the platform allows it.
+    """
+    found = []
+    listeners = list(cfg.listeners.items())
+    for name, listener in listeners:
+        for other_name, other in listeners:
+            if (
+                other_name != name and listener.port == other.port
+                and listener.address.version == other.address.version
+                and listener.address.is_unspecified and not other.address.is_unspecified
+            ):
+                found.append(
+                    f"{cfg.source}: listeners.{other_name}.address: "
+                    f"{_show_endpoint(other.address, other.port)} overlaps "
+                    f"{_show_endpoint(listener.address, listener.port)} of listener {name!r}; "
+                    "on Linux the second bind fails with 'address in use'"
+                )
+    return found

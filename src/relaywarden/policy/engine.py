@@ -1,0 +1,287 @@
+"""The policy engine: may this client connect, send as this sender, to this recipient?
+
+Pure functions of `ClientFacts`, addresses and the `ListenerPolicy` built from the config.
+Every answer is a `Decision` that names the config entry (`rule`) that decided, so an
+admin reading the log or `relaywarden explain` can find the line to change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from relaywarden.policy import match
+from relaywarden.policy.model import (
+    Action,
+    ClientFacts,
+    ClientGroup,
+    Decision,
+    ListenerPolicy,
+)
+from relaywarden.smtp.address import Address
+from relaywarden.smtp.reply import reply
+
+# Replies. The client gets a short generic text; the detail goes to the log (DESIGN.md
+# house style 5). 5.7.1 is "delivery not authorized, message refused" (RFC 3463 3.8).
+# A refused connection is answered with 554 instead of the 220 greeting (RFC 5321 3.1).
+CONNECT_OK = reply(220, None, "Service ready")  # the server replaces it with its banner
+ACCESS_DENIED = reply(554, "5.7.1", "Access denied")
+SENDER_OK = reply(250, "2.1.0", "Ok")
+SENDER_DENIED = reply(550, "5.7.1", "Sender address not allowed")
+RECIPIENT_OK = reply(250, "2.1.5", "Ok")
+ROUTING_DENIED = reply(550, "5.7.1", "Routing in the local part is not allowed")
+RELAY_DENIED = reply(550, "5.7.1", "Unable to relay")
+DOMAIN_DENIED = reply(550, "5.7.1", "Recipient domain not allowed for this sender")
+
+
+def _show_client(client: ClientFacts) -> str:
+    name = client.verified_name if client.verified_name is not None else "no verified name"
+    who = f"{client.ip} ({name})"
+    if client.user is not None:
+        who += f" user {client.user!r}"
+    return who
+
+
+def _show_path(address: Address | None) -> str:
+    return "<>" if address is None else f"<{address}>"
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    group: ClientGroup
+    reason: str  # which entry put the client in the group, e.g. "networks[0] 10.0.5.0/24"
+
+
+def find_group(listener: ListenerPolicy, client: ClientFacts) -> Membership | None:
+    """The first group of the listener, in order, that the client belongs to."""
+    user = client.user.casefold() if client.user is not None else None
+    directory = {name.casefold() for name in client.directory_groups}
+    for group in listener.groups:
+        index = match.first_network(group.networks, client.ip)
+        if index is not None:
+            return Membership(group, f"networks[{index}] {group.networks[index]}")
+        for index, pattern in enumerate(group.hostnames):
+            if match.hostname_matches(pattern, client.verified_name):
+                return Membership(group, f"hostnames[{index}] {pattern}")
+        if user is not None:
+            for index, name in enumerate(group.users):
+                if name.casefold() == user:
+                    return Membership(group, f"users[{index}] {name}")
+        for index, name in enumerate(group.directory_groups):
+            if name.casefold() in directory:
+                return Membership(group, f"directory_groups[{index}] {name}")
+    return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Explanation:
+    """Every step the server would take for one (client, sender, recipient), for the CLI.
+
+    Steps after the first refusal are None: the server would never have asked them.
+    """
+
+    connect: Decision
+    sender: Decision | None
+    recipient: Decision | None
+
+    def render(self) -> str:
+        lines = []
+        for step, decision in (
+            ("connect", self.connect),
+            ("sender", self.sender),
+            ("recipient", self.recipient),
+        ):
+            if decision is None:
+                lines.append(f"{step}: not reached")
+                continue
+            text = f"{step}: {decision.action.value}"
+            # The accepted connection's 220 is a placeholder for the server's banner.
+            if not (step == "connect" and decision.action is Action.ACCEPT):
+                code = decision.reply.code
+                text += f" {code} {decision.reply.enhanced}" if decision.reply.enhanced else f" {code}"
+            text += f" ({decision.rule})"
+            if decision.detail:
+                text += f": {decision.detail}"
+            lines.append(text)
+        return "\n".join(lines)
+
+
+class Policy:
+    def __init__(self, listeners: Mapping[str, ListenerPolicy]) -> None:
+        self.listeners = dict(listeners)
+
+    def _listener(self, client: ClientFacts) -> ListenerPolicy:
+        try:
+            return self.listeners[client.listener]
+        except KeyError:
+            # A programming error (the server only runs configured listeners), not a
+            # client's fault: fail loudly rather than guess a policy.
+            raise KeyError(f"no policy for listener {client.listener!r}") from None
+
+    # ---------------------------------------------------------------- connect
+    def check_connect(self, client: ClientFacts) -> Decision:
+        """Connection control: the most specific matching entry across allow and deny wins.
+
+        "Most specific" is `match.specificity`; on a tie deny wins, so listing the same
+        entry in both lists closes rather than opens. No match: the listener's default.
+        """
+        listener = self._listener(client)
+        access = listener.access
+        best: tuple[tuple[int, int], bool, int, match.Matcher] | None = None
+        # deny is scanned first and only replaced by a strictly more specific allow entry.
+        for is_deny, entries in ((True, access.deny), (False, access.allow)):
+            for index, entry in enumerate(entries):
+                if not match.entry_matches(entry, client.ip, client.verified_name):
+                    continue
+                rank = match.specificity(entry)
+                if best is None or rank > best[0]:
+                    best = (rank, is_deny, index, entry)
+        prefix = f"listeners.{listener.name}.access"
+        if best is None:
+            action = access.default
+            verdict = "allow" if action is Action.ACCEPT else "deny"
+            return Decision(
+                action=action,
+                reply=CONNECT_OK if action is Action.ACCEPT else ACCESS_DENIED,
+                rule=f"{prefix}.default",
+                detail=f"no access entry matches {_show_client(client)}; default is {verdict}",
+            )
+        _, is_deny, index, entry = best
+        kind = "deny" if is_deny else "allow"
+        return Decision(
+            action=Action.REJECT if is_deny else Action.ACCEPT,
+            reply=ACCESS_DENIED if is_deny else CONNECT_OK,
+            rule=f"{prefix}.{kind}[{index}]",
+            detail=f"{_show_client(client)} matches {kind} entry {entry}",
+        )
+
+    # ---------------------------------------------------------------- MAIL FROM
+    def check_sender(self, client: ClientFacts, sender: Address | None) -> Decision:
+        listener = self._listener(client)
+        membership = find_group(listener, client)
+        if membership is not None and membership.group.senders is not None:
+            group = membership.group
+            index = match.first_sender(group.senders, sender)
+            if index is None:
+                return Decision(
+                    action=Action.REJECT,
+                    reply=SENDER_DENIED,
+                    rule=f"groups.{group.name}.senders",
+                    detail=(
+                        f"{_show_path(sender)} is not in {', '.join(group.senders)} "
+                        f"(client in group {group.name} by {membership.reason})"
+                    ),
+                )
+            return Decision(
+                action=Action.ACCEPT,
+                reply=SENDER_OK,
+                rule="default",
+                detail=f"{_show_path(sender)} matches groups.{group.name}.senders[{index}] "
+                f"{group.senders[index]}",
+            )
+        reason = "no group restricts senders" if membership is None else (
+            f"group {membership.group.name} does not restrict senders"
+        )
+        return Decision(action=Action.ACCEPT, reply=SENDER_OK, rule="default", detail=reason)
+
+    # ---------------------------------------------------------------- RCPT TO
+    def check_recipient(
+        self, client: ClientFacts, sender: Address | None, recipient: Address
+    ) -> Decision:
+        """Decide one RCPT TO.
+
+        The parser has already dropped any source route (RFC 5321 3.6.1 and appendix C:
+        servers SHOULD ignore it) and normalised case and the trailing dot, so only the
+        final mailbox `local@domain` is looked at here. `sender` is unused today (sender
+        rules are decided at MAIL FROM) but is part of the seam for per-sender routes.
+        """
+        del sender
+        listener = self._listener(client)
+
+        # 1. RFC 5321 4.5.1: <postmaster> without a domain must always be accepted.
+        if recipient.domain == "":
+            return Decision(
+                action=Action.ACCEPT,
+                reply=RECIPIENT_OK,
+                rule="postmaster",
+                detail=f"<postmaster> goes to the configured postmaster <{listener.postmaster}>",
+            )
+
+        # 2. Routing characters in the local part ("user%evil.com@example.com",
+        # "evil.com!user@example.com", "\"user@evil.com\"@example.com") ask the next hop
+        # to relay further. If a hosted server downstream (Exchange, sendmail) honours the
+        # percent hack or a bang path, accepting such an address for a hosted domain turns
+        # the pair into an open relay. Postfix refuses them only from untrusted clients
+        # (allow_untrusted_routing = no); we refuse them for everyone, because no
+        # legitimate sender of today needs them and a trusted but compromised app is
+        # exactly who would abuse them.
+        if recipient.routing_chars:
+            return Decision(
+                action=Action.REJECT,
+                reply=ROUTING_DENIED,
+                rule="address.routing",
+                detail=f"<{recipient}> has '%', '!' or '@' in the local part",
+            )
+
+        # 3. Relay permission: hosted domains are open to anyone (inbound mail); other
+        # domains only to relay networks or, when allowed, authenticated users.
+        domain = recipient.domain
+        prefix = f"listeners.{listener.name}.relay"
+        index = match.first_domain(listener.hosted_domains, domain)
+        if index is not None:
+            rule = "relay.hosted_domains"
+            permission = f"{domain} is hosted ({listener.hosted_domains[index]})"
+        else:
+            index = match.first_network(listener.relay_networks, client.ip)
+            if index is not None:
+                rule = f"{prefix}.networks[{index}]"
+                permission = f"{client.ip} is in relay network {listener.relay_networks[index]}"
+            elif client.user is not None and listener.relay_authenticated:
+                rule = f"{prefix}.authenticated"
+                permission = f"authenticated user {client.user!r} may relay"
+            else:
+                why = f"{domain} is not hosted and {_show_client(client)} may not relay"
+                if client.user is not None:
+                    why += f" ({prefix}.authenticated is off)"
+                return Decision(
+                    action=Action.REJECT, reply=RELAY_DENIED, rule="relay.denied", detail=why
+                )
+
+        # 4. Group restriction (the seed scenario: scanners may mail only the company's
+        # own domains; anything else is refused or quarantined).
+        membership = find_group(listener, client)
+        if membership is not None and membership.group.recipient_domains is not None:
+            group = membership.group
+            if match.first_domain(group.recipient_domains, domain) is None:
+                detail = f"{domain} is not in {', '.join(group.recipient_domains)}"
+                if group.on_violation is Action.BADMAIL:
+                    return Decision(
+                        action=Action.BADMAIL,
+                        reply=RECIPIENT_OK,
+                        rule=f"groups.{group.name}.recipient_domains",
+                        detail=detail,
+                    )
+                return Decision(
+                    action=Action.REJECT,
+                    reply=DOMAIN_DENIED,
+                    rule=f"groups.{group.name}.recipient_domains",
+                    detail=detail,
+                )
+            permission += f"; allowed for group {group.name}"
+
+        # 5.
+        return Decision(action=Action.ACCEPT, reply=RECIPIENT_OK, rule=rule, detail=permission)
+
+    # ---------------------------------------------------------------- explain
+    def explain(
+        self, client: ClientFacts, sender: Address | None, recipient: Address
+    ) -> Explanation:
+        connect = self.check_connect(client)
+        if connect.action is not Action.ACCEPT:
+            return Explanation(connect=connect, sender=None, recipient=None)
+        mail = self.check_sender(client, sender)
+        if mail.action is not Action.ACCEPT:
+            return Explanation(connect=connect, sender=mail, recipient=None)
+        return Explanation(
+            connect=connect, sender=mail, recipient=self.check_recipient(client, sender, recipient)
+        )

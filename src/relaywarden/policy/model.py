@@ -1,0 +1,76 @@
+"""Plain values the policy decides from and the decisions it returns.
+
+The policy never reads the config file or the network: `config/build.py` turns the
+config into these values, and the server fills `ClientFacts` from the connection (after
+its own DNS lookups). That keeps every decision testable from one line of data.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+
+from relaywarden.policy.match import IPNetwork, Matcher
+from relaywarden.smtp.reply import Reply
+
+
+class Action(enum.Enum):
+    ACCEPT = "accept"
+    REJECT = "reject"
+    # Accept at SMTP level (the client sees 250) but quarantine the message in the badmail
+    # folder instead of delivering it: the IIS habit the seed scenario relies on, so a
+    # scanner user cannot tell a blocked recipient from a delivered one and the admin is
+    # told instead.
+    BADMAIL = "badmail"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    action: Action
+    reply: Reply          # what the client is told
+    rule: str             # the config entry that decided, e.g. "groups.scanners.senders"
+    detail: str           # for the log and `explain`; never sent to the client
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientFacts:
+    listener: str
+    ip: IPv4Address | IPv6Address
+    # Reverse DNS name confirmed by a forward lookup (FCrDNS), or None. A name that was
+    # only claimed by a PTR record must not be put here: it is attacker-controlled.
+    verified_name: str | None = None
+    user: str | None = None                     # authenticated user (SMTP AUTH), or None
+    directory_groups: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccessRules:
+    """Connection control of one listener (IIS "Connection" dialog)."""
+
+    default: Action = Action.ACCEPT          # ACCEPT or REJECT
+    allow: tuple[Matcher, ...] = ()
+    deny: tuple[Matcher, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientGroup:
+    name: str
+    networks: tuple[IPNetwork, ...] = ()
+    hostnames: tuple[str, ...] = ()          # normalised patterns, verified names only
+    users: tuple[str, ...] = ()              # compared case-insensitively
+    directory_groups: tuple[str, ...] = ()   # compared case-insensitively (AD group names are)
+    recipient_domains: tuple[str, ...] | None = None   # None: any domain
+    senders: tuple[str, ...] | None = None             # None: any sender
+    on_violation: Action = Action.REJECT               # REJECT or BADMAIL
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListenerPolicy:
+    name: str
+    access: AccessRules = AccessRules()
+    relay_networks: tuple[IPNetwork, ...] = ()
+    relay_authenticated: bool = False
+    groups: tuple[ClientGroup, ...] = ()     # in the order they are tried
+    hosted_domains: tuple[str, ...] = ()     # normalised domain patterns (no "*")
+    postmaster: str = "postmaster@localhost"

@@ -1,0 +1,397 @@
+"""The durable queue: envelopes, per-recipient state and bodies in SQLite.
+
+Nothing is answered 250 before the transaction holding the message is on disk. SQLite runs in
+WAL mode with ``synchronous=FULL``, so every COMMIT fsyncs the write-ahead log. One writer
+thread owns the write connection and commits whatever is waiting in one transaction (group
+commit): twenty sessions that finish DATA together cost one fsync, not twenty (DESIGN.md,
+"Known traps": design for the slow disk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import os
+import queue as thread_queue
+import secrets
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id          TEXT PRIMARY KEY,
+    received_at REAL NOT NULL,
+    listener    TEXT NOT NULL,
+    client_ip   TEXT NOT NULL,
+    client_name TEXT,
+    helo        TEXT NOT NULL,
+    auth_user   TEXT,
+    sender      TEXT NOT NULL,          -- '' is the null reverse-path <>
+    ret         TEXT,                   -- DSN RET (RFC 3461 4.3)
+    envid       TEXT,                   -- DSN ENVID (RFC 3461 4.4)
+    body_type   TEXT,                   -- BODY= (7BIT / 8BITMIME)
+    smtputf8    INTEGER NOT NULL,
+    size        INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS recipients (
+    message_id   TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    idx          INTEGER NOT NULL,
+    address      TEXT NOT NULL,
+    orcpt        TEXT,                  -- DSN ORCPT (RFC 3461 4.2)
+    notify       TEXT,                  -- DSN NOTIFY, comma separated (RFC 3461 4.1)
+    status       TEXT NOT NULL,         -- queued | badmail | delivered | bounced
+    rule         TEXT NOT NULL,         -- the policy rule that accepted or quarantined it
+    reason       TEXT NOT NULL,
+    next_attempt REAL NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (message_id, idx)
+);
+CREATE INDEX IF NOT EXISTS recipients_due ON recipients(status, next_attempt);
+CREATE TABLE IF NOT EXISTS bodies (
+    message_id TEXT PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+    data       BLOB NOT NULL
+);
+"""
+
+#: Bodies up to this size stay in memory while DATA streams in; larger ones spill to a
+#: temporary file in the data directory, so a 100 MB message never sits whole in RAM.
+SPOOL_MEMORY_LIMIT = 1 << 20
+#: Group commit: at most this many messages (or bytes) share one transaction.
+BATCH_MAX_MESSAGES = 512
+BATCH_MAX_BYTES = 64 << 20
+_COPY_CHUNK = 1 << 20
+
+
+class RecipientStatus(enum.Enum):
+    QUEUED = "queued"
+    BADMAIL = "badmail"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecipientRecord:
+    address: str
+    status: RecipientStatus
+    rule: str
+    reason: str = ""
+    orcpt: str | None = None
+    notify: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Envelope:
+    queue_id: str
+    received_at: float
+    listener: str
+    client_ip: str
+    client_name: str | None
+    helo: str
+    auth_user: str | None
+    sender: str
+    recipients: tuple[RecipientRecord, ...]
+    ret: str | None = None
+    envid: str | None = None
+    body_type: str | None = None
+    smtputf8: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredMessage:
+    envelope: Envelope
+    size: int
+
+
+class StoreError(Exception):
+    """The queue could not make a message durable; the client gets a 451 4.3.0."""
+
+
+_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXZ"
+
+
+def new_queue_id() -> str:
+    """A sortable, unique queue ID: microseconds since the epoch, then 40 random bits.
+
+    Sortable so that `queue list` shows arrival order; random so that several processes
+    (SO_REUSEPORT workers, several nodes) never collide without coordinating.
+    """
+    n = time.time_ns() // 1000
+    out = []
+    while n:
+        n, r = divmod(n, len(_ALPHABET))
+        out.append(_ALPHABET[r])
+    stamp = "".join(reversed(out))
+    rand = secrets.randbits(40)
+    tail = []
+    for _ in range(8):
+        rand, r = divmod(rand, len(_ALPHABET))
+        tail.append(_ALPHABET[r])
+    return stamp + "".join(tail)
+
+
+class BodySpool:
+    """Where DATA content goes while it arrives: memory first, a temp file past a limit."""
+
+    __slots__ = ("_buf", "_file", "_tmp_dir", "size")
+
+    def __init__(self, tmp_dir: Path) -> None:
+        self._buf: bytearray | None = bytearray()
+        self._file = None
+        self._tmp_dir = tmp_dir
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self._buf is not None:
+            self._buf += data
+            if len(self._buf) > SPOOL_MEMORY_LIMIT:
+                self._file = tempfile.TemporaryFile(dir=self._tmp_dir, prefix="spool-")
+                self._file.write(self._buf)
+                self._buf = None
+        else:
+            self._file.write(data)
+
+    def chunks(self) -> Iterator[bytes]:
+        if self._buf is not None:
+            yield bytes(self._buf)
+            return
+        self._file.seek(0)
+        while chunk := self._file.read(_COPY_CHUNK):
+            yield chunk
+
+    @property
+    def in_memory(self) -> bool:
+        return self._buf is not None
+
+    def discard(self) -> None:
+        self._buf = bytearray()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self.size = 0
+
+
+@dataclass(slots=True)
+class _Job:
+    envelope: Envelope
+    spool: BodySpool
+    done: Future = field(default_factory=Future)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    # FULL: the WAL is fsynced at every COMMIT, so a committed message survives power loss.
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA foreign_keys=ON")
+    return db
+
+
+class Store:
+    """The SQLite queue. ``commit`` is the only way in, and it returns after the fsync."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.path = data_dir / "queue.sqlite3"
+        self.tmp_dir = data_dir / "tmp"
+        self._jobs: thread_queue.SimpleQueue[_Job | None] = thread_queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._db: sqlite3.Connection | None = None
+        self.commits = 0   # transactions committed: group commit makes this < messages
+
+    @classmethod
+    def open(cls, data_dir: Path) -> "Store":
+        data_dir.mkdir(parents=True, exist_ok=True)
+        store = cls(data_dir)
+        store.tmp_dir.mkdir(exist_ok=True)
+        # Spool files are anonymous (unlinked at creation), so nothing is left behind by a
+        # crash; this only clears files an older layout might have left.
+        for stale in store.tmp_dir.glob("spool-*"):
+            stale.unlink(missing_ok=True)
+        store._db = _connect(store.path)
+        store._db.executescript(SCHEMA)
+        store._writer = threading.Thread(target=store._write_loop, name="queue-writer", daemon=True)
+        store._writer.start()
+        return store
+
+    def new_spool(self) -> BodySpool:
+        return BodySpool(self.tmp_dir)
+
+    async def commit(self, envelope: Envelope, spool: BodySpool) -> None:
+        """Make the message durable. Raises StoreError if it could not be."""
+        job = _Job(envelope, spool)
+        self._jobs.put(job)
+        await asyncio.wrap_future(job.done)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._jobs.put(None)
+            self._writer.join(timeout=30)
+            self._writer = None
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # -- the writer thread -------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._jobs.get()
+            if first is None:
+                return
+            batch = [first]
+            size = first.spool.size
+            stop = False
+            while len(batch) < BATCH_MAX_MESSAGES and size < BATCH_MAX_BYTES:
+                try:
+                    job = self._jobs.get_nowait()
+                except thread_queue.Empty:
+                    break
+                if job is None:
+                    stop = True
+                    break
+                batch.append(job)
+                size += job.spool.size
+            self._write_batch(batch)
+            if stop:
+                return
+
+    def _write_batch(self, batch: list[_Job]) -> None:
+        error = self._transaction(batch)
+        if error is None:
+            for job in batch:
+                job.done.set_result(None)
+        elif len(batch) == 1:
+            batch[0].done.set_exception(error)
+        else:
+            # One bad message must not cost the others their 250: retry them one by one.
+            for job in batch:
+                self._write_batch([job])
+
+    def _transaction(self, batch: list[_Job]) -> StoreError | None:
+        db = self._db
+        assert db is not None
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                self._insert(db, job)
+            db.execute("COMMIT")
+        except Exception as exc:  # noqa: BLE001 - every failure must reach the client as 451
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            return StoreError(f"queue write failed: {exc}")
+        self.commits += 1
+        return None
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, job: _Job) -> None:
+        env, spool = job.envelope, job.spool
+        db.execute(
+            "INSERT INTO messages (id, received_at, listener, client_ip, client_name, helo,"
+            " auth_user, sender, ret, envid, body_type, smtputf8, size)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (env.queue_id, env.received_at, env.listener, env.client_ip, env.client_name,
+             env.helo, env.auth_user, env.sender, env.ret, env.envid, env.body_type,
+             int(env.smtputf8), spool.size),
+        )
+        db.executemany(
+            "INSERT INTO recipients (message_id, idx, address, orcpt, notify, status, rule,"
+            " reason, next_attempt) VALUES (?,?,?,?,?,?,?,?,?)",
+            [
+                (env.queue_id, i, r.address, r.orcpt,
+                 ",".join(r.notify) if r.notify is not None else None,
+                 r.status.value, r.rule, r.reason, env.received_at)
+                for i, r in enumerate(env.recipients)
+            ],
+        )
+        if spool.in_memory:
+            (data,) = spool.chunks()
+            db.execute("INSERT INTO bodies (message_id, data) VALUES (?, ?)", (env.queue_id, data))
+        else:
+            # Large body: reserve the blob, then copy the spool file in chunks (no whole copy
+            # in memory).
+            db.execute(
+                "INSERT INTO bodies (message_id, data) VALUES (?, zeroblob(?))",
+                (env.queue_id, spool.size),
+            )
+            (rowid,) = db.execute(
+                "SELECT rowid FROM bodies WHERE message_id = ?", (env.queue_id,)
+            ).fetchone()
+            with db.blobopen("bodies", "data", rowid) as blob:
+                for chunk in spool.chunks():
+                    blob.write(chunk)
+
+
+class QueueReader:
+    """Read-only access for the CLI and the tests; safe while the relay runs (WAL)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        path = data_dir / "queue.sqlite3"
+        if not path.exists():
+            raise FileNotFoundError(f"no queue at {path}")
+        self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def list(self, *, status: str | None = None, limit: int = 1000) -> list[dict]:
+        sql = (
+            "SELECT m.id, m.received_at, m.listener, m.client_ip, m.sender, m.size,"
+            " r.address, r.status, r.rule, r.reason FROM messages m"
+            " JOIN recipients r ON r.message_id = m.id"
+        )
+        args: tuple = ()
+        if status is not None:
+            sql += " WHERE r.status = ?"
+            args = (status,)
+        sql += " ORDER BY m.received_at, m.id, r.idx LIMIT ?"
+        rows: dict[str, dict] = {}
+        for mid, at, listener, ip, sender, size, rcpt, st, rule, reason in self._db.execute(
+            sql, args + (limit,)
+        ):
+            row = rows.setdefault(mid, {
+                "id": mid, "received_at": at, "listener": listener, "client_ip": ip,
+                "sender": sender, "size": size, "recipients": [],
+            })
+            row["recipients"].append({"address": rcpt, "status": st, "rule": rule, "reason": reason})
+        return list(rows.values())
+
+    def show(self, queue_id: str) -> dict | None:
+        cur = self._db.execute(
+            "SELECT id, received_at, listener, client_ip, client_name, helo, auth_user, sender,"
+            " ret, envid, body_type, smtputf8, size FROM messages WHERE id = ?",
+            (queue_id,),
+        )
+        row = cur.fetchone()
+        if row is None:
+            return None
+        cols = [c[0] for c in cur.description]
+        msg = dict(zip(cols, row))
+        msg["smtputf8"] = bool(msg["smtputf8"])
+        msg["recipients"] = [
+            dict(zip(("address", "orcpt", "notify", "status", "rule", "reason", "attempts"), r))
+            for r in self._db.execute(
+                "SELECT address, orcpt, notify, status, rule, reason, attempts FROM recipients"
+                " WHERE message_id = ? ORDER BY idx",
+                (queue_id,),
+            )
+        ]
+        return msg
+
+    def body(self, queue_id: str) -> bytes | None:
+        row = self._db.execute(
+            "SELECT data FROM bodies WHERE message_id = ?", (queue_id,)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def count(self) -> int:
+        (n,) = self._db.execute("SELECT COUNT(*) FROM messages").fetchone()
+        return n

@@ -1,0 +1,450 @@
+"""One SMTP session: the driver between a socket, the protocol core, the policy and the queue.
+
+The driver makes no decision of its own: the smtp core says what the client asked, the policy
+says whether it may, the queue says when the message is safe. The driver only carries facts
+between them, and the replies and log lines back.
+
+It is an ``asyncio.Protocol`` (not a stream reader): bytes arrive in whatever chunks the kernel
+gives and go to the core in one call, so a pipelined burst or a 50 KB DATA block costs one
+callback, not one await per line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from dataclasses import dataclass, field, replace
+from email.utils import formatdate
+
+from relaywarden.logs.maillog import MailEvent
+from relaywarden.logs.protocol import ProtocolEntry
+from relaywarden.policy.model import Action, ClientFacts, Decision
+from relaywarden.queue.store import (
+    BodySpool,
+    Envelope,
+    RecipientRecord,
+    RecipientStatus,
+    StoreError,
+    new_queue_id,
+)
+from relaywarden.server.context import ListenerContext, Services
+from relaywarden.smtp.address import Address
+from relaywarden.smtp.events import (
+    NEED_DATA,
+    Auth,
+    AuthResponse,
+    Closed,
+    DataChunk,
+    DataEnd,
+    DataStart,
+    Handled,
+    Hello,
+    MailFrom,
+    MailParams,
+    RcptTo,
+    StartTls,
+)
+from relaywarden.smtp.reply import START_DATA, Reply, reply
+from relaywarden.smtp.server import BareLineEnds, ServerConnection
+
+QUEUE_FAILED = reply(451, "4.3.0", "Requested action aborted: local error in processing")
+NOT_AVAILABLE = reply(502, "5.5.1", "Command not implemented")
+TIMEOUT = reply(421, "4.4.2", "Timeout exceeded, closing connection")
+INTERNAL_ERROR = reply(421, "4.3.0", "Local error, closing connection")
+
+
+@dataclass(slots=True)
+class _Transaction:
+    sender: Address | None
+    params: MailParams
+    recipients: list[RecipientRecord] = field(default_factory=list)
+    queue_id: str = ""
+    spool: BodySpool | None = None
+
+
+def _clean(text: str, limit: int = 255) -> str:
+    """Make client-supplied text safe for a header line: printable ASCII, bounded."""
+    out = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return out[:limit]
+
+
+class SmtpSession(asyncio.Protocol):
+    def __init__(self, ctx: ListenerContext, services: Services) -> None:
+        self.ctx = ctx
+        self.services = services
+        self.transport: asyncio.Transport | None = None
+        self.conn: ServerConnection | None = None
+        self.client: ClientFacts | None = None
+        self.client_ip = ""
+        self.server_ip = ""
+        self.server_port = 0
+        self.helo = ""
+        self.esmtp = False
+        self.txn: _Transaction | None = None
+        self._waiting = False          # a queue commit is in flight; events wait for it
+        self._read_paused = False
+        self._write_paused = False
+        self._closed = False
+        self._last_activity = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._messages = 0
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._loop = asyncio.get_running_loop()
+        self.services.sessions.add(self)
+        peer = transport.get_extra_info("peername") or ("0.0.0.0", 0)
+        sock = transport.get_extra_info("sockname") or ("0.0.0.0", 0)
+        self.client_ip = peer[0].split("%", 1)[0]
+        self.server_ip, self.server_port = sock[0], sock[1]
+        ip = ipaddress.ip_address(self.client_ip)
+        self.client = ClientFacts(listener=self.ctx.name, ip=ip, verified_name=None)
+        settings = self.ctx.settings
+        if settings.bare_line_ends is BareLineEnds.REJECT and self.ctx.normalizes(ip):
+            settings = replace(settings, bare_line_ends=BareLineEnds.NORMALIZE)
+        self.conn = ServerConnection(settings)
+
+        self.services.mail_log.event(
+            MailEvent.CONNECT, listener=self.ctx.name, client=self.client_ip,
+            port=peer[1] if len(peer) > 1 else None,
+        )
+        decision = self.services.policy.check_connect(self.client)
+        if decision.action is Action.REJECT:
+            self._log_reject("connect", decision)
+            greeting = decision.reply
+        else:
+            greeting = reply(220, None, f"{self.ctx.hostname} {self.ctx.banner}")
+        self.conn.greet(greeting)
+        self._protocol_log("CONNECT", "", greeting, 0)
+        self._flush()
+        self._last_activity = self._loop.time()
+        self._arm_timer(self.ctx.command_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_activity = self._loop.time()
+        self.conn.receive_data(data)
+        self._pump()
+
+    def eof_received(self) -> bool:
+        self.conn.receive_data(b"")
+        self._pump()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self._drop_transaction()
+        self.services.sessions.discard(self)
+        self.services.mail_log.event(
+            MailEvent.DISCONNECT, listener=self.ctx.name, client=self.client_ip,
+            messages=self._messages,
+        )
+
+    def pause_writing(self) -> None:
+        # The client is not reading our replies: stop reading its commands until it does.
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._update_reading()
+
+    # -- the event pump ----------------------------------------------------------------
+
+    def _pump(self) -> None:
+        conn = self.conn
+        try:
+            while not self._waiting and not self._closed:
+                event = conn.next_event()
+                if event is NEED_DATA:
+                    break
+                kind = type(event)
+                if kind is DataChunk:
+                    if self.txn is not None and self.txn.spool is not None:
+                        self.txn.spool.write(event.data)
+                    continue
+                handler = self._HANDLERS.get(kind)
+                if handler is None:
+                    conn.respond(NOT_AVAILABLE)
+                    continue
+                handler(self, event)
+                if kind is Closed:
+                    break
+        except Exception as exc:  # noqa: BLE001 - one broken session must not hurt the others
+            self.services.mail_log.event(
+                MailEvent.DISCONNECT, listener=self.ctx.name, client=self.client_ip,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            self._drop_transaction()
+            if self.transport is not None and not self._closed:
+                self.transport.write(INTERNAL_ERROR.to_bytes())
+                self.transport.close()
+            self._closed = True
+            return
+        self._flush()
+
+    def _flush(self) -> None:
+        out = self.conn.data_to_send()
+        if out and not self._closed:
+            self.transport.write(out)
+        if self.conn.closing and not self._closed:
+            self._closed = True
+            self.transport.close()
+
+    def _update_reading(self) -> None:
+        if self._closed or self.transport is None:
+            return
+        want_pause = self._waiting or self._write_paused
+        if want_pause and not self._read_paused:
+            self.transport.pause_reading()
+            self._read_paused = True
+        elif not want_pause and self._read_paused:
+            self.transport.resume_reading()
+            self._read_paused = False
+
+    # -- handlers ------------------------------------------------------------------------
+
+    def _on_hello(self, ev: Hello) -> None:
+        self._drop_transaction()
+        self.helo = ev.name
+        self.esmtp = ev.extended
+        if ev.extended:
+            answer = self.conn.ehlo_reply(f"Hello {_clean(ev.name, 64)} [{self.client_ip}]")
+        else:
+            answer = reply(250, None, self.ctx.hostname)
+        self._respond("EHLO" if ev.extended else "HELO", ev.name, answer)
+
+    def _on_mail(self, ev: MailFrom) -> None:
+        query = f"FROM:<{ev.sender if ev.sender is not None else ''}>"
+        decision = self.services.policy.check_sender(self.client, ev.sender)
+        if decision.action is not Action.ACCEPT:
+            self._log_reject("mail", decision, sender=self._addr(ev.sender))
+            self._respond("MAIL", query, decision.reply)
+            return
+        self.txn = _Transaction(sender=ev.sender, params=ev.params)
+        self._respond("MAIL", query, reply(250, "2.1.0", "Ok"))
+
+    def _on_rcpt(self, ev: RcptTo) -> None:
+        txn = self.txn
+        rcpt = ev.recipient
+        query = f"TO:<{rcpt}>"
+        decision = self.services.policy.check_recipient(self.client, txn.sender, rcpt)
+        if decision.action is Action.REJECT:
+            self._log_reject("rcpt", decision, sender=self._addr(txn.sender), recipient=str(rcpt))
+            self._respond("RCPT", query, decision.reply)
+            return
+        # A bare <postmaster> (RFC 5321 4.5.1) is the relay's own postmaster.
+        address = self.ctx.postmaster if rcpt.domain == "" else str(rcpt)
+        status = RecipientStatus.BADMAIL if decision.action is Action.BADMAIL else RecipientStatus.QUEUED
+        txn.recipients.append(RecipientRecord(
+            address=address, status=status, rule=decision.rule, reason=decision.detail,
+            orcpt=ev.params.orcpt, notify=ev.params.notify,
+        ))
+        self._respond("RCPT", query, decision.reply)
+
+    def _on_data_start(self, ev: DataStart) -> None:
+        txn = self.txn
+        txn.queue_id = new_queue_id()
+        txn.spool = self.services.store.new_spool()
+        txn.spool.write(self._received_header(txn))
+        self._respond("DATA", "", START_DATA)
+
+    def _on_data_end(self, ev: DataEnd) -> None:
+        txn = self.txn
+        if ev.problem is not None:
+            self.services.mail_log.event(
+                MailEvent.REJECT, stage="data", listener=self.ctx.name, client=self.client_ip,
+                id=txn.queue_id, code=ev.problem.code, reason=" ".join(ev.problem.lines),
+            )
+            self._drop_transaction()
+            self._respond(".", "", ev.problem)
+            return
+        envelope = Envelope(
+            queue_id=txn.queue_id,
+            received_at=time.time(),
+            listener=self.ctx.name,
+            client_ip=self.client_ip,
+            client_name=self.client.verified_name,
+            helo=self.helo,
+            auth_user=self.client.user,
+            sender=self._addr(txn.sender),
+            recipients=tuple(txn.recipients),
+            ret=txn.params.ret,
+            envid=txn.params.envid,
+            body_type=txn.params.body,
+            smtputf8=txn.params.smtputf8,
+        )
+        self._waiting = True
+        self._update_reading()
+        task = self._loop.create_task(self._commit(envelope, txn.spool, ev.size))
+        # asyncio keeps only weak references to tasks (DESIGN.md, known traps).
+        self.services.tasks.add(task)
+        task.add_done_callback(self.services.tasks.discard)
+
+    async def _commit(self, envelope: Envelope, spool: BodySpool, size: int) -> None:
+        started = time.monotonic()
+        try:
+            await self.services.store.commit(envelope, spool)
+        except StoreError as exc:
+            answer = QUEUE_FAILED
+            self.services.mail_log.event(
+                MailEvent.REJECT, stage="queue", listener=self.ctx.name, client=self.client_ip,
+                id=envelope.queue_id, code=answer.code, reason=str(exc),
+            )
+        else:
+            answer = reply(250, "2.0.0", f"Ok: queued as {envelope.queue_id}")
+            self._messages += 1
+            self._log_queued(envelope, spool.size)
+        finally:
+            spool.discard()
+        self.txn = None
+        self._waiting = False
+        if self._closed:
+            return
+        self.conn.respond(answer)
+        self._protocol_log(".", f"id={envelope.queue_id}", answer, size,
+                           int((time.monotonic() - started) * 1000))
+        self._update_reading()
+        self._pump()
+
+    def _on_handled(self, ev: Handled) -> None:
+        if ev.verb.upper() in ("RSET", "HELO", "EHLO"):
+            self._drop_transaction()
+        self._protocol_log(ev.verb, ev.argument, ev.reply, len(ev.verb) + len(ev.argument) + 3)
+
+    def _on_closed(self, ev: Closed) -> None:
+        self._drop_transaction()
+        if ev.reason not in ("quit",):
+            self._protocol_log("CLOSE", ev.reason, None, 0)
+
+    def _on_unsupported(self, ev) -> None:
+        # STARTTLS and AUTH arrive with the security issue; the core only emits these events
+        # when the settings advertise them, which nothing does yet.
+        self.conn.respond(NOT_AVAILABLE)
+
+    _HANDLERS = {
+        Hello: _on_hello,
+        MailFrom: _on_mail,
+        RcptTo: _on_rcpt,
+        DataStart: _on_data_start,
+        DataEnd: _on_data_end,
+        Handled: _on_handled,
+        Closed: _on_closed,
+        StartTls: _on_unsupported,
+        Auth: _on_unsupported,
+        AuthResponse: _on_unsupported,
+    }
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _respond(self, method: str, query: str, answer: Reply) -> None:
+        self.conn.respond(answer)
+        self._protocol_log(method, query, answer, len(method) + len(query) + 3)
+
+    def _drop_transaction(self) -> None:
+        if self.txn is not None and not self._waiting:
+            if self.txn.spool is not None:
+                self.txn.spool.discard()
+            self.txn = None
+
+    @staticmethod
+    def _addr(address: Address | None) -> str:
+        return "" if address is None else str(address)
+
+    def _received_header(self, txn: _Transaction) -> bytes:
+        """The trace header (RFC 5321 4.4), written before the first byte of content."""
+        client = self.client
+        proto = "UTF8SMTP" if txn.params.smtputf8 else ("ESMTP" if self.esmtp else "SMTP")
+        if client.user is not None:
+            proto += "A"   # RFC 3848
+        if client.verified_name:
+            from_part = f"{_clean(self.helo)} ({client.verified_name} [{self.client_ip}])"
+        else:
+            from_part = f"{_clean(self.helo)} ([{self.client_ip}])"
+        lines = [
+            f"Received: from {from_part}",
+            f"\tby {self.ctx.hostname} (relaywarden, listener {self.ctx.name})",
+            f"\twith {proto} id {txn.queue_id}",
+        ]
+        if len(txn.recipients) == 1:
+            # Only a single recipient is named: listing them all would disclose Bcc's.
+            lines.append(f"\tfor <{_clean(txn.recipients[0].address, 900)}>")
+        lines[-1] += ";"
+        lines.append(f"\t{formatdate(localtime=True)}")
+        return ("\r\n".join(lines) + "\r\n").encode("ascii")
+
+    def _protocol_log(self, method: str, query: str, answer: Reply | None, cs_bytes: int,
+                      time_taken_ms: int = 0) -> None:
+        plog = self.services.protocol_log
+        if plog is None:
+            return
+        plog.record(ProtocolEntry(
+            client_ip=self.client_ip,
+            username=self.client.user if self.client else None,
+            site=self.ctx.name,
+            server_name=self.ctx.hostname,
+            server_ip=self.server_ip,
+            server_port=self.server_port,
+            method=method,
+            query=query,
+            status=answer.code if answer is not None else 0,
+            sc_bytes=len(answer.to_bytes()) if answer is not None else 0,
+            cs_bytes=cs_bytes,
+            time_taken_ms=time_taken_ms,
+        ))
+
+    def _log_reject(self, stage: str, decision: Decision, **fields: object) -> None:
+        self.services.mail_log.event(
+            MailEvent.REJECT, stage=stage, listener=self.ctx.name, client=self.client_ip,
+            code=decision.reply.code, rule=decision.rule, reason=decision.detail, **fields,
+        )
+
+    def _log_queued(self, envelope: Envelope, size: int) -> None:
+        log = self.services.mail_log
+        for r in envelope.recipients:
+            if r.status is RecipientStatus.BADMAIL:
+                log.event(MailEvent.BADMAIL, id=envelope.queue_id, sender=envelope.sender,
+                          to=r.address, rule=r.rule, reason=r.reason)
+        log.event(
+            MailEvent.QUEUED, id=envelope.queue_id, listener=self.ctx.name,
+            client=self.client_ip, helo=self.helo, user=envelope.auth_user,
+            sender=envelope.sender, to=",".join(r.address for r in envelope.recipients),
+            size=size,
+        )
+
+    # -- timeouts ------------------------------------------------------------------------
+
+    def _arm_timer(self, delay: float) -> None:
+        self._timer = self._loop.call_later(delay, self._check_timeout)
+
+    def _check_timeout(self) -> None:
+        """RFC 5321 4.5.3.2.7: close a session that has been silent for too long.
+
+        One timer per session, re-armed for the remaining time rather than on every read,
+        so an active session costs no timer churn.
+        """
+        if self._closed:
+            return
+        limit = self.ctx.data_timeout if self.conn.in_data else self.ctx.command_timeout
+        if self._waiting:
+            # Our own commit is in flight: the client is not the one being slow.
+            self._arm_timer(limit)
+            return
+        idle = self._loop.time() - self._last_activity
+        if idle < limit:
+            self._arm_timer(limit - idle)
+            return
+        self._protocol_log("TIMEOUT", "", TIMEOUT, 0)
+        self.services.mail_log.event(
+            MailEvent.DISCONNECT, listener=self.ctx.name, client=self.client_ip,
+            reason="timeout", in_transaction=self.txn is not None,
+        )
+        self._drop_transaction()
+        self.transport.write(TIMEOUT.to_bytes())
+        self._closed = True
+        self.transport.close()
