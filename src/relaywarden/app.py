@@ -6,7 +6,6 @@ No business logic lives here (DESIGN.md): this file only wires.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import signal
 import socket
 import sys
@@ -48,9 +47,7 @@ def listener_contexts(cfg: Config) -> dict[str, ListenerContext]:
             command_timeout=float(lc.command_timeout),
             data_timeout=float(lc.data_timeout),
             postmaster=cfg.relay.postmaster,
-            normalize_networks=tuple(
-                ipaddress.ip_network(n) for n in lc.line_endings.normalize_networks
-            ),
+            normalize_networks=tuple(lc.line_endings.normalize_networks),
         )
     return contexts
 
@@ -94,8 +91,8 @@ class Relay:
         for name, lc in self.cfg.listeners.items():
             server = await loop.create_server(
                 lambda name=name: SmtpSession(self.contexts[name], self.services),
-                host=lc.address, port=lc.port, reuse_address=True, backlog=1024,
-                family=socket.AF_INET6 if ":" in lc.address else socket.AF_INET,
+                host=str(lc.address), port=lc.port, reuse_address=True, backlog=1024,
+                family=socket.AF_INET6 if lc.address.version == 6 else socket.AF_INET,
             )
             self.servers.append(server)
             print(f"relaywarden: listener {name} on {lc.address}:{lc.port}", file=sys.stderr,

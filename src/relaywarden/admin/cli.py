@@ -20,12 +20,17 @@ CONFIG_HELP = "TOML config file (default: the embedded default config)"
 
 
 def _load(path: str | None):
+    from relaywarden.config import config_warnings
+
     try:
-        return load_config(Path(path) if path else None)
+        cfg = load_config(Path(path) if path else None)
     except ConfigError as exc:
         for msg in exc.messages:
             click.echo(msg, err=True)
         sys.exit(2)
+    for warning in config_warnings(cfg):
+        click.echo(f"warning: {warning}", err=True)
+    return cfg
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

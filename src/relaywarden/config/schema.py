@@ -27,6 +27,7 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    PlainValidator,
     PrivateAttr,
     Field,
     ValidationInfo,
@@ -116,6 +117,12 @@ def _duration(value: Any) -> float:
     return float(value)
 
 
+def _hosted_domain(text: str) -> str:
+    if text.strip() == "*":
+        raise ValueError("'*' would accept mail for every domain from anyone: an open relay")
+    return match.parse_domain_pattern(text)
+
+
 def _non_empty_string(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("expected a string")
@@ -125,28 +132,21 @@ def _non_empty_string(value: Any) -> str:
 
 
 Size = Annotated[int, BeforeValidator(parse_size)]
-Network = Annotated[Any, BeforeValidator(_network)]
-IPAddr = Annotated[Any, BeforeValidator(_address)]
+# PlainValidator: our parser is the whole validation; the annotation is for readers.
+Network = Annotated[match.IPNetwork, PlainValidator(_network)]
+IPAddr = Annotated[IPv4Address | IPv6Address, PlainValidator(_address)]
 Duration = Annotated[float, BeforeValidator(_duration)]
-AccessEntry = Annotated[Any, BeforeValidator(_string_parser(match.parse_access_entry))]
+AccessEntry = Annotated[match.Matcher, PlainValidator(_string_parser(match.parse_access_entry))]
 HostPattern = Annotated[str, BeforeValidator(_string_parser(match.parse_hostname))]
 HostName = Annotated[
     str, BeforeValidator(_string_parser(lambda text: match.parse_hostname(text, wildcard=False)))
 ]
 DomainPattern = Annotated[str, BeforeValidator(_string_parser(match.parse_domain_pattern))]
-HostedDomain = Annotated[
-    str,
-    BeforeValidator(_string_parser(lambda text: _hosted_domain(text))),
-]
+HostedDomain = Annotated[str, BeforeValidator(_string_parser(_hosted_domain))]
 SenderPattern = Annotated[str, BeforeValidator(_string_parser(match.parse_sender_pattern))]
 MailAddress = Annotated[str, BeforeValidator(_string_parser(match.parse_address))]
 Text = Annotated[str, BeforeValidator(_non_empty_string)]
 
-
-def _hosted_domain(text: str) -> str:
-    if text.strip() == "*":
-        raise ValueError("'*' would accept mail for every domain from anyone: an open relay")
-    return match.parse_domain_pattern(text)
 
 
 def _unique(values: list[Any], what: str = "entry") -> None:

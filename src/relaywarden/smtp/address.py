@@ -23,11 +23,11 @@ MAX_DOMAIN = 255          # 4.5.3.1.2
 MAX_PATH = 256            # 4.5.3.1.3, including the angle brackets
 MAX_LABEL = 63            # RFC 1035 2.3.4
 
-# atext (RFC 5322 3.2.3), the characters of a Dot-string atom.
+# atext (RFC 5322 3.2.3), the characters of a Dot-string atom ("-" last: it is literal).
 _ATEXT = "A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
 _DOT_STRING_ASCII = re.compile(rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*")
 # RFC 6531 3.3: atext =/ UTF8-non-ascii.
-_DOT_STRING_UTF8 = re.compile(rf"[{_ATEXT}\u0080-\U0010ffff]+(?:\.[{_ATEXT}\u0080-\U0010ffff]+)*")
+_DOT_STRING_UTF8 = re.compile(rf"[\u0080-\U0010ffff{_ATEXT}]+(?:\.[\u0080-\U0010ffff{_ATEXT}]+)*")
 # sub-domain = Let-dig [Ldh-str]
 _LDH_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
 # Standardized-tag ":" 1*dcontent; only "IPv6" is registered (RFC 5321 4.1.3).

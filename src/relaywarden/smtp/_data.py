@@ -1,0 +1,126 @@
+"""The DATA reader: message content in, de-stuffed content out (RFC 5321 4.1.1.4, 4.5.2).
+
+It works on whole chunks with bytes.find/count/replace instead of one Python step per
+line: the only per-line work in Python is for lines that start with a dot.
+
+Only <CRLF>.<CRLF> ends the data (RFC 5321 4.1.1.4). "\\n.\\n", "\\r.\\r", "\\n.\\r\\n" and their
+kin are content: treating any of them as the end is what SMTP smuggling exploits
+(CVE-2023-51764, CVE-2023-51765, CVE-2023-51766). The start of the data counts as the start
+of a line, so ".\\r\\n" right after the 354 is an empty message.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from .reply import BARE_LF, MESSAGE_TOO_BIG, TEXT_LINE_TOO_LONG, Reply
+
+__all__ = ["BareLineEnds", "DataReader"]
+
+_CR, _LF, _DOT = 0x0D, 0x0A, 0x2E
+_END = b".\r\n"          # at a line start: the end of the data
+
+
+class BareLineEnds(enum.Enum):
+    """What to do with a CR or LF that is not part of a CRLF pair (RFC 5321 2.3.8)."""
+
+    REJECT = "reject"          # refuse the message (550 5.6.0) / the command (501 5.5.2)
+    NORMALIZE = "normalize"    # turn it into CRLF (for known broken senders only)
+
+
+class DataReader:
+    """State of one DATA phase; `scan()` is called with whatever input is buffered."""
+
+    __slots__ = ("mode", "max_line", "max_size", "line_start", "line_len", "size", "problem")
+
+    def __init__(self, *, mode: BareLineEnds, max_line: int, max_size: int) -> None:
+        self.mode = mode
+        self.max_line = max_line          # octets including CRLF, 0: no limit
+        self.max_size = max_size          # 0: no limit
+        self.line_start = True            # just after a CRLF (or at the start of the data)
+        self.line_len = 0                 # octets of the current, unfinished line
+        self.size = 0                     # de-stuffed content octets so far
+        self.problem: Reply | None = None
+
+    def scan(self, buf: bytes | bytearray) -> tuple[bytes, int, bool]:
+        """Consume what can be decided from `buf`.
+
+        Returns (content, octets consumed, end seen). Octets that cannot be decided yet (a
+        trailing CR, or a line start "." / ".\\r") are left unconsumed for the next call.
+        Once `problem` is set, no more content is returned but the end is still looked for.
+        """
+        data = bytes(buf)
+        n = len(data)
+        out: list[bytes] = []
+        pos = 0
+        while pos < n:
+            if self.line_start:
+                if data[pos] == _DOT:
+                    head = data[pos:pos + 3]
+                    if head == _END:
+                        return self._join(out), pos + 3, True
+                    if len(head) < 3 and _END.startswith(head):
+                        break                      # ".", ".\r": wait for the next octet
+                    pos += 1                       # 4.5.2: delete the stuffed dot
+                self.line_start = False
+                continue
+            # Everything up to the next CRLF that starts a dot line is plain content.
+            i = data.find(b"\r\n.", pos)
+            if i >= 0:
+                end, self.line_start = i + 2, True
+            elif data.endswith(b"\r\n", pos):
+                end, self.line_start = n, True
+            elif data.endswith(b"\r", pos):
+                end = n - 1                        # CR or CRLF? decided by the next octet
+            else:
+                end = n
+            if end == pos:
+                break
+            self._take(data[pos:end], out)
+            pos = end
+        return self._join(out), pos, False
+
+    def _join(self, out: list[bytes]) -> bytes:
+        return b"".join(out) if self.problem is None else b""
+
+    def _take(self, seg: bytes, out: list[bytes]) -> None:
+        """Check and collect one segment; CRLF pairs are never split between segments."""
+        if self.problem is not None:
+            self.size += len(seg)
+            return
+        crlf = seg.count(b"\r\n")
+        if seg.count(b"\n") != crlf or seg.count(b"\r") != crlf:
+            if self.mode is BareLineEnds.REJECT:
+                self.problem = BARE_LF
+                self.size += len(seg)
+                return
+            # NORMALIZE: every bare CR and bare LF becomes CRLF. Dots after them were
+            # not de-stuffed (scan() only treats a real CRLF as a line start).
+            seg = seg.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+        self.size += len(seg)
+        if self.max_line and self._too_long(seg):
+            self.problem = TEXT_LINE_TOO_LONG      # RFC 5321 4.5.3.1.6
+            return
+        if self.max_size and self.size > self.max_size:
+            self.problem = MESSAGE_TOO_BIG         # RFC 1870 6.4 / RFC 5321 4.5.3.1.7
+            return
+        out.append(seg)
+
+    def _too_long(self, seg: bytes) -> bool:
+        """Line length check over CRLF-only content, without a Python loop per line."""
+        limit = self.max_line
+        first = seg.find(b"\n")
+        if first < 0:
+            self.line_len += len(seg)
+            # The line is not finished, but it cannot fit any more: its CRLF is still due.
+            return self.line_len + 2 > limit
+        if self.line_len + first + 1 > limit:
+            return True
+        last = seg.rfind(b"\n")
+        if last - first > limit:
+            # Only a stretch longer than the limit can hold a long line; split() is C.
+            inner = seg[first + 1:last + 1].split(b"\n")
+            if max(map(len, inner)) + 1 > limit:
+                return True
+        self.line_len = len(seg) - last - 1
+        return self.line_len + 2 > limit
