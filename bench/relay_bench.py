@@ -80,7 +80,7 @@ def smtp_source(port: int, *, messages: int, size: int, sessions: int, reuse: bo
     cmd = [tool("smtp-source"), "-s", str(sessions), "-m", str(messages), "-l", str(size),
            "-f", "bench@example.com", "-t", "sink@example.net"]
     if reuse:
-        cmd += ["-r", str(max(1, messages // sessions))]
+        cmd.append("-d")   # keep the connection: the next message goes over the same one
     cmd.append(f"127.0.0.1:{port}")
     started = time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)

@@ -55,13 +55,14 @@ def test_smtp_source_20_sessions_every_message_is_queued(relay):
     r.close()
 
 
-def test_smtp_source_reusing_connections(relay):
+def test_smtp_source_reusing_connections_with_many_recipients(relay):
+    # -d: several messages per connection; -r 20: twenty recipients per message.
     out = subprocess.run(
-        [tool("smtp-source"), "-s", "5", "-m", "200", "-r", "20", "-l", "512",
+        [tool("smtp-source"), "-s", "5", "-m", "200", "-d", "-r", "20", "-l", "512",
          "-f", "load@example.com", "-t", "sink@example.com", f"127.0.0.1:{relay.port}"],
         capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    r = relay.reader()
-    assert r.count() == 200
-    r.close()
+    messages = relay.messages()
+    assert len(messages) == 200
+    assert all(len(m["recipients"]) == 20 for m in messages)

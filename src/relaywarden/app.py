@@ -6,6 +6,7 @@ No business logic lives here (DESIGN.md): this file only wires.
 from __future__ import annotations
 
 import asyncio
+import resource
 import signal
 import socket
 import sys
@@ -171,7 +172,15 @@ async def serve(cfg: Config, config_path: Path | None) -> int:
     return 0
 
 
+def _raise_fd_limit() -> None:
+    """Every session is a file descriptor: take the hard limit, not the 1024 soft default."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def run(cfg: Config, config_path: Path | None) -> int:
+    _raise_fd_limit()
     try:
         import uvloop  # optional: the "fast" extra
     except ImportError:

@@ -125,11 +125,13 @@ def _reader(config_path):
 @queue.command("list")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
 @click.option("--status", type=click.Choice(["queued", "badmail", "delivered", "bounced"]))
+@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="at most this many messages, oldest first")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def queue_list(config_path, status, as_json) -> None:
+def queue_list(config_path, status, limit, as_json) -> None:
     """List messages with their recipients and each recipient's state."""
     reader = _reader(config_path)
-    rows = reader.list(status=status)
+    rows = reader.list(status=status, limit=limit)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

@@ -343,16 +343,19 @@ class QueueReader:
         self._db.close()
 
     def list(self, *, status: str | None = None, limit: int = 1000) -> list[dict]:
-        sql = (
-            "SELECT m.id, m.received_at, m.listener, m.client_ip, m.sender, m.size,"
-            " r.address, r.status, r.rule, r.reason FROM messages m"
-            " JOIN recipients r ON r.message_id = m.id"
-        )
+        """Up to ``limit`` messages (not recipients), oldest first, each with its recipients."""
+        where = ""
         args: tuple = ()
         if status is not None:
-            sql += " WHERE r.status = ?"
+            where = " WHERE id IN (SELECT message_id FROM recipients WHERE status = ?)"
             args = (status,)
-        sql += " ORDER BY m.received_at, m.id, r.idx LIMIT ?"
+        sql = (
+            "SELECT m.id, m.received_at, m.listener, m.client_ip, m.sender, m.size,"
+            " r.address, r.status, r.rule, r.reason"
+            f" FROM (SELECT * FROM messages{where} ORDER BY received_at, id LIMIT ?) m"
+            " JOIN recipients r ON r.message_id = m.id"
+            " ORDER BY m.received_at, m.id, r.idx"
+        )
         rows: dict[str, dict] = {}
         for mid, at, listener, ip, sender, size, rcpt, st, rule, reason in self._db.execute(
             sql, args + (limit,)
