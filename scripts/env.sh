@@ -9,8 +9,17 @@ export PATH="$PATH:/usr/sbin:/sbin"
 apt_install() {
   echo "installing Debian packages: $*" >&2
   echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections
+  # The tests run their own unbound and Postfix instances: keep the packages' system services
+  # from starting (policy-rc.d 101), unless the machine already has a policy of its own.
+  local guard=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod +x /usr/sbin/policy-rc.d
+    guard=1
+  fi
   $sudo apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
+  [ -z "$guard" ] || $sudo rm -f /usr/sbin/policy-rc.d
 }
 
 python3 - <<'PY' || { echo "relaywarden needs Python 3.11 or newer" >&2; exit 1; }

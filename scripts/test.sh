@@ -8,5 +8,6 @@ cd "$(dirname "$0")/.."
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
 command -v smtp-source >/dev/null 2>&1 || need+=(postfix)
+command -v unbound >/dev/null 2>&1 || need+=(unbound)
 ((${#need[@]} == 0)) || apt_install "${need[@]}"
 exec .venv/bin/python -m pytest "$@"

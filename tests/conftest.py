@@ -115,7 +115,20 @@ def start_relay(config: Path, data_dir: Path, ports: dict[str, int],
     return relay
 
 
-BASIC = """
+# Test configs never let the relay reach beyond loopback: DNS goes to a closed loopback
+# port, and every domain routes to a closed loopback port, so accepted mail stays queued
+# (deferred) where the receive tests can look at it.
+HERMETIC = """
+[dns]
+nameservers = ["127.0.0.1"]
+port = 1
+timeout = 1
+
+[routes."*"]
+next_hops = ["[127.0.0.1]:1"]
+"""
+
+BASIC = HERMETIC + """
 [relay]
 hostname = "relay.test"
 data_dir = "var"

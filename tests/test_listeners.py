@@ -6,10 +6,10 @@ import signal
 import smtplib
 import time
 
-from conftest import free_port, start_relay, write_config
+from conftest import HERMETIC, free_port, start_relay, write_config
 from test_receive import MSG, RawClient
 
-TWO = """
+TWO = HERMETIC + """
 [relay]
 hostname = "relay.test"
 hosted_domains = ["example.com"]

@@ -12,13 +12,16 @@ import socket
 import sys
 from pathlib import Path
 
-from relaywarden.config.build import build_policy
+from relaywarden.config.build import build_policy, build_router
 from relaywarden.config.load import ConfigError, load_config
 from relaywarden.config.schema import Config
 from relaywarden.logs.files import RotatingFile, Rotation
 from relaywarden.logs.maillog import MailLog
 from relaywarden.logs.protocol import W3C_HEADER, ProtocolLog
+from relaywarden.delivery.badmail import Badmail, BadmailSettings
+from relaywarden.delivery.engine import DeliverySettings, Engine
 from relaywarden.queue.store import Store
+from relaywarden.resolver import DnsSettings, Resolver
 from relaywarden.server.context import ListenerContext, Services
 from relaywarden.server.session import SmtpSession
 from relaywarden.smtp.server import BareLineEnds, ServerSettings
@@ -53,6 +56,30 @@ def listener_contexts(cfg: Config) -> dict[str, ListenerContext]:
     return contexts
 
 
+def delivery_settings(cfg: Config) -> DeliverySettings:
+    d = cfg.delivery
+    return DeliverySettings(
+        hostname=cfg.relay.hostname, helo=d.helo_name, postmaster=cfg.relay.postmaster,
+        max_concurrent=d.max_concurrent, per_destination=d.per_destination,
+        retry_schedule=tuple(d.retry_schedule), expire_after=d.expire_after,
+        delay_notice_after=d.delay_notice_after or 0, mx_port=d.mx_port,
+        connect_timeout=d.connect_timeout, command_timeout=d.command_timeout,
+        data_timeout=d.data_timeout, ca_file=str(d.ca_file) if d.ca_file else None,
+        ndr_copy_to=d.ndr_copy_to,
+    )
+
+
+def badmail_settings(cfg: Config) -> BadmailSettings:
+    b = cfg.badmail
+    return BadmailSettings(directory=b.dir, notify=b.notify, notify_interval=b.notify_interval,
+                           command=tuple(b.command), hostname=cfg.relay.hostname)
+
+
+def resolver_for(cfg: Config) -> Resolver:
+    return Resolver(DnsSettings(nameservers=tuple(str(n) for n in cfg.dns.nameservers),
+                                port=cfg.dns.port, timeout=cfg.dns.timeout))
+
+
 def _logs(cfg: Config) -> tuple[MailLog, ProtocolLog | None]:
     log = cfg.log
     directory = cfg.log_dir
@@ -80,6 +107,9 @@ class Relay:
         self.contexts = listener_contexts(cfg)
         self._stop = asyncio.Event()
         self._flusher: asyncio.Task | None = None
+        self._badmail_task: asyncio.Task | None = None
+        self.engine: Engine | None = None
+        self.badmail: Badmail | None = None
 
     async def start(self) -> None:
         store = Store.open(self.cfg.data_dir)
@@ -88,6 +118,12 @@ class Relay:
             policy=build_policy(self.cfg), store=store, mail_log=mail_log,
             protocol_log=protocol_log,
         )
+        self.engine = Engine(store=store, router=build_router(self.cfg),
+                             resolver=resolver_for(self.cfg),
+                             settings=delivery_settings(self.cfg), mail_log=mail_log)
+        self.services.on_queued = self.engine.wake
+        self.badmail = Badmail(store=store, settings=badmail_settings(self.cfg),
+                               mail_log=mail_log, wake=self.engine.wake)
         loop = asyncio.get_running_loop()
         for name, lc in self.cfg.listeners.items():
             server = await loop.create_server(
@@ -98,7 +134,9 @@ class Relay:
             self.servers.append(server)
             print(f"relaywarden: listener {name} on {lc.address}:{lc.port}", file=sys.stderr,
                   flush=True)
+        await self.engine.start()
         self._flusher = loop.create_task(self._flush_logs())
+        self._badmail_task = loop.create_task(self._badmail_loop())
 
     async def _flush_logs(self) -> None:
         while True:
@@ -106,6 +144,14 @@ class Relay:
             self.services.mail_log.flush()
             if self.services.protocol_log is not None:
                 self.services.protocol_log.flush()
+
+    async def _badmail_loop(self) -> None:
+        while True:
+            try:
+                await self.badmail.sweep()
+            except Exception as exc:  # noqa: BLE001 - a full disk must not stop the relay
+                print(f"relaywarden: badmail: {exc}", file=sys.stderr, flush=True)
+            await asyncio.sleep(1.0)
 
     def reload(self, path: Path | None) -> None:
         """SIGHUP: new policy and listener settings for new sessions; addresses need a restart."""
@@ -124,6 +170,9 @@ class Relay:
             print("relaywarden: reload: listener addresses changed; restart to apply them",
                   file=sys.stderr, flush=True)
         self.services.policy = build_policy(cfg)
+        self.engine.router = build_router(cfg)
+        self.engine.settings = delivery_settings(cfg)
+        self.badmail.settings = badmail_settings(cfg)
         self.contexts.update({k: v for k, v in listener_contexts(cfg).items() if k in self.contexts})
         self.cfg = cfg
         print("relaywarden: configuration reloaded", file=sys.stderr, flush=True)
@@ -146,8 +195,10 @@ class Relay:
             if session.transport is not None:
                 session.transport.write(b"421 4.3.2 Service shutting down\r\n")
                 session.transport.close()
-        if self._flusher is not None:
-            self._flusher.cancel()
+        for task in (self._flusher, self._badmail_task):
+            if task is not None:
+                task.cancel()
+        await self.engine.stop()
         await asyncio.sleep(0)
         services.store.close()
         services.mail_log.close()

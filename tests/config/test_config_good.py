@@ -16,6 +16,7 @@ from relaywarden.config import (
     parse_next_hop,
 )
 from relaywarden.config.schema import parse_size
+from relaywarden.delivery.tls import TlsMode
 from relaywarden.policy import Action, ClientFacts, HostnameEntry, NetworkEntry
 from relaywarden.smtp.address import Address
 
@@ -87,15 +88,27 @@ def test_example_loads_everything():
     assert cfg.data_dir == EXAMPLE.parent.absolute() / "var"
     assert cfg.relay.hostname == "relay.example.com"
     assert cfg.relay.hosted_domains == ["example.com"]
-    assert cfg.routes["example.com"].next_hops == ["[10.0.0.5]:25"]
+    assert cfg.routes["example.com"].next_hops == ["[10.0.0.5]:25", "[10.0.0.6]:25"]
+    assert cfg.routes["example.com"].tls is TlsMode.REQUIRED
+    assert cfg.routes["branch.example.com"].hold is True
     assert cfg.routes["*"].next_hops == ["mx"]
-    assert list(cfg.groups) == ["scanners"]
+    assert cfg.routes["*"].tls is TlsMode.OPPORTUNISTIC          # from delivery.tls
+    assert list(cfg.sender_routes) == ["apps"]
+    assert cfg.sender_routes["apps"].next_hops == ["smarthost.example.net:587"]
+    assert cfg.sender_routes["apps"].tls is TlsMode.VERIFY
+    assert cfg.delivery.helo_name == "relay.example.com"          # "" = relay.hostname
+    assert cfg.delivery.retry_schedule == [600, 900, 1800, 3600, 7200, 14400]
+    assert (cfg.delivery.ca_file, cfg.delivery.ndr_copy_to) == (None, None)
+    assert cfg.dns.nameservers == []
+    assert cfg.badmail.dir == cfg.data_dir / "badmail"
+    assert cfg.badmail.notify == "postmaster@example.com"
+    assert list(cfg.groups) == ["scanners", "apps"]
     assert cfg.groups["scanners"].on_violation == "badmail"
     assert set(cfg.listeners) == {"inbound", "outbound"}
     assert cfg.listeners["inbound"].groups == []
     assert cfg.listeners["inbound"].max_message_size == 50_000_000
     assert cfg.listeners["outbound"].max_message_size == 35_000_000   # from [relay]
-    assert cfg.listeners["outbound"].groups == ["scanners"]
+    assert cfg.listeners["outbound"].groups == ["scanners", "apps"]
 
 
 def test_example_covers_every_setting():
@@ -114,12 +127,24 @@ def test_example_covers_every_setting():
                 missing += present(table[name], field.annotation, f"{prefix}{name}.")
         return missing
 
-    from relaywarden.config.schema import LogSettings, QueueSettings, RelaySettings
+    from relaywarden.config.schema import (
+        BadmailSettings,
+        DeliverySettings,
+        DnsSettings,
+        LogSettings,
+        QueueSettings,
+        RelaySettings,
+        SenderRouteSettings,
+    )
 
     missing = present(data["relay"], RelaySettings, "relay.")
     missing += present(data["queue"], QueueSettings, "queue.")
     missing += present(data["log"], LogSettings, "log.")
     missing += present(data["routes"]["example.com"], RouteSettings, "routes.X.")
+    missing += present(data["delivery"], DeliverySettings, "delivery.")
+    missing += present(data["dns"], DnsSettings, "dns.")
+    missing += present(data["badmail"], BadmailSettings, "badmail.")
+    missing += present(data["sender_routes"]["apps"], SenderRouteSettings, "sender_routes.apps.")
     missing += present(data["groups"]["scanners"], GroupSettings, "groups.scanners.")
     missing += present(data["listeners"]["inbound"], ListenerSettings, "listeners.inbound.")
     assert missing == []
@@ -174,7 +199,7 @@ def test_build_policy_values():
     assert outbound.access.allow[3] == HostnameEntry("monitor.example.com")
     assert outbound.access.deny == (NetworkEntry(ip_network("10.0.0.99/32")),)
     assert outbound.relay_authenticated is True
-    assert [group.name for group in outbound.groups] == ["scanners"]
+    assert [group.name for group in outbound.groups] == ["scanners", "apps"]
     scanners = outbound.groups[0]
     assert scanners.on_violation is Action.BADMAIL
     assert scanners.recipient_domains == ("example.com", "*.example.com")
@@ -229,6 +254,7 @@ def test_minimal_listener_defaults(tmp_path):
     assert (log.protocol, log.protocol_formats, log.mail) == (True, ["w3c", "json"], True)
     assert (log.rotate, log.max_size, log.keep) == ("daily", 100_000_000, 30)
     assert cfg.routes == {}
+    assert cfg.sender_routes == {}
 
 
 def test_listener_groups_default_to_all_in_file_order(tmp_path):

@@ -108,7 +108,7 @@ def policy_explain(config_path, listener, client, verified_name, user, sender, r
 
 @main.group()
 def queue() -> None:
-    """Look at the queue (read-only for now)."""
+    """Look at and act on the queue of a running (or stopped) relay."""
 
 
 def _reader(config_path):
@@ -176,3 +176,149 @@ def queue_show(queue_id, config_path, body, as_json) -> None:
     if body:
         click.echo("")
         click.echo(msg["body"])
+
+
+def _admin(config_path):
+    from relaywarden.queue.admin import QueueAdmin
+
+    cfg = _load(config_path)
+    try:
+        return cfg, QueueAdmin(cfg.data_dir)
+    except FileNotFoundError as exc:
+        click.echo(f"relaywarden: {exc}", err=True)
+        sys.exit(1)
+
+
+def _need(admin, queue_id: str) -> None:
+    if not admin.exists(queue_id):
+        click.echo(f"relaywarden: no message {queue_id}", err=True)
+        sys.exit(1)
+
+
+def _audit(cfg, event: str, **fields) -> None:
+    """Admin actions go to the mail log too, with who did them."""
+    from relaywarden.logs.maillog import MailEvent, MailLog
+    from relaywarden.logs.files import RotatingFile, Rotation
+
+    if not cfg.log.mail:
+        return
+    log = MailLog(RotatingFile(cfg.log_dir, prefix="mail", suffix=".log",
+                               rotation=Rotation(cfg.log.rotate), max_size=cfg.log.max_size,
+                               keep=cfg.log.keep))
+    log.event(MailEvent(event), **fields)
+    log.close()
+
+
+def _who() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name: still record the action
+        return "unknown"
+
+
+@queue.command("flush")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--domain", help="only this recipient domain; also lets its held mail go")
+def queue_flush(config_path, domain) -> None:
+    """Make queued mail due now."""
+    cfg, admin = _admin(config_path)
+    n = admin.flush(domain=domain)
+    _audit(cfg, "attempt", action="flush", domain=domain, recipients=n, by=_who())
+    click.echo(f"{n} recipient(s) due now")
+
+
+def _one(name: str, method: str, verb: str, event: str):
+    @queue.command(name)
+    @click.argument("queue_id")
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+    def command(queue_id, config_path) -> None:
+        cfg, admin = _admin(config_path)
+        _need(admin, queue_id)
+        n = getattr(admin, method)(queue_id)
+        _audit(cfg, event, id=queue_id, action=name, recipients=n, by=_who())
+        click.echo(f"{queue_id}: {n} recipient(s) {verb}")
+    command.__doc__ = {
+        "retry": "Try a deferred message again now.",
+        "hold": "Hold a message: no attempts until it is released.",
+        "release": "Release a held message (also one held by its route).",
+        "delete": "Delete a message from the queue, without a bounce.",
+    }[name]
+    return command
+
+
+_one("retry", "retry", "due now", "attempt")
+_one("hold", "hold", "held", "deferred")
+_one("release", "release", "released", "attempt")
+_one("delete", "delete", "deleted", "bounced")
+
+
+@main.group()
+def badmail() -> None:
+    """Quarantined messages: list, show, release, delete."""
+
+
+@badmail.command("list")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def badmail_list(config_path, as_json) -> None:
+    """Messages with quarantined recipients, oldest first."""
+    reader = _reader(config_path)
+    rows = reader.list(status="badmail")
+    for row in rows:
+        row["recipients"] = [r for r in row["recipients"] if r["status"] == "badmail"]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("badmail is empty")
+        return
+    for row in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["received_at"]))
+        for r in row["recipients"]:
+            click.echo(f"{row['id']}  {when}  <{row['sender']}> -> <{r['address']}>  "
+                       f"{r['rule']}: {r['reason']}")
+
+
+@badmail.command("show")
+@click.argument("queue_id")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.pass_context
+def badmail_show(ctx, queue_id, config_path) -> None:
+    """Show a quarantined message with its reasons and content."""
+    ctx.invoke(queue_show, queue_id=queue_id, config_path=config_path, body=True, as_json=False)
+
+
+@badmail.command("release")
+@click.argument("queue_id")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--by", "by", help="who releases it (default: your user name); logged")
+def badmail_release(queue_id, config_path, by) -> None:
+    """Send it on as if the policy had allowed it."""
+    cfg, admin = _admin(config_path)
+    _need(admin, queue_id)
+    who = by or _who()
+    released = admin.badmail_release(queue_id, by=who)
+    if not released:
+        click.echo(f"relaywarden: {queue_id} has no recipient in badmail", err=True)
+        sys.exit(1)
+    _audit(cfg, "attempt", id=queue_id, action="badmail-release", to=",".join(released), by=who)
+    click.echo(f"{queue_id}: released {', '.join(released)} (by {who})")
+
+
+@badmail.command("delete")
+@click.argument("queue_id")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+def badmail_delete(queue_id, config_path) -> None:
+    """Delete a quarantined message (its badmail recipients) and its files."""
+    cfg, admin = _admin(config_path)
+    _need(admin, queue_id)
+    deleted = admin.badmail_delete(queue_id)
+    if not deleted:
+        click.echo(f"relaywarden: {queue_id} has no recipient in badmail", err=True)
+        sys.exit(1)
+    for suffix in (".eml", ".json"):
+        (cfg.badmail.dir / f"{queue_id}{suffix}").unlink(missing_ok=True)
+    _audit(cfg, "badmail", id=queue_id, action="delete", to=",".join(deleted), by=_who())
+    click.echo(f"{queue_id}: deleted {', '.join(deleted)}")

@@ -1,8 +1,12 @@
-"""Turn a validated `Config` into the pure `Policy` values."""
+"""Turn a validated `Config` into the pure values the parts use: `Policy`, `Router`."""
 
 from __future__ import annotations
 
-from relaywarden.config.schema import Config, GroupSettings, ListenerSettings
+from ipaddress import ip_address
+
+from relaywarden.config.load import dotted_key
+from relaywarden.config.schema import Config, GroupSettings, HopSettings, ListenerSettings, parse_next_hop
+from relaywarden.delivery.routing import MX_PLACEHOLDER, NextHop, Route, RouteKind, Router, SenderRoute
 from relaywarden.policy import (
     AccessRules,
     Action,
@@ -45,3 +49,47 @@ def _listener(cfg: Config, name: str, listener: ListenerSettings, groups: dict[s
 def build_policy(cfg: Config) -> Policy:
     groups = {name: _group(name, group) for name, group in cfg.groups.items()}
     return Policy({name: _listener(cfg, name, listener, groups) for name, listener in cfg.listeners.items()})
+
+
+def next_hop(text: str) -> NextHop:
+    """A configured next hop ("mx", "[10.0.0.5]:25", "smtp.example.net:587") as a NextHop;
+    "mx" becomes the placeholder the router fills with the recipient domain."""
+    host, port = parse_next_hop(text)
+    if host == "mx":
+        return MX_PLACEHOLDER
+    if host.startswith("["):
+        return NextHop(host=str(ip_address(host[1:-1])), port=port, literal=True, mx=False)
+    return NextHop(host=host, port=port, literal=False, mx=False)
+
+
+def _route(name: str, settings: HopSettings, *, hold: bool = False) -> Route:
+    assert settings.tls is not None   # filled from delivery.tls by the schema
+    return Route(
+        name=name,
+        kind=RouteKind.HOLD if hold else RouteKind.DELIVER,
+        hops=tuple(next_hop(text) for text in settings.next_hops),
+        tls=settings.tls,
+        implicit_tls=settings.implicit_tls,
+        username=settings.username,
+        password=None if settings.password is None else settings.password.get_secret_value(),
+        auth_without_tls=settings.auth_without_tls,
+    )
+
+
+def build_router(cfg: Config) -> Router:
+    return Router(
+        routes={
+            key: _route(dotted_key(("routes", key)), route, hold=route.hold)
+            for key, route in cfg.routes.items()
+        },
+        sender_routes=[
+            SenderRoute(
+                groups=tuple(route.groups),
+                users=tuple(route.users),
+                sender_domains=tuple(route.sender_domains),
+                route=_route(dotted_key(("sender_routes", name)), route),
+            )
+            for name, route in cfg.sender_routes.items()
+        ],
+        default_tls=cfg.delivery.tls,
+    )

@@ -30,12 +30,14 @@ from pydantic import (
     PlainValidator,
     PrivateAttr,
     Field,
+    SecretStr,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
+from relaywarden.delivery.tls import TlsMode
 from relaywarden.policy import match
 
 # Context key passed to `model_validate(..., context=...)`: the directory relative paths
@@ -131,6 +133,67 @@ def _non_empty_string(value: Any) -> str:
     return value.strip()
 
 
+def _seconds_or_never(value: Any) -> float | None:
+    """A duration where 0 means "never": stored as None so that no caller compares with 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("expected a number of seconds (0 = never)")
+    if value < 0:
+        raise ValueError(f"{value} is negative; use 0 for never")
+    return None if value == 0 else float(value)
+
+
+_TLS_MODES = ", ".join(repr(mode.value) for mode in list(TlsMode)[:-1]) + f" or {list(TlsMode)[-1].value!r}"
+
+
+def _tls_mode(value: Any) -> TlsMode:
+    if isinstance(value, TlsMode):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    try:
+        return TlsMode(value.strip().lower())
+    except ValueError:
+        raise ValueError(f"{value!r} is not one of {_TLS_MODES}") from None
+
+
+def _unset_if_empty(parse):
+    """For keys whose TOML default is "" (= not set): "" -> None, anything else parsed."""
+    def validate(value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValueError("expected a string")
+        if not value.strip():
+            return None
+        return parse(value)
+    return validate
+
+
+def _helo_name(text: str) -> str:
+    # RFC 5321 4.1.1.1: EHLO takes a domain or, without one, an address literal.
+    if text.strip().startswith("["):
+        return match.format_literal(match.parse_literal(text))
+    return match.parse_hostname(text, wildcard=False)
+
+
+def _existing_file(value: Any, info: ValidationInfo) -> Path | None:
+    """A file relative to the config file's directory; it must exist when set."""
+    if value is None or isinstance(value, Path):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a path string")
+    if not value.strip():
+        return None
+    base = Path((info.context or {}).get(BASE_DIR) or Path.cwd())
+    path = (base / Path(value.strip()).expanduser()).absolute()
+    # The text as written, not the absolute path: the admin knows where the config is.
+    if not path.exists():
+        raise ValueError(f"{value!r} does not exist (relative paths start at the config file's directory)")
+    if not path.is_file():
+        raise ValueError(f"{value!r} is not a file")
+    return path
+
+
 Size = Annotated[int, BeforeValidator(parse_size)]
 # PlainValidator: our parser is the whole validation; the annotation is for readers.
 Network = Annotated[match.IPNetwork, PlainValidator(_network)]
@@ -146,6 +209,16 @@ HostedDomain = Annotated[str, BeforeValidator(_string_parser(_hosted_domain))]
 SenderPattern = Annotated[str, BeforeValidator(_string_parser(match.parse_sender_pattern))]
 MailAddress = Annotated[str, BeforeValidator(_string_parser(match.parse_address))]
 Text = Annotated[str, BeforeValidator(_non_empty_string)]
+SecondsOrNever = Annotated[float | None, PlainValidator(_seconds_or_never)]
+Tls = Annotated[TlsMode, PlainValidator(_tls_mode)]
+OptionalTls = Annotated[TlsMode | None, PlainValidator(lambda value: None if value is None else _tls_mode(value))]
+OptionalText = Annotated[str | None, PlainValidator(_unset_if_empty(str.strip))]
+OptionalAddress = Annotated[str | None, PlainValidator(_unset_if_empty(match.parse_address))]
+OptionalHeloName = Annotated[str | None, PlainValidator(_unset_if_empty(_helo_name))]
+OptionalSecret = Annotated[SecretStr | None, PlainValidator(
+    _unset_if_empty(lambda text: SecretStr(text))   # kept as written: spaces may be part of it
+)]
+OptionalFile = Annotated[Path | None, PlainValidator(_existing_file)]
 
 
 
@@ -299,9 +372,225 @@ def _next_hop(value: Any) -> str:
 NextHop = Annotated[str, BeforeValidator(_next_hop)]
 
 
-class RouteSettings(Strict):
+class DeliverySettings(Strict):
+    helo_name: OptionalHeloName = None          # filled: relay.hostname
+    max_concurrent: int = Field(default=50, ge=1)
+    per_destination: int = Field(default=10, ge=1)
+    # Seconds between attempts; the last one repeats until expire_after. Like IIS (10 min,
+    # 15 min, then longer): a relay's next hops are mostly its own servers, so the first
+    # retries come sooner than the 30 minutes RFC 5321 4.5.4.1 suggests for the internet.
+    retry_schedule: list[Duration] = Field(
+        default_factory=lambda: [600, 900, 1800, 3600, 7200, 14400], min_length=1
+    )
+    expire_after: Duration = 172_800.0          # 2 days after arrival: bounce
+    delay_notice_after: SecondsOrNever = 43_200.0   # None = never
+    mx_port: int = Field(default=25, ge=1, le=65535)
+    connect_timeout: Duration = 30.0
+    command_timeout: Duration = 300.0           # RFC 5321 4.5.3.2: 5 minutes for most replies
+    data_timeout: Duration = 600.0              # RFC 5321 4.5.3.2.6: 10 minutes for the final "."
+    tls: Tls = TlsMode.OPPORTUNISTIC
+    ca_file: OptionalFile = None                # None: the system store
+    ndr_copy_to: OptionalAddress = None
+
+    @model_validator(mode="after")
+    def _notice_before_expiry(self) -> DeliverySettings:
+        if self.delay_notice_after is not None and self.delay_notice_after >= self.expire_after:
+            raise problem(
+                ("delay_notice_after",),
+                f"{_seconds(self.delay_notice_after)} is not before delivery.expire_after "
+                f"({_seconds(self.expire_after)}): the delay notice would never be sent (0 = never)",
+            )
+        return self
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}"
+
+
+class DnsSettings(Strict):
+    nameservers: list[IPAddr] = []             # empty: /etc/resolv.conf
+    port: int = Field(default=53, ge=1, le=65535)
+    timeout: Duration = 5.0
+
+    @field_validator("nameservers")
+    @classmethod
+    def _unique_servers(cls, value: list[Any]) -> list[Any]:
+        _unique(value, "nameserver")
+        return value
+
+
+# "{name}" with an identifier inside is a placeholder (an unknown one is a typo worth
+# reporting); other braces are passed on as they are.
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+BADMAIL_PLACEHOLDERS = ("path", "id", "reason")
+
+
+class BadmailSettings(Strict):
+    dir: Path = Path("badmail")                 # relative to data_dir; absolute after validation
+    notify: OptionalAddress = None
+    notify_interval: Duration = 300.0
+    command: list[str] = []                     # argv, no shell
+
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _dir(cls, value: Any) -> Path:
+        if isinstance(value, Path):
+            return value
+        if isinstance(value, str) and value.strip():
+            return Path(value.strip()).expanduser()
+        raise ValueError("expected a non-empty path string")
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: list[str]) -> list[str]:
+        found: list[tuple[tuple[str | int, ...], str]] = []
+        if value and not value[0].strip():
+            found.append(((0,), "the program must not be empty"))
+        for index, arg in enumerate(value):
+            for name in _PLACEHOLDER.findall(arg):
+                if name not in BADMAIL_PLACEHOLDERS:
+                    found.append(((index,), f"unknown placeholder {{{name}}}; use {{path}}, {{id}} or {{reason}}"))
+        if found:
+            raise problems(found)
+        return value
+
+    def argv(self, *, path: Path | str, queue_id: str, reason: str) -> list[str]:
+        """The command for one badmail message; [] when none is configured.
+
+        One pass over each argument, so a value that itself contains "{id}" (a reason
+        quoting the client) is never substituted again.
+        """
+        values = {"path": str(path), "id": queue_id, "reason": reason}
+        return [
+            _PLACEHOLDER.sub(lambda found: values.get(found[1], found[0]), arg) for arg in self.command
+        ]
+
+
+class HopSettings(Strict):
+    """How to reach a next hop: shared by [routes.X] and [sender_routes.NAME]."""
+
     # Normalised: "mx", "[10.0.0.5]:25", "smtp.example.net"; see parse_next_hop.
+    next_hops: list[NextHop] = []
+    tls: OptionalTls = None                     # filled: delivery.tls
+    implicit_tls: bool = False                  # RFC 8314 3.3: TLS from the first byte
+    username: OptionalText = None
+    password_file: OptionalFile = None          # read at load into `password`
+    # The secret: given inline, or read from password_file (then password_file is set).
+    password: OptionalSecret = None
+    auth_without_tls: bool = False
+
+    @model_validator(mode="after")
+    def _hops_and_auth(self) -> HopSettings:
+        found: list[tuple[tuple[str | int, ...], str]] = []
+        try:
+            _unique_at("next_hops", self.next_hops)
+        except PydanticCustomError as exc:
+            found += exc.context["problems"]
+        if self.implicit_tls:
+            # (implicit_tls against tls = "none": checked by Config, which knows delivery.tls.)
+            for index, hop in enumerate(self.next_hops):
+                host, port = parse_next_hop(hop)
+                if host == "mx":
+                    found.append((
+                        ("next_hops", index),
+                        '"mx" cannot be used with implicit_tls = true (MX hosts take STARTTLS on port 25)',
+                    ))
+                elif port is None:
+                    found.append((
+                        ("next_hops", index),
+                        f"{hop!r} needs a port with implicit_tls = true (usually {hop}:465); "
+                        "without one delivery.mx_port is used",
+                    ))
+        if self.password is not None and self.password_file is not None:
+            found.append((("password",), "set either password or password_file, not both"))
+        elif self.username is not None and self.password is None and self.password_file is None:
+            found.append((("username",), "needs password_file (or password)"))
+        elif self.username is None and (self.password is not None or self.password_file is not None):
+            key = "password" if self.password is not None else "password_file"
+            found.append(((key,), "needs username"))
+        if found:
+            raise problems(found)
+        if self.password_file is not None:
+            self.password = SecretStr(_read_password(self.password_file))
+        return self
+
+    @property
+    def password_inline(self) -> bool:
+        """The password was written into the config (config_warnings says so)."""
+        return self.password is not None and self.password_file is None
+
+
+def _read_password(path: Path) -> str:
+    try:
+        # utf-8-sig: Notepad's byte order mark is not part of the password.
+        text = path.read_text("utf-8-sig")
+    except OSError as exc:
+        raise problem(("password_file",), f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise problem(("password_file",), "cannot read: not UTF-8 text") from None
+    # The first line without its line ending; other whitespace may belong to the password.
+    first = text.splitlines()[0] if text else ""
+    if not first:
+        raise problem(("password_file",), "the first line (the password) is empty")
+    return first
+
+
+class RouteSettings(HopSettings):
+    # Held mail waits in the queue until released (admin) or triggered (ETRN/ATRN).
+    hold: bool = False
+
+    @model_validator(mode="after")
+    def _required_hops(self) -> RouteSettings:
+        if not self.hold and not self.next_hops:
+            if "next_hops" in self.model_fields_set:
+                raise problem(("next_hops",), "must not be empty")
+            raise problem(("next_hops",), "missing (required unless hold = true)")
+        return self
+
+
+def _sender_domain(text: str) -> str:
+    if text.strip() == "*":
+        raise ValueError(
+            "'*' would match every sender; use groups or users, or routes.\"*\" for all mail"
+        )
+    return match.parse_domain_pattern(text)
+
+
+SenderDomain = Annotated[str, BeforeValidator(_string_parser(_sender_domain))]
+
+
+class SenderRouteSettings(HopSettings):
+    """A smart host chosen by who sends (IIS could not do this; Exchange and Postfix can)."""
+
+    groups: list[str] = []                      # client groups (must exist)
+    users: list[Text] = []                      # authenticated users, case-insensitive
+    sender_domains: list[SenderDomain] = []     # MAIL FROM domains
     next_hops: list[NextHop] = Field(min_length=1)
+
+    @field_validator("next_hops")
+    @classmethod
+    def _no_mx(cls, value: list[str]) -> list[str]:
+        found = [
+            ((index,), '"mx" is not allowed in a sender route (without a sender route mail goes by MX anyway)')
+            for index, hop in enumerate(value) if hop == "mx"
+        ]
+        if found:
+            raise problems(found)
+        return value
+
+    @field_validator("users")
+    @classmethod
+    def _unique_users(cls, value: list[str]) -> list[str]:
+        _unique([user.casefold() for user in value], "user")
+        return value
+
+    @model_validator(mode="after")
+    def _matches_something(self) -> SenderRouteSettings:
+        if not (self.groups or self.users or self.sender_domains):
+            raise ValueError("the sender route matches nothing: set groups, users or sender_domains")
+        for key in ("groups", "sender_domains"):
+            _unique_at(key, getattr(self, key))
+        return self
 
 
 class GroupSettings(Strict):
@@ -388,7 +677,11 @@ class Config(Strict):
     relay: RelaySettings = Field(default_factory=dict)
     queue: QueueSettings = Field(default_factory=dict)
     log: LogSettings = Field(default_factory=dict)
+    delivery: DeliverySettings = Field(default_factory=dict)
+    dns: DnsSettings = Field(default_factory=dict)
+    badmail: BadmailSettings = Field(default_factory=dict)
     routes: dict[str, RouteSettings] = {}
+    sender_routes: dict[str, SenderRouteSettings] = {}   # in file order: the order they are tried
     groups: dict[str, GroupSettings] = {}      # in file order: the order groups are tried
     listeners: dict[str, ListenerSettings] = {}
 
@@ -423,6 +716,14 @@ class Config(Strict):
         if found:
             raise problems(found)
         return routes
+
+    @field_validator("sender_routes", mode="before")
+    @classmethod
+    def _sender_route_names(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for name in value:
+                _check_name(name, "sender route")
+        return value
 
     @field_validator("groups", mode="before")
     @classmethod
@@ -466,11 +767,40 @@ class Config(Strict):
                     found.append(
                         (("listeners", name, "groups", index), f"unknown group {group!r} (groups: {known})")
                     )
+        for name, sender_route in self.sender_routes.items():
+            for index, group in enumerate(sender_route.groups):
+                if group not in self.groups:
+                    known = ", ".join(self.groups) or "none defined"
+                    found.append(
+                        (("sender_routes", name, "groups", index), f"unknown group {group!r} (groups: {known})")
+                    )
+        for key, route in self.routes.items():
+            if key.startswith("[") and "mx" in route.next_hops:
+                index = route.next_hops.index("mx")
+                found.append((("routes", key, "next_hops", index), '"mx" cannot be used for an address literal'))
+        for table, hop_settings in self._hop_tables():
+            tls = hop_settings.tls or self.delivery.tls
+            if hop_settings.implicit_tls and tls is TlsMode.NONE:
+                where = "" if hop_settings.tls else " (from delivery.tls)"
+                found.append(((*table, "implicit_tls"), f'contradicts tls = "none"{where}'))
+            if hop_settings.username is not None and tls is TlsMode.NONE and not hop_settings.auth_without_tls:
+                where = "" if hop_settings.tls else " (from delivery.tls)"
+                found.append((
+                    (*table, "username"),
+                    f'AUTH with tls = "none"{where} sends the password in clear; '
+                    "set auth_without_tls = true if the next hop is on a trusted network",
+                ))
         if found:
             raise problems(found)
 
         # Resolve defaults that come from other tables.
         self.log.dir = self.relay.data_dir / self.log.dir
+        self.badmail.dir = self.relay.data_dir / self.badmail.dir
+        if self.delivery.helo_name is None:
+            self.delivery.helo_name = self.relay.hostname
+        for _, hop_settings in self._hop_tables():
+            if hop_settings.tls is None:
+                hop_settings.tls = self.delivery.tls
         for listener in self.listeners.values():
             if listener.max_message_size is None:
                 listener.max_message_size = self.relay.max_message_size
@@ -481,6 +811,11 @@ class Config(Strict):
                 chosen = set(listener.groups)
                 listener.groups = [name for name in self.groups if name in chosen]
         return self
+
+    def _hop_tables(self) -> list[tuple[tuple[str, str], HopSettings]]:
+        return [(("routes", key), route) for key, route in self.routes.items()] + [
+            (("sender_routes", name), route) for name, route in self.sender_routes.items()
+        ]
 
     # Convenience views ------------------------------------------------------------
     @property
@@ -523,4 +858,37 @@ def config_warnings(cfg: Config) -> list[str]:
                     f"{_show_endpoint(listener.address, listener.port)} of listener {name!r}; "
                     "on Linux the second bind fails with 'address in use'"
                 )
+    found += _hosted_without_route(cfg)
+    for table, hop_settings in cfg._hop_tables():
+        if hop_settings.password_inline:
+            from relaywarden.config.load import dotted_key
+
+            found.append(
+                f"{cfg.source}: {dotted_key((*table, 'password'))}: the password is written in "
+                "the config file; prefer password_file (a file only the relay can read)"
+            )
+    return found
+
+
+def _hosted_without_route(cfg: Config) -> list[str]:
+    """A hosted domain is mail *we* accept; without its own route it would go where the
+    internet sends it: by MX, i.e. back to this relay (a loop until expiry), or by a
+    routes."*" smart host that hands it back. The inbound job needs a route to the
+    internal server. routes."*" does not count: it is for everything else."""
+    found = []
+    wildcards = [key for key in cfg.routes if key.startswith("*.")]
+    for index, domain in enumerate(cfg.relay.hosted_domains):
+        if domain in cfg.routes:
+            continue
+        below = domain[2:] if domain.startswith("*.") else domain
+        if not domain.startswith("[") and any(match.domain_matches(key, below) for key in wildcards):
+            continue
+        goes = (
+            f"to the address literal {domain} itself" if domain.startswith("[")
+            else "by MX lookup"
+        )
+        found.append(
+            f"{cfg.source}: relay.hosted_domains[{index}]: {domain!r} has no route "
+            f"(routes.\"{domain}\"); its mail would be delivered {goes}, possibly back to this relay"
+        )
     return found

@@ -119,6 +119,11 @@ class Policy:
             raise KeyError(f"no policy for listener {client.listener!r}") from None
 
     # ---------------------------------------------------------------- connect
+    def group_of(self, client: ClientFacts) -> str | None:
+        """The name of the client group that applies to this client (sender routes use it)."""
+        membership = find_group(self._listener(client), client)
+        return None if membership is None else membership.group.name
+
     def check_connect(self, client: ClientFacts) -> Decision:
         """Connection control: the most specific matching entry across allow and deny wins.
 

@@ -18,41 +18,55 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
-    id          TEXT PRIMARY KEY,
-    received_at REAL NOT NULL,
-    listener    TEXT NOT NULL,
-    client_ip   TEXT NOT NULL,
-    client_name TEXT,
-    helo        TEXT NOT NULL,
-    auth_user   TEXT,
-    sender      TEXT NOT NULL,          -- '' is the null reverse-path <>
-    ret         TEXT,                   -- DSN RET (RFC 3461 4.3)
-    envid       TEXT,                   -- DSN ENVID (RFC 3461 4.4)
-    body_type   TEXT,                   -- BODY= (7BIT / 8BITMIME)
-    smtputf8    INTEGER NOT NULL,
-    size        INTEGER NOT NULL
+    id           TEXT PRIMARY KEY,
+    received_at  REAL NOT NULL,
+    listener     TEXT NOT NULL,
+    client_ip    TEXT NOT NULL,
+    client_name  TEXT,
+    client_group TEXT,                  -- the policy client group (sender-dependent routes)
+    helo         TEXT NOT NULL,
+    auth_user    TEXT,
+    sender       TEXT NOT NULL,          -- '' is the null reverse-path <>
+    ret          TEXT,                   -- DSN RET (RFC 3461 4.3)
+    envid        TEXT,                   -- DSN ENVID (RFC 3461 4.4)
+    body_type    TEXT,                   -- BODY= (7BIT / 8BITMIME)
+    smtputf8     INTEGER NOT NULL,
+    size         INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS recipients (
-    message_id   TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
-    idx          INTEGER NOT NULL,
-    address      TEXT NOT NULL,
-    orcpt        TEXT,                  -- DSN ORCPT (RFC 3461 4.2)
-    notify       TEXT,                  -- DSN NOTIFY, comma separated (RFC 3461 4.1)
-    status       TEXT NOT NULL,         -- queued | badmail | delivered | bounced
-    rule         TEXT NOT NULL,         -- the policy rule that accepted or quarantined it
-    reason       TEXT NOT NULL,
-    next_attempt REAL NOT NULL,
-    attempts     INTEGER NOT NULL DEFAULT 0,
+    message_id     TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    idx            INTEGER NOT NULL,
+    address        TEXT NOT NULL,
+    domain         TEXT NOT NULL,        -- lower-case, for routing and `flush --domain`
+    orcpt          TEXT,                 -- DSN ORCPT (RFC 3461 4.2)
+    notify         TEXT,                 -- DSN NOTIFY, comma separated (RFC 3461 4.1)
+    status         TEXT NOT NULL,        -- queued | held | delivered | bounced | badmail
+    rule           TEXT NOT NULL,        -- the policy rule that accepted or quarantined it
+    reason         TEXT NOT NULL,
+    next_attempt   REAL NOT NULL,        -- due time; a claimed recipient gets a lease here
+    attempts       INTEGER NOT NULL DEFAULT 0,
+    last_error     TEXT NOT NULL DEFAULT '',
+    remote_mta     TEXT NOT NULL DEFAULT '',
+    delay_notified INTEGER NOT NULL DEFAULT 0,
+    filed          INTEGER NOT NULL DEFAULT 0,   -- badmail: written to the badmail folder
+    lease_until    REAL NOT NULL DEFAULT 0,      -- an attempt is under way until then
+    released       INTEGER NOT NULL DEFAULT 0,   -- let out of hold by the admin or ETRN:
+                                                 -- the hold route does not catch it again
     PRIMARY KEY (message_id, idx)
 );
+-- The scheduler's only query: due recipients in due order. Held and badmail rows are in
+-- other status partitions of the index, so a million held messages cost the scan nothing.
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients(status, next_attempt);
+CREATE INDEX IF NOT EXISTS recipients_domain ON recipients(domain, status);
 CREATE TABLE IF NOT EXISTS bodies (
     message_id TEXT PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
     data       BLOB NOT NULL
@@ -69,10 +83,19 @@ _COPY_CHUNK = 1 << 20
 
 
 class RecipientStatus(enum.Enum):
-    QUEUED = "queued"
-    BADMAIL = "badmail"
+    QUEUED = "queued"        # waiting for its next attempt
+    HELD = "held"            # on a hold route, or held by the admin: no attempts until released
+    BADMAIL = "badmail"      # quarantined: kept until released or deleted
     DELIVERED = "delivered"
     BOUNCED = "bounced"
+
+
+#: Recipients in these states are finished; a message whose recipients all are is removed.
+FINAL = (RecipientStatus.DELIVERED.value, RecipientStatus.BOUNCED.value)
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,12 +123,7 @@ class Envelope:
     envid: str | None = None
     body_type: str | None = None
     smtputf8: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StoredMessage:
-    envelope: Envelope
-    size: int
+    client_group: str | None = None
 
 
 class StoreError(Exception):
@@ -179,9 +197,50 @@ class BodySpool:
 
 @dataclass(slots=True)
 class _Job:
-    envelope: Envelope
-    spool: BodySpool
+    """One unit of work for the writer thread; ``apply`` runs inside a shared transaction."""
+    apply: Callable[[sqlite3.Connection], Any]
+    size: int = 0
     done: Future = field(default_factory=Future)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DueRecipient:
+    idx: int
+    address: str
+    domain: str
+    orcpt: str | None
+    notify: tuple[str, ...] | None
+    attempts: int
+    delay_notified: bool
+    released: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DueMessage:
+    """A message with the recipients the scheduler claimed for one round of attempts."""
+    queue_id: str
+    received_at: float
+    sender: str
+    client_group: str | None
+    auth_user: str | None
+    ret: str | None
+    envid: str | None
+    body_type: str | None
+    smtputf8: bool
+    size: int
+    recipients: tuple[DueRecipient, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecipientUpdate:
+    """The outcome of an attempt for one recipient (status and when to try next)."""
+    idx: int
+    status: RecipientStatus
+    next_attempt: float = 0.0
+    attempts: int = 0
+    last_error: str = ""
+    remote_mta: str = ""
+    delay_notified: bool = False
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -193,8 +252,16 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
+def _notify_text(notify: tuple[str, ...] | None) -> str | None:
+    return ",".join(notify) if notify is not None else None
+
+
+def _notify_tuple(text: str | None) -> tuple[str, ...] | None:
+    return tuple(text.split(",")) if text is not None else None
+
+
 class Store:
-    """The SQLite queue. ``commit`` is the only way in, and it returns after the fsync."""
+    """The SQLite queue. Every write goes through one writer thread in shared transactions."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
@@ -203,6 +270,8 @@ class Store:
         self._jobs: thread_queue.SimpleQueue[_Job | None] = thread_queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._db: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None
         self.commits = 0   # transactions committed: group commit makes this < messages
 
     @classmethod
@@ -215,7 +284,12 @@ class Store:
         for stale in store.tmp_dir.glob("spool-*"):
             stale.unlink(missing_ok=True)
         store._db = _connect(store.path)
+        (version,) = store._db.execute("PRAGMA user_version").fetchone()
+        if version not in (0, SCHEMA_VERSION):
+            raise StoreError(f"{store.path}: queue schema version {version}, expected {SCHEMA_VERSION}")
         store._db.executescript(SCHEMA)
+        store._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        store._reader = _connect(store.path)
         store._writer = threading.Thread(target=store._write_loop, name="queue-writer", daemon=True)
         store._writer.start()
         return store
@@ -223,20 +297,90 @@ class Store:
     def new_spool(self) -> BodySpool:
         return BodySpool(self.tmp_dir)
 
+    # -- writes ----------------------------------------------------------------------------
+
+    async def _write(self, apply: Callable[[sqlite3.Connection], Any], size: int = 0) -> Any:
+        job = _Job(apply, size)
+        self._jobs.put(job)
+        return await asyncio.wrap_future(job.done)
+
     async def commit(self, envelope: Envelope, spool: BodySpool) -> None:
         """Make the message durable. Raises StoreError if it could not be."""
-        job = _Job(envelope, spool)
-        self._jobs.put(job)
-        await asyncio.wrap_future(job.done)
+        await self._write(lambda db: _insert(db, envelope, spool), spool.size)
+
+    async def claim_due(self, now: float, limit: int, lease: float) -> list[DueMessage]:
+        """Due recipients, earliest first, leased until ``now + lease``.
+
+        The lease is the crash guard: a recipient whose attempt never reports back (the
+        process died) becomes due again when it runs out, so it is retried, not lost.
+        """
+        return await self._write(lambda db: _claim(db, now, limit, lease))
+
+    async def record(self, queue_id: str, updates: list[RecipientUpdate], *,
+                     new_messages: list[tuple[Envelope, BodySpool]] = ()) -> None:
+        """Apply attempt outcomes and enqueue the messages they produce (DSNs, notices) in
+        one transaction: a bounce and the recipient it reports on change state together."""
+        def apply(db: sqlite3.Connection) -> None:
+            for env, spool in new_messages:
+                _insert(db, env, spool)
+            db.executemany(
+                "UPDATE recipients SET status = ?, next_attempt = ?, attempts = ?,"
+                " last_error = ?, remote_mta = ?, delay_notified = ?, lease_until = 0"
+                " WHERE message_id = ? AND idx = ?",
+                [(u.status.value, u.next_attempt, u.attempts, u.last_error, u.remote_mta,
+                  int(u.delay_notified), queue_id, u.idx) for u in updates],
+            )
+            _remove_if_finished(db, queue_id)
+        await self._write(apply, sum(sp.size for _, sp in new_messages))
+
+    async def enqueue(self, envelope: Envelope, spool: BodySpool) -> None:
+        await self.commit(envelope, spool)
+
+    async def release_leases(self) -> int:
+        """At start-up of a single relay process: attempts that were under way when the last
+        process died are due again now (they are retried, at least once, never lost)."""
+        return await self._write(lambda db: db.execute(
+            "UPDATE recipients SET lease_until = 0 WHERE lease_until > 0").rowcount)
+
+    async def next_due(self) -> float | None:
+        """When the earliest queued recipient falls due (for the scheduler's sleep)."""
+        return await self._write(lambda db: db.execute(
+            "SELECT MIN(next_attempt) FROM recipients WHERE status = 'queued'").fetchone()[0])
+
+    async def unfiled_badmail(self, limit: int = 100) -> list[tuple[str, int, str, str, str]]:
+        """Badmail recipients not yet written to the badmail folder:
+        (queue_id, idx, address, rule, reason)."""
+        return await self._write(lambda db: db.execute(
+            "SELECT message_id, idx, address, rule, reason FROM recipients"
+            " WHERE status = 'badmail' AND filed = 0 LIMIT ?", (limit,)).fetchall())
+
+    async def mark_filed(self, keys: list[tuple[str, int]]) -> None:
+        await self._write(lambda db: db.executemany(
+            "UPDATE recipients SET filed = 1 WHERE message_id = ? AND idx = ?", keys))
+
+    async def sender_of(self, queue_id: str) -> str | None:
+        row = await self._write(lambda db: db.execute(
+            "SELECT sender FROM messages WHERE id = ?", (queue_id,)).fetchone())
+        return None if row is None else row[0]
+
+    async def read_body(self, queue_id: str) -> bytes | None:
+        return await asyncio.to_thread(self._read_body, queue_id)
+
+    def _read_body(self, queue_id: str) -> bytes | None:
+        with self._read_lock:
+            row = self._reader.execute(
+                "SELECT data FROM bodies WHERE message_id = ?", (queue_id,)).fetchone()
+        return None if row is None else bytes(row[0])
 
     def close(self) -> None:
         if self._writer is not None:
             self._jobs.put(None)
             self._writer.join(timeout=30)
             self._writer = None
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        for db in (self._db, self._reader):
+            if db is not None:
+                db.close()
+        self._db = self._reader = None
 
     # -- the writer thread -------------------------------------------------------------
 
@@ -246,7 +390,7 @@ class Store:
             if first is None:
                 return
             batch = [first]
-            size = first.spool.size
+            size = first.size
             stop = False
             while len(batch) < BATCH_MAX_MESSAGES and size < BATCH_MAX_BYTES:
                 try:
@@ -257,77 +401,111 @@ class Store:
                     stop = True
                     break
                 batch.append(job)
-                size += job.spool.size
+                size += job.size
             self._write_batch(batch)
             if stop:
                 return
 
     def _write_batch(self, batch: list[_Job]) -> None:
-        error = self._transaction(batch)
+        results, error = self._transaction(batch)
         if error is None:
-            for job in batch:
-                job.done.set_result(None)
+            for job, result in zip(batch, results):
+                job.done.set_result(result)
         elif len(batch) == 1:
             batch[0].done.set_exception(error)
         else:
-            # One bad message must not cost the others their 250: retry them one by one.
+            # One bad job must not cost the others their 250: retry them one by one.
             for job in batch:
                 self._write_batch([job])
 
-    def _transaction(self, batch: list[_Job]) -> StoreError | None:
+    def _transaction(self, batch: list[_Job]) -> tuple[list[Any], StoreError | None]:
         db = self._db
         assert db is not None
         try:
             db.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                self._insert(db, job)
+            results = [job.apply(db) for job in batch]
             db.execute("COMMIT")
-        except Exception as exc:  # noqa: BLE001 - every failure must reach the client as 451
+        except Exception as exc:  # noqa: BLE001 - every failure must reach the caller
             try:
                 db.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            return StoreError(f"queue write failed: {exc}")
+            return [], StoreError(f"queue write failed: {exc}")
         self.commits += 1
-        return None
+        return results, None
 
-    @staticmethod
-    def _insert(db: sqlite3.Connection, job: _Job) -> None:
-        env, spool = job.envelope, job.spool
-        db.execute(
-            "INSERT INTO messages (id, received_at, listener, client_ip, client_name, helo,"
-            " auth_user, sender, ret, envid, body_type, smtputf8, size)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (env.queue_id, env.received_at, env.listener, env.client_ip, env.client_name,
-             env.helo, env.auth_user, env.sender, env.ret, env.envid, env.body_type,
-             int(env.smtputf8), spool.size),
+
+def _insert(db: sqlite3.Connection, env: Envelope, spool: BodySpool) -> None:
+    db.execute(
+        "INSERT INTO messages (id, received_at, listener, client_ip, client_name, client_group,"
+        " helo, auth_user, sender, ret, envid, body_type, smtputf8, size)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (env.queue_id, env.received_at, env.listener, env.client_ip, env.client_name,
+         env.client_group, env.helo, env.auth_user, env.sender, env.ret, env.envid,
+         env.body_type, int(env.smtputf8), spool.size),
+    )
+    db.executemany(
+        "INSERT INTO recipients (message_id, idx, address, domain, orcpt, notify, status, rule,"
+        " reason, next_attempt) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        [
+            (env.queue_id, i, r.address, domain_of(r.address), r.orcpt, _notify_text(r.notify),
+             r.status.value, r.rule, r.reason, env.received_at)
+            for i, r in enumerate(env.recipients)
+        ],
+    )
+    if spool.in_memory:
+        (data,) = spool.chunks()
+        db.execute("INSERT INTO bodies (message_id, data) VALUES (?, ?)", (env.queue_id, data))
+    else:
+        # Large body: reserve the blob, then copy the spool file in chunks (no whole copy
+        # in memory).
+        cur = db.execute(
+            "INSERT INTO bodies (message_id, data) VALUES (?, zeroblob(?))",
+            (env.queue_id, spool.size),
         )
-        db.executemany(
-            "INSERT INTO recipients (message_id, idx, address, orcpt, notify, status, rule,"
-            " reason, next_attempt) VALUES (?,?,?,?,?,?,?,?,?)",
-            [
-                (env.queue_id, i, r.address, r.orcpt,
-                 ",".join(r.notify) if r.notify is not None else None,
-                 r.status.value, r.rule, r.reason, env.received_at)
-                for i, r in enumerate(env.recipients)
-            ],
-        )
-        if spool.in_memory:
-            (data,) = spool.chunks()
-            db.execute("INSERT INTO bodies (message_id, data) VALUES (?, ?)", (env.queue_id, data))
-        else:
-            # Large body: reserve the blob, then copy the spool file in chunks (no whole copy
-            # in memory).
-            db.execute(
-                "INSERT INTO bodies (message_id, data) VALUES (?, zeroblob(?))",
-                (env.queue_id, spool.size),
-            )
-            (rowid,) = db.execute(
-                "SELECT rowid FROM bodies WHERE message_id = ?", (env.queue_id,)
-            ).fetchone()
-            with db.blobopen("bodies", "data", rowid) as blob:
-                for chunk in spool.chunks():
-                    blob.write(chunk)
+        with db.blobopen("bodies", "data", cur.lastrowid) as blob:
+            for chunk in spool.chunks():
+                blob.write(chunk)
+
+
+def _claim(db: sqlite3.Connection, now: float, limit: int, lease: float) -> list[DueMessage]:
+    rows = db.execute(
+        "SELECT r.message_id, r.idx, r.address, r.domain, r.orcpt, r.notify, r.attempts,"
+        " r.delay_notified, r.released FROM recipients r WHERE r.status = 'queued' AND r.next_attempt <= ?"
+        " AND r.lease_until <= ? ORDER BY r.next_attempt LIMIT ?",
+        (now, now, limit),
+    ).fetchall()
+    if not rows:
+        return []
+    db.executemany(
+        "UPDATE recipients SET lease_until = ? WHERE message_id = ? AND idx = ?",
+        [(now + lease, mid, idx) for mid, idx, *_ in rows],
+    )
+    by_message: dict[str, list[DueRecipient]] = {}
+    for mid, idx, address, domain, orcpt, notify, attempts, notified, released in rows:
+        by_message.setdefault(mid, []).append(DueRecipient(
+            idx=idx, address=address, domain=domain, orcpt=orcpt, notify=_notify_tuple(notify),
+            attempts=attempts, delay_notified=bool(notified), released=bool(released)))
+    out = []
+    for mid, recipients in by_message.items():
+        m = db.execute(
+            "SELECT received_at, sender, client_group, auth_user, ret, envid, body_type,"
+            " smtputf8, size FROM messages WHERE id = ?", (mid,)).fetchone()
+        out.append(DueMessage(
+            queue_id=mid, received_at=m[0], sender=m[1], client_group=m[2], auth_user=m[3],
+            ret=m[4], envid=m[5], body_type=m[6], smtputf8=bool(m[7]), size=m[8],
+            recipients=tuple(recipients)))
+    return out
+
+
+def _remove_if_finished(db: sqlite3.Connection, queue_id: str) -> None:
+    """A message whose every recipient is delivered or bounced leaves the queue (the mail log
+    keeps its story)."""
+    db.execute(
+        "DELETE FROM messages WHERE id = ? AND NOT EXISTS (SELECT 1 FROM recipients"
+        " WHERE message_id = ? AND status NOT IN (?, ?))",
+        (queue_id, queue_id) + FINAL,
+    )
 
 
 class QueueReader:

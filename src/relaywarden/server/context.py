@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,5 +47,6 @@ class Services:
     store: "Store"
     mail_log: "MailLog"
     protocol_log: "ProtocolLog | None"
+    on_queued: Callable[[], None] = lambda: None   # wakes the delivery scheduler
     sessions: set[Any] = field(default_factory=set)
     tasks: set[asyncio.Task] = field(default_factory=set)

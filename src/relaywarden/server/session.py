@@ -278,6 +278,7 @@ class SmtpSession(asyncio.Protocol):
             envid=txn.params.envid,
             body_type=txn.params.body,
             smtputf8=txn.params.smtputf8,
+            client_group=self.services.policy.group_of(self.client),
         )
         self._waiting = True
         self._update_reading()
@@ -300,6 +301,7 @@ class SmtpSession(asyncio.Protocol):
             answer = reply(250, "2.0.0", f"Ok: queued as {envelope.queue_id}")
             self._messages += 1
             self._log_queued(envelope, spool.size)
+            self.services.on_queued()
         finally:
             spool.discard()
         self.txn = None

@@ -1,0 +1,689 @@
+"""The outbound SMTP client: the asyncio driver of the sans-IO client role (smtp/client.py).
+
+    conn = await OutboundConnection.open("192.0.2.25", 25, ClientPolicy(helo="relay.example"))
+    try:
+        result = await conn.send(sender="a@example.org", recipients=[OutRecipient(address=..)],
+                                 body=path_or_bytes, size=n)
+        await conn.reset()                  # before the next message on this connection
+    finally:
+        await conn.close()
+
+Failures of the session as a whole (no connection, a refused greeting, TLS or AUTH failure,
+a timeout, a lost connection, a 421) raise `DeliveryError`, whose `reply` is either the
+server's own or a synthesized one; synthesized replies are 451 with an RFC 3463 enhanced
+code (4.4.1 no answer, 4.4.2 bad connection, 4.7.x security), so that the message is
+deferred and not bounced. Refusals of single recipients are results, not errors.
+
+The driver is an asyncio.Protocol rather than streams: it sees every byte that arrives, so
+that what the server sends in plaintext after "220 Ready to start TLS" is dropped and never
+read as a reply from inside TLS (RFC 3207 4.2 and 6; the client-side STARTTLS injection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import os
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import BinaryIO, Union
+
+from relaywarden.delivery.tls import TlsMode
+from relaywarden.smtp.client import (
+    DotStuffer,
+    Extensions,
+    ProtocolError,
+    ReplyParser,
+    command,
+    mail_from,
+    rcpt_to,
+)
+from relaywarden.smtp.reply import Reply, reply
+
+__all__ = [
+    "ClientPolicy",
+    "DeliveryError",
+    "OutboundConnection",
+    "OutRecipient",
+    "TlsMode",
+    "TransactionResult",
+]
+
+Body = Union[bytes, bytearray, memoryview, "os.PathLike[str]", BinaryIO]
+
+_CHUNK = 128 * 1024                 # body read and write unit
+_READ_HIGH_WATER = 1024 * 1024      # unread reply bytes before we stop reading the socket
+_QUIT_TIMEOUT = 5.0                 # close() waits at most this long for the 221
+_CLOSE_TIMEOUT = 2.0                # and this long for the transport to go away
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientPolicy:
+    """How to talk to one next hop. Hashable: the connection pool keys on it."""
+
+    helo: str
+    tls: TlsMode = TlsMode.OPPORTUNISTIC
+    implicit_tls: bool = False          # RFC 8314 3.3: TLS from the first byte (port 465)
+    ca_file: str | None = None          # VERIFY: trust anchors; None = the system store
+    server_name: str | None = None      # VERIFY: the name the certificate must match (and SNI)
+    username: str | None = None         # AUTH when set (RFC 4954)
+    password: str | None = None
+    auth_without_tls: bool = False      # allow AUTH over plaintext (a trusted LAN only)
+    connect_timeout: float = 30
+    command_timeout: float = 300        # RFC 5321 4.5.3.2: 5 minutes for most replies
+    data_timeout: float = 600           # 4.5.3.2.6: 10 minutes for the reply to the final dot
+
+    def __repr__(self) -> str:          # never a password in a log line
+        secret = "***" if self.password is not None else None
+        return (f"ClientPolicy(helo={self.helo!r}, tls={self.tls}, implicit_tls="
+                f"{self.implicit_tls}, server_name={self.server_name!r}, "
+                f"username={self.username!r}, password={secret})")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutRecipient:
+    address: str                              # mailbox without angle brackets
+    notify: tuple[str, ...] | None = None     # RFC 3461 4.1, sent only when DSN is offered
+    orcpt: str | None = None                  # "rfc822;user@example.com" (RFC 3461 4.2)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransactionResult:
+    """One Reply per recipient, in order: the RCPT reply for a refused recipient, the final
+    DATA reply for an accepted one (or the MAIL reply for all, when MAIL was refused)."""
+
+    recipients: tuple[Reply, ...]
+    data: Reply | None              # the reply to DATA / the final dot; None: no recipient
+
+
+class DeliveryError(Exception):
+    """The connection or the session failed as a whole.
+
+    `reply`: the server's reply, or a synthesized one (451 4.4.x / 4.7.x). `stage`: one of
+    "connect", "tls" (implicit TLS handshake), "greeting", "ehlo", "starttls", "auth",
+    "mail", "rcpt", "data", "rset". `detail`: for the log, not for the sender.
+    """
+
+    part = "delivery"
+
+    def __init__(self, reply: Reply, stage: str, detail: str | None = None) -> None:
+        super().__init__(f"{stage}: {reply}" + (f" ({detail})" if detail else ""))
+        self.reply = reply
+        self.stage = stage
+        self.detail = detail
+
+    @property
+    def temporary(self) -> bool:
+        return self.reply.transient
+
+    @property
+    def permanent(self) -> bool:
+        return self.reply.permanent
+
+
+# Synthesized replies. 451 "local error in processing": the failure is ours to retry.
+def _no_answer(detail: str) -> Reply:
+    return reply(451, "4.4.1", f"No answer from host: {detail}")          # RFC 3463 X.4.1
+
+
+def _bad_connection(detail: str) -> Reply:
+    return reply(451, "4.4.2", f"Bad connection: {detail}")               # RFC 3463 X.4.2
+
+
+def _tls_unsupported(detail: str) -> Reply:
+    return reply(451, "4.7.4", f"TLS required but not available: {detail}")   # X.7.4
+
+
+def _tls_failed(detail: str) -> Reply:
+    return reply(451, "4.7.5", f"TLS failed: {detail}")                   # X.7.5
+
+
+_TOO_BIG = "Message size exceeds the remote host's fixed maximum message size"
+_NO_UTF8 = "Remote host does not support SMTPUTF8"  # RFC 6531 3.2: cannot be sent as is
+
+
+@functools.lru_cache(maxsize=32)
+def _tls_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
+    """A client context, shared between connections (loading a CA store is not free)."""
+    if verify:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    else:
+        # REQUIRED / OPPORTUNISTIC: encryption against passive listeners only (RFC 7435
+        # opportunistic security); no certificate or name check.
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2        # RFC 8996: no TLS 1.0/1.1
+    return ctx
+
+
+class _Protocol(asyncio.Protocol):
+    """Bytes from the socket go straight into the ReplyParser; the driver awaits `readable`."""
+
+    def __init__(self, parser: ReplyParser) -> None:
+        self.parser = parser
+        self.transport: asyncio.Transport | None = None
+        self.readable = asyncio.Event()     # set on data, EOF or loss
+        self.writable = asyncio.Event()     # clear while the transport's buffer is full
+        self.writable.set()
+        self.lost = False
+        self.eof = False
+        self.reading_paused = False
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport          # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed(data)
+        self.readable.set()
+        if self.parser.buffered > _READ_HIGH_WATER and not self.reading_paused:
+            # A server that talks without being asked: stop reading until we catch up.
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self.readable.set()
+        return False                        # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.readable.set()
+        self.writable.set()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+
+class OutboundConnection:
+    """One SMTP client session to one next hop. Make it with `open()`."""
+
+    def __init__(self, address: str, port: int, policy: ClientPolicy) -> None:
+        # Use open(); the constructor only sets the fields.
+        self.address = address
+        self.port = port
+        self.policy = policy
+        self.peer = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        self.extensions = Extensions()
+        self.greeting: Reply | None = None
+        self.tls_version: str | None = None
+        self.tls_cipher: str | None = None
+        self.auth_mechanism: str | None = None
+        self._parser = ReplyParser()
+        self._proto: _Protocol | None = None
+        self._transport: asyncio.Transport | None = None
+        self._dead = False          # the transport cannot be trusted: abort, no QUIT
+        self._failed = False        # an error happened: not usable, but QUIT is fine
+        self._busy = False
+        self._closed = False
+
+    # --- public ------------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, address: str, port: int, policy: ClientPolicy) -> OutboundConnection:
+        """Connect, read the greeting, EHLO, STARTTLS and AUTH as the policy says.
+
+        Raises DeliveryError (the connection is closed then); ValueError for a HELO name
+        that holds CR, LF or NUL, before connecting.
+        """
+        command("EHLO", policy.helo)
+        conn = cls(address, port, policy)
+        try:
+            await conn._connect()
+            await conn._start_session()
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    @property
+    def usable(self) -> bool:
+        """Still open and in a clean state (no transaction, no error): may send a message."""
+        proto = self._proto
+        # Bytes nobody asked for (say, a "421 idle timeout" while pooled) mean the session
+        # is not in the state we think it is.
+        return (proto is not None and self._parser.buffered == 0
+                and not (self._dead or self._failed or self._closed or self._busy
+                         or proto.lost or proto.eof))
+
+    async def send(self, *, sender: str, recipients: Sequence[OutRecipient], body: Body,
+                   size: int, eightbit: bool = False, smtputf8: bool = False,
+                   ret: str | None = None, envid: str | None = None) -> TransactionResult:
+        """One mail transaction (RFC 5321 3.3): MAIL, RCPT for each recipient, DATA.
+
+        `sender` "" is the null reverse-path. `body` is the message content with CRLF line
+        ends, as bytes, a path or a binary file object (read in chunks, not closed here).
+        `size` is the content size for SIZE (RFC 1870). Addresses holding CR, LF or NUL, or
+        not valid Paths, raise ValueError before anything is written. When the transaction
+        did not end with the final dot, RSET is sent, so the connection stays reusable.
+        """
+        if self._busy:
+            raise RuntimeError("send() while another operation runs on this connection")
+        if not recipients:
+            raise ValueError("send() needs at least one recipient")
+        ext = self.extensions
+        # Build every command first: a bad address is refused before a byte is written.
+        if not smtputf8 and not (sender.isascii()
+                                 and all(r.address.isascii() for r in recipients)):
+            raise ValueError("non-ASCII address in a message without SMTPUTF8")
+        mail_cmd = mail_from(
+            sender,
+            size=size if ext.size is not None else None,
+            body="8BITMIME" if eightbit and ext.eightbitmime else None,
+            smtputf8=smtputf8,
+            # RFC 3461 4: DSN parameters only to a server that announced DSN; without it,
+            # the relaying MTA itself is responsible for the notifications (RFC 3461 6.2).
+            ret=ret if ext.dsn else None,
+            envid=envid if ext.dsn else None,
+        )
+        rcpt_cmds = [
+            rcpt_to(r.address, notify=r.notify if ext.dsn else None,
+                    orcpt=r.orcpt if ext.dsn else None)
+            for r in recipients
+        ]
+        n = len(recipients)
+        if smtputf8 and not ext.smtputf8:
+            # RFC 6531 3.2: a message that needs SMTPUTF8 is not sent to a server without it.
+            refusal = reply(553, "5.6.7", _NO_UTF8)
+            return TransactionResult(recipients=(refusal,) * n, data=None)
+        if ext.size and size > ext.size:
+            # RFC 1870 6: the server told us its limit; MAIL would only be refused.
+            refusal = reply(552, "5.3.4", f"{_TOO_BIG} ({size} > {ext.size})")
+            return TransactionResult(recipients=(refusal,) * n, data=None)
+        if not self.usable:
+            self._failed = True
+            raise DeliveryError(_bad_connection("connection not usable"), "mail")
+        source = await _BodySource.open(body)
+        self._busy = True
+        try:
+            return await self._transaction(mail_cmd, rcpt_cmds, source)
+        except DeliveryError:
+            raise
+        except BaseException:
+            # Cancelled, or the body could not be read mid-DATA: the server must not take
+            # a torn message for a whole one, so the connection goes without the final dot.
+            self._kill()
+            raise
+        finally:
+            self._busy = False
+            await source.close()
+
+    async def reset(self) -> None:
+        """RSET (RFC 5321 4.1.1.5): a clean state before the next message."""
+        if not self.usable:
+            self._failed = True
+            raise DeliveryError(_bad_connection("connection not usable"), "rset")
+        answer = await self._command(b"RSET\r\n", "rset")
+        if answer.code != 250:
+            self._failed = True
+            raise DeliveryError(answer, "rset")
+
+    async def close(self) -> None:
+        """QUIT (RFC 5321 4.1.1.10) when the session is sane, then close. Never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        transport, proto = self._transport, self._proto
+        if transport is None or proto is None:
+            return
+        if self._dead:
+            transport.abort()           # _kill() did; a failed TLS handshake leaves no
+            return                      # connection_lost() to wait for
+        try:
+            if not (self._busy or proto.lost or proto.eof):
+                transport.write(b"QUIT\r\n")
+                await self._reply("quit", timeout=min(self.policy.command_timeout,
+                                                      _QUIT_TIMEOUT))
+        except Exception:          # noqa: BLE001 - a QUIT that fails changes nothing
+            pass
+        try:
+            transport.close()
+            await asyncio.wait_for(asyncio.shield(proto.closed), _CLOSE_TIMEOUT)
+        except Exception:          # noqa: BLE001
+            transport.abort()
+
+    # --- session setup -----------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        policy = self.policy
+        loop = asyncio.get_running_loop()
+        ctx = None
+        stage = "connect"
+        if policy.implicit_tls:
+            stage = "tls"
+            ctx = self._context("tls")
+        self._proto = _Protocol(self._parser)
+        try:
+            async with asyncio.timeout(policy.connect_timeout):
+                transport, _ = await loop.create_connection(
+                    lambda: self._proto, self.address, self.port, ssl=ctx,
+                    server_hostname=self._server_name() if ctx else None,
+                    ssl_handshake_timeout=policy.connect_timeout if ctx else None)
+        except ssl.SSLCertVerificationError as exc:
+            raise DeliveryError(_tls_failed(f"certificate: {exc.verify_message}"), stage,
+                                str(exc)) from None
+        except ssl.SSLError as exc:
+            raise DeliveryError(_tls_failed(f"handshake: {exc.reason}"), stage,
+                                str(exc)) from None
+        except TimeoutError:
+            raise DeliveryError(_no_answer("connect timed out"), "connect") from None
+        except OSError as exc:
+            raise DeliveryError(_no_answer(exc.strerror or type(exc).__name__), "connect",
+                                str(exc)) from None
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        if peer:
+            host, port = peer[0], peer[1]
+            self.peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if ctx is not None:
+            self._record_tls(transport)
+
+    async def _start_session(self) -> None:
+        policy = self.policy
+        # RFC 5321 3.1 / 4.3.1: the greeting is 220; 554 (or anything else) means no.
+        greeting = await self._reply("greeting")
+        self.greeting = greeting
+        if greeting.code != 220:
+            self._failed = True
+            raise DeliveryError(greeting, "greeting")
+        await self._hello()
+        if self.tls_version is None and policy.tls is not TlsMode.NONE:
+            await self._starttls()
+        if policy.username is not None:
+            await self._auth()
+
+    async def _hello(self) -> None:
+        """EHLO; HELO when EHLO is refused with 5xx (RFC 5321 4.1.4, 3.2)."""
+        answer = await self._command(command("EHLO", self.policy.helo), "ehlo")
+        if answer.code == 250:
+            self.extensions = Extensions.parse(answer)
+            return
+        if answer.permanent:
+            answer = await self._command(command("HELO", self.policy.helo), "ehlo")
+            if answer.code == 250:
+                self.extensions = Extensions()          # HELO: no extensions
+                return
+        self._failed = True
+        raise DeliveryError(answer, "ehlo")
+
+    async def _starttls(self) -> None:
+        """STARTTLS (RFC 3207) as `policy.tls` says, then EHLO again (RFC 3207 4.2)."""
+        mode = self.policy.tls
+        if not self.extensions.starttls:
+            if mode is TlsMode.OPPORTUNISTIC:
+                return
+            self._failed = True
+            raise DeliveryError(_tls_unsupported("STARTTLS not offered"), "starttls")
+        answer = await self._command(b"STARTTLS\r\n", "starttls")
+        if answer.code != 220:
+            # RFC 3207 4: nothing was negotiated, the session is still plain and sane; an
+            # opportunistic client may go on without TLS, the others may not.
+            if mode is TlsMode.OPPORTUNISTIC:
+                return
+            self._failed = True
+            raise DeliveryError(_tls_unsupported(f"STARTTLS refused: {answer}"), "starttls")
+        ctx = self._context("starttls")
+        loop = asyncio.get_running_loop()
+        # RFC 3207 4.2: forget everything from before TLS. Whatever the server (or a man
+        # in the middle) sent after the 220 in plaintext is dropped here, not read as a
+        # reply from inside TLS. No await between this and start_tls(): no data can slip in.
+        self._parser.clear()
+        self.extensions = Extensions()
+        old = self._transport
+        try:
+            async with asyncio.timeout(self.policy.command_timeout):
+                new = await loop.start_tls(old, self._proto, ctx,
+                                           server_hostname=self._server_name(),
+                                           ssl_handshake_timeout=self.policy.command_timeout)
+        except BaseException as exc:
+            # No plaintext fallback on this connection: a MITM could force it at will.
+            # The reply is temporary; the caller may retry (and decide about plaintext).
+            self._kill()
+            if isinstance(exc, ssl.SSLCertVerificationError):
+                why = f"certificate: {exc.verify_message}"
+            elif isinstance(exc, ssl.SSLError):
+                why = f"handshake: {exc.reason}"
+            elif isinstance(exc, TimeoutError):
+                why = "handshake timed out"
+            elif isinstance(exc, (OSError, ConnectionError)):
+                why = f"handshake: {exc}"
+            else:
+                raise
+            raise DeliveryError(_tls_failed(why), "starttls", repr(exc)) from None
+        self._transport = new
+        self._record_tls(new)
+        await self._hello()
+
+    async def _auth(self) -> None:
+        """AUTH PLAIN (RFC 4616) or LOGIN, with the policy's credentials (RFC 4954)."""
+        policy = self.policy
+        if self.tls_version is None and not policy.auth_without_tls:
+            # Never a password in plaintext unless the route says so explicitly.
+            self._failed = True
+            raise DeliveryError(reply(451, "4.7.11", "AUTH needs TLS, and TLS is not active"),
+                                "auth")
+        user, password = policy.username or "", policy.password or ""
+        if "\0" in user or "\0" in password:
+            self._failed = True
+            raise DeliveryError(reply(451, "4.7.0", "AUTH credentials hold NUL"), "auth")
+        offered = self.extensions.auth
+        if "PLAIN" in offered:
+            self.auth_mechanism = "PLAIN"
+            token = _b64(f"\0{user}\0{password}")
+            answer = await self._command(command("AUTH", "PLAIN", token), "auth")
+            if answer.code == 334:
+                # RFC 4954 4: a server that ignored the initial response asks for it.
+                answer = await self._command(token.encode() + b"\r\n", "auth")
+        elif "LOGIN" in offered:
+            self.auth_mechanism = "LOGIN"
+            answer = await self._command(b"AUTH LOGIN\r\n", "auth")
+            for secret in (user, password):
+                if answer.code != 334:
+                    break
+                answer = await self._command(_b64(secret).encode() + b"\r\n", "auth")
+        else:
+            self._failed = True
+            offer = " ".join(offered) or "none"
+            raise DeliveryError(
+                reply(451, "4.7.4", f"No common AUTH mechanism (offered: {offer})"), "auth")
+        if answer.code == 334:
+            # Still challenged after our last word: cancel the exchange (RFC 4954 4).
+            answer = await self._command(b"*\r\n", "auth")
+        if answer.code != 235:
+            self._failed = True
+            raise DeliveryError(answer, "auth")         # the server's reply, as it is
+
+    # --- the transaction ---------------------------------------------------------------------
+
+    async def _transaction(self, mail_cmd: bytes, rcpt_cmds: list[bytes],
+                           source: _BodySource) -> TransactionResult:
+        n = len(rcpt_cmds)
+        data_answer: Reply | None = None
+        if self.extensions.pipelining:
+            # RFC 2920 3.1: MAIL, the RCPTs and DATA go as one group; the replies come back
+            # in order and each of them must be checked.
+            await self._write(mail_cmd + b"".join(rcpt_cmds) + b"DATA\r\n", "mail")
+            mail_answer = await self._reply("mail")
+            rcpt_answers = [await self._reply("rcpt") for _ in range(n)]
+            data_answer = await self._reply("data")
+        else:
+            mail_answer = await self._command(mail_cmd, "mail")
+            rcpt_answers = []
+            if mail_answer.positive:
+                for cmd in rcpt_cmds:
+                    rcpt_answers.append(await self._command(cmd, "rcpt"))
+                if any(a.positive for a in rcpt_answers):
+                    data_answer = await self._command(b"DATA\r\n", "data")
+
+        if not mail_answer.positive:
+            # The sender was refused: that is the answer for every recipient (their own
+            # replies, if pipelined, only say "need MAIL first").
+            results = [mail_answer] * n
+        else:
+            results = list(rcpt_answers)
+        accepted = [i for i, a in enumerate(results) if a.positive]
+
+        if not accepted:
+            if data_answer is not None and data_answer.code == 354:
+                # RFC 2920 3.1: DATA was accepted with no recipient; end it with a lone dot.
+                await self._write(b".\r\n", "data")
+                await self._reply("data", timeout=self.policy.data_timeout)
+            await self._rset_after_failure()
+            return TransactionResult(recipients=tuple(results), data=None)
+
+        assert data_answer is not None
+        if data_answer.code != 354:
+            for i in accepted:
+                results[i] = data_answer
+            await self._rset_after_failure()
+            return TransactionResult(recipients=tuple(results), data=data_answer)
+
+        # RFC 5321 4.5.2: the content, dot-stuffed, then <CRLF>.<CRLF>.
+        stuffer = DotStuffer()
+        while chunk := await source.read(_CHUNK):
+            await self._write(stuffer.feed(chunk), "data")
+        await self._write(stuffer.end(), "data")
+        final = await self._reply("data", timeout=self.policy.data_timeout)
+        for i in accepted:
+            results[i] = final
+        return TransactionResult(recipients=tuple(results), data=final)
+
+    async def _rset_after_failure(self) -> None:
+        """RSET after a transaction that did not end with the final dot (RFC 5321 4.1.1.5).
+
+        The per-recipient result stands whatever happens here; only the connection is
+        not reused when RSET fails.
+        """
+        try:
+            answer = await self._command(b"RSET\r\n", "rset")
+        except DeliveryError:
+            return                      # _broken() already made the connection unusable
+        if answer.code != 250:
+            self._failed = True
+
+    # --- I/O helpers -------------------------------------------------------------------------
+
+    async def _command(self, line: bytes, stage: str, *,
+                       timeout: float | None = None) -> Reply:
+        await self._write(line, stage)
+        return await self._reply(stage, timeout=timeout)
+
+    async def _write(self, data: bytes, stage: str) -> None:
+        proto, transport = self._proto, self._transport
+        if proto is None or transport is None or proto.lost or self._dead:
+            raise self._broken(stage, _bad_connection("connection lost"))
+        transport.write(data)
+        if not proto.writable.is_set():
+            try:
+                async with asyncio.timeout(self.policy.command_timeout):
+                    await proto.writable.wait()
+            except TimeoutError:
+                raise self._broken(stage, _bad_connection("timeout while sending")) from None
+        if proto.lost:
+            raise self._broken(stage, _bad_connection("connection lost"))
+
+    async def _reply(self, stage: str, *, timeout: float | None = None) -> Reply:
+        """The next reply, within `timeout` (default: command_timeout)."""
+        proto = self._proto
+        assert proto is not None
+        parser = self._parser
+        try:
+            async with asyncio.timeout(self.policy.command_timeout if timeout is None
+                                       else timeout):
+                while True:
+                    answer = parser.next_reply()
+                    if answer is not None:
+                        break
+                    if proto.lost or proto.eof:
+                        raise self._broken(stage, _bad_connection("connection lost"))
+                    proto.readable.clear()
+                    await proto.readable.wait()
+        except TimeoutError:
+            raise self._broken(stage, _bad_connection(f"timeout waiting for the {stage} reply")
+                               ) from None
+        except ProtocolError as exc:
+            raise self._broken(stage, reply(451, "4.5.0", f"Protocol error: {exc}")) from None
+        if proto.reading_paused and parser.buffered < _READ_HIGH_WATER // 2:
+            proto.reading_paused = False
+            if self._transport is not None:
+                self._transport.resume_reading()
+        if answer.code == 421:
+            # RFC 5321 3.8: the server is closing the channel; nothing more will be read.
+            raise self._broken(stage, answer)
+        return answer
+
+    def _broken(self, stage: str, answer: Reply) -> DeliveryError:
+        self._kill()
+        return DeliveryError(answer, stage)
+
+    def _kill(self) -> None:
+        """The session cannot go on: drop the connection without QUIT."""
+        self._dead = True
+        self._failed = True
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _server_name(self) -> str:
+        return self.policy.server_name or self.address
+
+    def _context(self, stage: str) -> ssl.SSLContext:
+        verify = self.policy.tls is TlsMode.VERIFY
+        try:
+            return _tls_context(verify, self.policy.ca_file if verify else None)
+        except (OSError, ssl.SSLError) as exc:          # a missing or bad CA file
+            self._failed = True
+            raise DeliveryError(_tls_failed(f"cannot load CA file: {exc}"), stage) from None
+
+    def _record_tls(self, transport: asyncio.BaseTransport) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.tls_version = ssl_object.version()
+            cipher = ssl_object.cipher()
+            self.tls_cipher = cipher[0] if cipher else None
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+class _BodySource:
+    """Message content from bytes, a path or a binary file, read without blocking the loop."""
+
+    def __init__(self, data: memoryview | None, file: BinaryIO | None, owned: bool) -> None:
+        self._data = data
+        self._pos = 0
+        self._file = file
+        self._owned = owned
+
+    @classmethod
+    async def open(cls, body: Body) -> _BodySource:
+        if isinstance(body, (bytes, bytearray, memoryview)):
+            return cls(memoryview(body).cast("B"), None, False)
+        if isinstance(body, os.PathLike):
+            return cls(None, await asyncio.to_thread(open, body, "rb"), True)
+        if hasattr(body, "read"):
+            return cls(None, body, False)
+        raise TypeError(f"body must be bytes, a path or a binary file, not {type(body).__name__}")
+
+    async def read(self, n: int) -> bytes:
+        if self._data is not None:
+            chunk = bytes(self._data[self._pos:self._pos + n])
+            self._pos += len(chunk)
+            return chunk
+        # Disk reads go to a thread: a slow disk must not stall every other connection.
+        chunk = await asyncio.to_thread(self._file.read, n)
+        if not isinstance(chunk, (bytes, bytearray)):
+            raise TypeError("the body file must be opened in binary mode")
+        return bytes(chunk)
+
+    async def close(self) -> None:
+        if self._owned and self._file is not None:
+            await asyncio.to_thread(self._file.close)

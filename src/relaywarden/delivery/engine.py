@@ -1,0 +1,464 @@
+"""The scheduler and the delivery of queued messages.
+
+A loop claims due recipients from the queue (a lease, so that a crash mid-attempt means a
+retry, never a loss), the router says where each recipient goes, the resolver turns the
+route into addresses, and the outbound client speaks SMTP to them. What comes back is
+written to the queue in one transaction together with any DSN it causes: delivered,
+deferred (next attempt on the retry schedule), bounced (a DSN to the sender), held, or
+badmail (a bounce that cannot be bounced).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from relaywarden.delivery.client import (
+    ClientPolicy,
+    DeliveryError,
+    OutboundConnection,
+    OutRecipient,
+)
+from relaywarden.delivery.dsn import DsnAction, DsnRecipient, build_dsn, wants_notice
+from relaywarden.delivery.routing import Route, RouteKind, Router
+from relaywarden.logs.maillog import MailEvent, MailLog
+from relaywarden.queue.store import (
+    DueMessage,
+    DueRecipient,
+    Envelope,
+    RecipientRecord,
+    RecipientStatus,
+    RecipientUpdate,
+    Store,
+    new_queue_id,
+)
+from relaywarden.resolver import MxStatus, Resolver
+from relaywarden.smtp.reply import Reply, reply
+
+#: How often the scheduler looks for due mail when nothing wakes it.
+POLL_SECONDS = 1.0
+#: An idle outbound connection is kept this long for the next message to the same host.
+IDLE_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliverySettings:
+    hostname: str                       # Reporting-MTA of DSNs
+    helo: str
+    postmaster: str
+    max_concurrent: int = 50
+    per_destination: int = 10
+    retry_schedule: tuple[float, ...] = (600, 900, 1800, 3600, 7200, 14400)
+    expire_after: float = 172800
+    delay_notice_after: float = 43200
+    mx_port: int = 25
+    connect_timeout: float = 30
+    command_timeout: float = 300
+    data_timeout: float = 600
+    ca_file: str | None = None
+    ndr_copy_to: str | None = None
+
+    @property
+    def lease(self) -> float:
+        # Longer than any single attempt can take, so a live attempt is never doubled.
+        return self.connect_timeout + 6 * self.command_timeout + self.data_timeout
+
+
+class Kind(enum.Enum):
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"
+    BOUNCED = "bounced"
+    HELD = "held"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    recipient: DueRecipient
+    kind: Kind
+    reply: Reply
+    remote: str = ""            # "host [address]" of the next hop that answered
+    dsn_passed_on: bool = False  # the next hop took NOTIFY/ORCPT itself (RFC 3461 4.1)
+    route: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Hop:
+    address: str
+    port: int
+    name: str                   # host name: TLS server name, Remote-MTA
+
+
+def _show(r: Reply) -> str:
+    return " ".join(str(part) for part in (r.code, r.enhanced, r.text) if part)
+
+
+def _permanent_stage(err: DeliveryError) -> bool:
+    """A permanent refusal inside the mail transaction ends the attempt for this message;
+    one before it (connect, greeting, TLS, AUTH) only means: try the next host."""
+    return err.reply.permanent and err.stage in ("mail", "rcpt", "data")
+
+
+class _Pool:
+    """Idle outbound connections by next hop, and a cap on connections per next hop."""
+
+    def __init__(self, per_destination: int) -> None:
+        self._limit = per_destination
+        self._slots: dict[tuple[str, int], asyncio.Semaphore] = {}
+        self._idle: dict[tuple, list[tuple[float, OutboundConnection]]] = defaultdict(list)
+
+    def slot(self, hop: _Hop) -> asyncio.Semaphore:
+        key = (hop.address, hop.port)
+        if key not in self._slots:
+            self._slots[key] = asyncio.Semaphore(self._limit)
+        return self._slots[key]
+
+    async def take(self, hop: _Hop, policy: ClientPolicy) -> OutboundConnection:
+        idle = self._idle[(hop.address, hop.port, policy)]
+        while idle:
+            _, conn = idle.pop()
+            if conn.usable:
+                return conn
+            await conn.close()
+        return await OutboundConnection.open(hop.address, hop.port, policy)
+
+    async def give_back(self, hop: _Hop, policy: ClientPolicy, conn: OutboundConnection) -> None:
+        if conn.usable:
+            try:
+                await conn.reset()
+            except DeliveryError:
+                await conn.close()
+                return
+            if conn.usable:
+                self._idle[(hop.address, hop.port, policy)].append((time.monotonic(), conn))
+                return
+        await conn.close()
+
+    async def reap(self, older_than: float) -> None:
+        now = time.monotonic()
+        for key, idle in list(self._idle.items()):
+            keep = []
+            for since, conn in idle:
+                if now - since > older_than or not conn.usable:
+                    await conn.close()
+                else:
+                    keep.append((since, conn))
+            self._idle[key] = keep
+
+    async def close(self) -> None:
+        await self.reap(-1)
+
+
+class Engine:
+    def __init__(self, *, store: Store, router: Router, resolver: Resolver,
+                 settings: DeliverySettings, mail_log: MailLog, clock=time.time) -> None:
+        self.store = store
+        self.router = router
+        self.resolver = resolver
+        self.settings = settings
+        self.mail_log = mail_log
+        self._clock = clock
+        self._wakeup = asyncio.Event()
+        self._active: set[asyncio.Task] = set()
+        self._pool = _Pool(settings.per_destination)
+        self._stopping = False
+        self._loop_task: asyncio.Task | None = None
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.store.release_leases()
+        self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    def wake(self) -> None:
+        """New mail was queued (or released): look now rather than at the next poll."""
+        self._wakeup.set()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        self._wakeup.set()
+        if self._loop_task is not None:
+            await asyncio.wait({self._loop_task}, timeout=timeout)
+        if self._active:
+            # Attempts still running keep their lease; the next start retries them.
+            done, pending = await asyncio.wait(set(self._active), timeout=timeout)
+            for task in pending:
+                task.cancel()
+        await self._pool.close()
+
+    async def _run(self) -> None:
+        last_reap = time.monotonic()
+        while not self._stopping:
+            self._wakeup.clear()
+            free = self.settings.max_concurrent - len(self._active)
+            if free > 0:
+                try:
+                    due = await self.store.claim_due(self._clock(), free, self.settings.lease)
+                except Exception as exc:  # noqa: BLE001 - the queue may be busy; try again
+                    self.mail_log.event(MailEvent.DEFERRED, error=f"queue scan failed: {exc}")
+                    due = []
+                for message in due:
+                    task = asyncio.get_running_loop().create_task(self._deliver(message))
+                    # asyncio keeps only weak references to tasks (DESIGN.md, known traps).
+                    self._active.add(task)
+                    task.add_done_callback(self._task_done)
+                if len(due) >= free:
+                    continue   # more may be due: look again as soon as a slot frees
+            if time.monotonic() - last_reap > IDLE_SECONDS:
+                await self._pool.reap(IDLE_SECONDS)
+                last_reap = time.monotonic()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), POLL_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._active.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.mail_log.event(MailEvent.DEFERRED, error=f"delivery failed: {task.exception()!r}")
+        self._wakeup.set()
+
+    # -- one message -----------------------------------------------------------------------
+
+    async def _deliver(self, message: DueMessage) -> None:
+        try:
+            await self._attempt(message)
+        except Exception as exc:  # noqa: BLE001 - a bug must defer the mail, not strand it
+            self.mail_log.event(MailEvent.DEFERRED, id=message.queue_id,
+                                error=f"internal error: {exc!r}")
+            now = self._clock()
+            await self.store.record(message.queue_id, [
+                RecipientUpdate(idx=r.idx, status=RecipientStatus.QUEUED,
+                                next_attempt=self._retry_at(now, r.attempts + 1),
+                                attempts=r.attempts + 1, last_error=f"internal error: {exc!r}")
+                for r in message.recipients])
+
+    async def _attempt(self, message: DueMessage) -> None:
+        body = await self.store.read_body(message.queue_id)
+        if body is None:
+            return   # removed meanwhile (queue delete)
+        groups: dict[tuple[str, str, bool], tuple[Route, bool, list[DueRecipient]]] = {}
+        for rcpt in message.recipients:
+            route = self.router.route(rcpt.domain, sender=message.sender,
+                                      group=message.client_group, user=message.auth_user)
+            # A released recipient (admin, ETRN) goes out through the hold route's next hops.
+            hold = route.kind is RouteKind.HOLD and not (rcpt.released and route.hops)
+            # MX routes are per recipient domain; a smart host takes every domain at once.
+            per_domain = any(h.mx for h in route.hops) or not route.hops
+            key = (route.name, rcpt.domain if per_domain else "", hold)
+            groups.setdefault(key, (route, hold, []))[2].append(rcpt)
+        results = await asyncio.gather(*(
+            self._deliver_group(message, body, route, recipients, hold=hold)
+            for route, hold, recipients in groups.values()
+        ))
+        outcomes = [o for group in results for o in group]
+        await self._finish(message, body, outcomes)
+
+    async def _deliver_group(self, message: DueMessage, body: bytes, route: Route,
+                             recipients: list[DueRecipient], *, hold: bool) -> list[Outcome]:
+        if hold:
+            return [Outcome(r, Kind.HELD, reply(250, "2.0.0", "held"), route=route.name)
+                    for r in recipients]
+        domain = recipients[0].domain
+        hops, dns_failure = await self._hops(route, domain)
+        if not hops:
+            kind = Kind.BOUNCED if dns_failure.permanent else Kind.DEFERRED
+            return [Outcome(r, kind, dns_failure, route=route.name) for r in recipients]
+
+        last = dns_failure or reply(451, "4.4.1", "no next hop answered")
+        last_remote = ""
+        refused_everywhere = True   # every host refused us outright (5xx greeting or EHLO)
+        for hop in hops:
+            policy = ClientPolicy(
+                helo=self.settings.helo, tls=route.tls, implicit_tls=route.implicit_tls,
+                ca_file=self.settings.ca_file, server_name=hop.name,
+                username=route.username, password=route.password,
+                auth_without_tls=route.auth_without_tls,
+                connect_timeout=self.settings.connect_timeout,
+                command_timeout=self.settings.command_timeout,
+                data_timeout=self.settings.data_timeout,
+            )
+            remote = f"{hop.name} [{hop.address}]:{hop.port}"
+            self.mail_log.event(MailEvent.ATTEMPT, id=message.queue_id, route=route.name,
+                                relay=remote, to=",".join(r.address for r in recipients))
+            async with self._pool.slot(hop):
+                try:
+                    conn = await self._pool.take(hop, policy)
+                    try:
+                        result = await conn.send(
+                            sender=message.sender,
+                            recipients=[OutRecipient(address=r.address, notify=r.notify,
+                                                     orcpt=r.orcpt) for r in recipients],
+                            body=body, size=len(body),
+                            eightbit=message.body_type == "8BITMIME",
+                            smtputf8=message.smtputf8, ret=message.ret, envid=message.envid,
+                        )
+                    except BaseException:
+                        await conn.close()
+                        raise
+                except DeliveryError as err:
+                    last, last_remote = err.reply, remote
+                    if _permanent_stage(err):
+                        return [Outcome(r, Kind.BOUNCED, err.reply, remote, route=route.name)
+                                for r in recipients]
+                    # A refused greeting is final for that host only; TLS, AUTH or network
+                    # trouble is something an admin or time can mend: never a bounce.
+                    refused_everywhere &= err.permanent and err.stage in ("greeting", "ehlo")
+                    self.mail_log.event(MailEvent.DEFERRED, id=message.queue_id, relay=remote,
+                                        stage=err.stage, reply=_show(err.reply))
+                    continue
+                passed_on = conn.extensions.dsn
+                await self._pool.give_back(hop, policy, conn)
+            outcomes = []
+            for rcpt, answer in zip(recipients, result.recipients):
+                kind = (Kind.DELIVERED if answer.positive
+                        else Kind.BOUNCED if answer.permanent else Kind.DEFERRED)
+                outcomes.append(Outcome(rcpt, kind, answer, remote, passed_on, route.name))
+            return outcomes
+        kind = Kind.BOUNCED if refused_everywhere else Kind.DEFERRED
+        return [Outcome(r, kind, last, last_remote, route=route.name) for r in recipients]
+
+    async def _hops(self, route: Route, domain: str) -> tuple[list[_Hop], Reply | None]:
+        """Addresses to try, in order, and the DNS failure if there is nothing to try."""
+        hops: list[_Hop] = []
+        failure: Reply | None = None
+        port_default = self.settings.mx_port
+        for hop in route.hops:
+            if hop.literal:
+                hops.append(_Hop(hop.host, hop.port or port_default, hop.host))
+                continue
+            if hop.mx:
+                result = await self.resolver.mx(domain)
+            else:
+                result = await self.resolver.addresses(hop.host)
+            if result.status is MxStatus.HOSTS:
+                for host in result.hosts:
+                    for address in host.addresses:
+                        hops.append(_Hop(address, hop.port or port_default, host.name))
+            elif result.status is MxStatus.NULL_MX:
+                # RFC 7505 3: a domain that publishes a null MX accepts no mail.
+                failure = failure or reply(556, "5.1.10", f"{domain} does not accept mail (null MX)")
+            elif result.status is MxStatus.NO_DOMAIN:
+                failure = failure or reply(550, "5.1.2", f"{hop.host if not hop.mx else domain}: "
+                                           f"host or domain not found ({result.detail})")
+            else:
+                failure = reply(451, "4.4.3", f"DNS lookup failed: {result.detail}")
+        return hops, failure
+
+    # -- outcomes --------------------------------------------------------------------------
+
+    def _retry_at(self, now: float, attempts: int) -> float:
+        schedule = self.settings.retry_schedule
+        delay = schedule[min(attempts, len(schedule)) - 1]
+        return now + delay * random.uniform(0.9, 1.1)   # jitter: spread a backlog's retries
+
+    async def _finish(self, message: DueMessage, body: bytes, outcomes: list[Outcome]) -> None:
+        now = self._clock()
+        s = self.settings
+        updates: list[RecipientUpdate] = []
+        notices: dict[DsnAction, list[DsnRecipient]] = defaultdict(list)
+        double_bounces: list[Outcome] = []
+        log = self.mail_log
+        age = now - message.received_at
+        for o in outcomes:
+            r = o.recipient
+            attempts = r.attempts + (0 if o.kind is Kind.HELD else 1)
+            if o.kind is Kind.DEFERRED and age >= s.expire_after:
+                # RFC 3463: 4.4.7 "delivery time expired" is reported with Action: failed.
+                o = Outcome(r, Kind.BOUNCED, reply(
+                    451, "4.4.7", f"delivery time expired after {attempts} attempts; last: "
+                    f"{_show(o.reply)}"), o.remote, route=o.route)
+            if o.kind is Kind.DELIVERED:
+                updates.append(RecipientUpdate(idx=r.idx, status=RecipientStatus.DELIVERED,
+                                               attempts=attempts, remote_mta=o.remote))
+                log.event(MailEvent.DELIVERED, id=message.queue_id, to=r.address, relay=o.remote,
+                          route=o.route, reply=_show(o.reply))
+                # RFC 3461 4.1: NOTIFY=SUCCESS and a next hop that cannot take it on.
+                if not o.dsn_passed_on and wants_notice(r.notify, DsnAction.RELAYED):
+                    notices[DsnAction.RELAYED].append(self._dsn_rcpt(r, DsnAction.RELAYED, o, now))
+            elif o.kind is Kind.BOUNCED:
+                if message.sender == "":
+                    # A bounce that cannot be delivered has nobody to go back to.
+                    double_bounces.append(o)
+                    updates.append(RecipientUpdate(
+                        idx=r.idx, status=RecipientStatus.BADMAIL, attempts=attempts,
+                        last_error=_show(o.reply), remote_mta=o.remote))
+                    log.event(MailEvent.BADMAIL, id=message.queue_id, to=r.address,
+                              reason=f"double bounce: {_show(o.reply)}")
+                    continue
+                updates.append(RecipientUpdate(
+                    idx=r.idx, status=RecipientStatus.BOUNCED, attempts=attempts,
+                    last_error=_show(o.reply), remote_mta=o.remote))
+                log.event(MailEvent.BOUNCED, id=message.queue_id, to=r.address, relay=o.remote,
+                          reply=_show(o.reply))
+                if wants_notice(r.notify, DsnAction.FAILED):
+                    notices[DsnAction.FAILED].append(self._dsn_rcpt(r, DsnAction.FAILED, o, now))
+            elif o.kind is Kind.DEFERRED:
+                notified = r.delay_notified
+                retry_at = self._retry_at(now, attempts)
+                if (s.delay_notice_after and age >= s.delay_notice_after and not notified
+                        and message.sender != "" and wants_notice(r.notify, DsnAction.DELAYED)):
+                    notices[DsnAction.DELAYED].append(self._dsn_rcpt(
+                        r, DsnAction.DELAYED, o, now, until=message.received_at + s.expire_after))
+                    notified = True
+                updates.append(RecipientUpdate(
+                    idx=r.idx, status=RecipientStatus.QUEUED, next_attempt=retry_at,
+                    attempts=attempts, last_error=_show(o.reply),
+                    remote_mta=o.remote, delay_notified=notified))
+                log.event(MailEvent.DEFERRED, id=message.queue_id, to=r.address, relay=o.remote,
+                          reply=_show(o.reply), attempts=attempts,
+                          next=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(retry_at)))
+            else:  # HELD
+                updates.append(RecipientUpdate(idx=r.idx, status=RecipientStatus.HELD,
+                                               attempts=attempts))
+                log.event(MailEvent.DEFERRED, id=message.queue_id, to=r.address,
+                          route=o.route, reason="held")
+        new_messages = []
+        for action, recipients in notices.items():
+            if message.sender == "":
+                continue
+            copy = s.ndr_copy_to if action is DsnAction.FAILED else None
+            new_messages.append(self._dsn_message(message, body, recipients, now, copy))
+        await self.store.record(message.queue_id, updates, new_messages=new_messages)
+        for env, spool in new_messages:
+            log.event(MailEvent.QUEUED, id=env.queue_id, listener="-", sender="<>",
+                      to=",".join(r.address for r in env.recipients), size=spool.size,
+                      reason=f"DSN for {message.queue_id}")
+            spool.discard()
+        if new_messages:
+            self.wake()
+
+    def _dsn_rcpt(self, r: DueRecipient, action: DsnAction, o: Outcome, now: float, *,
+                  until: float | None = None) -> DsnRecipient:
+        return DsnRecipient(
+            final=r.address, original=r.orcpt, action=action,
+            status=o.reply.enhanced or ("2.0.0" if o.reply.positive else
+                                        "4.0.0" if o.reply.transient else "5.0.0"),
+            remote_mta=o.remote.split(" ")[0] if o.remote else None,
+            diagnostic=f"smtp; {_show(o.reply)}" if o.remote else
+            f"X-relaywarden; {o.reply.text}",
+            last_attempt=now, will_retry_until=until,
+        )
+
+    def _dsn_message(self, message: DueMessage, body: bytes, recipients: Sequence[DsnRecipient],
+                     now: float, copy_to: str | None):
+        data = build_dsn(
+            reporting_mta=self.settings.hostname, sender=message.sender, recipients=recipients,
+            original=body, ret=message.ret, envid=message.envid, arrival=message.received_at,
+            now=now,
+        )
+        rcpts = [message.sender] + ([copy_to] if copy_to else [])
+        env = Envelope(
+            queue_id=new_queue_id(), received_at=now, listener="-", client_ip="127.0.0.1",
+            client_name=None, helo=self.settings.hostname, auth_user=None, sender="",
+            recipients=tuple(RecipientRecord(address=a, status=RecipientStatus.QUEUED,
+                                             rule="dsn", reason=f"DSN for {message.queue_id}")
+                             for a in rcpts),
+        )
+        spool = self.store.new_spool()
+        spool.write(data)
+        return env, spool

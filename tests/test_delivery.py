@@ -1,0 +1,379 @@
+"""The send half through the real interface: the relay process, a real downstream SMTP server,
+real clients. Every message answered 250 ends delivered, bounced (with a DSN), held, or in
+badmail; none disappears."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import re
+import signal
+import smtplib
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, start_relay, write_config
+from downstream import Downstream
+
+CONFIG = """
+[relay]
+hostname = "relay.test"
+hosted_domains = ["example.com", "held.test"]
+
+[delivery]
+retry_schedule = [1]
+expire_after = {expire}
+delay_notice_after = 0
+connect_timeout = 2
+command_timeout = 3
+data_timeout = 5
+tls = "none"
+ndr_copy_to = "ndr-copies@example.com"
+
+[dns]
+nameservers = ["127.0.0.1"]
+port = {noport}
+timeout = 1
+
+[badmail]
+notify = "admin@example.com"
+notify_interval = 1
+command = ["{python}", "-c", "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + chr(10))", "{marker}", "{id}"]
+
+[routes."example.com"]
+next_hops = ["[127.0.0.1]:{down}"]
+
+[routes."held.test"]
+hold = true
+next_hops = ["[127.0.0.1]:{down}"]
+
+[routes."other.test"]
+next_hops = ["[127.0.0.1]:{other}"]
+
+[routes."failover.test"]
+next_hops = ["[127.0.0.1]:{dead}", "[127.0.0.1]:{down}"]
+
+[routes."*"]
+next_hops = ["[127.0.0.1]:{down}"]
+
+[groups.scanners]
+networks = ["127.0.0.3/32"]
+recipient_domains = ["example.com"]
+on_violation = "badmail"
+
+[listeners.main]
+address = "127.0.0.1"
+port = {main}
+[listeners.main.relay]
+networks = ["127.0.0.1/32", "127.0.0.3/32"]
+"""
+
+MSG = b"From: app@example.com\r\nTo: x@example.com\r\nSubject: %s\r\n\r\nbody %s\r\n.line\r\n"
+
+
+class Setup:
+    def __init__(self, tmp_path: Path, *, expire: int = 600) -> None:
+        self.ports = {"main": free_port()}
+        self.down_port, self.other_port, self.dead_port = free_port(), free_port(), free_port()
+        self.marker = tmp_path / "badmail-commands.txt"
+        self.config = write_config(
+            tmp_path, CONFIG, main=self.ports["main"], down=self.down_port,
+            other=self.other_port, dead=self.dead_port, noport=free_port(), expire=expire,
+            python=sys.executable, marker=str(self.marker))
+        self.data_dir = tmp_path / "var"
+        self.down = Downstream(self.down_port).start()
+        self.other = Downstream(self.other_port).start()
+        self.relay = start_relay(self.config, self.data_dir, self.ports)
+
+    def send(self, to: list[str], subject: str = "hello", *, sender: str = "app@example.com",
+             source: str = "127.0.0.1", options: list[str] = (), rcpt_options=()) -> str:
+        with smtplib.SMTP("127.0.0.1", self.ports["main"], source_address=(source, 0),
+                          timeout=10) as c:
+            c.ehlo("client.test")
+            c.mail(sender, list(options))
+            for rcpt in to:
+                code, _ = c.rcpt(rcpt, list(rcpt_options))
+                assert code == 250
+            code, text = c.data(MSG % (subject.encode(), subject.encode()))
+            assert code == 250, text
+            return re.search(rb"queued as (\S+)", text).group(1).decode()
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "relaywarden", *args, "--config",
+                               str(self.config)], capture_output=True, text=True, timeout=60)
+
+    def queue(self) -> list[dict]:
+        return self.relay.messages()
+
+    def wait_queue(self, predicate, timeout: float = 20.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.queue()
+            if predicate(rows):
+                return rows
+            assert time.monotonic() < deadline, f"queue never got there: {rows}"
+            time.sleep(0.1)
+
+    def maillog(self) -> str:
+        self.relay.flush_logs()
+        return self.relay.logs("mail", ".log")
+
+    def close(self) -> None:
+        self.relay.stop()
+        self.down.stop()
+        self.other.stop()
+
+
+@pytest.fixture
+def setup(tmp_path):
+    s = Setup(tmp_path)
+    yield s
+    s.close()
+
+
+def subjects(messages) -> list[str]:
+    return [email.message_from_bytes(m.content)["Subject"] for m in messages]
+
+
+def test_hosted_route_delivers_and_the_queue_empties(setup):
+    qid = setup.send(["user@example.com"], "first")
+    [msg] = setup.down.wait_for(1)
+    assert msg.sender == "app@example.com" and msg.recipients == ["user@example.com"]
+    parsed = email.message_from_bytes(msg.content)
+    assert parsed["Subject"] == "first"
+    assert f"id {qid}".encode() in msg.content.split(b"\r\n\r\n")[0].replace(b"\r\n\t", b" ")
+    assert msg.content.endswith(b"body first\r\n.line\r\n")   # dot-stuffing both ways
+    setup.wait_queue(lambda rows: rows == [])
+    log = setup.maillog()
+    assert re.search(rf"event=delivered id={qid} to=user@example.com relay=\S+", log)
+
+
+def test_message_split_per_route_each_part_tracked(setup):
+    setup.send(["a@example.com", "b@other.test", "c@example.com"], "split")
+    [m1] = setup.down.wait_for(1)
+    [m2] = setup.other.wait_for(1)
+    assert sorted(m1.recipients) == ["a@example.com", "c@example.com"]
+    assert m2.recipients == ["b@other.test"]
+    setup.wait_queue(lambda rows: rows == [])
+
+
+def test_downstream_down_then_421_then_up_nothing_lost(setup):
+    setup.down.stop()
+    ids = [setup.send([f"u{i}@example.com"], f"m{i}") for i in range(5)]
+    rows = setup.wait_queue(lambda rows: len(rows) == 5 and all(
+        r["recipients"][0]["status"] == "queued" for r in rows))
+    time.sleep(2.5)   # at least one retry against a closed port
+    setup.down = Downstream(setup.down_port)
+    setup.down.behaviour.greeting = "421 4.3.2 maintenance"
+    setup.down.start()
+    time.sleep(2.5)   # retries meet the 421
+    assert setup.down.messages == []
+    log = setup.maillog()
+    assert "event=deferred" in log and "421" in log
+    setup.down.behaviour.greeting = None
+    got = setup.down.wait_for(5, timeout=30)
+    assert sorted(subjects(got)) == [f"m{i}" for i in range(5)]
+    setup.wait_queue(lambda rows: rows == [])
+
+
+def test_failover_to_the_second_next_hop(setup):
+    setup.send(["x@failover.test"], "failover")
+    [msg] = setup.down.wait_for(1)
+    assert msg.recipients == ["x@failover.test"]
+
+
+def test_partial_recipient_failures_and_the_bounce(setup):
+    setup.down.behaviour.rcpt = {"gone@example.com": "550 5.1.1 no such user",
+                                 "busy@example.com": "450 4.2.1 mailbox busy"}
+    qid = setup.send(["ok@example.com", "gone@example.com", "busy@example.com"], "partial",
+                     sender="sender@other.test")
+    # The original for ok@, and the bounce's copy to the NDR address (IIS's "Send copy of
+    # Non-Delivery Report to"), both reach example.com's next hop; the bounce itself goes
+    # back to the sender through other.test's next hop.
+    arrived = {m.recipients[0]: m for m in setup.down.wait_for(2)}
+    assert set(arrived) == {"ok@example.com", "ndr-copies@example.com"}
+    assert arrived["ndr-copies@example.com"].sender == ""
+    [dsn] = setup.other.wait_for(1)
+    assert dsn.sender == "" and dsn.recipients == ["sender@other.test"]
+    report = email.message_from_bytes(dsn.content, policy=email.policy.default)
+    assert report.get_content_type() == "multipart/report"
+    status = [p for p in report.walk() if p.get_content_type() == "message/delivery-status"][0]
+    text = status.as_bytes().decode()
+    assert "Final-Recipient: rfc822; gone@example.com" in text
+    assert "Action: failed" in text and "Status: 5.1.1" in text
+    assert "550 5.1.1 no such user" in text
+    # Each part is tracked: busy@ stays queued (retried), the others are final.
+    rows = setup.wait_queue(lambda rows: any(
+        r["id"] == qid and {x["status"] for x in r["recipients"]} == {"delivered", "bounced", "queued"}
+        for r in rows))
+    [row] = [r for r in rows if r["id"] == qid]
+    states = {r["address"]: r["status"] for r in row["recipients"]}
+    assert states == {"ok@example.com": "delivered", "gone@example.com": "bounced",
+                      "busy@example.com": "queued"}
+    setup.down.behaviour.rcpt = {}
+    setup.down.wait_for(3)
+    setup.wait_queue(lambda rows: rows == [])
+    log = setup.maillog()
+    assert re.search(rf"event=bounced id={qid} to=gone@example.com", log)
+    assert re.search(rf"event=deferred id={qid} to=busy@example.com", log)
+
+
+def test_5xx_at_data_bounces_and_null_sender_never_bounced(setup):
+    setup.down.behaviour.data = "554 5.6.0 content rejected"
+    setup.send(["a@example.com"], "rejected", sender="someone@other.test")
+    [dsn] = setup.other.wait_for(1)
+    assert dsn.recipients == ["someone@other.test"]
+    # A message with a null sender that fails goes to badmail (double bounce), not back out.
+    qid = setup.send(["b@example.com"], "double", sender="")
+    rows = setup.wait_queue(lambda rows: any(
+        r["id"] == qid and r["recipients"][0]["status"] == "badmail" for r in rows))
+    assert len(setup.other.messages) == 1
+
+
+def test_hold_route_keeps_mail_until_flushed(setup):
+    qid = setup.send(["x@held.test"], "held")
+    setup.wait_queue(lambda rows: rows and rows[0]["recipients"][0]["status"] == "held")
+    time.sleep(1.5)
+    assert setup.down.messages == []
+    out = setup.cli("queue", "flush", "--domain", "held.test")
+    assert out.returncode == 0 and "1 recipient(s)" in out.stdout
+    [msg] = setup.down.wait_for(1)
+    assert msg.recipients == ["x@held.test"]
+    setup.wait_queue(lambda rows: rows == [])
+
+
+def test_queue_commands_hold_release_retry_delete(setup):
+    setup.down.stop()
+    qid = setup.send(["a@example.com"], "cmds")
+    out = setup.cli("queue", "list", "--json")
+    [row] = json.loads(out.stdout)
+    assert row["id"] == qid
+    assert setup.cli("queue", "hold", qid).returncode == 0
+    assert setup.queue()[0]["recipients"][0]["status"] == "held"
+    show = setup.cli("queue", "show", qid, "--json")
+    assert json.loads(show.stdout)["recipients"][0]["status"] == "held"
+    setup.down = Downstream(setup.down_port).start()
+    time.sleep(1.5)
+    assert setup.down.messages == []
+    assert setup.cli("queue", "release", qid).returncode == 0
+    setup.down.wait_for(1)
+    setup.wait_queue(lambda rows: rows == [])
+    # delete: a deferred message disappears without a bounce
+    setup.down.stop()
+    qid2 = setup.send(["b@example.com"], "doomed")
+    assert setup.cli("queue", "retry", qid2).returncode == 0
+    assert setup.cli("queue", "delete", qid2).returncode == 0
+    assert setup.queue() == []
+    assert setup.cli("queue", "show", qid2).returncode == 1
+    log = setup.maillog()
+    assert f"id={qid2} action=delete" in log
+
+
+def test_scanner_badmail_file_notice_command_and_release(setup):
+    qid = setup.send(["boss@example.com", "me@gmail.test"], "scan", sender="scanner@example.com",
+                     source="127.0.0.3")
+    [first] = setup.down.wait_for(1)
+    assert first.recipients == ["boss@example.com"]
+    eml = setup.data_dir / "badmail" / f"{qid}.eml"
+    meta = setup.data_dir / "badmail" / f"{qid}.json"
+    deadline = time.monotonic() + 10
+    while not meta.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert eml.read_bytes().endswith(b"body scan\r\n.line\r\n")
+    info = json.loads(meta.read_text())
+    assert info["recipients"][0]["address"] == "me@gmail.test"
+    assert info["recipients"][0]["rule"] == "groups.scanners.recipient_domains"
+    # the admin's notice arrives (null sender, summarised)
+    notices = setup.down.wait_for(2)
+    notice = notices[1]
+    assert notice.sender == "" and notice.recipients == ["admin@example.com"]
+    assert qid.encode() in notice.content and b"me@gmail.test" in notice.content
+    # the command ran with the queue id
+    deadline = time.monotonic() + 10
+    while not setup.marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert setup.marker.read_text().split() == [qid]
+    out = setup.cli("badmail", "list")
+    assert qid in out.stdout and "me@gmail.test" in out.stdout
+    out = setup.cli("badmail", "release", qid, "--by", "alice")
+    assert out.returncode == 0 and "released me@gmail.test (by alice)" in out.stdout
+    got = setup.down.wait_for(3)
+    assert got[2].recipients == ["me@gmail.test"]
+    setup.wait_queue(lambda rows: rows == [])
+    assert "by=alice" in setup.maillog()
+
+
+def test_badmail_delete_removes_message_and_files(setup):
+    qid = setup.send(["me@gmail.test"], "scan", sender="scanner@example.com", source="127.0.0.3")
+    meta = setup.data_dir / "badmail" / f"{qid}.json"
+    deadline = time.monotonic() + 10
+    while not meta.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    out = setup.cli("badmail", "delete", qid)
+    assert out.returncode == 0
+    assert not meta.exists() and not (setup.data_dir / "badmail" / f"{qid}.eml").exists()
+    assert setup.queue() == []
+
+
+def test_expired_mail_bounces_with_4_4_7(tmp_path):
+    s = Setup(tmp_path, expire=3)
+    try:
+        s.down.stop()
+        qid = s.send(["late@example.com"], "late", sender="sender@other.test")
+        [dsn] = s.other.wait_for(1, timeout=20)
+        text = dsn.content.decode()
+        assert "Action: failed" in text and "Status: 4.4.7" in text
+        assert "Final-Recipient: rfc822; late@example.com" in text
+        s.wait_queue(lambda rows: qid not in [r["id"] for r in rows])
+        assert re.search(rf"event=bounced id={qid} to=late@example.com .*4\.4\.7", s.maillog())
+    finally:
+        s.close()
+
+
+def test_kill_9_during_delivery_every_acknowledged_message_arrives(setup):
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def sender(n: int) -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", setup.ports["main"], timeout=5) as c:
+                c.ehlo("load")
+                for i in range(400):
+                    if stop.is_set():
+                        return
+                    subject = f"k{n}-{i}"
+                    # sendmail returns only after the 250 (it raises otherwise)
+                    c.sendmail("a@example.com", [f"r{n}@example.com"],
+                               MSG % (subject.encode(), subject.encode()))
+                    acknowledged.append(subject)
+        except (OSError, smtplib.SMTPException):
+            return
+
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 20
+    while len(acknowledged) < 150 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    setup.relay.proc.send_signal(signal.SIGKILL)
+    setup.relay.proc.wait()
+    stop.set()
+    for t in threads:
+        t.join(timeout=10)
+    setup.relay = start_relay(setup.config, setup.data_dir, setup.ports)
+    want = set(acknowledged)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        got = set(subjects(setup.down.messages))
+        if want <= got:
+            break
+        time.sleep(0.2)
+    missing = want - set(subjects(setup.down.messages))
+    assert not missing, f"{len(missing)} acknowledged messages never arrived"
+    setup.wait_queue(lambda rows: rows == [], timeout=30)
