@@ -1,11 +1,16 @@
 """A real downstream SMTP server for the delivery tests: aiosmtpd on 127.0.0.1, in a thread.
 
 It records every message it accepts and can be told, per recipient or for everything, to
-answer 4xx or 5xx, to greet with 421, or to be down (not listening at all).
+answer 4xx or 5xx, to greet with 421, to answer the final dot late, or to be down (not
+listening at all). It can offer STARTTLS (tls_context), speak TLS from the first byte
+(ssl_context, RFC 8314 implicit TLS) and require AUTH (authenticator), and it counts its
+connections (connections, max_open), so that tests can see connection reuse.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +27,9 @@ class Received:
     peer: str
     options: list[str]
     rcpt_options: list[list[str]]
+    tls: str | None = None          # TLS version of the session ("TLSv1.3"), None: plaintext
+    login: str | None = None        # the AUTH user the session authenticated as
+    connection: int = 0             # which connection (1, 2, ...) carried the message
 
 
 @dataclass
@@ -29,6 +37,9 @@ class Behaviour:
     rcpt: dict[str, str] = field(default_factory=dict)   # address -> "450 4.2.0 busy" etc.
     data: str | None = None                              # reply to DATA instead of 250
     greeting: str | None = None                          # e.g. "421 4.3.2 maintenance"
+    # Seconds to wait before answering the final dot. A message whose client hung up
+    # meanwhile is not recorded: the server could not say 250, so it never took it.
+    data_delay: float = 0.0
 
 
 class _Handler:
@@ -44,36 +55,74 @@ class _Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        delay = self.server.behaviour.data_delay
+        if delay:
+            await asyncio.sleep(delay)
+            if server.transport is None or server.transport.is_closing():
+                return "451 4.4.2 client went away"
         if self.server.behaviour.data:
             return self.server.behaviour.data
         content = envelope.original_content or envelope.content
+        ssl_object = server.transport.get_extra_info("ssl_object") if server.transport else None
+        login = getattr(session.auth_data, "login", None) if session.authenticated else None
         with self.server.lock:
             self.server.messages.append(Received(
                 # aiosmtpd reports the null reverse-path as "<>"; the tests speak of it as "".
                 sender="" if envelope.mail_from == "<>" else envelope.mail_from, recipients=list(envelope.rcpt_tos),
                 content=content if isinstance(content, bytes) else content.encode(),
                 peer=session.peer[0], options=list(envelope.mail_options),
-                rcpt_options=[list(o) for o in envelope.rcpt_options]))
+                rcpt_options=[list(o) for o in envelope.rcpt_options],
+                tls=ssl_object.version() if ssl_object is not None else None,
+                login=login.decode() if isinstance(login, bytes) else login,
+                connection=server._connection_no))
         return "250 2.0.0 accepted"
 
 
 class _SMTP(AioSMTP):
+    _connection_no = 0
+
     async def _handle_client(self):
-        greeting = self._downstream.behaviour.greeting
-        if greeting:
-            await self.push(greeting)
-            self.transport.close()
-            return
-        await super()._handle_client()
+        # Once per connection (connection_made runs again after STARTTLS; this does not).
+        down = self._downstream
+        counted = down._counting
+        if counted:
+            with down.lock:
+                down.connections += 1
+                down.open_now += 1
+                down.max_open = max(down.max_open, down.open_now)
+                self._connection_no = down.connections
+        try:
+            greeting = down.behaviour.greeting
+            if greeting:
+                await self.push(greeting)
+                self.transport.close()
+                return
+            await super()._handle_client()
+        finally:
+            if counted:
+                with down.lock:
+                    down.open_now -= 1
 
 
 class Downstream:
-    def __init__(self, port: int, *, host: str = "127.0.0.1") -> None:
+    def __init__(self, port: int, *, host: str = "127.0.0.1",
+                 tls_context: ssl.SSLContext | None = None, require_starttls: bool = False,
+                 ssl_context: ssl.SSLContext | None = None, authenticator=None) -> None:
+        """tls_context: offer STARTTLS with it; ssl_context: TLS from the first byte;
+        authenticator: aiosmtpd's AUTH callback (AUTH is then offered, after TLS only)."""
         self.host = host
         self.port = port
         self.behaviour = Behaviour()
         self.messages: list[Received] = []
         self.lock = threading.Lock()
+        self.connections = 0        # connections the relay opened (not the start-up probe)
+        self.open_now = 0
+        self.max_open = 0           # most connections open at the same time
+        self._counting = False
+        self._tls_context = tls_context
+        self._require_starttls = require_starttls
+        self._ssl_context = ssl_context
+        self._authenticator = authenticator
         self._controller: Controller | None = None
 
     def start(self) -> "Downstream":
@@ -85,10 +134,17 @@ class Downstream:
         class _Controller(Controller):
             def factory(self):
                 return Bound(self.handler, enable_SMTPUTF8=True, decode_data=False,
-                             data_size_limit=60_000_000, hostname="downstream.test")
+                             data_size_limit=60_000_000, hostname="downstream.test",
+                             tls_context=outer._tls_context,
+                             require_starttls=outer._require_starttls,
+                             authenticator=outer._authenticator)
 
-        self._controller = _Controller(_Handler(self), hostname=self.host, port=self.port)
+        self._counting = False
+        self._controller = _Controller(_Handler(self), hostname=self.host, port=self.port,
+                                       ssl_context=self._ssl_context)
+        # start() connects once itself to make sure the server runs: not counted.
         self._controller.start()
+        self._counting = True
         return self
 
     def stop(self) -> None:

@@ -52,6 +52,7 @@ def listener_contexts(cfg: Config) -> dict[str, ListenerContext]:
             data_timeout=float(lc.data_timeout),
             postmaster=cfg.relay.postmaster,
             normalize_networks=tuple(lc.line_endings.normalize_networks),
+            reverse_lookups=cfg.dns.reverse_lookups,
         )
     return contexts
 
@@ -114,12 +115,12 @@ class Relay:
     async def start(self) -> None:
         store = Store.open(self.cfg.data_dir)
         mail_log, protocol_log = _logs(self.cfg)
+        resolver = resolver_for(self.cfg)
         self.services = Services(
             policy=build_policy(self.cfg), store=store, mail_log=mail_log,
-            protocol_log=protocol_log,
+            protocol_log=protocol_log, resolver=resolver,
         )
-        self.engine = Engine(store=store, router=build_router(self.cfg),
-                             resolver=resolver_for(self.cfg),
+        self.engine = Engine(store=store, router=build_router(self.cfg), resolver=resolver,
                              settings=delivery_settings(self.cfg), mail_log=mail_log)
         self.services.on_queued = self.engine.wake
         self.badmail = Badmail(store=store, settings=badmail_settings(self.cfg),
@@ -170,6 +171,7 @@ class Relay:
             print("relaywarden: reload: listener addresses changed; restart to apply them",
                   file=sys.stderr, flush=True)
         self.services.policy = build_policy(cfg)
+        self.services.resolver = self.engine.resolver = resolver_for(cfg)
         self.engine.router = build_router(cfg)
         self.engine.settings = delivery_settings(cfg)
         self.badmail.settings = badmail_settings(cfg)

@@ -288,6 +288,8 @@ port = 25
 command_timeout = 2.5
 [listeners.main.access]
 allow = ["10.1.2.3", "Host.Example.com"]
+[dns]
+reverse_lookups = true
 """
     cfg = load_config(write(tmp_path, text))
     assert cfg.relay.hostname == "relay.example.com"

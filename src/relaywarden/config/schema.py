@@ -411,6 +411,9 @@ class DnsSettings(Strict):
     nameservers: list[IPAddr] = []             # empty: /etc/resolv.conf
     port: int = Field(default=53, ge=1, le=65535)
     timeout: Duration = 5.0
+    # PTR + forward confirmation of every client (Received notes, host-name entries). Off by
+    # default, as in IIS ("Perform reverse DNS lookup on incoming messages").
+    reverse_lookups: bool = False
 
     @field_validator("nameservers")
     @classmethod
@@ -790,6 +793,19 @@ class Config(Strict):
                     f'AUTH with tls = "none"{where} sends the password in clear; '
                     "set auth_without_tls = true if the next hop is on a trusted network",
                 ))
+        if not self.dns.reverse_lookups:
+            # A host-name entry can only match a verified reverse-DNS name: without lookups
+            # it would silently never match, which an admin would not expect.
+            for name, listener in self.listeners.items():
+                for kind in ("allow", "deny"):
+                    for index, entry in enumerate(getattr(listener.access, kind)):
+                        if isinstance(entry, match.HostnameEntry):
+                            found.append((("listeners", name, "access", kind, index),
+                                          f"host name {entry.pattern!r} needs dns.reverse_lookups = true"))
+            for name, group in self.groups.items():
+                for index, pattern in enumerate(group.hostnames):
+                    found.append((("groups", name, "hostnames", index),
+                                  f"host name {pattern!r} needs dns.reverse_lookups = true"))
         if found:
             raise problems(found)
 

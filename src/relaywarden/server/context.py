@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from relaywarden.logs.protocol import ProtocolLog
     from relaywarden.policy.engine import Policy
     from relaywarden.queue.store import Store
+    from relaywarden.resolver import Resolver
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -33,6 +34,7 @@ class ListenerContext:
     data_timeout: float
     postmaster: str
     normalize_networks: tuple[IPNetwork, ...] = ()
+    reverse_lookups: bool = False
 
     def normalizes(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         """Legacy devices listed here get bare LF normalised instead of rejected."""
@@ -47,6 +49,7 @@ class Services:
     store: "Store"
     mail_log: "MailLog"
     protocol_log: "ProtocolLog | None"
+    resolver: "Resolver | None" = None
     on_queued: Callable[[], None] = lambda: None   # wakes the delivery scheduler
     sessions: set[Any] = field(default_factory=set)
     tasks: set[asyncio.Task] = field(default_factory=set)

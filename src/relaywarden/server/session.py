@@ -28,6 +28,7 @@ from relaywarden.queue.store import (
     StoreError,
     new_queue_id,
 )
+from relaywarden.resolver import RdnsResult, RdnsStatus
 from relaywarden.server.context import ListenerContext, Services
 from relaywarden.smtp.address import Address
 from relaywarden.smtp.events import (
@@ -90,6 +91,7 @@ class SmtpSession(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._messages = 0
+        self.rdns: RdnsResult | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -112,17 +114,51 @@ class SmtpSession(asyncio.Protocol):
             MailEvent.CONNECT, listener=self.ctx.name, client=self.client_ip,
             port=peer[1] if len(peer) > 1 else None,
         )
+        self._last_activity = self._loop.time()
+        self._arm_timer(self.ctx.command_timeout)
+        if self.ctx.reverse_lookups and self.services.resolver is not None:
+            # The greeting waits for the lookup (bounded by dns.timeout): connection control
+            # may depend on the verified name. Nothing is read meanwhile.
+            self._waiting = True
+            self._update_reading()
+            task = self._loop.create_task(self._reverse_then_greet())
+            self.services.tasks.add(task)
+            task.add_done_callback(self.services.tasks.discard)
+        else:
+            self._greet()
+
+    async def _reverse_then_greet(self) -> None:
+        self.rdns = await self.services.resolver.reverse(self.client_ip)
+        if self.rdns.status is RdnsStatus.VERIFIED:
+            self.client = replace(self.client, verified_name=self.rdns.name)
+        self._waiting = False
+        if self._closed:
+            return
+        self._greet()
+        self._update_reading()
+        self._pump()
+
+    def _greet(self) -> None:
         decision = self.services.policy.check_connect(self.client)
         if decision.action is Action.REJECT:
-            self._log_reject("connect", decision)
+            self._log_reject("connect", decision, rdns=self._rdns_note())
             greeting = decision.reply
         else:
             greeting = reply(220, None, f"{self.ctx.hostname} {self.ctx.banner}")
         self.conn.greet(greeting)
-        self._protocol_log("CONNECT", "", greeting, 0)
+        self._protocol_log("CONNECT", self._rdns_note() or "", greeting, 0)
         self._flush()
-        self._last_activity = self._loop.time()
-        self._arm_timer(self.ctx.command_timeout)
+
+    def _rdns_note(self) -> str | None:
+        """What the Received header and the logs say of the client's name (as IIS did)."""
+        r = self.rdns
+        if r is None:
+            return None
+        if r.status is RdnsStatus.VERIFIED:
+            return r.name
+        if r.status is RdnsStatus.UNVERIFIED:
+            return f"{r.name} unverified" if r.name else "unverified"
+        return "RDNS failed"
 
     def data_received(self, data: bytes) -> None:
         self._last_activity = self._loop.time()
@@ -364,8 +400,9 @@ class SmtpSession(asyncio.Protocol):
         proto = "UTF8SMTP" if txn.params.smtputf8 else ("ESMTP" if self.esmtp else "SMTP")
         if client.user is not None:
             proto += "A"   # RFC 3848
-        if client.verified_name:
-            from_part = f"{_clean(self.helo)} ({client.verified_name} [{self.client_ip}])"
+        note = self._rdns_note()
+        if note:
+            from_part = f"{_clean(self.helo)} ({_clean(note)} [{self.client_ip}])"
         else:
             from_part = f"{_clean(self.helo)} ([{self.client_ip}])"
         lines = [
