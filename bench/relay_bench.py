@@ -7,10 +7,10 @@ relaywarden with its defaults (fsync before 250, protocol and mail logs, Receive
 policy checks); Postfix as Debian ships it, relaying to an smtp-sink next hop
 (shared/anchors/postfix-relay.sh).
 
-What it measures now: the ACCEPT rate (messages per second until smtp-source has its last 250)
-and relaywarden's CPU seconds per 1,000 messages and peak RSS. End-to-end figures (until the
-sink has every message) need relaywarden's delivery half (the delivery issue) and are added
-with it. Every relaywarden run checks that the queue holds exactly the messages sent.
+Both systems relay to their own smtp-sink. Figures: the ACCEPT rate (messages per second until
+smtp-source has its last 250), the END-TO-END rate (until the sink has counted every message),
+and relaywarden's CPU seconds per 1,000 messages and peak RSS. Every run checks at the sink
+that every message arrived exactly once (its count equals the number sent, no more).
 
     python3 bench/relay_bench.py              # 3 runs x (1 KB, 50 KB) x (new conn, reused)
     python3 bench/relay_bench.py --quick      # one short run, under a minute
@@ -23,14 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -90,20 +91,58 @@ def smtp_source(port: int, *, messages: int, size: int, sessions: int, reuse: bo
     return elapsed
 
 
+class Sink:
+    """smtp-sink with its running counter (-c), read from its output."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.count = 0
+        self.proc = subprocess.Popen(
+            [tool("smtp-sink"), "-u", "postfix", "-c", f"127.0.0.1:{self.port}", "1000"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        wait_port(self.port)
+
+    def _read(self) -> None:
+        buf = b""
+        while chunk := self.proc.stdout.read1(4096):
+            buf = (buf + chunk)[-256:]
+            found = re.findall(rb"mesg=(\d+)", buf)
+            if found:
+                self.count = int(found[-1])
+
+    def wait(self, n: int, timeout: float) -> float:
+        deadline = time.monotonic() + timeout
+        while self.count < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sink got {self.count} of {n} messages in {timeout:.0f}s")
+            time.sleep(0.005)
+        return time.monotonic()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
 class Relaywarden:
     name = "relaywarden"
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
 
-    def start(self) -> int:
+    def start(self, sink: Sink) -> int:
         self.dir = Path(tempfile.mkdtemp(dir=self.workdir, prefix="rw-"))
         self.port = free_port()
         config = self.dir / "relay.toml"
+        # Defaults everywhere (fsync before 250, protocol and mail logs on, Received header,
+        # policy checks); only the next hop and a loopback-only DNS are set.
         config.write_text(
             f'[relay]\nhostname = "bench.test"\ndata_dir = "var"\n\n'
+            f'[dns]\nnameservers = ["127.0.0.1"]\nport = 1\n\n'
+            f'[routes."*"]\nnext_hops = ["[127.0.0.1]:{sink.port}"]\n\n'
             f'[listeners.bench]\naddress = "127.0.0.1"\nport = {self.port}\n'
-            f'max_recipients = 100\n\n[listeners.bench.relay]\nnetworks = ["127.0.0.0/8"]\n'
+            f'[listeners.bench.relay]\nnetworks = ["127.0.0.0/8"]\n'
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "relaywarden", "serve", "--config", str(config)],
@@ -112,12 +151,6 @@ class Relaywarden:
         wait_port(self.port)
         self.cpu0 = cpu_seconds(self.proc.pid)
         return self.port
-
-    def queued(self) -> int:
-        db = sqlite3.connect(f"file:{self.dir / 'var' / 'queue.sqlite3'}?mode=ro", uri=True)
-        (n,) = db.execute("SELECT COUNT(*) FROM messages").fetchone()
-        db.close()
-        return n
 
     def stop(self) -> dict:
         stats = {"cpu_s": cpu_seconds(self.proc.pid) - self.cpu0,
@@ -138,33 +171,41 @@ class Postfix:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
 
-    def start(self) -> int:
+    def start(self, sink: Sink) -> int:
         self.dir = Path(tempfile.mkdtemp(dir=self.workdir, prefix="pf-"))
         os.chmod(self.dir, 0o755)
-        self.sink_port = free_port()
-        self.sink = subprocess.Popen(
-            [tool("smtp-sink"), "-u", "postfix", "-c", f"127.0.0.1:{self.sink_port}", "1000"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )
-        wait_port(self.sink_port)
         self.port = free_port()
-        subprocess.run(["bash", str(ANCHOR), "start", str(self.port), str(self.sink_port),
+        subprocess.run(["bash", str(ANCHOR), "start", str(self.port), str(sink.port),
                         str(self.dir / "pf")], check=True, timeout=120,
                        stdout=subprocess.DEVNULL)
         return self.port
 
-    def queued(self) -> int | None:
-        return None   # Postfix delivers on its own; counted by the sink for end-to-end runs
-
     def stop(self) -> dict:
-        subprocess.run(["bash", str(ANCHOR), "flush-wait", str(self.dir / "pf"), "120"],
-                       timeout=180, stdout=subprocess.DEVNULL)
         subprocess.run(["bash", str(ANCHOR), "stop", str(self.dir / "pf")], timeout=60,
                        stdout=subprocess.DEVNULL)
-        self.sink.terminate()
-        self.sink.wait(timeout=10)
         shutil.rmtree(self.dir, ignore_errors=True)
         return {}
+
+
+def one_run(system, *, messages: int, size: int, sessions: int, reuse: bool) -> dict:
+    sink = Sink()
+    try:
+        port = system.start(sink)
+        try:
+            started = time.monotonic()
+            accepted = started + smtp_source(port, messages=messages, size=size,
+                                             sessions=sessions, reuse=reuse)
+            arrived = sink.wait(messages, TIMEOUT)
+            time.sleep(0.5)   # a duplicate would arrive now: exactly once is checked below
+        finally:
+            stats = system.stop()
+        if sink.count != messages:
+            raise RuntimeError(f"{system.name}: the sink got {sink.count} messages, "
+                               f"{messages} were sent (each must arrive exactly once)")
+    finally:
+        sink.stop()
+    return {"accept": messages / (accepted - started), "e2e": messages / (arrived - started),
+            **stats}
 
 
 def main() -> int:
@@ -191,21 +232,12 @@ def main() -> int:
             for size in sizes:
                 for reuse in (False, True):
                     for system in chosen:   # alternate systems inside each run
-                        port = system.start()
-                        try:
-                            elapsed = smtp_source(port, messages=args.messages, size=size,
-                                                  sessions=args.sessions, reuse=reuse)
-                            queued = system.queued()
-                        finally:
-                            stats = system.stop()
-                        if queued is not None and queued != args.messages:
-                            raise RuntimeError(
-                                f"{system.name}: {queued} messages queued, {args.messages} sent")
+                        entry = one_run(system, messages=args.messages, size=size,
+                                        sessions=args.sessions, reuse=reuse)
                         key = f"{system.name} {size}B {'reused' if reuse else 'new-conn'}"
-                        rate = args.messages / elapsed
-                        entry = {"rate": rate, **stats}
                         results.setdefault(key, []).append(entry)
-                        print(f"run {run + 1}: {key}: {rate:,.0f} msgs/s accepted", file=sys.stderr)
+                        print(f"run {run + 1}: {key}: {entry['accept']:,.0f} msgs/s accepted, "
+                              f"{entry['e2e']:,.0f} msgs/s end to end", file=sys.stderr)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -215,31 +247,36 @@ def main() -> int:
             row = {"size": size, "mode": mode}
             for system in chosen:
                 runs = results.get(f"{system.name} {size}B {mode}", [])
-                rates = [r["rate"] for r in runs]
-                row[system.name] = {
-                    "median": statistics.median(rates), "min": min(rates), "max": max(rates),
-                }
+                cell = {}
+                for metric in ("accept", "e2e"):
+                    rates = [r[metric] for r in runs]
+                    cell[metric] = {"median": statistics.median(rates), "min": min(rates),
+                                    "max": max(rates)}
                 if runs and "cpu_s" in runs[0]:
-                    row[system.name]["cpu_s_per_1000"] = statistics.median(
+                    cell["cpu_s_per_1000"] = statistics.median(
                         r["cpu_s"] / args.messages * 1000 for r in runs)
-                    row[system.name]["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+                    cell["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+                row[system.name] = cell
             if "relaywarden" in row and "postfix" in row:
-                row["ratio"] = row["relaywarden"]["median"] / row["postfix"]["median"]
+                row["ratio"] = {m: row["relaywarden"][m]["median"] / row["postfix"][m]["median"]
+                                for m in ("accept", "e2e")}
             table.append(row)
 
-    print(f"\naccept rate, msgs/s (median of {args.runs}; min-max), {args.messages} messages, "
-          f"{args.sessions} sessions, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores")
-    header = f"{'size':>7} {'mode':<9}" + "".join(f" {s.name:>24}" for s in chosen) + "   ratio"
-    print(header)
-    for row in table:
-        cells = "".join(
-            f" {row[s.name]['median']:>9,.0f} ({row[s.name]['min']:,.0f}-{row[s.name]['max']:,.0f})".rjust(25)
-            for s in chosen)
-        ratio = f"{row['ratio']:7.2f}" if "ratio" in row else "      -"
-        print(f"{row['size']:>7} {row['mode']:<9}{cells} {ratio}")
-    rw = [r["relaywarden"] for r in table if "relaywarden" in r and "cpu_s_per_1000" in r["relaywarden"]]
+    print(f"\nmsgs/s, median of {args.runs} (min-max); {args.messages} messages, "
+          f"{args.sessions} sessions; {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores")
+    for metric, title in (("e2e", "end to end"), ("accept", "accepted")):
+        print(f"\n{title}:")
+        print(f"{'size':>7} {'mode':<9}" + "".join(f" {s.name:>24}" for s in chosen) + "   ratio")
+        for row in table:
+            cells = "".join(
+                f" {row[s.name][metric]['median']:>9,.0f} "
+                f"({row[s.name][metric]['min']:,.0f}-{row[s.name][metric]['max']:,.0f})".rjust(25)
+                for s in chosen)
+            ratio = f"{row['ratio'][metric]:7.2f}" if "ratio" in row else "      -"
+            print(f"{row['size']:>7} {row['mode']:<9}{cells} {ratio}")
+    rw = [r["relaywarden"] for r in table if "cpu_s_per_1000" in r.get("relaywarden", {})]
     if rw:
-        print("relaywarden CPU s / 1000 msgs: "
+        print("\nrelaywarden CPU s / 1000 msgs: "
               + ", ".join(f"{r['cpu_s_per_1000']:.2f}" for r in rw)
               + f"; peak RSS {max(r['peak_rss_mb'] for r in rw):.0f} MB")
     out = Path(args.json_path)
