@@ -18,6 +18,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -76,6 +77,8 @@ CREATE TABLE IF NOT EXISTS bodies (
 #: Bodies up to this size stay in memory while DATA streams in; larger ones spill to a
 #: temporary file in the data directory, so a 100 MB message never sits whole in RAM.
 SPOOL_MEMORY_LIMIT = 1 << 20
+#: Bodies of just-queued messages kept in memory for their first delivery attempt.
+RECENT_BODIES_BYTES = 32 << 20
 #: Group commit: at most this many messages (or bytes) share one transaction.
 BATCH_MAX_MESSAGES = 512
 BATCH_MAX_BYTES = 64 << 20
@@ -273,6 +276,8 @@ class Store:
         self._read_lock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
         self.commits = 0   # transactions committed: group commit makes this < messages
+        self._recent: OrderedDict[str, bytes] = OrderedDict()
+        self._recent_bytes = 0
 
     @classmethod
     def open(cls, data_dir: Path) -> "Store":
@@ -307,6 +312,18 @@ class Store:
     async def commit(self, envelope: Envelope, spool: BodySpool) -> None:
         """Make the message durable. Raises StoreError if it could not be."""
         await self._write(lambda db: _insert(db, envelope, spool), spool.size)
+        if spool.in_memory:
+            self._remember(envelope.queue_id, spool)
+
+    def _remember(self, queue_id: str, spool: BodySpool) -> None:
+        """Keep a just-queued body in memory: its first delivery attempt follows at once, and
+        need not read back from disk what it just wrote (bounded; a miss reads the queue)."""
+        (data,) = spool.chunks()
+        self._recent[queue_id] = data
+        self._recent_bytes += len(data)
+        while self._recent_bytes > RECENT_BODIES_BYTES:
+            _, old = self._recent.popitem(last=False)
+            self._recent_bytes -= len(old)
 
     async def claim_due(self, now: float, limit: int, lease: float) -> list[DueMessage]:
         """Due recipients, earliest first, leased until ``now + lease``.
@@ -364,6 +381,10 @@ class Store:
         return None if row is None else row[0]
 
     async def read_body(self, queue_id: str) -> bytes | None:
+        data = self._recent.pop(queue_id, None)
+        if data is not None:
+            self._recent_bytes -= len(data)
+            return data
         return await asyncio.to_thread(self._read_body, queue_id)
 
     def _read_body(self, queue_id: str) -> bytes | None:
