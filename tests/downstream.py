@@ -57,6 +57,8 @@ class _Handler:
     async def handle_DATA(self, server, session, envelope):
         delay = self.server.behaviour.data_delay
         if delay:
+            with self.server.lock:
+                self.server.delayed += 1
             await asyncio.sleep(delay)
             if server.transport is None or server.transport.is_closing():
                 return "451 4.4.2 client went away"
@@ -118,6 +120,7 @@ class Downstream:
         self.connections = 0        # connections the relay opened (not the start-up probe)
         self.open_now = 0
         self.max_open = 0           # most connections open at the same time
+        self.delayed = 0            # final-dot answers held back by behaviour.data_delay
         self._counting = False
         self._tls_context = tls_context
         self._require_starttls = require_starttls

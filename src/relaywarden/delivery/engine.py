@@ -84,6 +84,7 @@ class Outcome:
     remote: str = ""            # "host [address]" of the next hop that answered
     dsn_passed_on: bool = False  # the next hop took NOTIFY/ORCPT itself (RFC 3461 4.1)
     route: str = ""
+    tls: str = ""                # TLS version and cipher of the delivery, "" without TLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,14 +118,16 @@ class _Pool:
             self._slots[key] = asyncio.Semaphore(self._limit)
         return self._slots[key]
 
-    async def take(self, hop: _Hop, policy: ClientPolicy) -> OutboundConnection:
+    async def take(self, hop: _Hop, policy: ClientPolicy, *,
+                   fresh: bool = False) -> tuple[OutboundConnection, bool]:
+        """A connection to the hop, and whether it was reused from the idle pool."""
         idle = self._idle[(hop.address, hop.port, policy)]
-        while idle:
+        while idle and not fresh:
             _, conn = idle.pop()
             if conn.usable:
-                return conn
+                return conn, True
             await conn.close()
-        return await OutboundConnection.open(hop.address, hop.port, policy)
+        return await OutboundConnection.open(hop.address, hop.port, policy), False
 
     async def give_back(self, hop: _Hop, policy: ClientPolicy, conn: OutboundConnection) -> None:
         if conn.usable:
@@ -287,19 +290,15 @@ class Engine:
                                 relay=remote, to=",".join(r.address for r in recipients))
             async with self._pool.slot(hop):
                 try:
-                    conn = await self._pool.take(hop, policy)
                     try:
-                        result = await conn.send(
-                            sender=message.sender,
-                            recipients=[OutRecipient(address=r.address, notify=r.notify,
-                                                     orcpt=r.orcpt) for r in recipients],
-                            body=body, size=len(body),
-                            eightbit=message.body_type == "8BITMIME",
-                            smtputf8=message.smtputf8, ret=message.ret, envid=message.envid,
-                        )
-                    except BaseException:
-                        await conn.close()
-                        raise
+                        conn, result = await self._send(hop, policy, message, body, recipients)
+                    except DeliveryError as err:
+                        if err.stage != "reused":
+                            raise
+                        # The idle connection had gone stale (the host closed it, or said
+                        # 421 at MAIL): that says nothing about the host; try a new one.
+                        conn, result = await self._send(hop, policy, message, body,
+                                                        recipients, fresh=True)
                 except DeliveryError as err:
                     last, last_remote = err.reply, remote
                     if _permanent_stage(err):
@@ -312,15 +311,37 @@ class Engine:
                                         stage=err.stage, reply=_show(err.reply))
                     continue
                 passed_on = conn.extensions.dsn
+                tls = f"{conn.tls_version} {conn.tls_cipher}" if conn.tls_version else ""
                 await self._pool.give_back(hop, policy, conn)
             outcomes = []
             for rcpt, answer in zip(recipients, result.recipients):
                 kind = (Kind.DELIVERED if answer.positive
                         else Kind.BOUNCED if answer.permanent else Kind.DEFERRED)
-                outcomes.append(Outcome(rcpt, kind, answer, remote, passed_on, route.name))
+                outcomes.append(Outcome(rcpt, kind, answer, remote, passed_on, route.name, tls))
             return outcomes
         kind = Kind.BOUNCED if refused_everywhere else Kind.DEFERRED
         return [Outcome(r, kind, last, last_remote, route=route.name) for r in recipients]
+
+    async def _send(self, hop: _Hop, policy: ClientPolicy, message: DueMessage, body: bytes,
+                    recipients: list[DueRecipient], *, fresh: bool = False):
+        conn, reused = await self._pool.take(hop, policy, fresh=fresh)
+        try:
+            result = await conn.send(
+                sender=message.sender,
+                recipients=[OutRecipient(address=r.address, notify=r.notify, orcpt=r.orcpt)
+                            for r in recipients],
+                body=body, size=len(body), eightbit=message.body_type == "8BITMIME",
+                smtputf8=message.smtputf8, ret=message.ret, envid=message.envid,
+            )
+        except DeliveryError as err:
+            await conn.close()
+            if reused and err.temporary and err.stage in ("mail", "rset"):
+                raise DeliveryError(err.reply, "reused", err.detail) from err
+            raise
+        except BaseException:
+            await conn.close()
+            raise
+        return conn, result
 
     async def _hops(self, route: Route, domain: str) -> tuple[list[_Hop], Reply | None]:
         """Addresses to try, in order, and the DNS failure if there is nothing to try."""
@@ -342,9 +363,17 @@ class Engine:
             elif result.status is MxStatus.NULL_MX:
                 # RFC 7505 3: a domain that publishes a null MX accepts no mail.
                 failure = failure or reply(556, "5.1.10", f"{domain} does not accept mail (null MX)")
+            elif result.status is MxStatus.NO_DOMAIN and hop.mx:
+                # RFC 5321 5.1: the recipient's domain has no MX and no address: the
+                # address is wrong, and no retry will change that.
+                failure = failure or reply(550, "5.1.2", f"{domain}: host or domain not "
+                                           f"found ({result.detail})")
             elif result.status is MxStatus.NO_DOMAIN:
-                failure = failure or reply(550, "5.1.2", f"{hop.host if not hop.mx else domain}: "
-                                           f"host or domain not found ({result.detail})")
+                # A configured next hop (smart host) whose name does not resolve says nothing
+                # about the recipient: a typo or a DNS fault an admin can mend. The mail
+                # waits, like for TLS or AUTH trouble; never a bounce of everything routed here.
+                failure = reply(451, "4.4.4", f"next hop {hop.host}: host not found "
+                                f"({result.detail})")
             else:
                 failure = reply(451, "4.4.3", f"DNS lookup failed: {result.detail}")
         return hops, failure
@@ -376,7 +405,7 @@ class Engine:
                 updates.append(RecipientUpdate(idx=r.idx, status=RecipientStatus.DELIVERED,
                                                attempts=attempts, remote_mta=o.remote))
                 log.event(MailEvent.DELIVERED, id=message.queue_id, to=r.address, relay=o.remote,
-                          route=o.route, reply=_show(o.reply))
+                          route=o.route, tls=o.tls or "none", reply=_show(o.reply))
                 # RFC 3461 4.1: NOTIFY=SUCCESS and a next hop that cannot take it on.
                 if not o.dsn_passed_on and wants_notice(r.notify, DsnAction.RELAYED):
                     notices[DsnAction.RELAYED].append(self._dsn_rcpt(r, DsnAction.RELAYED, o, now))
