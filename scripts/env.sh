@@ -9,6 +9,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 apt_install() {
   echo "installing Debian packages: $*" >&2
   echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections
+  echo "slapd slapd/no_configuration boolean true" | $sudo debconf-set-selections
   # The tests run their own unbound and Postfix instances: keep the packages' system services
   # from starting (policy-rc.d 101), unless the machine already has a policy of its own.
   local guard=""

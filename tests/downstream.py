@@ -37,6 +37,7 @@ class Behaviour:
     rcpt: dict[str, str] = field(default_factory=dict)   # address -> "450 4.2.0 busy" etc.
     data: str | None = None                              # reply to DATA instead of 250
     greeting: str | None = None                          # e.g. "421 4.3.2 maintenance"
+    mail_once: str | None = None                         # reply to the next MAIL, once
     # Seconds to wait before answering the final dot. A message whose client hung up
     # meanwhile is not recorded: the server could not say 250, so it never took it.
     data_delay: float = 0.0
@@ -45,6 +46,14 @@ class Behaviour:
 class _Handler:
     def __init__(self, server: "Downstream") -> None:
         self.server = server
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        answer, self.server.behaviour.mail_once = self.server.behaviour.mail_once, None
+        if answer:
+            return answer
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         answer = self.server.behaviour.rcpt.get(address.lower())

@@ -182,6 +182,20 @@ def test_downstream_down_then_421_then_up_nothing_lost(setup):
     setup.wait_queue(lambda rows: rows == [])
 
 
+def test_a_stale_pooled_connection_is_replaced_not_deferred(setup):
+    first = setup.send(["a@example.com"], "one")
+    setup.down.wait_for(1)
+    # The idle connection kept for reuse now meets a 421 at MAIL (the host is closing it):
+    # the relay opens a new connection at once instead of deferring for a retry interval.
+    setup.down.behaviour.mail_once = "421 4.3.2 connection too old"
+    second = setup.send(["b@example.com"], "two")
+    got = setup.down.wait_for(2, timeout=5)
+    assert subjects(got) == ["one", "two"]
+    log = setup.maillog()
+    assert not re.search(rf"event=deferred id={second} to=", log)
+    assert first != second
+
+
 def test_failover_to_the_second_next_hop(setup):
     setup.send(["x@failover.test"], "failover")
     [msg] = setup.down.wait_for(1)
