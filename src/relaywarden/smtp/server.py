@@ -112,6 +112,9 @@ class ServerSettings:
     bare_line_ends: BareLineEnds = BareLineEnds.REJECT
     starttls: bool = False             # advertise STARTTLS
     auth_mechanisms: tuple[str, ...] = ()
+    # False: AUTH is not listed in EHLO (e.g. before TLS), but an AUTH command still reaches
+    # the driver, which can answer 538 5.7.11 "Encryption required" (RFC 4954 6).
+    advertise_auth: bool = True
     smtputf8: bool = True
     dsn: bool = True
 
@@ -370,7 +373,7 @@ class ServerConnection:
             lines.append("DSN")
         if s.starttls and not self._encrypted:
             lines.append("STARTTLS")
-        if s.auth_mechanisms:
+        if s.auth_mechanisms and s.advertise_auth:
             lines.append("AUTH " + " ".join(m.upper() for m in s.auth_mechanisms))
         return Reply(250, None, tuple(lines))
 
