@@ -7,7 +7,10 @@ cd "$(dirname "$0")/.."
 . scripts/env.sh dev,fast
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
+# swaks --tls / --tlsc (the inbound TLS tests) need Perl's OpenSSL binding.
+perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl libio-socket-ssl-perl)
 command -v smtp-source >/dev/null 2>&1 || need+=(postfix)
 command -v unbound >/dev/null 2>&1 || need+=(unbound)
+command -v slapd >/dev/null 2>&1 || need+=(slapd)
 ((${#need[@]} == 0)) || apt_install "${need[@]}"
 exec .venv/bin/python -m pytest "$@"

@@ -163,6 +163,12 @@ networks = ["127.0.0.1/32", "127.0.0.3/32", "127.0.0.4/32"]
 [listeners.main.line_endings]
 bare_lf = "reject"
 normalize_networks = ["127.0.0.9/32"]
+
+# Above the defaults (1000, 50 per address): test_hostile opens 2,000 connections at once
+# from 127.0.0.1. The limits themselves are tested in test_limits.py.
+[listeners.main.limits]
+max_connections = 5000
+max_connections_per_ip = 5000
 """
 
 

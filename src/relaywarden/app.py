@@ -6,9 +6,11 @@ No business logic lives here (DESIGN.md): this file only wires.
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import signal
 import socket
+import ssl
 import sys
 from pathlib import Path
 
@@ -22,8 +24,10 @@ from relaywarden.delivery.badmail import Badmail, BadmailSettings
 from relaywarden.delivery.engine import DeliverySettings, Engine
 from relaywarden.queue.store import Store
 from relaywarden.resolver import DnsSettings, Resolver
-from relaywarden.server.context import ListenerContext, Services
+from relaywarden.policy.limits import FreeSpaceGuard
+from relaywarden.server.context import Limits, ListenerContext, ListenerRuntime, Services, TlsMode
 from relaywarden.server.session import SmtpSession
+from relaywarden.server.tls import CertificateError, server_context
 from relaywarden.smtp.server import BareLineEnds, ServerSettings
 
 #: How long a stopping relay lets sessions finish a transaction before it closes them.
@@ -42,6 +46,7 @@ def listener_contexts(cfg: Config) -> dict[str, ListenerContext]:
             max_recipients=lc.max_recipients,
             max_errors=lc.max_errors,
             bare_line_ends=bare,
+            starttls=lc.tls.mode in ("starttls", "required"),
         )
         contexts[name] = ListenerContext(
             name=name,
@@ -53,8 +58,61 @@ def listener_contexts(cfg: Config) -> dict[str, ListenerContext]:
             postmaster=cfg.relay.postmaster,
             normalize_networks=tuple(lc.line_endings.normalize_networks),
             reverse_lookups=cfg.dns.reverse_lookups,
+            tls_mode=TlsMode(lc.tls.mode),
+            tls_optional_networks=tuple(lc.tls.optional_networks),
+            limits=Limits(
+                max_connections=lc.limits.max_connections,
+                max_connections_per_ip=lc.limits.max_connections_per_ip,
+                messages_per_window=lc.limits.messages_per_window,
+                recipients_per_window=lc.limits.recipients_per_window,
+                window=lc.limits.window,
+                max_hops=cfg.relay.max_hops,
+            ),
         )
     return contexts
+
+
+def ssl_contexts(cfg: Config) -> dict[str, ssl.SSLContext | None]:
+    """A fresh server TLS context per listener that has TLS (None for the others).
+
+    Raises CertificateError (with the config key) when a file changed since validation."""
+    contexts: dict[str, ssl.SSLContext | None] = {}
+    for name, lc in cfg.listeners.items():
+        tls = lc.tls
+        if tls.mode == "none" or tls.cert_file is None or tls.key_file is None:
+            contexts[name] = None
+            continue
+        try:
+            contexts[name] = server_context(cert_file=tls.cert_file, key_file=tls.key_file,
+                                            min_version=tls.min_version)
+        except CertificateError as exc:
+            raise CertificateError(exc.key, f"listeners.{name}.tls.{exc.key}: {exc}") from None
+    return contexts
+
+
+def implicit_tls_context(runtime: ListenerRuntime) -> ssl.SSLContext:
+    """The context an implicit-TLS server is created with (RFC 8314: TLS from the first
+    byte). It is the listener's context at start; each handshake switches to the one of the
+    last SIGHUP from OpenSSL's server-name callback, which runs for every ClientHello (with
+    or without SNI), so new connections get a reloaded certificate without a restart."""
+    front = runtime.ssl_context
+    assert front is not None
+
+    def current(ssl_object, server_name, context) -> None:
+        latest = runtime.ssl_context
+        if latest is not None and latest is not context:
+            ssl_object.context = latest
+
+    front.sni_callback = current
+    return front
+
+
+def free_space(path: Path):
+    """Free bytes for an unprivileged writer in ``path`` (the disk guard's reading)."""
+    def read() -> int:
+        st = os.statvfs(path)
+        return st.f_bavail * st.f_frsize
+    return read
 
 
 def delivery_settings(cfg: Config) -> DeliverySettings:
@@ -106,6 +164,9 @@ class Relay:
         self.services: Services | None = None
         self.servers: list[asyncio.base_events.Server] = []
         self.contexts = listener_contexts(cfg)
+        self.runtimes = {name: ListenerRuntime() for name in self.contexts}
+        for name, context in ssl_contexts(cfg).items():
+            self.runtimes[name].configure(self.contexts[name], context)
         self._stop = asyncio.Event()
         self._flusher: asyncio.Task | None = None
         self._badmail_task: asyncio.Task | None = None
@@ -114,11 +175,16 @@ class Relay:
 
     async def start(self) -> None:
         store = Store.open(self.cfg.data_dir)
+        loop_time = asyncio.get_running_loop().time
         mail_log, protocol_log = _logs(self.cfg)
         resolver = resolver_for(self.cfg)
         self.services = Services(
             policy=build_policy(self.cfg), store=store, mail_log=mail_log,
             protocol_log=protocol_log, resolver=resolver,
+            disk=FreeSpaceGuard(min_free=self.cfg.relay.min_free_space,
+                                free_bytes=free_space(self.cfg.data_dir),
+                                clock=loop_time),
+            runtimes=self.runtimes,
         )
         self.engine = Engine(store=store, router=build_router(self.cfg), resolver=resolver,
                              settings=delivery_settings(self.cfg), mail_log=mail_log)
@@ -127,10 +193,13 @@ class Relay:
                                mail_log=mail_log, wake=self.engine.wake)
         loop = asyncio.get_running_loop()
         for name, lc in self.cfg.listeners.items():
+            implicit = lc.tls.mode == "implicit"
             server = await loop.create_server(
                 lambda name=name: SmtpSession(self.contexts[name], self.services),
                 host=str(lc.address), port=lc.port, reuse_address=True, backlog=1024,
                 family=socket.AF_INET6 if lc.address.version == 6 else socket.AF_INET,
+                ssl=implicit_tls_context(self.runtimes[name]) if implicit else None,
+                ssl_handshake_timeout=float(lc.command_timeout) if implicit else None,
             )
             self.servers.append(server)
             print(f"relaywarden: listener {name} on {lc.address}:{lc.port}", file=sys.stderr,
@@ -166,16 +235,27 @@ class Relay:
             n for n, lc in cfg.listeners.items()
             if n not in self.cfg.listeners
             or (lc.address, lc.port) != (self.cfg.listeners[n].address, self.cfg.listeners[n].port)
+            # An implicit-TLS server does its handshakes itself: switching needs a restart.
+            or (lc.tls.mode == "implicit") != (self.cfg.listeners[n].tls.mode == "implicit")
         ]
         if moved or set(cfg.listeners) != set(self.cfg.listeners):
-            print("relaywarden: reload: listener addresses changed; restart to apply them",
+            print("relaywarden: reload: listener addresses (or implicit TLS) changed; restart to apply them",
                   file=sys.stderr, flush=True)
+        try:
+            tls = ssl_contexts(cfg)
+        except CertificateError as exc:
+            print(f"relaywarden: reload refused: {cfg.source}: {exc}", file=sys.stderr, flush=True)
+            return
         self.services.policy = build_policy(cfg)
         self.services.resolver = self.engine.resolver = resolver_for(cfg)
         self.engine.router = build_router(cfg)
         self.engine.settings = delivery_settings(cfg)
         self.badmail.settings = badmail_settings(cfg)
         self.contexts.update({k: v for k, v in listener_contexts(cfg).items() if k in self.contexts})
+        for name, runtime in self.runtimes.items():
+            if name in cfg.listeners:     # a listener gone from the file runs on as it was
+                runtime.configure(self.contexts[name], tls[name])
+        self.services.disk.min_free = cfg.relay.min_free_space
         self.cfg = cfg
         print("relaywarden: configuration reloaded", file=sys.stderr, flush=True)
 
@@ -209,7 +289,11 @@ class Relay:
 
 
 async def serve(cfg: Config, config_path: Path | None) -> int:
-    relay = Relay(cfg)
+    try:
+        relay = Relay(cfg)
+    except CertificateError as exc:    # the files changed since the config was checked
+        print(f"relaywarden: {cfg.source}: {exc}", file=sys.stderr, flush=True)
+        return 2
     try:
         await relay.start()
     except OSError as exc:

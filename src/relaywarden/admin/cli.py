@@ -322,3 +322,5 @@ def badmail_delete(queue_id, config_path) -> None:
         (cfg.badmail.dir / f"{queue_id}{suffix}").unlink(missing_ok=True)
     _audit(cfg, "badmail", id=queue_id, action="delete", to=",".join(deleted), by=_who())
     click.echo(f"{queue_id}: deleted {', '.join(deleted)}")
+from relaywarden.admin.users import user  # noqa: E402
+main.add_command(user)

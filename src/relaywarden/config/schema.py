@@ -255,6 +255,10 @@ class RelaySettings(Strict):
     postmaster: MailAddress | None = None  # filled: "postmaster@" + hostname
     max_message_size: Size = 35_000_000    # 0 = unlimited
     hosted_domains: list[HostedDomain] = []
+    # Disk guard: below this much free space in data_dir, MAIL gets 452 4.3.1; 0 = no check.
+    min_free_space: Size = 100_000_000
+    # More Received: fields than this in a message: a mail loop (RFC 5321 6.3), badmail.
+    max_hops: int = Field(default=30, ge=1)
 
     @field_validator("data_dir", mode="before")
     @classmethod
@@ -654,6 +658,67 @@ class LineEndingSettings(Strict):
         return self
 
 
+TLS_MODES = ("none", "starttls", "required", "implicit")
+
+
+class ListenerTlsSettings(Strict):
+    """TLS for clients: STARTTLS offered (RFC 3207), required, or implicit (RFC 8314)."""
+
+    mode: Literal["none", "starttls", "required", "implicit"] = "none"
+    cert_file: OptionalFile = None             # PEM: the certificate and its chain
+    key_file: OptionalFile = None              # PEM, unencrypted
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+    # With mode = "required": clients here may send mail without STARTTLS (legacy devices).
+    optional_networks: list[Network] = []
+
+    @model_validator(mode="after")
+    def _usable(self) -> ListenerTlsSettings:
+        found: list[tuple[tuple[str | int, ...], str]] = []
+        if self.mode != "none":
+            for key in ("cert_file", "key_file"):
+                if getattr(self, key) is None:
+                    found.append(((key,), f'missing (required with mode = "{self.mode}")'))
+        if self.optional_networks and self.mode != "required":
+            found.append((("optional_networks",), 'has no effect unless mode = "required"'))
+        try:
+            _unique_at("optional_networks", self.optional_networks)
+        except PydanticCustomError as exc:
+            found += exc.context["problems"]
+        if not found and self.cert_file is not None and self.key_file is not None:
+            from relaywarden.server.tls import CertificateError, server_context
+
+            try:
+                server_context(cert_file=self.cert_file, key_file=self.key_file,
+                               min_version=self.min_version)
+            except CertificateError as exc:
+                found.append(((exc.key,), str(exc)))
+        elif not found and (self.cert_file is None) != (self.key_file is None):
+            missing = "key_file" if self.key_file is None else "cert_file"
+            found.append(((missing,), "missing (cert_file and key_file go together)"))
+        if found:
+            raise problems(found)
+        return self
+
+
+class LimitSettings(Strict):
+    """Abuse limits of one listener; every count is per listener, 0 = unlimited."""
+
+    max_connections: int = Field(default=1000, ge=0)        # beyond: 421 4.7.0
+    max_connections_per_ip: int = Field(default=50, ge=0)   # beyond: 421 4.7.0
+    messages_per_window: int = Field(default=0, ge=0)       # per client IP and per user: 451 4.7.1 at MAIL
+    recipients_per_window: int = Field(default=0, ge=0)     # per client IP and per user: 452 4.5.3 at RCPT
+    window: Duration = 60.0                                 # seconds
+
+    @model_validator(mode="after")
+    def _per_ip_within_total(self) -> LimitSettings:
+        if self.max_connections and self.max_connections_per_ip > self.max_connections:
+            raise problem(
+                ("max_connections_per_ip",),
+                f"{self.max_connections_per_ip} is more than max_connections ({self.max_connections})",
+            )
+        return self
+
+
 class ListenerSettings(Strict):
     address: IPAddr
     port: int = Field(ge=1, le=65535)
@@ -667,6 +732,8 @@ class ListenerSettings(Strict):
     access: AccessSettings = Field(default_factory=dict)
     relay: ListenerRelaySettings = Field(default_factory=dict)
     line_endings: LineEndingSettings = Field(default_factory=dict)
+    tls: ListenerTlsSettings = Field(default_factory=dict)
+    limits: LimitSettings = Field(default_factory=dict)
 
     @field_validator("groups")
     @classmethod

@@ -7,11 +7,15 @@ shared, long-lived parts.
 from __future__ import annotations
 
 import asyncio
+import enum
 import ipaddress
+import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from relaywarden.policy.limits import ConnectionCounter, FreeSpaceGuard, WindowLimiter
 from relaywarden.smtp.server import ServerSettings
 
 if TYPE_CHECKING:
@@ -22,6 +26,29 @@ if TYPE_CHECKING:
     from relaywarden.resolver import Resolver
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class TlsMode(enum.Enum):
+    NONE = "none"
+    STARTTLS = "starttls"      # offered, optional
+    REQUIRED = "required"      # STARTTLS before MAIL (RFC 3207 4), except optional_networks
+    IMPLICIT = "implicit"      # TLS from the first byte (RFC 8314 3.3)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    max_connections: int = 0               # 0: unlimited
+    max_connections_per_ip: int = 0
+    messages_per_window: int = 0
+    recipients_per_window: int = 0
+    window: float = 60.0
+    max_hops: int = 30
+
+
+def _in(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: tuple[IPNetwork, ...]) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip.version == net.version and ip in net for net in networks)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,12 +62,35 @@ class ListenerContext:
     postmaster: str
     normalize_networks: tuple[IPNetwork, ...] = ()
     reverse_lookups: bool = False
+    tls_mode: TlsMode = TlsMode.NONE
+    tls_optional_networks: tuple[IPNetwork, ...] = ()
+    limits: Limits = field(default_factory=Limits)
 
     def normalizes(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         """Legacy devices listed here get bare LF normalised instead of rejected."""
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip.version == net.version and ip in net for net in self.normalize_networks)
+        return _in(ip, self.normalize_networks)
+
+    def tls_required_for(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        """Must this client STARTTLS before MAIL?"""
+        return self.tls_mode is TlsMode.REQUIRED and not _in(ip, self.tls_optional_networks)
+
+
+class ListenerRuntime:
+    """The mutable state of one listener that outlives a reload: its open connections, its
+    rate windows and its current TLS context (replaced on SIGHUP: new handshakes use the
+    new certificate, established sessions keep theirs)."""
+
+    def __init__(self, *, clock=time.monotonic) -> None:
+        self.connections = ConnectionCounter()
+        self.messages = WindowLimiter(limit=0, window=60.0, clock=clock)
+        self.recipients = WindowLimiter(limit=0, window=60.0, clock=clock)
+        self.ssl_context: ssl.SSLContext | None = None
+
+    def configure(self, ctx: ListenerContext, ssl_context: ssl.SSLContext | None) -> None:
+        limits = ctx.limits
+        self.messages.configure(limit=limits.messages_per_window, window=limits.window)
+        self.recipients.configure(limit=limits.recipients_per_window, window=limits.window)
+        self.ssl_context = ssl_context
 
 
 @dataclass(slots=True, kw_only=True)
@@ -50,6 +100,8 @@ class Services:
     mail_log: "MailLog"
     protocol_log: "ProtocolLog | None"
     resolver: "Resolver | None" = None
+    disk: FreeSpaceGuard | None = None            # relay.min_free_space
+    runtimes: dict[str, ListenerRuntime] = field(default_factory=dict)
     on_queued: Callable[[], None] = lambda: None   # wakes the delivery scheduler
     sessions: set[Any] = field(default_factory=set)
     tasks: set[asyncio.Task] = field(default_factory=set)

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import ssl
 import time
 from dataclasses import dataclass, field, replace
 from email.utils import formatdate
 
 from relaywarden.logs.maillog import MailEvent
 from relaywarden.logs.protocol import ProtocolEntry
+from relaywarden.policy.hops import ReceivedCounter
 from relaywarden.policy.model import Action, ClientFacts, Decision
 from relaywarden.queue.store import (
     BodySpool,
@@ -29,7 +31,8 @@ from relaywarden.queue.store import (
     new_queue_id,
 )
 from relaywarden.resolver import RdnsResult, RdnsStatus
-from relaywarden.server.context import ListenerContext, Services
+from relaywarden.server.context import ListenerContext, ListenerRuntime, Services
+from relaywarden.server.tls import describe as describe_tls
 from relaywarden.smtp.address import Address
 from relaywarden.smtp.events import (
     NEED_DATA,
@@ -46,13 +49,24 @@ from relaywarden.smtp.events import (
     RcptTo,
     StartTls,
 )
-from relaywarden.smtp.reply import START_DATA, Reply, reply
+from relaywarden.smtp.reply import START_DATA, TOO_MANY_RECIPIENTS, Reply, reply
 from relaywarden.smtp.server import BareLineEnds, ServerConnection
 
 QUEUE_FAILED = reply(451, "4.3.0", "Requested action aborted: local error in processing")
 NOT_AVAILABLE = reply(502, "5.5.1", "Command not implemented")
 TIMEOUT = reply(421, "4.4.2", "Timeout exceeded, closing connection")
 INTERNAL_ERROR = reply(421, "4.3.0", "Local error, closing connection")
+# RFC 3207 4: a server that requires TLS answers other commands with this until STARTTLS.
+MUST_STARTTLS = reply(530, "5.7.0", "Must issue a STARTTLS command first")
+READY_FOR_TLS = reply(220, "2.0.0", "Ready to start TLS")               # RFC 3207 4
+TLS_NOT_AVAILABLE = reply(454, "4.7.0", "TLS not available due to temporary reason")
+# RFC 3463 4.7.0 (security or policy status), as Postfix and Exchange answer a connection
+# beyond their limits; 421 closes the channel (RFC 5321 3.8).
+TOO_MANY_CONNECTIONS = reply(421, "4.7.0", "Too many connections, try again later")
+# RFC 3463 4.3.1: mail system full. The queue is not harmed: nothing new is accepted.
+INSUFFICIENT_STORAGE = reply(452, "4.3.1", "Insufficient system storage")
+# RFC 3463 4.7.1 (delivery not authorized, temporary): a rate limit at MAIL.
+TOO_MANY_MESSAGES = reply(451, "4.7.1", "Too many messages, slow down and try again later")
 
 
 @dataclass(slots=True)
@@ -62,6 +76,7 @@ class _Transaction:
     recipients: list[RecipientRecord] = field(default_factory=list)
     queue_id: str = ""
     spool: BodySpool | None = None
+    hops: ReceivedCounter | None = None
 
 
 def _clean(text: str, limit: int = 255) -> str:
@@ -92,6 +107,11 @@ class SmtpSession(asyncio.Protocol):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._messages = 0
         self.rdns: RdnsResult | None = None
+        self.runtime: ListenerRuntime = services.runtimes.get(ctx.name) or ListenerRuntime()
+        self._counted = False          # this connection counts towards the listener's limits
+        self._finished = False
+        # (version, cipher, bits) once TLS is up: implicit, or after STARTTLS.
+        self.tls: tuple[str, str, int] | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -115,17 +135,37 @@ class SmtpSession(asyncio.Protocol):
             port=peer[1] if len(peer) > 1 else None,
         )
         self._last_activity = self._loop.time()
+        limits = self.ctx.limits
+        refused = self.runtime.connections.check(
+            self.client_ip, max_total=limits.max_connections,
+            max_per_ip=limits.max_connections_per_ip,
+        )
+        if refused is not None:
+            key = "max_connections" if refused.startswith("too many connections on") else "max_connections_per_ip"
+            self._log_limit("connect", TOO_MANY_CONNECTIONS, self._key(f"limits.{key}"), refused)
+            self.conn.greet(TOO_MANY_CONNECTIONS)
+            self._flush()
+            return
+        self.runtime.connections.opened(self.client_ip)
+        self._counted = True
+        # Implicit TLS (RFC 8314 3.3): the listener's server did the handshake before
+        # connection_made; the transport is already the TLS one.
+        self.tls = describe_tls(transport.get_extra_info("ssl_object"))
         self._arm_timer(self.ctx.command_timeout)
         if self.ctx.reverse_lookups and self.services.resolver is not None:
             # The greeting waits for the lookup (bounded by dns.timeout): connection control
             # may depend on the verified name. Nothing is read meanwhile.
             self._waiting = True
             self._update_reading()
-            task = self._loop.create_task(self._reverse_then_greet())
-            self.services.tasks.add(task)
-            task.add_done_callback(self.services.tasks.discard)
+            self._spawn(self._reverse_then_greet())
         else:
             self._greet()
+
+    def _spawn(self, coro) -> None:
+        task = self._loop.create_task(coro)
+        # asyncio keeps only weak references to tasks (DESIGN.md, known traps).
+        self.services.tasks.add(task)
+        task.add_done_callback(self.services.tasks.discard)
 
     async def _reverse_then_greet(self) -> None:
         self.rdns = await self.services.resolver.reverse(self.client_ip)
@@ -135,6 +175,72 @@ class SmtpSession(asyncio.Protocol):
         if self._closed:
             return
         self._greet()
+        self._update_reading()
+        self._pump()
+
+    async def _start_tls(self) -> bool:
+        """STARTTLS: upgrade the transport with the listener's current context (the one
+        loaded at the last start or SIGHUP). False: the handshake failed, the connection is
+        closed.
+
+        Only after a 220 to STARTTLS, when the client waits for it before its ClientHello:
+        not from connection_made (uvloop starts reading after connection_made even when it
+        paused reading, so a ClientHello sent at once would reach data_received instead)."""
+        context = self.runtime.ssl_context
+        if self._closed:
+            return False
+        if context is None:      # cannot happen with a valid config; never run TLS-less
+            self._tls_failed("no TLS context")
+            return False
+        try:
+            transport = await self._loop.start_tls(
+                self.transport, self, context, server_side=True,
+                ssl_handshake_timeout=self.ctx.command_timeout,
+            )
+        except Exception as exc:  # noqa: BLE001 - SSLError, reset, timeout: all end the same
+            self._tls_failed(f"{type(exc).__name__}: {exc}".strip())
+            return False
+        if transport is None or self._closed:
+            self._finish(None)
+            return False
+        self.transport = transport
+        self._read_paused = False          # the TLS transport starts out reading
+        self.tls = describe_tls(transport.get_extra_info("ssl_object"))
+        return True
+
+    def _tls_failed(self, reason: str) -> None:
+        # The raw transport is closed by start_tls; our connection_lost() is not called
+        # (the TLS layer never handed the connection to us), so the session ends here.
+        self.services.mail_log.event(
+            MailEvent.REJECT, stage="tls", listener=self.ctx.name, client=self.client_ip,
+            reason=f"TLS handshake failed: {reason}",
+        )
+        self._protocol_log("TLS", "handshake-failed", None, 0)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self._finish(None)
+
+    def _on_starttls(self, ev: StartTls) -> None:
+        if self.runtime.ssl_context is None:
+            self._respond("STARTTLS", "", TLS_NOT_AVAILABLE)
+            return
+        self._respond("STARTTLS", "", READY_FOR_TLS)
+        # The 220 goes out in plaintext now; whatever the client pipelined after STARTTLS
+        # was dropped by the core (CVE-2011-0411). Nothing is read until the handshake.
+        self._flush()
+        self._waiting = True
+        self._update_reading()
+        self._spawn(self._starttls())
+
+    async def _starttls(self) -> None:
+        if not await self._start_tls():
+            return
+        # RFC 3207 4.2: forget everything learnt before TLS; the client starts with EHLO.
+        self.conn.tls_started()
+        self.helo = ""
+        self.esmtp = False
+        self._drop_transaction()
+        self._waiting = False
         self._update_reading()
         self._pump()
 
@@ -171,11 +277,21 @@ class SmtpSession(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._finish(exc)
+
+    def _finish(self, exc: Exception | None) -> None:
+        """The session is over (connection lost, or a TLS handshake that failed): once only."""
         self._closed = True
+        if self._finished:
+            return
+        self._finished = True
         if self._timer is not None:
             self._timer.cancel()
         self._drop_transaction()
         self.services.sessions.discard(self)
+        if self._counted:
+            self._counted = False
+            self.runtime.connections.closed(self.client_ip)
         self.services.mail_log.event(
             MailEvent.DISCONNECT, listener=self.ctx.name, client=self.client_ip,
             messages=self._messages,
@@ -201,8 +317,11 @@ class SmtpSession(asyncio.Protocol):
                     break
                 kind = type(event)
                 if kind is DataChunk:
-                    if self.txn is not None and self.txn.spool is not None:
-                        self.txn.spool.write(event.data)
+                    txn = self.txn
+                    if txn is not None and txn.spool is not None:
+                        txn.spool.write(event.data)
+                        if not txn.hops.done:
+                            txn.hops.feed(event.data)
                     continue
                 handler = self._HANDLERS.get(kind)
                 if handler is None:
@@ -257,13 +376,46 @@ class SmtpSession(asyncio.Protocol):
 
     def _on_mail(self, ev: MailFrom) -> None:
         query = f"FROM:<{ev.sender if ev.sender is not None else ''}>"
+        sender = self._addr(ev.sender)
+        if self.tls is None and self.ctx.tls_required_for(self.client.ip):
+            self._log_limit("mail", MUST_STARTTLS, self._key("tls.mode"),
+                            "TLS required: MAIL before STARTTLS", sender=sender)
+            self._respond("MAIL", query, MUST_STARTTLS)
+            return
+        disk = self.services.disk
+        if disk is not None and not disk.ok():
+            # Checked first: when the disk is nearly full, nothing is worth a policy lookup.
+            self._log_limit("mail", INSUFFICIENT_STORAGE, "relay.min_free_space",
+                            f"free space in data_dir {disk.free()} < relay.min_free_space {disk.min_free}",
+                            sender=sender)
+            self._respond("MAIL", query, INSUFFICIENT_STORAGE)
+            return
         decision = self.services.policy.check_sender(self.client, ev.sender)
         if decision.action is not Action.ACCEPT:
-            self._log_reject("mail", decision, sender=self._addr(ev.sender))
+            self._log_reject("mail", decision, sender=sender)
             self._respond("MAIL", query, decision.reply)
+            return
+        messages = self.runtime.messages
+        if not messages.take_all(self._rate_keys()):
+            self._log_limit("mail", TOO_MANY_MESSAGES, self._key("limits.messages_per_window"),
+                            f"more than {messages.limit} messages in {messages.window:g} s "
+                            f"from {self._rate_subject()}", sender=sender)
+            self._respond("MAIL", query, TOO_MANY_MESSAGES)
             return
         self.txn = _Transaction(sender=ev.sender, params=ev.params)
         self._respond("MAIL", query, reply(250, "2.1.0", "Ok"))
+
+    def _rate_keys(self) -> list[tuple[str, str]]:
+        """Rate windows count per client address and, once authenticated, per user too."""
+        keys = [("ip", self.client_ip)]
+        if self.client.user is not None:
+            keys.append(("user", self.client.user.casefold()))
+        return keys
+
+    def _rate_subject(self) -> str:
+        if self.client.user is not None:
+            return f"{self.client_ip} or user {self.client.user}"
+        return self.client_ip
 
     def _on_rcpt(self, ev: RcptTo) -> None:
         txn = self.txn
@@ -273,6 +425,17 @@ class SmtpSession(asyncio.Protocol):
         if decision.action is Action.REJECT:
             self._log_reject("rcpt", decision, sender=self._addr(txn.sender), recipient=str(rcpt))
             self._respond("RCPT", query, decision.reply)
+            return
+        recipients = self.runtime.recipients
+        if not recipients.take_all(self._rate_keys()):
+            # 452 4.5.3 is RFC 5321's flow control (4.5.3.1.10): the client sends the
+            # accepted recipients now and the rest in a later transaction, which is what a
+            # rate limit wants; and the core does not count it as an error.
+            self._log_limit("rcpt", TOO_MANY_RECIPIENTS, self._key("limits.recipients_per_window"),
+                            f"more than {recipients.limit} recipients in {recipients.window:g} s "
+                            f"from {self._rate_subject()}",
+                            sender=self._addr(txn.sender), recipient=str(rcpt))
+            self._respond("RCPT", query, TOO_MANY_RECIPIENTS)
             return
         # A bare <postmaster> (RFC 5321 4.5.1) is the relay's own postmaster.
         address = self.ctx.postmaster if rcpt.domain == "" else str(rcpt)
@@ -288,6 +451,7 @@ class SmtpSession(asyncio.Protocol):
         txn.queue_id = new_queue_id()
         txn.spool = self.services.store.new_spool()
         txn.spool.write(self._received_header(txn))
+        txn.hops = ReceivedCounter()
         self._respond("DATA", "", START_DATA)
 
     def _on_data_end(self, ev: DataEnd) -> None:
@@ -300,6 +464,20 @@ class SmtpSession(asyncio.Protocol):
             self._drop_transaction()
             self._respond(".", "", ev.problem)
             return
+        hops = txn.hops.count
+        if hops > self.ctx.limits.max_hops:
+            # RFC 5321 6.3: a loop. Accepted (250) so that the sending server stops
+            # retrying, and kept in badmail where the admin sees it.
+            why = f"loop detected (5.4.6): {hops} Received headers"
+            txn.recipients = [
+                replace(r, status=RecipientStatus.BADMAIL, rule="relay.max_hops", reason=why)
+                for r in txn.recipients
+            ]
+            self.services.mail_log.event(
+                MailEvent.REJECT, stage="data", listener=self.ctx.name, client=self.client_ip,
+                id=txn.queue_id, code=554, enhanced="5.4.6", rule="relay.max_hops",
+                reason=why, action="badmail",
+            )
         envelope = Envelope(
             queue_id=txn.queue_id,
             received_at=time.time(),
@@ -318,10 +496,7 @@ class SmtpSession(asyncio.Protocol):
         )
         self._waiting = True
         self._update_reading()
-        task = self._loop.create_task(self._commit(envelope, txn.spool, ev.size))
-        # asyncio keeps only weak references to tasks (DESIGN.md, known traps).
-        self.services.tasks.add(task)
-        task.add_done_callback(self.services.tasks.discard)
+        self._spawn(self._commit(envelope, txn.spool, ev.size))
 
     async def _commit(self, envelope: Envelope, spool: BodySpool, size: int) -> None:
         started = time.monotonic()
@@ -361,8 +536,8 @@ class SmtpSession(asyncio.Protocol):
             self._protocol_log("CLOSE", ev.reason, None, 0)
 
     def _on_unsupported(self, ev) -> None:
-        # STARTTLS and AUTH arrive with the security issue; the core only emits these events
-        # when the settings advertise them, which nothing does yet.
+        # AUTH arrives with the security issue; the core only emits these events when the
+        # settings advertise them, which nothing does yet.
         self.conn.respond(NOT_AVAILABLE)
 
     _HANDLERS = {
@@ -373,7 +548,7 @@ class SmtpSession(asyncio.Protocol):
         DataEnd: _on_data_end,
         Handled: _on_handled,
         Closed: _on_closed,
-        StartTls: _on_unsupported,
+        StartTls: _on_starttls,
         Auth: _on_unsupported,
         AuthResponse: _on_unsupported,
     }
@@ -398,6 +573,8 @@ class SmtpSession(asyncio.Protocol):
         """The trace header (RFC 5321 4.4), written before the first byte of content."""
         client = self.client
         proto = "UTF8SMTP" if txn.params.smtputf8 else ("ESMTP" if self.esmtp else "SMTP")
+        if self.tls is not None and proto != "SMTP":
+            proto += "S"   # RFC 3848 (ESMTPS), RFC 6531 (UTF8SMTPS); HELO has no TLS type
         if client.user is not None:
             proto += "A"   # RFC 3848
         note = self._rdns_note()
@@ -410,6 +587,9 @@ class SmtpSession(asyncio.Protocol):
             f"\tby {self.ctx.hostname} (relaywarden, listener {self.ctx.name})",
             f"\twith {proto} id {txn.queue_id}",
         ]
+        if self.tls is not None:
+            version, cipher, bits = self.tls
+            lines.append(f"\t(version={_clean(version, 32)} cipher={_clean(cipher, 64)} bits={bits})")
         if len(txn.recipients) == 1:
             # Only a single recipient is named: listing them all would disclose Bcc's.
             lines.append(f"\tfor <{_clean(txn.recipients[0].address, 900)}>")
@@ -441,6 +621,18 @@ class SmtpSession(asyncio.Protocol):
         self.services.mail_log.event(
             MailEvent.REJECT, stage=stage, listener=self.ctx.name, client=self.client_ip,
             code=decision.reply.code, rule=decision.rule, reason=decision.detail, **fields,
+        )
+
+    def _key(self, key: str) -> str:
+        """The dotted config key of a listener setting, as the rule of a log line."""
+        return f"listeners.{self.ctx.name}.{key}"
+
+    def _log_limit(self, stage: str, answer: Reply, rule: str, reason: str,
+                   **fields: object) -> None:
+        """A refusal by a limit (not by the policy): the rule is the config key that set it."""
+        self.services.mail_log.event(
+            MailEvent.REJECT, stage=stage, listener=self.ctx.name, client=self.client_ip,
+            code=answer.code, rule=rule, reason=reason, **fields,
         )
 
     def _log_queued(self, envelope: Envelope, size: int) -> None:
