@@ -20,6 +20,10 @@ from relaywarden.config.schema import Config
 from relaywarden.logs.files import RotatingFile, Rotation
 from relaywarden.logs.maillog import MailLog
 from relaywarden.logs.protocol import W3C_HEADER, ProtocolLog
+from relaywarden.auth import Backend, ChainBackend
+from relaywarden.auth.ldap import LdapBackend, LdapSettings
+from relaywarden.auth.throttle import AuthThrottle, ThrottleSettings
+from relaywarden.auth.users import LocalBackend, UserFile
 from relaywarden.delivery.badmail import Badmail, BadmailSettings
 from relaywarden.delivery.engine import DeliverySettings, Engine
 from relaywarden.queue.store import Store
@@ -47,6 +51,7 @@ def listener_contexts(cfg: Config) -> dict[str, ListenerContext]:
             max_errors=lc.max_errors,
             bare_line_ends=bare,
             starttls=lc.tls.mode in ("starttls", "required"),
+            auth_mechanisms=("PLAIN", "LOGIN") if lc.auth.enabled else (),
         )
         contexts[name] = ListenerContext(
             name=name,
@@ -60,6 +65,8 @@ def listener_contexts(cfg: Config) -> dict[str, ListenerContext]:
             reverse_lookups=cfg.dns.reverse_lookups,
             tls_mode=TlsMode(lc.tls.mode),
             tls_optional_networks=tuple(lc.tls.optional_networks),
+            auth_required=lc.auth.required,
+            auth_plaintext_networks=tuple(lc.auth.plaintext_networks),
             limits=Limits(
                 max_connections=lc.limits.max_connections,
                 max_connections_per_ip=lc.limits.max_connections_per_ip,
@@ -134,6 +141,30 @@ def badmail_settings(cfg: Config) -> BadmailSettings:
                            command=tuple(b.command), hostname=cfg.relay.hostname)
 
 
+def auth_for(cfg: Config) -> tuple[Backend | None, AuthThrottle]:
+    """The password checkers, in the configured order, and the brute-force throttle."""
+    a = cfg.auth
+    found: dict[str, Backend] = {}
+    if a.users_file is not None:
+        found["local"] = LocalBackend(UserFile(a.users_file))
+    if a.ldap is not None:
+        l = a.ldap
+        found["ldap"] = LdapBackend(LdapSettings(
+            url=l.url, mode=l.mode, start_tls=l.start_tls,
+            ca_file=str(l.ca_file) if l.ca_file else None, user_dn_template=l.user_dn_template,
+            bind_dn=l.bind_dn, bind_password=l.bind_password(), search_base=l.search_base,
+            search_filter=l.search_filter, group_attribute=l.group_attribute,
+            group_search_base=l.group_search_base, group_filter=l.group_filter,
+            group_name_attribute=l.group_name_attribute, timeout=l.timeout))
+    backends = [found[name] for name in a.order if name in found]
+    backend = None if not backends else backends[0] if len(backends) == 1 else ChainBackend(backends)
+    t = a.throttle
+    throttle = AuthThrottle(ThrottleSettings(delays=tuple(t.delays), client_limit=t.client_limit,
+                                             user_limit=t.user_limit, window=t.window,
+                                             lockout=t.lockout))
+    return backend, throttle
+
+
 def resolver_for(cfg: Config) -> Resolver:
     return Resolver(DnsSettings(nameservers=tuple(str(n) for n in cfg.dns.nameservers),
                                 port=cfg.dns.port, timeout=cfg.dns.timeout))
@@ -178,9 +209,11 @@ class Relay:
         loop_time = asyncio.get_running_loop().time
         mail_log, protocol_log = _logs(self.cfg)
         resolver = resolver_for(self.cfg)
+        auth_backend, auth_throttle = auth_for(self.cfg)
         self.services = Services(
             policy=build_policy(self.cfg), store=store, mail_log=mail_log,
             protocol_log=protocol_log, resolver=resolver,
+            auth=auth_backend, auth_throttle=auth_throttle,
             disk=FreeSpaceGuard(min_free=self.cfg.relay.min_free_space,
                                 free_bytes=free_space(self.cfg.data_dir),
                                 clock=loop_time),
@@ -248,6 +281,9 @@ class Relay:
             return
         self.services.policy = build_policy(cfg)
         self.services.resolver = self.engine.resolver = resolver_for(cfg)
+        # New password checkers (a changed LDAP server, a new users file); the throttle's
+        # memory of failures is kept: a reload must not reset a brute-force lockout.
+        self.services.auth = auth_for(cfg)[0]
         self.engine.router = build_router(cfg)
         self.engine.settings = delivery_settings(cfg)
         self.badmail.settings = badmail_settings(cfg)

@@ -194,6 +194,21 @@ def _existing_file(value: Any, info: ValidationInfo) -> Path | None:
     return path
 
 
+def _config_path(value: Any, info: ValidationInfo) -> Path | None:
+    """A path relative to the config file's directory that need not exist yet."""
+    if value is None or isinstance(value, Path):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a path string")
+    if not value.strip():
+        return None
+    base = Path((info.context or {}).get(BASE_DIR) or Path.cwd())
+    path = (base / Path(value.strip()).expanduser()).absolute()
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{value!r} is not a file")
+    return path
+
+
 Size = Annotated[int, BeforeValidator(parse_size)]
 # PlainValidator: our parser is the whole validation; the annotation is for readers.
 Network = Annotated[match.IPNetwork, PlainValidator(_network)]
@@ -219,6 +234,7 @@ OptionalSecret = Annotated[SecretStr | None, PlainValidator(
     _unset_if_empty(lambda text: SecretStr(text))   # kept as written: spaces may be part of it
 )]
 OptionalFile = Annotated[Path | None, PlainValidator(_existing_file)]
+OptionalPath = Annotated[Path | None, PlainValidator(_config_path)]
 
 
 
@@ -719,6 +735,21 @@ class LimitSettings(Strict):
         return self
 
 
+class ListenerAuthSettings(Strict):
+    """SMTP AUTH for clients of one listener (RFC 4954): PLAIN and LOGIN."""
+
+    enabled: bool = False
+    required: bool = False                     # MAIL without AUTH: 530 5.7.0
+    # AUTH is offered only over TLS, except to these networks (e.g. loopback, a legacy LAN).
+    plaintext_networks: list[Network] = []
+
+    @model_validator(mode="after")
+    def _useful(self) -> ListenerAuthSettings:
+        if self.required and not self.enabled:
+            raise problem(("required",), "needs enabled = true")
+        return self
+
+
 class ListenerSettings(Strict):
     address: IPAddr
     port: int = Field(ge=1, le=65535)
@@ -734,6 +765,7 @@ class ListenerSettings(Strict):
     line_endings: LineEndingSettings = Field(default_factory=dict)
     tls: ListenerTlsSettings = Field(default_factory=dict)
     limits: LimitSettings = Field(default_factory=dict)
+    auth: ListenerAuthSettings = Field(default_factory=dict)
 
     @field_validator("groups")
     @classmethod
@@ -743,6 +775,66 @@ class ListenerSettings(Strict):
         return value
 
 
+class LdapAuthSettings(Strict):
+    """LDAP / Active Directory: bind as the user (template) or search, then bind."""
+
+    url: Text                                   # ldap://host:389 or ldaps://host:636
+    mode: Literal["bind", "search"] = "bind"
+    start_tls: bool = False
+    ca_file: OptionalFile = None
+    user_dn_template: OptionalText = None       # "uid={user},ou=people,dc=example,dc=com" or "{user}@example.com"
+    bind_dn: OptionalText = None                # search mode: the service account
+    bind_password_file: OptionalFile = None
+    search_base: OptionalText = None
+    search_filter: Text = "(uid={user})"        # AD: "(sAMAccountName={user})"
+    group_attribute: OptionalText = "memberOf"
+    group_search_base: OptionalText = None
+    group_filter: Text = "(member={dn})"
+    group_name_attribute: Text = "cn"
+    timeout: Duration = 5.0
+
+    @model_validator(mode="after")
+    def _complete(self) -> LdapAuthSettings:
+        if not self.url.startswith(("ldap://", "ldaps://")):
+            raise problem(("url",), f"{self.url!r} is not an ldap:// or ldaps:// URL")
+        if self.mode == "bind" and not self.user_dn_template:
+            raise problem(("user_dn_template",), 'mode = "bind" needs a user_dn_template with {user}')
+        if self.user_dn_template and "{user}" not in self.user_dn_template:
+            raise problem(("user_dn_template",), "must contain {user}")
+        if self.mode == "search":
+            missing = [k for k in ("bind_dn", "bind_password_file", "search_base") if not getattr(self, k)]
+            if missing:
+                raise problem((missing[0],), 'mode = "search" needs bind_dn, bind_password_file and search_base')
+            if "{user}" not in self.search_filter:
+                raise problem(("search_filter",), "must contain {user}")
+        return self
+
+    def bind_password(self) -> str | None:
+        return None if self.bind_password_file is None else _read_password_file(self.bind_password_file)
+
+
+def _read_password_file(path: Path) -> str:
+    text = path.read_text("utf-8-sig")
+    return text.splitlines()[0] if text else ""
+
+
+class ThrottleSettings(Strict):
+    """Brute force: failed logins per client address and per user name."""
+
+    delays: list[Annotated[float, Field(ge=0)]] = [0.0, 1.0, 2.0, 4.0, 8.0]   # wait before answering the n-th failure
+    client_limit: int = Field(default=10, ge=1)          # failures in `window`, then locked out
+    user_limit: int = Field(default=20, ge=1)
+    window: Duration = 900.0
+    lockout: Duration = 900.0
+
+
+class AuthSettings(Strict):
+    users_file: OptionalPath = None             # local users (relaywarden user add); relative to the config file
+    ldap: LdapAuthSettings | None = None
+    order: list[Literal["local", "ldap"]] = ["local", "ldap"]   # which backend is asked first
+    throttle: ThrottleSettings = Field(default_factory=dict)
+
+
 class Config(Strict):
     relay: RelaySettings = Field(default_factory=dict)
     queue: QueueSettings = Field(default_factory=dict)
@@ -750,6 +842,7 @@ class Config(Strict):
     delivery: DeliverySettings = Field(default_factory=dict)
     dns: DnsSettings = Field(default_factory=dict)
     badmail: BadmailSettings = Field(default_factory=dict)
+    auth: AuthSettings = Field(default_factory=dict)
     routes: dict[str, RouteSettings] = {}
     sender_routes: dict[str, SenderRouteSettings] = {}   # in file order: the order they are tried
     groups: dict[str, GroupSettings] = {}      # in file order: the order groups are tried
@@ -860,6 +953,10 @@ class Config(Strict):
                     f'AUTH with tls = "none"{where} sends the password in clear; '
                     "set auth_without_tls = true if the next hop is on a trusted network",
                 ))
+        for name, listener in self.listeners.items():
+            if listener.auth.enabled and self.auth.users_file is None and self.auth.ldap is None:
+                found.append((("listeners", name, "auth", "enabled"),
+                              "no backend to check passwords: set auth.users_file or [auth.ldap]"))
         if not self.dns.reverse_lookups:
             # A host-name entry can only match a verified reverse-DNS name: without lookups
             # it would silently never match, which an admin would not expect.

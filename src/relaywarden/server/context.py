@@ -19,6 +19,8 @@ from relaywarden.policy.limits import ConnectionCounter, FreeSpaceGuard, WindowL
 from relaywarden.smtp.server import ServerSettings
 
 if TYPE_CHECKING:
+    from relaywarden.auth import Backend
+    from relaywarden.auth.throttle import AuthThrottle
     from relaywarden.logs.maillog import MailLog
     from relaywarden.logs.protocol import ProtocolLog
     from relaywarden.policy.engine import Policy
@@ -65,6 +67,12 @@ class ListenerContext:
     tls_mode: TlsMode = TlsMode.NONE
     tls_optional_networks: tuple[IPNetwork, ...] = ()
     limits: Limits = field(default_factory=Limits)
+    auth_required: bool = False                      # MAIL without AUTH: 530 5.7.0
+    auth_plaintext_networks: tuple[IPNetwork, ...] = ()
+
+    def auth_without_tls(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        """May this client AUTH before TLS (RFC 4954 4: not over plaintext by default)?"""
+        return _in(ip, self.auth_plaintext_networks)
 
     def normalizes(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         """Legacy devices listed here get bare LF normalised instead of rejected."""
@@ -101,6 +109,8 @@ class Services:
     protocol_log: "ProtocolLog | None"
     resolver: "Resolver | None" = None
     disk: FreeSpaceGuard | None = None            # relay.min_free_space
+    auth: "Backend | None" = None                 # password checkers ([auth])
+    auth_throttle: "AuthThrottle | None" = None
     runtimes: dict[str, ListenerRuntime] = field(default_factory=dict)
     on_queued: Callable[[], None] = lambda: None   # wakes the delivery scheduler
     sessions: set[Any] = field(default_factory=set)

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field, replace
 from email.utils import formatdate
 
+from relaywarden.auth import AUTH_INVALID, AuthResult
 from relaywarden.logs.maillog import MailEvent
 from relaywarden.logs.protocol import ProtocolEntry
 from relaywarden.policy.hops import ReceivedCounter
@@ -63,6 +64,11 @@ TLS_NOT_AVAILABLE = reply(454, "4.7.0", "TLS not available due to temporary reas
 # RFC 3463 4.7.0 (security or policy status), as Postfix and Exchange answer a connection
 # beyond their limits; 421 closes the channel (RFC 5321 3.8).
 TOO_MANY_CONNECTIONS = reply(421, "4.7.0", "Too many connections, try again later")
+# RFC 4954 6
+AUTH_REQUIRED = reply(530, "5.7.0", "Authentication required")
+ENCRYPTION_REQUIRED = reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
+AUTH_MALFORMED = reply(501, "5.5.2", "Cannot decode the authentication data")
+AUTH_LOCKED = reply(454, "4.7.0", "Too many failed authentication attempts, try again later")
 # RFC 3463 4.3.1: mail system full. The queue is not harmed: nothing new is accepted.
 INSUFFICIENT_STORAGE = reply(452, "4.3.1", "Insufficient system storage")
 # RFC 3463 4.7.1 (delivery not authorized, temporary): a rate limit at MAIL.
@@ -107,6 +113,7 @@ class SmtpSession(asyncio.Protocol):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._messages = 0
         self.rdns: RdnsResult | None = None
+        self._auth_state: tuple = ("",)
         self.runtime: ListenerRuntime = services.runtimes.get(ctx.name) or ListenerRuntime()
         self._counted = False          # this connection counts towards the listener's limits
         self._finished = False
@@ -151,6 +158,7 @@ class SmtpSession(asyncio.Protocol):
         # Implicit TLS (RFC 8314 3.3): the listener's server did the handshake before
         # connection_made; the transport is already the TLS one.
         self.tls = describe_tls(transport.get_extra_info("ssl_object"))
+        self._advertise_auth()
         self._arm_timer(self.ctx.command_timeout)
         if self.ctx.reverse_lookups and self.services.resolver is not None:
             # The greeting waits for the lookup (bounded by dns.timeout): connection control
@@ -237,6 +245,7 @@ class SmtpSession(asyncio.Protocol):
             return
         # RFC 3207 4.2: forget everything learnt before TLS; the client starts with EHLO.
         self.conn.tls_started()
+        self._advertise_auth()
         self.helo = ""
         self.esmtp = False
         self._drop_transaction()
@@ -381,6 +390,11 @@ class SmtpSession(asyncio.Protocol):
             self._log_limit("mail", MUST_STARTTLS, self._key("tls.mode"),
                             "TLS required: MAIL before STARTTLS", sender=sender)
             self._respond("MAIL", query, MUST_STARTTLS)
+            return
+        if self.ctx.auth_required and self.client.user is None:
+            self._log_limit("mail", AUTH_REQUIRED, self._key("auth.required"),
+                            "MAIL before AUTH", sender=sender)
+            self._respond("MAIL", query, AUTH_REQUIRED)
             return
         disk = self.services.disk
         if disk is not None and not disk.ok():
@@ -535,10 +549,107 @@ class SmtpSession(asyncio.Protocol):
         if ev.reason not in ("quit",):
             self._protocol_log("CLOSE", ev.reason, None, 0)
 
-    def _on_unsupported(self, ev) -> None:
-        # AUTH arrives with the security issue; the core only emits these events when the
-        # settings advertise them, which nothing does yet.
-        self.conn.respond(NOT_AVAILABLE)
+    # -- AUTH (RFC 4954; PLAIN RFC 4616, LOGIN) -------------------------------------------
+
+    def _advertise_auth(self) -> None:
+        """AUTH is listed in EHLO only over TLS, or for networks allowed plaintext AUTH."""
+        settings = self.conn.settings
+        if settings.auth_mechanisms:
+            show = self.tls is not None or self.ctx.auth_without_tls(self.client.ip)
+            self.conn.settings = replace(settings, advertise_auth=show)
+
+    def _on_auth(self, ev: Auth) -> None:
+        mechanism = ev.mechanism.upper()
+        if not self.conn.settings.advertise_auth:
+            self._auth_answer(mechanism, ENCRYPTION_REQUIRED, "plaintext AUTH refused")
+            return
+        if mechanism == "PLAIN":
+            if ev.initial is None:
+                self._auth_state = ("PLAIN",)
+                self.conn.auth_challenge(b"")
+            else:
+                self._auth_plain(ev.initial)
+        else:  # LOGIN: the core only lets through the mechanisms the settings name
+            if ev.initial is None:
+                self._auth_state = ("LOGIN-USER",)
+                self.conn.auth_challenge(b"Username:")
+            else:
+                self._auth_state = ("LOGIN-PASSWORD", ev.initial)
+                self.conn.auth_challenge(b"Password:")
+
+    def _on_auth_response(self, ev: AuthResponse) -> None:
+        state = self._auth_state
+        if state[0] == "PLAIN":
+            self._auth_plain(ev.data)
+        elif state[0] == "LOGIN-USER":
+            self._auth_state = ("LOGIN-PASSWORD", ev.data)
+            self.conn.auth_challenge(b"Password:")
+        else:
+            self._auth_check("LOGIN", state[1], ev.data)
+
+    def _auth_plain(self, data: bytes) -> None:
+        parts = data.split(b"\0")
+        if len(parts) != 3:
+            self._auth_answer("PLAIN", AUTH_MALFORMED, "malformed PLAIN response")
+            return
+        authzid, user, password = parts
+        if authzid and authzid != user:
+            # Acting for another identity (RFC 4616 2) is not something we grant anyone.
+            self._auth_answer("PLAIN", AUTH_INVALID, "authorization identity refused")
+            return
+        self._auth_check("PLAIN", user, password)
+
+    def _auth_check(self, mechanism: str, raw_user: bytes, raw_password: bytes) -> None:
+        try:
+            user, password = raw_user.decode("utf-8"), raw_password.decode("utf-8")
+        except UnicodeDecodeError:
+            self._auth_answer(mechanism, AUTH_MALFORMED, "credentials are not UTF-8")
+            return
+        throttle = self.services.auth_throttle
+        if throttle is not None:
+            verdict = throttle.check(client=self.client_ip, user=user)
+            if verdict.locked:
+                self._auth_answer(mechanism, AUTH_LOCKED, verdict.reason, user=user)
+                return
+        self._waiting = True
+        self._update_reading()
+        self._spawn(self._auth_verify(mechanism, user, password))
+
+    async def _auth_verify(self, mechanism: str, user: str, password: str) -> None:
+        backend, throttle = self.services.auth, self.services.auth_throttle
+        if backend is None:
+            result = AuthResult.unavailable("no authentication backend")
+        else:
+            result = await backend.verify(user, password)
+        if result.ok:
+            if throttle is not None:
+                throttle.success(client=self.client_ip, user=user)
+            self.client = replace(self.client, user=result.user or user,
+                                  directory_groups=frozenset(result.groups))
+        elif not result.temporary and throttle is not None:
+            verdict = throttle.failure(client=self.client_ip, user=user)
+            if verdict.delay:
+                # The growing delay is what makes guessing slow; the session waits, the
+                # rest of the relay does not.
+                await asyncio.sleep(verdict.delay)
+        self._waiting = False
+        if self._closed:
+            return
+        self._auth_answer(mechanism, result.reply,
+                          result.detail or ("ok" if result.ok else "refused"), user=user,
+                          backend=result.backend or None,
+                          groups=",".join(sorted(result.groups)) if result.ok else None)
+        self._update_reading()
+        self._pump()
+
+    def _auth_answer(self, mechanism: str, answer: Reply, detail: str, **fields: object) -> None:
+        self._auth_state = ("",)
+        self.services.mail_log.event(
+            MailEvent.AUTH, listener=self.ctx.name, client=self.client_ip, mechanism=mechanism,
+            result="ok" if answer.positive else "fail", code=answer.code, detail=detail, **fields)
+        # The credentials never reach the logs: only the mechanism (and, once known, the
+        # user name in cs-username).
+        self._respond("AUTH", mechanism, answer)
 
     _HANDLERS = {
         Hello: _on_hello,
@@ -549,8 +660,8 @@ class SmtpSession(asyncio.Protocol):
         Handled: _on_handled,
         Closed: _on_closed,
         StartTls: _on_starttls,
-        Auth: _on_unsupported,
-        AuthResponse: _on_unsupported,
+        Auth: _on_auth,
+        AuthResponse: _on_auth_response,
     }
 
     # -- helpers -------------------------------------------------------------------------
