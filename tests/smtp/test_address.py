@@ -256,3 +256,10 @@ def test_xtext_decode(text, decoded):
 def test_xtext_decode_errors(text):
     with pytest.raises(ValueError):
         xtext_decode(text)
+
+
+def test_lone_surrogates_are_a_syntax_error_not_a_crash():
+    # Regression: found by fuzz/fuzz_smtp.py (address target).
+    with pytest.raises(AddressError) as err:
+        parse_path("<<\x03\x00\x00\udcdf\x00\x00\x00\x00>", utf8=True)
+    assert err.value.reply.code == 501

@@ -123,7 +123,13 @@ def parse_path(text: str, *, utf8: bool) -> Address | None:
     """
     if len(text) < 2 or text[0] != "<" or text[-1] != ">":
         raise AddressError(_NO_BRACKETS)
-    if len(text.encode("utf-8")) > MAX_PATH:
+    try:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates: undecodable bytes smuggled into a str (e.g. a command-line
+        # argument decoded with surrogateescape). Found by fuzz/fuzz_smtp.py address.
+        raise AddressError(_SYNTAX) from None
+    if len(encoded) > MAX_PATH:
         raise AddressError(_PATH_TOO_LONG)
     if not text.isascii() and not utf8:
         raise AddressError(_NEEDS_UTF8)
