@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import os
 import resource
 import signal
 import socket
@@ -189,6 +191,44 @@ def _logs(cfg: Config) -> tuple[MailLog, ProtocolLog | None]:
     return mail, protocol
 
 
+class DeliveryWorker:
+    """The send half: the scheduler with its outbound connections, and the badmail sweeper.
+    Runs inside the relay process ("inline") or alone in a child process ("separate")."""
+
+    def __init__(self, cfg: Config, *, store: Store, mail_log: MailLog) -> None:
+        self.engine = Engine(store=store, router=build_router(cfg), resolver=resolver_for(cfg),
+                             settings=delivery_settings(cfg), mail_log=mail_log)
+        self.badmail = Badmail(store=store, settings=badmail_settings(cfg), mail_log=mail_log,
+                               wake=self.engine.wake)
+        self._task: asyncio.Task | None = None
+
+    def wake(self) -> None:
+        self.engine.wake()
+
+    async def start(self) -> None:
+        await self.engine.start()
+        self._task = asyncio.get_running_loop().create_task(self._badmail_loop())
+
+    async def _badmail_loop(self) -> None:
+        while True:
+            try:
+                await self.badmail.sweep()
+            except Exception as exc:  # noqa: BLE001 - a full disk must not stop the relay
+                print(f"relaywarden: badmail: {exc}", file=sys.stderr, flush=True)
+            await asyncio.sleep(1.0)
+
+    def reload(self, cfg: Config) -> None:
+        self.engine.resolver = resolver_for(cfg)
+        self.engine.router = build_router(cfg)
+        self.engine.settings = delivery_settings(cfg)
+        self.badmail.settings = badmail_settings(cfg)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        await self.engine.stop()
+
+
 class Relay:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -200,9 +240,10 @@ class Relay:
             self.runtimes[name].configure(self.contexts[name], context)
         self._stop = asyncio.Event()
         self._flusher: asyncio.Task | None = None
-        self._badmail_task: asyncio.Task | None = None
-        self.engine: Engine | None = None
-        self.badmail: Badmail | None = None
+        self.worker: DeliveryWorker | None = None
+        self.child: subprocess.Popen | None = None
+        self._wake_fd: int | None = None
+        self.config_path: Path | None = None
 
     async def start(self) -> None:
         store = Store.open(self.cfg.data_dir)
@@ -219,11 +260,11 @@ class Relay:
                                 clock=loop_time),
             runtimes=self.runtimes,
         )
-        self.engine = Engine(store=store, router=build_router(self.cfg), resolver=resolver,
-                             settings=delivery_settings(self.cfg), mail_log=mail_log)
-        self.services.on_queued = self.engine.wake
-        self.badmail = Badmail(store=store, settings=badmail_settings(self.cfg),
-                               mail_log=mail_log, wake=self.engine.wake)
+        if self.cfg.delivery.process == "inline":
+            self.worker = DeliveryWorker(self.cfg, store=store, mail_log=mail_log)
+            self.services.on_queued = self.worker.wake
+        else:
+            self._start_child()
         loop = asyncio.get_running_loop()
         for name, lc in self.cfg.listeners.items():
             implicit = lc.tls.mode == "implicit"
@@ -237,9 +278,29 @@ class Relay:
             self.servers.append(server)
             print(f"relaywarden: listener {name} on {lc.address}:{lc.port}", file=sys.stderr,
                   flush=True)
-        await self.engine.start()
+        if self.worker is not None:
+            await self.worker.start()
         self._flusher = loop.create_task(self._flush_logs())
-        self._badmail_task = loop.create_task(self._badmail_loop())
+
+    def _start_child(self) -> None:
+        """The delivery process. A pipe is both its wake-up call (a byte after each queued
+        message) and its lifeline: when this process dies, even by kill -9, the pipe closes
+        and the child stops (its unfinished attempts are retried at the next start)."""
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        argv = [sys.executable, "-m", "relaywarden", "delivery-worker", "--wake-fd", str(read_fd)]
+        if self.config_path is not None:
+            argv += ["--config", str(self.config_path)]
+        self.child = subprocess.Popen(argv, pass_fds=(read_fd,))
+        os.close(read_fd)
+        self._wake_fd = write_fd
+        self.services.on_queued = self._poke
+
+    def _poke(self) -> None:
+        try:
+            os.write(self._wake_fd, b"!")
+        except (BlockingIOError, BrokenPipeError):
+            pass   # the pipe is full (it wakes anyway) or the child is gone (a restart resumes)
 
     async def _flush_logs(self) -> None:
         while True:
@@ -247,14 +308,6 @@ class Relay:
             self.services.mail_log.flush()
             if self.services.protocol_log is not None:
                 self.services.protocol_log.flush()
-
-    async def _badmail_loop(self) -> None:
-        while True:
-            try:
-                await self.badmail.sweep()
-            except Exception as exc:  # noqa: BLE001 - a full disk must not stop the relay
-                print(f"relaywarden: badmail: {exc}", file=sys.stderr, flush=True)
-            await asyncio.sleep(1.0)
 
     def reload(self, path: Path | None) -> None:
         """SIGHUP: new policy and listener settings for new sessions; addresses need a restart."""
@@ -280,13 +333,14 @@ class Relay:
             print(f"relaywarden: reload refused: {cfg.source}: {exc}", file=sys.stderr, flush=True)
             return
         self.services.policy = build_policy(cfg)
-        self.services.resolver = self.engine.resolver = resolver_for(cfg)
+        self.services.resolver = resolver_for(cfg)
         # New password checkers (a changed LDAP server, a new users file); the throttle's
         # memory of failures is kept: a reload must not reset a brute-force lockout.
         self.services.auth = auth_for(cfg)[0]
-        self.engine.router = build_router(cfg)
-        self.engine.settings = delivery_settings(cfg)
-        self.badmail.settings = badmail_settings(cfg)
+        if self.worker is not None:
+            self.worker.reload(cfg)
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signal.SIGHUP)
         self.contexts.update({k: v for k, v in listener_contexts(cfg).items() if k in self.contexts})
         for name, runtime in self.runtimes.items():
             if name in cfg.listeners:     # a listener gone from the file runs on as it was
@@ -294,6 +348,13 @@ class Relay:
         self.services.disk.min_free = cfg.relay.min_free_space
         self.cfg = cfg
         print("relaywarden: configuration reloaded", file=sys.stderr, flush=True)
+
+    def _reap_child(self) -> None:
+        try:
+            self.child.wait(timeout=DRAIN_SECONDS + 5)
+        except subprocess.TimeoutExpired:
+            self.child.kill()
+            self.child.wait()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -313,10 +374,14 @@ class Relay:
             if session.transport is not None:
                 session.transport.write(b"421 4.3.2 Service shutting down\r\n")
                 session.transport.close()
-        for task in (self._flusher, self._badmail_task):
-            if task is not None:
-                task.cancel()
-        await self.engine.stop()
+        if self._flusher is not None:
+            self._flusher.cancel()
+        if self.worker is not None:
+            await self.worker.stop()
+        if self.child is not None:
+            os.close(self._wake_fd)          # the child's lifeline: it drains and exits
+            self.child.send_signal(signal.SIGTERM)
+            await asyncio.get_running_loop().run_in_executor(None, self._reap_child)
         await asyncio.sleep(0)
         services.store.close()
         services.mail_log.close()
@@ -327,6 +392,7 @@ class Relay:
 async def serve(cfg: Config, config_path: Path | None) -> int:
     try:
         relay = Relay(cfg)
+        relay.config_path = config_path
     except CertificateError as exc:    # the files changed since the config was checked
         print(f"relaywarden: {cfg.source}: {exc}", file=sys.stderr, flush=True)
         return 2
@@ -343,6 +409,60 @@ async def serve(cfg: Config, config_path: Path | None) -> int:
     await relay.stop()
     print("relaywarden: stopped", file=sys.stderr, flush=True)
     return 0
+
+
+async def deliver(cfg: Config, config_path: Path | None, wake_fd: int) -> int:
+    """The delivery process of a relay with delivery.process = "separate"."""
+    store = Store.open(cfg.data_dir)
+    mail_log, _ = _logs(cfg)
+    worker = DeliveryWorker(cfg, store=store, mail_log=mail_log)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def readable() -> None:
+        try:
+            data = os.read(wake_fd, 4096)
+        except BlockingIOError:
+            return
+        if data:
+            worker.wake()
+        else:
+            stop.set()   # the receiving process is gone
+
+    def reload() -> None:
+        try:
+            worker.reload(load_config(config_path))
+        except ConfigError:
+            pass         # the receiving process reports it
+
+    os.set_blocking(wake_fd, False)
+    loop.add_reader(wake_fd, readable)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, lambda: None)   # the parent decides (Ctrl-C)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    await worker.start()
+
+    async def flush_logs() -> None:
+        while True:
+            await asyncio.sleep(LOG_FLUSH_SECONDS)
+            mail_log.flush()
+
+    flusher = loop.create_task(flush_logs())
+    await stop.wait()
+    flusher.cancel()
+    loop.remove_reader(wake_fd)
+    await worker.stop()
+    store.close()
+    mail_log.close()
+    return 0
+
+
+def run_worker(cfg: Config, config_path: Path | None, wake_fd: int) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(deliver(cfg, config_path, wake_fd))
+    return uvloop.run(deliver(cfg, config_path, wake_fd))
 
 
 def _raise_fd_limit() -> None:

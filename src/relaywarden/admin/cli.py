@@ -49,6 +49,17 @@ def serve(config_path: str | None) -> None:
     sys.exit(run(cfg, Path(config_path) if config_path else None))
 
 
+@main.command("delivery-worker", hidden=True)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--wake-fd", type=int, required=True)
+def delivery_worker(config_path: str | None, wake_fd: int) -> None:
+    """The delivery process that `serve` starts (delivery.process = "separate")."""
+    from relaywarden.app import run_worker
+
+    cfg = _load(config_path)
+    sys.exit(run_worker(cfg, Path(config_path) if config_path else None, wake_fd))
+
+
 @main.group()
 def config() -> None:
     """Check configuration files."""

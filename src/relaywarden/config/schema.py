@@ -393,6 +393,9 @@ NextHop = Annotated[str, BeforeValidator(_next_hop)]
 
 
 class DeliverySettings(Strict):
+    # "separate": delivery (scheduler, outbound SMTP, badmail) runs in a second process, so
+    # receiving and delivering each have a core; "inline": one process does both.
+    process: Literal["separate", "inline"] = "separate"
     helo_name: OptionalHeloName = None          # filled: relay.hostname
     max_concurrent: int = Field(default=50, ge=1)
     per_destination: int = Field(default=10, ge=1)
