@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import smtplib
+import socket
 
 import pytest
 
@@ -19,6 +20,7 @@ RECORDS = {
     "127.0.0.8": {"PTR": "scanner1.scan.test"},
     "scanner1.scan.test": {"A": "127.0.0.8"},
     # 127.0.0.7: no PTR at all
+    "127.0.0.9": "servfail",                         # the reverse lookup fails for now
 }
 
 CONFIG = """
@@ -121,5 +123,30 @@ def test_verified_name_in_deny_list_is_refused(tmp_path, dns):
         relay.flush_logs()
         assert re.search(r"event=reject stage=connect .*client=127.0.0.5 .*rdns=good.clients.test",
                          relay.logs("mail", ".log"))
+    finally:
+        relay.stop()
+
+
+@pytest.mark.parametrize("source,code,enhanced", [
+    ("127.0.0.5", 220, None),          # verified
+    ("127.0.0.6", 554, b"5.7.25"),     # PTR not confirmed by the forward lookup
+    ("127.0.0.7", 554, b"5.7.25"),     # no PTR
+    ("127.0.0.9", 421, b"4.7.25"),     # SERVFAIL: try again later
+])
+def test_require_rdns_refuses_unverified_clients(tmp_path, dns, source, code, enhanced):
+    port = free_port()
+    text = CONFIG.replace('deny = ["liar.clients.test"]', 'require_rdns = true')
+    config = write_config(tmp_path, text, main=port, dns=dns.port)
+    relay = start_relay(config, tmp_path / "var", {"main": port})
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), source_address=(source, 0), timeout=10)
+        greeting = sock.recv(512)
+        sock.close()
+        assert int(greeting[:3]) == code, greeting
+        if enhanced:
+            assert greeting[4:4 + len(enhanced)] == enhanced
+            relay.flush_logs()
+            assert re.search(rf"event=reject stage=connect .*client={re.escape(source)} .*"
+                             r"rule=listeners.main.access.require_rdns", relay.logs("mail", ".log"))
     finally:
         relay.stop()

@@ -655,6 +655,10 @@ class AccessSettings(Strict):
     default: Literal["allow", "deny"] = "allow"
     allow: list[AccessEntry] = []
     deny: list[AccessEntry] = []
+    # Refuse clients whose reverse DNS is not verified (PTR + matching forward lookup):
+    # 554 5.7.25, or 421 4.7.25 when the lookup failed for the moment (RFC 8601 3.3).
+    # Needs dns.reverse_lookups. Applies to every client of the listener.
+    require_rdns: bool = False
 
 
 class ListenerRelaySettings(Strict):
@@ -961,6 +965,10 @@ class Config(Strict):
                 found.append((("listeners", name, "auth", "enabled"),
                               "no backend to check passwords: set auth.users_file or [auth.ldap]"))
         if not self.dns.reverse_lookups:
+            for name, listener in self.listeners.items():
+                if listener.access.require_rdns:
+                    found.append((("listeners", name, "access", "require_rdns"),
+                                  "needs dns.reverse_lookups = true"))
             # A host-name entry can only match a verified reverse-DNS name: without lookups
             # it would silently never match, which an admin would not expect.
             for name, listener in self.listeners.items():

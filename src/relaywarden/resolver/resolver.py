@@ -93,6 +93,7 @@ class RdnsResult:
     status: RdnsStatus
     name: str | None  # lowercase, no trailing dot; None when FAILED
     detail: str
+    temporary: bool = False   # FAILED by a timeout or SERVFAIL: the answer may come later
 
 
 # -- one query's outcome, as cached ---------------------------------------------------------
@@ -286,7 +287,7 @@ class Resolver:
         if addr is None:
             return RdnsResult(RdnsStatus.FAILED, None, f"not an IP address: {ip.strip()!r}")
         return await self._guarded(self._reverse(addr), lambda: RdnsResult(
-            RdnsStatus.FAILED, None, f"reverse lookup for {addr} timed out"))
+            RdnsStatus.FAILED, None, f"reverse lookup for {addr} timed out", temporary=True))
 
     # -- the lookups
 
@@ -386,7 +387,8 @@ class Resolver:
         if ptr.kind is _Kind.NODATA:
             return RdnsResult(RdnsStatus.FAILED, None, f"no PTR record for {addr}")
         if ptr.kind is _Kind.FAIL:
-            return RdnsResult(RdnsStatus.FAILED, None, f"PTR lookup for {addr} failed: {ptr.detail}")
+            return RdnsResult(RdnsStatus.FAILED, None, f"PTR lookup for {addr} failed: {ptr.detail}",
+                              temporary=True)
         names: list[str] = []
         for target in ptr.records:
             if target and target not in names:

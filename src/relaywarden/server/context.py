@@ -64,6 +64,7 @@ class ListenerContext:
     postmaster: str
     normalize_networks: tuple[IPNetwork, ...] = ()
     reverse_lookups: bool = False
+    require_rdns: bool = False                       # access.require_rdns
     tls_mode: TlsMode = TlsMode.NONE
     tls_optional_networks: tuple[IPNetwork, ...] = ()
     limits: Limits = field(default_factory=Limits)

@@ -258,6 +258,16 @@ class SmtpSession(asyncio.Protocol):
         if decision.action is Action.REJECT:
             self._log_reject("connect", decision, rdns=self._rdns_note())
             greeting = decision.reply
+        elif self.ctx.require_rdns and (self.rdns is None or self.rdns.status is not RdnsStatus.VERIFIED):
+            # RFC 8601 3.3: X.7.25 "reverse DNS validation failed"; temporary when the
+            # lookup itself failed (SERVFAIL, timeout), so the client tries again later.
+            temporary = self.rdns is not None and self.rdns.temporary
+            greeting = (reply(421, "4.7.25", "Cannot verify your host name, try again later")
+                        if temporary else
+                        reply(554, "5.7.25", "Client host rejected: cannot verify your host name"))
+            self._log_limit("connect", greeting, self._key("access.require_rdns"),
+                            f"reverse DNS: {self._rdns_note()}: "
+                            f"{self.rdns.detail if self.rdns else 'no lookup'}")
         else:
             greeting = reply(220, None, f"{self.ctx.hostname} {self.ctx.banner}")
         self.conn.greet(greeting)
