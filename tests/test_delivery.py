@@ -391,3 +391,49 @@ def test_kill_9_during_delivery_every_acknowledged_message_arrives(setup):
     missing = want - set(subjects(setup.down.messages))
     assert not missing, f"{len(missing)} acknowledged messages never arrived"
     setup.wait_queue(lambda rows: rows == [], timeout=30)
+
+
+SMUGGLE = [b"\n.\n", b"\n.\r\n", b"\r.\r", b"\r\n.\n", b"\r\n.\r", b"\n.\r", b"\r\n\x00.\r\n",
+           b"\r\n.\x00\r\n"]
+
+
+def test_smuggling_probes_counted_at_the_downstream_server(setup):
+    """Each probe hides a second transaction behind a fake end-of-data. Two counts prove
+    it never becomes a message: the replies the client gets (one per real command), and the
+    messages the downstream server receives (none with the smuggled subject, ever)."""
+    import socket
+
+    outer_accepted = 0
+    for probe in SMUGGLE:
+        s = socket.create_connection(("127.0.0.1", setup.ports["main"]), timeout=10)
+        f = s.makefile("rb")
+
+        def replies(n):
+            got = []
+            for _ in range(n):
+                line = f.readline()
+                while line[3:4] == b"-":
+                    line = f.readline()
+                got.append(int(line[:3]))
+            return got
+
+        assert replies(1) == [220]
+        s.sendall(b"EHLO probe\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<outer@example.com>\r\nDATA\r\n")
+        assert replies(4) == [250, 250, 250, 354]
+        s.sendall(b"Subject: outer\r\n\r\nouter" + probe +
+                  b"MAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.com>\r\nDATA\r\n"
+                  b"Subject: smuggled\r\n\r\nsmuggled\r\n.\r\nQUIT\r\n")
+        # exactly one reply for the (only) message, then QUIT's: no 250s for a second MAIL
+        end, quit_code = replies(2)
+        assert quit_code == 221
+        assert end in (250, 550)
+        outer_accepted += end == 250
+        s.close()
+    setup.send(["marker@example.com"], "marker")
+    got = setup.down.wait_for(outer_accepted + 1)
+    time.sleep(1.0)   # anything smuggled would have been delivered with them
+    with setup.down.lock:
+        everything = list(setup.down.messages)
+    assert len(everything) == outer_accepted + 1
+    assert "smuggled" not in subjects(everything)
+    assert all(m.recipients in (["outer@example.com"], ["marker@example.com"]) for m in everything)
