@@ -67,6 +67,8 @@ import dns.query
 import dns.rcode
 import dns.reversename
 
+from debian import apt_install
+
 __all__ = ["DEBIAN_PACKAGE", "DnsServer", "ensure_installed", "reverse_name", "unbound_binary"]
 
 DEBIAN_PACKAGE = "unbound"
@@ -93,27 +95,10 @@ def ensure_installed() -> str:
     path = unbound_binary()
     if path:
         return path
-    if os.geteuid() != 0:
-        raise RuntimeError(f"unbound is not installed; run: sudo apt-get install -y {DEBIAN_PACKAGE}")
-    policy = Path("/usr/sbin/policy-rc.d")
-    made_policy = False
-    if not policy.exists():
-        policy.write_text("#!/bin/sh\n# temporary: written by relaywarden tests/dnsserver.py\nexit 101\n")
-        policy.chmod(0o755)
-        made_policy = True
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    try:
-        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
-        done = subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", DEBIAN_PACKAGE],
-            env=env, capture_output=True, text=True, timeout=600)
-    finally:
-        if made_policy:
-            policy.unlink(missing_ok=True)
+    stderr = apt_install([DEBIAN_PACKAGE])
     path = unbound_binary()
     if not path:
-        raise RuntimeError(f"apt-get install {DEBIAN_PACKAGE} failed: {done.stderr[-2000:]}")
+        raise RuntimeError(f"apt-get install {DEBIAN_PACKAGE} failed: {stderr[-2000:]}")
     return path
 
 

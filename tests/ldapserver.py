@@ -48,6 +48,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from debian import apt_install
+
 __all__ = ["DEBIAN_PACKAGES", "LdapServer", "ensure_installed", "slapd_binary", "ssha"]
 
 DEBIAN_PACKAGES = ("slapd",)
@@ -79,31 +81,12 @@ def ensure_installed() -> str:
     path = slapd_binary()
     if path and shutil.which("slapadd", path=_SBIN_PATH):
         return path
-    if os.geteuid() != 0:
-        raise RuntimeError("slapd is not installed; run: sudo apt-get install -y " + " ".join(DEBIAN_PACKAGES))
-    # Without this, the package's postinst builds a database for the machine's domain
-    # and asks for an admin password.
-    subprocess.run(["debconf-set-selections"], input="slapd slapd/no_configuration boolean true\n",
-                   text=True, check=False, capture_output=True)
-    policy = Path("/usr/sbin/policy-rc.d")
-    made_policy = False
-    if not policy.exists():
-        policy.write_text("#!/bin/sh\n# temporary: written by relaywarden tests/ldapserver.py\nexit 101\n")
-        policy.chmod(0o755)
-        made_policy = True
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    try:
-        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
-        done = subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *DEBIAN_PACKAGES],
-            env=env, capture_output=True, text=True, timeout=600)
-    finally:
-        if made_policy:
-            policy.unlink(missing_ok=True)
+    # slapd/no_configuration: otherwise the package's postinst builds a database for the
+    # machine's domain and asks for an admin password.
+    stderr = apt_install(DEBIAN_PACKAGES, debconf="slapd slapd/no_configuration boolean true\n")
     path = slapd_binary()
     if not path:
-        raise RuntimeError(f"apt-get install {' '.join(DEBIAN_PACKAGES)} failed: {done.stderr[-2000:]}")
+        raise RuntimeError(f"apt-get install {' '.join(DEBIAN_PACKAGES)} failed: {stderr[-2000:]}")
     return path
 
 

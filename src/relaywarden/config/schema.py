@@ -887,28 +887,13 @@ class Config(Strict):
             raise problems(found)
         return routes
 
-    @field_validator("sender_routes", mode="before")
+    @field_validator("sender_routes", "groups", "listeners", mode="before")
     @classmethod
-    def _sender_route_names(cls, value: Any) -> Any:
+    def _table_names(cls, value: Any, info: ValidationInfo) -> Any:
+        what = {"sender_routes": "sender route", "groups": "group", "listeners": "listener"}
         if isinstance(value, dict):
             for name in value:
-                _check_name(name, "sender route")
-        return value
-
-    @field_validator("groups", mode="before")
-    @classmethod
-    def _group_names(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            for name in value:
-                _check_name(name, "group")
-        return value
-
-    @field_validator("listeners", mode="before")
-    @classmethod
-    def _listener_names(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            for name in value:
-                _check_name(name, "listener")
+                _check_name(name, what[info.field_name])
         return value
 
     @field_validator("listeners")
