@@ -232,6 +232,62 @@ def one_run(system, *, messages: int, size: int, sessions: int, reuse: bool) -> 
             **stats}
 
 
+def idle_sessions(count: int) -> dict:
+    """RSS with `count` idle sessions open, and how fast a new client is greeted then.
+
+    The sessions come from 100 loopback addresses (127.0.1.1 ...), so the default
+    max_connections_per_ip (50) stays in force; max_connections is raised to hold them."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    workdir = Path(tempfile.mkdtemp(prefix="relay-bench-idle-"))
+    port = free_port()
+    config = workdir / "relay.toml"
+    config.write_text(
+        f'[relay]\nhostname = "bench.test"\ndata_dir = "var"\n\n'
+        f'[dns]\nnameservers = ["127.0.0.1"]\nport = 1\n\n'
+        f'[routes."*"]\nnext_hops = ["[127.0.0.1]:1"]\n\n'
+        f'[listeners.bench]\naddress = "127.0.0.1"\nport = {port}\n'
+        f'[listeners.bench.limits]\nmax_connections = {count + 1000}\n'
+        f'[listeners.bench.relay]\nnetworks = ["127.0.0.0/8"]\n')
+    proc = subprocess.Popen([sys.executable, "-m", "relaywarden", "serve", "--config", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    socks = []
+    try:
+        wait_port(port)
+        base_rss = peak_rss_mb(proc.pid)
+        for i in range(count):
+            s = socket.create_connection(("127.0.0.1", port), timeout=30,
+                                         source_address=(f"127.0.1.{i % 100 + 1}", 0))
+            socks.append(s)
+        greeted = sum(1 for s in socks if s.recv(512).startswith(b"220 "))
+        latencies = []
+        for i in range(50):
+            started = time.monotonic()
+            with socket.create_connection(("127.0.0.1", port), timeout=10,
+                                          source_address=("127.0.2.1", 0)) as s:
+                if not s.recv(512).startswith(b"220 "):
+                    raise RuntimeError("no greeting")
+            latencies.append((time.monotonic() - started) * 1000)
+        rss = sum(
+            int(line.split()[1]) for p in _family(proc.pid)
+            for line in Path(f"/proc/{p}/status").read_text().splitlines()
+            if line.startswith("VmRSS:")) / 1024
+        return {"sessions": count, "greeted": greeted, "rss_mb": rss, "rss_before_mb": base_rss,
+                "greeting_ms_median": statistics.median(latencies),
+                "greeting_ms_max": max(latencies)}
+    finally:
+        for s in socks:
+            s.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one short run (under a minute)")
@@ -241,7 +297,16 @@ def main() -> int:
     ap.add_argument("--sizes", default="1024,51200", help="message sizes in bytes, comma separated")
     ap.add_argument("--systems", default="relaywarden,postfix")
     ap.add_argument("--json", dest="json_path", default="bench/results/latest.json")
+    ap.add_argument("--idle", type=int, metavar="N",
+                    help="only measure RSS and greeting latency with N idle sessions (e.g. 5000)")
     args = ap.parse_args()
+    if args.idle:
+        result = idle_sessions(args.idle)
+        print(f"{result['sessions']} idle sessions ({result['greeted']} greeted): relaywarden RSS "
+              f"{result['rss_mb']:.0f} MB (before: {result['rss_before_mb']:.0f} MB); a new client "
+              f"is greeted in {result['greeting_ms_median']:.1f} ms (median of 50, max "
+              f"{result['greeting_ms_max']:.1f} ms)")
+        return 0
     if args.quick:
         args.runs, args.messages, args.sizes = 1, 500, "1024"
 
