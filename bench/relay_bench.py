@@ -149,15 +149,49 @@ class Sink:
         self.proc.wait(timeout=10)
 
 
+def seed_held(data_dir: Path, count: int) -> None:
+    """A queue that already holds `count` messages for a held domain, written through the
+    relay's own store (same schema), in large transactions."""
+    import asyncio
+
+    from relaywarden.queue.store import (Envelope, RecipientRecord, RecipientStatus, Store,
+                                         new_queue_id)
+
+    async def fill() -> None:
+        store = Store.open(data_dir)
+        body = b"Subject: held\r\n\r\n" + b"x" * 1000 + b"\r\n"
+        batch = []
+        for i in range(count):
+            spool = store.new_spool()
+            spool.write(body)
+            env = Envelope(queue_id=new_queue_id(), received_at=time.time(), listener="seed",
+                           client_ip="127.0.0.1", client_name=None, helo="seed",
+                           auth_user=None, sender="seed@example.com",
+                           recipients=(RecipientRecord(address=f"u{i}@held.test",
+                                                       status=RecipientStatus.HELD,
+                                                       rule="seed"),))
+            batch.append(store.commit(env, spool))
+            if len(batch) == 2000:
+                await asyncio.gather(*batch)
+                batch = []
+        await asyncio.gather(*batch)
+        store.close()
+
+    asyncio.run(fill())
+
+
 class Relaywarden:
     name = "relaywarden"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, held: int = 0) -> None:
         self.workdir = workdir
+        self.held = held
 
     def start(self, sink: Sink) -> int:
         self.dir = Path(tempfile.mkdtemp(dir=self.workdir, prefix="rw-"))
         self.port = free_port()
+        if self.held:
+            seed_held(self.dir / "var", self.held)
         config = self.dir / "relay.toml"
         # Defaults everywhere (fsync before 250, protocol and mail logs on, Received header,
         # policy checks); only the next hop and a loopback-only DNS are set.
@@ -165,6 +199,7 @@ class Relaywarden:
             f'[relay]\nhostname = "bench.test"\ndata_dir = "var"\n\n'
             f'[dns]\nnameservers = ["127.0.0.1"]\nport = 1\n\n'
             f'[routes."*"]\nnext_hops = ["[127.0.0.1]:{sink.port}"]\n\n'
+            f'[routes."held.test"]\nhold = true\n\n'
             f'[listeners.bench]\naddress = "127.0.0.1"\nport = {self.port}\n'
             f'[listeners.bench.relay]\nnetworks = ["127.0.0.0/8"]\n'
         )
@@ -297,9 +332,27 @@ def main() -> int:
     ap.add_argument("--sizes", default="1024,51200", help="message sizes in bytes, comma separated")
     ap.add_argument("--systems", default="relaywarden,postfix")
     ap.add_argument("--json", dest="json_path", default="bench/results/latest.json")
+    ap.add_argument("--held", type=int, metavar="N",
+                    help="only compare the end-to-end rate with N messages already held in the queue")
     ap.add_argument("--idle", type=int, metavar="N",
                     help="only measure RSS and greeting latency with N idle sessions (e.g. 5000)")
     args = ap.parse_args()
+    if args.held:
+        rates = {}
+        for held in (0, args.held):
+            workdir = Path(tempfile.mkdtemp(prefix="relay-bench-held-"))
+            system = Relaywarden(workdir, held=held)
+            started = time.monotonic()
+            try:
+                entry = one_run(system, messages=args.messages, size=1024,
+                                sessions=args.sessions, reuse=False)
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+            rates[held] = entry["e2e"]
+            print(f"{held:>9,} held messages: {entry['e2e']:,.0f} msgs/s end to end "
+                  f"(1 KB, new connection per message; run took {time.monotonic() - started:.0f} s)")
+        print(f"ratio: {rates[args.held] / rates[0]:.2f}")
+        return 0
     if args.idle:
         result = idle_sessions(args.idle)
         print(f"{result['sessions']} idle sessions ({result['greeted']} greeted): relaywarden RSS "
