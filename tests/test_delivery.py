@@ -344,6 +344,8 @@ def test_expired_mail_bounces_with_4_4_7(tmp_path):
         text = dsn.content.decode()
         assert "Action: failed" in text and "Status: 4.4.7" in text
         assert "Final-Recipient: rfc822; late@example.com" in text
+        # The host never answered: the reason is the relay's own words, not the host's.
+        assert "Diagnostic-Code: X-relaywarden;" in text and "said:" not in text
         s.wait_queue(lambda rows: qid not in [r["id"] for r in rows])
         assert re.search(rf"event=bounced id={qid} to=late@example.com .*4\.4\.7", s.maillog())
     finally:

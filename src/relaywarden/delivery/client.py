@@ -108,11 +108,15 @@ class DeliveryError(Exception):
 
     part = "delivery"
 
-    def __init__(self, reply: Reply, stage: str, detail: str | None = None) -> None:
+    def __init__(self, reply: Reply, stage: str, detail: str | None = None, *,
+                 from_server: bool = False) -> None:
         super().__init__(f"{stage}: {reply}" + (f" ({detail})" if detail else ""))
         self.reply = reply
         self.stage = stage
         self.detail = detail
+        # True: `reply` is what the server said; False: we made it up (connection refused,
+        # timeout, TLS failure): a DSN must not report it as the server's words.
+        self.from_server = from_server
 
     @property
     def temporary(self) -> bool:
@@ -324,7 +328,7 @@ class OutboundConnection:
         answer = await self._command(b"RSET\r\n", "rset")
         if answer.code != 250:
             self._failed = True
-            raise DeliveryError(answer, "rset")
+            raise DeliveryError(answer, "rset", from_server=True)
 
     async def close(self) -> None:
         """QUIT (RFC 5321 4.1.1.10) when the session is sane, then close. Never raises."""
@@ -393,7 +397,7 @@ class OutboundConnection:
         self.greeting = greeting
         if greeting.code != 220:
             self._failed = True
-            raise DeliveryError(greeting, "greeting")
+            raise DeliveryError(greeting, "greeting", from_server=True)
         await self._hello()
         if self.tls_version is None and policy.tls is not TlsMode.NONE:
             await self._starttls()
@@ -412,7 +416,7 @@ class OutboundConnection:
                 self.extensions = Extensions()          # HELO: no extensions
                 return
         self._failed = True
-        raise DeliveryError(answer, "ehlo")
+        raise DeliveryError(answer, "ehlo", from_server=True)
 
     async def _starttls(self) -> None:
         """STARTTLS (RFC 3207) as `policy.tls` says, then EHLO again (RFC 3207 4.2)."""
@@ -499,7 +503,7 @@ class OutboundConnection:
             answer = await self._command(b"*\r\n", "auth")
         if answer.code != 235:
             self._failed = True
-            raise DeliveryError(answer, "auth")         # the server's reply, as it is
+            raise DeliveryError(answer, "auth", from_server=True)   # the server's reply, as it is
 
     # --- the transaction ---------------------------------------------------------------------
 
@@ -622,7 +626,7 @@ class OutboundConnection:
 
     def _broken(self, stage: str, answer: Reply) -> DeliveryError:
         self._kill()
-        return DeliveryError(answer, stage)
+        return DeliveryError(answer, stage, from_server=True)
 
     def _kill(self) -> None:
         """The session cannot go on: drop the connection without QUIT."""

@@ -335,7 +335,10 @@ def _explain(r: DsnRecipient) -> str:
     host = _clean(r.remote_mta) if r.remote_mta else None
     if r.action in (DsnAction.FAILED, DsnAction.DELAYED):
         if reason:
-            return f"{who}: host {host} said: {reason}" if host else f"{who}: {reason}"
+            # "said" only for the host's own words (an "smtp" diagnostic, RFC 3464 2.3.6).
+            if host and r.diagnostic.strip().lower().startswith("smtp;"):
+                return f"{who}: host {host} said: {reason}"
+            return f"{who}: {reason}" + (f" (host {host})" if host else "")
         what = "failed" if r.action is DsnAction.FAILED else "temporarily failed"
         where = f" at host {host}" if host else ""
         return f"{who}: delivery {what}{where} (status {r.dsn_status})"

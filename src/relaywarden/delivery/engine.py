@@ -85,6 +85,7 @@ class Outcome:
     dsn_passed_on: bool = False  # the next hop took NOTIFY/ORCPT itself (RFC 3461 4.1)
     route: str = ""
     tls: str = ""                # TLS version and cipher of the delivery, "" without TLS
+    synthesized: bool = False    # the reply is ours (no connection, timeout, expiry), not the host's
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +275,7 @@ class Engine:
 
         last = dns_failure or reply(451, "4.4.1", "no next hop answered")
         last_remote = ""
+        last_synth = True
         refused_everywhere = True   # every host refused us outright (5xx greeting or EHLO)
         for hop in hops:
             policy = ClientPolicy(
@@ -300,10 +302,10 @@ class Engine:
                         conn, result = await self._send(hop, policy, message, body,
                                                         recipients, fresh=True)
                 except DeliveryError as err:
-                    last, last_remote = err.reply, remote
+                    last, last_remote, last_synth = err.reply, remote, not err.from_server
                     if _permanent_stage(err):
-                        return [Outcome(r, Kind.BOUNCED, err.reply, remote, route=route.name)
-                                for r in recipients]
+                        return [Outcome(r, Kind.BOUNCED, err.reply, remote, route=route.name,
+                                        synthesized=last_synth) for r in recipients]
                     # A refused greeting is final for that host only; TLS, AUTH or network
                     # trouble is something an admin or time can mend: never a bounce.
                     refused_everywhere &= err.permanent and err.stage in ("greeting", "ehlo")
@@ -320,7 +322,8 @@ class Engine:
                 outcomes.append(Outcome(rcpt, kind, answer, remote, passed_on, route.name, tls))
             return outcomes
         kind = Kind.BOUNCED if refused_everywhere else Kind.DEFERRED
-        return [Outcome(r, kind, last, last_remote, route=route.name) for r in recipients]
+        return [Outcome(r, kind, last, last_remote, route=route.name, synthesized=last_synth)
+                for r in recipients]
 
     async def _send(self, hop: _Hop, policy: ClientPolicy, message: DueMessage, body: bytes,
                     recipients: list[DueRecipient], *, fresh: bool = False):
@@ -400,7 +403,7 @@ class Engine:
                 # RFC 3463: 4.4.7 "delivery time expired" is reported with Action: failed.
                 o = Outcome(r, Kind.BOUNCED, reply(
                     451, "4.4.7", f"delivery time expired after {attempts} attempts; last: "
-                    f"{_show(o.reply)}"), o.remote, route=o.route)
+                    f"{_show(o.reply)}"), o.remote, route=o.route, synthesized=True)
             if o.kind is Kind.DELIVERED:
                 updates.append(RecipientUpdate(idx=r.idx, status=RecipientStatus.DELIVERED,
                                                attempts=attempts, remote_mta=o.remote))
@@ -468,7 +471,8 @@ class Engine:
             status=o.reply.enhanced or ("2.0.0" if o.reply.positive else
                                         "4.0.0" if o.reply.transient else "5.0.0"),
             remote_mta=o.remote.split(" ")[0] if o.remote else None,
-            diagnostic=f"smtp; {_show(o.reply)}" if o.remote else
+            # RFC 3464 2.3.6: "smtp" only for what the remote host itself said.
+            diagnostic=f"smtp; {_show(o.reply)}" if o.remote and not o.synthesized else
             f"X-relaywarden; {o.reply.text}",
             last_attempt=now, will_retry_until=until,
         )
