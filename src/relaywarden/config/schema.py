@@ -176,24 +176,6 @@ def _helo_name(text: str) -> str:
     return match.parse_hostname(text, wildcard=False)
 
 
-def _existing_file(value: Any, info: ValidationInfo) -> Path | None:
-    """A file relative to the config file's directory; it must exist when set."""
-    if value is None or isinstance(value, Path):
-        return value
-    if not isinstance(value, str):
-        raise ValueError("expected a path string")
-    if not value.strip():
-        return None
-    base = Path((info.context or {}).get(BASE_DIR) or Path.cwd())
-    path = (base / Path(value.strip()).expanduser()).absolute()
-    # The text as written, not the absolute path: the admin knows where the config is.
-    if not path.exists():
-        raise ValueError(f"{value!r} does not exist (relative paths start at the config file's directory)")
-    if not path.is_file():
-        raise ValueError(f"{value!r} is not a file")
-    return path
-
-
 def _config_path(value: Any, info: ValidationInfo) -> Path | None:
     """A path relative to the config file's directory that need not exist yet."""
     if value is None or isinstance(value, Path):
@@ -206,6 +188,15 @@ def _config_path(value: Any, info: ValidationInfo) -> Path | None:
     path = (base / Path(value.strip()).expanduser()).absolute()
     if path.exists() and not path.is_file():
         raise ValueError(f"{value!r} is not a file")
+    return path
+
+
+def _existing_file(value: Any, info: ValidationInfo) -> Path | None:
+    """A file relative to the config file's directory; it must exist when set."""
+    path = _config_path(value, info)
+    # The text as written, not the absolute path: the admin knows where the config is.
+    if path is not None and not isinstance(value, Path) and not path.exists():
+        raise ValueError(f"{value!r} does not exist (relative paths start at the config file's directory)")
     return path
 
 
