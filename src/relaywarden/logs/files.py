@@ -44,11 +44,13 @@ class RotatingFile:
         self._day = ""
         self._part = 0
         self._written = 0
+        self._roll_at = 0.0     # daily: the next UTC midnight (a cheap check per line)
         directory.mkdir(parents=True, exist_ok=True)
 
     # The header is written at the top of every new file (W3C needs its #Fields line).
-    def write(self, line: str) -> None:
-        now = self._clock()
+    def write(self, line: str, now: float | None = None) -> None:
+        if now is None:
+            now = self._clock()
         if self._fh is None or self._needs_roll(now):
             self._roll(now)
         data = line.encode("utf-8", "backslashreplace")
@@ -71,10 +73,13 @@ class RotatingFile:
     def _needs_roll(self, now: float) -> bool:
         if self.max_size and self._written >= self.max_size:
             return True
-        return self.rotation is Rotation.DAILY and time.strftime("%y%m%d", time.gmtime(now)) != self._day
+        # POSIX time has 86,400 seconds a day: another UTC day is outside [midnight, next).
+        return self.rotation is Rotation.DAILY and not (
+            self._roll_at - 86400 <= now < self._roll_at)
 
     def _roll(self, now: float) -> None:
         day = time.strftime("%y%m%d", time.gmtime(now))
+        self._roll_at = (int(now) // 86400 + 1) * 86400
         if self._fh is not None:
             self._fh.close()
             self._fh = None

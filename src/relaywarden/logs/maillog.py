@@ -8,6 +8,7 @@ so `grep id=XYZ` tells a message's whole story and a machine can parse it.
 from __future__ import annotations
 
 import enum
+import re
 import time
 
 from relaywarden.logs.files import RotatingFile
@@ -26,9 +27,14 @@ class MailEvent(enum.Enum):
     BADMAIL = "badmail"
 
 
+_PLAIN = re.compile(r'[^ "=\\]+')
+
+
 def _value(v: object) -> str:
+    if type(v) is int:
+        return str(v)
     s = str(v)
-    if s and not any(c in s for c in ' "=\\') and s.isprintable():
+    if _PLAIN.fullmatch(s) and s.isprintable():
         return s
     escaped = s.replace("\\", "\\\\").replace('"', '\\"')
     if not escaped.isprintable():
@@ -40,15 +46,22 @@ class MailLog:
     def __init__(self, out: RotatingFile | None, *, clock=time.time) -> None:
         self._out = out
         self._clock = clock
+        self._second = -1
+        self._stamp = ""
 
     def event(self, event: MailEvent, **fields: object) -> None:
         if self._out is None:
             return
         now = self._clock()
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
-        parts = [stamp, f"event={event.value}"]
-        parts.extend(f"{k}={_value(v)}" for k, v in fields.items() if v is not None)
-        self._out.write(" ".join(parts) + "\n")
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        parts = [f"{self._stamp}.{int(now % 1 * 1000):03d}Z event={event.value}"]
+        for k, v in fields.items():
+            if v is not None:
+                parts.append(f"{k}={_value(v)}")
+        self._out.write(" ".join(parts) + "\n", now)
 
     def flush(self) -> None:
         if self._out is not None:

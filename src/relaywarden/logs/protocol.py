@@ -7,8 +7,8 @@ smtp core hands over AUTH arguments as "***" already.
 
 from __future__ import annotations
 
-import json
 import time
+from json.encoder import encode_basestring as _json_str
 from dataclasses import dataclass
 
 from relaywarden import __version__
@@ -55,25 +55,27 @@ class ProtocolLog:
         self._w3c = w3c
         self._json = jsonl
         self._clock = clock
+        self._second = -1
+        self._stamp = ""
+
+    def session(self, *, client_ip: str, site: str, server_name: str, server_ip: str,
+                server_port: int) -> "SessionLog":
+        """The log of one session: the fields that stay the same for all its lines are
+        formatted once, here, not on every command."""
+        return SessionLog(self, client_ip=client_ip, site=site, server_name=server_name,
+                          server_ip=server_ip, server_port=server_port)
 
     def record(self, e: ProtocolEntry) -> None:
-        now = self._clock()
-        if self._w3c is not None:
-            t = time.gmtime(now)
-            self._w3c.write(
-                f"{time.strftime('%Y-%m-%d %H:%M:%S', t)} {_w3c(e.client_ip)} "
-                f"{_w3c(e.username or '')} {_w3c(e.site)} {_w3c(e.server_name)} "
-                f"{_w3c(e.server_ip)} {e.server_port} {_w3c(e.method)} {_w3c(e.query)} "
-                f"{e.status} {e.sc_bytes} {e.cs_bytes} {e.time_taken_ms}\n"
-            )
-        if self._json is not None:
-            self._json.write(json.dumps({
-                "ts": round(now, 3), "c-ip": e.client_ip, "cs-username": e.username,
-                "s-sitename": e.site, "s-computername": e.server_name, "s-ip": e.server_ip,
-                "s-port": e.server_port, "cs-method": e.method, "cs-uri-query": e.query,
-                "sc-status": e.status, "sc-bytes": e.sc_bytes, "cs-bytes": e.cs_bytes,
-                "time-taken": e.time_taken_ms,
-            }, ensure_ascii=False) + "\n")
+        self.session(client_ip=e.client_ip, site=e.site, server_name=e.server_name,
+                     server_ip=e.server_ip, server_port=e.server_port).record(
+            e.username, e.method, e.query, e.status, e.sc_bytes, e.cs_bytes, e.time_taken_ms)
+
+    def _w3c_stamp(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+        return self._stamp
 
     def flush(self) -> None:
         for f in (self._w3c, self._json):
@@ -84,3 +86,36 @@ class ProtocolLog:
         for f in (self._w3c, self._json):
             if f is not None:
                 f.close()
+
+
+class SessionLog:
+    """Writes one session's protocol log lines (see ProtocolLog.session)."""
+
+    __slots__ = ("_log", "_w3c_ip", "_w3c_server", "_json_ip", "_json_server")
+
+    def __init__(self, log: ProtocolLog, *, client_ip: str, site: str, server_name: str,
+                 server_ip: str, server_port: int) -> None:
+        self._log = log
+        self._w3c_ip = _w3c(client_ip)
+        self._w3c_server = f"{_w3c(site)} {_w3c(server_name)} {_w3c(server_ip)} {server_port}"
+        self._json_ip = f', "c-ip": {_json_str(client_ip)}, "cs-username": '
+        self._json_server = (
+            f', "s-sitename": {_json_str(site)}, "s-computername": {_json_str(server_name)},'
+            f' "s-ip": {_json_str(server_ip)}, "s-port": {int(server_port)}, "cs-method": ')
+
+    def record(self, username: str | None, method: str, query: str, status: int,
+               sc_bytes: int, cs_bytes: int, time_taken_ms: int) -> None:
+        log = self._log
+        now = log._clock()
+        if log._w3c is not None:
+            log._w3c.write(
+                f"{log._w3c_stamp(now)} {self._w3c_ip} {_w3c(username or '')} "
+                f"{self._w3c_server} {_w3c(method)} {_w3c(query)} "
+                f"{status} {sc_bytes} {cs_bytes} {time_taken_ms}\n", now)
+        if log._json is not None:
+            user = "null" if username is None else _json_str(username)
+            log._json.write(
+                f'{{"ts": {round(now, 3)}{self._json_ip}{user}{self._json_server}'
+                f'{_json_str(method)}, "cs-uri-query": {_json_str(query)},'
+                f' "sc-status": {int(status)}, "sc-bytes": {int(sc_bytes)},'
+                f' "cs-bytes": {int(cs_bytes)}, "time-taken": {int(time_taken_ms)}}}\n', now)

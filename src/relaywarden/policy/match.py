@@ -19,6 +19,7 @@ lower-cased, one trailing dot is removed, IDNs are A-labels, address literals lo
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -205,6 +206,7 @@ def parse_access_entry(text: str) -> Matcher:
 # --------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)   # every policy check asks, for the same few clients
 def _client_forms(ip: IPAddress) -> tuple[IPAddress, ...]:
     """The client address in both families when it has both.
 

@@ -20,7 +20,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,10 +199,24 @@ class BodySpool:
 
 @dataclass(slots=True)
 class _Job:
-    """One unit of work for the writer thread; ``apply`` runs inside a shared transaction."""
+    """One unit of work for the writer thread; ``apply`` runs inside a shared transaction.
+    ``done`` belongs to ``loop`` and is only touched on that loop's thread."""
     apply: Callable[[sqlite3.Connection], Any]
-    size: int = 0
-    done: Future = field(default_factory=Future)
+    size: int
+    done: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+
+
+def _settle(outcomes: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
+    """On the event loop: hand a committed batch's results to their waiters. A waiter that
+    was cancelled meanwhile (its session ended, shutdown) is skipped; its write stands."""
+    for fut, result, error in outcomes:
+        if fut.cancelled():
+            continue
+        if error is None:
+            fut.set_result(result)
+        else:
+            fut.set_exception(error)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -304,21 +317,33 @@ class Store:
 
     # -- writes ----------------------------------------------------------------------------
 
-    async def _write(self, apply: Callable[[sqlite3.Connection], Any], size: int = 0) -> Any:
-        job = _Job(apply, size)
-        self._jobs.put(job)
-        return await asyncio.wrap_future(job.done)
+    def _write(self, apply: Callable[[sqlite3.Connection], Any], size: int = 0) -> asyncio.Future:
+        """Queue ``apply`` for the writer thread; the future resolves after its commit."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._jobs.put(_Job(apply, size, done, loop))
+        return done
 
     async def commit(self, envelope: Envelope, spool: BodySpool) -> None:
         """Make the message durable. Raises StoreError if it could not be."""
-        await self._write(lambda db: _insert(db, envelope, spool), spool.size)
-        if spool.in_memory:
-            self._remember(envelope.queue_id, spool)
+        await self.start_commit(envelope, spool)
 
-    def _remember(self, queue_id: str, spool: BodySpool) -> None:
+    def start_commit(self, envelope: Envelope, spool: BodySpool) -> asyncio.Future:
+        """As commit(), for callers that want a future rather than a coroutine (the SMTP
+        session answers from a done-callback: no task per message). The spool must stay
+        open until the future is done."""
+        done = self._write(lambda db: _insert(db, envelope, spool), spool.size)
+        if spool.in_memory:
+            (data,) = spool.chunks()
+            queue_id = envelope.queue_id
+            done.add_done_callback(
+                lambda f: f.cancelled() or f.exception() is not None
+                or self._remember(queue_id, data))
+        return done
+
+    def _remember(self, queue_id: str, data: bytes) -> None:
         """Keep a just-queued body in memory: its first delivery attempt follows at once, and
         need not read back from disk what it just wrote (bounded; a miss reads the queue)."""
-        (data,) = spool.chunks()
         self._recent[queue_id] = data
         self._recent_bytes += len(data)
         while self._recent_bytes > RECENT_BODIES_BYTES:
@@ -428,16 +453,28 @@ class Store:
                 return
 
     def _write_batch(self, batch: list[_Job]) -> None:
+        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        self._run_batch(batch, outcomes)
+        # One wake-up per loop for the whole batch, not one per message.
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for job, result, error in outcomes:
+            by_loop.setdefault(job.loop, []).append((job.done, result, error))
+        for loop, settled in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, settled)
+            except RuntimeError:
+                pass   # that loop is closed: nobody waits any more (the writes stand)
+
+    def _run_batch(self, batch: list[_Job], outcomes: list) -> None:
         results, error = self._transaction(batch)
         if error is None:
-            for job, result in zip(batch, results):
-                job.done.set_result(result)
+            outcomes.extend((job, result, None) for job, result in zip(batch, results))
         elif len(batch) == 1:
-            batch[0].done.set_exception(error)
+            outcomes.append((batch[0], None, error))
         else:
             # One bad job must not cost the others their 250: retry them one by one.
             for job in batch:
-                self._write_batch([job])
+                self._run_batch([job], outcomes)
 
     def _transaction(self, batch: list[_Job]) -> tuple[list[Any], StoreError | None]:
         db = self._db

@@ -12,6 +12,7 @@ callback, not one await per line.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import ssl
 import time
@@ -20,7 +21,7 @@ from email.utils import formatdate
 
 from relaywarden.auth import AUTH_INVALID, AuthResult
 from relaywarden.logs.maillog import MailEvent
-from relaywarden.logs.protocol import ProtocolEntry
+from relaywarden.logs.protocol import SessionLog
 from relaywarden.policy.hops import ReceivedCounter
 from relaywarden.policy.model import Action, ClientFacts, Decision
 from relaywarden.queue.store import (
@@ -73,6 +74,7 @@ AUTH_LOCKED = reply(454, "4.7.0", "Too many failed authentication attempts, try 
 INSUFFICIENT_STORAGE = reply(452, "4.3.1", "Insufficient system storage")
 # RFC 3463 4.7.1 (delivery not authorized, temporary): a rate limit at MAIL.
 TOO_MANY_MESSAGES = reply(451, "4.7.1", "Too many messages, slow down and try again later")
+SENDER_OK = reply(250, "2.1.0", "Ok")
 
 
 @dataclass(slots=True)
@@ -83,6 +85,17 @@ class _Transaction:
     queue_id: str = ""
     spool: BodySpool | None = None
     hops: ReceivedCounter | None = None
+
+
+_date_cache: list = [-1, ""]
+
+
+def _date_now() -> str:
+    """RFC 5322 date of this second, local time (made once a second, not per message)."""
+    second = int(time.time())
+    if second != _date_cache[0]:
+        _date_cache[0], _date_cache[1] = second, formatdate(second, localtime=True)
+    return _date_cache[1]
 
 
 def _clean(text: str, limit: int = 255) -> str:
@@ -119,6 +132,7 @@ class SmtpSession(asyncio.Protocol):
         self._finished = False
         # (version, cipher, bits) once TLS is up: implicit, or after STARTTLS.
         self.tls: tuple[str, str, int] | None = None
+        self._plog: SessionLog | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -130,6 +144,11 @@ class SmtpSession(asyncio.Protocol):
         sock = transport.get_extra_info("sockname") or ("0.0.0.0", 0)
         self.client_ip = peer[0].split("%", 1)[0]
         self.server_ip, self.server_port = sock[0], sock[1]
+        plog = self.services.protocol_log
+        if plog is not None:
+            self._plog = plog.session(client_ip=self.client_ip, site=self.ctx.name,
+                                      server_name=self.ctx.hostname, server_ip=self.server_ip,
+                                      server_port=self.server_port)
         ip = ipaddress.ip_address(self.client_ip)
         self.client = ClientFacts(listener=self.ctx.name, ip=ip, verified_name=None)
         settings = self.ctx.settings
@@ -427,7 +446,7 @@ class SmtpSession(asyncio.Protocol):
             self._respond("MAIL", query, TOO_MANY_MESSAGES)
             return
         self.txn = _Transaction(sender=ev.sender, params=ev.params)
-        self._respond("MAIL", query, reply(250, "2.1.0", "Ok"))
+        self._respond("MAIL", query, SENDER_OK)
 
     def _rate_keys(self) -> list[tuple[str, str]]:
         """Rate windows count per client address and, once authenticated, per user too."""
@@ -520,25 +539,27 @@ class SmtpSession(asyncio.Protocol):
         )
         self._waiting = True
         self._update_reading()
-        self._spawn(self._commit(envelope, txn.spool, ev.size))
+        spool = txn.spool
+        done = self.services.store.start_commit(envelope, spool)
+        done.add_done_callback(
+            functools.partial(self._committed, envelope, spool, ev.size, time.monotonic()))
 
-    async def _commit(self, envelope: Envelope, spool: BodySpool, size: int) -> None:
-        started = time.monotonic()
-        try:
-            await self.services.store.commit(envelope, spool)
-        except StoreError as exc:
+    def _committed(self, envelope: Envelope, spool: BodySpool, size: int, started: float,
+                   done: asyncio.Future) -> None:
+        """The queue has answered: 250 only now that the message is on disk."""
+        error = "cancelled" if done.cancelled() else done.exception()
+        if error is not None:
             answer = QUEUE_FAILED
             self.services.mail_log.event(
                 MailEvent.REJECT, stage="queue", listener=self.ctx.name, client=self.client_ip,
-                id=envelope.queue_id, code=answer.code, reason=str(exc),
+                id=envelope.queue_id, code=answer.code, reason=str(error),
             )
         else:
             answer = reply(250, "2.0.0", f"Ok: queued as {envelope.queue_id}")
             self._messages += 1
             self._log_queued(envelope, spool.size)
             self.services.on_queued()
-        finally:
-            spool.discard()
+        spool.discard()
         self.txn = None
         self._waiting = False
         if self._closed:
@@ -715,28 +736,20 @@ class SmtpSession(asyncio.Protocol):
             # Only a single recipient is named: listing them all would disclose Bcc's.
             lines.append(f"\tfor <{_clean(txn.recipients[0].address, 900)}>")
         lines[-1] += ";"
-        lines.append(f"\t{formatdate(localtime=True)}")
+        lines.append(f"\t{_date_now()}")
         return ("\r\n".join(lines) + "\r\n").encode("ascii")
 
     def _protocol_log(self, method: str, query: str, answer: Reply | None, cs_bytes: int,
                       time_taken_ms: int = 0) -> None:
-        plog = self.services.protocol_log
+        plog = self._plog
         if plog is None:
             return
-        plog.record(ProtocolEntry(
-            client_ip=self.client_ip,
-            username=self.client.user if self.client else None,
-            site=self.ctx.name,
-            server_name=self.ctx.hostname,
-            server_ip=self.server_ip,
-            server_port=self.server_port,
-            method=method,
-            query=query,
-            status=answer.code if answer is not None else 0,
-            sc_bytes=len(answer.to_bytes()) if answer is not None else 0,
-            cs_bytes=cs_bytes,
-            time_taken_ms=time_taken_ms,
-        ))
+        if answer is None:
+            plog.record(self.client.user if self.client else None, method, query, 0, 0,
+                        cs_bytes, time_taken_ms)
+        else:
+            plog.record(self.client.user if self.client else None, method, query,
+                        answer.code, len(answer.to_bytes()), cs_bytes, time_taken_ms)
 
     def _log_reject(self, stage: str, decision: Decision, **fields: object) -> None:
         self.services.mail_log.event(

@@ -8,7 +8,7 @@ driver, the logs and the tests all name the same thing.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "Reply",
@@ -70,6 +70,8 @@ class Reply:
     code: int
     enhanced: str | None
     lines: tuple[str, ...]
+    # The wire form, made once: a reply is sent (and its size logged) many times.
+    _wire: bytes = field(init=False, repr=False, compare=False, default=b"")
 
     def __post_init__(self) -> None:
         # Programming errors are caught here, where the reply is made, not on the wire.
@@ -86,8 +88,12 @@ class Reply:
         for line in self.lines:
             if "\r" in line or "\n" in line or "\0" in line:
                 raise ValueError(f"reply text must not hold CR, LF or NUL: {line!r}")
+        object.__setattr__(self, "_wire", self._encode())
 
     def to_bytes(self) -> bytes:
+        return self._wire
+
+    def _encode(self) -> bytes:
         """Wire form: "250-2.1.0 a\\r\\n250 2.1.0 b\\r\\n" (RFC 5321 4.2.1 multi-line).
 
         RFC 2034 4: the enhanced code is repeated on every line of a multi-line reply.
