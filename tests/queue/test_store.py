@@ -136,3 +136,29 @@ def test_badmail_recipient_state_and_rule_are_recorded(tmp_path):
     assert r2["rule"] == "groups.scanners.recipient_domains" and r2["notify"] == "NEVER"
     assert [m["id"] for m in reader.list(status="badmail")] == ["Q1"]
     reader.close()
+
+
+def test_a_cancelled_waiter_does_not_stop_the_writer(tmp_path):
+    """A session that goes away while its commit is in flight cancels nothing on disk, and
+    the writer thread carries on for everyone else (it once died on the cancelled future)."""
+    async def go():
+        store = Store.open(tmp_path)
+        first = store.new_spool()
+        first.write(b"Subject: gone\r\n\r\nx\r\n")
+        waiter = asyncio.ensure_future(store.commit(envelope("GONE0001"), first))
+        await asyncio.sleep(0)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        later = []
+        for i in range(5):
+            spool = store.new_spool()
+            spool.write(f"Subject: {i}\r\n\r\nx\r\n".encode())
+            later.append(store.commit(envelope(f"LATE{i:04d}"), spool))
+        await asyncio.wait_for(asyncio.gather(*later), 10)
+        assert store._writer.is_alive()
+        store.close()
+    asyncio.run(go())
+    reader = QueueReader(tmp_path)
+    assert reader.count() == 6          # the cancelled waiter's message was still committed
+    reader.close()
