@@ -7,12 +7,14 @@ relaywarden with its defaults (fsync before 250, protocol and mail logs, Receive
 policy checks); Postfix as Debian ships it, relaying to an smtp-sink next hop
 (shared/anchors/postfix-relay.sh).
 
-Both systems relay to their own smtp-sink. Figures: the ACCEPT rate (messages per second until
+Both systems relay to their own smtp-sink; a third column ("direct") sends straight into an
+smtp-sink, the ceiling of the machine. Figures: the ACCEPT rate (messages per second until
 smtp-source has its last 250), the END-TO-END rate (until the sink has counted every message),
-and relaywarden's CPU seconds per 1,000 messages and peak RSS. Every run checks at the sink
-that every message arrived exactly once (its count equals the number sent, no more).
+and each server's CPU seconds per 1,000 messages (all its processes, exited ones included) and
+peak RSS. Every run checks at the sink that every message arrived exactly once (its count
+equals the number sent, no more).
 
-    python3 bench/relay_bench.py              # 3 runs x (1 KB, 50 KB) x (new conn, reused)
+    python3 bench/relay_bench.py              # 3 runs x (1 KB, 50 KB, 5 MB) x (new conn, reused)
     python3 bench/relay_bench.py --quick      # one short run, under a minute
 
 Loopback only, fixed counts, time limits; everything it starts, it stops.
@@ -79,6 +81,8 @@ def _family(pid: int) -> list[int]:
 
 
 def cpu_seconds(pid: int) -> float:
+    """CPU of the process and its children, including children that have already exited
+    and been reaped (Postfix's master reaps its smtpd, cleanup and smtp processes)."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for p in _family(pid):
@@ -86,7 +90,8 @@ def cpu_seconds(pid: int) -> float:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / ticks   # utime + stime
+        # utime + stime + cutime + cstime
+        total += (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / ticks
     return total
 
 
@@ -237,12 +242,32 @@ class Postfix:
         subprocess.run(["bash", str(ANCHOR), "start", str(self.port), str(sink.port),
                         str(self.dir / "pf")], check=True, timeout=120,
                        stdout=subprocess.DEVNULL)
+        pid_file = self.dir / "pf" / "queue" / "pid" / "master.pid"
+        self.master = int(pid_file.read_text().split()[0])
+        self.cpu0 = cpu_seconds(self.master)
         return self.port
 
     def stop(self) -> dict:
+        # Postfix's processes: the master, the daemons it runs, and those it has reaped.
+        stats = {"cpu_s": cpu_seconds(self.master) - self.cpu0,
+                 "peak_rss_mb": peak_rss_mb(self.master)}
         subprocess.run(["bash", str(ANCHOR), "stop", str(self.dir / "pf")], timeout=60,
                        stdout=subprocess.DEVNULL)
         shutil.rmtree(self.dir, ignore_errors=True)
+        return stats
+
+
+class Direct:
+    """No relay: smtp-source straight into smtp-sink, the ceiling of this machine."""
+    name = "direct"
+
+    def __init__(self, workdir: Path) -> None:
+        pass
+
+    def start(self, sink: Sink) -> int:
+        return sink.port
+
+    def stop(self) -> dict:
         return {}
 
 
@@ -328,9 +353,13 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="one short run (under a minute)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--messages", type=int, default=2000)
+    ap.add_argument("--big-messages", type=int, default=100,
+                    help="messages per run for sizes of 1 MB and more (default 100)")
     ap.add_argument("--sessions", type=int, default=20)
-    ap.add_argument("--sizes", default="1024,51200", help="message sizes in bytes, comma separated")
-    ap.add_argument("--systems", default="relaywarden,postfix")
+    ap.add_argument("--sizes", default="1024,51200,5242880",
+                    help="message sizes in bytes, comma separated")
+    ap.add_argument("--systems", default="relaywarden,postfix,direct",
+                    help="relaywarden, postfix, direct (smtp-source into smtp-sink: the ceiling)")
     ap.add_argument("--json", dest="json_path", default="bench/results/latest.json")
     ap.add_argument("--held", type=int, metavar="N",
                     help="only compare the end-to-end rate with N messages already held in the queue")
@@ -362,11 +391,16 @@ def main() -> int:
         return 0
     if args.quick:
         args.runs, args.messages, args.sizes = 1, 500, "1024"
+        args.systems = args.systems.replace(",direct", "")
 
     sizes = [int(s) for s in args.sizes.split(",")]
+
+    def count(size: int) -> int:
+        return args.big_messages if size >= 1 << 20 else args.messages
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     os.chmod(workdir, 0o755)
-    systems = {"relaywarden": Relaywarden(workdir), "postfix": Postfix(workdir)}
+    systems = {"relaywarden": Relaywarden(workdir), "postfix": Postfix(workdir),
+               "direct": Direct(workdir)}
     chosen = [systems[s] for s in args.systems.split(",")]
     results: dict[str, list[dict]] = {}
     try:
@@ -374,7 +408,7 @@ def main() -> int:
             for size in sizes:
                 for reuse in (False, True):
                     for system in chosen:   # alternate systems inside each run
-                        entry = one_run(system, messages=args.messages, size=size,
+                        entry = one_run(system, messages=count(size), size=size,
                                         sessions=args.sessions, reuse=reuse)
                         key = f"{system.name} {size}B {'reused' if reuse else 'new-conn'}"
                         results.setdefault(key, []).append(entry)
@@ -396,7 +430,7 @@ def main() -> int:
                                     "max": max(rates)}
                 if runs and "cpu_s" in runs[0]:
                     cell["cpu_s_per_1000"] = statistics.median(
-                        r["cpu_s"] / args.messages * 1000 for r in runs)
+                        r["cpu_s"] / count(size) * 1000 for r in runs)
                     cell["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
                 row[system.name] = cell
             if "relaywarden" in row and "postfix" in row:
@@ -404,8 +438,9 @@ def main() -> int:
                                 for m in ("accept", "e2e")}
             table.append(row)
 
-    print(f"\nmsgs/s, median of {args.runs} (min-max); {args.messages} messages, "
-          f"{args.sessions} sessions; {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores")
+    print(f"\nmsgs/s, median of {args.runs} (min-max); {args.messages} messages per run "
+          f"({args.big_messages} of 1 MB and more), {args.sessions} sessions; "
+          f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores")
     for metric, title in (("e2e", "end to end"), ("accept", "accepted")):
         print(f"\n{title}:")
         print(f"{'size':>7} {'mode':<9}" + "".join(f" {s.name:>24}" for s in chosen) + "   ratio")
@@ -416,11 +451,15 @@ def main() -> int:
                 for s in chosen)
             ratio = f"{row['ratio'][metric]:7.2f}" if "ratio" in row else "      -"
             print(f"{row['size']:>7} {row['mode']:<9}{cells} {ratio}")
-    rw = [r["relaywarden"] for r in table if "cpu_s_per_1000" in r.get("relaywarden", {})]
-    if rw:
-        print("\nrelaywarden CPU s / 1000 msgs: "
-              + ", ".join(f"{r['cpu_s_per_1000']:.2f}" for r in rw)
-              + f"; peak RSS {max(r['peak_rss_mb'] for r in rw):.0f} MB")
+    measured = [s for s in chosen if s.name != "direct"]
+    if measured:
+        print("\nserver CPU s per 1,000 messages (all its processes), peak RSS MB:")
+        print(f"{'size':>7} {'mode':<9}" + "".join(f" {s.name:>24}" for s in measured))
+        for row in table:
+            cells = "".join(
+                f"{row[s.name]['cpu_s_per_1000']:>9.2f} s {row[s.name]['peak_rss_mb']:>7.0f} MB".rjust(25)
+                for s in measured if "cpu_s_per_1000" in row[s.name])
+            print(f"{row['size']:>7} {row['mode']:<9}{cells}")
     out = Path(args.json_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "args": vars(args),

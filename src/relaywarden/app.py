@@ -244,6 +244,7 @@ class Relay:
         self.worker: DeliveryWorker | None = None
         self.child: subprocess.Popen | None = None
         self._wake_fd: int | None = None
+        self._poke_pending = False
         self.config_path: Path | None = None
 
     async def start(self) -> None:
@@ -298,6 +299,13 @@ class Relay:
         self.services.on_queued = self._poke
 
     def _poke(self) -> None:
+        # Messages that are queued in the same loop round share one wake-up byte.
+        if not self._poke_pending:
+            self._poke_pending = True
+            asyncio.get_running_loop().call_soon(self._send_poke)
+
+    def _send_poke(self) -> None:
+        self._poke_pending = False
         try:
             os.write(self._wake_fd, b"!")
         except (BlockingIOError, BrokenPipeError):

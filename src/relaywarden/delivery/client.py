@@ -552,9 +552,12 @@ class OutboundConnection:
 
         # RFC 5321 4.5.2: the content, dot-stuffed, then <CRLF>.<CRLF>.
         stuffer = DotStuffer()
+        held = b""    # the last chunk goes out with the final dot: one write for a small body
         while chunk := await source.read(_CHUNK):
-            await self._write(stuffer.feed(chunk), "data")
-        await self._write(stuffer.end(), "data")
+            if held:
+                await self._write(held, "data")
+            held = stuffer.feed(chunk)
+        await self._write(held + stuffer.end(), "data")
         final = await self._reply("data", timeout=self.policy.data_timeout)
         for i in accepted:
             results[i] = final

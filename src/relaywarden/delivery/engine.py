@@ -131,15 +131,13 @@ class _Pool:
         return await OutboundConnection.open(hop.address, hop.port, policy), False
 
     async def give_back(self, hop: _Hop, policy: ClientPolicy, conn: OutboundConnection) -> None:
+        # No RSET here: send() returned, so the transaction ended with the reply to the final
+        # dot (the server has cleared its state, RFC 5321 4.1.1.4) or send() sent RSET itself.
+        # A connection that has gone stale meanwhile is caught when it is next taken
+        # (the "reused" retry), as it would be after an RSET.
         if conn.usable:
-            try:
-                await conn.reset()
-            except DeliveryError:
-                await conn.close()
-                return
-            if conn.usable:
-                self._idle[(hop.address, hop.port, policy)].append((time.monotonic(), conn))
-                return
+            self._idle[(hop.address, hop.port, policy)].append((time.monotonic(), conn))
+            return
         await conn.close()
 
     async def reap(self, older_than: float) -> None:
@@ -242,7 +240,9 @@ class Engine:
                 for r in message.recipients])
 
     async def _attempt(self, message: DueMessage) -> None:
-        body = await self.store.read_body(message.queue_id)
+        body = message.body
+        if body is None:
+            body = await self.store.read_body(message.queue_id)
         if body is None:
             return   # removed meanwhile (queue delete)
         groups: dict[tuple[str, str, bool], tuple[Route, bool, list[DueRecipient]]] = {}

@@ -19,7 +19,6 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,8 +76,8 @@ CREATE TABLE IF NOT EXISTS bodies (
 #: Bodies up to this size stay in memory while DATA streams in; larger ones spill to a
 #: temporary file in the data directory, so a 100 MB message never sits whole in RAM.
 SPOOL_MEMORY_LIMIT = 1 << 20
-#: Bodies of just-queued messages kept in memory for their first delivery attempt.
-RECENT_BODIES_BYTES = 32 << 20
+#: A claim of due messages brings their bodies along, up to this many bytes in all.
+CLAIM_BODIES_BYTES = 4 << 20
 #: Group commit: at most this many messages (or bytes) share one transaction.
 BATCH_MAX_MESSAGES = 512
 BATCH_MAX_BYTES = 64 << 20
@@ -246,6 +245,9 @@ class DueMessage:
     smtputf8: bool
     size: int
     recipients: tuple[DueRecipient, ...]
+    # A small body comes with the claim (read in the same transaction): no second trip to
+    # the queue per message. None: read it with Store.read_body().
+    body: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -291,8 +293,6 @@ class Store:
         self._reader: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self.commits = 0   # transactions committed: group commit makes this < messages
-        self._recent: OrderedDict[str, bytes] = OrderedDict()
-        self._recent_bytes = 0
 
     @classmethod
     def open(cls, data_dir: Path) -> "Store":
@@ -335,23 +335,7 @@ class Store:
         """As commit(), for callers that want a future rather than a coroutine (the SMTP
         session answers from a done-callback: no task per message). The spool must stay
         open until the future is done."""
-        done = self._write(lambda db: _insert(db, envelope, spool), spool.size)
-        if spool.in_memory:
-            (data,) = spool.chunks()
-            queue_id = envelope.queue_id
-            done.add_done_callback(
-                lambda f: f.cancelled() or f.exception() is not None
-                or self._remember(queue_id, data))
-        return done
-
-    def _remember(self, queue_id: str, data: bytes) -> None:
-        """Keep a just-queued body in memory: its first delivery attempt follows at once, and
-        need not read back from disk what it just wrote (bounded; a miss reads the queue)."""
-        self._recent[queue_id] = data
-        self._recent_bytes += len(data)
-        while self._recent_bytes > RECENT_BODIES_BYTES:
-            _, old = self._recent.popitem(last=False)
-            self._recent_bytes -= len(old)
+        return self._write(lambda db: _insert(db, envelope, spool), spool.size)
 
     async def claim_due(self, now: float, limit: int, lease: float) -> list[DueMessage]:
         """Due recipients, earliest first, leased until ``now + lease``.
@@ -409,10 +393,6 @@ class Store:
         return None if row is None else row[0]
 
     async def read_body(self, queue_id: str) -> bytes | None:
-        data = self._recent.pop(queue_id, None)
-        if data is not None:
-            self._recent_bytes -= len(data)
-            return data
         return await asyncio.to_thread(self._read_body, queue_id)
 
     def _read_body(self, queue_id: str) -> bytes | None:
@@ -558,14 +538,21 @@ def _claim(db: sqlite3.Connection, now: float, limit: int, lease: float) -> list
             idx=idx, address=address, domain=domain, orcpt=orcpt, notify=_notify_tuple(notify),
             attempts=attempts, delay_notified=bool(notified), released=bool(released)))
     out = []
+    budget = CLAIM_BODIES_BYTES
     for mid, recipients in by_message.items():
         m = db.execute(
             "SELECT received_at, sender, client_group, auth_user, ret, envid, body_type,"
             " smtputf8, size FROM messages WHERE id = ?", (mid,)).fetchone()
+        body = None
+        if m[8] <= budget:
+            row = db.execute("SELECT data FROM bodies WHERE message_id = ?", (mid,)).fetchone()
+            if row is not None:
+                body = bytes(row[0])
+                budget -= len(body)
         out.append(DueMessage(
             queue_id=mid, received_at=m[0], sender=m[1], client_group=m[2], auth_user=m[3],
             ret=m[4], envid=m[5], body_type=m[6], smtputf8=bool(m[7]), size=m[8],
-            recipients=tuple(recipients)))
+            recipients=tuple(recipients), body=body))
     return out
 
 
