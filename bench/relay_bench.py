@@ -95,6 +95,19 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def settle(pid: int, timeout: float = 15) -> None:
+    """Wait until the server is idle (its delivery process has finished starting), so that
+    start-up is not counted as work for the first messages."""
+    deadline = time.monotonic() + timeout
+    last = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = cpu_seconds(pid)
+        if now - last < 0.02:
+            return
+        last = now
+
+
 def peak_rss_mb(pid: int) -> float:
     total = 0.0
     for p in _family(pid):
@@ -213,6 +226,7 @@ class Relaywarden:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         wait_port(self.port)
+        settle(self.proc.pid)
         self.cpu0 = cpu_seconds(self.proc.pid)
         return self.port
 
