@@ -12,6 +12,7 @@ import re
 import time
 
 from relaywarden.logs.files import RotatingFile
+from relaywarden.logs.stamp import SecondStamp
 
 
 class MailEvent(enum.Enum):
@@ -46,18 +47,14 @@ class MailLog:
     def __init__(self, out: RotatingFile | None, *, clock=time.time) -> None:
         self._out = out
         self._clock = clock
-        self._second = -1
-        self._stamp = ""
+        self._stamp = SecondStamp(
+            lambda second: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
 
     def event(self, event: MailEvent, **fields: object) -> None:
         if self._out is None:
             return
         now = self._clock()
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        parts = [f"{self._stamp}.{int(now % 1 * 1000):03d}Z event={event.value}"]
+        parts = [f"{self._stamp(now)}.{int(now % 1 * 1000):03d}Z event={event.value}"]
         for k, v in fields.items():
             if v is not None:
                 parts.append(f"{k}={_value(v)}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from relaywarden import __version__
 from relaywarden.logs.files import RotatingFile
+from relaywarden.logs.stamp import SecondStamp
 
 W3C_FIELDS = (
     "date time c-ip cs-username s-sitename s-computername s-ip s-port cs-method cs-uri-query"
@@ -55,8 +56,8 @@ class ProtocolLog:
         self._w3c = w3c
         self._json = jsonl
         self._clock = clock
-        self._second = -1
-        self._stamp = ""
+        self._w3c_stamp = SecondStamp(
+            lambda second: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second)))
 
     def session(self, *, client_ip: str, site: str, server_name: str, server_ip: str,
                 server_port: int) -> "SessionLog":
@@ -69,13 +70,6 @@ class ProtocolLog:
         self.session(client_ip=e.client_ip, site=e.site, server_name=e.server_name,
                      server_ip=e.server_ip, server_port=e.server_port).record(
             e.username, e.method, e.query, e.status, e.sc_bytes, e.cs_bytes, e.time_taken_ms)
-
-    def _w3c_stamp(self, now: float) -> str:
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
-        return self._stamp
 
     def flush(self) -> None:
         for f in (self._w3c, self._json):

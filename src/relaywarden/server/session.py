@@ -22,6 +22,7 @@ from email.utils import formatdate
 from relaywarden.auth import AUTH_INVALID, AuthResult
 from relaywarden.logs.maillog import MailEvent
 from relaywarden.logs.protocol import SessionLog
+from relaywarden.logs.stamp import SecondStamp
 from relaywarden.policy.hops import ReceivedCounter
 from relaywarden.policy.model import Action, ClientFacts, Decision
 from relaywarden.queue.store import (
@@ -87,15 +88,8 @@ class _Transaction:
     hops: ReceivedCounter | None = None
 
 
-_date_cache: list = [-1, ""]
-
-
-def _date_now() -> str:
-    """RFC 5322 date of this second, local time (made once a second, not per message)."""
-    second = int(time.time())
-    if second != _date_cache[0]:
-        _date_cache[0], _date_cache[1] = second, formatdate(second, localtime=True)
-    return _date_cache[1]
+# RFC 5322 date, local time, for the Received header.
+_received_date = SecondStamp(lambda second: formatdate(second, localtime=True))
 
 
 def _clean(text: str, limit: int = 255) -> str:
@@ -736,7 +730,7 @@ class SmtpSession(asyncio.Protocol):
             # Only a single recipient is named: listing them all would disclose Bcc's.
             lines.append(f"\tfor <{_clean(txn.recipients[0].address, 900)}>")
         lines[-1] += ";"
-        lines.append(f"\t{_date_now()}")
+        lines.append(f"\t{_received_date(time.time())}")
         return ("\r\n".join(lines) + "\r\n").encode("ascii")
 
     def _protocol_log(self, method: str, query: str, answer: Reply | None, cs_bytes: int,
