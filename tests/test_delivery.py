@@ -335,6 +335,44 @@ def test_badmail_delete_removes_message_and_files(setup):
     assert setup.queue() == []
 
 
+def test_large_messages_go_through_as_files_and_leave_nothing_behind(setup):
+    """Bodies too large for memory are queued as files (data_dir/bodies); delivered, deleted
+    or badmail-deleted, the file goes with the message."""
+    line = b"0123456789" * 7 + b"\r\n"
+    big = b"Subject: big\r\n\r\n" + line * (3_000_000 // len(line)) + b".starts with a dot\r\n"
+    bodies = setup.data_dir / "bodies"
+
+    def send_big(to: str, **kw) -> str:
+        with smtplib.SMTP("127.0.0.1", setup.ports["main"], timeout=30, **kw) as c:
+            c.ehlo("client.test")
+            c.mail("app@example.com")
+            assert c.rcpt(to)[0] == 250
+            code, text = c.data(big)
+            assert code == 250, text
+            return re.search(rb"queued as (\S+)", text).group(1).decode()
+
+    send_big("user@example.com")
+    [msg] = setup.down.wait_for(1, timeout=30)
+    assert msg.content.endswith(big.split(b"\r\n\r\n", 1)[1])   # whole, dots intact
+    setup.wait_queue(lambda rows: rows == [])
+    assert list(bodies.iterdir()) == []
+    held = send_big("x@held.test")
+    assert [p.name for p in bodies.iterdir()] == [held]
+    shown = setup.cli("queue", "show", held, "--body")
+    assert shown.returncode == 0 and shown.stdout.rstrip().endswith(".starts with a dot")
+    assert setup.cli("queue", "delete", held).returncode == 0
+    assert list(bodies.iterdir()) == []
+    quarantined = send_big("me@gmail.test", source_address=("127.0.0.3", 0))
+    meta = setup.data_dir / "badmail" / f"{quarantined}.json"
+    deadline = time.monotonic() + 10
+    while not meta.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [p.name for p in bodies.iterdir()] == [quarantined]
+    assert setup.cli("badmail", "delete", quarantined).returncode == 0
+    assert list(bodies.iterdir()) == []
+    assert list((setup.data_dir / "tmp").iterdir()) == []
+
+
 def test_expired_mail_bounces_with_4_4_7(tmp_path):
     s = Setup(tmp_path, expire=3)
     try:

@@ -249,6 +249,11 @@ class Relay:
 
     async def start(self) -> None:
         store = Store.open(self.cfg.data_dir)
+        spools, orphans = store.recover_files()
+        if spools or orphans:
+            print(f"relaywarden: removed {spools} unfinished spool file(s) and {orphans} body"
+                  " file(s) no queued message names (left by a crash)", file=sys.stderr,
+                  flush=True)
         loop_time = asyncio.get_running_loop().time
         mail_log, protocol_log = _logs(self.cfg)
         resolver = resolver_for(self.cfg)

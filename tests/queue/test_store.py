@@ -8,11 +8,14 @@ import sqlite3
 import pytest
 
 from relaywarden.queue.store import (
+    SCHEMA,
     SPOOL_MEMORY_LIMIT,
+    BodySpool,
     Envelope,
     QueueReader,
     RecipientRecord,
     RecipientStatus,
+    RecipientUpdate,
     Store,
     StoreError,
     new_queue_id,
@@ -59,14 +62,19 @@ def test_concurrent_commits_share_transactions_and_all_survive(tmp_path):
     reader.close()
 
 
+def big_spool(store: Store, *, times: int = 3) -> BodySpool:
+    spool = store.new_spool()
+    chunk = bytes(range(256)) * 1024
+    for _ in range(SPOOL_MEMORY_LIMIT // len(chunk) * times):
+        spool.write(chunk)
+    assert not spool.in_memory
+    return spool
+
+
 def test_large_body_spills_to_disk_and_is_stored_whole(tmp_path):
     async def go():
         store = Store.open(tmp_path)
-        spool = store.new_spool()
-        chunk = bytes(range(256)) * 1024
-        for _ in range(SPOOL_MEMORY_LIMIT // len(chunk) * 3):
-            spool.write(chunk)
-        assert not spool.in_memory
+        spool = big_spool(store)
         expected = b"".join(spool.chunks())
         await store.commit(envelope("BIG"), spool)
         spool.discard()
@@ -77,6 +85,109 @@ def test_large_body_spills_to_disk_and_is_stored_whole(tmp_path):
     assert reader.body("BIG") == expected
     assert reader.show("BIG")["size"] == len(expected)
     reader.close()
+    # The spool file itself became the queued body: a file, not a blob in SQLite, and
+    # nothing is left in tmp/.
+    assert (tmp_path / "bodies" / "BIG").read_bytes() == expected
+    db = sqlite3.connect(tmp_path / "queue.sqlite3")
+    assert db.execute("SELECT COUNT(*) FROM bodies").fetchone()[0] == 0
+    assert db.execute("SELECT body_file FROM messages WHERE id = 'BIG'").fetchone()[0] == 1
+    db.close()
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_a_finished_large_message_takes_its_body_file_along(tmp_path):
+    async def go():
+        store = Store.open(tmp_path)
+        spool = big_spool(store, times=2)
+        await store.commit(envelope("BIGDONE", recipients=("a@x.test", "b@x.test")), spool)
+        spool.discard()
+        path = tmp_path / "bodies" / "BIGDONE"
+        [due] = await store.claim_due(now=10.0, limit=10, lease=60)
+        assert due.body is None                       # read on demand, not with the claim
+        assert await store.read_body("BIGDONE") == path.read_bytes()
+        await store.record("BIGDONE", [RecipientUpdate(idx=0, status=RecipientStatus.DELIVERED)])
+        assert path.exists()                          # b@ is still queued
+        await store.record("BIGDONE", [RecipientUpdate(idx=1, status=RecipientStatus.BOUNCED)])
+        assert not path.exists()
+        assert await store.read_body("BIGDONE") is None
+        store.close()
+    asyncio.run(go())
+
+
+def test_a_refused_large_message_leaves_no_file(tmp_path):
+    """The queue ID clashes (the row cannot be inserted): the client gets 451, and neither
+    its body nor the other message's body file is touched."""
+    async def go():
+        store = Store.open(tmp_path)
+        first = big_spool(store, times=2)
+        await store.commit(envelope("CLASH"), first)
+        kept = (tmp_path / "bodies" / "CLASH").read_bytes()
+        second = store.new_spool()
+        for _ in range(3):
+            second.write(b"y" * SPOOL_MEMORY_LIMIT)
+        with pytest.raises(StoreError):
+            await store.commit(envelope("CLASH"), second)
+        second.discard()
+        small = store.new_spool()
+        small.write(b"x\r\n")
+        with pytest.raises(StoreError):
+            await store.commit(envelope("CLASH"), small)
+        store.close()
+        return kept
+    kept = asyncio.run(go())
+    assert (tmp_path / "bodies" / "CLASH").read_bytes() == kept
+    assert [p.name for p in (tmp_path / "bodies").iterdir()] == ["CLASH"]
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_start_up_removes_files_a_crash_left_and_keeps_queued_bodies(tmp_path):
+    async def go():
+        store = Store.open(tmp_path)
+        spool = big_spool(store, times=2)
+        await store.commit(envelope("KEEP"), spool)
+        spool.discard()
+        # What a crash leaves: a spool mid-DATA, and a body stored whose row never committed.
+        unfinished = big_spool(store, times=2)
+        unfinished._file.flush()
+        unfinished._path = None                       # the process is gone: nobody discards
+        (tmp_path / "bodies" / "NEVERCOMMITTED").write_bytes(b"x" * 100)
+        store.close()
+    asyncio.run(go())
+    store = Store.open(tmp_path)
+    assert store.recover_files() == (1, 1)
+    assert [p.name for p in (tmp_path / "bodies").iterdir()] == ["KEEP"]
+    assert list((tmp_path / "tmp").iterdir()) == []
+    store.close()
+
+
+def test_a_version_1_queue_is_migrated_and_keeps_its_mail(tmp_path):
+    db = sqlite3.connect(tmp_path / "queue.sqlite3")
+    db.executescript(SCHEMA.replace(
+        ",\n    body_file    INTEGER NOT NULL DEFAULT 0   -- 1: the body is the file bodies/<id>", ""))
+    assert "body_file" not in SCHEMA.replace(
+        ",\n    body_file    INTEGER NOT NULL DEFAULT 0   -- 1: the body is the file bodies/<id>", "")
+    db.execute("PRAGMA user_version=1")
+    db.execute("INSERT INTO messages (id, received_at, listener, client_ip, helo, sender,"
+               " smtputf8, size) VALUES ('OLD', 1, 'main', '127.0.0.1', 'x', 'a@x.test', 0, 3)")
+    db.execute("INSERT INTO recipients (message_id, idx, address, domain, status, rule, reason,"
+               " next_attempt) VALUES ('OLD', 0, 'b@y.test', 'y.test', 'queued', 'r', '', 1)")
+    db.execute("INSERT INTO bodies VALUES ('OLD', x'782e0d0a')")
+    db.commit()
+    db.close()
+    store = Store.open(tmp_path)
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == 2
+    store.close()
+    reader = QueueReader(tmp_path)
+    assert reader.body("OLD") == b"x.\r\n"
+    reader.close()
+
+
+def test_a_newer_queue_is_refused(tmp_path):
+    db = sqlite3.connect(tmp_path / "queue.sqlite3")
+    db.execute("PRAGMA user_version=99")
+    db.close()
+    with pytest.raises(StoreError, match="schema version 99"):
+        Store.open(tmp_path)
 
 
 def test_a_failing_message_does_not_fail_its_batch_neighbours(tmp_path):

@@ -7,6 +7,7 @@ other); the relay's scheduler sees the change at its next look, within a second.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ class QueueAdmin:
         if not path.exists():
             raise FileNotFoundError(f"no queue at {path}")
         self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        self._bodies_dir = data_dir / "bodies"
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
 
@@ -72,8 +74,19 @@ class QueueAdmin:
             " WHERE message_id = ? AND status = 'held'", (time.time(), queue_id)).rowcount)
 
     def delete(self, queue_id: str) -> int:
-        return self._tx(lambda db: db.execute(
-            "DELETE FROM messages WHERE id = ?", (queue_id,)).rowcount)
+        rows = self._tx(lambda db: db.execute(
+            "DELETE FROM messages WHERE id = ? RETURNING body_file", (queue_id,)).fetchall())
+        if rows and rows[0][0]:
+            self._remove_body_file(queue_id)
+        return len(rows)
+
+    def _remove_body_file(self, queue_id: str) -> None:
+        """After the COMMIT that removed its message (a crash in between leaves a file
+        the relay's start-up removes)."""
+        try:
+            os.unlink(self._bodies_dir / queue_id)
+        except FileNotFoundError:
+            pass
 
     # -- badmail ---------------------------------------------------------------------------
 
@@ -97,6 +110,9 @@ class QueueAdmin:
             # Deleted badmail recipients count as finished ("bounced" by the admin, no DSN).
             db.execute("UPDATE recipients SET status = 'bounced', reason = 'deleted from badmail'"
                        " WHERE message_id = ? AND status = 'badmail'", (queue_id,))
-            _remove_if_finished(db, queue_id)
-            return [address for _, address in rows]
-        return self._tx(apply)
+            gone_file = _remove_if_finished(db, queue_id)
+            return [address for _, address in rows], gone_file
+        deleted, gone_file = self._tx(apply)
+        if gone_file:
+            self._remove_body_file(queue_id)
+        return deleted

@@ -5,6 +5,14 @@ WAL mode with ``synchronous=FULL``, so every COMMIT fsyncs the write-ahead log. 
 thread owns the write connection and commits whatever is waiting in one transaction (group
 commit): twenty sessions that finish DATA together cost one fsync, not twenty (DESIGN.md,
 "Known traps": design for the slow disk).
+
+Small bodies live in the ``bodies`` table. A body too large to keep in memory while it
+arrives (over SPOOL_MEMORY_LIMIT) is already a file; it becomes the queue's copy as it is:
+fsynced, renamed to ``bodies/<queue id>`` and the directory fsynced, all before the row that
+names it commits (``messages.body_file = 1``). So a 5 MB body is written once, not three
+times (spool file, WAL, database at checkpoint), and never blocks the group commit of the
+small messages beside it. A crash can leave a body file without a row (written, never
+committed); ``Store.recover_files()`` removes those at start-up.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import fcntl
+import functools
 import os
 import queue as thread_queue
 import secrets
@@ -24,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id           TEXT PRIMARY KEY,
@@ -40,7 +49,8 @@ CREATE TABLE IF NOT EXISTS messages (
     envid        TEXT,                   -- DSN ENVID (RFC 3461 4.4)
     body_type    TEXT,                   -- BODY= (7BIT / 8BITMIME)
     smtputf8     INTEGER NOT NULL,
-    size         INTEGER NOT NULL
+    size         INTEGER NOT NULL,
+    body_file    INTEGER NOT NULL DEFAULT 0   -- 1: the body is the file bodies/<id>
 );
 CREATE TABLE IF NOT EXISTS recipients (
     message_id     TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
@@ -72,9 +82,14 @@ CREATE TABLE IF NOT EXISTS bodies (
     data       BLOB NOT NULL
 );
 """
+#: Schema changes from older versions, applied in order at open.
+MIGRATIONS = {
+    1: "ALTER TABLE messages ADD COLUMN body_file INTEGER NOT NULL DEFAULT 0",
+}
 
 #: Bodies up to this size stay in memory while DATA streams in; larger ones spill to a
-#: temporary file in the data directory, so a 100 MB message never sits whole in RAM.
+#: temporary file in the data directory, so a 100 MB message never sits whole in RAM, and
+#: that file becomes the queued body (bodies/<queue id>, not a blob in SQLite).
 SPOOL_MEMORY_LIMIT = 1 << 20
 #: A claim of due messages brings their bodies along, up to this many bytes in all.
 CLAIM_BODIES_BYTES = 4 << 20
@@ -158,20 +173,23 @@ def new_queue_id() -> str:
 class BodySpool:
     """Where DATA content goes while it arrives: memory first, a temp file past a limit."""
 
-    __slots__ = ("_buf", "_file", "_tmp_dir", "size")
+    __slots__ = ("_buf", "_file", "_path", "_tmp_dir", "size", "stored_as")
 
     def __init__(self, tmp_dir: Path) -> None:
         self._buf: bytearray | None = bytearray()
         self._file = None
+        self._path: str | None = None      # the temp file, until persist() renames it
         self._tmp_dir = tmp_dir
         self.size = 0
+        self.stored_as: Path | None = None  # where persist() put it
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
         if self._buf is not None:
             self._buf += data
             if len(self._buf) > SPOOL_MEMORY_LIMIT:
-                self._file = tempfile.TemporaryFile(dir=self._tmp_dir, prefix="spool-")
+                fd, self._path = tempfile.mkstemp(dir=self._tmp_dir, prefix="spool-")
+                self._file = os.fdopen(fd, "w+b")
                 self._file.write(self._buf)
                 self._buf = None
         else:
@@ -189,12 +207,41 @@ class BodySpool:
     def in_memory(self) -> bool:
         return self._buf is not None
 
+    def persist(self, target: Path) -> None:
+        """Make a spilled body durable as ``target``: fsync the file, give it its name, fsync
+        the directory (so the name survives a power loss too). Idempotent."""
+        if self.stored_as is not None:
+            return
+        assert self._file is not None and self._path is not None
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        os.link(self._path, target)   # never over another message's body (FileExistsError)
+        os.unlink(self._path)
+        self._path = None
+        self.stored_as = target
+        _fsync_dir(target.parent)
+
     def discard(self) -> None:
+        """Drop the content. A body persist() stored is the queue's now: it stays."""
         self._buf = bytearray()
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._path is not None:
+            try:
+                os.unlink(self._path)
+            except OSError:
+                pass
+            self._path = None
         self.size = 0
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass(slots=True)
@@ -205,6 +252,9 @@ class _Job:
     size: int
     done: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    # Body files this job stored: if its transaction finally fails (the client gets 451),
+    # they are removed again.
+    files: tuple[Path, ...] = ()
 
 
 def _settle(outcomes: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
@@ -286,12 +336,15 @@ class Store:
         self.data_dir = data_dir
         self.path = data_dir / "queue.sqlite3"
         self.tmp_dir = data_dir / "tmp"
+        self.bodies_dir = data_dir / "bodies"
         self._jobs: thread_queue.SimpleQueue[_Job | None] = thread_queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._db: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        # Body files of messages the running transaction removes: unlinked after COMMIT.
+        self._unlink_after_commit: list[Path] = []
         self.commits = 0   # transactions committed: group commit makes this < messages
 
     @classmethod
@@ -299,15 +352,16 @@ class Store:
         data_dir.mkdir(parents=True, exist_ok=True)
         store = cls(data_dir)
         store.tmp_dir.mkdir(exist_ok=True)
-        # Spool files are anonymous (unlinked at creation), so nothing is left behind by a
-        # crash; this only clears files an older layout might have left.
-        for stale in store.tmp_dir.glob("spool-*"):
-            stale.unlink(missing_ok=True)
+        store.bodies_dir.mkdir(exist_ok=True)
         store._db = _connect(store.path)
         (version,) = store._db.execute("PRAGMA user_version").fetchone()
-        if version not in (0, SCHEMA_VERSION):
+        if version > SCHEMA_VERSION:
             raise StoreError(f"{store.path}: queue schema version {version}, expected {SCHEMA_VERSION}")
-        store._db.executescript(SCHEMA)
+        if version == 0:
+            store._db.executescript(SCHEMA)
+        else:
+            for step in range(version, SCHEMA_VERSION):
+                store._db.execute(MIGRATIONS[step])
         store._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         store._reader = _connect(store.path)
         store._lock_fd = os.open(data_dir / "queue.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -318,13 +372,33 @@ class Store:
     def new_spool(self) -> BodySpool:
         return BodySpool(self.tmp_dir)
 
+    def recover_files(self) -> tuple[int, int]:
+        """At start-up, before anything receives or delivers: remove spool files of
+        transactions that never finished and body files whose row never committed.
+        Returns (spool files, body files) removed. Only the process that owns the data
+        directory calls this (not the delivery process: the receiving one is running)."""
+        spools = 0
+        for stale in self.tmp_dir.glob("spool-*"):
+            stale.unlink(missing_ok=True)
+            spools += 1
+        with self._read_lock:
+            kept = {mid for (mid,) in self._reader.execute(
+                "SELECT id FROM messages WHERE body_file = 1")}
+        orphans = 0
+        for path in self.bodies_dir.iterdir():
+            if path.name not in kept:
+                path.unlink(missing_ok=True)
+                orphans += 1
+        return spools, orphans
+
     # -- writes ----------------------------------------------------------------------------
 
-    def _write(self, apply: Callable[[sqlite3.Connection], Any], size: int = 0) -> asyncio.Future:
+    def _write(self, apply: Callable[[sqlite3.Connection], Any], size: int = 0, *,
+               files: tuple[Path, ...] = ()) -> asyncio.Future:
         """Queue ``apply`` for the writer thread; the future resolves after its commit."""
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        self._jobs.put(_Job(apply, size, done, loop))
+        self._jobs.put(_Job(apply, size, done, loop, files))
         return done
 
     async def commit(self, envelope: Envelope, spool: BodySpool) -> None:
@@ -335,7 +409,27 @@ class Store:
         """As commit(), for callers that want a future rather than a coroutine (the SMTP
         session answers from a done-callback: no task per message). The spool must stay
         open until the future is done."""
-        return self._write(lambda db: _insert(db, envelope, spool), spool.size)
+        if spool.in_memory:
+            return self._write(lambda db: _insert(db, envelope, spool), spool.size)
+        # A body in a file is fsynced and put in place by a pool thread first, so that its
+        # fsync runs beside the group commits of other messages, not inside one.
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        target = self.bodies_dir / envelope.queue_id
+
+        def stored(persisting: asyncio.Future) -> None:
+            error = None if persisting.cancelled() else persisting.exception()
+            if persisting.cancelled() or error is not None or done.cancelled():
+                if spool.stored_as is not None:
+                    _unlink(target)   # no 250 was given: the body goes
+                if not done.cancelled():
+                    done.set_exception(StoreError(f"queue write failed: {error or 'cancelled'}"))
+                return
+            inner = self._write(lambda db: _insert(db, envelope, spool), 0, files=(target,))
+            inner.add_done_callback(functools.partial(_pass_on, done))
+
+        loop.run_in_executor(None, spool.persist, target).add_done_callback(stored)
+        return done
 
     async def claim_due(self, now: float, limit: int, lease: float) -> list[DueMessage]:
         """Due recipients, earliest first, leased until ``now + lease``.
@@ -351,6 +445,8 @@ class Store:
         one transaction: a bounce and the recipient it reports on change state together."""
         def apply(db: sqlite3.Connection) -> None:
             for env, spool in new_messages:
+                if not spool.in_memory:   # a large DSN (RET=FULL of a large message)
+                    spool.persist(self.bodies_dir / env.queue_id)
                 _insert(db, env, spool)
             db.executemany(
                 "UPDATE recipients SET status = ?, next_attempt = ?, attempts = ?,"
@@ -359,8 +455,11 @@ class Store:
                 [(u.status.value, u.next_attempt, u.attempts, u.last_error, u.remote_mta,
                   int(u.delay_notified), queue_id, u.idx) for u in updates],
             )
-            _remove_if_finished(db, queue_id)
-        await self._write(apply, sum(sp.size for _, sp in new_messages))
+            if _remove_if_finished(db, queue_id):
+                self._unlink_after_commit.append(self.bodies_dir / queue_id)
+        files = tuple(self.bodies_dir / env.queue_id for env, sp in new_messages
+                      if not sp.in_memory)
+        await self._write(apply, sum(sp.size for _, sp in new_messages), files=files)
 
     async def enqueue(self, envelope: Envelope, spool: BodySpool) -> None:
         await self.commit(envelope, spool)
@@ -397,9 +496,7 @@ class Store:
 
     def _read_body(self, queue_id: str) -> bytes | None:
         with self._read_lock:
-            row = self._reader.execute(
-                "SELECT data FROM bodies WHERE message_id = ?", (queue_id,)).fetchone()
-        return None if row is None else bytes(row[0])
+            return _body(self._reader, self.bodies_dir, queue_id)
 
     def close(self) -> None:
         if self._writer is not None:
@@ -456,6 +553,8 @@ class Store:
         if error is None:
             outcomes.extend((job, result, None) for job, result in zip(batch, results))
         elif len(batch) == 1:
+            for path in batch[0].files:   # refused: its stored body goes too
+                _unlink(path)
             outcomes.append((batch[0], None, error))
         else:
             # One bad job must not cost the others their 250: retry them one by one.
@@ -475,6 +574,7 @@ class Store:
             results = [job.apply(db) for job in batch]
             db.execute("COMMIT")
         except Exception as exc:  # noqa: BLE001 - every failure must reach the caller
+            self._unlink_after_commit.clear()
             try:
                 db.execute("ROLLBACK")
             except sqlite3.Error:
@@ -483,17 +583,56 @@ class Store:
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         self.commits += 1
+        for path in self._unlink_after_commit:
+            _unlink(path)
+        self._unlink_after_commit.clear()
         return results, None
 
 
+def _pass_on(target: asyncio.Future, source: asyncio.Future) -> None:
+    if target.cancelled():
+        return
+    if source.cancelled():
+        target.cancel()
+    elif source.exception() is not None:
+        target.set_exception(source.exception())
+    else:
+        target.set_result(source.result())
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _body(db: sqlite3.Connection, bodies_dir: Path, queue_id: str) -> bytes | None:
+    """A queued message's body from the table or its file; None if the message is gone."""
+    row = db.execute("SELECT data FROM bodies WHERE message_id = ?", (queue_id,)).fetchone()
+    if row is not None:
+        return bytes(row[0])
+    row = db.execute("SELECT body_file FROM messages WHERE id = ?", (queue_id,)).fetchone()
+    if row is None or not row[0]:
+        return None
+    try:
+        return (bodies_dir / queue_id).read_bytes()
+    except FileNotFoundError:
+        return None   # removed between the two looks (delivered, deleted)
+
+
 def _insert(db: sqlite3.Connection, env: Envelope, spool: BodySpool) -> None:
+    """Insert a message. A body in a file must already be persist()ed under its queue ID."""
+    in_file = not spool.in_memory
+    if in_file and spool.stored_as is None:
+        raise StoreError(f"{env.queue_id}: body file not stored")
     db.execute(
         "INSERT INTO messages (id, received_at, listener, client_ip, client_name, client_group,"
-        " helo, auth_user, sender, ret, envid, body_type, smtputf8, size)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        " helo, auth_user, sender, ret, envid, body_type, smtputf8, size, body_file)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (env.queue_id, env.received_at, env.listener, env.client_ip, env.client_name,
          env.client_group, env.helo, env.auth_user, env.sender, env.ret, env.envid,
-         env.body_type, int(env.smtputf8), spool.size),
+         env.body_type, int(env.smtputf8), spool.size, int(in_file)),
     )
     db.executemany(
         "INSERT INTO recipients (message_id, idx, address, domain, orcpt, notify, status, rule,"
@@ -504,19 +643,9 @@ def _insert(db: sqlite3.Connection, env: Envelope, spool: BodySpool) -> None:
             for i, r in enumerate(env.recipients)
         ],
     )
-    if spool.in_memory:
+    if not in_file:
         (data,) = spool.chunks()
         db.execute("INSERT INTO bodies (message_id, data) VALUES (?, ?)", (env.queue_id, data))
-    else:
-        # Large body: reserve the blob, then copy the spool file in chunks (no whole copy
-        # in memory).
-        cur = db.execute(
-            "INSERT INTO bodies (message_id, data) VALUES (?, zeroblob(?))",
-            (env.queue_id, spool.size),
-        )
-        with db.blobopen("bodies", "data", cur.lastrowid) as blob:
-            for chunk in spool.chunks():
-                blob.write(chunk)
 
 
 def _claim(db: sqlite3.Connection, now: float, limit: int, lease: float) -> list[DueMessage]:
@@ -542,9 +671,9 @@ def _claim(db: sqlite3.Connection, now: float, limit: int, lease: float) -> list
     for mid, recipients in by_message.items():
         m = db.execute(
             "SELECT received_at, sender, client_group, auth_user, ret, envid, body_type,"
-            " smtputf8, size FROM messages WHERE id = ?", (mid,)).fetchone()
+            " smtputf8, size, body_file FROM messages WHERE id = ?", (mid,)).fetchone()
         body = None
-        if m[8] <= budget:
+        if m[8] <= budget and not m[9]:
             row = db.execute("SELECT data FROM bodies WHERE message_id = ?", (mid,)).fetchone()
             if row is not None:
                 body = bytes(row[0])
@@ -556,14 +685,15 @@ def _claim(db: sqlite3.Connection, now: float, limit: int, lease: float) -> list
     return out
 
 
-def _remove_if_finished(db: sqlite3.Connection, queue_id: str) -> None:
+def _remove_if_finished(db: sqlite3.Connection, queue_id: str) -> bool:
     """A message whose every recipient is delivered or bounced leaves the queue (the mail log
-    keeps its story)."""
-    db.execute(
+    keeps its story). True if it had a body file: the caller removes that after COMMIT."""
+    row = db.execute(
         "DELETE FROM messages WHERE id = ? AND NOT EXISTS (SELECT 1 FROM recipients"
-        " WHERE message_id = ? AND status NOT IN (?, ?))",
+        " WHERE message_id = ? AND status NOT IN (?, ?)) RETURNING body_file",
         (queue_id, queue_id) + FINAL,
-    )
+    ).fetchall()
+    return bool(row and row[0][0])
 
 
 class QueueReader:
@@ -574,6 +704,7 @@ class QueueReader:
         if not path.exists():
             raise FileNotFoundError(f"no queue at {path}")
         self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        self._bodies_dir = data_dir / "bodies"
 
     def close(self) -> None:
         self._db.close()
@@ -626,10 +757,7 @@ class QueueReader:
         return msg
 
     def body(self, queue_id: str) -> bytes | None:
-        row = self._db.execute(
-            "SELECT data FROM bodies WHERE message_id = ?", (queue_id,)
-        ).fetchone()
-        return None if row is None else bytes(row[0])
+        return _body(self._db, self._bodies_dir, queue_id)
 
     def count(self) -> int:
         (n,) = self._db.execute("SELECT COUNT(*) FROM messages").fetchone()
