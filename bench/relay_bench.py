@@ -14,8 +14,8 @@ and each server's CPU seconds per 1,000 messages (all its processes, exited ones
 peak RSS. Every run checks at the sink that every message arrived exactly once (its count
 equals the number sent, no more).
 
-    python3 bench/relay_bench.py              # 3 runs x (1 KB, 50 KB, 5 MB) x (new conn, reused)
-    python3 bench/relay_bench.py --quick      # one short run, under a minute
+    bash scripts/bench.sh              # 3 runs x (1 KB, 50 KB, 5 MB) x (new conn, reused)
+    bash scripts/bench.sh --quick      # one short run, under a minute
 
 Loopback only, fixed counts, time limits; everything it starts, it stops.
 """
