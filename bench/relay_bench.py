@@ -249,6 +249,10 @@ class Postfix:
         self.workdir = workdir
 
     def start(self, sink: Sink) -> int:
+        if not ANCHOR.exists():
+            raise SystemExit(f"the Postfix reference set-up {ANCHOR} is not there (it sits "
+                             "beside the checkout, in shared/anchors); without it, run "
+                             "--systems relaywarden,direct")
         self.dir = Path(tempfile.mkdtemp(dir=self.workdir, prefix="pf-"))
         os.chmod(self.dir, 0o755)
         self.port = free_port()

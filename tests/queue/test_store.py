@@ -273,3 +273,95 @@ def test_a_cancelled_waiter_does_not_stop_the_writer(tmp_path):
     reader = QueueReader(tmp_path)
     assert reader.count() == 6          # the cancelled waiter's message was still committed
     reader.close()
+
+
+def test_outcomes_batched_together_each_land_and_the_last_one_for_a_recipient_wins(tmp_path):
+    async def go():
+        store = Store.open(tmp_path)
+        for i in range(30):
+            spool = store.new_spool()
+            spool.write(b"x\r\n")
+            await store.commit(envelope(f"M{i:03d}", recipients=("a@x.test", "b@x.test")), spool)
+        await store.claim_due(now=10.0, limit=100, lease=60)
+        # All at once, so that the writer takes them in shared transactions.
+        await asyncio.gather(*(
+            store.record(f"M{i:03d}", [
+                RecipientUpdate(idx=0, status=RecipientStatus.DELIVERED),
+                RecipientUpdate(idx=1, status=RecipientStatus.QUEUED if i % 2 else
+                                RecipientStatus.DELIVERED, next_attempt=99.0, attempts=1,
+                                last_error="451 later"),
+            ]) for i in range(30)))
+        # Two outcomes for one recipient in one batch: the later one stands.
+        await asyncio.gather(
+            store.record("M001", [RecipientUpdate(idx=1, status=RecipientStatus.QUEUED,
+                                                  next_attempt=50.0, attempts=2)]),
+            store.record("M001", [RecipientUpdate(idx=1, status=RecipientStatus.BOUNCED,
+                                                  attempts=3, last_error="550 no")]))
+        store.close()
+    asyncio.run(go())
+    reader = QueueReader(tmp_path)
+    left = {m["id"]: m for m in reader.list()}
+    reader.close()
+    # Even ones were finished and left the queue; odd ones wait for b@ (M001 is done too).
+    assert sorted(left) == [f"M{i:03d}" for i in range(3, 30, 2)]
+    for m in left.values():
+        assert [r["status"] for r in m["recipients"]] == ["delivered", "queued"]
+    db = sqlite3.connect(tmp_path / "queue.sqlite3")
+    assert db.execute("SELECT attempts, last_error, next_attempt, lease_until FROM recipients"
+                      " WHERE message_id = 'M003' AND idx = 1").fetchone() == (1, "451 later", 99.0, 0)
+    assert db.execute("SELECT COUNT(*) FROM bodies").fetchone()[0] == len(left)
+    db.close()
+
+
+def test_a_message_with_more_recipients_than_one_statement_binds(tmp_path):
+    many = tuple(f"user{i}@example.test" for i in range(4000))   # 40,000 values
+    async def go():
+        store = Store.open(tmp_path)
+        spool = store.new_spool()
+        spool.write(b"x\r\n")
+        await store.commit(envelope("WIDE", recipients=many), spool)
+        store.close()
+    asyncio.run(go())
+    reader = QueueReader(tmp_path)
+    assert [r["address"] for r in reader.show("WIDE")["recipients"]] == list(many)
+    reader.close()
+
+
+def test_client_mail_commits_fsynced_delivery_bookkeeping_does_not_wait_for_it(tmp_path):
+    """A transaction holding a client's message commits with synchronous=FULL, even when
+    it shares the batch with delivery bookkeeping; bookkeeping alone commits with NORMAL."""
+    seen = []   # (names of the jobs' kinds in the batch, PRAGMA synchronous it committed with)
+
+    class Watched(Store):
+        def _transaction(self, batch):
+            out = super()._transaction(batch)
+            kinds = tuple(sorted("mail" if job.durable else "bookkeeping" for job in batch))
+            seen.append((kinds, self._db.execute("PRAGMA synchronous").fetchone()[0]))
+            return out
+
+    async def go():
+        store = Watched.open(tmp_path)
+        spool = store.new_spool()
+        spool.write(b"x\r\n")
+        await store.commit(envelope("S1"), spool)
+        await store.claim_due(now=10.0, limit=10, lease=60)
+        await store.record("S1", [RecipientUpdate(idx=0, status=RecipientStatus.QUEUED,
+                                                  next_attempt=20.0, attempts=1)])
+        others = []
+        for i in range(20):
+            other = store.new_spool()
+            other.write(b"y\r\n")
+            others.append(store.commit(envelope(f"S2-{i}"), other))
+        await asyncio.gather(*others, *(
+            store.record("S1", [RecipientUpdate(idx=0, status=RecipientStatus.QUEUED,
+                                                next_attempt=30.0 + i, attempts=2)])
+            for i in range(20)))
+        store.close()
+    asyncio.run(go())
+    FULL, NORMAL = 2, 1
+    assert seen[:3] == [(("mail",), FULL), (("bookkeeping",), NORMAL),
+                        (("bookkeeping",), NORMAL)]
+    for kinds, mode in seen:
+        assert mode == (FULL if "mail" in kinds else NORMAL), (kinds, mode)
+    # Mixed batches happened, and they were fsynced.
+    assert any(set(kinds) == {"mail", "bookkeeping"} for kinds, _ in seen[3:])
