@@ -373,6 +373,35 @@ def test_large_messages_go_through_as_files_and_leave_nothing_behind(setup):
     assert list((setup.data_dir / "tmp").iterdir()) == []
 
 
+def test_a_large_message_that_bounces_comes_back_whole_in_a_large_dsn(setup):
+    """The original goes out from its file; the DSN that carries it back (RET=FULL) is
+    large too, so the delivery process stores it as a file; both leave no file behind."""
+    setup.down.behaviour.data = "554 5.6.0 content rejected"
+    line = b"abcdefghij" * 7 + b"\r\n"
+    big = b"Subject: big bounce\r\n\r\n" + line * (2_500_000 // len(line)) + b"the end\r\n"
+    with smtplib.SMTP("127.0.0.1", setup.ports["main"], timeout=30) as c:
+        c.ehlo("client.test")
+        c.mail("someone@other.test", ["RET=FULL"])
+        assert c.rcpt("a@example.com")[0] == 250
+        code, text = c.data(big)
+        assert code == 250, text
+    qid = re.search(rb"queued as (\S+)", text).group(1).decode()
+    [dsn] = setup.other.wait_for(1, timeout=30)
+    assert dsn.recipients == ["someone@other.test"] and dsn.sender == ""
+    assert len(dsn.content) > 2_500_000
+    assert b"the end\r\n" in dsn.content and f"id {qid}".encode() in dsn.content.replace(b"\r\n\t", b" ")
+    # The NDR copy for the postmaster went to example.com, which refuses everything here: a
+    # bounce of a bounce, so it waits in badmail, with its body file.
+    rows = setup.wait_queue(lambda rows: rows and all(r["id"] != qid for r in rows) and any(
+        r["recipients"][-1]["status"] == "badmail" and r["size"] > 2_500_000 for r in rows))
+    [copy] = [r for r in rows if r["size"] > 2_500_000]
+    assert copy["recipients"][0]["status"] == "delivered"
+    assert [p.name for p in (setup.data_dir / "bodies").iterdir()] == [copy["id"]]
+    assert "DSN for " + qid in setup.maillog()
+    assert setup.cli("badmail", "delete", copy["id"]).returncode == 0
+    assert list((setup.data_dir / "bodies").iterdir()) == []
+
+
 def test_expired_mail_bounces_with_4_4_7(tmp_path):
     s = Setup(tmp_path, expire=3)
     try:

@@ -105,11 +105,13 @@ def test_a_finished_large_message_takes_its_body_file_along(tmp_path):
         [due] = await store.claim_due(now=10.0, limit=10, lease=60)
         assert due.body is None                       # read on demand, not with the claim
         assert await store.read_body("BIGDONE") == path.read_bytes()
+        assert await store.locate_body("BIGDONE") == path   # delivery streams it from disk
         await store.record("BIGDONE", [RecipientUpdate(idx=0, status=RecipientStatus.DELIVERED)])
         assert path.exists()                          # b@ is still queued
         await store.record("BIGDONE", [RecipientUpdate(idx=1, status=RecipientStatus.BOUNCED)])
         assert not path.exists()
         assert await store.read_body("BIGDONE") is None
+        assert await store.locate_body("BIGDONE") is None
         store.close()
     asyncio.run(go())
 

@@ -17,6 +17,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from relaywarden.delivery.client import (
     ClientPolicy,
@@ -97,6 +98,14 @@ class _Hop:
 
 def _show(r: Reply) -> str:
     return " ".join(str(part) for part in (r.code, r.enhanced, r.text) if part)
+
+
+def _read_original(path: Path) -> bytes:
+    """A body file, for a DSN; empty if the message was removed meanwhile."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
 
 
 def _permanent_stage(err: DeliveryError) -> bool:
@@ -240,9 +249,9 @@ class Engine:
                 for r in message.recipients])
 
     async def _attempt(self, message: DueMessage) -> None:
-        body = message.body
+        body: bytes | Path | None = message.body
         if body is None:
-            body = await self.store.read_body(message.queue_id)
+            body = await self.store.locate_body(message.queue_id)
         if body is None:
             return   # removed meanwhile (queue delete)
         groups: dict[tuple[str, str, bool], tuple[Route, bool, list[DueRecipient]]] = {}
@@ -262,7 +271,7 @@ class Engine:
         outcomes = [o for group in results for o in group]
         await self._finish(message, body, outcomes)
 
-    async def _deliver_group(self, message: DueMessage, body: bytes, route: Route,
+    async def _deliver_group(self, message: DueMessage, body: bytes | Path, route: Route,
                              recipients: list[DueRecipient], *, hold: bool) -> list[Outcome]:
         if hold:
             return [Outcome(r, Kind.HELD, reply(250, "2.0.0", "held"), route=route.name)
@@ -325,7 +334,8 @@ class Engine:
         return [Outcome(r, kind, last, last_remote, route=route.name, synthesized=last_synth)
                 for r in recipients]
 
-    async def _send(self, hop: _Hop, policy: ClientPolicy, message: DueMessage, body: bytes,
+    async def _send(self, hop: _Hop, policy: ClientPolicy, message: DueMessage,
+                    body: bytes | Path,
                     recipients: list[DueRecipient], *, fresh: bool = False):
         conn, reused = await self._pool.take(hop, policy, fresh=fresh)
         try:
@@ -333,7 +343,8 @@ class Engine:
                 sender=message.sender,
                 recipients=[OutRecipient(address=r.address, notify=r.notify, orcpt=r.orcpt)
                             for r in recipients],
-                body=body, size=len(body), eightbit=message.body_type == "8BITMIME",
+                body=body, size=message.size if isinstance(body, Path) else len(body),
+                eightbit=message.body_type == "8BITMIME",
                 smtputf8=message.smtputf8, ret=message.ret, envid=message.envid,
             )
         except DeliveryError as err:
@@ -388,7 +399,8 @@ class Engine:
         delay = schedule[min(attempts, len(schedule)) - 1]
         return now + delay * random.uniform(0.9, 1.1)   # jitter: spread a backlog's retries
 
-    async def _finish(self, message: DueMessage, body: bytes, outcomes: list[Outcome]) -> None:
+    async def _finish(self, message: DueMessage, body: bytes | Path,
+                      outcomes: list[Outcome]) -> None:
         now = self._clock()
         s = self.settings
         updates: list[RecipientUpdate] = []
@@ -450,6 +462,8 @@ class Engine:
                 log.event(MailEvent.DEFERRED, id=message.queue_id, to=r.address,
                           route=o.route, reason="held")
         new_messages = []
+        if notices and message.sender != "" and isinstance(body, Path):
+            body = await asyncio.to_thread(_read_original, body)   # only for the DSN
         for action, recipients in notices.items():
             if message.sender == "":
                 continue

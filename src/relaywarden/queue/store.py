@@ -601,6 +601,15 @@ class Store:
     async def read_body(self, queue_id: str) -> bytes | None:
         return await asyncio.to_thread(self._read_body, queue_id)
 
+    async def locate_body(self, queue_id: str) -> bytes | Path | None:
+        """For delivery: a small body as bytes, a large one as the path of its file (sent
+        from disk in chunks, never whole in memory); None if the message is gone."""
+        return await asyncio.to_thread(self._locate_body, queue_id)
+
+    def _locate_body(self, queue_id: str) -> bytes | Path | None:
+        with self._read_lock:
+            return _body(self._reader, self.bodies_dir, queue_id, as_path=True)
+
     def _read_body(self, queue_id: str) -> bytes | None:
         with self._read_lock:
             return _body(self._reader, self.bodies_dir, queue_id)
@@ -737,16 +746,19 @@ def _unlink(path: Path) -> None:
         pass
 
 
-def _body(db: sqlite3.Connection, bodies_dir: Path, queue_id: str) -> bytes | None:
-    """A queued message's body from the table or its file; None if the message is gone."""
+def _body(db: sqlite3.Connection, bodies_dir: Path, queue_id: str, *,
+          as_path: bool = False) -> bytes | Path | None:
+    """A queued message's body from the table or its file (or, ``as_path``, the file's
+    path); None if the message is gone."""
     row = db.execute("SELECT data FROM bodies WHERE message_id = ?", (queue_id,)).fetchone()
     if row is not None:
         return bytes(row[0])
     row = db.execute("SELECT body_file FROM messages WHERE id = ?", (queue_id,)).fetchone()
     if row is None or not row[0]:
         return None
+    path = bodies_dir / queue_id
     try:
-        return (bodies_dir / queue_id).read_bytes()
+        return path if as_path and path.exists() else path.read_bytes()
     except FileNotFoundError:
         return None   # removed between the two looks (delivered, deleted)
 
