@@ -368,6 +368,9 @@ def test_large_messages_go_through_as_files_and_leave_nothing_behind(setup):
     while not meta.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert [p.name for p in bodies.iterdir()] == [quarantined]
+    eml = (setup.data_dir / "badmail" / f"{quarantined}.eml").read_bytes()
+    assert eml == (bodies / quarantined).read_bytes()   # copied from the file, whole
+    assert eml.endswith(big.split(b"\r\n\r\n", 1)[1])
     assert setup.cli("badmail", "delete", quarantined).returncode == 0
     assert list(bodies.iterdir()) == []
     assert list((setup.data_dir / "tmp").iterdir()) == []

@@ -14,6 +14,7 @@ import asyncio
 import json
 import re
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,17 +50,27 @@ class _Pending:
     last_notice: float = 0.0
 
 
-def write_files(directory: Path, queue_id: str, body: bytes, entries: list[dict]) -> Path:
-    """Write (or extend) ID.eml and ID.json; returns the .eml path."""
+def write_files(directory: Path, queue_id: str, body: bytes | Path, entries: list[dict]) -> Path:
+    """Write (or extend) ID.eml and ID.json; returns the .eml path. A body stored as a file
+    is copied in chunks, not read whole."""
     directory.mkdir(parents=True, exist_ok=True)
     eml = directory / f"{queue_id}.eml"
     meta = directory / f"{queue_id}.json"
     if not eml.exists():
         tmp = eml.with_suffix(".eml.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(body)
-            fh.flush()
-            os.fsync(fh.fileno())
+        # A body file is opened first: if it is gone, nothing is left half written.
+        src = open(body, "rb") if isinstance(body, Path) else None
+        try:
+            with open(tmp, "wb") as fh:
+                if src is not None:
+                    shutil.copyfileobj(src, fh, 1 << 20)
+                else:
+                    fh.write(body)
+                fh.flush()
+                os.fsync(fh.fileno())
+        finally:
+            if src is not None:
+                src.close()
         tmp.replace(eml)
     known = json.loads(meta.read_text()) if meta.exists() else {"id": queue_id, "recipients": []}
     seen = {r["address"] for r in known["recipients"]}
@@ -121,14 +132,18 @@ class Badmail:
             by_message.setdefault(qid, []).append((idx, address, rule, reason))
         filed: list[tuple[str, int]] = []
         for qid, recipients in by_message.items():
-            body = await self.store.read_body(qid)
+            body = await self.store.locate_body(qid)
             if body is None:
                 continue
             sender = await self.store.sender_of(qid)
             entries = [{"id": qid, "address": a, "rule": rule, "reason": reason,
                         "sender": sender, "filed_at": self._clock()}
                        for _, a, rule, reason in recipients]
-            path = await asyncio.to_thread(write_files, self.settings.directory, qid, body, entries)
+            try:
+                path = await asyncio.to_thread(write_files, self.settings.directory, qid, body,
+                                               entries)
+            except FileNotFoundError:
+                continue   # its body file went with the message (deleted meanwhile)
             filed.extend((qid, idx) for idx, *_ in recipients)
             # A notice that could not be delivered is filed, but not announced by another
             # notice (to the same unreachable admin): that would loop forever.
