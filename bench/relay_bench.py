@@ -42,6 +42,21 @@ ANCHOR = ROOT.parent / "shared" / "anchors" / "postfix-relay.sh"
 TIMEOUT = 600
 
 
+def machine() -> str:
+    """What the figures were measured on: CPU model and count, memory, kernel."""
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        mem_kb = 0
+    return (f"{os.cpu_count()} x {model}, {mem_kb / 1048576:.0f} GB RAM, "
+            f"Linux {os.uname().release}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -481,7 +496,7 @@ def main() -> int:
 
     print(f"\nmsgs/s, median of {args.runs} (min-max); {args.messages} messages per run "
           f"({args.big_messages} of 1 MB and more), {args.sessions} sessions; "
-          f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores")
+          f"{time.strftime('%Y-%m-%d')}, {machine()}")
     for metric, title in (("e2e", "end to end"), ("accept", "accepted")):
         print(f"\n{title}:")
         print(f"{'size':>7} {'mode':<9}" + "".join(f" {s.name:>24}" for s in chosen) + "   ratio")
@@ -503,7 +518,8 @@ def main() -> int:
             print(f"{row['size']:>7} {row['mode']:<9}{cells}")
     out = Path(args.json_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "args": vars(args),
+    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(),
+                               "args": vars(args),
                                "table": table}, indent=2))
     return 0
 
