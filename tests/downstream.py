@@ -118,7 +118,8 @@ class _SMTP(AioSMTP):
 class Downstream:
     def __init__(self, port: int, *, host: str = "127.0.0.1",
                  tls_context: ssl.SSLContext | None = None, require_starttls: bool = False,
-                 ssl_context: ssl.SSLContext | None = None, authenticator=None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, authenticator=None,
+                 size_limit: int = 60_000_000) -> None:
         """tls_context: offer STARTTLS with it; ssl_context: TLS from the first byte;
         authenticator: aiosmtpd's AUTH callback (AUTH is then offered, after TLS only)."""
         self.host = host
@@ -135,6 +136,7 @@ class Downstream:
         self._require_starttls = require_starttls
         self._ssl_context = ssl_context
         self._authenticator = authenticator
+        self._size_limit = size_limit   # advertised as SIZE (RFC 1870)
         self._controller: Controller | None = None
 
     def start(self) -> "Downstream":
@@ -146,7 +148,7 @@ class Downstream:
         class _Controller(Controller):
             def factory(self):
                 return Bound(self.handler, enable_SMTPUTF8=True, decode_data=False,
-                             data_size_limit=60_000_000, hostname="downstream.test",
+                             data_size_limit=outer._size_limit, hostname="downstream.test",
                              tls_context=outer._tls_context,
                              require_starttls=outer._require_starttls,
                              authenticator=outer._authenticator)

@@ -405,6 +405,25 @@ def test_a_large_message_that_bounces_comes_back_whole_in_a_large_dsn(setup):
     assert list((setup.data_dir / "bodies").iterdir()) == []
 
 
+def test_a_message_over_the_next_hops_size_bounces_in_the_relays_own_words(setup):
+    """The next hop announces SIZE 100000: the message is not sent, and the DSN says the
+    refusal is the relay's (X-relaywarden), not a reply the host gave (smtp)."""
+    setup.down.stop()
+    setup.down = Downstream(setup.down_port, size_limit=100_000).start()
+    big = b"Subject: too big\r\n\r\n" + (b"y" * 70 + b"\r\n") * 2000
+    with smtplib.SMTP("127.0.0.1", setup.ports["main"], timeout=30) as c:
+        c.ehlo("client.test")
+        c.mail("someone@other.test")
+        assert c.rcpt("a@example.com")[0] == 250
+        code, text = c.data(big)
+        assert code == 250, text
+    [dsn] = setup.other.wait_for(1, timeout=20)
+    text = dsn.content.decode()
+    assert "Action: failed" in text and "Status: 5.3.4" in text
+    assert "Diagnostic-Code: X-relaywarden;" in text and "Diagnostic-Code: smtp" not in text
+    assert setup.down.messages == []
+
+
 def test_expired_mail_bounces_with_4_4_7(tmp_path):
     s = Setup(tmp_path, expire=3)
     try:

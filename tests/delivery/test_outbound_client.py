@@ -924,8 +924,8 @@ def test_size_too_big_sends_no_mail():
 
     result, within, commands = run(main())
     assert codes(result) == ["552 5.3.4", "552 5.3.4"] and result.data is None
-    assert result.recipients[0].permanent
-    assert codes(within) == ["250 2.0.0"]
+    assert result.recipients[0].permanent and result.synthesized
+    assert codes(within) == ["250 2.0.0"] and not within.synthesized
     mails = [c for c in commands if c.startswith(b"MAIL")]
     assert mails == [b"MAIL FROM:<sender@example.org> SIZE=500\r\n"]
 
@@ -939,7 +939,7 @@ def test_smtputf8_needed_but_not_offered():
             return result, fake.verbs()
 
     result, verbs = run(main())
-    assert codes(result) == ["553 5.6.7"] and result.data is None
+    assert codes(result) == ["553 5.6.7"] and result.data is None and result.synthesized
     assert "MAIL" not in verbs
 
 

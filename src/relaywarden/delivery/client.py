@@ -96,6 +96,9 @@ class TransactionResult:
 
     recipients: tuple[Reply, ...]
     data: Reply | None              # the reply to DATA / the final dot; None: no recipient
+    # True when the replies are this client's own: it did not send the message because the
+    # server cannot take it (SIZE, SMTPUTF8). A DSN must not present them as the host's.
+    synthesized: bool = False
 
 
 class DeliveryError(Exception):
@@ -297,11 +300,11 @@ class OutboundConnection:
         if smtputf8 and not ext.smtputf8:
             # RFC 6531 3.2: a message that needs SMTPUTF8 is not sent to a server without it.
             refusal = reply(553, "5.6.7", _NO_UTF8)
-            return TransactionResult(recipients=(refusal,) * n, data=None)
+            return TransactionResult(recipients=(refusal,) * n, data=None, synthesized=True)
         if ext.size and size > ext.size:
             # RFC 1870 6: the server told us its limit; MAIL would only be refused.
             refusal = reply(552, "5.3.4", f"{_TOO_BIG} ({size} > {ext.size})")
-            return TransactionResult(recipients=(refusal,) * n, data=None)
+            return TransactionResult(recipients=(refusal,) * n, data=None, synthesized=True)
         if not self.usable:
             self._failed = True
             raise DeliveryError(_bad_connection("connection not usable"), "mail")

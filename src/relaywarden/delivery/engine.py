@@ -328,7 +328,8 @@ class Engine:
             for rcpt, answer in zip(recipients, result.recipients):
                 kind = (Kind.DELIVERED if answer.positive
                         else Kind.BOUNCED if answer.permanent else Kind.DEFERRED)
-                outcomes.append(Outcome(rcpt, kind, answer, remote, passed_on, route.name, tls))
+                outcomes.append(Outcome(rcpt, kind, answer, remote, passed_on, route.name, tls,
+                                        synthesized=result.synthesized))
             return outcomes
         kind = Kind.BOUNCED if refused_everywhere else Kind.DEFERRED
         return [Outcome(r, kind, last, last_remote, route=route.name, synthesized=last_synth)
