@@ -289,6 +289,10 @@ def test_implicit_tls_plaintext_client_gets_no_greeting(tls_relay, ca):
         assert b"220" not in data and b"EHLO" not in data
     # The listener goes on serving TLS clients.
     assert implicit_peer_der(tls_relay.ports["imp"], ca)
+    # And the admin sees who failed and why (the loop's own TLS server would say nothing).
+    log = log_text(tls_relay, "mail", ".log", "TLS handshake failed: SSLError")
+    assert re.search(r"event=reject stage=tls listener=imp client=127\.0\.0\.1 "
+                     r"reason=\"TLS handshake failed: SSLError: [^\"]+\"", log), log
 
 
 # ------------------------------------------------------------------- versions

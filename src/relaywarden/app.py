@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import os
 import resource
 import signal
 import socket
@@ -20,7 +19,7 @@ from relaywarden.config.build import build_policy, build_router
 from relaywarden.config.load import ConfigError, load_config
 from relaywarden.config.schema import Config
 from relaywarden.logs.files import RotatingFile, Rotation
-from relaywarden.logs.maillog import MailLog
+from relaywarden.logs.maillog import MailEvent, MailLog
 from relaywarden.logs.protocol import W3C_HEADER, ProtocolLog
 from relaywarden.auth import Backend, ChainBackend
 from relaywarden.auth.ldap import LdapBackend, LdapSettings
@@ -33,7 +32,7 @@ from relaywarden.resolver import DnsSettings, Resolver
 from relaywarden.policy.limits import FreeSpaceGuard
 from relaywarden.server.context import Limits, ListenerContext, ListenerRuntime, Services, TlsMode
 from relaywarden.server.session import SmtpSession
-from relaywarden.server.tls import CertificateError, server_context
+from relaywarden.server.tls import CertificateError, ImplicitTls, server_context
 from relaywarden.smtp.server import BareLineEnds, ServerSettings
 
 #: How long a stopping relay lets sessions finish a transaction before it closes them.
@@ -274,13 +273,13 @@ class Relay:
             self._start_child()
         loop = asyncio.get_running_loop()
         for name, lc in self.cfg.listeners.items():
-            implicit = lc.tls.mode == "implicit"
+            if lc.tls.mode == "implicit":
+                factory = self._implicit_tls_factory(name, loop, float(lc.command_timeout))
+            else:
+                factory = (lambda name=name: SmtpSession(self.contexts[name], self.services))
             server = await loop.create_server(
-                lambda name=name: SmtpSession(self.contexts[name], self.services),
-                host=str(lc.address), port=lc.port, reuse_address=True, backlog=1024,
+                factory, host=str(lc.address), port=lc.port, reuse_address=True, backlog=1024,
                 family=socket.AF_INET6 if lc.address.version == 6 else socket.AF_INET,
-                ssl=implicit_tls_context(self.runtimes[name]) if implicit else None,
-                ssl_handshake_timeout=float(lc.command_timeout) if implicit else None,
             )
             self.servers.append(server)
             print(f"relaywarden: listener {name} on {lc.address}:{lc.port}", file=sys.stderr,
@@ -288,6 +287,20 @@ class Relay:
         if self.worker is not None:
             await self.worker.start()
         self._flusher = loop.create_task(self._flush_logs())
+
+    def _implicit_tls_factory(self, name: str, loop: asyncio.AbstractEventLoop,
+                              timeout: float):
+        """Sessions of an implicit-TLS listener behind a TLS layer that logs failed
+        handshakes (the loop's own TLS server would drop them silently)."""
+        context = implicit_tls_context(self.runtimes[name])
+        mail_log = self.services.mail_log
+
+        def failed(client: str, reason: str) -> None:
+            mail_log.event(MailEvent.REJECT, stage="tls", listener=name, client=client,
+                           reason=f"TLS handshake failed: {reason}")
+
+        return lambda: ImplicitTls(loop, SmtpSession(self.contexts[name], self.services),
+                                   context, handshake_timeout=timeout, on_failure=failed)
 
     def _start_child(self) -> None:
         """The delivery process. A pipe is both its wake-up call (a byte after each queued

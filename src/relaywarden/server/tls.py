@@ -7,7 +7,10 @@ while established sessions keep theirs).
 
 from __future__ import annotations
 
+import asyncio
+import asyncio.sslproto
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 MIN_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
@@ -87,3 +90,40 @@ def describe(ssl_object: ssl.SSLObject | None) -> tuple[str, str, int] | None:
     if cipher is None:
         return (version, "unknown", 0)
     return (version, cipher[0], cipher[2] or 0)
+
+
+class ImplicitTls(asyncio.sslproto.SSLProtocol):
+    """The TLS layer of an implicit-TLS listener (RFC 8314 3.3), in front of its session.
+
+    The event loop's own TLS server (``create_server(ssl=...)``) drops a failed handshake
+    without a word to the application: a client that speaks plaintext, an old TLS version,
+    a scanner. This layer is the same standard protocol with one addition: when the
+    handshake fails, ``on_failure(peer, reason)`` is called, so the mail log says who failed
+    and why (the STARTTLS path logs the same way)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, session: asyncio.Protocol,
+                 context: ssl.SSLContext, *, handshake_timeout: float,
+                 on_failure: Callable[[str, str], None]) -> None:
+        waiter = loop.create_future()
+        super().__init__(loop, session, context, waiter, server_side=True,
+                         ssl_handshake_timeout=handshake_timeout)
+        self._peer = ""
+        self._on_failure = on_failure
+        waiter.add_done_callback(self._handshake_done)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self._peer = peer[0] if peer else ""
+        super().connection_made(transport)
+
+    def _handshake_done(self, waiter: asyncio.Future) -> None:
+        if waiter.cancelled():
+            return
+        exc = waiter.exception()
+        if exc is None:
+            return
+        if isinstance(exc, ConnectionResetError) and not exc.args:
+            self._on_failure(self._peer, "the client closed the connection")   # a probe, a scanner
+            return
+        reason = _reason(exc) if isinstance(exc, OSError) else str(exc)
+        self._on_failure(self._peer, f"{type(exc).__name__}: {reason}".rstrip(": "))
