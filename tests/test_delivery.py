@@ -376,6 +376,32 @@ def test_large_messages_go_through_as_files_and_leave_nothing_behind(setup):
     assert list((setup.data_dir / "tmp").iterdir()) == []
 
 
+def test_a_queued_message_whose_body_file_is_gone_is_held_and_reported(setup):
+    """Someone removed a body file by hand: nothing can be sent and retrying will not help,
+    so the recipients are held (no busy loop of attempts) and the mail log says why."""
+    big = b"Subject: orphan\r\n\r\n" + (b"z" * 70 + b"\r\n") * 30_000
+    with smtplib.SMTP("127.0.0.1", setup.ports["main"], timeout=30) as c:
+        c.ehlo("client.test")
+        c.mail("app@example.com")
+        assert c.rcpt("x@held.test")[0] == 250
+        code, text = c.data(big)
+        assert code == 250, text
+    qid = re.search(rb"queued as (\S+)", text).group(1).decode()
+    (setup.data_dir / "bodies" / qid).unlink()
+    assert setup.cli("queue", "release", qid).returncode == 0
+    setup.wait_queue(lambda rows: rows and rows[0]["recipients"][0]["status"] == "held"
+                     and "orphan" not in str(setup.down.messages))
+    log = ""
+    deadline = time.monotonic() + 10
+    while "is missing" not in log and time.monotonic() < deadline:
+        log = setup.maillog()
+    assert re.search(rf"event=deferred id={qid} error=\"the body file \S+ of a queued "
+                     rf"message is missing\" action=held", log), log
+    assert setup.down.messages == []
+    assert setup.cli("queue", "delete", qid).returncode == 0
+    assert setup.queue() == []
+
+
 def test_a_large_message_that_bounces_comes_back_whole_in_a_large_dsn(setup):
     """The original goes out from its file; the DSN that carries it back (RET=FULL) is
     large too, so the delivery process stores it as a file; both leave no file behind."""

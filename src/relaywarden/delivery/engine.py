@@ -29,6 +29,7 @@ from relaywarden.delivery.dsn import DsnAction, DsnRecipient, build_dsn, wants_n
 from relaywarden.delivery.routing import Route, RouteKind, Router
 from relaywarden.logs.maillog import MailEvent, MailLog
 from relaywarden.queue.store import (
+    BodyMissing,
     DueMessage,
     DueRecipient,
     Envelope,
@@ -251,7 +252,18 @@ class Engine:
     async def _attempt(self, message: DueMessage) -> None:
         body: bytes | Path | None = message.body
         if body is None:
-            body = await self.store.locate_body(message.queue_id)
+            try:
+                body = await self.store.locate_body(message.queue_id)
+            except BodyMissing as exc:
+                # Nothing can be sent, and retrying will not bring the file back: the
+                # recipients are held (no more attempts) and the admin is told.
+                self.mail_log.event(MailEvent.DEFERRED, id=message.queue_id, error=str(exc),
+                                    action="held")
+                await self.store.record(message.queue_id, [
+                    RecipientUpdate(idx=r.idx, status=RecipientStatus.HELD,
+                                    attempts=r.attempts, last_error=str(exc))
+                    for r in message.recipients])
+                return
         if body is None:
             return   # removed meanwhile (queue delete)
         groups: dict[tuple[str, str, bool], tuple[Route, bool, list[DueRecipient]]] = {}

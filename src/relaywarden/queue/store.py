@@ -148,6 +148,10 @@ class StoreError(Exception):
     """The queue could not make a message durable; the client gets a 451 4.3.0."""
 
 
+class BodyMissing(StoreError):
+    """A queued message whose body file is not there (removed by hand, a disk fault)."""
+
+
 _ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXZ"
 
 
@@ -603,7 +607,8 @@ class Store:
 
     async def locate_body(self, queue_id: str) -> bytes | Path | None:
         """For delivery: a small body as bytes, a large one as the path of its file (sent
-        from disk in chunks, never whole in memory); None if the message is gone."""
+        from disk in chunks, never whole in memory); None if the message is gone.
+        BodyMissing: the message is queued but its body file is not there."""
         return await asyncio.to_thread(self._locate_body, queue_id)
 
     def _locate_body(self, queue_id: str) -> bytes | Path | None:
@@ -760,7 +765,10 @@ def _body(db: sqlite3.Connection, bodies_dir: Path, queue_id: str, *,
     try:
         return path if as_path and path.exists() else path.read_bytes()
     except FileNotFoundError:
-        return None   # removed between the two looks (delivered, deleted)
+        pass
+    if as_path and db.execute("SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone():
+        raise BodyMissing(f"the body file {path} of a queued message is missing")
+    return None   # removed between the looks (delivered, deleted)
 
 
 def _claim(db: sqlite3.Connection, now: float, limit: int, lease: float) -> list[DueMessage]:
