@@ -153,11 +153,12 @@ def test_start_up_removes_files_a_crash_left_and_keeps_queued_bodies(tmp_path):
         unfinished._file.flush()
         unfinished._path = None                       # the process is gone: nobody discards
         (tmp_path / "bodies" / "NEVERCOMMITTED").write_bytes(b"x" * 100)
+        (tmp_path / "bodies" / "somebodys-dir").mkdir()   # not ours: left alone
         store.close()
     asyncio.run(go())
     store = Store.open(tmp_path)
     assert store.recover_files() == (1, 1)
-    assert [p.name for p in (tmp_path / "bodies").iterdir()] == ["KEEP"]
+    assert sorted(p.name for p in (tmp_path / "bodies").iterdir()) == ["KEEP", "somebodys-dir"]
     assert list((tmp_path / "tmp").iterdir()) == []
     store.close()
 

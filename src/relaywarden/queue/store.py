@@ -498,7 +498,8 @@ class Store:
                 "SELECT id FROM messages WHERE body_file = 1")}
         orphans = 0
         for path in self.bodies_dir.iterdir():
-            if path.name not in kept:
+            # Only plain files are ours; anything else someone put there is left alone.
+            if path.name not in kept and path.is_file() and not path.is_symlink():
                 path.unlink(missing_ok=True)
                 orphans += 1
         return spools, orphans
