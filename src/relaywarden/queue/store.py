@@ -26,13 +26,18 @@ import os
 import queue as thread_queue
 import secrets
 import sqlite3
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from relaywarden.queue.spool import SPOOL_MEMORY_LIMIT, BodySpool
+
+__all__ = ["SPOOL_MEMORY_LIMIT", "BodySpool", "Envelope", "QueueReader", "RecipientRecord",
+           "RecipientStatus", "RecipientUpdate", "DueMessage", "DueRecipient", "Store",
+           "StoreError", "BodyMissing", "new_queue_id"]
 
 SCHEMA_VERSION = 2
 SCHEMA = """
@@ -88,16 +93,11 @@ MIGRATIONS = {
     1: "ALTER TABLE messages ADD COLUMN body_file INTEGER NOT NULL DEFAULT 0",
 }
 
-#: Bodies up to this size stay in memory while DATA streams in; larger ones spill to a
-#: temporary file in the data directory, so a 100 MB message never sits whole in RAM, and
-#: that file becomes the queued body (bodies/<queue id>, not a blob in SQLite).
-SPOOL_MEMORY_LIMIT = 1 << 20
 #: A claim of due messages brings their bodies along, up to this many bytes in all.
 CLAIM_BODIES_BYTES = 4 << 20
 #: Group commit: at most this many messages (or bytes) share one transaction.
 BATCH_MAX_MESSAGES = 512
 BATCH_MAX_BYTES = 64 << 20
-_COPY_CHUNK = 1 << 20
 
 
 class RecipientStatus(enum.Enum):
@@ -173,80 +173,6 @@ def new_queue_id() -> str:
         rand, r = divmod(rand, len(_ALPHABET))
         tail.append(_ALPHABET[r])
     return stamp + "".join(tail)
-
-
-class BodySpool:
-    """Where DATA content goes while it arrives: memory first, a temp file past a limit."""
-
-    __slots__ = ("_buf", "_file", "_path", "_tmp_dir", "size", "stored_as")
-
-    def __init__(self, tmp_dir: Path) -> None:
-        self._buf: bytearray | None = bytearray()
-        self._file = None
-        self._path: str | None = None      # the temp file, until persist() renames it
-        self._tmp_dir = tmp_dir
-        self.size = 0
-        self.stored_as: Path | None = None  # where persist() put it
-
-    def write(self, data: bytes) -> None:
-        self.size += len(data)
-        if self._buf is not None:
-            self._buf += data
-            if len(self._buf) > SPOOL_MEMORY_LIMIT:
-                fd, self._path = tempfile.mkstemp(dir=self._tmp_dir, prefix="spool-")
-                self._file = os.fdopen(fd, "w+b")
-                self._file.write(self._buf)
-                self._buf = None
-        else:
-            self._file.write(data)
-
-    def chunks(self) -> Iterator[bytes]:
-        if self._buf is not None:
-            yield bytes(self._buf)
-            return
-        self._file.seek(0)
-        while chunk := self._file.read(_COPY_CHUNK):
-            yield chunk
-
-    @property
-    def in_memory(self) -> bool:
-        return self._buf is not None
-
-    def persist(self, target: Path) -> None:
-        """Make a spilled body durable as ``target``: fsync the file, give it its name, fsync
-        the directory (so the name survives a power loss too). Idempotent."""
-        if self.stored_as is not None:
-            return
-        assert self._file is not None and self._path is not None
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        os.link(self._path, target)   # never over another message's body (FileExistsError)
-        os.unlink(self._path)
-        self._path = None
-        self.stored_as = target
-        _fsync_dir(target.parent)
-
-    def discard(self) -> None:
-        """Drop the content. A body persist() stored is the queue's now: it stays."""
-        self._buf = bytearray()
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        if self._path is not None:
-            try:
-                os.unlink(self._path)
-            except OSError:
-                pass
-            self._path = None
-        self.size = 0
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(slots=True)

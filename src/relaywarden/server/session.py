@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
-import ssl
 import time
 from dataclasses import dataclass, field, replace
 from email.utils import formatdate
@@ -30,7 +29,6 @@ from relaywarden.queue.store import (
     Envelope,
     RecipientRecord,
     RecipientStatus,
-    StoreError,
     new_queue_id,
 )
 from relaywarden.resolver import RdnsResult, RdnsStatus
