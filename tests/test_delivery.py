@@ -169,6 +169,13 @@ def test_downstream_down_then_421_then_up_nothing_lost(setup):
     rows = setup.wait_queue(lambda rows: len(rows) == 5 and all(
         r["recipients"][0]["status"] == "queued" for r in rows))
     time.sleep(2.5)   # at least one retry against a closed port
+    # The admin sees why a message waits and when it is tried next.
+    shown = setup.cli("queue", "show", ids[0])
+    assert shown.returncode == 0
+    assert re.search(r"attempts=[1-9]\d* next=\S+Z last_error=451 4\.4\.1 No answer from host: "
+                     r"Connection refused relay=127\.0\.0\.1 \[127\.0\.0\.1\]:\d+", shown.stdout), shown.stdout
+    [r] = json.loads(setup.cli("queue", "show", ids[0], "--json").stdout)["recipients"]
+    assert r["attempts"] >= 1 and r["last_error"].startswith("451 4.4.1")
     setup.down = Downstream(setup.down_port)
     setup.down.behaviour.greeting = "421 4.3.2 maintenance"
     setup.down.start()

@@ -184,6 +184,13 @@ def queue_show(queue_id, config_path, body, as_json) -> None:
     for r in msg["recipients"]:
         click.echo(f"recipient:    {r['address']} [{r['status']}] rule={r['rule']}"
                    + (f" reason={r['reason']}" if r["reason"] else ""))
+        if r["attempts"] or r["last_error"]:
+            # Why it is still here, and when it is tried next (like Postfix's mailq).
+            due = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r["next_attempt"]))
+            click.echo(f"              attempts={r['attempts']}"
+                       + (f" next={due}" if r["status"] == "queued" else "")
+                       + (f" last_error={r['last_error']}" if r["last_error"] else "")
+                       + (f" relay={r['remote_mta']}" if r["remote_mta"] else ""))
     if body:
         click.echo("")
         click.echo(msg["body"])

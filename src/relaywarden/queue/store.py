@@ -793,11 +793,12 @@ class QueueReader:
         cols = [c[0] for c in cur.description]
         msg = dict(zip(cols, row))
         msg["smtputf8"] = bool(msg["smtputf8"])
+        fields = ("address", "orcpt", "notify", "status", "rule", "reason", "attempts",
+                  "next_attempt", "last_error", "remote_mta")
         msg["recipients"] = [
-            dict(zip(("address", "orcpt", "notify", "status", "rule", "reason", "attempts"), r))
+            dict(zip(fields, r))
             for r in self._db.execute(
-                "SELECT address, orcpt, notify, status, rule, reason, attempts FROM recipients"
-                " WHERE message_id = ? ORDER BY idx",
+                f"SELECT {', '.join(fields)} FROM recipients WHERE message_id = ? ORDER BY idx",
                 (queue_id,),
             )
         ]
