@@ -276,11 +276,15 @@ class Engine:
             per_domain = any(h.mx for h in route.hops) or not route.hops
             key = (route.name, rcpt.domain if per_domain else "", hold)
             groups.setdefault(key, (route, hold, []))[2].append(rcpt)
-        results = await asyncio.gather(*(
-            self._deliver_group(message, body, route, recipients, hold=hold)
-            for route, hold, recipients in groups.values()
-        ))
-        outcomes = [o for group in results for o in group]
+        if len(groups) == 1:   # the common case: no extra task for the one group
+            [(route, hold, recipients)] = groups.values()
+            outcomes = await self._deliver_group(message, body, route, recipients, hold=hold)
+        else:
+            results = await asyncio.gather(*(
+                self._deliver_group(message, body, route, recipients, hold=hold)
+                for route, hold, recipients in groups.values()
+            ))
+            outcomes = [o for group in results for o in group]
         await self._finish(message, body, outcomes)
 
     async def _deliver_group(self, message: DueMessage, body: bytes | Path, route: Route,
