@@ -20,6 +20,8 @@ address either.
 
 from __future__ import annotations
 
+import functools
+
 import re
 from dataclasses import dataclass
 
@@ -271,11 +273,14 @@ def xtext_encode(text: str) -> str:
     return "".join(out)
 
 
+@functools.lru_cache(maxsize=4096)
 def _path(address: str, *, utf8: bool, null_ok: bool) -> str:
     """The mailbox as "<...>", after checking it with the server's own Path parser.
 
     A valid Path cannot end the command or add a parameter: spaces and ">" can only appear
-    inside a quoted local part, which the receiving server parses the same way.
+    inside a quoted local part, which the receiving server parses the same way. Memoised:
+    a relay sends for the same few senders and recipients again and again (a refusal is
+    an exception, never cached).
     """
     if any(c in address for c in _FORBIDDEN):
         raise ValueError(f"CR, LF or NUL in an address: {address!r}")
