@@ -70,7 +70,8 @@ class Reply:
     code: int
     enhanced: str | None
     lines: tuple[str, ...]
-    # The wire form, made once: a reply is sent (and its size logged) many times.
+    # The wire form, made once when first asked for: a reply the relay sends is sent (and
+    # its size logged) many times; one a remote server sent us is mostly never encoded.
     _wire: bytes = field(init=False, repr=False, compare=False, default=b"")
 
     def __post_init__(self) -> None:
@@ -88,10 +89,13 @@ class Reply:
         for line in self.lines:
             if "\r" in line or "\n" in line or "\0" in line:
                 raise ValueError(f"reply text must not hold CR, LF or NUL: {line!r}")
-        object.__setattr__(self, "_wire", self._encode())
 
     def to_bytes(self) -> bytes:
-        return self._wire
+        wire = self._wire
+        if not wire:
+            wire = self._encode()
+            object.__setattr__(self, "_wire", wire)
+        return wire
 
     def _encode(self) -> bytes:
         """Wire form: "250-2.1.0 a\\r\\n250 2.1.0 b\\r\\n" (RFC 5321 4.2.1 multi-line).
