@@ -606,16 +606,17 @@ class OutboundConnection:
         assert proto is not None
         parser = self._parser
         try:
-            async with asyncio.timeout(self.policy.command_timeout if timeout is None
-                                       else timeout):
-                while True:
-                    answer = parser.next_reply()
-                    if answer is not None:
-                        break
-                    if proto.lost or proto.eof:
-                        raise self._broken(stage, _bad_connection("connection lost"))
-                    proto.readable.clear()
-                    await proto.readable.wait()
+            # A reply already read (pipelined replies come together) needs no timer.
+            answer = parser.next_reply()
+            if answer is None:
+                async with asyncio.timeout(self.policy.command_timeout if timeout is None
+                                           else timeout):
+                    while answer is None:
+                        if proto.lost or proto.eof:
+                            raise self._broken(stage, _bad_connection("connection lost"))
+                        proto.readable.clear()
+                        await proto.readable.wait()
+                        answer = parser.next_reply()
         except TimeoutError:
             raise self._broken(stage, _bad_connection(f"timeout waiting for the {stage} reply")
                                ) from None
