@@ -92,15 +92,20 @@ class Setup:
         self.relay = start_relay(self.config, self.data_dir, self.ports)
 
     def send(self, to: list[str], subject: str = "hello", *, sender: str = "app@example.com",
-             source: str = "127.0.0.1", options: list[str] = (), rcpt_options=()) -> str:
+             source: str = "127.0.0.1", options: list[str] = (), rcpt_options=(),
+             content: bytes | None = None) -> str:
+        """One message, answered 250; returns its queue ID. ``content``: the whole message
+        (default: a small one with ``subject``)."""
+        if content is None:
+            content = MSG % (subject.encode(), subject.encode())
         with smtplib.SMTP("127.0.0.1", self.ports["main"], source_address=(source, 0),
-                          timeout=10) as c:
+                          timeout=30) as c:
             c.ehlo("client.test")
             c.mail(sender, list(options))
             for rcpt in to:
                 code, _ = c.rcpt(rcpt, list(rcpt_options))
                 assert code == 250
-            code, text = c.data(MSG % (subject.encode(), subject.encode()))
+            code, text = c.data(content)
             assert code == 250, text
             return re.search(rb"queued as (\S+)", text).group(1).decode()
 
@@ -135,6 +140,14 @@ def setup(tmp_path):
     s = Setup(tmp_path)
     yield s
     s.close()
+
+
+def eventually(check, timeout: float = 10.0, step: float = 0.05):
+    """Poll ``check`` until it returns something true (or the time is up); its last value."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()) and time.monotonic() < deadline:
+        time.sleep(step)
+    return value
 
 
 def subjects(messages) -> list[str]:
@@ -348,36 +361,21 @@ def test_large_messages_go_through_as_files_and_leave_nothing_behind(setup):
     line = b"0123456789" * 7 + b"\r\n"
     big = b"Subject: big\r\n\r\n" + line * (3_000_000 // len(line)) + b".starts with a dot\r\n"
     bodies = setup.data_dir / "bodies"
-
-    def send_big(to: str, **kw) -> str:
-        with smtplib.SMTP("127.0.0.1", setup.ports["main"], timeout=30, **kw) as c:
-            c.ehlo("client.test")
-            c.mail("app@example.com")
-            assert c.rcpt(to)[0] == 250
-            code, text = c.data(big)
-            assert code == 250, text
-            return re.search(rb"queued as (\S+)", text).group(1).decode()
-
-    send_big("user@example.com")
+    setup.send(["user@example.com"], content=big)
     [msg] = setup.down.wait_for(1, timeout=30)
     assert msg.content.endswith(big.split(b"\r\n\r\n", 1)[1])   # whole, dots intact
     setup.wait_queue(lambda rows: rows == [])
     # The file goes right after the COMMIT that removed the row.
-    deadline = time.monotonic() + 5
-    while list(bodies.iterdir()) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: not list(bodies.iterdir()), timeout=5)
     assert list(bodies.iterdir()) == []
-    held = send_big("x@held.test")
+    held = setup.send(["x@held.test"], content=big)
     assert [p.name for p in bodies.iterdir()] == [held]
     shown = setup.cli("queue", "show", held, "--body")
     assert shown.returncode == 0 and shown.stdout.rstrip().endswith(".starts with a dot")
     assert setup.cli("queue", "delete", held).returncode == 0
     assert list(bodies.iterdir()) == []
-    quarantined = send_big("me@gmail.test", source_address=("127.0.0.3", 0))
-    meta = setup.data_dir / "badmail" / f"{quarantined}.json"
-    deadline = time.monotonic() + 10
-    while not meta.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    quarantined = setup.send(["me@gmail.test"], content=big, source="127.0.0.3")
+    eventually((setup.data_dir / "badmail" / f"{quarantined}.json").exists)
     assert [p.name for p in bodies.iterdir()] == [quarantined]
     eml = (setup.data_dir / "badmail" / f"{quarantined}.eml").read_bytes()
     assert eml == (bodies / quarantined).read_bytes()   # copied from the file, whole
@@ -391,21 +389,13 @@ def test_a_queued_message_whose_body_file_is_gone_is_held_and_reported(setup):
     """Someone removed a body file by hand: nothing can be sent and retrying will not help,
     so the recipients are held (no busy loop of attempts) and the mail log says why."""
     big = b"Subject: orphan\r\n\r\n" + (b"z" * 70 + b"\r\n") * 30_000
-    with smtplib.SMTP("127.0.0.1", setup.ports["main"], timeout=30) as c:
-        c.ehlo("client.test")
-        c.mail("app@example.com")
-        assert c.rcpt("x@held.test")[0] == 250
-        code, text = c.data(big)
-        assert code == 250, text
-    qid = re.search(rb"queued as (\S+)", text).group(1).decode()
+    qid = setup.send(["x@held.test"], content=big)
     (setup.data_dir / "bodies" / qid).unlink()
     assert setup.cli("queue", "release", qid).returncode == 0
     setup.wait_queue(lambda rows: rows and rows[0]["recipients"][0]["status"] == "held"
                      and "orphan" not in str(setup.down.messages))
-    log = ""
-    deadline = time.monotonic() + 10
-    while "is missing" not in log and time.monotonic() < deadline:
-        log = setup.maillog()
+    eventually(lambda: "is missing" in setup.maillog())
+    log = setup.maillog()
     assert re.search(rf"event=deferred id={qid} error=\"the body file \S+ of a queued "
                      rf"message is missing\" action=held", log), log
     assert setup.down.messages == []
@@ -419,13 +409,8 @@ def test_a_large_message_that_bounces_comes_back_whole_in_a_large_dsn(setup):
     setup.down.behaviour.data = "554 5.6.0 content rejected"
     line = b"abcdefghij" * 7 + b"\r\n"
     big = b"Subject: big bounce\r\n\r\n" + line * (2_500_000 // len(line)) + b"the end\r\n"
-    with smtplib.SMTP("127.0.0.1", setup.ports["main"], timeout=30) as c:
-        c.ehlo("client.test")
-        c.mail("someone@other.test", ["RET=FULL"])
-        assert c.rcpt("a@example.com")[0] == 250
-        code, text = c.data(big)
-        assert code == 250, text
-    qid = re.search(rb"queued as (\S+)", text).group(1).decode()
+    qid = setup.send(["a@example.com"], sender="someone@other.test", options=["RET=FULL"],
+                     content=big)
     [dsn] = setup.other.wait_for(1, timeout=30)
     assert dsn.recipients == ["someone@other.test"] and dsn.sender == ""
     assert len(dsn.content) > 2_500_000
@@ -438,9 +423,7 @@ def test_a_large_message_that_bounces_comes_back_whole_in_a_large_dsn(setup):
     [copy] = [r for r in rows if r["size"] > 2_500_000]
     # The original's file goes right after the COMMIT that removed its row.
     bodies = setup.data_dir / "bodies"
-    deadline = time.monotonic() + 5
-    while [p.name for p in bodies.iterdir()] != [copy["id"]] and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: [p.name for p in bodies.iterdir()] == [copy["id"]], timeout=5)
     assert [p.name for p in bodies.iterdir()] == [copy["id"]]
     assert "DSN for " + qid in setup.maillog()
     assert setup.cli("badmail", "delete", copy["id"]).returncode == 0
@@ -453,12 +436,7 @@ def test_a_message_over_the_next_hops_size_bounces_in_the_relays_own_words(setup
     setup.down.stop()
     setup.down = Downstream(setup.down_port, size_limit=100_000).start()
     big = b"Subject: too big\r\n\r\n" + (b"y" * 70 + b"\r\n") * 2000
-    with smtplib.SMTP("127.0.0.1", setup.ports["main"], timeout=30) as c:
-        c.ehlo("client.test")
-        c.mail("someone@other.test")
-        assert c.rcpt("a@example.com")[0] == 250
-        code, text = c.data(big)
-        assert code == 250, text
+    setup.send(["a@example.com"], sender="someone@other.test", content=big)
     [dsn] = setup.other.wait_for(1, timeout=20)
     text = dsn.content.decode()
     assert "Action: failed" in text and "Status: 5.3.4" in text

@@ -7,12 +7,11 @@ other); the relay's scheduler sees the change at its next look, within a second.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from pathlib import Path
 
-from relaywarden.queue.store import _remove_if_finished
+from relaywarden.queue.store import _remove_if_finished, _unlink
 
 
 class QueueAdmin:
@@ -83,10 +82,7 @@ class QueueAdmin:
     def _remove_body_file(self, queue_id: str) -> None:
         """After the COMMIT that removed its message (a crash in between leaves a file
         the relay's start-up removes)."""
-        try:
-            os.unlink(self._bodies_dir / queue_id)
-        except FileNotFoundError:
-            pass
+        _unlink(self._bodies_dir / queue_id)
 
     # -- badmail ---------------------------------------------------------------------------
 

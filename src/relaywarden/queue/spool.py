@@ -27,7 +27,7 @@ class BodySpool:
     def __init__(self, tmp_dir: Path) -> None:
         self._buf: bytearray | None = bytearray()
         self._file = None
-        self._path: str | None = None      # the temp file, until persist() renames it
+        self._path: str | None = None      # the temp file, until persist() names it
         self._tmp_dir = tmp_dir
         self.size = 0
         self.stored_as: Path | None = None  # where persist() put it

@@ -8,7 +8,7 @@ commit): twenty sessions that finish DATA together cost one fsync, not twenty (D
 
 Small bodies live in the ``bodies`` table. A body too large to keep in memory while it
 arrives (over SPOOL_MEMORY_LIMIT) is already a file; it becomes the queue's copy as it is:
-fsynced, renamed to ``bodies/<queue id>`` and the directory fsynced, all before the row that
+fsynced, hard-linked as ``bodies/<queue id>`` and the directory fsynced, all before the row that
 names it commits (``messages.body_file = 1``). So a 5 MB body is written once, not three
 times (spool file, WAL, database at checkpoint), and never blocks the group commit of the
 small messages beside it. A crash can leave a body file without a row (written, never
