@@ -24,8 +24,8 @@ with atheris.instrument_imports():
     from relaywarden.smtp.address import AddressError, parse_path
     from relaywarden.smtp.client import ProtocolError, ReplyParser
     from relaywarden.smtp.events import (
-        NEED_DATA, Auth, AuthResponse, Closed, DataChunk, DataEnd, DataStart, Handled, Hello,
-        MailFrom, RcptTo, StartTls)
+        NEED_DATA, Auth, AuthResponse, Closed, DataChunk, DataEnd, DataStart, Etrn, Handled,
+        Hello, MailFrom, RcptTo, StartTls)
     from relaywarden.smtp.reply import START_DATA, reply
     from relaywarden.smtp.server import BareLineEnds, ServerConnection, ServerSettings
 
@@ -60,13 +60,17 @@ def _answer(conn: ServerConnection, event) -> None:
         conn.auth_challenge(b"")
     elif kind is AuthResponse:
         conn.respond(reply(535, "5.7.8", "no"))
+    elif kind is Etrn:
+        conn.respond(reply(251, "2.0.0", f"OK, no messages waiting for node {event.domain}"))
+    else:
+        raise AssertionError(f"unexpected event {event!r}")
 
 
 def fuzz_server(data: bytes) -> None:
     mode = BareLineEnds.NORMALIZE if data[:1] and data[0] & 1 else BareLineEnds.REJECT
     conn = ServerConnection(ServerSettings(
         hostname="fuzz.test", max_message_size=4096, max_recipients=5, max_errors=50,
-        bare_line_ends=mode, starttls=True, auth_mechanisms=("PLAIN", "LOGIN")))
+        bare_line_ends=mode, starttls=True, auth_mechanisms=("PLAIN", "LOGIN"), etrn=True))
     conn.greet(reply(220, None, "fuzz.test ESMTP"))
     budget = MAX_EVENTS_PER_BYTE * (len(data) + 8)
     out = bytearray(conn.data_to_send())

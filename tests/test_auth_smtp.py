@@ -28,6 +28,11 @@ hostname = "relay.test"
 hosted_domains = ["example.com"]
 min_free_space = 0
 
+[routes."branch.test"]
+hold = true
+etrn = true
+next_hops = ["[127.0.0.1]:9"]
+
 [auth]
 users_file = "users"
 {ldap}
@@ -145,6 +150,15 @@ def test_login_relays_and_logs_user_never_password(env, mechanism):
     mail = [f for f in w3c if f[8] == "MAIL" and f[10] == "250"]
     assert mail and mail[0][3] == "alice"   # cs-username
     assert "event=auth" in env.relay.logs("mail", ".log")
+
+
+def test_etrn_waits_for_auth_on_a_listener_that_requires_it(env):
+    with env.tls_session() as c:
+        assert c.docmd("ETRN", "branch.test") == (530, b"5.7.0 Authentication required")
+        c.user, c.password = "alice", ALICE_PW
+        assert c.auth("PLAIN", c.auth_plain)[0] == 235
+        assert c.docmd("ETRN", "branch.test") == (
+            251, b"2.0.0 OK, no messages waiting for node branch.test")
 
 
 def test_wrong_password_535_then_lockout_454(env):

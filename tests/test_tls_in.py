@@ -31,6 +31,11 @@ data_dir = "var"
 hosted_domains = ["example.com"]
 min_free_space = 0
 
+[routes."branch.test"]
+hold = true
+etrn = true
+next_hops = ["[127.0.0.1]:9"]
+
 [listeners.opt]
 address = "127.0.0.1"
 port = {opt}
@@ -234,6 +239,18 @@ def test_required_refuses_mail_before_starttls_and_accepts_after(tls_relay, ca):
     text = log_text(tls_relay, "mail", ".log", "rule=listeners.req.tls.mode")
     line = next(line for line in text.splitlines() if "rule=listeners.req.tls.mode" in line)
     assert "event=reject stage=mail" in line and "code=530" in line and "reason=" in line
+
+
+def test_required_refuses_etrn_before_starttls(tls_relay, ca):
+    with smtplib.SMTP("127.0.0.1", tls_relay.ports["req"], timeout=10) as c:
+        c.ehlo("branch-server.test")
+        assert c.docmd("ETRN", "branch.test") == (530, b"5.7.0 Must issue a STARTTLS command first")
+        c.starttls(context=client_context(ca))
+        c.ehlo("branch-server.test")
+        assert c.docmd("ETRN", "branch.test") == (
+            251, b"2.0.0 OK, no messages waiting for node branch.test")
+    text = log_text(tls_relay, "mail", ".log", "ETRN before STARTTLS")
+    assert "event=reject stage=etrn" in text and "rule=listeners.req.tls.mode" in text
 
 
 def test_required_exempts_optional_networks(tls_relay):

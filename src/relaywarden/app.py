@@ -53,6 +53,7 @@ def listener_contexts(cfg: Config) -> dict[str, ListenerContext]:
             bare_line_ends=bare,
             starttls=lc.tls.mode in ("starttls", "required"),
             auth_mechanisms=("PLAIN", "LOGIN") if lc.auth.enabled else (),
+            etrn=any(route.etrn for route in cfg.routes.values()),
         )
         contexts[name] = ListenerContext(
             name=name,
@@ -265,6 +266,7 @@ class Relay:
                                 free_bytes=free_space(self.cfg.data_dir),
                                 clock=loop_time),
             runtimes=self.runtimes,
+            router=build_router(self.cfg),
         )
         if self.cfg.delivery.process == "inline":
             self.worker = DeliveryWorker(self.cfg, store=store, mail_log=mail_log)
@@ -360,6 +362,7 @@ class Relay:
             print(f"relaywarden: reload refused: {cfg.source}: {exc}", file=sys.stderr, flush=True)
             return
         self.services.policy = build_policy(cfg)
+        self.services.router = build_router(cfg)
         self.services.resolver = resolver_for(cfg)
         # New password checkers (a changed LDAP server, a new users file); the throttle's
         # memory of failures is kept: a reload must not reset a brute-force lockout.

@@ -253,3 +253,53 @@ EXAMPLE_CASES = [
 def test_shipped_example(domain, sender, group, user, name, hops):
     route = build_router(load_config(EXAMPLE)).route(domain, sender=sender, group=group, user=user)
     assert (route.name, " ".join(str(hop) for hop in route.hops)) == (name, hops)
+
+
+# --- ETRN (RFC 1985): which domains a client may start -----------------------------------
+
+ETRN_CONFIG = """
+[relay]
+hostname = "relay.example.com"
+[routes."branch.example.org"]
+hold = true
+etrn = true
+next_hops = ["mail.branch.example.org"]
+[routes."*.branch.example.org"]
+etrn = true
+etrn_networks = ["198.51.100.0/24", "2001:db8::/32"]
+next_hops = ["mx"]
+[routes."closed.example.org"]
+hold = true
+next_hops = ["[10.0.0.9]"]
+[sender_routes.apps]
+sender_domains = ["branch2.example.org"]
+next_hops = ["[10.0.0.10]"]
+[listeners.internal]
+address = "127.0.0.1"
+port = 2525
+"""
+
+
+@pytest.fixture
+def etrn_router(tmp_path) -> Router:
+    path = tmp_path / "relay.toml"
+    path.write_text(ETRN_CONFIG)
+    return build_router(load_config(path))
+
+
+@pytest.mark.parametrize("domain, client, expected", [
+    ("branch.example.org", "203.0.113.5", ('routes."branch.example.org"', None)),
+    ("BRANCH.example.org.", "203.0.113.5", ('routes."branch.example.org"', None)),
+    ("a.branch.example.org", "198.51.100.7", ('routes."*.branch.example.org"', None)),
+    ("a.branch.example.org", "::ffff:198.51.100.7", ('routes."*.branch.example.org"', None)),
+    ("a.branch.example.org", "2001:db8::1", ('routes."*.branch.example.org"', None)),
+    ("a.branch.example.org", "203.0.113.5",
+     ('routes."*.branch.example.org"', "this client may not start the domain's queue")),
+    ("closed.example.org", "198.51.100.7",
+     ('routes."closed.example.org"', "ETRN is not enabled for this domain")),
+    # No route of its own: MX, never ETRN (sender routes never match ETRN's empty sender).
+    ("branch2.example.org", "198.51.100.7", (DEFAULT_ROUTE, "ETRN is not enabled for this domain")),
+])
+def test_etrn_refusal(etrn_router, domain, client, expected):
+    import ipaddress
+    assert etrn_router.etrn_refusal(domain, ipaddress.ip_address(client)) == expected

@@ -182,7 +182,10 @@ def queue_show(queue_id, config_path, body, as_json) -> None:
             continue
         click.echo(f"{key + ':':<13} {value if value is not None else '-'}")
     for r in msg["recipients"]:
-        click.echo(f"recipient:    {r['address']} [{r['status']}] rule={r['rule']}"
+        held_by = r.pop("held_by")
+        # Who holds it: the route (waits for ETRN), the admin, or a missing body file.
+        status = f"held by {held_by}" if r["status"] == "held" and held_by else r["status"]
+        click.echo(f"recipient:    {r['address']} [{status}] rule={r['rule']}"
                    + (f" reason={r['reason']}" if r["reason"] else ""))
         if r["attempts"] or r["last_error"]:
             # Why it is still here, and when it is tried next (like Postfix's mailq).

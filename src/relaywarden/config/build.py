@@ -67,6 +67,8 @@ def _route(name: str, settings: HopSettings, *, hold: bool = False) -> Route:
     return Route(
         name=name,
         kind=RouteKind.HOLD if hold else RouteKind.DELIVER,
+        etrn=getattr(settings, "etrn", False),
+        etrn_networks=tuple(getattr(settings, "etrn_networks", ())),
         hops=tuple(next_hop(text) for text in settings.next_hops),
         tls=settings.tls,
         implicit_tls=settings.implicit_tls,

@@ -553,8 +553,13 @@ def _read_password(path: Path) -> str:
 
 
 class RouteSettings(HopSettings):
-    # Held mail waits in the queue until released (admin) or triggered (ETRN/ATRN).
+    # Held mail waits in the queue until released (admin) or triggered (ETRN).
     hold: bool = False
+    # ETRN (RFC 1985) may start this route's queue: its held mail and its mail waiting for
+    # a retry go out now, through next_hops (never to the client that asked).
+    etrn: bool = False
+    # Who may ask: client networks; empty: any client the listener lets in.
+    etrn_networks: list[Network] = []
 
     @model_validator(mode="after")
     def _required_hops(self) -> RouteSettings:
@@ -562,6 +567,10 @@ class RouteSettings(HopSettings):
             if "next_hops" in self.model_fields_set:
                 raise problem(("next_hops",), "must not be empty")
             raise problem(("next_hops",), "missing (required unless hold = true)")
+        if self.etrn and not self.next_hops:
+            raise problem(("next_hops",), "missing: etrn = true sends the mail through next_hops")
+        if self.etrn_networks and not self.etrn:
+            raise problem(("etrn_networks",), "has no effect without etrn = true")
         return self
 
 

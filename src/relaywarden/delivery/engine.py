@@ -261,7 +261,7 @@ class Engine:
                                     action="held")
                 await self.store.record(message.queue_id, [
                     RecipientUpdate(idx=r.idx, status=RecipientStatus.HELD,
-                                    attempts=r.attempts, last_error=str(exc))
+                                    attempts=r.attempts, last_error=str(exc), held_by="body")
                     for r in message.recipients])
                 return
         if body is None:
@@ -285,7 +285,11 @@ class Engine:
                 for route, hold, recipients in groups.values()
             ))
             outcomes = [o for group in results for o in group]
-        await self._finish(message, body, outcomes)
+        # Released from a hold route (ETRN, admin) and not delivered now: back to the hold,
+        # to wait for the next ETRN, rather than onto the retry schedule.
+        rehold = {r.idx for route, hold, recipients in groups.values()
+                  if route.kind is RouteKind.HOLD and not hold for r in recipients}
+        await self._finish(message, body, outcomes, rehold=rehold)
 
     async def _deliver_group(self, message: DueMessage, body: bytes | Path, route: Route,
                              recipients: list[DueRecipient], *, hold: bool) -> list[Outcome]:
@@ -417,7 +421,7 @@ class Engine:
         return now + delay * random.uniform(0.9, 1.1)   # jitter: spread a backlog's retries
 
     async def _finish(self, message: DueMessage, body: bytes | Path,
-                      outcomes: list[Outcome]) -> None:
+                      outcomes: list[Outcome], *, rehold: set[int] = frozenset()) -> None:
         now = self._clock()
         s = self.settings
         updates: list[RecipientUpdate] = []
@@ -428,6 +432,15 @@ class Engine:
         for o in outcomes:
             r = o.recipient
             attempts = r.attempts + (0 if o.kind is Kind.HELD else 1)
+            if o.kind is Kind.DEFERRED and r.idx in rehold:
+                updates.append(RecipientUpdate(
+                    idx=r.idx, status=RecipientStatus.HELD, attempts=attempts,
+                    last_error=_show(o.reply), remote_mta=o.remote,
+                    delay_notified=r.delay_notified, held_by="route"))
+                log.event(MailEvent.DEFERRED, id=message.queue_id, to=r.address, relay=o.remote,
+                          reply=_show(o.reply), attempts=attempts, route=o.route,
+                          action="held")
+                continue
             if o.kind is Kind.DEFERRED and age >= s.expire_after:
                 # RFC 3463: 4.4.7 "delivery time expired" is reported with Action: failed.
                 o = Outcome(r, Kind.BOUNCED, reply(
@@ -475,7 +488,7 @@ class Engine:
                           next=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(retry_at)))
             else:  # HELD
                 updates.append(RecipientUpdate(idx=r.idx, status=RecipientStatus.HELD,
-                                               attempts=attempts))
+                                               attempts=attempts, held_by="route"))
                 log.event(MailEvent.DEFERRED, id=message.queue_id, to=r.address,
                           route=o.route, reason="held")
         new_messages = []

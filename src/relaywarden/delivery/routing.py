@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING
 
 from relaywarden.delivery.tls import TlsMode
@@ -36,6 +37,8 @@ from relaywarden.policy import match
 
 if TYPE_CHECKING:
     from relaywarden.config.schema import Config
+
+IPAddress = IPv4Address | IPv6Address
 
 __all__ = [
     "DEFAULT_ROUTE",
@@ -93,6 +96,8 @@ class Route:
     username: str | None = None
     password: str | None = field(default=None, repr=False)   # never in logs or reprs
     auth_without_tls: bool = False
+    etrn: bool = False              # ETRN may start this route's queue (RFC 1985)
+    etrn_networks: tuple[match.IPNetwork, ...] = ()   # who may; empty: any client
 
     @property
     def mx(self) -> bool:
@@ -197,6 +202,22 @@ class Router:
             hops=(NextHop(host=domain, port=None, literal=False, mx=True),),
             tls=self._default_tls,
         )
+
+    def etrn_refusal(self, domain: str, client_ip: IPAddress) -> tuple[str, str | None]:
+        """May this client start the queue of `domain` with ETRN (RFC 1985)? Returns the
+        name of the route that decides and None, or the reason it may not. The route is
+        the one mail for the domain takes from an unknown sender (domain routes decide;
+        sender routes never match an empty sender)."""
+        route = self.route(domain, sender="", group=None, user=None)
+        if not route.etrn:
+            return route.name, "ETRN is not enabled for this domain"
+        if route.etrn_networks:
+            ip = client_ip
+            if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            if not any(ip in net for net in route.etrn_networks):
+                return route.name, "this client may not start the domain's queue"
+        return route.name, None
 
     @staticmethod
     def _for(route: Route, domain: str) -> Route:

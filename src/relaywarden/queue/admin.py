@@ -64,7 +64,8 @@ class QueueAdmin:
 
     def hold(self, queue_id: str) -> int:
         return self._tx(lambda db: db.execute(
-            "UPDATE recipients SET status = 'held' WHERE message_id = ? AND status = 'queued'",
+            "UPDATE recipients SET status = 'held', held_by = 'admin' WHERE message_id = ?"
+            " AND status = 'queued'",
             (queue_id,)).rowcount)
 
     def release(self, queue_id: str) -> int:

@@ -39,7 +39,7 @@ __all__ = ["SPOOL_MEMORY_LIMIT", "BodySpool", "Envelope", "QueueReader", "Recipi
            "RecipientStatus", "RecipientUpdate", "DueMessage", "DueRecipient", "Store",
            "StoreError", "BodyMissing", "new_queue_id"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id           TEXT PRIMARY KEY,
@@ -77,6 +77,7 @@ CREATE TABLE IF NOT EXISTS recipients (
     lease_until    REAL NOT NULL DEFAULT 0,      -- an attempt is under way until then
     released       INTEGER NOT NULL DEFAULT 0,   -- let out of hold by the admin or ETRN:
                                                  -- the hold route does not catch it again
+    held_by        TEXT NOT NULL DEFAULT '',     -- when held: route | admin | body (missing)
     PRIMARY KEY (message_id, idx)
 );
 -- The scheduler's only query: due recipients in due order. Held and badmail rows are in
@@ -91,6 +92,9 @@ CREATE TABLE IF NOT EXISTS bodies (
 #: Schema changes from older versions, applied in order at open.
 MIGRATIONS = {
     1: "ALTER TABLE messages ADD COLUMN body_file INTEGER NOT NULL DEFAULT 0",
+    # Rows held before version 3 keep held_by '' (unknown): ETRN, which starts only what a
+    # hold route holds, leaves them to the admin (`queue flush --domain`, `queue release`).
+    2: "ALTER TABLE recipients ADD COLUMN held_by TEXT NOT NULL DEFAULT ''",
 }
 
 #: A claim of due messages brings their bodies along, up to this many bytes in all.
@@ -231,7 +235,7 @@ class _Rows:
         """Attempt outcomes; the message leaves the queue if they finish it."""
         self.outcomes.extend(
             (u.status.value, u.next_attempt, u.attempts, u.last_error, u.remote_mta,
-             int(u.delay_notified), queue_id, u.idx) for u in updates)
+             int(u.delay_notified), u.held_by, queue_id, u.idx) for u in updates)
         self.finished.append(queue_id)
 
     def write(self, db: sqlite3.Connection) -> list[str]:
@@ -247,7 +251,7 @@ class _Rows:
             return []
         if self.outcomes:
             # The last outcome of a recipient wins (UPDATE ... FROM would pick any one).
-            latest = {(o[6], o[7]): o for o in self.outcomes}
+            latest = {(o[7], o[8]): o for o in self.outcomes}
             _rows_at_once(db, _UPDATE_OUTCOMES, list(latest.values()))
         removed = db.execute(_REMOVE_FINISHED, (json.dumps(self.finished),) + FINAL).fetchall()
         return [qid for qid, body_file in removed if body_file]
@@ -263,11 +267,11 @@ _INSERT_RECIPIENT = (
     " reason, next_attempt) VALUES {values}")
 _INSERT_BODY = "INSERT INTO bodies (message_id, data) VALUES {values}"
 _UPDATE_OUTCOMES = (
-    "WITH u(status, next_attempt, attempts, last_error, remote_mta, delay_notified, mid, idx)"
-    " AS (VALUES {values})"
+    "WITH u(status, next_attempt, attempts, last_error, remote_mta, delay_notified, held_by,"
+    " mid, idx) AS (VALUES {values})"
     " UPDATE recipients SET status = u.status, next_attempt = u.next_attempt,"
     " attempts = u.attempts, last_error = u.last_error, remote_mta = u.remote_mta,"
-    " delay_notified = u.delay_notified, lease_until = 0"
+    " delay_notified = u.delay_notified, held_by = u.held_by, lease_until = 0"
     " FROM u WHERE recipients.message_id = u.mid AND recipients.idx = u.idx")
 _MAX_VARIABLES = 30000   # SQLite's limit is 32,766 bound parameters per statement
 
@@ -345,6 +349,7 @@ class RecipientUpdate:
     last_error: str = ""
     remote_mta: str = ""
     delay_notified: bool = False
+    held_by: str = ""        # with status HELD: "route" or "body" (see the schema)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -499,6 +504,38 @@ class Store:
 
     async def enqueue(self, envelope: Envelope, spool: BodySpool) -> None:
         await self.commit(envelope, spool)
+
+    def start_etrn(self, domain: str, *, subdomains: bool,
+                   allowed: Callable[[str], bool]) -> asyncio.Future:
+        """ETRN (RFC 1985): the queued mail of `domain` (and of its subdomains when asked)
+        is due now, and what a hold route holds for it is let out, for every such domain
+        that `allowed` (the route's ETRN settings; pure, called in the writer thread)
+        admits. Resolves to (messages started, domains started). Mail held by the admin
+        (`queue hold`) or for a missing body file stays held."""
+        now = time.time()
+
+        def apply(db: sqlite3.Connection) -> tuple[int, list[str]]:
+            if subdomains:
+                # LIKE would treat "_" in the domain as a wildcard: compare the suffix instead.
+                suffix = "." + domain
+                found = [d for (d,) in db.execute(
+                    "SELECT DISTINCT domain FROM recipients WHERE status IN ('queued', 'held')"
+                    " AND (domain = ? OR substr(domain, -?) = ?)",
+                    (domain, len(suffix), suffix))]
+            else:
+                found = [domain]
+            started = [d for d in found if allowed(d)]
+            messages: set[str] = set()
+            for d in started:
+                messages.update(mid for (mid,) in db.execute(
+                    "UPDATE recipients SET next_attempt = ? WHERE domain = ? AND"
+                    " status = 'queued' RETURNING message_id", (now, d)))
+                messages.update(mid for (mid,) in db.execute(
+                    "UPDATE recipients SET status = 'queued', released = 1, next_attempt = ?"
+                    " WHERE domain = ? AND status = 'held' AND held_by = 'route'"
+                    " RETURNING message_id", (now, d)))
+            return len(messages), started
+        return self._write(apply, durable=False)
 
     async def release_leases(self) -> int:
         """At start-up of a single relay process: attempts that were under way when the last
@@ -794,7 +831,7 @@ class QueueReader:
         msg = dict(zip(cols, row))
         msg["smtputf8"] = bool(msg["smtputf8"])
         fields = ("address", "orcpt", "notify", "status", "rule", "reason", "attempts",
-                  "next_attempt", "last_error", "remote_mta")
+                  "next_attempt", "last_error", "remote_mta", "held_by")
         msg["recipients"] = [
             dict(zip(fields, r))
             for r in self._db.execute(

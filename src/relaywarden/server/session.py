@@ -43,6 +43,7 @@ from relaywarden.smtp.events import (
     DataChunk,
     DataEnd,
     DataStart,
+    Etrn,
     Handled,
     Hello,
     MailFrom,
@@ -74,6 +75,8 @@ INSUFFICIENT_STORAGE = reply(452, "4.3.1", "Insufficient system storage")
 # RFC 3463 4.7.1 (delivery not authorized, temporary): a rate limit at MAIL.
 TOO_MANY_MESSAGES = reply(451, "4.7.1", "Too many messages, slow down and try again later")
 SENDER_OK = reply(250, "2.1.0", "Ok")
+#: ETRN commands one session may give; more are refused (each is a queue transaction).
+MAX_ETRN_PER_SESSION = 20
 
 
 @dataclass(slots=True)
@@ -125,6 +128,7 @@ class SmtpSession(asyncio.Protocol):
         # (version, cipher, bits) once TLS is up: implicit, or after STARTTLS.
         self.tls: tuple[str, str, int] | None = None
         self._plog: SessionLog | None = None
+        self._etrns = 0
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -562,6 +566,75 @@ class SmtpSession(asyncio.Protocol):
         self._update_reading()
         self._pump()
 
+    # -- ETRN (RFC 1985) -------------------------------------------------------------------
+
+    def _on_etrn(self, ev: Etrn) -> None:
+        node = ("@" if ev.subdomains else "") + ev.domain
+        # The listener's own gates come first, as for MAIL.
+        if self.tls is None and self.ctx.tls_required_for(self.client.ip):
+            self._log_limit("etrn", MUST_STARTTLS, self._key("tls.mode"),
+                            "TLS required: ETRN before STARTTLS", node=node)
+            self._respond("ETRN", node, MUST_STARTTLS)
+            return
+        if self.ctx.auth_required and self.client.user is None:
+            self._log_limit("etrn", AUTH_REQUIRED, self._key("auth.required"),
+                            "ETRN before AUTH", node=node)
+            self._respond("ETRN", node, AUTH_REQUIRED)
+            return
+        self._etrns += 1
+        if self._etrns > MAX_ETRN_PER_SESSION:
+            self._etrn_refused(node, None, "too many ETRN commands in this session")
+            return
+        router, ip = self.services.router, self.client.ip
+        route, refusal = router.etrn_refusal(ev.domain, ip)
+        if refusal is not None and not ev.subdomains:
+            self._etrn_refused(node, route, refusal)
+            return
+        self._waiting = True
+        self._update_reading()
+        done = self.services.store.start_etrn(
+            ev.domain, subdomains=ev.subdomains,
+            allowed=lambda domain: router.etrn_refusal(domain, ip)[1] is None)
+        done.add_done_callback(functools.partial(self._etrn_started, node, route, refusal))
+
+    def _etrn_refused(self, node: str, route: str | None, reason: str) -> None:
+        answer = reply(459, "4.7.1", f"Node {node} not allowed: {reason}")
+        self.services.mail_log.event(
+            MailEvent.REJECT, stage="etrn", listener=self.ctx.name, client=self.client_ip,
+            code=answer.code, rule=route, reason=reason, node=node)
+        self._respond("ETRN", node, answer)
+
+    def _etrn_started(self, node: str, route: str, refusal: str | None,
+                      done: asyncio.Future) -> None:
+        self._waiting = False
+        error = "cancelled" if done.cancelled() else done.exception()
+        if self._closed:
+            return
+        if error is not None:
+            answer = reply(458, "4.3.0", f"Unable to queue messages for node {node}")
+            self.services.mail_log.event(
+                MailEvent.REJECT, stage="etrn", listener=self.ctx.name, client=self.client_ip,
+                code=answer.code, reason=str(error), node=node)
+            self._respond("ETRN", node, answer)
+        else:
+            messages, domains = done.result()
+            if not domains and refusal is not None:
+                # "@domain": nothing below it may be started, and the domain itself may not.
+                self._etrn_refused(node, route, refusal)
+            else:
+                if messages:
+                    answer = reply(253, "2.0.0",
+                                   f"OK, {messages} pending messages for node {node} started")
+                    self.services.on_queued()
+                else:
+                    answer = reply(251, "2.0.0", f"OK, no messages waiting for node {node}")
+                self.services.mail_log.event(
+                    MailEvent.ETRN, listener=self.ctx.name, client=self.client_ip, node=node,
+                    domains=",".join(domains) or None, messages=messages)
+                self._respond("ETRN", node, answer)
+        self._update_reading()
+        self._pump()
+
     def _on_handled(self, ev: Handled) -> None:
         if ev.verb.upper() in ("RSET", "HELO", "EHLO"):
             self._drop_transaction()
@@ -685,6 +758,7 @@ class SmtpSession(asyncio.Protocol):
         StartTls: _on_starttls,
         Auth: _on_auth,
         AuthResponse: _on_auth_response,
+        Etrn: _on_etrn,
     }
 
     # -- helpers -------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The SMTP protocol as sans-IO state machines (no sockets, no asyncio, no ssl here)."""
 
-from .address import Address, AddressError, parse_path, xtext_decode
+from .address import Address, AddressError, parse_domain, parse_path, xtext_decode
 from .events import (
     NEED_DATA,
     Auth,
@@ -9,6 +9,7 @@ from .events import (
     DataChunk,
     DataEnd,
     DataStart,
+    Etrn,
     Handled,
     Hello,
     MailFrom,
@@ -23,9 +24,9 @@ from .reply import Reply
 from .server import BareLineEnds, ServerConnection, ServerSettings, ServerState, UsageError
 
 __all__ = [
-    "Address", "AddressError", "parse_path", "xtext_decode",
+    "Address", "AddressError", "parse_domain", "parse_path", "xtext_decode",
     "NEED_DATA", "NeedData", "Auth", "AuthResponse", "Closed", "DataChunk", "DataEnd",
-    "DataStart", "Handled", "Hello", "MailFrom", "MailParams", "RcptParams", "RcptTo",
+    "DataStart", "Etrn", "Handled", "Hello", "MailFrom", "MailParams", "RcptParams", "RcptTo",
     "StartTls",
     "Reply",
     "BareLineEnds", "ServerConnection", "ServerSettings", "ServerState", "UsageError",

@@ -214,6 +214,12 @@ def _qtext_ok(c: str, *, pair: bool, utf8: bool) -> bool:
     return 32 <= o <= 126 and c not in '"\\'      # qtextSMTP
 
 
+def parse_domain(text: str) -> str:
+    """An ASCII domain name (RFC 5321 4.1.2 Domain) -> lower case without the trailing dot;
+    AddressError when it is not one."""
+    return _parse_domain(text, utf8=False)
+
+
 def _parse_domain(text: str, *, utf8: bool) -> str:
     """Domain (RFC 5321 4.1.2) -> lower-case A-label form without the trailing dot."""
     if text.endswith("."):

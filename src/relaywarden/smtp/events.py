@@ -1,6 +1,6 @@
 """Events the server-side protocol core hands to its driver.
 
-Decision events (Hello, MailFrom, RcptTo, DataStart, DataEnd, StartTls, Auth, AuthResponse)
+Decision events (Hello, MailFrom, RcptTo, DataStart, DataEnd, StartTls, Auth, AuthResponse, Etrn)
 wait for `ServerConnection.respond()`; information events (DataChunk, Handled, Closed) need
 no answer. `NEED_DATA` says: feed more bytes.
 """
@@ -24,6 +24,7 @@ __all__ = [
     "StartTls",
     "Auth",
     "AuthResponse",
+    "Etrn",
     "DataChunk",
     "Handled",
     "Closed",
@@ -112,6 +113,16 @@ class AuthResponse:
     data: bytes = field(repr=False)             # holds credentials: never in logs
 
 
+@dataclass(frozen=True, slots=True)
+class Etrn:
+    """ETRN (RFC 1985): start the queue for `domain` (lower-case, no trailing dot), and for
+    its subdomains too when the client wrote "@domain". Answer 250, 251 (nothing waiting),
+    252 or 253 (n messages started), 458 (cannot) or 459 (not allowed)."""
+
+    domain: str
+    subdomains: bool
+
+
 # --- information events ------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +172,7 @@ class NeedData:
 
 NEED_DATA = NeedData()
 
-DecisionEvent = Union[Hello, MailFrom, RcptTo, DataStart, DataEnd, StartTls, Auth, AuthResponse]
-DECISION_EVENTS = (Hello, MailFrom, RcptTo, DataStart, DataEnd, StartTls, Auth, AuthResponse)
+DecisionEvent = Union[Hello, MailFrom, RcptTo, DataStart, DataEnd, StartTls, Auth, AuthResponse,
+                      Etrn]
+DECISION_EVENTS = (Hello, MailFrom, RcptTo, DataStart, DataEnd, StartTls, Auth, AuthResponse, Etrn)
 Event = Union[DecisionEvent, DataChunk, Handled, Closed]

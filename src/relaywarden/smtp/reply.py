@@ -165,6 +165,7 @@ HELO_SYNTAX = reply(501, "5.5.4", "Syntax: EHLO hostname")
 MAIL_SYNTAX = reply(501, "5.5.4", "Syntax: MAIL FROM:<address>")
 RCPT_SYNTAX = reply(501, "5.5.4", "Syntax: RCPT TO:<address>")
 VRFY_SYNTAX = reply(501, "5.5.4", "Syntax: VRFY address")
+ETRN_SYNTAX = reply(501, "5.5.4", "Syntax: ETRN domain or ETRN @domain")      # RFC 1985 5
 
 # --- command sequence (RFC 5321 4.1.4, 3463 5.5.1) -----------------------------------------
 BAD_SEQUENCE = reply(503, "5.5.1", "Bad sequence of commands")
@@ -172,6 +173,7 @@ NEED_HELO = reply(503, "5.5.1", "Send EHLO or HELO first")
 NESTED_MAIL = reply(503, "5.5.1", "Nested MAIL command")
 NEED_MAIL = reply(503, "5.5.1", "Need MAIL command")
 NEED_RCPT = reply(503, "5.5.1", "Need RCPT command")
+ETRN_IN_TRANSACTION = reply(503, "5.5.1", "ETRN not permitted during a mail transaction")
 # RFC 2920 3.1: DATA after only refused RCPTs is answered 554, never 354.
 NO_VALID_RECIPIENTS = reply(554, "5.5.1", "No valid recipients")
 
@@ -192,6 +194,9 @@ TEXT_LINE_TOO_LONG = reply(550, "5.6.0", "Message line too long (RFC 5321 4.5.3.
 # --- session ---------------------------------------------------------------------------------
 TOO_MANY_ERRORS = reply(421, "4.7.0", "Too many errors, closing connection")
 STARTTLS_UNAVAILABLE = reply(502, "5.5.1", "STARTTLS not available")
+# RFC 1985 5: "459 Node <x> not allowed: <reason>"; the "#queue" form names a queue of the
+# server's own, which this relay does not have.
+ETRN_QUEUE_NAMES = reply(459, "4.5.4", "Node not allowed: queue names (#name) are not supported")
 
 # --- AUTH (RFC 4954) -------------------------------------------------------------------------
 AUTH_NOT_AVAILABLE = reply(503, "5.5.1", "Authentication not enabled")

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ._data import BareLineEnds, DataReader
-from .address import AddressError, parse_path, split_path, xtext_decode
+from .address import AddressError, parse_domain, parse_path, split_path, xtext_decode
 from .events import (
     DECISION_EVENTS,
     NEED_DATA,
@@ -38,6 +38,7 @@ from .events import (
     DataEnd,
     DataStart,
     DecisionEvent,
+    Etrn,
     Event,
     Handled,
     Hello,
@@ -61,6 +62,9 @@ from .reply import (
     BARE_LINE_END_IN_COMMAND,
     CANNOT_VRFY,
     CLOSING,
+    ETRN_IN_TRANSACTION,
+    ETRN_QUEUE_NAMES,
+    ETRN_SYNTAX,
     HELO_SYNTAX,
     HELP,
     LINE_TOO_LONG,
@@ -117,6 +121,7 @@ class ServerSettings:
     advertise_auth: bool = True
     smtputf8: bool = True
     dsn: bool = True
+    etrn: bool = False                 # offer ETRN (RFC 1985); else 502 like other commands
 
 
 class ServerState(enum.Enum):
@@ -152,9 +157,10 @@ _VALID_IN: dict[str, frozenset[ServerState]] = {
     "HELP": _SESSION,
     "STARTTLS": frozenset({_S.READY}),
     "AUTH": frozenset({_S.READY}),
+    "ETRN": frozenset({_S.READY}),
 }
-# Known commands that this server does not offer (CHUNKING, TURN, ETRN, ...): 502.
-_NOT_OFFERED = frozenset({"BDAT", "TURN", "ATRN", "ETRN", "SEND", "SOML", "SAML"})
+# Known commands that this server does not offer (CHUNKING, TURN, ...): 502.
+_NOT_OFFERED = frozenset({"BDAT", "TURN", "ATRN", "SEND", "SOML", "SAML"})
 
 # Sequence refusals more precise than the generic 503 (same code, better text).
 _REFUSAL: dict[tuple[str, ServerState], Reply] = {
@@ -165,6 +171,8 @@ _REFUSAL: dict[tuple[str, ServerState], Reply] = {
     ("DATA", _S.MAIL): NEED_RCPT,
     ("AUTH", _S.MAIL): AUTH_IN_TRANSACTION,
     ("AUTH", _S.RCPT): AUTH_IN_TRANSACTION,
+    ("ETRN", _S.MAIL): ETRN_IN_TRANSACTION,
+    ("ETRN", _S.RCPT): ETRN_IN_TRANSACTION,
 }
 
 # What the reply to a decision event does to the state: (event type, positive) -> state,
@@ -186,6 +194,8 @@ _AFTER_REPLY: dict[tuple[type, bool], ServerState | None] = {
     (Auth, False): _S.READY,
     (AuthResponse, True): _S.READY,
     (AuthResponse, False): _S.READY,
+    (Etrn, True): None,
+    (Etrn, False): None,
 }
 
 # The positive codes a driver may give to each decision; any 4xx/5xx is allowed too.
@@ -198,6 +208,7 @@ _POSITIVE: dict[type, frozenset[int]] = {
     StartTls: frozenset({220}),
     Auth: frozenset({235}),
     AuthResponse: frozenset({235}),
+    Etrn: frozenset({250, 251, 252, 253}),     # RFC 1985 5
 }
 
 # RFC 5321 4.1.2: esmtp-keyword and esmtp-value (+ UTF8-non-ascii, RFC 6531 3.3).
@@ -375,6 +386,8 @@ class ServerConnection:
             lines.append("STARTTLS")
         if s.auth_mechanisms and s.advertise_auth:
             lines.append("AUTH " + " ".join(m.upper() for m in s.auth_mechanisms))
+        if s.etrn:
+            lines.append("ETRN")
         return Reply(250, None, tuple(lines))
 
     def auth_challenge(self, challenge: bytes) -> None:
@@ -523,6 +536,8 @@ class ServerConnection:
             return STARTTLS_UNAVAILABLE
         if verb == "AUTH" and not self.settings.auth_mechanisms:
             return AUTH_NOT_AVAILABLE
+        if verb == "ETRN" and not self.settings.etrn:
+            return NOT_IMPLEMENTED
         if self.state not in valid:
             return self._refusal(verb)
         handler: Callable[[str], Reply | Event] = getattr(self, "_cmd_" + verb.lower())
@@ -653,6 +668,22 @@ class ServerConnection:
             if initial is None:
                 return AUTH_BAD_BASE64
         return Auth(mechanism=mechanism, initial=initial)
+
+    def _cmd_etrn(self, arg: str) -> Reply | Event:
+        # RFC 1985 5: "ETRN" SP node, node = domain / "@" domain / "#" queue-name.
+        node = arg.strip(" ")
+        if node.startswith("#"):
+            return ETRN_QUEUE_NAMES
+        subdomains = node.startswith("@")
+        if subdomains:
+            node = node[1:]
+        if not node or node.startswith("["):
+            return ETRN_SYNTAX
+        try:
+            domain = parse_domain(node)
+        except AddressError:
+            return ETRN_SYNTAX
+        return Etrn(domain=domain, subdomains=subdomains)
 
     def _auth_response(self, raw: bytes, problem: Reply | None) -> None:
         """A line after "334": base64 data, or "*" to cancel (RFC 4954 4)."""
