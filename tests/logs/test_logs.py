@@ -104,3 +104,81 @@ def test_mail_log_is_logfmt_and_quotes_unsafe_values(tmp_path):
     line = (tmp_path / "mail260921.log").read_text()
     assert line == ('2026-09-21T14:13:20.500Z event=reject stage=rcpt client=10.0.0.9 '
                     'reason="said \\"no\\" here"\n')
+
+
+# --- two processes writing one series (the receiving and the delivering process share the
+# mail log). Two RotatingFile objects open the files independently, as two processes do:
+# flock, rename and O_APPEND behave the same across open file descriptions.
+
+LINE = 50    # bytes per test line
+
+
+def _lines_of(directory, pattern):
+    out = []
+    for path in directory.glob(pattern):
+        out += path.read_text().splitlines()
+    return out
+
+
+def _interleave(a, b, total, flush_every):
+    for i in range(total):
+        writer, name = (a, "A") if i % 3 else (b, "B")
+        writer.write(f"{name} {i:07d} ".ljust(LINE - 1, "x") + "\n")
+        if i % flush_every == flush_every - 1:
+            a.flush()
+            b.flush()
+    a.close()
+    b.close()
+
+
+def test_two_writers_share_size_rotation_without_loss_or_overshoot(tmp_path):
+    make = lambda: RotatingFile(tmp_path, prefix="mail", suffix=".log", rotation=Rotation.SIZE,
+                                max_size=2000, keep=1000)
+    total, flush_every = 3000, 10
+    _interleave(make(), make(), total, flush_every)
+    lines = _lines_of(tmp_path, "mail.log*")
+    # Every line once: none lost in a file renamed under the other writer, none twice.
+    assert sorted(int(line.split()[1]) for line in lines) == list(range(total))
+    # The cap holds for both together: a file passes max_size by at most what the two
+    # writers wrote between two flushes (each notices the other's rotation at its flush).
+    sizes = [p.stat().st_size for p in tmp_path.glob("mail.log*")]
+    assert max(sizes) <= 2000 + 2 * flush_every * LINE
+    # One shift per full file: no near-empty files from both writers shifting at once.
+    assert len(sizes) <= total * LINE // 2000 + 2
+    names = {p.name for p in tmp_path.iterdir()}
+    assert names == {"mail.log"} | {f"mail.log.{n}" for n in range(1, len(names))}
+
+
+def test_two_writers_share_daily_parts(tmp_path):
+    clock = Clock(1_790_000_000.0)
+    make = lambda: RotatingFile(tmp_path, prefix="ex", suffix=".log", rotation=Rotation.DAILY,
+                                max_size=2000, keep=1000, header="#Fields: x\n", clock=clock)
+    total, flush_every = 3000, 10
+    _interleave(make(), make(), total, flush_every)
+    lines = [line for line in _lines_of(tmp_path, "ex*.log") if not line.startswith("#")]
+    assert sorted(int(line.split()[1]) for line in lines) == list(range(total))
+    sizes = [p.stat().st_size for p in tmp_path.glob("ex*.log")]
+    assert max(sizes) <= 2000 + 2 * flush_every * LINE
+    assert len(sizes) <= total * LINE // 2000 + 2
+    # Each part starts with its header, written once.
+    for path in tmp_path.glob("ex*.log"):
+        text = path.read_text()
+        assert text.startswith("#Fields: x\n") and text.count("#Fields") == 1
+
+
+def test_a_writer_follows_a_rename_by_the_other(tmp_path):
+    a = RotatingFile(tmp_path, prefix="mail", suffix=".log", rotation=Rotation.SIZE,
+                     max_size=100, keep=10)
+    b = RotatingFile(tmp_path, prefix="mail", suffix=".log", rotation=Rotation.SIZE,
+                     max_size=100, keep=10)
+    b.write("b1\n")
+    b.flush()
+    a.write("a" * 120 + "\n")
+    a.flush()                 # full: a shifts mail.log -> mail.log.1 (which b still has open)
+    a.write("a2\n")           # the next line goes to the new mail.log
+    b.flush()                 # b sees the name now means another file, and follows
+    b.write("b2\n")
+    a.flush()
+    b.flush()
+    assert (tmp_path / "mail.log.1").read_text() == "b1\n" + "a" * 120 + "\n"
+    assert (tmp_path / "mail.log").read_text() == "a2\nb2\n"
