@@ -24,10 +24,10 @@ with atheris.instrument_imports():
     from relaywarden.smtp.address import AddressError, parse_path
     from relaywarden.smtp.client import ProtocolError, ReplyParser
     from relaywarden.smtp.events import (
-        NEED_DATA, Auth, AuthResponse, Closed, DataChunk, DataEnd, DataStart, Etrn, Handled,
-        Hello, MailFrom, RcptTo, StartTls)
+        NEED_DATA, Atrn, Auth, AuthResponse, Closed, DataChunk, DataEnd, DataStart, Etrn,
+        Handled, Hello, MailFrom, RcptTo, StartTls)
     from relaywarden.smtp.reply import START_DATA, reply
-    from relaywarden.smtp.server import BareLineEnds, ServerConnection, ServerSettings
+    from relaywarden.smtp.server import BareLineEnds, ServerConnection, ServerSettings, ServerState
 
 MAX_EVENTS_PER_BYTE = 4        # generous: every event consumes input
 MAX_BUFFER = 64 * 1024         # what the core may hold between calls, whatever it is fed
@@ -59,7 +59,12 @@ def _answer(conn: ServerConnection, event) -> None:
     elif kind is Auth:
         conn.auth_challenge(b"")
     elif kind is AuthResponse:
-        conn.respond(reply(535, "5.7.8", "no"))
+        conn.respond(reply(235, "2.7.0", "ok") if event.data.endswith(b"ok") else
+                     reply(535, "5.7.8", "no"))
+    elif kind is Atrn:
+        # Turn around for "ATRN" alone (the driver takes the connection over), refuse others.
+        conn.respond(reply(250, "2.0.0", "reversing") if not event.domains else
+                     reply(453, "4.3.0", "You have no mail"))
     elif kind is Etrn:
         conn.respond(reply(251, "2.0.0", f"OK, no messages waiting for node {event.domain}"))
     else:
@@ -70,7 +75,7 @@ def fuzz_server(data: bytes) -> None:
     mode = BareLineEnds.NORMALIZE if data[:1] and data[0] & 1 else BareLineEnds.REJECT
     conn = ServerConnection(ServerSettings(
         hostname="fuzz.test", max_message_size=4096, max_recipients=5, max_errors=50,
-        bare_line_ends=mode, starttls=True, auth_mechanisms=("PLAIN", "LOGIN"), etrn=True))
+        bare_line_ends=mode, starttls=True, auth_mechanisms=("PLAIN", "LOGIN"), etrn=True, atrn=True))
     conn.greet(reply(220, None, "fuzz.test ESMTP"))
     budget = MAX_EVENTS_PER_BYTE * (len(data) + 8)
     out = bytearray(conn.data_to_send())
@@ -87,6 +92,9 @@ def fuzz_server(data: bytes) -> None:
                 _answer(conn, event)
         out += conn.data_to_send()
         if conn.closing:
+            break
+        if conn.state is ServerState.REVERSED:
+            conn.take_input()            # the driver's client reads from here on
             break
         # Input the core holds between calls stays bounded whatever it is fed (a line with
         # no end is cut at the line limit, DATA goes out as chunks).

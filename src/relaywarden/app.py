@@ -54,6 +54,7 @@ def listener_contexts(cfg: Config) -> dict[str, ListenerContext]:
             starttls=lc.tls.mode in ("starttls", "required"),
             auth_mechanisms=("PLAIN", "LOGIN") if lc.auth.enabled else (),
             etrn=any(route.etrn for route in cfg.routes.values()),
+            atrn=any(route.atrn_users for route in cfg.routes.values()),
         )
         contexts[name] = ListenerContext(
             name=name,
@@ -123,6 +124,16 @@ def free_space(path: Path):
         st = os.statvfs(path)
         return st.f_bavail * st.f_frsize
     return read
+
+
+def atrn_engine(cfg: Config, store: Store, mail_log: MailLog) -> Engine | None:
+    """The receiving process's own delivery engine for ATRN sessions (RFC 2645): never
+    started (no scheduler), it only sends what a session claimed over the client's
+    connection and records the outcomes. None when no route has atrn_users."""
+    if not any(route.atrn_users for route in cfg.routes.values()):
+        return None
+    return Engine(store=store, router=build_router(cfg), resolver=resolver_for(cfg),
+                  settings=delivery_settings(cfg), mail_log=mail_log)
 
 
 def delivery_settings(cfg: Config) -> DeliverySettings:
@@ -267,6 +278,7 @@ class Relay:
                                 clock=loop_time),
             runtimes=self.runtimes,
             router=build_router(self.cfg),
+            atrn=atrn_engine(self.cfg, store, mail_log),
         )
         if self.cfg.delivery.process == "inline":
             self.worker = DeliveryWorker(self.cfg, store=store, mail_log=mail_log)
@@ -363,6 +375,7 @@ class Relay:
             return
         self.services.policy = build_policy(cfg)
         self.services.router = build_router(cfg)
+        self.services.atrn = atrn_engine(cfg, self.services.store, self.services.mail_log)
         self.services.resolver = resolver_for(cfg)
         # New password checkers (a changed LDAP server, a new users file); the throttle's
         # memory of failures is kept: a reload must not reset a brute-force lockout.

@@ -303,3 +303,30 @@ def etrn_router(tmp_path) -> Router:
 def test_etrn_refusal(etrn_router, domain, client, expected):
     import ipaddress
     assert etrn_router.etrn_refusal(domain, ipaddress.ip_address(client)) == expected
+
+
+def test_atrn_domains_are_the_exact_routes_naming_the_user(tmp_path):
+    path = tmp_path / "relay.toml"
+    path.write_text("""
+[relay]
+hostname = "relay.example.com"
+[auth]
+users_file = "users"
+[routes."shop.example.org"]
+hold = true
+atrn_users = ["Shop", "admin"]
+[routes."shop2.example.org"]
+hold = true
+atrn_users = ["shop"]
+[routes."closed.example.org"]
+hold = true
+[listeners.internal]
+address = "127.0.0.1"
+port = 2525
+[listeners.internal.auth]
+enabled = true
+""")
+    router = build_router(load_config(path))
+    assert router.atrn_domains("SHOP") == ("shop.example.org", "shop2.example.org")
+    assert router.atrn_domains("admin") == ("shop.example.org",)
+    assert router.atrn_domains("nobody") == ()

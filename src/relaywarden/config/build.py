@@ -69,6 +69,7 @@ def _route(name: str, settings: HopSettings, *, hold: bool = False) -> Route:
         kind=RouteKind.HOLD if hold else RouteKind.DELIVER,
         etrn=getattr(settings, "etrn", False),
         etrn_networks=tuple(getattr(settings, "etrn_networks", ())),
+        atrn_users=frozenset(user.casefold() for user in getattr(settings, "atrn_users", ())),
         hops=tuple(next_hop(text) for text in settings.next_hops),
         tls=settings.tls,
         implicit_tls=settings.implicit_tls,

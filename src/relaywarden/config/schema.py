@@ -560,6 +560,9 @@ class RouteSettings(HopSettings):
     etrn: bool = False
     # Who may ask: client networks; empty: any client the listener lets in.
     etrn_networks: list[Network] = []
+    # ATRN (RFC 2645): these authenticated users may collect this hold route's mail over
+    # their own connection (the relay turns it around); case-insensitive.
+    atrn_users: list[Text] = []
 
     @model_validator(mode="after")
     def _required_hops(self) -> RouteSettings:
@@ -571,6 +574,8 @@ class RouteSettings(HopSettings):
             raise problem(("next_hops",), "missing: etrn = true sends the mail through next_hops")
         if self.etrn_networks and not self.etrn:
             raise problem(("etrn_networks",), "has no effect without etrn = true")
+        if self.atrn_users and not self.hold:
+            raise problem(("atrn_users",), "needs hold = true (the mail waits for the user to collect it)")
         return self
 
 
@@ -930,6 +935,12 @@ class Config(Strict):
                         (("sender_routes", name, "groups", index), f"unknown group {group!r} (groups: {known})")
                     )
         for key, route in self.routes.items():
+            if route.atrn_users and (key.startswith("*") or key.startswith("[")):
+                found.append((("routes", key, "atrn_users"),
+                              "ATRN collects the mail of named domains: use a route per domain"))
+            if route.atrn_users and not any(listener.auth.enabled for listener in self.listeners.values()):
+                found.append((("routes", key, "atrn_users"),
+                              "ATRN needs AUTH: no listener has auth.enabled = true"))
             if key.startswith("[") and "mx" in route.next_hops:
                 index = route.next_hops.index("mx")
                 found.append((("routes", key, "next_hops", index), '"mx" cannot be used for an address literal'))

@@ -251,6 +251,36 @@ class OutboundConnection:
             raise
         return conn
 
+    @classmethod
+    async def adopt(cls, transport: asyncio.Transport, policy: ClientPolicy, *,
+                    initial: bytes = b"") -> OutboundConnection:
+        """ATRN (RFC 2645 5.3): become the client on a connection the peer opened to us.
+        ``initial``: bytes of the peer that arrived before (the start of its greeting).
+        Reads the greeting and says EHLO; never STARTTLS or AUTH (the peer authenticated
+        to us, and TLS, if any, is already up). Raises DeliveryError (then closed)."""
+        command("EHLO", policy.helo)
+        peer = transport.get_extra_info("peername") or ("unknown", 0)
+        conn = cls(peer[0].split("%", 1)[0], peer[1], policy)
+        conn._proto = _Protocol(conn._parser)
+        transport.set_protocol(conn._proto)
+        conn._proto.connection_made(transport)
+        conn._transport = transport
+        conn._record_tls(transport)
+        if initial:
+            conn._proto.data_received(initial)
+        transport.resume_reading()
+        try:
+            greeting = await conn._reply("greeting")
+            conn.greeting = greeting
+            if greeting.code != 220:
+                conn._failed = True
+                raise DeliveryError(greeting, "greeting", from_server=True)
+            await conn._hello()
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
     @property
     def usable(self) -> bool:
         """Still open and in a clean state (no transaction, no error): may send a message."""

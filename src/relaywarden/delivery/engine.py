@@ -249,23 +249,28 @@ class Engine:
                                 attempts=r.attempts + 1, last_error=f"internal error: {exc!r}")
                 for r in message.recipients])
 
+    async def _body_of(self, message: DueMessage) -> bytes | Path | None:
+        """The body to send, or None: the message was removed meanwhile (queue delete), or
+        its body file is missing (then its recipients are held and the admin is told)."""
+        if message.body is not None:
+            return message.body
+        try:
+            return await self.store.locate_body(message.queue_id)
+        except BodyMissing as exc:
+            # Nothing can be sent, and retrying will not bring the file back: the
+            # recipients are held (no more attempts) and the admin is told.
+            self.mail_log.event(MailEvent.DEFERRED, id=message.queue_id, error=str(exc),
+                                action="held")
+            await self.store.record(message.queue_id, [
+                RecipientUpdate(idx=r.idx, status=RecipientStatus.HELD,
+                                attempts=r.attempts, last_error=str(exc), held_by="body")
+                for r in message.recipients])
+            return None
+
     async def _attempt(self, message: DueMessage) -> None:
-        body: bytes | Path | None = message.body
+        body = await self._body_of(message)
         if body is None:
-            try:
-                body = await self.store.locate_body(message.queue_id)
-            except BodyMissing as exc:
-                # Nothing can be sent, and retrying will not bring the file back: the
-                # recipients are held (no more attempts) and the admin is told.
-                self.mail_log.event(MailEvent.DEFERRED, id=message.queue_id, error=str(exc),
-                                    action="held")
-                await self.store.record(message.queue_id, [
-                    RecipientUpdate(idx=r.idx, status=RecipientStatus.HELD,
-                                    attempts=r.attempts, last_error=str(exc), held_by="body")
-                    for r in message.recipients])
-                return
-        if body is None:
-            return   # removed meanwhile (queue delete)
+            return
         groups: dict[tuple[str, str, bool], tuple[Route, bool, list[DueRecipient]]] = {}
         for rcpt in message.recipients:
             route = self.router.route(rcpt.domain, sender=message.sender,
@@ -354,6 +359,69 @@ class Engine:
         kind = Kind.BOUNCED if refused_everywhere else Kind.DEFERRED
         return [Outcome(r, kind, last, last_remote, route=route.name, synthesized=last_synth)
                 for r in recipients]
+
+    async def deliver_over(self, conn: OutboundConnection,
+                           messages: Sequence[DueMessage]) -> tuple[int, int]:
+        """ATRN (RFC 2645): send messages claimed by `Store.start_atrn` over a connection
+        the customer opened and the relay turned around. Outcomes are recorded as for any
+        attempt, except that what is not delivered now (4xx, the connection lost) goes
+        back to the hold, to wait for the next ATRN; a 5xx bounces. Returns (recipients
+        delivered, recipients not)."""
+        remote = f"ATRN {conn.peer}"
+        broken: Reply | None = None      # the connection cannot carry more: hold the rest
+        last: Reply | None = None
+        delivered = not_delivered = 0
+        for message in messages:
+            recipients = list(message.recipients)
+            rehold = {r.idx for r in recipients}
+            route = self.router.route(recipients[0].domain, sender=message.sender,
+                                      group=message.client_group, user=message.auth_user).name
+            if broken is None and not conn.usable:
+                broken = last or reply(451, "4.4.2", "the ATRN connection is not usable")
+            if broken is not None:
+                await self.hold_back([message], broken, remote=remote)
+                not_delivered += len(recipients)
+                continue
+            body = await self._body_of(message)
+            if body is None:
+                continue
+            self.mail_log.event(MailEvent.ATTEMPT, id=message.queue_id, route=route,
+                                relay=remote, to=",".join(r.address for r in recipients))
+            try:
+                result = await conn.send(
+                    sender=message.sender,
+                    recipients=[OutRecipient(address=r.address, notify=r.notify, orcpt=r.orcpt)
+                                for r in recipients],
+                    body=body, size=message.size if isinstance(body, Path) else len(body),
+                    eightbit=message.body_type == "8BITMIME",
+                    smtputf8=message.smtputf8, ret=message.ret, envid=message.envid,
+                )
+            except DeliveryError as err:
+                kind = Kind.BOUNCED if _permanent_stage(err) else Kind.DEFERRED
+                outcomes = [Outcome(r, kind, err.reply, remote, route=route,
+                                    synthesized=not err.from_server) for r in recipients]
+                last = err.reply
+            else:
+                tls = f"{conn.tls_version} {conn.tls_cipher}" if conn.tls_version else ""
+                outcomes = [
+                    Outcome(r, Kind.DELIVERED if answer.positive else
+                            Kind.BOUNCED if answer.permanent else Kind.DEFERRED,
+                            answer, remote, conn.extensions.dsn, route, tls,
+                            synthesized=result.synthesized)
+                    for r, answer in zip(recipients, result.recipients)]
+            delivered += sum(o.kind is Kind.DELIVERED for o in outcomes)
+            not_delivered += sum(o.kind is not Kind.DELIVERED for o in outcomes)
+            await self._finish(message, body, outcomes, rehold=rehold)
+        return delivered, not_delivered
+
+    async def hold_back(self, messages: Sequence[DueMessage], why: Reply, *,
+                        remote: str = "") -> None:
+        """Messages claimed for ATRN that will not be sent now: back to the hold."""
+        for message in messages:
+            route = self.router.route(message.recipients[0].domain, sender=message.sender,
+                                      group=message.client_group, user=message.auth_user).name
+            await self._finish(message, b"", [Outcome(r, Kind.HELD, why, remote, route=route)
+                                              for r in message.recipients])
 
     async def _send(self, hop: _Hop, policy: ClientPolicy, message: DueMessage,
                     body: bytes | Path,

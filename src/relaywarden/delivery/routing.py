@@ -98,6 +98,7 @@ class Route:
     auth_without_tls: bool = False
     etrn: bool = False              # ETRN may start this route's queue (RFC 1985)
     etrn_networks: tuple[match.IPNetwork, ...] = ()   # who may; empty: any client
+    atrn_users: frozenset[str] = frozenset()          # ATRN (RFC 2645): casefolded users
 
     @property
     def mx(self) -> bool:
@@ -218,6 +219,13 @@ class Router:
             if not any(ip in net for net in route.etrn_networks):
                 return route.name, "this client may not start the domain's queue"
         return route.name, None
+
+    def atrn_domains(self, user: str) -> tuple[str, ...]:
+        """The domains whose mail this authenticated user may collect with ATRN: exact
+        domain routes that name the user (the config allows atrn_users nowhere else)."""
+        who = user.casefold()
+        return tuple(sorted(domain for domain, route in self._exact.items()
+                            if who in route.atrn_users))
 
     @staticmethod
     def _for(route: Route, domain: str) -> Route:

@@ -28,7 +28,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -537,6 +537,27 @@ class Store:
             return len(messages), started
         return self._write(apply, durable=False)
 
+    def start_atrn(self, domains: Sequence[str], lease: float) -> asyncio.Future:
+        """ATRN (RFC 2645): claim, for the session that turns its connection around, every
+        recipient of these domains that a hold route holds or that waits in the queue (not
+        one under way elsewhere), leased until ``now + lease`` like a scheduler claim.
+        Resolves to the DueMessages (their recipients in these domains only). Mail held by
+        the admin or for a missing body file stays held."""
+        now = time.time()
+
+        def apply(db: sqlite3.Connection) -> list[DueMessage]:
+            rows = []
+            for domain in domains:
+                rows += db.execute(
+                    "UPDATE recipients SET status = 'queued', released = 1, lease_until = ?"
+                    " WHERE domain = ? AND lease_until <= ? AND (status = 'queued' OR"
+                    " (status = 'held' AND held_by = 'route'))"
+                    " RETURNING message_id, idx, address, domain, orcpt, notify, attempts,"
+                    " delay_notified, released", (now + lease, domain, now)).fetchall()
+            rows.sort(key=lambda row: (row[0], row[1]))
+            return _due_messages(db, rows)
+        return self._write(apply, durable=False)
+
     async def release_leases(self) -> int:
         """At start-up of a single relay process: attempts that were under way when the last
         process died are due again now (they are retried, at least once, never lost)."""
@@ -748,6 +769,12 @@ def _claim(db: sqlite3.Connection, now: float, limit: int, lease: float) -> list
         "UPDATE recipients SET lease_until = ? WHERE message_id = ? AND idx = ?",
         [(now + lease, mid, idx) for mid, idx, *_ in rows],
     )
+    return _due_messages(db, rows)
+
+
+def _due_messages(db: sqlite3.Connection, rows: list[tuple]) -> list[DueMessage]:
+    """Claimed recipient rows (message_id, idx, address, domain, orcpt, notify, attempts,
+    delay_notified, released) -> their messages, with bodies up to CLAIM_BODIES_BYTES."""
     by_message: dict[str, list[DueRecipient]] = {}
     for mid, idx, address, domain, orcpt, notify, attempts, notified, released in rows:
         by_message.setdefault(mid, []).append(DueRecipient(

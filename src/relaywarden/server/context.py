@@ -21,6 +21,7 @@ from relaywarden.smtp.server import ServerSettings
 if TYPE_CHECKING:
     from relaywarden.auth import Backend
     from relaywarden.auth.throttle import AuthThrottle
+    from relaywarden.delivery.engine import Engine
     from relaywarden.delivery.routing import Router
     from relaywarden.logs.maillog import MailLog
     from relaywarden.logs.protocol import ProtocolLog
@@ -115,6 +116,7 @@ class Services:
     auth_throttle: "AuthThrottle | None" = None
     runtimes: dict[str, ListenerRuntime] = field(default_factory=dict)
     router: "Router | None" = None                # ETRN: which domains a client may start
+    atrn: "Engine | None" = None                  # ATRN: delivers over a client's connection
     on_queued: Callable[[], None] = lambda: None   # wakes the delivery scheduler
     sessions: set[Any] = field(default_factory=set)
     tasks: set[asyncio.Task] = field(default_factory=set)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from email.utils import formatdate
 
 from relaywarden.auth import AUTH_INVALID, AuthResult
+from relaywarden.delivery.client import ClientPolicy, DeliveryError, OutboundConnection
+from relaywarden.delivery.tls import TlsMode
 from relaywarden.logs.maillog import MailEvent
 from relaywarden.logs.protocol import SessionLog
 from relaywarden.logs.stamp import SecondStamp
@@ -37,6 +39,7 @@ from relaywarden.server.tls import describe as describe_tls
 from relaywarden.smtp.address import Address
 from relaywarden.smtp.events import (
     NEED_DATA,
+    Atrn,
     Auth,
     AuthResponse,
     Closed,
@@ -77,6 +80,14 @@ TOO_MANY_MESSAGES = reply(451, "4.7.1", "Too many messages, slow down and try ag
 SENDER_OK = reply(250, "2.1.0", "Ok")
 #: ETRN commands one session may give; more are refused (each is a queue transaction).
 MAX_ETRN_PER_SESSION = 20
+# RFC 2645 5.2.1 and 7.
+ATRN_REFUSED = reply(450, "4.7.1", "ATRN request refused")
+ATRN_NOT_NOW = reply(451, "4.3.0", "Unable to process ATRN request now")
+ATRN_NO_MAIL = reply(453, "4.3.0", "You have no mail")
+ATRN_REVERSING = reply(250, "2.0.0", "OK now reversing the connection")
+#: How long mail claimed for an ATRN session is kept from the scheduler (it is held
+#: again, or delivered, well before: this only matters if the process dies meanwhile).
+ATRN_LEASE = 3600.0
 
 
 @dataclass(slots=True)
@@ -635,6 +646,83 @@ class SmtpSession(asyncio.Protocol):
         self._update_reading()
         self._pump()
 
+    # -- ATRN (RFC 2645) -------------------------------------------------------------------
+
+    def _on_atrn(self, ev: Atrn) -> None:
+        asked = ",".join(ev.domains)
+        user = self.client.user
+        engine = self.services.atrn
+        allowed = engine.router.atrn_domains(user) if engine is not None and user else ()
+        refused = [d for d in ev.domains if d not in allowed]
+        if not allowed or refused:
+            reason = (f"user {user} may not collect mail for {','.join(refused)}" if refused
+                      else f"user {user} may collect no domain's mail")
+            self.services.mail_log.event(
+                MailEvent.REJECT, stage="atrn", listener=self.ctx.name, client=self.client_ip,
+                user=user, code=ATRN_REFUSED.code, reason=reason, domains=asked or None)
+            self._respond("ATRN", asked, ATRN_REFUSED)
+            return
+        domains = ev.domains or allowed
+        self._waiting = True
+        self._update_reading()
+        done = self.services.store.start_atrn(domains, ATRN_LEASE)
+        done.add_done_callback(functools.partial(self._atrn_claimed, asked, domains))
+
+    def _atrn_claimed(self, asked: str, domains: tuple[str, ...], done: asyncio.Future) -> None:
+        error = "cancelled" if done.cancelled() else done.exception()
+        messages = [] if error is not None else done.result()
+        if self._closed:
+            if messages:   # the client left meanwhile: what was claimed goes back on hold
+                self._spawn(self.services.atrn.hold_back(
+                    messages, reply(451, "4.4.2", "the ATRN client went away")))
+            return
+        if error is not None:
+            self.services.mail_log.event(
+                MailEvent.REJECT, stage="atrn", listener=self.ctx.name, client=self.client_ip,
+                user=self.client.user, code=ATRN_NOT_NOW.code, reason=str(error))
+            answer = ATRN_NOT_NOW
+        elif not messages:
+            answer = ATRN_NO_MAIL
+        else:
+            # RFC 2645 5.3: the roles reverse. The core reads nothing more; the relay is
+            # the client on this connection until it has sent the mail and said QUIT.
+            self._respond("ATRN", asked, ATRN_REVERSING)
+            self._flush()
+            self.services.mail_log.event(
+                MailEvent.ATRN, listener=self.ctx.name, client=self.client_ip,
+                user=self.client.user, domains=",".join(domains), messages=len(messages))
+            self._spawn(self._reversed(messages))
+            return
+        self._waiting = False
+        self._respond("ATRN", asked, answer)
+        self._update_reading()
+        self._pump()
+
+    async def _reversed(self, messages: list) -> None:
+        engine = self.services.atrn
+        s = engine.settings
+        policy = ClientPolicy(helo=s.helo, tls=TlsMode.NONE, connect_timeout=s.connect_timeout,
+                              command_timeout=s.command_timeout, data_timeout=s.data_timeout)
+        delivered, held = 0, sum(len(m.recipients) for m in messages)
+        try:
+            try:
+                conn = await OutboundConnection.adopt(self.transport, policy,
+                                                      initial=self.conn.take_input())
+            except DeliveryError as err:
+                await engine.hold_back(messages, err.reply, remote=f"ATRN {self.client_ip}")
+                return
+            try:
+                delivered, held = await engine.deliver_over(conn, messages)
+            finally:
+                await conn.close()
+        finally:
+            self.services.on_queued()     # DSNs it made go out through the scheduler
+            self.services.mail_log.event(
+                MailEvent.ATRN, listener=self.ctx.name, client=self.client_ip,
+                user=self.client.user, delivered=delivered, held=held, stage="done")
+            self._closed = True
+            self._finish(None)
+
     def _on_handled(self, ev: Handled) -> None:
         if ev.verb.upper() in ("RSET", "HELO", "EHLO"):
             self._drop_transaction()
@@ -759,6 +847,7 @@ class SmtpSession(asyncio.Protocol):
         Auth: _on_auth,
         AuthResponse: _on_auth_response,
         Etrn: _on_etrn,
+        Atrn: _on_atrn,
     }
 
     # -- helpers -------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Events the server-side protocol core hands to its driver.
 
-Decision events (Hello, MailFrom, RcptTo, DataStart, DataEnd, StartTls, Auth, AuthResponse, Etrn)
+Decision events (Hello, MailFrom, RcptTo, DataStart, DataEnd, StartTls, Auth, AuthResponse, Etrn,
+Atrn)
 wait for `ServerConnection.respond()`; information events (DataChunk, Handled, Closed) need
 no answer. `NEED_DATA` says: feed more bytes.
 """
@@ -25,6 +26,7 @@ __all__ = [
     "Auth",
     "AuthResponse",
     "Etrn",
+    "Atrn",
     "DataChunk",
     "Handled",
     "Closed",
@@ -123,6 +125,16 @@ class Etrn:
     subdomains: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Atrn:
+    """ATRN (RFC 2645) from an authenticated client: the domains asked for (lower case), or
+    () for all the client may collect. Answer 250 to turn the connection around: the core
+    then reads nothing more (state REVERSED) and the driver becomes the SMTP client on the
+    same connection, beginning with the bytes `conn.take_input()` gives. Or 450, 451, 453."""
+
+    domains: tuple[str, ...]
+
+
 # --- information events ------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +185,7 @@ class NeedData:
 NEED_DATA = NeedData()
 
 DecisionEvent = Union[Hello, MailFrom, RcptTo, DataStart, DataEnd, StartTls, Auth, AuthResponse,
-                      Etrn]
-DECISION_EVENTS = (Hello, MailFrom, RcptTo, DataStart, DataEnd, StartTls, Auth, AuthResponse, Etrn)
+                      Etrn, Atrn]
+DECISION_EVENTS = (Hello, MailFrom, RcptTo, DataStart, DataEnd, StartTls, Auth, AuthResponse, Etrn,
+                   Atrn)
 Event = Union[DecisionEvent, DataChunk, Handled, Closed]

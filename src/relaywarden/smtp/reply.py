@@ -166,6 +166,7 @@ MAIL_SYNTAX = reply(501, "5.5.4", "Syntax: MAIL FROM:<address>")
 RCPT_SYNTAX = reply(501, "5.5.4", "Syntax: RCPT TO:<address>")
 VRFY_SYNTAX = reply(501, "5.5.4", "Syntax: VRFY address")
 ETRN_SYNTAX = reply(501, "5.5.4", "Syntax: ETRN domain or ETRN @domain")      # RFC 1985 5
+ATRN_SYNTAX = reply(501, "5.5.4", "Syntax: ATRN [domain[,domain]...]")         # RFC 2645 5.2.1
 
 # --- command sequence (RFC 5321 4.1.4, 3463 5.5.1) -----------------------------------------
 BAD_SEQUENCE = reply(503, "5.5.1", "Bad sequence of commands")
@@ -202,6 +203,7 @@ ETRN_QUEUE_NAMES = reply(459, "4.5.4", "Node not allowed: queue names (#name) ar
 AUTH_NOT_AVAILABLE = reply(503, "5.5.1", "Authentication not enabled")
 AUTH_ALREADY = reply(503, "5.5.1", "Already authenticated")              # RFC 4954 4
 AUTH_IN_TRANSACTION = reply(503, "5.5.1", "AUTH not permitted during a mail transaction")
+ATRN_NEEDS_AUTH = reply(530, "5.7.0", "Authentication required")             # RFC 2645 5.2.1
 AUTH_SYNTAX = reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
 AUTH_UNKNOWN_MECHANISM = reply(504, "5.5.4", "Unrecognized authentication mechanism")
 AUTH_BAD_BASE64 = reply(501, "5.5.2", "Cannot decode base64 data")

@@ -31,6 +31,7 @@ from .address import AddressError, parse_domain, parse_path, split_path, xtext_d
 from .events import (
     DECISION_EVENTS,
     NEED_DATA,
+    Atrn,
     Auth,
     AuthResponse,
     Closed,
@@ -57,6 +58,8 @@ from .reply import (
     AUTH_NOT_AVAILABLE,
     AUTH_SYNTAX,
     AUTH_UNKNOWN_MECHANISM,
+    ATRN_NEEDS_AUTH,
+    ATRN_SYNTAX,
     BAD_ENCODING,
     BAD_SEQUENCE,
     BARE_LINE_END_IN_COMMAND,
@@ -122,6 +125,7 @@ class ServerSettings:
     smtputf8: bool = True
     dsn: bool = True
     etrn: bool = False                 # offer ETRN (RFC 1985); else 502 like other commands
+    atrn: bool = False                 # offer ATRN (RFC 2645) to authenticated clients
 
 
 class ServerState(enum.Enum):
@@ -134,6 +138,7 @@ class ServerState(enum.Enum):
     AUTH = "auth"              # 334 sent: reading a SASL response line (RFC 4954 4)
     STARTTLS = "starttls"      # 220 sent to STARTTLS: waiting for tls_started()
     CLOSING = "closing"        # greeted with 554: only QUIT is served (RFC 5321 3.1)
+    REVERSED = "reversed"      # 250 to ATRN: the driver is the client now, nothing is read
     CLOSED = "closed"
 
 
@@ -158,9 +163,10 @@ _VALID_IN: dict[str, frozenset[ServerState]] = {
     "STARTTLS": frozenset({_S.READY}),
     "AUTH": frozenset({_S.READY}),
     "ETRN": frozenset({_S.READY}),
+    "ATRN": frozenset({_S.READY}),
 }
 # Known commands that this server does not offer (CHUNKING, TURN, ...): 502.
-_NOT_OFFERED = frozenset({"BDAT", "TURN", "ATRN", "SEND", "SOML", "SAML"})
+_NOT_OFFERED = frozenset({"BDAT", "TURN", "SEND", "SOML", "SAML"})
 
 # Sequence refusals more precise than the generic 503 (same code, better text).
 _REFUSAL: dict[tuple[str, ServerState], Reply] = {
@@ -196,6 +202,8 @@ _AFTER_REPLY: dict[tuple[type, bool], ServerState | None] = {
     (AuthResponse, False): _S.READY,
     (Etrn, True): None,
     (Etrn, False): None,
+    (Atrn, True): _S.REVERSED,
+    (Atrn, False): None,
 }
 
 # The positive codes a driver may give to each decision; any 4xx/5xx is allowed too.
@@ -209,6 +217,7 @@ _POSITIVE: dict[type, frozenset[int]] = {
     Auth: frozenset({235}),
     AuthResponse: frozenset({235}),
     Etrn: frozenset({250, 251, 252, 253}),     # RFC 1985 5
+    Atrn: frozenset({250}),                    # RFC 2645 5.2.1
 }
 
 # RFC 5321 4.1.2: esmtp-keyword and esmtp-value (+ UTF8-non-ascii, RFC 6531 3.3).
@@ -388,6 +397,8 @@ class ServerConnection:
             lines.append("AUTH " + " ".join(m.upper() for m in s.auth_mechanisms))
         if s.etrn:
             lines.append("ETRN")
+        if s.atrn and s.auth_mechanisms:
+            lines.append("ATRN")
         return Reply(250, None, tuple(lines))
 
     def auth_challenge(self, challenge: bytes) -> None:
@@ -409,6 +420,15 @@ class ServerConnection:
         self._encrypted = True
         self.state = ServerState.GREETED
 
+    def take_input(self) -> bytes:
+        """After ATRN's 250: what the peer sent that the core did not read (the start of
+        its greeting, if it was quick); the driver's client reads it first."""
+        if self.state is not ServerState.REVERSED:
+            raise UsageError("take_input() is for a reversed connection (250 to ATRN)")
+        data = bytes(self._in)
+        self._in.clear()
+        return data
+
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
         self._out.clear()
@@ -426,6 +446,8 @@ class ServerConnection:
             return self._step_eof()
         if state is ServerState.CONNECTED:
             return self._step_eof()              # nothing is read before the greeting
+        if state is ServerState.REVERSED:
+            return False                         # the driver's client reads from now on
         limit = self.settings.max_command_line
         if state is ServerState.AUTH or self._in[:5].upper() == b"AUTH ":
             limit = max(limit, AUTH_LINE_LIMIT)
@@ -537,6 +559,8 @@ class ServerConnection:
         if verb == "AUTH" and not self.settings.auth_mechanisms:
             return AUTH_NOT_AVAILABLE
         if verb == "ETRN" and not self.settings.etrn:
+            return NOT_IMPLEMENTED
+        if verb == "ATRN" and not (self.settings.atrn and self.settings.auth_mechanisms):
             return NOT_IMPLEMENTED
         if self.state not in valid:
             return self._refusal(verb)
@@ -684,6 +708,26 @@ class ServerConnection:
         except AddressError:
             return ETRN_SYNTAX
         return Etrn(domain=domain, subdomains=subdomains)
+
+    def _cmd_atrn(self, arg: str) -> Reply | Event:
+        # RFC 2645 5.2.1: "ATRN" [SP domain *("," domain)], only once authenticated.
+        if not self._authenticated:
+            return ATRN_NEEDS_AUTH
+        text = arg.strip(" ")
+        if not text:
+            return Atrn(domains=())
+        domains: list[str] = []
+        for part in text.split(","):
+            part = part.strip(" ")
+            if not part or part.startswith("["):
+                return ATRN_SYNTAX
+            try:
+                domain = parse_domain(part)
+            except AddressError:
+                return ATRN_SYNTAX
+            if domain not in domains:
+                domains.append(domain)
+        return Atrn(domains=tuple(domains))
 
     def _auth_response(self, raw: bytes, problem: Reply | None) -> None:
         """A line after "334": base64 data, or "*" to cancel (RFC 4954 4)."""
