@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Coverage-guided fuzzing (atheris, libFuzzer) of everything that parses hostile bytes:
-the SMTP server core, the address parser, and the client's reply parser.
+the SMTP server core, the address parser, the client's reply parser and the attachment
+screener.
 
     pip install atheris
     python3 fuzz/fuzz_smtp.py server  -atheris_runs=1000000
     python3 fuzz/fuzz_smtp.py address -atheris_runs=1000000
     python3 fuzz/fuzz_smtp.py replies -atheris_runs=1000000
+    python3 fuzz/fuzz_smtp.py screen  -max_total_time=300 fuzz/corpus-screen
 
 Each input is split into chunks (the first bytes choose the chunk sizes), fed to the code
 under test, and checked for: no exception but the documented ones, a bounded number of
@@ -26,6 +28,7 @@ with atheris.instrument_imports():
     from relaywarden.smtp.events import (
         NEED_DATA, Atrn, Auth, AuthResponse, Closed, DataChunk, DataEnd, DataStart, Etrn,
         Handled, Hello, MailFrom, RcptTo, StartTls)
+    from relaywarden.screening import ScreenRules, screen
     from relaywarden.smtp.reply import START_DATA, reply
     from relaywarden.smtp.server import BareLineEnds, ServerConnection, ServerSettings, ServerState
 
@@ -126,7 +129,22 @@ def fuzz_replies(data: bytes) -> None:
         pass
 
 
-TARGETS = {"server": fuzz_server, "address": fuzz_address, "replies": fuzz_replies}
+SCREEN_RULES = ScreenRules(blocked_extensions=frozenset({"exe", "js"}),
+                           blocked_content_types=frozenset({"application/x-msdownload"}),
+                           max_attachment_size=1000)
+
+
+def fuzz_screen(data: bytes) -> None:
+    """The attachment screener: any message, in any chunking, gives an answer, never an
+    exception (the session would answer 451 and the sender would retry forever)."""
+    chunks = _chunks(data)
+    found = screen(chunks, SCREEN_RULES)
+    if found is not None and not found.rule.startswith("screening"):
+        raise AssertionError(f"finding without a rule: {found!r}")
+
+
+TARGETS = {"server": fuzz_server, "address": fuzz_address, "replies": fuzz_replies,
+           "screen": fuzz_screen}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in TARGETS:

@@ -28,6 +28,7 @@ from relaywarden.auth.users import LocalBackend, UserFile
 from relaywarden.delivery.badmail import Badmail, BadmailSettings
 from relaywarden.delivery.engine import DeliverySettings, Engine
 from relaywarden.queue.store import Store
+from relaywarden.screening import Screener, ScreenRules
 from relaywarden.resolver import DnsSettings, Resolver
 from relaywarden.policy.limits import FreeSpaceGuard
 from relaywarden.server.context import Limits, ListenerContext, ListenerRuntime, Services, TlsMode
@@ -134,6 +135,15 @@ def atrn_engine(cfg: Config, store: Store, mail_log: MailLog) -> Engine | None:
         return None
     return Engine(store=store, router=build_router(cfg), resolver=resolver_for(cfg),
                   settings=delivery_settings(cfg), mail_log=mail_log)
+
+
+def screener_for(cfg: Config) -> Screener | None:
+    s = cfg.screening
+    rules = ScreenRules(blocked_extensions=frozenset(s.blocked_extensions),
+                        blocked_content_types=frozenset(s.blocked_content_types),
+                        max_attachment_size=s.max_attachment_size,
+                        look_inside_zip=s.look_inside_zip)
+    return Screener(rules=rules, action=s.action, scope=s.scope) if rules.active else None
 
 
 def delivery_settings(cfg: Config) -> DeliverySettings:
@@ -279,6 +289,7 @@ class Relay:
             runtimes=self.runtimes,
             router=build_router(self.cfg),
             atrn=atrn_engine(self.cfg, store, mail_log),
+            screener=screener_for(self.cfg),
         )
         if self.cfg.delivery.process == "inline":
             self.worker = DeliveryWorker(self.cfg, store=store, mail_log=mail_log)
@@ -376,6 +387,7 @@ class Relay:
         self.services.policy = build_policy(cfg)
         self.services.router = build_router(cfg)
         self.services.atrn = atrn_engine(cfg, self.services.store, self.services.mail_log)
+        self.services.screener = screener_for(cfg)
         self.services.resolver = resolver_for(cfg)
         # New password checkers (a changed LDAP server, a new users file); the throttle's
         # memory of failures is kept: a reload must not reset a brute-force lockout.

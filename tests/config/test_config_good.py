@@ -134,6 +134,7 @@ def test_example_covers_every_setting():
         LogSettings,
         QueueSettings,
         RelaySettings,
+        ScreeningSettings,
         SenderRouteSettings,
     )
 
@@ -144,6 +145,7 @@ def test_example_covers_every_setting():
     missing += present(data["delivery"], DeliverySettings, "delivery.")
     missing += present(data["dns"], DnsSettings, "dns.")
     missing += present(data["badmail"], BadmailSettings, "badmail.")
+    missing += present(data["screening"], ScreeningSettings, "screening.")
     missing += present(data["sender_routes"]["apps"], SenderRouteSettings, "sender_routes.apps.")
     missing += present(data["groups"]["scanners"], GroupSettings, "groups.scanners.")
     missing += present(data["listeners"]["inbound"], ListenerSettings, "listeners.inbound.")

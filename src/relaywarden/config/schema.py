@@ -442,6 +442,49 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 BADMAIL_PLACEHOLDERS = ("path", "id", "reason")
 
 
+_EXTENSION = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+_CONTENT_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
+
+
+class ScreeningSettings(Strict):
+    """The attachment screener (see relaywarden.screening). Nothing listed: no screening."""
+
+    blocked_extensions: list[str] = []          # "exe" or ".exe", case-insensitive
+    blocked_content_types: list[str] = []       # "application/x-msdownload"
+    max_attachment_size: Size = 0               # decoded bytes; 0: no limit
+    look_inside_zip: bool = True
+    action: Literal["reject", "badmail"] = "reject"
+    # Which mail: "all"; "outbound" (a recipient outside the hosted domains); "inbound" (a
+    # recipient in them).
+    scope: Literal["all", "outbound", "inbound"] = "all"
+
+    @field_validator("blocked_extensions")
+    @classmethod
+    def _extensions(cls, value: list[str]) -> list[str]:
+        out, found = [], []
+        for index, text in enumerate(value):
+            ext = text.strip().lower().removeprefix(".")
+            if not _EXTENSION.fullmatch(ext):
+                found.append(((index,), f"{text!r} is not a file name extension (e.g. \"exe\")"))
+            out.append(ext)
+        if found:
+            raise problems(found)
+        return out
+
+    @field_validator("blocked_content_types")
+    @classmethod
+    def _content_types(cls, value: list[str]) -> list[str]:
+        out, found = [], []
+        for index, text in enumerate(value):
+            ctype = text.strip().lower()
+            if not _CONTENT_TYPE.fullmatch(ctype):
+                found.append(((index,), f"{text!r} is not a content type (e.g. \"application/x-msdownload\")"))
+            out.append(ctype)
+        if found:
+            raise problems(found)
+        return out
+
+
 class BadmailSettings(Strict):
     dir: Path = Path("badmail")                 # relative to data_dir; absolute after validation
     notify: OptionalAddress = None
@@ -854,6 +897,7 @@ class Config(Strict):
     delivery: DeliverySettings = Field(default_factory=dict)
     dns: DnsSettings = Field(default_factory=dict)
     badmail: BadmailSettings = Field(default_factory=dict)
+    screening: ScreeningSettings = Field(default_factory=dict)
     auth: AuthSettings = Field(default_factory=dict)
     routes: dict[str, RouteSettings] = {}
     sender_routes: dict[str, SenderRouteSettings] = {}   # in file order: the order they are tried

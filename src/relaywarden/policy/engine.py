@@ -118,6 +118,10 @@ class Policy:
             # client's fault: fail loudly rather than guess a policy.
             raise KeyError(f"no policy for listener {client.listener!r}") from None
 
+    def hosted(self, client: ClientFacts, domain: str) -> bool:
+        """Is this recipient domain one the client's listener hosts (inbound mail)?"""
+        return match.first_domain(self._listener(client).hosted_domains, domain) is not None
+
     # ---------------------------------------------------------------- connect
     def group_of(self, client: ClientFacts) -> str | None:
         """The name of the client group that applies to this client (sender routes use it)."""

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from relaywarden.auth.throttle import AuthThrottle
     from relaywarden.delivery.engine import Engine
     from relaywarden.delivery.routing import Router
+    from relaywarden.screening import Screener
     from relaywarden.logs.maillog import MailLog
     from relaywarden.logs.protocol import ProtocolLog
     from relaywarden.policy.engine import Policy
@@ -117,6 +118,7 @@ class Services:
     runtimes: dict[str, ListenerRuntime] = field(default_factory=dict)
     router: "Router | None" = None                # ETRN: which domains a client may start
     atrn: "Engine | None" = None                  # ATRN: delivers over a client's connection
+    screener: "Screener | None" = None            # [screening]: None when nothing is listed
     on_queued: Callable[[], None] = lambda: None   # wakes the delivery scheduler
     sessions: set[Any] = field(default_factory=set)
     tasks: set[asyncio.Task] = field(default_factory=set)

@@ -35,6 +35,7 @@ from relaywarden.queue.store import (
 )
 from relaywarden.resolver import RdnsResult, RdnsStatus
 from relaywarden.server.context import ListenerContext, ListenerRuntime, Services
+from relaywarden.screening import screen
 from relaywarden.server.tls import describe as describe_tls
 from relaywarden.smtp.address import Address
 from relaywarden.smtp.events import (
@@ -102,6 +103,10 @@ class _Transaction:
 
 # RFC 5322 date, local time, for the Received header.
 _received_date = SecondStamp(lambda second: formatdate(second, localtime=True))
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2]
 
 
 def _clean(text: str, limit: int = 255) -> str:
@@ -528,6 +533,71 @@ class SmtpSession(asyncio.Protocol):
                 id=txn.queue_id, code=554, enhanced="5.4.6", rule="relay.max_hops",
                 reason=why, action="badmail",
             )
+        screener = self.services.screener
+        if screener is not None and any(r.status is RecipientStatus.QUEUED
+                                        for r in txn.recipients) and screener.applies(
+                self.services.policy.hosted(self.client, _domain(r.address))
+                for r in txn.recipients):
+            # MIME parsing is CPU work: a pool thread does it; nothing is read meanwhile.
+            self._waiting = True
+            self._update_reading()
+            spool = txn.spool
+            started = time.monotonic()
+            found = self._loop.run_in_executor(
+                None, lambda: screen(spool.chunks(), screener.rules))
+            found.add_done_callback(functools.partial(self._screened, ev, started))
+            return
+        self._commit(ev, time.monotonic())
+
+    def _screened(self, ev: DataEnd, started: float, done: asyncio.Future) -> None:
+        """The screener has answered: reject, quarantine, or go on to the commit."""
+        txn = self.txn
+        self._waiting = False
+        error = "cancelled" if done.cancelled() else done.exception()
+        if self._closed or txn is None:
+            self._drop_transaction()      # the client left meanwhile: nothing was answered
+            return
+        screener = self.services.screener
+        if error is not None:
+            # Fail closed, but temporarily: the sender tries again, nothing unscreened passes.
+            answer = reply(451, "4.3.0", "Requested action aborted: the message could not be screened")
+            self.services.mail_log.event(
+                MailEvent.REJECT, stage="data", listener=self.ctx.name, client=self.client_ip,
+                id=txn.queue_id, code=answer.code, rule="screening",
+                reason=f"screener failed: {type(error).__name__}: {error}")
+            self._drop_transaction()
+            self._respond(".", "", answer)
+        else:
+            found = done.result()
+            if found is None:
+                self._commit(ev, started)
+                return
+            if screener is None or screener.action == "reject":
+                # RFC 3463 5.7.1: delivery not authorized, message refused (by policy).
+                answer = reply(550, "5.7.1", f"Message refused: {_clean(found.detail, 200)}")
+                self.services.mail_log.event(
+                    MailEvent.REJECT, stage="data", listener=self.ctx.name,
+                    client=self.client_ip, id=txn.queue_id, code=answer.code,
+                    sender=self._addr(txn.sender),
+                    to=",".join(r.address for r in txn.recipients),
+                    rule=found.rule, reason=found.detail)
+                self._drop_transaction()
+                self._respond(".", "", answer)
+            else:
+                # Accepted and kept in badmail, where the admin is told (as a policy
+                # violation with on_violation = "badmail" is).
+                txn.recipients = [
+                    replace(r, status=RecipientStatus.BADMAIL, rule=found.rule,
+                            reason=found.detail)
+                    if r.status is RecipientStatus.QUEUED else r
+                    for r in txn.recipients]
+                self._commit(ev, started)
+                return
+        self._update_reading()
+        self._pump()
+
+    def _commit(self, ev: DataEnd, started: float) -> None:
+        txn = self.txn
         envelope = Envelope(
             queue_id=txn.queue_id,
             received_at=time.time(),
@@ -549,7 +619,7 @@ class SmtpSession(asyncio.Protocol):
         spool = txn.spool
         done = self.services.store.start_commit(envelope, spool)
         done.add_done_callback(
-            functools.partial(self._committed, envelope, spool, ev.size, time.monotonic()))
+            functools.partial(self._committed, envelope, spool, ev.size, started))
 
     def _committed(self, envelope: Envelope, spool: BodySpool, size: int, started: float,
                    done: asyncio.Future) -> None:

@@ -1,0 +1,128 @@
+"""The attachment screener on messages built by hand and by the email package."""
+
+from __future__ import annotations
+
+import base64
+import io
+import zipfile
+from email.message import EmailMessage
+
+import pytest
+
+from relaywarden.screening import ScreenRules, screen
+
+RULES = ScreenRules(blocked_extensions=frozenset({"exe", "scr", "js", "vbs"}),
+                    blocked_content_types=frozenset({"application/x-msdownload"}),
+                    max_attachment_size=100_000)
+
+
+def message(*attachments: tuple[str | None, bytes, str], text: str = "hello") -> bytes:
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "a@example.com", "b@example.net", "files"
+    msg.set_content(text)
+    for name, data, ctype in attachments:
+        maintype, subtype = ctype.split("/")
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
+    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+
+
+def zipped(**members: bytes) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return out.getvalue()
+
+
+def check(raw: bytes, rules: ScreenRules = RULES, chunk: int = 0):
+    chunks = [raw] if not chunk else [raw[i:i + chunk] for i in range(0, len(raw), chunk)]
+    return screen(chunks, rules)
+
+
+def test_a_clean_message_passes():
+    assert check(message(("report.pdf", b"%PDF-1.4 ...", "application/pdf"))) is None
+    assert check(message()) is None
+
+
+@pytest.mark.parametrize("name", ["setup.exe", "SETUP.EXE", "invoice.pdf.exe", "x.scr. ",
+                                  "dir\\evil.js", "r\u00e9sum\u00e9.vbs"])
+def test_blocked_extensions(name):
+    found = check(message((name, b"MZ\x90\x00", "application/octet-stream")))
+    assert found is not None and found.rule == "screening.blocked_extensions"
+    assert found.filename.strip() == name.strip() and "not allowed" in found.detail
+
+
+def test_rfc2047_and_rfc2231_names_are_decoded():
+    raw = (b"From: a@example.com\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=XX\r\n\r\n"
+           b"--XX\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+           b"--XX\r\nContent-Type: application/octet-stream; name=\"=?utf-8?B?aW52b2ljZS5leGU=?=\"\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAAEAAAA\r\n--XX--\r\n")
+    assert check(raw).filename == "invoice.exe"
+    raw2 = raw.replace(b'Content-Type: application/octet-stream; name="=?utf-8?B?aW52b2ljZS5leGU=?="',
+                       b"Content-Type: application/octet-stream\r\n"
+                       b"Content-Disposition: attachment; filename*=utf-8''r%C3%A9sum%C3%A9.SCR")
+    assert check(raw2).filename == "r\u00e9sum\u00e9.SCR"
+
+
+def test_content_type_and_size():
+    found = check(message(("tool.bin", b"MZ", "application/x-msdownload")))
+    assert found.rule == "screening.blocked_content_types"
+    found = check(message(("big.pdf", b"x" * 100_001, "application/pdf")))
+    assert found.rule == "screening.max_attachment_size" and "100001 bytes" in found.detail
+    assert check(message(("ok.pdf", b"x" * 100_000, "application/pdf"))) is None
+
+
+def test_names_inside_zip_archives_also_when_renamed_and_nested():
+    found = check(message(("docs.zip", zipped(**{"a.txt": b"x", "run/setup.exe": b"MZ"}),
+                           "application/zip")))
+    assert found.rule == "screening.blocked_extensions" and found.filename == "run/setup.exe"
+    # A ZIP called .pdf is still opened: its first bytes say what it is.
+    assert check(message(("scan.pdf", zipped(**{"a.js": b"x"}), "application/pdf"))).filename == "a.js"
+    inner = zipped(**{"payload.scr": b"x"})
+    found = check(message(("outer.zip", zipped(**{"inner.zip": inner}), "application/zip")))
+    assert found.filename == "payload.scr" and "outer.zip/inner.zip" in found.detail
+    assert check(message(("fine.zip", zipped(**{"a.txt": b"x"}), "application/zip"))) is None
+    # Not screened inside when look_inside_zip is off.
+    off = ScreenRules(blocked_extensions=RULES.blocked_extensions, look_inside_zip=False)
+    assert check(message(("docs.zip", zipped(**{"setup.exe": b"MZ"}), "application/zip")), off) is None
+
+
+def test_a_broken_zip_is_not_a_finding():
+    assert check(message(("docs.zip", b"PK\x03\x04garbage", "application/zip"))) is None
+
+
+def test_attached_messages_are_screened_too():
+    inner = message(("setup.exe", b"MZ", "application/octet-stream"))
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "a@example.com", "b@example.net", "fwd"
+    msg.set_content("see attached")
+    from email import message_from_bytes, policy
+    msg.add_attachment(message_from_bytes(inner, policy=policy.default))
+    found = check(msg.as_bytes())
+    assert found is not None and found.filename == "setup.exe"
+
+
+def test_uuencoded_files_in_text():
+    body = "see below\r\n\r\nbegin 644 update.exe\r\nM35H`\r\n`\r\nend\r\n"
+    found = check(message(text=body))
+    assert found is not None and found.filename == "update.exe"
+    assert check(message(text="begin 644 notes.txt\r\n`\r\nend\r\n")) is None
+
+
+def test_fed_in_small_chunks_gives_the_same_answer():
+    raw = message(("setup.exe", b"MZ" * 5000, "application/octet-stream"))
+    assert check(raw, chunk=7) == check(raw)
+
+
+def test_rules_without_anything_to_check_are_inactive():
+    assert not ScreenRules().active
+    assert ScreenRules(max_attachment_size=1).active
+
+
+def test_malformed_mime_does_not_crash():
+    for raw in (b"Content-Type: multipart/mixed; boundary=\r\n\r\n--\r\n",
+                b"Content-Type: multipart/mixed; boundary=\"X\"\r\n\r\n--X\r\nContent-Type: ;;;\r\n\r\n",
+                b"\x00\xff" * 100, b"",
+                b"Content-Type: application/octet-stream; name*0*=''; name*1=\"a.exe\"\r\n\r\nx"):
+        screen([raw], RULES)   # any answer, no exception
