@@ -183,3 +183,36 @@ def test_scope_outbound_leaves_inbound_mail_alone(tmp_path, files):
     finally:
         site.relay.stop()
         site.down.stop()
+
+
+def test_strip_action_delivers_the_message_without_the_forbidden_attachment(tmp_path, files):
+    site = Site(tmp_path, action="strip")
+    try:
+        out = site.swaks("user@gmail.test", files["report.pdf"], files["setup.exe"])
+        assert out.returncode == 0, out.stdout
+        qid = re.search(r"queued as (\S+)", out.stdout).group(1)
+        [msg] = site.down.wait_for(1)
+        assert msg.recipients == ["user@gmail.test"]
+        from email import message_from_bytes, policy
+        got = message_from_bytes(msg.content, policy=policy.default)
+        names = [p.get_filename() for p in got.walk() if p.get_filename()]
+        assert names == ["report.pdf", "setup.exe.removed.txt"]
+        assert got["Received"].startswith("from app.test")      # our trace header kept
+        notice = [p for p in got.walk() if p.get_filename() == "setup.exe.removed.txt"][0]
+        assert "removed from this message by relay.test" in notice.get_content()
+        log = site.maillog()
+        assert re.search(rf"event=queued id={qid} .*stripped=\"attachment 'setup.exe': "
+                         r"\.exe files are not allowed\"", log), log
+        # A message that is nothing but the forbidden file cannot be stripped: refused.
+        raw = (b"From: app@example.com\r\nTo: user@gmail.test\r\nSubject: x\r\n"
+               b"Content-Type: application/octet-stream; name=\"a.exe\"\r\n"
+               b"Content-Transfer-Encoding: base64\r\n\r\nTVo=\r\n")
+        with smtplib.SMTP("127.0.0.1", site.ports["main"], timeout=30) as c:
+            c.ehlo("app.test")
+            c.mail("app@example.com")
+            c.rcpt("user@gmail.test")
+            code, text = c.data(raw)
+        assert (code, text[:5]) == (550, b"5.7.1")
+    finally:
+        site.relay.stop()
+        site.down.stop()

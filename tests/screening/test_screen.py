@@ -126,3 +126,45 @@ def test_malformed_mime_does_not_crash():
                 b"\x00\xff" * 100, b"",
                 b"Content-Type: application/octet-stream; name*0*=''; name*1=\"a.exe\"\r\n\r\nx"):
         screen([raw], RULES)   # any answer, no exception
+
+
+# --- action = "strip" ----------------------------------------------------------------------
+
+from email import message_from_bytes, policy as email_policy  # noqa: E402
+
+from relaywarden.screening import strip  # noqa: E402
+
+
+def test_strip_replaces_each_forbidden_attachment_with_a_notice():
+    raw = message(("report.pdf", b"%PDF-1.4 keep me", "application/pdf"),
+                  ("setup.exe", b"MZ" * 50, "application/octet-stream"),
+                  ("docs.zip", zipped(**{"run.js": b"x"}), "application/zip"))
+    result = strip([raw], RULES, hostname="relay.test")
+    assert [f.filename for f in result.findings] == ["setup.exe", "run.js"]
+    out = message_from_bytes(result.content, policy=email_policy.default)
+    parts = [(p.get_content_type(), p.get_filename()) for p in out.walk() if not p.is_multipart()]
+    assert parts == [("text/plain", None), ("application/pdf", "report.pdf"),
+                     ("text/plain", "setup.exe.removed.txt"), ("text/plain", "docs.zip.removed.txt")]
+    pdf = [p for p in out.walk() if p.get_filename() == "report.pdf"][0]
+    assert pdf.get_content() == b"%PDF-1.4 keep me"                 # kept as it was
+    notice = [p for p in out.walk() if p.get_filename() == "setup.exe.removed.txt"][0]
+    assert "'setup.exe' was removed from this message by relay.test" in notice.get_content()
+    assert b"MZMZ" not in result.content and b"TVpN" not in result.content
+    assert b"\r\n" in result.content and b"\n" not in result.content.replace(b"\r\n", b"")
+    # The result passes the screener.
+    assert screen([result.content], RULES) is None
+
+
+def test_strip_of_a_clean_message_is_none_and_of_a_lone_part_refuses():
+    assert strip([message(("a.pdf", b"x", "application/pdf"))], RULES, hostname="r") is None
+    lone = (b"From: a@example.com\r\nContent-Type: application/octet-stream; name=\"a.exe\"\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\nTVo=\r\n")
+    result = strip([lone], RULES, hostname="r")
+    assert result.content is None and result.findings[0].filename == "a.exe"
+
+
+def test_strip_names_a_non_ascii_file_with_rfc2231():
+    result = strip([message(("r\u00e9sum\u00e9.exe", b"MZ", "application/octet-stream"))],
+                   RULES, hostname="r")
+    out = message_from_bytes(result.content, policy=email_policy.default)
+    assert "r\u00e9sum\u00e9.exe.removed.txt" in [p.get_filename() for p in out.walk()]

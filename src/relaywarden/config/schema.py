@@ -453,7 +453,7 @@ class ScreeningSettings(Strict):
     blocked_content_types: list[str] = []       # "application/x-msdownload"
     max_attachment_size: Size = 0               # decoded bytes; 0: no limit
     look_inside_zip: bool = True
-    action: Literal["reject", "badmail"] = "reject"
+    action: Literal["reject", "badmail", "strip"] = "reject"
     # Which mail: "all"; "outbound" (a recipient outside the hosted domains); "inbound" (a
     # recipient in them).
     scope: Literal["all", "outbound", "inbound"] = "all"

@@ -23,12 +23,14 @@ import email.policy
 import io
 import re
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from email.generator import BytesGenerator
 from email.message import Message
 from email.parser import BytesFeedParser
+from urllib.parse import quote
 
-__all__ = ["Finding", "ScreenRules", "Screener", "screen"]
+__all__ = ["Finding", "ScreenRules", "Screener", "Stripped", "screen", "strip"]
 
 #: ZIP archives are opened this deep (an archive in an archive in the attachment).
 ZIP_DEPTH = 2
@@ -66,7 +68,7 @@ class Finding:
 class Screener:
     """The screener as configured: its rules, what a finding does, which mail it looks at."""
     rules: ScreenRules
-    action: str = "reject"      # "reject" (550 at the end of DATA) or "badmail"
+    action: str = "reject"      # "reject" (550 at the end of DATA), "badmail" or "strip"
     scope: str = "all"          # "all", "outbound" or "inbound"
 
     def applies(self, hosted: Iterable[bool]) -> bool:
@@ -78,19 +80,74 @@ class Screener:
         return any(h == wanted for h in hosted)
 
 
-def screen(chunks: Iterable[bytes], rules: ScreenRules) -> Finding | None:
-    """The first forbidden thing in the message, or None."""
+def _parse(chunks: Iterable[bytes]) -> Message:
     parser = BytesFeedParser(policy=email.policy.default)
     for chunk in chunks:
         parser.feed(chunk)
-    message = parser.close()
+    return parser.close()
+
+
+def _findings(message: Message, rules: ScreenRules) -> Iterator[tuple[Message, Finding]]:
     for part in message.walk():
         if part.is_multipart():
             continue
         found = _screen_part(part, rules)
         if found is not None:
-            return found
+            yield part, found
+
+
+def screen(chunks: Iterable[bytes], rules: ScreenRules) -> Finding | None:
+    """The first forbidden thing in the message, or None."""
+    for _, found in _findings(_parse(chunks), rules):
+        return found
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Stripped:
+    """A message with its forbidden attachments replaced by a notice each. ``content`` is
+    None when that is not possible (the forbidden thing is the message's only part): the
+    message is then refused like with action = "reject"."""
+    content: bytes | None
+    findings: tuple[Finding, ...]
+
+
+def strip(chunks: Iterable[bytes], rules: ScreenRules, *, hostname: str) -> Stripped | None:
+    """None for a clean message; else the message with every forbidden part replaced by
+    a short text/plain attachment saying what was removed and why (as the screeners of
+    Exchange and ISA Server did). The rest of the message is kept as parsed; it is written
+    out again with CRLF line ends (a DKIM signature over the body does not survive this)."""
+    message = _parse(chunks)
+    found = list(_findings(message, rules))
+    if not found:
+        return None
+    findings = tuple(f for _, f in found)
+    if any(part is message for part, _ in found):
+        return Stripped(None, findings)
+    for part, finding in found:
+        try:
+            name = str(part.get_filename() or finding.filename or "attachment")
+        except Exception:  # noqa: BLE001 - the header that could not be read goes anyway
+            name = "attachment"
+        notice = (f"The attachment {name!r} was removed from this message by {hostname}:\r\n"
+                  f"{finding.detail} ({finding.rule}).\r\n")
+        for header in list(part.keys()):
+            del part[header]
+        part.set_payload(notice.encode("utf-8"), charset=None)
+        part["Content-Type"] = 'text/plain; charset="utf-8"'
+        part["Content-Transfer-Encoding"] = "8bit"
+        part["Content-Disposition"] = _attachment_header(name + ".removed.txt")
+    out = io.BytesIO()
+    BytesGenerator(out, mangle_from_=False,
+                   policy=email.policy.default.clone(linesep="\r\n")).flatten(message)
+    return Stripped(out.getvalue(), findings)
+
+
+def _attachment_header(filename: str) -> str:
+    # RFC 2231 for a name that is not plain ASCII; printable ASCII otherwise.
+    if filename.isascii() and filename.isprintable() and '"' not in filename and "\\" not in filename:
+        return f'attachment; filename="{filename}"'
+    return "attachment; filename*=utf-8''" + quote(filename, safe="")
 
 
 def _extension(name: str) -> str:

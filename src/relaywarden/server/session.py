@@ -12,6 +12,7 @@ callback, not one await per line.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import ipaddress
 import time
@@ -35,7 +36,7 @@ from relaywarden.queue.store import (
 )
 from relaywarden.resolver import RdnsResult, RdnsStatus
 from relaywarden.server.context import ListenerContext, ListenerRuntime, Services
-from relaywarden.screening import screen
+from relaywarden.screening import Stripped, screen, strip
 from relaywarden.server.tls import describe as describe_tls
 from relaywarden.smtp.address import Address
 from relaywarden.smtp.events import (
@@ -79,6 +80,9 @@ INSUFFICIENT_STORAGE = reply(452, "4.3.1", "Insufficient system storage")
 # RFC 3463 4.7.1 (delivery not authorized, temporary): a rate limit at MAIL.
 TOO_MANY_MESSAGES = reply(451, "4.7.1", "Too many messages, slow down and try again later")
 SENDER_OK = reply(250, "2.1.0", "Ok")
+#: The attachment screener parses whole messages (a 35 MB one takes a few times that in
+#: memory): at most two at a time, the others wait their turn.
+_SCREEN_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="screen")
 #: ETRN commands one session may give; more are refused (each is a queue transaction).
 MAX_ETRN_PER_SESSION = 20
 # RFC 2645 5.2.1 and 7.
@@ -99,6 +103,7 @@ class _Transaction:
     queue_id: str = ""
     spool: BodySpool | None = None
     hops: ReceivedCounter | None = None
+    stripped: str | None = None        # what the screener removed (for the mail log)
 
 
 # RFC 5322 date, local time, for the Received header.
@@ -543,8 +548,13 @@ class SmtpSession(asyncio.Protocol):
             self._update_reading()
             spool = txn.spool
             started = time.monotonic()
-            found = self._loop.run_in_executor(
-                None, lambda: screen(spool.chunks(), screener.rules))
+            if screener.action == "strip":
+                hostname = self.ctx.hostname
+                found = self._loop.run_in_executor(
+                    _SCREEN_POOL, lambda: strip(spool.chunks(), screener.rules, hostname=hostname))
+            else:
+                found = self._loop.run_in_executor(
+                    _SCREEN_POOL, lambda: screen(spool.chunks(), screener.rules))
             found.add_done_callback(functools.partial(self._screened, ev, started))
             return
         self._commit(ev, time.monotonic())
@@ -572,7 +582,18 @@ class SmtpSession(asyncio.Protocol):
             if found is None:
                 self._commit(ev, started)
                 return
-            if screener is None or screener.action == "reject":
+            if isinstance(found, Stripped):
+                if found.content is not None:
+                    # The message goes on without what was forbidden in it.
+                    spool = self.services.store.new_spool()
+                    spool.write(found.content)
+                    txn.spool.discard()
+                    txn.spool = spool
+                    txn.stripped = "; ".join(f.detail for f in found.findings)
+                    self._commit(ev, started)
+                    return
+                found = found.findings[0]     # nothing would be left: refused instead
+            if screener is None or screener.action != "badmail":
                 # RFC 3463 5.7.1: delivery not authorized, message refused (by policy).
                 answer = reply(550, "5.7.1", f"Message refused: {_clean(found.detail, 200)}")
                 self.services.mail_log.event(
@@ -634,7 +655,8 @@ class SmtpSession(asyncio.Protocol):
         else:
             answer = reply(250, "2.0.0", f"Ok: queued as {envelope.queue_id}")
             self._messages += 1
-            self._log_queued(envelope, spool.size)
+            self._log_queued(envelope, spool.size,
+                             stripped=self.txn.stripped if self.txn is not None else None)
             self.services.on_queued()
         spool.discard()
         self.txn = None
@@ -785,6 +807,11 @@ class SmtpSession(asyncio.Protocol):
                 delivered, held = await engine.deliver_over(conn, messages)
             finally:
                 await conn.close()
+        except Exception as exc:  # noqa: BLE001 - a bug: what was not recorded comes back
+            # when its lease runs out (ATRN_LEASE) and is held again by the scheduler.
+            self.services.mail_log.event(
+                MailEvent.ATRN, listener=self.ctx.name, client=self.client_ip,
+                user=self.client.user, error=f"{type(exc).__name__}: {exc}")
         finally:
             self.services.on_queued()     # DSNs it made go out through the scheduler
             self.services.mail_log.event(
@@ -994,7 +1021,7 @@ class SmtpSession(asyncio.Protocol):
             code=answer.code, rule=rule, reason=reason, **fields,
         )
 
-    def _log_queued(self, envelope: Envelope, size: int) -> None:
+    def _log_queued(self, envelope: Envelope, size: int, *, stripped: str | None = None) -> None:
         log = self.services.mail_log
         for r in envelope.recipients:
             if r.status is RecipientStatus.BADMAIL:
@@ -1004,7 +1031,7 @@ class SmtpSession(asyncio.Protocol):
             MailEvent.QUEUED, id=envelope.queue_id, listener=self.ctx.name,
             client=self.client_ip, helo=self.helo, user=envelope.auth_user,
             sender=envelope.sender, to=",".join(r.address for r in envelope.recipients),
-            size=size,
+            size=size, stripped=stripped,
         )
 
     # -- timeouts ------------------------------------------------------------------------
