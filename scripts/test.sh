@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs on a fresh Debian machine, then runs all of it.
-# Real peers come from Debian: swaks, and Postfix's smtp-source / smtp-sink.
+# Real peers come from Debian: swaks, Postfix's smtp-source / smtp-sink, fetchmail (ODMR).
 # Extra arguments go to pytest (e.g. `bash scripts/test.sh -k smuggling`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,5 +12,6 @@ perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need+=(libnet-ssleay
 command -v smtp-source >/dev/null 2>&1 || need+=(postfix)
 command -v unbound >/dev/null 2>&1 || need+=(unbound)
 command -v slapd >/dev/null 2>&1 || need+=(slapd)
+command -v fetchmail >/dev/null 2>&1 || need+=(fetchmail)
 ((${#need[@]} == 0)) || apt_install "${need[@]}"
 exec .venv/bin/python -m pytest "$@"

@@ -22,6 +22,7 @@ from conftest import free_port, start_relay, write_config
 from downstream import Downstream
 
 PASSWORD = "shop secret 42"
+CRAM_SECRET = "a secret for CRAM-MD5 only"
 
 CONFIG = """
 [relay]
@@ -30,6 +31,7 @@ min_free_space = 0
 
 [auth]
 users_file = "users"
+cram_md5_file = "cram"
 
 [delivery]
 tls = "none"
@@ -153,6 +155,7 @@ class Site:
                                  input=PASSWORD + "\n", capture_output=True, text=True,
                                  timeout=60)
             assert out.returncode == 0, out.stderr
+        (tmp_path / "cram").write_text(f"# ODMR clients\nShop:{CRAM_SECRET}\n")
         self.ports = {"main": free_port(), "tls": free_port()}
         self.down = Downstream(free_port()).start()
         self.config = write_config(tmp_path, CONFIG, down=self.down.port, noport=free_port(),
@@ -360,3 +363,58 @@ def test_atrn_is_not_offered_without_atrn_users(tmp_path):
             assert c.docmd("ATRN")[0] == 502
     finally:
         relay.stop()
+
+
+def test_cram_md5_login_then_atrn(site):
+    site.send("a@shop.test")
+    site.wait(lambda s: s == {"a@shop.test": HELD})
+    with smtplib.SMTP("127.0.0.1", site.ports["main"], timeout=30) as c:
+        c.ehlo("shop.test")
+        assert "CRAM-MD5" in c.esmtp_features["auth"].split()
+        c.user, c.password = "shop", CRAM_SECRET
+        assert c.auth("CRAM-MD5", c.auth_cram_md5)[0] == 235
+        customer = Customer()
+        assert site.atrn(c, customer, "shop.test")[0] == 250
+    assert [g.recipients for g in customer.got] == [["a@shop.test"]]
+    with smtplib.SMTP("127.0.0.1", site.ports["main"], timeout=30) as c:
+        c.ehlo("shop.test")
+        # The account password is not the CRAM-MD5 secret; an unknown name fails the same.
+        for user, secret in (("shop", PASSWORD), ("nobody", CRAM_SECRET)):
+            c.user, c.password = user, secret
+            with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+                c.auth("CRAM-MD5", c.auth_cram_md5)
+            assert refused.value.smtp_code == 535
+        # Not base64 of "name digest": 501.
+        assert c.docmd("AUTH", "CRAM-MD5")[0] == 334
+        assert c.docmd(base64.b64encode(b"shop nothex").decode())[0] == 501
+    log = site.maillog()
+    assert "event=auth listener=main client=127.0.0.1 mechanism=CRAM-MD5 result=ok" in log
+    assert CRAM_SECRET not in log
+
+
+def test_fetchmail_collects_by_odmr(site, tmp_path):
+    """fetchmail's ODMR mode, a real RFC 2645 client: it logs in with CRAM-MD5, says ATRN,
+    and hands the turned-around session to its own SMTP host (a real aiosmtpd server)."""
+    site.send("a@shop.test")
+    site.send("b@shop.test", "c@shop2.test")
+    site.wait(lambda s: len(s) == 3)
+    local = Downstream(free_port()).start()
+    home = tmp_path / "fetchmail"
+    home.mkdir()
+    rc = home / "fetchmailrc"
+    rc.write_text(f'poll 127.0.0.1 proto odmr port {site.ports["main"]}\n'
+                  f'  user shop password "{CRAM_SECRET}" fetchdomains shop.test\n'
+                  f'  smtphost 127.0.0.1/{local.port}\n')
+    rc.chmod(0o600)
+    try:
+        out = subprocess.run(["fetchmail", "-f", str(rc), "--nodetach", "--nosyslog", "-v"],
+                             capture_output=True, text=True, timeout=60,
+                             env={"HOME": str(home), "FETCHMAILHOME": str(home),
+                                  "PATH": "/usr/bin:/bin"})
+        assert "ODMR> ATRN shop.test" in out.stdout, out.stdout + out.stderr
+        got = local.wait_for(2)
+    finally:
+        local.stop()
+    assert sorted(r for m in got for r in m.recipients) == ["a@shop.test", "b@shop.test"]
+    # shop2.test was not asked for: still held (for the same message as b@shop.test).
+    site.wait(lambda s: s == {"b@shop.test": ("delivered", ""), "c@shop2.test": HELD})

@@ -29,6 +29,7 @@ from relaywarden.delivery.badmail import Badmail, BadmailSettings
 from relaywarden.delivery.engine import DeliverySettings, Engine
 from relaywarden.queue.store import Store
 from relaywarden.screening import Screener, ScreenRules
+from relaywarden.auth.cram import CramSecrets
 from relaywarden.resolver import DnsSettings, Resolver
 from relaywarden.policy.limits import FreeSpaceGuard
 from relaywarden.server.context import Limits, ListenerContext, ListenerRuntime, Services, TlsMode
@@ -53,7 +54,8 @@ def listener_contexts(cfg: Config) -> dict[str, ListenerContext]:
             max_errors=lc.max_errors,
             bare_line_ends=bare,
             starttls=lc.tls.mode in ("starttls", "required"),
-            auth_mechanisms=("PLAIN", "LOGIN") if lc.auth.enabled else (),
+            auth_mechanisms=((("PLAIN", "LOGIN", "CRAM-MD5") if cfg.auth.cram_md5_file
+                              else ("PLAIN", "LOGIN")) if lc.auth.enabled else ()),
             etrn=any(route.etrn for route in cfg.routes.values()),
             atrn=any(route.atrn_users for route in cfg.routes.values()),
         )
@@ -135,6 +137,11 @@ def atrn_engine(cfg: Config, store: Store, mail_log: MailLog) -> Engine | None:
         return None
     return Engine(store=store, router=build_router(cfg), resolver=resolver_for(cfg),
                   settings=delivery_settings(cfg), mail_log=mail_log)
+
+
+def cram_for(cfg: Config) -> CramSecrets | None:
+    path = cfg.auth.cram_md5_file
+    return None if path is None else CramSecrets.load(path)
 
 
 def screener_for(cfg: Config) -> Screener | None:
@@ -290,6 +297,7 @@ class Relay:
             router=build_router(self.cfg),
             atrn=atrn_engine(self.cfg, store, mail_log),
             screener=screener_for(self.cfg),
+            cram=cram_for(self.cfg),
         )
         if self.cfg.delivery.process == "inline":
             self.worker = DeliveryWorker(self.cfg, store=store, mail_log=mail_log)
@@ -388,6 +396,7 @@ class Relay:
         self.services.router = build_router(cfg)
         self.services.atrn = atrn_engine(cfg, self.services.store, self.services.mail_log)
         self.services.screener = screener_for(cfg)
+        self.services.cram = cram_for(cfg)
         self.services.resolver = resolver_for(cfg)
         # New password checkers (a changed LDAP server, a new users file); the throttle's
         # memory of failures is kept: a reload must not reset a brute-force lockout.

@@ -888,6 +888,19 @@ class AuthSettings(Strict):
     ldap: LdapAuthSettings | None = None
     order: list[Literal["local", "ldap"]] = ["local", "ldap"]   # which backend is asked first
     throttle: ThrottleSettings = Field(default_factory=dict)
+    # name:secret lines for CRAM-MD5 (RFC 2195), the mechanism ATRN clients such as
+    # fetchmail use; secrets in clear, so a file of its own (see relaywarden.auth.cram).
+    cram_md5_file: OptionalFile = None
+
+    @model_validator(mode="after")
+    def _cram(self) -> AuthSettings:
+        if self.cram_md5_file is not None:
+            from relaywarden.auth.cram import CramFileError, CramSecrets
+            try:
+                CramSecrets.load(self.cram_md5_file)
+            except CramFileError as exc:
+                raise problem(("cram_md5_file",), str(exc)) from None
+        return self
 
 
 class Config(Strict):

@@ -20,6 +20,7 @@ from relaywarden.smtp.server import ServerSettings
 
 if TYPE_CHECKING:
     from relaywarden.auth import Backend
+    from relaywarden.auth.cram import CramSecrets
     from relaywarden.auth.throttle import AuthThrottle
     from relaywarden.delivery.engine import Engine
     from relaywarden.delivery.routing import Router
@@ -115,6 +116,7 @@ class Services:
     disk: FreeSpaceGuard | None = None            # relay.min_free_space
     auth: "Backend | None" = None                 # password checkers ([auth])
     auth_throttle: "AuthThrottle | None" = None
+    cram: "CramSecrets | None" = None             # auth.cram_md5_file (CRAM-MD5, RFC 2195)
     runtimes: dict[str, ListenerRuntime] = field(default_factory=dict)
     router: "Router | None" = None                # ETRN: which domains a client may start
     atrn: "Engine | None" = None                  # ATRN: delivers over a client's connection

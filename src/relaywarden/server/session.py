@@ -15,6 +15,8 @@ import asyncio
 import concurrent.futures
 import functools
 import ipaddress
+import re
+import secrets
 import time
 from dataclasses import dataclass, field, replace
 from email.utils import formatdate
@@ -850,6 +852,15 @@ class SmtpSession(asyncio.Protocol):
                 self.conn.auth_challenge(b"")
             else:
                 self._auth_plain(ev.initial)
+        elif mechanism == "CRAM-MD5":
+            # RFC 2195 2: a challenge in the form of an RFC 5322 msg-id, unique per use.
+            if ev.initial is not None:
+                self._auth_answer(mechanism, AUTH_MALFORMED, "CRAM-MD5 with an initial response")
+                return
+            challenge = (f"<{secrets.randbelow(10**15)}.{int(time.time())}"
+                         f"@{self.ctx.hostname}>").encode()
+            self._auth_state = ("CRAM", challenge)
+            self.conn.auth_challenge(challenge)
         else:  # LOGIN: the core only lets through the mechanisms the settings name
             if ev.initial is None:
                 self._auth_state = ("LOGIN-USER",)
@@ -862,6 +873,12 @@ class SmtpSession(asyncio.Protocol):
         state = self._auth_state
         if state[0] == "PLAIN":
             self._auth_plain(ev.data)
+        elif state[0] == "CRAM":
+            user, _, digest = ev.data.rpartition(b" ")
+            if not user or not re.fullmatch(rb"[0-9a-fA-F]{32}", digest):
+                self._auth_answer("CRAM-MD5", AUTH_MALFORMED, "malformed CRAM-MD5 response")
+                return
+            self._auth_check("CRAM-MD5", user, digest, challenge=state[1])
         elif state[0] == "LOGIN-USER":
             self._auth_state = ("LOGIN-PASSWORD", ev.data)
             self.conn.auth_challenge(b"Password:")
@@ -880,7 +897,9 @@ class SmtpSession(asyncio.Protocol):
             return
         self._auth_check("PLAIN", user, password)
 
-    def _auth_check(self, mechanism: str, raw_user: bytes, raw_password: bytes) -> None:
+    def _auth_check(self, mechanism: str, raw_user: bytes, raw_password: bytes, *,
+                    challenge: bytes | None = None) -> None:
+        """Check a name and password (or, for CRAM-MD5, the digest of ``challenge``)."""
         try:
             user, password = raw_user.decode("utf-8"), raw_password.decode("utf-8")
         except UnicodeDecodeError:
@@ -894,11 +913,16 @@ class SmtpSession(asyncio.Protocol):
                 return
         self._waiting = True
         self._update_reading()
-        self._spawn(self._auth_verify(mechanism, user, password))
+        self._spawn(self._auth_verify(mechanism, user, password, challenge))
 
-    async def _auth_verify(self, mechanism: str, user: str, password: str) -> None:
+    async def _auth_verify(self, mechanism: str, user: str, password: str,
+                           challenge: bytes | None = None) -> None:
         backend, throttle = self.services.auth, self.services.auth_throttle
-        if backend is None:
+        if challenge is not None:
+            cram = self.services.cram
+            result = (cram.verify(user, challenge, password) if cram is not None
+                      else AuthResult.failure("no CRAM-MD5 secrets", backend="cram-md5"))
+        elif backend is None:
             result = AuthResult.unavailable("no authentication backend")
         else:
             result = await backend.verify(user, password)
