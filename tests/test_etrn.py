@@ -116,6 +116,16 @@ class Site:
         finally:
             r.close()
 
+    def tried_once(self, queue_id: str) -> dict:
+        """Wait for the first attempt at the message's first recipient; its queue row."""
+        deadline = time.monotonic() + 20
+        while True:
+            rcpt = self.show(queue_id)["recipients"][0]
+            if rcpt["attempts"] >= 1:
+                return rcpt
+            assert time.monotonic() < deadline, rcpt
+            time.sleep(0.1)
+
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "relaywarden", *args, "--config",
                                str(self.config)], capture_output=True, text=True, timeout=60)
@@ -207,14 +217,8 @@ def test_a_triggered_delivery_that_fails_goes_back_to_the_hold(site):
     site.down.behaviour.data = "451 4.3.0 the branch server is busy"
     assert site.etrn("branch.test")[0][0] == 253
     # Tried once, then held again (waiting for the next ETRN), not put on the retry schedule.
-    deadline = time.monotonic() + 20
-    while True:
-        rcpt = site.show(qid)["recipients"][0]
-        if rcpt["attempts"] == 1:
-            break
-        assert time.monotonic() < deadline, rcpt
-        time.sleep(0.1)
-    assert rcpt["status"] == "held" and rcpt["held_by"] == "route"
+    rcpt = site.tried_once(qid)
+    assert rcpt["attempts"] == 1 and rcpt["status"] == "held" and rcpt["held_by"] == "route"
     assert "451 4.3.0 the branch server is busy" in rcpt["last_error"]
     log = site.maillog()
     assert re.search(r"event=deferred id=" + qid + r" to=a@branch\.test .*action=held", log), log
@@ -231,10 +235,7 @@ def test_etrn_on_a_normal_route_retries_waiting_mail_now(site):
     # retry_schedule is 600 s: without ETRN the deferred message would wait ten minutes.
     site.down.behaviour.data = "451 4.3.0 not now"
     qid = site.send("x@plain.test")
-    deadline = time.monotonic() + 20
-    while site.show(qid)["recipients"][0]["attempts"] < 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    site.tried_once(qid)
     assert site.statuses() == {"x@plain.test": "queued"}
     site.down.behaviour.data = None
     assert site.etrn("plain.test")[0][0] == 253
@@ -246,10 +247,7 @@ def test_etrn_on_a_normal_route_retries_waiting_mail_now(site):
 def test_etrn_leaves_what_the_admin_held(site):
     site.down.behaviour.data = "451 4.3.0 not now"
     qid = site.send("x@plain.test")
-    deadline = time.monotonic() + 20
-    while site.show(qid)["recipients"][0]["attempts"] < 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    site.tried_once(qid)
     out = site.cli("queue", "hold", qid)
     assert out.returncode == 0, out.stderr
     site.down.behaviour.data = None

@@ -12,6 +12,8 @@ import smtplib
 import subprocess
 import time
 import zipfile
+from email import message_from_bytes
+from email import policy as email_policy
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -96,11 +98,22 @@ def files(tmp_path) -> dict[str, Path]:
 
 
 @pytest.fixture
-def site(tmp_path):
-    s = Site(tmp_path)
-    yield s
-    s.relay.stop()
-    s.down.stop()
+def make_site(tmp_path):
+    """Site(action, scope), stopped after the test."""
+    made = []
+
+    def make(**settings) -> Site:
+        made.append(Site(tmp_path, **settings))
+        return made[-1]
+    yield make
+    for s in made:
+        s.relay.stop()
+        s.down.stop()
+
+
+@pytest.fixture
+def site(make_site):
+    return make_site()
 
 
 def test_a_blocked_attachment_is_refused_at_the_end_of_data(site, files):
@@ -152,67 +165,54 @@ def test_content_type_and_size_limits(site, tmp_path):
     assert list((site.data_dir / "tmp").iterdir()) == []
 
 
-def test_badmail_action_keeps_the_message_and_tells_the_admin(tmp_path, files):
-    site = Site(tmp_path, action="badmail")
-    try:
-        out = site.swaks("user@gmail.test", files["setup.exe"])
-        assert out.returncode == 0, out.stdout             # accepted: 250
-        qid = re.search(r"queued as (\S+)", out.stdout).group(1)
-        [notice] = site.down.wait_for(1)                     # the admin's notice, nothing else
-        assert notice.recipients == ["admin@example.com"] and qid.encode() in notice.content
-        meta = site.data_dir / "badmail" / f"{qid}.json"
-        deadline = time.monotonic() + 10
-        while not meta.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        info = json.loads(meta.read_text())
-        assert info["recipients"][0]["rule"] == "screening.blocked_extensions"
-        assert "setup.exe" in info["recipients"][0]["reason"]
-        assert b"setup.exe" in (site.data_dir / "badmail" / f"{qid}.eml").read_bytes()
-    finally:
-        site.relay.stop()
-        site.down.stop()
+def test_badmail_action_keeps_the_message_and_tells_the_admin(make_site, files):
+    site = make_site(action="badmail")
+    out = site.swaks("user@gmail.test", files["setup.exe"])
+    assert out.returncode == 0, out.stdout             # accepted: 250
+    qid = re.search(r"queued as (\S+)", out.stdout).group(1)
+    [notice] = site.down.wait_for(1)                     # the admin's notice, nothing else
+    assert notice.recipients == ["admin@example.com"] and qid.encode() in notice.content
+    meta = site.data_dir / "badmail" / f"{qid}.json"
+    deadline = time.monotonic() + 10
+    while not meta.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    info = json.loads(meta.read_text())
+    assert info["recipients"][0]["rule"] == "screening.blocked_extensions"
+    assert "setup.exe" in info["recipients"][0]["reason"]
+    assert b"setup.exe" in (site.data_dir / "badmail" / f"{qid}.eml").read_bytes()
 
 
-def test_scope_outbound_leaves_inbound_mail_alone(tmp_path, files):
-    site = Site(tmp_path, scope="outbound")
-    try:
-        assert site.swaks("boss@example.com", files["setup.exe"]).returncode == 0   # hosted
-        assert "550 5.7.1" in site.swaks("user@gmail.test", files["setup.exe"]).stdout
-        [msg] = site.down.wait_for(1)
-        assert msg.recipients == ["boss@example.com"]
-    finally:
-        site.relay.stop()
-        site.down.stop()
+def test_scope_outbound_leaves_inbound_mail_alone(make_site, files):
+    site = make_site(scope="outbound")
+    assert site.swaks("boss@example.com", files["setup.exe"]).returncode == 0   # hosted
+    assert "550 5.7.1" in site.swaks("user@gmail.test", files["setup.exe"]).stdout
+    [msg] = site.down.wait_for(1)
+    assert msg.recipients == ["boss@example.com"]
 
 
-def test_strip_action_delivers_the_message_without_the_forbidden_attachment(tmp_path, files):
-    site = Site(tmp_path, action="strip")
-    try:
-        out = site.swaks("user@gmail.test", files["report.pdf"], files["setup.exe"])
-        assert out.returncode == 0, out.stdout
-        qid = re.search(r"queued as (\S+)", out.stdout).group(1)
-        [msg] = site.down.wait_for(1)
-        assert msg.recipients == ["user@gmail.test"]
-        from email import message_from_bytes, policy
-        got = message_from_bytes(msg.content, policy=policy.default)
-        names = [p.get_filename() for p in got.walk() if p.get_filename()]
-        assert names == ["report.pdf", "setup.exe.removed.txt"]
-        assert got["Received"].startswith("from app.test")      # our trace header kept
-        notice = [p for p in got.walk() if p.get_filename() == "setup.exe.removed.txt"][0]
-        assert "removed from this message by relay.test" in notice.get_content()
-        log = site.maillog()
-        assert re.search(rf"event=queued id={qid} .*stripped=\"attachment 'setup.exe': "
-                         r"\.exe files are not allowed\"", log), log
-        # A message that is nothing but the forbidden file cannot be stripped: refused.
-        raw = (b"From: app@example.com\r\nTo: user@gmail.test\r\nSubject: x\r\n"
-               b"Content-Type: application/octet-stream; name=\"a.exe\"\r\n"
-               b"Content-Transfer-Encoding: base64\r\n\r\nTVo=\r\n")
-        with smtplib.SMTP("127.0.0.1", site.ports["main"], timeout=30) as c:
-            c.ehlo("app.test")
-            c.mail("app@example.com")
-            c.rcpt("user@gmail.test")
-            code, text = c.data(raw)
-        assert (code, text[:5]) == (550, b"5.7.1")
-    finally:
-        site.relay.stop()
-        site.down.stop()
+def test_strip_action_delivers_the_message_without_the_forbidden_attachment(make_site, files):
+    site = make_site(action="strip")
+    out = site.swaks("user@gmail.test", files["report.pdf"], files["setup.exe"])
+    assert out.returncode == 0, out.stdout
+    qid = re.search(r"queued as (\S+)", out.stdout).group(1)
+    [msg] = site.down.wait_for(1)
+    assert msg.recipients == ["user@gmail.test"]
+    got = message_from_bytes(msg.content, policy=email_policy.default)
+    names = [p.get_filename() for p in got.walk() if p.get_filename()]
+    assert names == ["report.pdf", "setup.exe.removed.txt"]
+    assert got["Received"].startswith("from app.test")      # our trace header kept
+    notice = [p for p in got.walk() if p.get_filename() == "setup.exe.removed.txt"][0]
+    assert "removed from this message by relay.test" in notice.get_content()
+    log = site.maillog()
+    assert re.search(rf"event=queued id={qid} .*stripped=\"attachment 'setup.exe': "
+                     r"\.exe files are not allowed\"", log), log
+    # A message that is nothing but the forbidden file cannot be stripped: refused.
+    raw = (b"From: app@example.com\r\nTo: user@gmail.test\r\nSubject: x\r\n"
+           b"Content-Type: application/octet-stream; name=\"a.exe\"\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\nTVo=\r\n")
+    with smtplib.SMTP("127.0.0.1", site.ports["main"], timeout=30) as c:
+        c.ehlo("app.test")
+        c.mail("app@example.com")
+        c.rcpt("user@gmail.test")
+        code, text = c.data(raw)
+    assert (code, text[:5]) == (550, b"5.7.1")

@@ -270,12 +270,7 @@ class OutboundConnection:
             conn._proto.data_received(initial)
         transport.resume_reading()
         try:
-            greeting = await conn._reply("greeting")
-            conn.greeting = greeting
-            if greeting.code != 220:
-                conn._failed = True
-                raise DeliveryError(greeting, "greeting", from_server=True)
-            await conn._hello()
+            await conn._greeting_and_hello()
         except BaseException:
             await conn.close()
             raise
@@ -423,8 +418,7 @@ class OutboundConnection:
         if ctx is not None:
             self._record_tls(transport)
 
-    async def _start_session(self) -> None:
-        policy = self.policy
+    async def _greeting_and_hello(self) -> None:
         # RFC 5321 3.1 / 4.3.1: the greeting is 220; 554 (or anything else) means no.
         greeting = await self._reply("greeting")
         self.greeting = greeting
@@ -432,6 +426,10 @@ class OutboundConnection:
             self._failed = True
             raise DeliveryError(greeting, "greeting", from_server=True)
         await self._hello()
+
+    async def _start_session(self) -> None:
+        policy = self.policy
+        await self._greeting_and_hello()
         if self.tls_version is None and policy.tls is not TlsMode.NONE:
             await self._starttls()
         if policy.username is not None:

@@ -24,6 +24,7 @@ from relaywarden.delivery.client import (
     DeliveryError,
     OutboundConnection,
     OutRecipient,
+    TransactionResult,
 )
 from relaywarden.delivery.dsn import DsnAction, DsnRecipient, build_dsn, wants_notice
 from relaywarden.delivery.routing import Route, RouteKind, Router
@@ -113,6 +114,19 @@ def _permanent_stage(err: DeliveryError) -> bool:
     """A permanent refusal inside the mail transaction ends the attempt for this message;
     one before it (connect, greeting, TLS, AUTH) only means: try the next host."""
     return err.reply.permanent and err.stage in ("mail", "rcpt", "data")
+
+
+async def _transaction(conn: OutboundConnection, message: DueMessage, body: bytes | Path,
+                       recipients: Sequence[DueRecipient]) -> TransactionResult:
+    """One message over an open connection, with its envelope and DSN parameters."""
+    return await conn.send(
+        sender=message.sender,
+        recipients=[OutRecipient(address=r.address, notify=r.notify, orcpt=r.orcpt)
+                    for r in recipients],
+        body=body, size=message.size if isinstance(body, Path) else len(body),
+        eightbit=message.body_type == "8BITMIME",
+        smtputf8=message.smtputf8, ret=message.ret, envid=message.envid,
+    )
 
 
 class _Pool:
@@ -388,14 +402,7 @@ class Engine:
             self.mail_log.event(MailEvent.ATTEMPT, id=message.queue_id, route=route,
                                 relay=remote, to=",".join(r.address for r in recipients))
             try:
-                result = await conn.send(
-                    sender=message.sender,
-                    recipients=[OutRecipient(address=r.address, notify=r.notify, orcpt=r.orcpt)
-                                for r in recipients],
-                    body=body, size=message.size if isinstance(body, Path) else len(body),
-                    eightbit=message.body_type == "8BITMIME",
-                    smtputf8=message.smtputf8, ret=message.ret, envid=message.envid,
-                )
+                result = await _transaction(conn, message, body, recipients)
             except DeliveryError as err:
                 kind = Kind.BOUNCED if _permanent_stage(err) else Kind.DEFERRED
                 outcomes = [Outcome(r, kind, err.reply, remote, route=route,
@@ -428,14 +435,7 @@ class Engine:
                     recipients: list[DueRecipient], *, fresh: bool = False):
         conn, reused = await self._pool.take(hop, policy, fresh=fresh)
         try:
-            result = await conn.send(
-                sender=message.sender,
-                recipients=[OutRecipient(address=r.address, notify=r.notify, orcpt=r.orcpt)
-                            for r in recipients],
-                body=body, size=message.size if isinstance(body, Path) else len(body),
-                eightbit=message.body_type == "8BITMIME",
-                smtputf8=message.smtputf8, ret=message.ret, envid=message.envid,
-            )
+            result = await _transaction(conn, message, body, recipients)
         except DeliveryError as err:
             await conn.close()
             if reused and err.temporary and err.stage in ("mail", "rset"):
