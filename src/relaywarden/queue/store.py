@@ -389,6 +389,7 @@ class Store:
         self._unlink_after_commit: list[Path] = []
         self._synchronous = "FULL"   # the write connection's current PRAGMA synchronous
         self.commits = 0   # transactions committed: group commit makes this < messages
+        self._tasks: set[asyncio.Task] = set()
 
     @classmethod
     def open(cls, data_dir: Path) -> "Store":
@@ -509,22 +510,35 @@ class Store:
                    allowed: Callable[[str], bool]) -> asyncio.Future:
         """ETRN (RFC 1985): the queued mail of `domain` (and of its subdomains when asked)
         is due now, and what a hold route holds for it is let out, for every such domain
-        that `allowed` (the route's ETRN settings; pure, called in the writer thread)
-        admits. Resolves to (messages started, domains started). Mail held by the admin
-        (`queue hold`) or for a missing body file stays held."""
+        that `allowed` (the route's ETRN settings) admits. Resolves to (messages started,
+        domains started). Mail held by the admin (`queue hold`) or for a missing body file
+        stays held."""
+        task = asyncio.get_running_loop().create_task(self._etrn(domain, subdomains, allowed))
+        self._tasks.add(task)            # asyncio keeps only a weak reference to tasks
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _domains_below(self, domain: str) -> list[str]:
+        """The domain and its subdomains that have mail waiting (queued or held). A scan of
+        every waiting recipient (a suffix cannot use the index): done on the read
+        connection in a pool thread, so that it never holds up the writer's commits."""
+        suffix = "." + domain       # not LIKE: "_" in a domain would be a wildcard
+        with self._read_lock:
+            return [d for (d,) in self._reader.execute(
+                "SELECT DISTINCT domain FROM recipients WHERE status IN ('queued', 'held')"
+                " AND (domain = ? OR substr(domain, -?) = ?)", (domain, len(suffix), suffix))]
+
+    async def _etrn(self, domain: str, subdomains: bool,
+                    allowed: Callable[[str], bool]) -> tuple[int, list[str]]:
+        if subdomains:
+            found = await asyncio.get_running_loop().run_in_executor(
+                None, self._domains_below, domain)
+        else:
+            found = [domain]
+        started = [d for d in found if allowed(d)]
         now = time.time()
 
         def apply(db: sqlite3.Connection) -> tuple[int, list[str]]:
-            if subdomains:
-                # LIKE would treat "_" in the domain as a wildcard: compare the suffix instead.
-                suffix = "." + domain
-                found = [d for (d,) in db.execute(
-                    "SELECT DISTINCT domain FROM recipients WHERE status IN ('queued', 'held')"
-                    " AND (domain = ? OR substr(domain, -?) = ?)",
-                    (domain, len(suffix), suffix))]
-            else:
-                found = [domain]
-            started = [d for d in found if allowed(d)]
             messages: set[str] = set()
             for d in started:
                 messages.update(mid for (mid,) in db.execute(
@@ -535,7 +549,7 @@ class Store:
                     " WHERE domain = ? AND status = 'held' AND held_by = 'route'"
                     " RETURNING message_id", (now, d)))
             return len(messages), started
-        return self._write(apply, durable=False)
+        return await self._write(apply, durable=False)
 
     def start_atrn(self, domains: Sequence[str], lease: float) -> asyncio.Future:
         """ATRN (RFC 2645): claim, for the session that turns its connection around, every
