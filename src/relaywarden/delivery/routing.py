@@ -29,7 +29,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING
 
 from relaywarden.delivery.tls import TlsMode
@@ -37,8 +36,6 @@ from relaywarden.policy import match
 
 if TYPE_CHECKING:
     from relaywarden.config.schema import Config
-
-IPAddress = IPv4Address | IPv6Address
 
 __all__ = [
     "DEFAULT_ROUTE",
@@ -204,7 +201,7 @@ class Router:
             tls=self._default_tls,
         )
 
-    def etrn_refusal(self, domain: str, client_ip: IPAddress) -> tuple[str, str | None]:
+    def etrn_refusal(self, domain: str, client_ip: match.IPAddress) -> tuple[str, str | None]:
         """May this client start the queue of `domain` with ETRN (RFC 1985)? Returns the
         name of the route that decides and None, or the reason it may not. The route is
         the one mail for the domain takes from an unknown sender (domain routes decide;
@@ -212,12 +209,8 @@ class Router:
         route = self.route(domain, sender="", group=None, user=None)
         if not route.etrn:
             return route.name, "ETRN is not enabled for this domain"
-        if route.etrn_networks:
-            ip = client_ip
-            if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
-                ip = ip.ipv4_mapped
-            if not any(ip in net for net in route.etrn_networks):
-                return route.name, "this client may not start the domain's queue"
+        if route.etrn_networks and match.first_network(route.etrn_networks, client_ip) is None:
+            return route.name, "this client may not start the domain's queue"
         return route.name, None
 
     def atrn_domains(self, user: str) -> tuple[str, ...]:

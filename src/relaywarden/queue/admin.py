@@ -11,7 +11,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from relaywarden.queue.store import _remove_if_finished, _unlink
+from relaywarden.queue.store import _remove_if_finished, _unlink, start_domain
 
 
 class QueueAdmin:
@@ -48,13 +48,7 @@ class QueueAdmin:
             if domain is None:
                 return db.execute(
                     "UPDATE recipients SET next_attempt = ? WHERE status = 'queued'", (now,)).rowcount
-            d = domain.lower().rstrip(".")
-            n = db.execute("UPDATE recipients SET next_attempt = ? WHERE status = 'queued'"
-                           " AND domain = ?", (now, d)).rowcount
-            n += db.execute("UPDATE recipients SET status = 'queued', released = 1,"
-                            " next_attempt = ? WHERE status = 'held' AND domain = ?",
-                            (now, d)).rowcount
-            return n
+            return len(start_domain(db, domain.lower().rstrip("."), now))
         return self._tx(apply)
 
     def retry(self, queue_id: str) -> int:

@@ -541,13 +541,7 @@ class Store:
         def apply(db: sqlite3.Connection) -> tuple[int, list[str]]:
             messages: set[str] = set()
             for d in started:
-                messages.update(mid for (mid,) in db.execute(
-                    "UPDATE recipients SET next_attempt = ? WHERE domain = ? AND"
-                    " status = 'queued' RETURNING message_id", (now, d)))
-                messages.update(mid for (mid,) in db.execute(
-                    "UPDATE recipients SET status = 'queued', released = 1, next_attempt = ?"
-                    " WHERE domain = ? AND status = 'held' AND held_by = 'route'"
-                    " RETURNING message_id", (now, d)))
+                messages.update(start_domain(db, d, now, held_by="route"))
             return len(messages), started
         return await self._write(apply, durable=False)
 
@@ -811,6 +805,22 @@ def _due_messages(db: sqlite3.Connection, rows: list[tuple]) -> list[DueMessage]
             ret=m[4], envid=m[5], body_type=m[6], smtputf8=bool(m[7]), size=m[8],
             recipients=tuple(recipients), body=body))
     return out
+
+
+def start_domain(db: sqlite3.Connection, domain: str, now: float, *,
+                 held_by: str | None = None) -> list[str]:
+    """A domain's queued mail is due now and its held mail is let out (only what
+    ``held_by`` held, when given) through the hold route's next hops: ETRN and
+    `queue flush --domain`. Returns the message ID of each recipient changed."""
+    changed = [mid for (mid,) in db.execute(
+        "UPDATE recipients SET next_attempt = ? WHERE domain = ? AND status = 'queued'"
+        " RETURNING message_id", (now, domain))]
+    only = "" if held_by is None else " AND held_by = ?"
+    changed += [mid for (mid,) in db.execute(
+        "UPDATE recipients SET status = 'queued', released = 1, next_attempt = ?"
+        f" WHERE domain = ? AND status = 'held'{only} RETURNING message_id",
+        (now, domain) + (() if held_by is None else (held_by,)))]
+    return changed
 
 
 def _remove_if_finished(db: sqlite3.Connection, queue_id: str) -> bool:

@@ -34,6 +34,7 @@ from relaywarden.queue.store import (
     Envelope,
     RecipientRecord,
     RecipientStatus,
+    domain_of,
     new_queue_id,
 )
 from relaywarden.resolver import RdnsResult, RdnsStatus
@@ -110,10 +111,6 @@ class _Transaction:
 
 # RFC 5322 date, local time, for the Received header.
 _received_date = SecondStamp(lambda second: formatdate(second, localtime=True))
-
-
-def _domain(address: str) -> str:
-    return address.rpartition("@")[2]
 
 
 def _clean(text: str, limit: int = 255) -> str:
@@ -434,15 +431,7 @@ class SmtpSession(asyncio.Protocol):
     def _on_mail(self, ev: MailFrom) -> None:
         query = f"FROM:<{ev.sender if ev.sender is not None else ''}>"
         sender = self._addr(ev.sender)
-        if self.tls is None and self.ctx.tls_required_for(self.client.ip):
-            self._log_limit("mail", MUST_STARTTLS, self._key("tls.mode"),
-                            "TLS required: MAIL before STARTTLS", sender=sender)
-            self._respond("MAIL", query, MUST_STARTTLS)
-            return
-        if self.ctx.auth_required and self.client.user is None:
-            self._log_limit("mail", AUTH_REQUIRED, self._key("auth.required"),
-                            "MAIL before AUTH", sender=sender)
-            self._respond("MAIL", query, AUTH_REQUIRED)
+        if self._gated("MAIL", query, sender=sender):
             return
         disk = self.services.disk
         if disk is not None and not disk.ok():
@@ -466,6 +455,19 @@ class SmtpSession(asyncio.Protocol):
             return
         self.txn = _Transaction(sender=ev.sender, params=ev.params)
         self._respond("MAIL", query, SENDER_OK)
+
+    def _gated(self, verb: str, query: str, **fields: object) -> bool:
+        """The listener's own gates before MAIL (and ETRN): TLS first on a listener that
+        requires it, AUTH first on one that requires that. True: refused and answered."""
+        if self.tls is None and self.ctx.tls_required_for(self.client.ip):
+            answer, key, reason = MUST_STARTTLS, "tls.mode", f"TLS required: {verb} before STARTTLS"
+        elif self.ctx.auth_required and self.client.user is None:
+            answer, key, reason = AUTH_REQUIRED, "auth.required", f"{verb} before AUTH"
+        else:
+            return False
+        self._log_limit(verb.lower(), answer, self._key(key), reason, **fields)
+        self._respond(verb, query, answer)
+        return True
 
     def _rate_keys(self) -> list[tuple[str, str]]:
         """Rate windows count per client address and, once authenticated, per user too."""
@@ -543,7 +545,7 @@ class SmtpSession(asyncio.Protocol):
         screener = self.services.screener
         if screener is not None and any(r.status is RecipientStatus.QUEUED
                                         for r in txn.recipients) and screener.applies(
-                self.services.policy.hosted(self.client, _domain(r.address))
+                self.services.policy.hosted(self.client, domain_of(r.address))
                 for r in txn.recipients):
             # MIME parsing is CPU work: a pool thread does it; nothing is read meanwhile.
             self._waiting = True
@@ -675,16 +677,7 @@ class SmtpSession(asyncio.Protocol):
 
     def _on_etrn(self, ev: Etrn) -> None:
         node = ("@" if ev.subdomains else "") + ev.domain
-        # The listener's own gates come first, as for MAIL.
-        if self.tls is None and self.ctx.tls_required_for(self.client.ip):
-            self._log_limit("etrn", MUST_STARTTLS, self._key("tls.mode"),
-                            "TLS required: ETRN before STARTTLS", node=node)
-            self._respond("ETRN", node, MUST_STARTTLS)
-            return
-        if self.ctx.auth_required and self.client.user is None:
-            self._log_limit("etrn", AUTH_REQUIRED, self._key("auth.required"),
-                            "ETRN before AUTH", node=node)
-            self._respond("ETRN", node, AUTH_REQUIRED)
+        if self._gated("ETRN", node, node=node):      # the listener's gates, as for MAIL
             return
         self._etrns += 1
         if self._etrns > MAX_ETRN_PER_SESSION:
