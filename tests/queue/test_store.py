@@ -7,6 +7,7 @@ import sqlite3
 
 import pytest
 
+from relaywarden.queue import journal
 from relaywarden.queue.store import (
     SCHEMA,
     SCHEMA_VERSION,
@@ -173,6 +174,9 @@ _ADDED_IN = {
 
 def _old_schema(version: int) -> str:
     text = SCHEMA
+    if version < 4:     # version 4 added the journal table
+        assert journal.SCHEMA in text
+        text = text.replace(journal.SCHEMA, "")
     for added_in, column in _ADDED_IN.items():
         if added_in > version:
             assert column in text
@@ -180,7 +184,7 @@ def _old_schema(version: int) -> str:
     return text
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_an_older_queue_is_migrated_and_keeps_its_mail(tmp_path, version):
     db = sqlite3.connect(tmp_path / "queue.sqlite3")
     db.executescript(_old_schema(version))
@@ -195,7 +199,8 @@ def test_an_older_queue_is_migrated_and_keeps_its_mail(tmp_path, version):
     db.commit()
     db.close()
     store = Store.open(tmp_path)
-    assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert store._db.execute("SELECT COUNT(*) FROM journal").fetchone() == (0,)
     # Who held a recipient before version 3 is not known: '' (ETRN leaves it alone).
     assert store._db.execute(
         "SELECT idx, status, held_by, body_file FROM recipients JOIN messages ON id = message_id"

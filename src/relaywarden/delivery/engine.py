@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import random
+import re
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -72,6 +73,11 @@ class DeliverySettings:
         return self.connect_timeout + 6 * self.command_timeout + self.data_timeout
 
 
+#: The outcomes each DSN action reports on.
+_DSN_OUTCOME = {DsnAction.FAILED: ("bounced",), DsnAction.DELAYED: ("deferred",),
+                DsnAction.RELAYED: ("delivered",), DsnAction.DELIVERED: ("delivered",)}
+
+
 class Kind(enum.Enum):
     DELIVERED = "delivered"
     DEFERRED = "deferred"
@@ -100,6 +106,26 @@ class _Hop:
 
 def _show(r: Reply) -> str:
     return " ".join(str(part) for part in (r.code, r.enhanced, r.text) if part)
+
+
+# The next hop's own queue id in its reply to the final dot: Postfix and most MTAs say
+# "queued as ID", others "id=ID" (Exim) or "<ID> Queued mail" (Exchange gives none).
+_REMOTE_ID = re.compile(r"queued as:? ?<?([A-Za-z0-9._@-]+)|\bid=<?([A-Za-z0-9._@-]+)",
+                        re.IGNORECASE)
+
+
+def remote_queue_id(text: str) -> str | None:
+    m = _REMOTE_ID.search(text)
+    return None if m is None else (m.group(1) or m.group(2))
+
+
+def _event(o: "Outcome", outcome: str, now: float, attempts: int, **extra: object) -> dict:
+    """The journal's ``attempt`` entry of one recipient (queue.journal)."""
+    shown = _show(o.reply)
+    return {"at": now, "idx": o.recipient.idx, "to": o.recipient.address, "outcome": outcome,
+            "remote": o.remote, "tls": o.tls, "reply": shown, "route": o.route,
+            "attempts": attempts, "ours": o.synthesized,
+            "remote_id": remote_queue_id(shown) if outcome == "delivered" else None, **extra}
 
 
 def _read_original(path: Path) -> bytes:
@@ -257,11 +283,16 @@ class Engine:
             self.mail_log.event(MailEvent.DEFERRED, id=message.queue_id,
                                 error=f"internal error: {exc!r}")
             now = self._clock()
-            await self.store.record(message.queue_id, [
+            updates = [
                 RecipientUpdate(idx=r.idx, status=RecipientStatus.QUEUED,
                                 next_attempt=self._retry_at(now, r.attempts + 1),
                                 attempts=r.attempts + 1, last_error=f"internal error: {exc!r}")
-                for r in message.recipients])
+                for r in message.recipients]
+            await self.store.record(message.queue_id, updates, events=[
+                {"at": now, "idx": u.idx, "to": r.address, "outcome": "deferred",
+                 "reply": u.last_error, "ours": True, "attempts": u.attempts,
+                 "next_attempt": u.next_attempt}
+                for u, r in zip(updates, message.recipients)])
 
     async def _body_of(self, message: DueMessage) -> bytes | Path | None:
         """The body to send, or None: the message was removed meanwhile (queue delete), or
@@ -278,6 +309,9 @@ class Engine:
             await self.store.record(message.queue_id, [
                 RecipientUpdate(idx=r.idx, status=RecipientStatus.HELD,
                                 attempts=r.attempts, last_error=str(exc), held_by="body")
+                for r in message.recipients], events=[
+                {"at": self._clock(), "idx": r.idx, "to": r.address, "outcome": "held",
+                 "reply": str(exc), "ours": True, "attempts": r.attempts}
                 for r in message.recipients])
             return None
 
@@ -497,10 +531,12 @@ class Engine:
         double_bounces: list[Outcome] = []
         log = self.mail_log
         age = now - message.received_at
+        events: list[dict] = []
         for o in outcomes:
             r = o.recipient
             attempts = r.attempts + (0 if o.kind is Kind.HELD else 1)
             if o.kind is Kind.DEFERRED and r.idx in rehold:
+                events.append(_event(o, "held", now, attempts, deferred=True))
                 updates.append(RecipientUpdate(
                     idx=r.idx, status=RecipientStatus.HELD, attempts=attempts,
                     last_error=_show(o.reply), remote_mta=o.remote,
@@ -515,6 +551,7 @@ class Engine:
                     451, "4.4.7", f"delivery time expired after {attempts} attempts; last: "
                     f"{_show(o.reply)}"), o.remote, route=o.route, synthesized=True)
             if o.kind is Kind.DELIVERED:
+                events.append(_event(o, "delivered", now, attempts))
                 updates.append(RecipientUpdate(idx=r.idx, status=RecipientStatus.DELIVERED,
                                                attempts=attempts, remote_mta=o.remote))
                 log.event(MailEvent.DELIVERED, id=message.queue_id, to=r.address, relay=o.remote,
@@ -526,12 +563,14 @@ class Engine:
                 if message.sender == "":
                     # A bounce that cannot be delivered has nobody to go back to.
                     double_bounces.append(o)
+                    events.append(_event(o, "badmail", now, attempts, double_bounce=True))
                     updates.append(RecipientUpdate(
                         idx=r.idx, status=RecipientStatus.BADMAIL, attempts=attempts,
                         last_error=_show(o.reply), remote_mta=o.remote))
                     log.event(MailEvent.BADMAIL, id=message.queue_id, to=r.address,
                               reason=f"double bounce: {_show(o.reply)}")
                     continue
+                events.append(_event(o, "bounced", now, attempts))
                 updates.append(RecipientUpdate(
                     idx=r.idx, status=RecipientStatus.BOUNCED, attempts=attempts,
                     last_error=_show(o.reply), remote_mta=o.remote))
@@ -547,6 +586,7 @@ class Engine:
                     notices[DsnAction.DELAYED].append(self._dsn_rcpt(
                         r, DsnAction.DELAYED, o, now, until=message.received_at + s.expire_after))
                     notified = True
+                events.append(_event(o, "deferred", now, attempts, next_attempt=retry_at))
                 updates.append(RecipientUpdate(
                     idx=r.idx, status=RecipientStatus.QUEUED, next_attempt=retry_at,
                     attempts=attempts, last_error=_show(o.reply),
@@ -555,6 +595,7 @@ class Engine:
                           reply=_show(o.reply), attempts=attempts,
                           next=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(retry_at)))
             else:  # HELD
+                events.append(_event(o, "held", now, attempts))
                 updates.append(RecipientUpdate(idx=r.idx, status=RecipientStatus.HELD,
                                                attempts=attempts, held_by="route"))
                 log.event(MailEvent.DEFERRED, id=message.queue_id, to=r.address,
@@ -567,7 +608,13 @@ class Engine:
                 continue
             copy = s.ndr_copy_to if action is DsnAction.FAILED else None
             new_messages.append(self._dsn_message(message, body, recipients, now, copy))
-        await self.store.record(message.queue_id, updates, new_messages=new_messages)
+            # Which DSN told the sender about each recipient (the history shows its id).
+            told = {d.final for d in recipients}
+            for e in events:
+                if e["to"] in told and e["outcome"] in _DSN_OUTCOME[action]:
+                    e["dsn_id"] = new_messages[-1][0].queue_id
+        await self.store.record(message.queue_id, updates, new_messages=new_messages,
+                                events=events)
         for env, spool in new_messages:
             log.event(MailEvent.QUEUED, id=env.queue_id, listener="-", sender="<>",
                       to=",".join(r.address for r in env.recipients), size=spool.size,

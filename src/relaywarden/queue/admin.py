@@ -11,7 +11,31 @@ import sqlite3
 import time
 from pathlib import Path
 
-from relaywarden.queue.store import _remove_if_finished, _unlink, start_domain
+from relaywarden.queue import journal
+from relaywarden.queue.store import (
+    Envelope,
+    RecipientRecord,
+    RecipientStatus,
+    _body,
+    _remove_if_finished,
+    _Rows,
+    _unlink,
+    new_queue_id,
+    start_domain,
+)
+from relaywarden.queue.spool import BodySpool
+
+#: Recipient states an admin action can still change (delivered/bounced ones are history).
+_OPEN = ("queued", "held", "badmail")
+
+
+def _journal(db: sqlite3.Connection, queue_id: str, action: str, by: str,
+             addresses: list[str], **extra: object) -> None:
+    """Every admin action is journaled with who did it, in its own transaction."""
+    if addresses:
+        journal.add(db, [journal.row(time.time(), queue_id, "admin",
+                                     {"action": action, "by": by, "recipients": addresses,
+                                      **extra})])
 
 
 class QueueAdmin:
@@ -19,8 +43,10 @@ class QueueAdmin:
         path = data_dir / "queue.sqlite3"
         if not path.exists():
             raise FileNotFoundError(f"no queue at {path}")
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=30,
+                                   check_same_thread=False)
         self._bodies_dir = data_dir / "bodies"
+        self._tmp_dir = data_dir / "tmp"
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
 
@@ -40,7 +66,7 @@ class QueueAdmin:
     def exists(self, queue_id: str) -> bool:
         return self._db.execute("SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone() is not None
 
-    def flush(self, *, domain: str | None = None) -> int:
+    def flush(self, *, domain: str | None = None, by: str = "") -> int:
         """Every queued recipient (of one domain) is due now; with a domain, held ones too
         (like ETRN: the admin asks for that domain's mail to go out now)."""
         now = time.time()
@@ -48,31 +74,98 @@ class QueueAdmin:
             if domain is None:
                 return db.execute(
                     "UPDATE recipients SET next_attempt = ? WHERE status = 'queued'", (now,)).rowcount
-            return len(start_domain(db, domain.lower().rstrip("."), now))
+            return len(start_domain(db, domain.lower().rstrip("."), now, by=by))
         return self._tx(apply)
 
-    def retry(self, queue_id: str) -> int:
-        return self._tx(lambda db: db.execute(
-            "UPDATE recipients SET next_attempt = ? WHERE message_id = ? AND status = 'queued'",
-            (time.time(), queue_id)).rowcount)
+    def _change(self, queue_id: str, action: str, by: str, sql: str, args: tuple) -> int:
+        def apply(db):
+            changed = [a for (a,) in db.execute(sql + " RETURNING address", args)]
+            _journal(db, queue_id, action, by, changed)
+            return len(changed)
+        return self._tx(apply)
 
-    def hold(self, queue_id: str) -> int:
-        return self._tx(lambda db: db.execute(
-            "UPDATE recipients SET status = 'held', held_by = 'admin' WHERE message_id = ?"
-            " AND status = 'queued'",
-            (queue_id,)).rowcount)
+    def retry(self, queue_id: str, *, by: str = "") -> int:
+        return self._change(queue_id, "retry", by,
+                            "UPDATE recipients SET next_attempt = ? WHERE message_id = ?"
+                            " AND status = 'queued'", (time.time(), queue_id))
 
-    def release(self, queue_id: str) -> int:
-        return self._tx(lambda db: db.execute(
-            "UPDATE recipients SET status = 'queued', released = 1, next_attempt = ?"
-            " WHERE message_id = ? AND status = 'held'", (time.time(), queue_id)).rowcount)
+    def hold(self, queue_id: str, *, by: str = "") -> int:
+        return self._change(queue_id, "hold", by,
+                            "UPDATE recipients SET status = 'held', held_by = 'admin'"
+                            " WHERE message_id = ? AND status = 'queued'", (queue_id,))
 
-    def delete(self, queue_id: str) -> int:
-        rows = self._tx(lambda db: db.execute(
-            "DELETE FROM messages WHERE id = ? RETURNING body_file", (queue_id,)).fetchall())
+    def release(self, queue_id: str, *, by: str = "") -> int:
+        return self._change(queue_id, "release", by,
+                            "UPDATE recipients SET status = 'queued', released = 1,"
+                            " next_attempt = ? WHERE message_id = ? AND status = 'held'",
+                            (time.time(), queue_id))
+
+    def delete(self, queue_id: str, *, by: str = "") -> int:
+        def apply(db):
+            addresses = [a for (a,) in db.execute(
+                "SELECT address FROM recipients WHERE message_id = ? AND status IN"
+                " (?, ?, ?) ORDER BY idx", (queue_id,) + _OPEN)]
+            rows = db.execute("DELETE FROM messages WHERE id = ? RETURNING body_file",
+                              (queue_id,)).fetchall()
+            if rows:
+                _journal(db, queue_id, "delete", by, addresses or ["-"])
+            return rows
+        rows = self._tx(apply)
         if rows and rows[0][0]:
             self._remove_body_file(queue_id)
         return len(rows)
+
+    def delete_with_dsn(self, queue_id: str, *, by: str, reporting_mta: str) -> tuple[int, str | None]:
+        """Delete a message and tell its sender with a DSN (RFC 3464, Action: failed,
+        status 5.3.0 "deleted by the administrator") for each recipient still waiting.
+        Returns (recipients deleted, the DSN's queue id or None: a null sender gets none,
+        RFC 5321 4.5.5)."""
+        from relaywarden.delivery.dsn import DsnAction, DsnRecipient, build_dsn
+
+        def apply(db):
+            msg = db.execute("SELECT sender, ret, envid, received_at FROM messages WHERE id = ?",
+                             (queue_id,)).fetchone()
+            if msg is None:
+                return 0, None, False
+            sender, ret, envid, arrival = msg
+            waiting = db.execute(
+                "SELECT address, orcpt FROM recipients WHERE message_id = ? AND status IN"
+                " (?, ?, ?) ORDER BY idx", (queue_id,) + _OPEN).fetchall()
+            dsn_id = None
+            if sender and waiting:
+                now = time.time()
+                original = _body(db, self._bodies_dir, queue_id) or b""
+                data = build_dsn(
+                    reporting_mta=reporting_mta, sender=sender, original=original, ret=ret,
+                    envid=envid, arrival=arrival, now=now,
+                    recipients=[DsnRecipient(final=a, original=o, action=DsnAction.FAILED,
+                                             status="5.3.0",
+                                             diagnostic=f"X-relaywarden; deleted by the "
+                                             f"administrator ({by or 'unknown'})",
+                                             last_attempt=now) for a, o in waiting])
+                dsn_id = new_queue_id()
+                spool = BodySpool(self._tmp_dir)
+                spool.write(data)
+                if not spool.in_memory:
+                    spool.persist(self._bodies_dir / dsn_id)
+                rows = _Rows()
+                rows.add_message(Envelope(
+                    queue_id=dsn_id, received_at=now, listener="-", client_ip="127.0.0.1",
+                    client_name=None, helo=reporting_mta, auth_user=None, sender="",
+                    recipients=(RecipientRecord(address=sender, status=RecipientStatus.QUEUED,
+                                                rule="dsn", reason=f"DSN for {queue_id}"),),
+                ), spool)
+                rows.write(db)
+                spool.discard()
+            gone = db.execute("DELETE FROM messages WHERE id = ? RETURNING body_file",
+                              (queue_id,)).fetchall()
+            _journal(db, queue_id, "delete-dsn", by, [a for a, _ in waiting] or ["-"],
+                     dsn_id=dsn_id)
+            return len(waiting), dsn_id, bool(gone and gone[0][0])
+        n, dsn_id, had_file = self._tx(apply)
+        if had_file:
+            self._remove_body_file(queue_id)
+        return n, dsn_id
 
     def _remove_body_file(self, queue_id: str) -> None:
         """After the COMMIT that removed its message (a crash in between leaves a file
@@ -91,18 +184,22 @@ class QueueAdmin:
                 " rule = ?, reason = ? WHERE message_id = ? AND idx = ?",
                 [(time.time(), "badmail.release", f"released by {by}", queue_id, idx)
                  for idx, _ in rows])
-            return [address for _, address in rows]
+            released = [address for _, address in rows]
+            _journal(db, queue_id, "badmail-release", by, released)
+            return released
         return self._tx(apply)
 
-    def badmail_delete(self, queue_id: str) -> list[str]:
+    def badmail_delete(self, queue_id: str, *, by: str = "") -> list[str]:
         def apply(db):
             rows = db.execute("SELECT idx, address FROM recipients WHERE message_id = ?"
                               " AND status = 'badmail'", (queue_id,)).fetchall()
             # Deleted badmail recipients count as finished ("bounced" by the admin, no DSN).
             db.execute("UPDATE recipients SET status = 'bounced', reason = 'deleted from badmail'"
                        " WHERE message_id = ? AND status = 'badmail'", (queue_id,))
+            deleted = [address for _, address in rows]
+            _journal(db, queue_id, "badmail-delete", by, deleted)
             gone_file = _remove_if_finished(db, queue_id)
-            return [address for _, address in rows], gone_file
+            return deleted, gone_file
         deleted, gone_file = self._tx(apply)
         if gone_file:
             self._remove_body_file(queue_id)

@@ -52,6 +52,14 @@ class BodySpool:
         while chunk := self._file.read(_COPY_CHUNK):
             yield chunk
 
+    def head(self, limit: int = 16384) -> bytes:
+        """The first ``limit`` bytes (the header section, for the history's Subject and
+        Message-ID), without moving the file position."""
+        if self._buf is not None:
+            return bytes(self._buf[:limit])
+        self._file.flush()
+        return os.pread(self._file.fileno(), limit, 0)
+
     @property
     def in_memory(self) -> bool:
         return self._buf is not None

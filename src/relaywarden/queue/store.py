@@ -33,13 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from relaywarden.queue import journal
 from relaywarden.queue.spool import SPOOL_MEMORY_LIMIT, BodySpool
 
 __all__ = ["SPOOL_MEMORY_LIMIT", "BodySpool", "Envelope", "QueueReader", "RecipientRecord",
            "RecipientStatus", "RecipientUpdate", "DueMessage", "DueRecipient", "Store",
            "StoreError", "BodyMissing", "new_queue_id"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id           TEXT PRIMARY KEY,
@@ -88,13 +89,15 @@ CREATE TABLE IF NOT EXISTS bodies (
     message_id TEXT PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
     data       BLOB NOT NULL
 );
-"""
+""" + journal.SCHEMA
 #: Schema changes from older versions, applied in order at open.
 MIGRATIONS = {
     1: "ALTER TABLE messages ADD COLUMN body_file INTEGER NOT NULL DEFAULT 0",
     # Rows held before version 3 keep held_by '' (unknown): ETRN, which starts only what a
     # hold route holds, leaves them to the admin (`queue flush --domain`, `queue release`).
     2: "ALTER TABLE recipients ADD COLUMN held_by TEXT NOT NULL DEFAULT ''",
+    # The journal the history is fed from (relaywarden.queue.journal).
+    3: journal.SCHEMA.strip(),
 }
 
 #: A claim of due messages brings their bodies along, up to this many bytes in all.
@@ -146,6 +149,7 @@ class Envelope:
     body_type: str | None = None
     smtputf8: bool = False
     client_group: str | None = None
+    tls: str | None = None          # "TLSv1.3 TLS_AES_256_GCM_SHA384" when received over TLS
 
 
 class StoreError(Exception):
@@ -204,7 +208,7 @@ class _Rows:
     and forth with the busy event loop thread, and the other process waits for the lock
     meanwhile: measured, the two writers spent 40% of their time waiting for each other)."""
 
-    __slots__ = ("messages", "recipients", "bodies", "outcomes", "finished")
+    __slots__ = ("messages", "recipients", "bodies", "outcomes", "finished", "journal")
 
     def __init__(self) -> None:
         self.messages: list[tuple] = []
@@ -212,6 +216,7 @@ class _Rows:
         self.bodies: list[tuple] = []
         self.outcomes: list[tuple] = []
         self.finished: list[str] = []
+        self.journal: list[tuple] = []
 
     def add_message(self, env: Envelope, spool: BodySpool) -> None:
         """A new message. A body in a file must already be persist()ed under its queue ID."""
@@ -230,6 +235,17 @@ class _Rows:
         if not in_file:
             (data,) = spool.chunks()
             self.bodies.append((qid, data))
+            head = data[:16384]
+        else:
+            head = spool.head()
+        self.journal.append(journal.row(env.received_at, qid, "received", {
+            "listener": env.listener, "client_ip": env.client_ip,
+            "client_name": env.client_name, "helo": env.helo, "tls": env.tls,
+            "auth_user": env.auth_user, "sender": env.sender, "size": spool.size,
+            "envid": env.envid, "ret": env.ret, "group": env.client_group,
+            **journal.header_fields(head),
+            "recipients": [[r.address, r.status.value, r.rule, r.reason]
+                           for r in env.recipients]}))
 
     def add_outcomes(self, queue_id: str, updates: list[RecipientUpdate]) -> None:
         """Attempt outcomes; the message leaves the queue if they finish it."""
@@ -242,6 +258,8 @@ class _Rows:
         """Inside the transaction: one multi-row statement per table (a statement per row
         would cost a GIL round trip each). Returns the IDs of removed messages that had a
         body file."""
+        if self.journal:
+            _rows_at_once(db, journal.INSERT, self.journal)
         if self.messages:
             _rows_at_once(db, _INSERT_MESSAGE, self.messages)
             _rows_at_once(db, _INSERT_RECIPIENT, self.recipients)
@@ -488,15 +506,19 @@ class Store:
         return await self._write(lambda db: _claim(db, now, limit, lease), durable=False)
 
     async def record(self, queue_id: str, updates: list[RecipientUpdate], *,
-                     new_messages: list[tuple[Envelope, BodySpool]] = ()) -> None:
+                     new_messages: list[tuple[Envelope, BodySpool]] = (),
+                     events: list[dict] = ()) -> None:
         """Apply attempt outcomes and enqueue the messages they produce (DSNs, notices) in
-        one transaction: a bounce and the recipient it reports on change state together."""
+        one transaction: a bounce and the recipient it reports on change state together.
+        ``events`` are the attempts' journal entries (``attempt``, see queue.journal)."""
         def add(rows: _Rows) -> None:
             for env, spool in new_messages:
                 if not spool.in_memory:   # a large DSN (RET=FULL of a large message)
                     spool.persist(self.bodies_dir / env.queue_id)
                 rows.add_message(env, spool)
             rows.add_outcomes(queue_id, updates)
+            rows.journal.extend(journal.row(e.get("at", 0.0), queue_id, "attempt", e)
+                                for e in events)
         files = tuple(self.bodies_dir / env.queue_id for env, sp in new_messages
                       if not sp.in_memory)
         # Not durable on its own (see _transaction); the DSNs it may add go with it.
@@ -541,7 +563,7 @@ class Store:
         def apply(db: sqlite3.Connection) -> tuple[int, list[str]]:
             messages: set[str] = set()
             for d in started:
-                messages.update(start_domain(db, d, now, held_by="route"))
+                messages.update(start_domain(db, d, now, held_by="route", by="ETRN"))
             return len(messages), started
         return await self._write(apply, durable=False)
 
@@ -808,19 +830,26 @@ def _due_messages(db: sqlite3.Connection, rows: list[tuple]) -> list[DueMessage]
 
 
 def start_domain(db: sqlite3.Connection, domain: str, now: float, *,
-                 held_by: str | None = None) -> list[str]:
+                 held_by: str | None = None, by: str = "") -> list[str]:
     """A domain's queued mail is due now and its held mail is let out (only what
     ``held_by`` held, when given) through the hold route's next hops: ETRN and
-    `queue flush --domain`. Returns the message ID of each recipient changed."""
+    `queue flush --domain`. Returns the message ID of each recipient changed. The
+    release of held mail is journaled with ``by`` (who asked)."""
     changed = [mid for (mid,) in db.execute(
         "UPDATE recipients SET next_attempt = ? WHERE domain = ? AND status = 'queued'"
         " RETURNING message_id", (now, domain))]
     only = "" if held_by is None else " AND held_by = ?"
-    changed += [mid for (mid,) in db.execute(
+    released = db.execute(
         "UPDATE recipients SET status = 'queued', released = 1, next_attempt = ?"
-        f" WHERE domain = ? AND status = 'held'{only} RETURNING message_id",
-        (now, domain) + (() if held_by is None else (held_by,)))]
-    return changed
+        f" WHERE domain = ? AND status = 'held'{only} RETURNING message_id, address",
+        (now, domain) + (() if held_by is None else (held_by,))).fetchall()
+    by_message: dict[str, list[str]] = {}
+    for mid, address in released:
+        by_message.setdefault(mid, []).append(address)
+    journal.add(db, [journal.row(now, mid, "admin", {"action": "release", "by": by,
+                                                     "recipients": addresses})
+                     for mid, addresses in by_message.items()])
+    return changed + [mid for mid, _ in released]
 
 
 def _remove_if_finished(db: sqlite3.Connection, queue_id: str) -> bool:

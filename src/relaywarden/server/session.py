@@ -638,6 +638,7 @@ class SmtpSession(asyncio.Protocol):
             body_type=txn.params.body,
             smtputf8=txn.params.smtputf8,
             client_group=self.services.policy.group_of(self.client),
+            tls=None if self.tls is None else f"{self.tls[0]} {self.tls[1]}",
         )
         self._waiting = True
         self._update_reading()

@@ -1,0 +1,91 @@
+"""Moves the queue's journal into the history, in the admin process.
+
+Reads entries after the history's cursor, indexes them in one transaction that also moves
+the cursor (FULL sync: on disk before anything is trimmed), then trims the journal up to
+the cursor. A crash at any point loses nothing: untrimmed entries at or below the cursor
+are skipped when read again. All SQLite work runs in a worker thread so that the admin
+server on the same loop stays responsive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+from relaywarden.history.store import History
+from relaywarden.queue.journal import Journal
+
+#: How often the journal is looked at when the last look found little.
+INTERVAL = 0.5
+#: Entries indexed per transaction.
+BATCH = 2000
+#: How often old history is pruned.
+PRUNE_EVERY = 3600.0
+
+
+def seed_from_queue(history: History, data_dir: Path) -> int:
+    """A new history file (first start, or the old one was lost): the messages waiting in
+    the queue now are recorded from the queue itself, so that nothing queued is missing
+    from the history even if its journal entries were trimmed long ago."""
+    db = sqlite3.connect(f"file:{data_dir / 'queue.sqlite3'}?mode=ro", uri=True, timeout=30)
+    try:
+        messages = db.execute(
+            "SELECT id, received_at, listener, client_ip, client_name, helo, auth_user, sender,"
+            " size FROM messages").fetchall()
+        recipients = db.execute(
+            "SELECT message_id, idx, address, status, rule, reason, last_error, remote_mta,"
+            " attempts FROM recipients").fetchall()
+    finally:
+        db.close()
+    return history.seed(messages, recipients)
+
+
+def index_once(history: History, journal: Journal, batch: int = BATCH) -> int:
+    """One step: index up to ``batch`` entries, trim what is indexed. Returns how many
+    entries were read."""
+    cursor = history.cursor()
+    entries = journal.read(cursor, batch)
+    if entries:
+        cursor = history.apply(entries)
+    journal.trim(cursor)
+    return len(entries)
+
+
+async def run_indexer(cfg, stop: asyncio.Event) -> None:
+    data_dir = cfg.data_dir
+    keep_days = getattr(getattr(cfg, "history", None), "keep_days", 30)
+    queue_file = data_dir / "queue.sqlite3"
+    while not queue_file.exists():          # the receiving process creates it at start
+        try:
+            await asyncio.wait_for(stop.wait(), 0.2)
+            return
+        except asyncio.TimeoutError:
+            pass
+    history = await asyncio.to_thread(History.open, data_dir)
+    journal = Journal(data_dir)
+    try:
+        if history.cursor() == 0 and history.count() == 0:
+            await asyncio.to_thread(seed_from_queue, history, data_dir)
+        last_prune = 0.0
+        while not stop.is_set():
+            try:
+                read = await asyncio.to_thread(index_once, history, journal)
+                if time.monotonic() - last_prune > PRUNE_EVERY:
+                    last_prune = time.monotonic()
+                    await asyncio.to_thread(history.prune, time.time() - keep_days * 86400)
+            except sqlite3.Error as exc:   # busy, disk full: the journal waits, nothing lost
+                print(f"relaywarden: history: {exc}", file=sys.stderr, flush=True)
+                read = 0
+            if read < BATCH:
+                try:
+                    await asyncio.wait_for(stop.wait(), INTERVAL)
+                except asyncio.TimeoutError:
+                    pass
+        # Last look on the way out, so a clean stop leaves the history complete.
+        await asyncio.to_thread(index_once, history, journal)
+    finally:
+        journal.close()
+        history.close()

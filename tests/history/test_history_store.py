@@ -1,0 +1,197 @@
+"""The history fed from the queue's journal: the real Store and QueueAdmin write, the
+indexer step moves entries into a History, searches and timelines read them back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from relaywarden.history import History, HistoryError, message_status, parse_since
+from relaywarden.history.indexer import index_once, seed_from_queue
+from relaywarden.queue.admin import QueueAdmin
+from relaywarden.queue.journal import Journal, header_fields
+from relaywarden.queue.store import (
+    Envelope,
+    RecipientRecord,
+    RecipientStatus,
+    RecipientUpdate,
+    Store,
+)
+
+BODY = (b"Received: from x\r\nSubject: =?utf-8?q?Scan_r=C3=A9sultat?=\r\n"
+        b"Message-ID: <abc.123@scanner.example.com>\r\n\r\nhello\r\n")
+
+
+def envelope(qid: str, *, sender="scan@example.com", recipients=("boss@example.net",),
+             at: float | None = None, status=RecipientStatus.QUEUED) -> Envelope:
+    return Envelope(
+        queue_id=qid, received_at=time.time() if at is None else at, listener="main",
+        client_ip="10.0.5.20", client_name="scanner.example.com", helo="scanner",
+        auth_user=None, sender=sender, tls="TLSv1.3 TLS_AES_256_GCM_SHA384",
+        recipients=tuple(RecipientRecord(address=r, status=status, rule="relay.networks[0]")
+                         for r in recipients))
+
+
+async def commit(store: Store, env: Envelope, body: bytes = BODY) -> None:
+    spool = store.new_spool()
+    spool.write(body)
+    await store.commit(env, spool)
+    spool.discard()
+
+
+def index(tmp_path) -> History:
+    history = History.open(tmp_path)
+    journal = Journal(tmp_path)
+    while index_once(history, journal):
+        pass
+    assert journal.read(0) == [], "the journal is trimmed behind the history's cursor"
+    journal.close()
+    return history
+
+
+def test_header_fields_unfold_and_take_the_first():
+    head = (b"Subject: one\r\n two\r\nMessage-Id:  <x@y>\r\nSubject: second\r\n\r\n"
+            b"Subject: in the body\r\n")
+    assert header_fields(head) == {"subject": "one two", "message_id": "<x@y>"}
+    assert header_fields(b"From: a\r\n\r\nSubject: body\r\n") == {}
+
+
+def test_arrival_attempts_and_outcome_make_one_timeline(tmp_path):
+    async def go():
+        store = Store.open(tmp_path)
+        await commit(store, envelope("M1", recipients=("boss@example.net", "audit@example.org")))
+        await store.record("M1", [
+            RecipientUpdate(idx=0, status=RecipientStatus.DELIVERED, attempts=1,
+                            remote_mta="mx.example.net [192.0.2.1]:25"),
+            RecipientUpdate(idx=1, status=RecipientStatus.QUEUED, attempts=1,
+                            next_attempt=time.time() + 600, last_error="451 4.7.1 later"),
+        ], events=[
+            {"at": time.time(), "idx": 0, "to": "boss@example.net", "outcome": "delivered",
+             "remote": "mx.example.net [192.0.2.1]:25", "tls": "TLSv1.3 X",
+             "reply": "250 2.0.0 Ok: queued as 4XyZ", "remote_id": "4XyZ"},
+            {"at": time.time(), "idx": 1, "to": "audit@example.org", "outcome": "deferred",
+             "remote": "mx.example.org [192.0.2.2]:25", "reply": "451 4.7.1 later"},
+        ])
+        store.close()
+    asyncio.run(go())
+    history = index(tmp_path)
+    t = history.timeline("M1")
+    assert t["subject"] == "Scan résultat"
+    assert t["message_id"] == "abc.123@scanner.example.com"
+    assert t["tls"] == "TLSv1.3 TLS_AES_256_GCM_SHA384"
+    assert t["client_name"] == "scanner.example.com" and t["size"] == len(BODY)
+    assert t["status"] == "deferred"
+    assert [(r["address"], r["status"], r["rule"]) for r in t["recipients"]] == [
+        ("boss@example.net", "delivered", "relay.networks[0]"),
+        ("audit@example.org", "deferred", "relay.networks[0]")]
+    assert [(e["kind"], e["recipient"]) for e in t["events"]] == [
+        ("received", "boss@example.net,audit@example.org"),
+        ("attempt", "boss@example.net"), ("attempt", "audit@example.org")]
+    assert t["events"][1]["data"]["remote_id"] == "4XyZ"
+    assert t["events"][1]["data"]["reply"] == "250 2.0.0 Ok: queued as 4XyZ"
+    # Search by every documented filter finds it.
+    for kw in ({"recipient": "boss@example.net"}, {"recipient": "EXAMPLE.org"},
+               {"recipient": "@example.net"}, {"sender": "scan@example.com"},
+               {"sender": "example.com"}, {"message_id": "<abc.123@scanner.example.com>"},
+               {"queue_id": "M1"}, {"client": "10.0.5.20"}, {"status": "deferred"},
+               {"since": time.time() - 60}):
+        items, _ = history.search(**kw)
+        assert [i["queue_id"] for i in items] == ["M1"], kw
+    for kw in ({"recipient": "nobody@example.net"}, {"status": "delivered"},
+               {"until": time.time() - 60}, {"sender": "<>"}):
+        assert history.search(**kw)[0] == [], kw
+
+
+def test_admin_actions_are_recorded_with_who_did_them(tmp_path):
+    async def go():
+        store = Store.open(tmp_path)
+        await commit(store, envelope("H1"))
+        await commit(store, envelope("D1"))
+        await commit(store, envelope("B1", status=RecipientStatus.BADMAIL))
+        store.close()
+    asyncio.run(go())
+    admin = QueueAdmin(tmp_path)
+    assert admin.hold("H1", by="alice") == 1
+    history = index(tmp_path)
+    assert history.timeline("H1")["status"] == "held"
+    assert admin.release("H1", by="bob") == 1
+    assert admin.release("H1", by="bob") == 0      # nothing held: nothing journaled
+    n, dsn_id = admin.delete_with_dsn("D1", by="carol", reporting_mta="relay.test")
+    assert n == 1 and dsn_id
+    assert admin.badmail_release("B1", by="dave") == ["boss@example.net"]
+    admin.close()
+    history.close()
+    history = index(tmp_path)
+    h1 = history.timeline("H1")
+    assert h1["status"] == "queued"
+    assert [(e["data"]["action"], e["data"]["by"]) for e in h1["events"] if e["kind"] == "admin"] \
+        == [("hold", "alice"), ("release", "bob")]
+    d1 = history.timeline("D1")
+    assert d1["status"] == "deleted"
+    assert d1["events"][-1]["data"] == {"action": "delete-dsn", "by": "carol",
+                                        "recipients": ["boss@example.net"], "dsn_id": dsn_id}
+    # The DSN is a message of its own, to the sender, in the history too.
+    dsn = history.timeline(dsn_id)
+    assert dsn["sender"] == "" and [r["address"] for r in dsn["recipients"]] == ["scan@example.com"]
+    assert history.timeline("B1")["status"] == "queued"
+
+
+def test_pagination_is_keyset_and_complete(tmp_path):
+    async def go():
+        store = Store.open(tmp_path)
+        for i in range(25):
+            await commit(store, envelope(f"P{i:02d}", at=1000.0 + i,
+                                         recipients=("a@page.test", "b@page.test")))
+        store.close()
+    asyncio.run(go())
+    history = index(tmp_path)
+    for kw in ({}, {"recipient": "page.test"}):
+        seen, cursor = [], None
+        while True:
+            items, cursor = history.search(limit=10, before=cursor, **kw)
+            seen += [i["queue_id"] for i in items]
+            if cursor is None:
+                break
+        assert seen == [f"P{i:02d}" for i in reversed(range(25))], kw
+    with pytest.raises(HistoryError) as err:
+        history.search(before="garbage")
+    assert err.value.field == "before"
+    with pytest.raises(HistoryError) as err:
+        history.search(status="lost")
+    assert err.value.field == "status"
+
+
+def test_a_new_history_is_seeded_from_the_queue_and_pruned_by_age(tmp_path):
+    async def go():
+        store = Store.open(tmp_path)
+        await commit(store, envelope("OLD", at=time.time() - 40 * 86400))
+        await commit(store, envelope("NEW"))
+        store.close()
+    asyncio.run(go())
+    journal = Journal(tmp_path)
+    journal.trim(journal.last_seq())           # as if indexed by a history now lost
+    journal.close()
+    history = History.open(tmp_path)
+    assert seed_from_queue(history, tmp_path) == 2
+    assert {i["queue_id"] for i in history.search()[0]} == {"OLD", "NEW"}
+    # Pruning keeps what is still waiting, whatever its age.
+    assert history.prune(time.time() - 30 * 86400) == 0
+    QueueAdmin(tmp_path).delete("OLD", by="alice")
+    while index_once(history, Journal(tmp_path)):
+        pass
+    assert history.timeline("OLD")["status"] == "deleted"
+    assert history.prune(time.time() - 30 * 86400) == 1
+    assert history.timeline("OLD") is None and history.timeline("NEW") is not None
+
+
+def test_message_status_and_since_parsing():
+    assert message_status(["delivered", "deferred"]) == "deferred"
+    assert message_status(["delivered", "bounced"]) == "bounced"
+    assert message_status(["delivered"]) == "delivered"
+    assert message_status(["badmail", "held"]) == "badmail"
+    assert parse_since("2h", now=10000.0) == 10000.0 - 7200
+    assert parse_since("2026-12-01T00:00:00Z") == 1796083200.0
+    with pytest.raises(ValueError):
+        parse_since("yesterday")
