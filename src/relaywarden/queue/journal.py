@@ -104,7 +104,9 @@ class Journal:
         path = data_dir / "queue.sqlite3"
         if not path.exists():
             raise FileNotFoundError(f"no queue at {path}")
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        # Used from the indexer's worker thread (one at a time), opened on the loop's.
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=30,
+                                   check_same_thread=False)
         # A trim need not be durable: if a crash takes it back, the entries are read
         # again and skipped (they are at or below the history's cursor).
         self._db.execute("PRAGMA synchronous=NORMAL")
