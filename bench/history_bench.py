@@ -28,13 +28,13 @@ from relaywarden.queue.journal import JournalEntry  # noqa: E402
 DAY = 86400.0
 
 
-def build(history: History, records: int, seed: int = 7) -> None:
+def build(history: History, records: int, seed: int = 7, seq_base: int | None = None) -> None:
     rng = random.Random(seed)
     now = time.time()
     start = now - 30 * DAY
     senders = [f"app{i}@dept{i % 50}.example.com" for i in range(2000)]
     rcpt_domains = [f"customer{i}.example" for i in range(500)]
-    seq = history.cursor()
+    seq = history.cursor() if seq_base is None else seq_base
     batch: list[JournalEntry] = []
     t0 = time.monotonic()
     for n in range(records):

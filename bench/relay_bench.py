@@ -215,6 +215,7 @@ def seed_held(data_dir: Path, count: int) -> None:
 
 class Relaywarden:
     name = "relaywarden"
+    console = False
 
     def __init__(self, workdir: Path, *, keep_dir: Path | None = None) -> None:
         self.workdir = workdir
@@ -234,16 +235,30 @@ class Relaywarden:
             f'[listeners.bench]\naddress = "127.0.0.1"\nport = {self.port}\n'
             f'[listeners.bench.relay]\nnetworks = ["127.0.0.0/8"]\n'
         )
+        if self.console:
+            self.admin_port = free_port()
+            with config.open("a") as f:
+                f.write(f'\n[admin]\nenabled = true\naddress = "127.0.0.1"\n'
+                        f'port = {self.admin_port}\nusers_file = "admin-users"\n')
+            subprocess.run([sys.executable, "-m", "relaywarden", "admin-user", "add", "bench",
+                            "--role", "viewer", "--config", str(config), "--password-stdin"],
+                           input=b"bench-password\n", check=True, stdout=subprocess.DEVNULL)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "relaywarden", "serve", "--config", str(config)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         wait_port(self.port)
+        if self.console:
+            wait_port(self.admin_port)
         settle(self.proc.pid)
         self.cpu0 = cpu_seconds(self.proc.pid)
+        if self.console:
+            self.watcher = ConsoleWatcher(self.admin_port)
         return self.port
 
     def stop(self) -> dict:
+        if self.console:
+            self.watcher.stop()
         stats = {"cpu_s": cpu_seconds(self.proc.pid) - self.cpu0,
                  "peak_rss_mb": peak_rss_mb(self.proc.pid)}
         self.proc.send_signal(signal.SIGTERM)
@@ -255,6 +270,59 @@ class Relaywarden:
         if self.keep_dir is None:
             shutil.rmtree(self.dir, ignore_errors=True)
         return stats
+
+
+class ConsoleWatcher:
+    """What an admin leaves running beside the relay: Prometheus scraping /metrics every
+    second, and the console's dashboard open (it asks for /api/v1/stats and /api/v1/status
+    every 5 seconds, as the page does)."""
+
+    def __init__(self, port: int) -> None:
+        import http.cookiejar
+        import urllib.request
+
+        self.base = f"http://127.0.0.1:{port}"
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        login = urllib.request.Request(
+            f"{self.base}/api/v1/session", method="POST",
+            data=json.dumps({"username": "bench", "password": "bench-password"}).encode(),
+            headers={"Content-Type": "application/json"})
+        self.opener.open(login, timeout=10).read()
+        self.requests = 0
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _get(self, path: str) -> None:
+        try:
+            self.opener.open(f"{self.base}{path}", timeout=10).read()
+            self.requests += 1
+        except OSError:
+            self.errors += 1
+
+    def _run(self) -> None:
+        tick = 0
+        while not self._stop.wait(1.0):
+            self._get("/metrics")
+            if tick % 5 == 0:
+                self._get("/api/v1/stats?window=hour")
+                self._get("/api/v1/status")
+            tick += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+        if self.errors:
+            raise RuntimeError(f"console watcher: {self.errors} of "
+                               f"{self.requests + self.errors} requests failed")
+
+
+class RelaywardenConsole(Relaywarden):
+    """relaywarden with the admin server on, scraped and watched (see ConsoleWatcher)."""
+    name = "relaywarden+console"
+    console = True
 
 
 class Postfix:
@@ -429,7 +497,10 @@ def main() -> int:
     ap.add_argument("--sizes", default="1024,51200,5242880",
                     help="message sizes in bytes, comma separated")
     ap.add_argument("--systems", default="relaywarden,postfix,direct",
-                    help="relaywarden, postfix, direct (smtp-source into smtp-sink: the ceiling)")
+                    help="relaywarden, postfix, direct (smtp-source into smtp-sink: the ceiling), "
+                    "relaywarden+console (the admin server on, /metrics scraped every second and "
+                    "the dashboard open; with relaywarden alone, the ratio column is the "
+                    "console's cost)")
     ap.add_argument("--json", dest="json_path", default="bench/results/latest.json")
     ap.add_argument("--held", type=int, metavar="N",
                     help="only compare the end-to-end rate with N messages already held in the queue")
@@ -456,7 +527,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     os.chmod(workdir, 0o755)
     systems = {"relaywarden": Relaywarden(workdir), "postfix": Postfix(workdir),
-               "direct": Direct(workdir)}
+               "direct": Direct(workdir), "relaywarden+console": RelaywardenConsole(workdir)}
     chosen = [systems[s] for s in args.systems.split(",")]
     results: dict[str, list[dict]] = {}
     try:
@@ -492,6 +563,10 @@ def main() -> int:
             if "relaywarden" in row and "postfix" in row:
                 row["ratio"] = {m: row["relaywarden"][m]["median"] / row["postfix"][m]["median"]
                                 for m in ("accept", "e2e")}
+            elif "relaywarden" in row and "relaywarden+console" in row:
+                # The console's cost: with it on and watched, over without (1.00 = free).
+                row["ratio"] = {m: row["relaywarden+console"][m]["median"]
+                                / row["relaywarden"][m]["median"] for m in ("accept", "e2e")}
             table.append(row)
 
     print(f"\nmsgs/s, median of {args.runs} (min-max); {args.messages} messages per run "

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs on a fresh Debian machine, then runs all of it.
 # Real peers come from Debian: swaks, Postfix's smtp-source / smtp-sink, fetchmail (ODMR).
+# The web console's browser tests drive Debian's chromium.
 # Extra arguments go to pytest (e.g. `bash scripts/test.sh -k smuggling`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,5 +14,8 @@ command -v smtp-source >/dev/null 2>&1 || need+=(postfix)
 command -v unbound >/dev/null 2>&1 || need+=(unbound)
 command -v slapd >/dev/null 2>&1 || need+=(slapd)
 command -v fetchmail >/dev/null 2>&1 || need+=(fetchmail)
+# The console's browser tests (tests/browser) drive Debian's chromium through Playwright;
+# `playwright install` (a browser download) is never used.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 ((${#need[@]} == 0)) || apt_install "${need[@]}"
 exec .venv/bin/python -m pytest "$@"

@@ -20,6 +20,7 @@ from relaywarden.config.load import ConfigError, load_config
 from relaywarden.config.schema import Config
 from relaywarden.logs.files import RotatingFile, Rotation
 from relaywarden.logs.maillog import MailEvent, MailLog
+from relaywarden import metrics
 from relaywarden.logs.protocol import W3C_HEADER, ProtocolLog
 from relaywarden.auth import Backend, ChainBackend
 from relaywarden.auth.ldap import LdapBackend, LdapSettings
@@ -210,7 +211,7 @@ def _logs(cfg: Config) -> tuple[MailLog, ProtocolLog | None]:
         return RotatingFile(directory, prefix=prefix, suffix=suffix, rotation=rotation,
                             max_size=log.max_size, keep=log.keep, header=header)
 
-    mail = MailLog(series("mail", ".log") if log.mail else None)
+    mail = MailLog(series("mail", ".log") if log.mail else None, observer=metrics.observe)
     protocol = None
     if log.protocol:
         protocol = ProtocolLog(
@@ -272,10 +273,14 @@ class Relay:
         self.worker: DeliveryWorker | None = None
         self.child: subprocess.Popen | None = None
         self._wake_fd: int | None = None
+        self.admin_child: subprocess.Popen | None = None
+        self._admin_fd: int | None = None
         self._poke_pending = False
         self.config_path: Path | None = None
 
     async def start(self) -> None:
+        # Before the delivery and admin processes start: they write to the same directory.
+        metrics.setup(self.cfg.data_dir, role="receiving", fresh=True)
         store = Store.open(self.cfg.data_dir)
         spools, orphans = store.recover_files()
         if spools or orphans:
@@ -304,6 +309,7 @@ class Relay:
             self.services.on_queued = self.worker.wake
         else:
             self._start_child()
+        self._start_admin()
         loop = asyncio.get_running_loop()
         for name, lc in self.cfg.listeners.items():
             if lc.tls.mode == "implicit":
@@ -348,6 +354,17 @@ class Relay:
         os.close(read_fd)
         self._wake_fd = write_fd
         self.services.on_queued = self._poke
+
+    def _start_admin(self) -> None:
+        """The admin process (history indexer, metrics sampler, HTTP console and API). Its
+        pipe carries nothing: it is only a lifeline, closed when this process dies."""
+        read_fd, write_fd = os.pipe()
+        argv = [sys.executable, "-m", "relaywarden", "admin-worker", "--lifeline-fd", str(read_fd)]
+        if self.config_path is not None:
+            argv += ["--config", str(self.config_path)]
+        self.admin_child = subprocess.Popen(argv, pass_fds=(read_fd,))
+        os.close(read_fd)
+        self._admin_fd = write_fd
 
     def _poke(self) -> None:
         # Messages that are queued in the same loop round share one wake-up byte.
@@ -405,6 +422,8 @@ class Relay:
             self.worker.reload(cfg)
         if self.child is not None and self.child.poll() is None:
             self.child.send_signal(signal.SIGHUP)
+        if self.admin_child is not None and self.admin_child.poll() is None:
+            self.admin_child.send_signal(signal.SIGHUP)
         self.contexts.update({k: v for k, v in listener_contexts(cfg).items() if k in self.contexts})
         for name, runtime in self.runtimes.items():
             if name in cfg.listeners:     # a listener gone from the file runs on as it was
@@ -420,6 +439,13 @@ class Relay:
             self.child.kill()
             self.child.wait()
 
+    def _reap_admin(self) -> None:
+        try:
+            self.admin_child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.admin_child.kill()
+            self.admin_child.wait()
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -429,6 +455,9 @@ class Relay:
     async def stop(self) -> None:
         for server in self.servers:
             server.close()
+        if self.admin_child is not None:
+            os.close(self._admin_fd)         # its lifeline: it stops (beside the drain below)
+            self.admin_child.send_signal(signal.SIGTERM)
         services = self.services
         # Let sessions finish what they are doing (a commit in flight must answer its 250).
         deadline = asyncio.get_running_loop().time() + DRAIN_SECONDS
@@ -446,6 +475,8 @@ class Relay:
             os.close(self._wake_fd)          # the child's lifeline: it drains and exits
             self.child.send_signal(signal.SIGTERM)
             await asyncio.get_running_loop().run_in_executor(None, self._reap_child)
+        if self.admin_child is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._reap_admin)
         await asyncio.sleep(0)
         services.store.close()
         services.mail_log.close()
@@ -477,6 +508,7 @@ async def serve(cfg: Config, config_path: Path | None) -> int:
 
 async def deliver(cfg: Config, config_path: Path | None, wake_fd: int) -> int:
     """The delivery process of a relay with delivery.process = "separate"."""
+    metrics.setup(cfg.data_dir, role="delivery")
     store = Store.open(cfg.data_dir)
     mail_log, _ = _logs(cfg)
     worker = DeliveryWorker(cfg, store=store, mail_log=mail_log)

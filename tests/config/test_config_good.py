@@ -399,3 +399,73 @@ def test_source_is_not_a_config_key(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, 'source = "x"\n' + MINIMAL))
     assert info.value.messages == [f"{tmp_path / 'relay.toml'}: source: unknown key"]
+
+
+# ------------------------------------------------------------------- [admin], [history]
+
+
+def test_admin_and_history_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL))
+    assert cfg.admin.enabled is False
+    assert (cfg.admin.address, cfg.admin.port) == (IPv4Address("127.0.0.1"), 8025)
+    assert cfg.admin.users_file == tmp_path / "admin-users"     # next to the config file
+    assert cfg.admin.session_timeout == 8 * 3600
+    assert (cfg.admin.cert_file, cfg.admin.key_file, cfg.admin.tls) == (None, None, False)
+    assert cfg.admin.metrics_token() is None
+    assert cfg.admin.ldap_roles.admin == cfg.admin.ldap_roles.viewer == []
+    assert (cfg.history.enabled, cfg.history.keep_days) == (True, 30)
+
+
+def test_embedded_default_enables_admin(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None)
+    assert cfg.admin.enabled is True
+    assert cfg.admin.address == IPv4Address("127.0.0.1")
+    assert cfg.admin.users_file == tmp_path / "admin-users"
+
+
+def test_admin_on_public_address_with_tls(tmp_path):
+    files = Path(__file__).parent / "bad" / "files"
+    (tmp_path / "metrics.token").write_text("s3cret-token\n")
+    cfg = load_config(write(tmp_path, MINIMAL + f"""
+[admin]
+enabled = true
+address = "0.0.0.0"
+port = 9443
+cert_file = "{files / 'relay.crt'}"
+key_file = "{files / 'relay.key'}"
+session_timeout = "30m"
+users_file = "etc/console-users"
+metrics_token_file = "metrics.token"
+[admin.ldap_roles]
+admin = ["mail-admins"]
+operator = ["helpdesk", "noc"]
+[history]
+enabled = false
+keep_days = 7
+"""))
+    assert cfg.admin.tls is True
+    assert cfg.admin.session_timeout == 1800
+    assert cfg.admin.users_file == tmp_path / "etc" / "console-users"
+    assert cfg.admin.metrics_token() == "s3cret-token"
+    assert cfg.admin.ldap_roles.operator == ["helpdesk", "noc"]
+    assert (cfg.history.enabled, cfg.history.keep_days) == (False, 7)
+
+
+@pytest.mark.parametrize("text,seconds", [(90, 90.0), ("90s", 90.0), ("15m", 900.0),
+                                          ("8h", 28800.0), ("1d", 86400.0), ("1.5h", 5400.0)])
+def test_admin_session_timeout_forms(tmp_path, text, seconds):
+    value = f'"{text}"' if isinstance(text, str) else text
+    cfg = load_config(write(tmp_path, MINIMAL + f"[admin]\nsession_timeout = {value}\n"))
+    assert cfg.admin.session_timeout == seconds
+
+
+def test_example_documents_admin_and_history():
+    import tomllib
+
+    from relaywarden.config.schema import AdminSettings, HistorySettings, LdapRoleSettings
+
+    data = tomllib.loads(EXAMPLE.read_text("utf-8"))
+    assert set(AdminSettings.model_fields) == set(data["admin"])
+    assert set(LdapRoleSettings.model_fields) == set(data["admin"]["ldap_roles"])
+    assert set(HistorySettings.model_fields) == set(data["history"])

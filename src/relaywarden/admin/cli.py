@@ -60,6 +60,17 @@ def delivery_worker(config_path: str | None, wake_fd: int) -> None:
     sys.exit(run_worker(cfg, Path(config_path) if config_path else None, wake_fd))
 
 
+@main.command("admin-worker", hidden=True)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--lifeline-fd", type=int, required=True)
+def admin_worker(config_path: str | None, lifeline_fd: int) -> None:
+    """The admin process that `serve` starts: history indexer, metrics sampler, HTTP server."""
+    from relaywarden.admin.worker import run_admin
+
+    cfg = _load(config_path)
+    sys.exit(run_admin(cfg, Path(config_path) if config_path else None, lifeline_fd))
+
+
 @main.group()
 def config() -> None:
     """Check configuration files."""
@@ -245,7 +256,7 @@ def _who() -> str:
 def queue_flush(config_path, domain) -> None:
     """Make queued mail due now."""
     cfg, admin = _admin(config_path)
-    n = admin.flush(domain=domain)
+    n = admin.flush(domain=domain, by=_who())
     _audit(cfg, "attempt", action="flush", domain=domain, recipients=n, by=_who())
     click.echo(f"{n} recipient(s) due now")
 
@@ -257,7 +268,7 @@ def _one(name: str, method: str, verb: str, event: str):
     def command(queue_id, config_path) -> None:
         cfg, admin = _admin(config_path)
         _need(admin, queue_id)
-        n = getattr(admin, method)(queue_id)
+        n = getattr(admin, method)(queue_id, by=_who())
         _audit(cfg, event, id=queue_id, action=name, recipients=n, by=_who())
         click.echo(f"{queue_id}: {n} recipient(s) {verb}")
     command.__doc__ = {
@@ -335,7 +346,7 @@ def badmail_delete(queue_id, config_path) -> None:
     """Delete a quarantined message (its badmail recipients) and its files."""
     cfg, admin = _admin(config_path)
     _need(admin, queue_id)
-    deleted = admin.badmail_delete(queue_id)
+    deleted = admin.badmail_delete(queue_id, by=_who())
     if not deleted:
         click.echo(f"relaywarden: {queue_id} has no recipient in badmail", err=True)
         sys.exit(1)
@@ -345,3 +356,7 @@ def badmail_delete(queue_id, config_path) -> None:
     click.echo(f"{queue_id}: deleted {', '.join(deleted)}")
 from relaywarden.admin.users import user  # noqa: E402
 main.add_command(user)
+from relaywarden.admin.track import track  # noqa: E402
+main.add_command(track)
+from relaywarden.admin.accounts import admin_user  # noqa: E402
+main.add_command(admin_user)

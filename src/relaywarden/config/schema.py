@@ -903,6 +903,82 @@ class AuthSettings(Strict):
         return self
 
 
+_DURATION_TEXT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration_text(value: Any) -> float:
+    """Seconds from a number or a string like "90s", "15m", "8h", "1d"."""
+    if isinstance(value, str):
+        found = _DURATION_TEXT.match(value.lower())
+        if found is None:
+            raise ValueError(f"{value!r} is not a duration; use seconds or \"30m\", \"8h\", \"1d\"")
+        value = float(found[1]) * _DURATION_UNITS[found[2]]
+    return _duration(value)
+
+
+DurationText = Annotated[float, BeforeValidator(_duration_text)]
+
+
+class LdapRoleSettings(Strict):
+    """LDAP/AD groups (auth.ldap) whose members get a console role; the highest wins."""
+
+    admin: list[Text] = []
+    operator: list[Text] = []
+    viewer: list[Text] = []
+
+
+class AdminSettings(Strict):
+    """The admin process's HTTP server: web console, JSON API, /metrics (docs/admin.md)."""
+
+    enabled: bool = False                       # the embedded default config turns it on
+    address: IPAddr = "127.0.0.1"               # not loopback: cert_file and key_file needed
+    port: int = Field(default=8025, ge=1, le=65535)
+    cert_file: OptionalFile = None              # PEM, relative to the config file
+    key_file: OptionalFile = None
+    users_file: OptionalPath = "admin-users"    # relaywarden admin-user add ...
+    session_timeout: DurationText = 8 * 3600.0  # idle time before a console login ends
+    metrics_token_file: OptionalFile = None     # None: /metrics open to loopback clients only
+    ldap_roles: LdapRoleSettings = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _tls(self) -> AdminSettings:
+        found: list[tuple[tuple[str | int, ...], str]] = []
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = "key_file" if self.key_file is None else "cert_file"
+            found.append(((missing,), "missing (cert_file and key_file go together)"))
+        elif self.cert_file is not None and self.key_file is not None:
+            from relaywarden.server.tls import CertificateError, server_context
+
+            try:
+                server_context(cert_file=self.cert_file, key_file=self.key_file,
+                               min_version="TLSv1.2")
+            except CertificateError as exc:
+                found.append(((exc.key,), str(exc)))
+        if not self.address.is_loopback and self.cert_file is None:
+            found.append((("address",), f"{self.address} is not a loopback address: the console "
+                          "and API need TLS there (set cert_file and key_file)"))
+        if found:
+            raise problems(found)
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.cert_file is not None and self.key_file is not None
+
+    def metrics_token(self) -> str | None:
+        if self.metrics_token_file is None:
+            return None
+        return _read_password_file(self.metrics_token_file).strip() or None
+
+
+class HistorySettings(Strict):
+    """Message history (history.sqlite3 in the data directory), fed by the admin process."""
+
+    enabled: bool = True
+    keep_days: int = Field(default=30, ge=1)
+
+
 class Config(Strict):
     relay: RelaySettings = Field(default_factory=dict)
     queue: QueueSettings = Field(default_factory=dict)
@@ -912,6 +988,8 @@ class Config(Strict):
     badmail: BadmailSettings = Field(default_factory=dict)
     screening: ScreeningSettings = Field(default_factory=dict)
     auth: AuthSettings = Field(default_factory=dict)
+    admin: AdminSettings = Field(default_factory=dict)
+    history: HistorySettings = Field(default_factory=dict)
     routes: dict[str, RouteSettings] = {}
     sender_routes: dict[str, SenderRouteSettings] = {}   # in file order: the order they are tried
     groups: dict[str, GroupSettings] = {}      # in file order: the order groups are tried
@@ -984,6 +1062,9 @@ class Config(Strict):
                     found.append(
                         (("listeners", name, "groups", index), f"unknown group {group!r} (groups: {known})")
                     )
+        if self.admin.enabled and (self.admin.address, self.admin.port) in used:
+            found.append((("admin", "port"), f"{_show_endpoint(self.admin.address, self.admin.port)}"
+                          f" is already used by listener {used[(self.admin.address, self.admin.port)]!r}"))
         for name, sender_route in self.sender_routes.items():
             for index, group in enumerate(sender_route.groups):
                 if group not in self.groups:

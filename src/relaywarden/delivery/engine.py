@@ -30,6 +30,7 @@ from relaywarden.delivery.client import (
 from relaywarden.delivery.dsn import DsnAction, DsnRecipient, build_dsn, wants_notice
 from relaywarden.delivery.routing import Route, RouteKind, Router
 from relaywarden.logs.maillog import MailEvent, MailLog
+from relaywarden.metrics import in_flight
 from relaywarden.queue.store import (
     BodyMissing,
     DueMessage,
@@ -319,6 +320,7 @@ class Engine:
         body = await self._body_of(message)
         if body is None:
             return
+        started = time.monotonic()
         groups: dict[tuple[str, str, bool], tuple[Route, bool, list[DueRecipient]]] = {}
         for rcpt in message.recipients:
             route = self.router.route(rcpt.domain, sender=message.sender,
@@ -342,7 +344,7 @@ class Engine:
         # to wait for the next ETRN, rather than onto the retry schedule.
         rehold = {r.idx for route, hold, recipients in groups.values()
                   if route.kind is RouteKind.HOLD and not hold for r in recipients}
-        await self._finish(message, body, outcomes, rehold=rehold)
+        await self._finish(message, body, outcomes, rehold=rehold, started=started)
 
     async def _deliver_group(self, message: DueMessage, body: bytes | Path, route: Route,
                              recipients: list[DueRecipient], *, hold: bool) -> list[Outcome]:
@@ -372,7 +374,7 @@ class Engine:
             remote = f"{hop.name} [{hop.address}]:{hop.port}"
             self.mail_log.event(MailEvent.ATTEMPT, id=message.queue_id, route=route.name,
                                 relay=remote, to=",".join(r.address for r in recipients))
-            async with self._pool.slot(hop):
+            async with self._pool.slot(hop), in_flight(hop.name):
                 try:
                     try:
                         conn, result = await self._send(hop, policy, message, body, recipients)
@@ -523,7 +525,10 @@ class Engine:
         return now + delay * random.uniform(0.9, 1.1)   # jitter: spread a backlog's retries
 
     async def _finish(self, message: DueMessage, body: bytes | Path,
-                      outcomes: list[Outcome], *, rehold: set[int] = frozenset()) -> None:
+                      outcomes: list[Outcome], *, rehold: set[int] = frozenset(),
+                      started: float | None = None) -> None:
+        # The attempt's time in the delivered/deferred/bounced lines (ms=, the metrics).
+        ms = None if started is None else int((time.monotonic() - started) * 1000)
         now = self._clock()
         s = self.settings
         updates: list[RecipientUpdate] = []
@@ -555,7 +560,7 @@ class Engine:
                 updates.append(RecipientUpdate(idx=r.idx, status=RecipientStatus.DELIVERED,
                                                attempts=attempts, remote_mta=o.remote))
                 log.event(MailEvent.DELIVERED, id=message.queue_id, to=r.address, relay=o.remote,
-                          route=o.route, tls=o.tls or "none", reply=_show(o.reply))
+                          route=o.route, tls=o.tls or "none", reply=_show(o.reply), ms=ms)
                 # RFC 3461 4.1: NOTIFY=SUCCESS and a next hop that cannot take it on.
                 if not o.dsn_passed_on and wants_notice(r.notify, DsnAction.RELAYED):
                     notices[DsnAction.RELAYED].append(self._dsn_rcpt(r, DsnAction.RELAYED, o, now))
@@ -575,7 +580,7 @@ class Engine:
                     idx=r.idx, status=RecipientStatus.BOUNCED, attempts=attempts,
                     last_error=_show(o.reply), remote_mta=o.remote))
                 log.event(MailEvent.BOUNCED, id=message.queue_id, to=r.address, relay=o.remote,
-                          reply=_show(o.reply))
+                          reply=_show(o.reply), route=o.route, ms=ms)
                 if wants_notice(r.notify, DsnAction.FAILED):
                     notices[DsnAction.FAILED].append(self._dsn_rcpt(r, DsnAction.FAILED, o, now))
             elif o.kind is Kind.DEFERRED:
@@ -592,7 +597,7 @@ class Engine:
                     attempts=attempts, last_error=_show(o.reply),
                     remote_mta=o.remote, delay_notified=notified))
                 log.event(MailEvent.DEFERRED, id=message.queue_id, to=r.address, relay=o.remote,
-                          reply=_show(o.reply), attempts=attempts,
+                          reply=_show(o.reply), attempts=attempts, route=o.route, ms=ms,
                           next=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(retry_at)))
             else:  # HELD
                 events.append(_event(o, "held", now, attempts))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import re
 import time
+from collections.abc import Callable
 
 from relaywarden.logs.files import RotatingFile
 from relaywarden.logs.stamp import SecondStamp
@@ -46,13 +47,20 @@ def _value(v: object) -> str:
 
 
 class MailLog:
-    def __init__(self, out: RotatingFile | None, *, clock=time.time) -> None:
+    def __init__(self, out: RotatingFile | None, *, clock=time.time,
+                 observer: Callable[[MailEvent, dict], None] | None = None) -> None:
+        """``observer(event, fields)`` is called for every event, also when ``out`` is
+        None (the mail log file is off): the metrics count events there. It must be cheap
+        and must not raise; ``fields`` is not to be changed."""
         self._out = out
         self._clock = clock
+        self._observer = observer
         self._stamp = SecondStamp(
             lambda second: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
 
     def event(self, event: MailEvent, **fields: object) -> None:
+        if self._observer is not None:
+            self._observer(event, fields)
         if self._out is None:
             return
         now = self._clock()

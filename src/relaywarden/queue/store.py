@@ -860,6 +860,18 @@ def _remove_if_finished(db: sqlite3.Connection, queue_id: str) -> bool:
     return bool(removed and removed[0][1])
 
 
+def queue_summary(db: sqlite3.Connection) -> tuple[dict[str, int], float | None]:
+    """Recipients by state, and the arrival time of the oldest message with a recipient
+    still waiting for delivery (None: nothing waits). Driven from the status index: the
+    CROSS JOIN keeps SQLite from scanning the queued recipients once per message (it did,
+    without statistics: minutes with 100,000 messages)."""
+    by_state = dict(db.execute("SELECT status, COUNT(*) FROM recipients GROUP BY status"))
+    (oldest,) = db.execute(
+        "SELECT MIN(m.received_at) FROM recipients r CROSS JOIN messages m"
+        " ON m.id = r.message_id WHERE r.status = 'queued'").fetchone()
+    return by_state, oldest
+
+
 class QueueReader:
     """Read-only access for the CLI and the tests; safe while the relay runs (WAL)."""
 

@@ -348,7 +348,7 @@ class SmtpSession(asyncio.Protocol):
             self.runtime.connections.closed(self.client_ip)
         self.services.mail_log.event(
             MailEvent.DISCONNECT, listener=self.ctx.name, client=self.client_ip,
-            messages=self._messages,
+            messages=self._messages, tls=None if self.tls is None else self.tls[0],
         )
 
     def pause_writing(self) -> None:

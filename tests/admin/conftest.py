@@ -1,0 +1,140 @@
+"""A real relay with the admin process and its HTTP API on loopback, and its users.
+
+Users are made with the real CLI (`relaywarden admin-user add ... --password-stdin`,
+`admin-user token`); requests go over real HTTP with httpx; mail goes in with smtplib
+(every route points at a closed loopback port, so it stays queued)."""
+
+from __future__ import annotations
+
+import email.policy
+import re
+import smtplib
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import BASIC, RelayProcess, free_port, start_relay, write_config
+
+USERS = {"ada": "admin", "otto": "operator", "vera": "viewer"}
+PASSWORD = "correct horse battery staple"
+
+SECRET_ROUTE = """
+[routes."secret.example"]
+next_hops = ["[127.0.0.1]:1"]
+username = "relayuser"
+password = "hunter2-route-secret"
+auth_without_tls = true
+"""
+
+
+def cli(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "relaywarden", *args], input=stdin,
+                          capture_output=True, text=True, timeout=60)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"relaywarden {' '.join(args)}: {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def wait_http(base: str, proc: subprocess.Popen, timeout: float = 20, verify=True) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"relay exited with {proc.returncode}: {proc.stderr.read()}")
+        try:
+            if httpx.get(f"{base}/api/v1/openapi.json", timeout=1, verify=verify).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the admin server did not answer at {base}")
+
+
+@dataclass
+class Console:
+    relay: RelayProcess
+    base: str
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def bearer(self, user: str | None = None, token: str | None = None) -> httpx.Client:
+        headers = {}
+        if user is not None or token is not None:
+            headers["Authorization"] = f"Bearer {token or self.tokens[user]}"
+        return httpx.Client(base_url=self.base, headers=headers, timeout=15)
+
+    def login(self, user: str, password: str = PASSWORD) -> tuple[httpx.Client, str]:
+        client = httpx.Client(base_url=self.base, timeout=15)
+        r = client.post("/api/v1/session", json={"username": user, "password": password})
+        assert r.status_code == 200, r.text
+        return client, r.json()["csrf_token"]
+
+    def send(self, *recipients: str, sender: str = "app@example.com", source: str = "127.0.0.1",
+             subject: str = "hello") -> str:
+        msg = EmailMessage()
+        msg["From"] = sender
+        msg["To"] = ", ".join(recipients)
+        msg["Subject"] = subject
+        msg["Message-ID"] = f"<{time.time_ns()}@test.example>"
+        msg.set_content("Hello from the admin tests.\n")
+        with smtplib.SMTP("127.0.0.1", self.relay.port, source_address=(source, 0),
+                          timeout=15) as s:
+            s.ehlo("test.example")
+            s.mail(sender)
+            for r in recipients:
+                code, text = s.rcpt(r)
+                assert code == 250, (code, text)
+            code, text = s.data(msg.as_bytes(policy=email.policy.SMTP))
+            assert code == 250, (code, text)
+        return re.search(rb"queued as (\S+)", text).group(1).decode()
+
+    def mail_log(self) -> str:
+        return self.relay.logs("mail", ".log")
+
+
+def start_console(tmp_path: Path, extra: str = "", *, users: dict[str, str] = USERS,
+                  admin_table: str = "", scheme: str = "http", verify=True) -> Console:
+    smtp, http = free_port(), free_port()
+    config = write_config(tmp_path, BASIC + SECRET_ROUTE + f"""
+[admin]
+enabled = true
+address = "127.0.0.1"
+port = {http}
+{admin_table}
+""" + extra, main=smtp)
+    for name, role in users.items():
+        cli("admin-user", "add", name, "--role", role, "--config", str(config),
+            "--password-stdin", stdin=PASSWORD + "\n")
+    relay = start_relay(config, tmp_path / "var", {"main": smtp})
+    console = Console(relay=relay, base=f"{scheme}://127.0.0.1:{http}")
+    try:
+        wait_http(console.base, relay.proc, verify=verify)
+        for name in users:
+            console.tokens[name] = cli("admin-user", "token", name, "--config",
+                                       str(config)).stdout.strip()
+    except Exception:
+        relay.stop()
+        raise
+    return console
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory):
+    c = start_console(tmp_path_factory.mktemp("console"))
+    yield c
+    c.relay.stop()
+
+
+def problem(r: httpx.Response, status: int, field: str | None = None) -> dict:
+    """Asserts an RFC 9457 problem with this status (and field)."""
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers["content-type"].startswith("application/problem+json"), r.headers
+    body = r.json()
+    assert body["status"] == status and body["type"] == "about:blank" and body["title"], body
+    if field is not None:
+        assert body.get("field") == field, body
+    return body
