@@ -125,7 +125,9 @@ def console(tmp_path_factory):
     relay.stop()
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API runs an event loop in this thread while
+# it is open, and the other test modules' asyncio.run() refuses to start beside it.
+@pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
 
