@@ -235,6 +235,11 @@ class Relaywarden:
             f'[listeners.bench]\naddress = "127.0.0.1"\nport = {self.port}\n'
             f'[listeners.bench.relay]\nnetworks = ["127.0.0.0/8"]\n'
         )
+        # Settings to try on top of the defaults (an A/B of one setting), as TOML tables.
+        extra = os.environ.get("RELAY_BENCH_EXTRA_TOML", "")
+        if extra:
+            with config.open("a") as f:
+                f.write("\n" + extra.replace("\\n", "\n") + "\n")
         if self.console:
             self.admin_port = free_port()
             with config.open("a") as f:

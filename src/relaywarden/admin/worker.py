@@ -163,7 +163,16 @@ async def admin_main(cfg: Config, config_path: Path | None, lifeline_fd: int) ->
     return 0
 
 
+#: The admin process yields the CPU to the SMTP processes when both want it: indexing the
+#: history may lag a burst by seconds (it catches up after), a message may not wait.
+NICENESS = 10
+
+
 def run_admin(cfg: Config, config_path: Path | None, lifeline_fd: int) -> int:
+    try:
+        os.nice(NICENESS)
+    except OSError:
+        pass
     try:
         import uvloop
     except ImportError:

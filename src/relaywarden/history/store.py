@@ -88,6 +88,18 @@ _ADMIN_STATUS = {"hold": "held", "release": "queued", "badmail-release": "queued
 _OPEN = ("queued", "deferred", "held", "badmail")
 
 
+# A message's status from its recipients' (message_status, in one statement for a batch):
+# the highest-ranked state wins; no recipient at all: queued.
+_RANK = ("badmail", "held", "deferred", "queued", "bounced", "deleted", "delivered")
+_UPDATE_STATUS = (
+    "UPDATE messages SET updated_at = ?, status = (SELECT CASE MAX(CASE r.status "
+    + " ".join(f"WHEN '{s}' THEN {len(_RANK) - i}" for i, s in enumerate(_RANK[:-1]))
+    + " ELSE 1 END) "
+    + " ".join(f"WHEN {len(_RANK) - i} THEN '{s}'" for i, s in enumerate(_RANK))
+    + " ELSE 'queued' END FROM recipients r WHERE r.queue_id = messages.queue_id)"
+    " WHERE queue_id IN (SELECT value FROM json_each(?))")
+
+
 class HistoryError(ValueError):
     """A search filter that cannot be used; ``field`` names it."""
 
@@ -210,16 +222,20 @@ class History:
         db.execute("BEGIN IMMEDIATE")
         try:
             touched: set[str] = set()
+            events: list[tuple] = []
+            cursor = self._cursor_in_tx()    # another indexer may have gone ahead
             for e in entries:
-                if e.seq <= self._cursor_in_tx():
+                if e.seq <= cursor:
                     continue
-                getattr(self, f"_apply_{e.kind}", self._apply_other)(db, e)
+                recipient = getattr(self, f"_apply_{e.kind}", self._apply_other)(db, e)
+                events.append((e.seq, e.queue_id, e.at, e.kind, recipient,
+                               e.text if e.text is not None
+                               else json.dumps(e.data, separators=(",", ":"))))
                 touched.add(e.queue_id)
-            for qid in touched:
-                status = message_status(s for (s,) in db.execute(
-                    "SELECT status FROM recipients WHERE queue_id = ?", (qid,)))
-                db.execute("UPDATE messages SET status = ?, updated_at = ? WHERE queue_id = ?",
-                           (status, time.time(), qid))
+            db.executemany("INSERT OR IGNORE INTO events (seq, queue_id, at, kind, recipient,"
+                           " data) VALUES (?, ?, ?, ?, ?, ?)", events)
+            if touched:
+                db.execute(_UPDATE_STATUS, (time.time(), json.dumps(list(touched))))
             last = entries[-1].seq
             db.execute("INSERT INTO meta (key, value) VALUES ('cursor', ?) ON CONFLICT(key)"
                        " DO UPDATE SET value = excluded.value WHERE CAST(value AS INTEGER) < ?",
@@ -234,13 +250,7 @@ class History:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'cursor'").fetchone()
         return int(row[0]) if row else 0
 
-    def _event(self, db: sqlite3.Connection, e: JournalEntry, recipient: str = "") -> None:
-        db.execute("INSERT OR IGNORE INTO events (seq, queue_id, at, kind, recipient, data)"
-                   " VALUES (?, ?, ?, ?, ?, ?)",
-                   (e.seq, e.queue_id, e.at, e.kind, recipient,
-                    json.dumps(e.data, separators=(",", ":"))))
-
-    def _apply_received(self, db: sqlite3.Connection, e: JournalEntry) -> None:
+    def _apply_received(self, db: sqlite3.Connection, e: JournalEntry) -> str:
         d = e.data
         sender = d.get("sender") or ""
         recipients = d.get("recipients") or []
@@ -259,15 +269,14 @@ class History:
              d.get("client_name"), d.get("helo") or "", d.get("tls"), d.get("auth_user"),
              sender, sender.lower(), _domain(sender) if sender else "", d.get("size") or 0,
              _msgid(d.get("message_id")), _decode(d.get("subject")), "queued", e.at))
-        for idx, (address, status, rule, reason) in enumerate(recipients):
-            db.execute(
-                "INSERT INTO recipients (queue_id, idx, address, address_lc, domain,"
-                " received_at, status, rule, reason) VALUES (?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT(queue_id, idx) DO UPDATE SET received_at = excluded.received_at,"
-                " rule = excluded.rule, reason = excluded.reason",
-                (e.queue_id, idx, address, address.lower(), _domain(address), e.at, status,
-                 rule, reason))
-        self._event(db, e, ",".join(r[0] for r in recipients))
+        db.executemany(
+            "INSERT INTO recipients (queue_id, idx, address, address_lc, domain,"
+            " received_at, status, rule, reason) VALUES (?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT(queue_id, idx) DO UPDATE SET received_at = excluded.received_at,"
+            " rule = excluded.rule, reason = excluded.reason",
+            [(e.queue_id, idx, address, address.lower(), _domain(address), e.at, status,
+              rule, reason) for idx, (address, status, rule, reason) in enumerate(recipients)])
+        return ",".join(r[0] for r in recipients)
 
     def _stub(self, db: sqlite3.Connection, e: JournalEntry) -> float:
         """A message the history never saw arrive (its journal entry was trimmed before a
@@ -280,21 +289,26 @@ class History:
                    " VALUES (?, ?, 'queued', ?)", (e.queue_id, e.at, e.at))
         return e.at
 
-    def _apply_attempt(self, db: sqlite3.Connection, e: JournalEntry) -> None:
+    def _apply_attempt(self, db: sqlite3.Connection, e: JournalEntry) -> str:
         d = e.data
-        received_at = self._stub(db, e)
         address = d.get("to") or ""
         idx = d.get("idx")
+        outcome, reply, remote = d.get("outcome") or "deferred", d.get("reply") or "", d.get("remote") or ""
+        if db.execute("UPDATE recipients SET status = ?, last_reply = ?, remote = ?"
+                      " WHERE queue_id = ? AND idx = ?",
+                      (outcome, reply, remote, e.queue_id, idx)).rowcount:
+            return address      # the common case: its arrival was indexed
+        received_at = self._stub(db, e)
         db.execute(
             "INSERT INTO recipients (queue_id, idx, address, address_lc, domain, received_at,"
             " status, last_reply, remote) VALUES (?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT(queue_id, idx) DO UPDATE SET status = excluded.status,"
             " last_reply = excluded.last_reply, remote = excluded.remote",
             (e.queue_id, idx, address, address.lower(), _domain(address), received_at,
-             d.get("outcome") or "deferred", d.get("reply") or "", d.get("remote") or ""))
-        self._event(db, e, address)
+             outcome, reply, remote))
+        return address
 
-    def _apply_admin(self, db: sqlite3.Connection, e: JournalEntry) -> None:
+    def _apply_admin(self, db: sqlite3.Connection, e: JournalEntry) -> str:
         d = e.data
         self._stub(db, e)
         status = _ADMIN_STATUS.get(d.get("action") or "")
@@ -312,11 +326,11 @@ class History:
                 db.execute(f"UPDATE recipients SET status = ? WHERE queue_id = ? AND address IN"
                            f" ({','.join('?' * len(addresses))})",
                            (status, e.queue_id, *addresses))
-        self._event(db, e, ",".join(addresses or []))
+        return ",".join(addresses or [])
 
-    def _apply_other(self, db: sqlite3.Connection, e: JournalEntry) -> None:
+    def _apply_other(self, db: sqlite3.Connection, e: JournalEntry) -> str:
         self._stub(db, e)
-        self._event(db, e)
+        return ""
 
     def seed(self, messages: list[tuple], recipients: list[tuple]) -> int:
         """Record queued messages from the queue's own rows (see indexer.seed_from_queue):

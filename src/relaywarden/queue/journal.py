@@ -21,7 +21,9 @@ working by keeping these two functions and the entry kinds:
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
 import sqlite3
 from dataclasses import dataclass
@@ -51,6 +53,7 @@ class JournalEntry:
     queue_id: str
     kind: str
     data: dict[str, Any]
+    text: str | None = None     # ``data`` as stored (JSON), so a reader need not re-encode it
 
 
 def row(at: float, queue_id: str, kind: str, data: dict[str, Any]) -> tuple:
@@ -87,7 +90,8 @@ def header_fields(head: bytes) -> dict[str, str]:
 
 
 def read_journal(db: sqlite3.Connection, after_seq: int, limit: int) -> list[JournalEntry]:
-    return [JournalEntry(seq, at, qid, kind, json.loads(data)) for seq, at, qid, kind, data in
+    return [JournalEntry(seq, at, qid, kind, json.loads(data), data)
+            for seq, at, qid, kind, data in
             db.execute("SELECT seq, at, queue_id, kind, data FROM journal WHERE seq > ?"
                        " ORDER BY seq LIMIT ?", (after_seq, limit))]
 
@@ -110,12 +114,20 @@ class Journal:
         # A trim need not be durable: if a crash takes it back, the entries are read
         # again and skipped (they are at or below the history's cursor).
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # The queue's writers hand the write lock over through this file (Store._transaction):
+        # a trim that took SQLite's lock behind their back would send them into SQLite's
+        # busy handler, which polls with sleeps.
+        self._lock_fd = os.open(data_dir / "queue.lock", os.O_RDWR | os.O_CREAT, 0o600)
 
     def read(self, after_seq: int, limit: int = 2000) -> list[JournalEntry]:
         return read_journal(self._db, after_seq, limit)
 
     def trim(self, upto_seq: int) -> int:
-        return trim_journal(self._db, upto_seq)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            return trim_journal(self._db, upto_seq)
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def last_seq(self) -> int:
         (seq,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchone()
@@ -123,3 +135,4 @@ class Journal:
 
     def close(self) -> None:
         self._db.close()
+        os.close(self._lock_fd)
