@@ -15,7 +15,7 @@ import ssl
 import sys
 from pathlib import Path
 
-from relaywarden.config.build import build_policy, build_router
+from relaywarden.config.build import build_ldap_settings, build_policy, build_router
 from relaywarden.config.load import ConfigError, load_config
 from relaywarden.config.schema import Config
 from relaywarden.logs.files import RotatingFile, Rotation
@@ -23,7 +23,7 @@ from relaywarden.logs.maillog import MailEvent, MailLog
 from relaywarden import metrics
 from relaywarden.logs.protocol import W3C_HEADER, ProtocolLog
 from relaywarden.auth import Backend, ChainBackend
-from relaywarden.auth.ldap import LdapBackend, LdapSettings
+from relaywarden.auth.ldap import LdapBackend
 from relaywarden.auth.throttle import AuthThrottle, ThrottleSettings
 from relaywarden.auth.users import LocalBackend, UserFile
 from relaywarden.delivery.badmail import Badmail, BadmailSettings
@@ -180,14 +180,7 @@ def auth_for(cfg: Config) -> tuple[Backend | None, AuthThrottle]:
     if a.users_file is not None:
         found["local"] = LocalBackend(UserFile(a.users_file))
     if a.ldap is not None:
-        l = a.ldap
-        found["ldap"] = LdapBackend(LdapSettings(
-            url=l.url, mode=l.mode, start_tls=l.start_tls,
-            ca_file=str(l.ca_file) if l.ca_file else None, user_dn_template=l.user_dn_template,
-            bind_dn=l.bind_dn, bind_password=l.bind_password(), search_base=l.search_base,
-            search_filter=l.search_filter, group_attribute=l.group_attribute,
-            group_search_base=l.group_search_base, group_filter=l.group_filter,
-            group_name_attribute=l.group_name_attribute, timeout=l.timeout))
+        found["ldap"] = LdapBackend(build_ldap_settings(cfg))
     backends = [found[name] for name in a.order if name in found]
     backend = None if not backends else backends[0] if len(backends) == 1 else ChainBackend(backends)
     t = a.throttle

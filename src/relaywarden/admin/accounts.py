@@ -37,7 +37,7 @@ import click
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from relaywarden.auth.users import MAX_PASSWORD, UserFileError, check_name
+from relaywarden.auth.users import MAX_PASSWORD, UserFileError, check_name, file_stamp
 
 ROLES = ("viewer", "operator", "admin")
 TOKEN_PREFIX = "rwt_"
@@ -76,11 +76,7 @@ class AdminAccounts:
     # -- reading ------------------------------------------------------------------------
 
     def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        return file_stamp(self.path)
 
     def _refresh(self) -> None:
         stamp = self._stat()

@@ -299,16 +299,10 @@ def _ldap_backend(cfg: Config):
     roles = cfg.admin.ldap_roles
     if cfg.auth.ldap is None or not (roles.admin or roles.operator or roles.viewer):
         return None
-    from relaywarden.auth.ldap import LdapBackend, LdapSettings
+    from relaywarden.auth.ldap import LdapBackend
+    from relaywarden.config.build import build_ldap_settings
 
-    l = cfg.auth.ldap
-    return LdapBackend(LdapSettings(
-        url=l.url, mode=l.mode, start_tls=l.start_tls,
-        ca_file=str(l.ca_file) if l.ca_file else None, user_dn_template=l.user_dn_template,
-        bind_dn=l.bind_dn, bind_password=l.bind_password(), search_base=l.search_base,
-        search_filter=l.search_filter, group_attribute=l.group_attribute,
-        group_search_base=l.group_search_base, group_filter=l.group_filter,
-        group_name_attribute=l.group_name_attribute, timeout=l.timeout))
+    return LdapBackend(build_ldap_settings(cfg))
 
 
 def ldap_role(cfg: Config, groups) -> str | None:
@@ -573,33 +567,30 @@ def _headers(body: bytes) -> list[list[str]]:
     return out
 
 
-def _show(cfg: Config, queue_id: str) -> dict | None:
+def _read(cfg: Config, work: Callable):
+    """``work(reader)`` on a read-only view of the queue; None when there is no queue."""
     from relaywarden.queue.store import QueueReader
 
     if not (cfg.data_dir / "queue.sqlite3").exists():
         return None
     reader = QueueReader(cfg.data_dir)
     try:
-        msg = reader.show(queue_id)
-        if msg is None:
-            return None
-        body = reader.body(queue_id) or b""
+        return work(reader)
     finally:
         reader.close()
-    msg["headers"] = _headers(body[:MAX_BODY * 4])
-    return msg
+
+
+def _show(cfg: Config, queue_id: str) -> dict | None:
+    def work(reader):
+        msg = reader.show(queue_id)
+        if msg is not None:
+            msg["headers"] = _headers((reader.body(queue_id) or b"")[:MAX_BODY * 4])
+        return msg
+    return _read(cfg, work)
 
 
 def _body(cfg: Config, queue_id: str) -> bytes | None:
-    from relaywarden.queue.store import QueueReader
-
-    if not (cfg.data_dir / "queue.sqlite3").exists():
-        return None
-    reader = QueueReader(cfg.data_dir)
-    try:
-        return reader.body(queue_id)
-    finally:
-        reader.close()
+    return _read(cfg, lambda reader: reader.body(queue_id))
 
 
 @needs("viewer")

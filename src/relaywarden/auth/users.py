@@ -59,6 +59,16 @@ MAX_PASSWORD = 1024          # argon2 takes any length; a cap keeps a hostile cl
 _BAD_NAME_CHARS = set(":,") | {chr(c) for c in range(0x20)} | {"\x7f"}
 
 
+def file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells a changed file (mtime, size, inode: a rename over it is a new inode), or
+    None when there is none: a reader re-reads a file only when this changes."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
 class UserFileError(Exception):
     """A users-file problem that the admin must fix (bad name, unreadable file, ...)."""
 
@@ -151,11 +161,7 @@ class UserFile:
     # -- reading ------------------------------------------------------------------------
 
     def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        return file_stamp(self.path)
 
     def _refresh(self) -> None:
         """Re-reads the file if it changed since the last read (caller holds the lock)."""

@@ -96,3 +96,20 @@ def build_router(cfg: Config) -> Router:
         ],
         default_tls=cfg.delivery.tls,
     )
+
+
+def build_ldap_settings(cfg: Config):
+    """The LDAP/AD checker's settings from ``[auth.ldap]`` (SMTP AUTH and console logins
+    share them), or None when there is no such table."""
+    from relaywarden.auth.ldap import LdapSettings
+
+    l = cfg.auth.ldap
+    if l is None:
+        return None
+    return LdapSettings(
+        url=l.url, mode=l.mode, start_tls=l.start_tls,
+        ca_file=str(l.ca_file) if l.ca_file else None, user_dn_template=l.user_dn_template,
+        bind_dn=l.bind_dn, bind_password=l.bind_password(), search_base=l.search_base,
+        search_filter=l.search_filter, group_attribute=l.group_attribute,
+        group_search_base=l.group_search_base, group_filter=l.group_filter,
+        group_name_attribute=l.group_name_attribute, timeout=l.timeout)
