@@ -160,3 +160,31 @@ def test_the_history_catches_up_after_kill_9(tmp_path):
     finally:
         relay.stop()
         down.stop()
+
+
+def test_with_the_history_off_the_journal_is_emptied_not_kept(tmp_path):
+    import sqlite3
+
+    ports = {"main": free_port()}
+    config = write_config(tmp_path, CONFIG + "\n[history]\nenabled = false\n",
+                          down=free_port(), dead=free_port(), **ports)
+    relay = start_relay(config, tmp_path / "var", ports)
+    try:
+        with smtplib.SMTP("127.0.0.1", ports["main"], timeout=10) as smtp:
+            smtp.sendmail("app@example.com", ["x@elsewhere.test"], b"Subject: s\r\n\r\nx\r\n")
+        db = sqlite3.connect(tmp_path / "var" / "queue.sqlite3")
+        try:
+            deadline = time.monotonic() + 25
+            left = None
+            while time.monotonic() < deadline:
+                (left,) = db.execute("SELECT COUNT(*) FROM journal").fetchone()
+                (queued,) = db.execute("SELECT COUNT(*) FROM messages").fetchone()
+                if queued == 1 and left == 0:
+                    break
+                time.sleep(0.5)
+            assert (queued, left) == (1, 0)
+        finally:
+            db.close()
+        assert not (tmp_path / "var" / "history.sqlite3").exists()
+    finally:
+        relay.stop()

@@ -118,6 +118,10 @@ async def admin_main(cfg: Config, config_path: Path | None, lifeline_fd: int) ->
         run_indexer = _optional("relaywarden.history.indexer", "run_indexer")
         if run_indexer is not None:
             tasks.append(loop.create_task(run_indexer(cfg, stop), name="history"))
+    else:
+        # Nobody reads the queue's journal: it is emptied, so the queue does not grow.
+        from relaywarden.history.indexer import run_trimmer
+        tasks.append(loop.create_task(run_trimmer(cfg, stop), name="journal"))
     run_sampler = _optional("relaywarden.metrics", "run_sampler")
     if run_sampler is not None:
         tasks.append(loop.create_task(run_sampler(cfg, stop), name="metrics"))

@@ -91,3 +91,29 @@ async def run_indexer(cfg, stop: asyncio.Event) -> None:
     finally:
         journal.close()
         history.close()
+
+
+#: With the history off, how often the journal is emptied.
+TRIM_EVERY = 10.0
+
+
+async def run_trimmer(cfg, stop: asyncio.Event, *, interval: float = TRIM_EVERY) -> None:
+    """``history.enabled = false``: the queue still journals (its transactions do not know
+    who reads), so the entries are dropped here instead of indexed."""
+    journal = None
+    try:
+        while not stop.is_set():
+            try:
+                if journal is None and (cfg.data_dir / "queue.sqlite3").exists():
+                    journal = Journal(cfg.data_dir)
+                if journal is not None:
+                    await asyncio.to_thread(lambda: journal.trim(journal.last_seq()))
+            except sqlite3.Error as exc:
+                print(f"relaywarden: journal: {exc}", file=sys.stderr, flush=True)
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+            except asyncio.TimeoutError:
+                pass
+    finally:
+        if journal is not None:
+            journal.close()
