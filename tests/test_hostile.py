@@ -112,17 +112,29 @@ def test_smuggling_probe_yields_one_reply_and_no_second_message(relay, fake_end)
     code2, _ = c.reply()
     c.close()
     messages = relay.messages()
-    if b"\x00" in fake_end:
-        # NUL is not a line end: the whole thing is one message (its content is opaque);
-        # never two messages.
-        assert code == 250 and code2 == 221
-        assert len(messages) == 1
-        assert len(messages[0]["recipients"]) == 1
-    else:
-        # Strict by default: bare CR / LF in DATA refuses the message.
-        assert code == 550 and b"5.6.0" in text, text
-        assert code2 == 221
-        assert messages == []
+    # Strict by default: bare CR / LF, and NUL (RFC 5322 2.1: a next hop may cut the line
+    # there), refuse the whole message; neither the outer nor a smuggled one is queued.
+    assert code == 550 and b"5.6.0" in text, text
+    assert (b"NUL" in text) == (b"\x00" in fake_end)
+    assert code2 == 221
+    assert messages == []
+
+
+def test_nul_is_dropped_for_listed_legacy_device(relay):
+    """The per-network normalize setting repairs what a legacy device sends: NULs go."""
+    c = RawClient(relay, "127.0.0.9")
+    c.reply()
+    c.send(b"EHLO legacy\r\nMAIL FROM:<dev@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+    for _ in range(4):
+        c.reply()
+    c.send(b"Subject: legacy\r\n\r\nscan\x00ned\r\n.\x00\r\nstill content\r\n.\r\n")
+    code, text = c.reply()
+    c.close()
+    assert code == 250, text
+    (message,) = relay.messages()
+    body = relay.body(message["id"])
+    # ".\x00" is a dot-stuffed line (RFC 5321 4.5.2) holding one NUL: now empty.
+    assert b"\x00" not in body and body.endswith(b"scanned\r\n\r\nstill content\r\n")
 
 
 def test_bare_lf_is_normalised_for_listed_legacy_device(relay):

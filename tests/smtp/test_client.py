@@ -384,8 +384,10 @@ def test_dot_stuffing(chunks, wire):
     assert b"".join(s.feed(c) for c in chunks) + s.end() == wire
 
 
-LINE = st.binary(max_size=12).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")) | \
-    st.sampled_from([b".", b"..", b".x", b"", b". ", b".\x00"])
+# Text lines: no CR, LF or NUL (the server core refuses NUL, RFC 5322 2.1, tested apart).
+LINE = st.binary(max_size=12).map(
+    lambda b: b.replace(b"\r", b"").replace(b"\n", b"").replace(b"\0", b"")) | \
+    st.sampled_from([b".", b"..", b".x", b"", b". ", b".\x01"])
 
 
 @given(lines=st.lists(LINE, max_size=12), final_crlf=st.booleans(), data=st.data())

@@ -12,7 +12,7 @@ from smtpcore_helpers import (
 )
 
 from relaywarden.smtp.events import Closed, DataChunk, DataEnd, DataStart, MailFrom, RcptTo
-from relaywarden.smtp.reply import BARE_LF, MESSAGE_TOO_BIG, TEXT_LINE_TOO_LONG, reply
+from relaywarden.smtp.reply import BARE_LF, MESSAGE_TOO_BIG, NUL_IN_DATA, TEXT_LINE_TOO_LONG, reply
 from relaywarden.smtp.server import BareLineEnds, ServerState, UsageError
 
 NORMALIZE = settings(bare_line_ends=BareLineEnds.NORMALIZE)
@@ -85,10 +85,29 @@ def test_smuggling_probe_with_normalize_is_content(probe):
 
 
 @pytest.mark.parametrize("probe", NUL_PROBES)
-def test_nul_around_the_dot_is_not_an_end(probe):
+def test_nul_around_the_dot_is_not_an_end_and_is_refused(probe):
     d = run(b"line" + probe + b"\r\n" + EVIL + b".\r\n")
     assert len(d.of(DataEnd)) == 1 and len(d.of(MailFrom)) == 1
-    assert EVIL in d.body
+    assert d.of(DataEnd)[0].problem == NUL_IN_DATA
+    assert EVIL not in d.body
+    assert codes(parse_all(d))[-2:] == ["550 5.6.0", "221 2.0.0"]
+
+
+@pytest.mark.parametrize("probe", NUL_PROBES)
+def test_nul_with_normalize_is_dropped_and_not_an_end(probe):
+    d = run(b"line" + probe + b"\r\n" + EVIL + b".\r\n", NORMALIZE)
+    assert len(d.of(DataEnd)) == 1 and d.of(DataEnd)[0].problem is None
+    assert b"\0" not in d.body and EVIL in d.body
+
+
+def test_nul_in_a_later_chunk_refuses_the_message():
+    d = Driver()
+    d.send(OPEN)
+    d.send(b"clean\r\n")
+    d.send(b"a\0b\r\n")
+    replies = d.send(b".\r\n")
+    assert d.of(DataEnd)[0].problem == NUL_IN_DATA
+    assert codes(replies) == ["550 5.6.0"] and "NUL" in replies[0].lines[0]
 
 
 def parse_all(d: Driver):
@@ -274,9 +293,10 @@ def test_body_pipelined_after_refused_data_is_read_as_commands():
     assert codes(replies) == ["554 5.7.1", "500 5.5.2", "500 5.5.2"]
 
 
-def test_nul_and_8bit_content_pass_through():
-    body = b"\0\xff\xfe 8bit \xc3\xa9\r\n"
+def test_8bit_content_passes_through_and_nul_does_not():
+    body = b"\x01\xff\xfe 8bit \xc3\xa9\r\n"
     assert run(body + b".\r\n").body == body
+    assert run(b"\0" + body + b".\r\n").of(DataEnd)[0].problem == NUL_IN_DATA
 
 
 def test_stuff_helper():

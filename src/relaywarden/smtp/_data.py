@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 
-from .reply import BARE_LF, MESSAGE_TOO_BIG, TEXT_LINE_TOO_LONG, Reply
+from .reply import BARE_LF, MESSAGE_TOO_BIG, NUL_IN_DATA, TEXT_LINE_TOO_LONG, Reply
 
 __all__ = ["BareLineEnds", "DataReader"]
 
@@ -24,8 +24,9 @@ _END = b".\r\n"          # at a line start: the end of the data
 class BareLineEnds(enum.Enum):
     """What to do with a CR or LF that is not part of a CRLF pair (RFC 5321 2.3.8)."""
 
-    REJECT = "reject"          # refuse the message (550 5.6.0) / the command (501 5.5.2)
-    NORMALIZE = "normalize"    # turn it into CRLF (for known broken senders only)
+    REJECT = "reject"          # refuse the message (550 5.6.0) / the command (501 5.5.2);
+                               # a message with NUL characters too
+    NORMALIZE = "normalize"    # turn it into CRLF, drop NULs (for known broken senders only)
 
 
 class DataReader:
@@ -88,6 +89,12 @@ class DataReader:
         if self.problem is not None:
             self.size += len(seg)
             return
+        if b"\0" in seg:                 # one memchr: free for clean mail
+            if self.mode is BareLineEnds.REJECT:
+                self.problem = NUL_IN_DATA
+                self.size += len(seg)
+                return
+            seg = seg.replace(b"\0", b"")     # NORMALIZE (legacy senders): dropped
         crlf = seg.count(b"\r\n")
         if seg.count(b"\n") != crlf or seg.count(b"\r") != crlf:
             if self.mode is BareLineEnds.REJECT:

@@ -46,6 +46,7 @@ __all__ = [
     "TOO_MANY_RECIPIENTS",
     "MESSAGE_TOO_BIG",
     "BARE_LF",
+    "NUL_IN_DATA",
     "TEXT_LINE_TOO_LONG",
     "TOO_MANY_ERRORS",
     "STARTTLS_UNAVAILABLE",
@@ -191,6 +192,9 @@ MESSAGE_TOO_BIG = reply(552, "5.3.4", "Message size exceeds fixed limit")  # RFC
 # SMTP smuggling (CVE-2023-51764 and kin): only CRLF ends a line (RFC 5321 2.3.8).
 BARE_LF = reply(550, "5.6.0", "Message contains bare CR or LF line ends (RFC 5321 2.3.8)")
 TEXT_LINE_TOO_LONG = reply(550, "5.6.0", "Message line too long (RFC 5321 4.5.3.1.6)")
+# RFC 5321 2.3.1 / RFC 5322 2.1: message text is made of characters other than NUL; a next
+# hop may cut the line there, or treat what follows as something else (smuggling probes).
+NUL_IN_DATA = reply(550, "5.6.0", "Message contains NUL characters (RFC 5322 2.1)")
 
 # --- session ---------------------------------------------------------------------------------
 TOO_MANY_ERRORS = reply(421, "4.7.0", "Too many errors, closing connection")
