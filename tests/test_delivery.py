@@ -306,7 +306,7 @@ def test_queue_commands_hold_release_retry_delete(setup):
     assert setup.queue() == []
     assert setup.cli("queue", "show", qid2).returncode == 1
     log = setup.maillog()
-    assert f"id={qid2} action=delete" in log
+    assert re.search(rf"event=delete id={qid2} recipients=1 by=\S+", log), log
 
 
 def test_scanner_badmail_file_notice_command_and_release(setup):

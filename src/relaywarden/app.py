@@ -170,7 +170,8 @@ def delivery_settings(cfg: Config) -> DeliverySettings:
 def badmail_settings(cfg: Config) -> BadmailSettings:
     b = cfg.badmail
     return BadmailSettings(directory=b.dir, notify=b.notify, notify_interval=b.notify_interval,
-                           command=tuple(b.command), hostname=cfg.relay.hostname)
+                           command=tuple(b.command), hostname=cfg.relay.hostname,
+                           postmaster=cfg.relay.postmaster)
 
 
 def auth_for(cfg: Config) -> tuple[Backend | None, AuthThrottle]:

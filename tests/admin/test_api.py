@@ -235,7 +235,8 @@ def test_hold_release_retry_delete_are_journaled_and_logged(console):
     console.relay.flush_logs()
     log = console.mail_log()
     for action in ("hold", "release", "retry", "delete"):
-        assert any(f"id={queue_id}" in line and f"action={action}" in line and "by=otto" in line
+        # Each action under its own event name (issue 14 item 10), with who made it.
+        assert any(f"event={action} id={queue_id}" in line and "by=otto" in line
                    for line in log.splitlines()), (action, log[-2000:])
 
 
@@ -294,7 +295,7 @@ def test_badmail_show_release_delete(console):
     problem(v.get(f"/api/v1/badmail/{second}"), 404)
     problem(o.delete(f"/api/v1/badmail/{second}"), 404)    # the message is gone
     console.relay.flush_logs()
-    assert any(f"id={first}" in line and "action=badmail-release" in line and "by=otto" in line
+    assert any(f"id={first}" in line and "event=badmail-release" in line and "by=otto" in line
                for line in console.mail_log().splitlines())
 
 

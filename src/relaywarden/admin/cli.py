@@ -257,11 +257,11 @@ def queue_flush(config_path, domain) -> None:
     """Make queued mail due now."""
     cfg, admin = _admin(config_path)
     n = admin.flush(domain=domain, by=_who())
-    _audit(cfg, "attempt", action="flush", domain=domain, recipients=n, by=_who())
+    _audit(cfg, "flush", domain=domain, recipients=n, by=_who())
     click.echo(f"{n} recipient(s) due now")
 
 
-def _one(name: str, method: str, verb: str, event: str):
+def _one(name: str, method: str, verb: str):
     @queue.command(name)
     @click.argument("queue_id")
     @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
@@ -269,7 +269,7 @@ def _one(name: str, method: str, verb: str, event: str):
         cfg, admin = _admin(config_path)
         _need(admin, queue_id)
         n = getattr(admin, method)(queue_id, by=_who())
-        _audit(cfg, event, id=queue_id, action=name, recipients=n, by=_who())
+        _audit(cfg, name, id=queue_id, recipients=n, by=_who())
         click.echo(f"{queue_id}: {n} recipient(s) {verb}")
     command.__doc__ = {
         "retry": "Try a deferred message again now.",
@@ -280,10 +280,10 @@ def _one(name: str, method: str, verb: str, event: str):
     return command
 
 
-_one("retry", "retry", "due now", "attempt")
-_one("hold", "hold", "held", "deferred")
-_one("release", "release", "released", "attempt")
-_one("delete", "delete", "deleted", "bounced")
+_one("retry", "retry", "due now")
+_one("hold", "hold", "held")
+_one("release", "release", "released")
+_one("delete", "delete", "deleted")
 
 
 @main.group()
@@ -335,7 +335,7 @@ def badmail_release(queue_id, config_path, by) -> None:
     if not released:
         click.echo(f"relaywarden: {queue_id} has no recipient in badmail", err=True)
         sys.exit(1)
-    _audit(cfg, "attempt", id=queue_id, action="badmail-release", to=",".join(released), by=who)
+    _audit(cfg, "badmail-release", id=queue_id, to=",".join(released), by=who)
     click.echo(f"{queue_id}: released {', '.join(released)} (by {who})")
 
 
@@ -352,7 +352,7 @@ def badmail_delete(queue_id, config_path) -> None:
         sys.exit(1)
     for suffix in (".eml", ".json"):
         (cfg.badmail.dir / f"{queue_id}{suffix}").unlink(missing_ok=True)
-    _audit(cfg, "badmail", id=queue_id, action="delete", to=",".join(deleted), by=_who())
+    _audit(cfg, "badmail-delete", id=queue_id, to=",".join(deleted), by=_who())
     click.echo(f"{queue_id}: deleted {', '.join(deleted)}")
 from relaywarden.admin.users import user  # noqa: E402
 main.add_command(user)

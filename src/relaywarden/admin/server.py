@@ -60,8 +60,9 @@ COOKIE = "rw_session"
 QUEUE_STATUSES = ("queued", "held", "badmail", "delivered", "bounced")
 BULK_ACTIONS = ("hold", "release", "retry", "delete")
 #: The mail-log event an action is written with (as `relaywarden queue ...` does).
-AUDIT_EVENT = {"retry": "attempt", "hold": "deferred", "release": "attempt", "delete": "bounced",
-               "flush": "attempt", "badmail-release": "attempt", "badmail-delete": "badmail"}
+#: The mail-log event of each admin action: its own name (a grep for "hold" finds holds).
+AUDIT_EVENT = {kind: kind for kind in ("retry", "hold", "release", "delete", "flush",
+                                       "badmail-release", "badmail-delete")}
 #: Log lines wait this long (after their own time stamp) so that lines the two writing
 #: processes flushed out of order are sent in order.
 REORDER_SECONDS = 2.0
@@ -667,7 +668,7 @@ def _action(method: str):
             need = {"retry": "no recipient waits for a retry", "hold": "no recipient is queued",
                     "release": "the message is not held"}[method]
             raise Problem(409, f"{queue_id}: {need}")
-        state.audit(method, id=queue_id, action=method, recipients=n, by=user)
+        state.audit(method, id=queue_id, recipients=n, by=user)
         return JSON({"id": queue_id, "recipients": n})
     endpoint.__name__ = f"queue_{method}"
     return endpoint
@@ -698,7 +699,7 @@ async def queue_delete(request: Request) -> Response:
     if result is None:
         raise Problem(404, f"no message {queue_id} in the queue")
     n, dsn_id = result
-    state.audit("delete", id=queue_id, action="delete", recipients=n, dsn=dsn_id, by=user)
+    state.audit("delete", id=queue_id, recipients=n, dsn=dsn_id, by=user)
     return JSON({"id": queue_id, "recipients": n, "dsn_id": dsn_id})
 
 
@@ -715,7 +716,7 @@ async def queue_flush(request: Request) -> Response:
     n = await asyncio.to_thread(_with_admin, state.cfg,
                                 lambda admin: admin.flush(domain=domain, by=user))
     n = n or 0
-    state.audit("flush", action="flush", domain=domain, recipients=n, by=user)
+    state.audit("flush", domain=domain, recipients=n, by=user)
     return JSON({"recipients": n})
 
 
@@ -828,8 +829,7 @@ def _badmail_action(kind: str):
         if not changed:
             raise Problem(409, f"{queue_id} has no recipient in badmail")
         action = f"badmail-{kind}"
-        state.audit(action, id=queue_id, action=action if kind == "release" else "delete",
-                    to=",".join(changed), by=user)
+        state.audit(action, id=queue_id, to=",".join(changed), by=user)
         return JSON({"id": queue_id, "recipients": changed})
     endpoint.__name__ = f"badmail_{kind}"
     return endpoint

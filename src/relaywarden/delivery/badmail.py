@@ -42,6 +42,7 @@ class BadmailSettings:
     notify_interval: float = 300
     command: tuple[str, ...] = ()  # argv; {path}, {id}, {reason} are replaced
     hostname: str = "localhost"
+    postmaster: str | None = None   # relay.postmaster: the notice's From (default postmaster@hostname)
 
 
 @dataclass(slots=True)
@@ -98,7 +99,7 @@ def summary_message(settings: BadmailSettings, entries: list[dict], now: float) 
               "Delete one with:  relaywarden badmail delete ID", ""]
     text = "\r\n".join(lines)
     headers = [
-        f"From: relaywarden <postmaster@{settings.hostname}>",
+        f"From: relaywarden <{settings.postmaster or f'postmaster@{settings.hostname}'}>",
         f"To: <{settings.notify}>",
         f"Subject: [relaywarden] {len(entries)} message(s) in badmail",
         f"Date: {formatdate(now, localtime=True)}",

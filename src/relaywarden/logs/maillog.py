@@ -29,6 +29,14 @@ class MailEvent(enum.Enum):
     BADMAIL = "badmail"
     ETRN = "etrn"
     ATRN = "atrn"
+    # Admin actions (CLI, console, API), each under its own name with by=WHO.
+    FLUSH = "flush"
+    RETRY = "retry"
+    HOLD = "hold"
+    RELEASE = "release"
+    DELETE = "delete"
+    BADMAIL_RELEASE = "badmail-release"
+    BADMAIL_DELETE = "badmail-delete"
 
 
 _PLAIN = re.compile(r'[^ "=\\]+')
