@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import smtplib
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import BASIC, free_port, start_relay, write_config
@@ -110,3 +112,53 @@ def test_default_config_listens_on_2525_relays_for_localhost_only_data_in_cwd(tm
     out = cli("policy", "explain", "--listener", "default", "--client", "10.1.2.3",
               "--from", "a@b.test", "--to", "someone@example.net")
     assert out.returncode == 0 and "550" in out.stdout.strip().splitlines()[-1]
+
+
+def test_config_check_takes_the_file_as_every_command_does(tmp_path):
+    good = tmp_path / "relay.toml"
+    good.write_text('[listeners.main]\naddress = "127.0.0.1"\nport = 2525\n')
+    for args in (("config", "check", str(good)), ("config", "check", "--config", str(good))):
+        out = cli(*args)
+        assert out.returncode == 0 and f"{good}: ok" in out.stdout, (args, out.stderr)
+    out = cli("config", "check", str(good), "--config", str(tmp_path / "other.toml"))
+    assert out.returncode == 2 and "once" in out.stderr
+
+
+def test_relaywarden_config_names_the_config_of_every_command(tmp_path, relay):
+    """The queue commands find a running relay's queue through RELAYWARDEN_CONFIG, with
+    no --config, from another directory (they fell back to ./var of the embedded config)."""
+    with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as smtp:
+        smtp.sendmail("", ["b@example.com"], b"Subject: null sender\r\n\r\nx\r\n")
+    env = dict(__import__("os").environ, RELAYWARDEN_CONFIG=str(relay.config))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "relaywarden", *args], capture_output=True,
+                              text=True, timeout=60, cwd=elsewhere, env=env)
+    listed = json.loads(run("queue", "list", "--json").stdout)
+    assert len(listed) == 1
+    qid = listed[0]["id"]
+    # Held after its first attempt (to a closed port) is over: an attempt under way writes
+    # its outcome over a hold.
+    deadline = time.monotonic() + 15
+    while json.loads(run("queue", "show", qid, "--json").stdout)["recipients"][0]["attempts"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    held = run("queue", "hold", qid)
+    assert held.returncode == 0, held.stderr
+    assert [m["id"] for m in json.loads(run("queue", "list", "--status", "held", "--json").stdout)] == [qid]
+    shown = run("queue", "show", qid).stdout
+    # Dates as `queue list` prints them, and the null sender as <>.
+    assert re.search(r"received_at:\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", shown), shown
+    assert re.search(r"sender:\s+<>", shown), shown
+    assert run("config", "check").stdout.startswith(f"{relay.config}: ok")
+
+
+def test_every_queue_command_has_help():
+    for name in ("list", "show", "flush", "retry", "hold", "release", "delete"):
+        out = cli("queue", name, "--help")
+        assert out.returncode == 0
+        summary = out.stdout.split("\n\n")[1].strip()
+        assert summary and not summary.startswith("Options"), (name, out.stdout)
+    assert "one process" not in cli("serve", "--help").stdout

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from relaywarden.config.build import build_ldap_settings, build_policy, build_router
-from relaywarden.config.load import ConfigError, load_config
+from relaywarden.config.load import DEFAULT_SOURCE, ConfigError, load_config
 from relaywarden.config.schema import Config
 from relaywarden.logs.files import RotatingFile, Rotation
 from relaywarden.logs.maillog import MailEvent, MailLog
@@ -171,7 +171,9 @@ def badmail_settings(cfg: Config) -> BadmailSettings:
     b = cfg.badmail
     return BadmailSettings(directory=b.dir, notify=b.notify, notify_interval=b.notify_interval,
                            command=tuple(b.command), hostname=cfg.relay.hostname,
-                           postmaster=cfg.relay.postmaster)
+                           postmaster=cfg.relay.postmaster,
+                           config_path=None if cfg.source == DEFAULT_SOURCE
+                           else str(Path(cfg.source).absolute()))
 
 
 def auth_for(cfg: Config) -> tuple[Backend | None, AuthThrottle]:

@@ -26,7 +26,8 @@ def test_the_notice_comes_from_relay_postmaster(tmp_path):
     msg = notice(tmp_path, 'postmaster = "mail-admin@example.com"')
     assert msg["From"].addresses[0].addr_spec == "mail-admin@example.com"
     assert msg["To"].addresses[0].addr_spec == "admin@example.com"
-    assert "relaywarden badmail release ID" in msg.get_content()
+    # The commands it prints work as printed: they name the relay's config file.
+    assert f"relaywarden badmail release ID --config {tmp_path / 'relay.toml'}" in msg.get_content()
 
 
 def test_without_relay_postmaster_it_is_postmaster_at_the_hostname(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,14 +17,29 @@ import click
 from relaywarden import __version__
 from relaywarden.config.load import ConfigError, load_config
 
-CONFIG_HELP = "TOML config file (default: the embedded default config)"
+#: Where the config is looked for when neither --config nor RELAYWARDEN_CONFIG names one.
+DEFAULT_CONFIG = Path("/etc/relaywarden/relaywarden.toml")
+CONFIG_HELP = (f"TOML config file (default: $RELAYWARDEN_CONFIG, else {DEFAULT_CONFIG} if it "
+               "exists, else the embedded default config)")
+
+
+def config_file(path: str | None) -> Path | None:
+    """The config every command uses: --config, else $RELAYWARDEN_CONFIG, else the
+    documented default path when it exists; None: the embedded default config. The same
+    rule for the relay and the queue commands, so that both see one data directory."""
+    if path:
+        return Path(path)
+    env = os.environ.get("RELAYWARDEN_CONFIG", "").strip()
+    if env:
+        return Path(env)
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
 
 
 def _load(path: str | None):
     from relaywarden.config import config_warnings
 
     try:
-        cfg = load_config(Path(path) if path else None)
+        cfg = load_config(config_file(path))
     except ConfigError as exc:
         for msg in exc.messages:
             click.echo(msg, err=True)
@@ -42,11 +58,12 @@ def main() -> None:
 @main.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
 def serve(config_path: str | None) -> None:
-    """Run the relay: every listener of the config, in one process."""
+    """Run the relay: the listeners in this process, delivery and the admin part (history,
+    metrics, console) in two processes it starts and stops."""
     from relaywarden.app import run
 
     cfg = _load(config_path)
-    sys.exit(run(cfg, Path(config_path) if config_path else None))
+    sys.exit(run(cfg, config_file(config_path)))
 
 
 @main.command("delivery-worker", hidden=True)
@@ -57,7 +74,7 @@ def delivery_worker(config_path: str | None, wake_fd: int) -> None:
     from relaywarden.app import run_worker
 
     cfg = _load(config_path)
-    sys.exit(run_worker(cfg, Path(config_path) if config_path else None, wake_fd))
+    sys.exit(run_worker(cfg, config_file(config_path), wake_fd))
 
 
 @main.command("admin-worker", hidden=True)
@@ -68,7 +85,7 @@ def admin_worker(config_path: str | None, lifeline_fd: int) -> None:
     from relaywarden.admin.worker import run_admin
 
     cfg = _load(config_path)
-    sys.exit(run_admin(cfg, Path(config_path) if config_path else None, lifeline_fd))
+    sys.exit(run_admin(cfg, config_file(config_path), lifeline_fd))
 
 
 @main.group()
@@ -77,10 +94,16 @@ def config() -> None:
 
 
 @config.command("check")
-@click.argument("path", type=click.Path(dir_okay=False))
-def config_check(path: str) -> None:
-    """Validate PATH; every mistake is printed as `file: dotted.key: what is wrong`."""
+@click.argument("path", type=click.Path(dir_okay=False), required=False)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+def config_check(path: str | None, config_path: str | None) -> None:
+    """Validate a config (PATH or --config, as every other command takes it); every mistake
+    is printed as `file: dotted.key: what is wrong`."""
+    if path and config_path and path != config_path:
+        raise click.UsageError("give the config once: PATH or --config")
+    path = path or config_path
     cfg = _load(path)
+    path = str(config_file(path) or cfg.source)
     names = ", ".join(f"{n} ({lc.address}:{lc.port})" for n, lc in cfg.listeners.items())
     click.echo(f"{path}: ok; listeners: {names}")
 
@@ -146,7 +169,9 @@ def _reader(config_path):
 
 @queue.command("list")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
-@click.option("--status", type=click.Choice(["queued", "badmail", "delivered", "bounced"]))
+@click.option("--status", type=click.Choice(["queued", "held", "badmail"]),
+              help="only messages with a recipient in this state (held: by a hold route, "
+                   "the admin, or a missing body file)")
 @click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True,
               help="at most this many messages, oldest first")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
@@ -171,6 +196,10 @@ def queue_list(config_path, status, limit, as_json) -> None:
             first = False
 
 
+def _date(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+
+
 @queue.command("show")
 @click.argument("queue_id")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
@@ -191,6 +220,10 @@ def queue_show(queue_id, config_path, body, as_json) -> None:
     for key, value in msg.items():
         if key in ("recipients", "body"):
             continue
+        if key == "received_at":
+            value = _date(value)           # as `queue list` shows it, not epoch seconds
+        elif key == "sender" and value == "":
+            value = "<>"                   # the null reverse-path (RFC 5321 4.5.5)
         click.echo(f"{key + ':':<13} {value if value is not None else '-'}")
     for r in msg["recipients"]:
         held_by = r.pop("held_by")
@@ -261,8 +294,18 @@ def queue_flush(config_path, domain) -> None:
     click.echo(f"{n} recipient(s) due now")
 
 
+_ONE_HELP = {
+    "retry": "Try a deferred message again now.",
+    "hold": "Hold a message: no attempts until it is released.",
+    "release": "Release a held message (also one held by its route).",
+    "delete": "Delete a message from the queue, without a bounce.",
+}
+
+
 def _one(name: str, method: str, verb: str):
-    @queue.command(name)
+    # help= here: click reads the help text when the command is made, not from a
+    # docstring set afterwards (these commands had none).
+    @queue.command(name, help=_ONE_HELP[name])
     @click.argument("queue_id")
     @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
     def command(queue_id, config_path) -> None:
@@ -271,12 +314,6 @@ def _one(name: str, method: str, verb: str):
         n = getattr(admin, method)(queue_id, by=_who())
         _audit(cfg, name, id=queue_id, recipients=n, by=_who())
         click.echo(f"{queue_id}: {n} recipient(s) {verb}")
-    command.__doc__ = {
-        "retry": "Try a deferred message again now.",
-        "hold": "Hold a message: no attempts until it is released.",
-        "release": "Release a held message (also one held by its route).",
-        "delete": "Delete a message from the queue, without a bounce.",
-    }[name]
     return command
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import re
 import os
 import shutil
@@ -43,6 +44,7 @@ class BadmailSettings:
     command: tuple[str, ...] = ()  # argv; {path}, {id}, {reason} are replaced
     hostname: str = "localhost"
     postmaster: str | None = None   # relay.postmaster: the notice's From (default postmaster@hostname)
+    config_path: str | None = None  # the relay's config file: the notice's commands name it
 
 
 @dataclass(slots=True)
@@ -93,10 +95,12 @@ def summary_message(settings: BadmailSettings, entries: list[dict], now: float) 
     for e in entries[:200]:
         lines.append(f"{e['id']}  from <{e['sender']}>  to <{e['address']}>")
         lines.append(f"    {e['rule']}: {e['reason']}")
+    # The commands as they work when pasted: with the relay's own config file.
+    opt = f" --config {shlex.quote(settings.config_path)}" if settings.config_path else ""
     if len(entries) > 200:
-        lines.append(f"... and {len(entries) - 200} more: relaywarden badmail list")
-    lines += ["", "Release one with: relaywarden badmail release ID",
-              "Delete one with:  relaywarden badmail delete ID", ""]
+        lines.append(f"... and {len(entries) - 200} more: relaywarden badmail list{opt}")
+    lines += ["", f"Release one with: relaywarden badmail release ID{opt}",
+              f"Delete one with:  relaywarden badmail delete ID{opt}", ""]
     text = "\r\n".join(lines)
     headers = [
         f"From: relaywarden <{settings.postmaster or f'postmaster@{settings.hostname}'}>",
