@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from relaywarden.policy.limits import ConnectionCounter, FreeSpaceGuard, WindowLimiter
+from relaywarden.policy.match import first_network
 from relaywarden.smtp.server import ServerSettings
 
 if TYPE_CHECKING:
@@ -52,9 +53,9 @@ class Limits:
 
 
 def _in(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: tuple[IPNetwork, ...]) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip.version == net.version and ip in net for net in networks)
+    # The policy's own rule, for every network list (relay, TLS optional, AUTH plaintext,
+    # normalize): an IPv4-mapped client matches IPv4 entries and the other way round.
+    return first_network(networks, ip) is not None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
