@@ -63,3 +63,40 @@ def test_not_utf8(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert info.value.messages == [f"{path}: cannot read: not UTF-8 text (byte 21)"]
+
+
+LDAP_SEARCH = """
+[auth.ldap]
+url = "ldap://127.0.0.1:389"
+mode = "search"
+bind_dn = "cn=relay,dc=example,dc=com"
+bind_password_file = "bind.pw"
+search_base = "dc=example,dc=com"
+
+[listeners.main]
+address = "127.0.0.1"
+port = 2525
+"""
+
+
+@pytest.mark.parametrize("content, why", [
+    (b"", "the first line (the password) is empty"),
+    (b"\n\nsecret\n", "the first line (the password) is empty"),
+    (b"\xff\xfe\x00", "cannot read: not UTF-8 text"),
+])
+def test_ldap_bind_password_file_is_read_as_a_password_file(tmp_path, content, why):
+    """The same reader as the next hops' password_file: checked at load (and so at each
+    reload), the key named; it was read later, raw OSError, empty accepted."""
+    (tmp_path / "bind.pw").write_bytes(content)
+    path = tmp_path / "relay.toml"
+    path.write_text(LDAP_SEARCH)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.messages == [f"{path}: auth.ldap.bind_password_file: {why}"]
+
+
+def test_ldap_bind_password_is_the_first_line(tmp_path):
+    (tmp_path / "bind.pw").write_text("\ufeffs3cret pass \r\nignored\n", encoding="utf-8")
+    path = tmp_path / "relay.toml"
+    path.write_text(LDAP_SEARCH)
+    assert load_config(path).auth.ldap.bind_password() == "s3cret pass "

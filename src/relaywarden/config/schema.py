@@ -580,18 +580,21 @@ class HopSettings(Strict):
         return self.password is not None and self.password_file is None
 
 
-def _read_password(path: Path) -> str:
+def _read_password(path: Path, key: str = "password_file") -> str:
+    """The one reader of password files (next hop AUTH, the LDAP bind): the first line,
+    read when the config is loaded (and so at every reload), every fault a config error
+    naming ``key``."""
     try:
         # utf-8-sig: Notepad's byte order mark is not part of the password.
         text = path.read_text("utf-8-sig")
     except OSError as exc:
-        raise problem(("password_file",), f"cannot read: {exc.strerror or exc}") from None
+        raise problem((key,), f"cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise problem(("password_file",), "cannot read: not UTF-8 text") from None
+        raise problem((key,), "cannot read: not UTF-8 text") from None
     # The first line without its line ending; other whitespace may belong to the password.
     first = text.splitlines()[0] if text else ""
     if not first:
-        raise problem(("password_file",), "the first line (the password) is empty")
+        raise problem((key,), "the first line (the password) is empty")
     return first
 
 
@@ -835,6 +838,7 @@ class LdapAuthSettings(Strict):
 
     url: Text                                   # ldap://host:389 or ldaps://host:636
     mode: Literal["bind", "search"] = "bind"
+    _bind_password: str | None = PrivateAttr(default=None)   # bind_password_file's, at load
     start_tls: bool = False
     ca_file: OptionalFile = None
     user_dn_template: OptionalText = None       # "uid={user},ou=people,dc=example,dc=com" or "{user}@example.com"
@@ -862,15 +866,14 @@ class LdapAuthSettings(Strict):
                 raise problem((missing[0],), 'mode = "search" needs bind_dn, bind_password_file and search_base')
             if "{user}" not in self.search_filter:
                 raise problem(("search_filter",), "must contain {user}")
+        if self.bind_password_file is not None:
+            self._bind_password = _read_password(self.bind_password_file, "bind_password_file")
         return self
 
     def bind_password(self) -> str | None:
-        return None if self.bind_password_file is None else _read_password_file(self.bind_password_file)
-
-
-def _read_password_file(path: Path) -> str:
-    text = path.read_text("utf-8-sig")
-    return text.splitlines()[0] if text else ""
+        """Read with the config (a reload reads it again), never later: a file gone or
+        emptied since is a config error of the load, not an OSError of a running relay."""
+        return self._bind_password
 
 
 class ThrottleSettings(Strict):
@@ -940,6 +943,7 @@ class AdminSettings(Strict):
     session_timeout: DurationText = 8 * 3600.0  # idle time before a console login ends
     metrics_token_file: OptionalFile = None     # None: /metrics open to loopback clients only
     ldap_roles: LdapRoleSettings = Field(default_factory=dict)
+    _metrics_token: str | None = PrivateAttr(default=None)   # metrics_token_file's, at load
 
     @model_validator(mode="after")
     def _tls(self) -> AdminSettings:
@@ -955,6 +959,12 @@ class AdminSettings(Strict):
                                min_version="TLSv1.2")
             except CertificateError as exc:
                 found.append(((exc.key,), str(exc)))
+        if self.metrics_token_file is not None:
+            try:
+                self._metrics_token = _read_password(self.metrics_token_file,
+                                                     "metrics_token_file").strip()
+            except PydanticCustomError as exc:   # the one password-file reader's problem
+                found.extend(exc.context["problems"])
         if not self.address.is_loopback and self.cert_file is None:
             found.append((("address",), f"{self.address} is not a loopback address: the console "
                           "and API need TLS there (set cert_file and key_file)"))
@@ -967,9 +977,8 @@ class AdminSettings(Strict):
         return self.cert_file is not None and self.key_file is not None
 
     def metrics_token(self) -> str | None:
-        if self.metrics_token_file is None:
-            return None
-        return _read_password_file(self.metrics_token_file).strip() or None
+        """Read with the config (SIGHUP reads it again), by the one password-file reader."""
+        return self._metrics_token or None
 
 
 class HistorySettings(Strict):
