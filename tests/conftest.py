@@ -17,10 +17,21 @@ import pytest
 from relaywarden.queue.store import QueueReader
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nobody listens on now, and never one this test run handed out before: the
+    kernel can give the same free port to two bind(0) calls in a row, and a test's relay
+    and its downstream server on one port made the test talk to the wrong server (seen:
+    ETRN answered by aiosmtpd)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 15) -> None:

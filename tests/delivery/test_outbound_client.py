@@ -39,13 +39,9 @@ pytestmark = pytest.mark.timeout(30)
 
 HOST = "127.0.0.1"
 SENDER = "sender@example.org"
+from conftest import free_port  # noqa: E402 - one port allocator for the whole run
+
 BODY = b"Subject: test\r\n\r\nHello\r\n.leading dot\r\n..two dots\r\n.\r\nend\r\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def run(coro, timeout: float = 20):
