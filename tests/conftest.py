@@ -126,6 +126,23 @@ def start_relay(config: Path, data_dir: Path, ports: dict[str, int],
     return relay
 
 
+def wait_admin(base: str, proc: subprocess.Popen, timeout: float = 30, verify=True) -> None:
+    """Until the relay's admin server answers over HTTP(S) at ``base``."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"relay exited with {proc.returncode}: {proc.stderr.read()}")
+        try:
+            if httpx.get(f"{base}/api/v1/openapi.json", timeout=1, verify=verify).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the admin server did not answer at {base}")
+
+
 # Test configs never let the relay reach beyond loopback: DNS goes to a closed loopback
 # port, and every domain routes to a closed loopback port, so accepted mail stays queued
 # (deferred) where the receive tests can look at it.

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import BASIC, RelayProcess, free_port, start_relay, write_config
+from conftest import BASIC, RelayProcess, free_port, start_relay, wait_admin, write_config
 
 USERS = {"ada": "admin", "otto": "operator", "vera": "viewer"}
 PASSWORD = "correct horse battery staple"
@@ -39,20 +39,6 @@ def cli(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.
     if check and proc.returncode != 0:
         raise AssertionError(f"relaywarden {' '.join(args)}: {proc.returncode}: {proc.stderr}")
     return proc
-
-
-def wait_http(base: str, proc: subprocess.Popen, timeout: float = 20, verify=True) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"relay exited with {proc.returncode}: {proc.stderr.read()}")
-        try:
-            if httpx.get(f"{base}/api/v1/openapi.json", timeout=1, verify=verify).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"the admin server did not answer at {base}")
 
 
 @dataclass
@@ -112,7 +98,7 @@ port = {http}
     relay = start_relay(config, tmp_path / "var", {"main": smtp})
     console = Console(relay=relay, base=f"{scheme}://127.0.0.1:{http}")
     try:
-        wait_http(console.base, relay.proc, verify=verify)
+        wait_admin(console.base, relay.proc, verify=verify)
         for name in users:
             console.tokens[name] = cli("admin-user", "token", name, "--config",
                                        str(config)).stdout.strip()

@@ -13,9 +13,6 @@ import shutil
 import smtplib
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -23,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BASIC, RelayProcess, free_port, start_relay, write_config
+from conftest import BASIC, RelayProcess, free_port, start_relay, wait_admin, write_config
 
 CHROMIUM = "/usr/bin/chromium"
 # Headless, and nothing that would call out from a machine that only has loopback.
@@ -48,22 +45,6 @@ def cli(*args: str, stdin: str | None = None) -> str:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, f"relaywarden {' '.join(args)}: {proc.returncode}: {proc.stderr}"
     return proc.stdout
-
-
-def wait_http(base: str, proc: subprocess.Popen, timeout: float = 30) -> None:
-    """Until the admin server answers (401 to an anonymous GET /api/v1/session)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"relay exited with {proc.returncode}: {proc.stderr.read()}")
-        try:
-            urllib.request.urlopen(f"{base}/api/v1/session", timeout=1)
-            return
-        except urllib.error.HTTPError:
-            return          # it answered
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"the admin server did not answer at {base}")
 
 
 @dataclass
@@ -117,7 +98,7 @@ def console(tmp_path_factory):
     relay = start_relay(config, tmp / "var", {"main": smtp_port})
     base = f"http://127.0.0.1:{admin_port}"
     try:
-        wait_http(base, relay.proc)
+        wait_admin(base, relay.proc)
     except Exception:
         relay.stop()
         raise

@@ -27,7 +27,6 @@ import json
 import os
 import secrets
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ import click
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from relaywarden.auth.users import MAX_PASSWORD, UserFileError, check_name, file_stamp
+from relaywarden.auth.users import MAX_PASSWORD, UserFileError, check_name, file_stamp, write_private
 
 ROLES = ("viewer", "operator", "admin")
 TOKEN_PREFIX = "rwt_"
@@ -166,19 +165,7 @@ class AdminAccounts:
             os.close(fd)
 
     def _write(self) -> None:
-        text = json.dumps({"version": 1, "users": self._users}, indent=2) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_private(self.path, json.dumps({"version": 1, "users": self._users}, indent=2) + "\n")
         self._stamp = None
         self._refresh()
 

@@ -59,6 +59,29 @@ MAX_PASSWORD = 1024          # argon2 takes any length; a cap keeps a hostile cl
 _BAD_NAME_CHARS = set(":,") | {chr(c) for c in range(0x20)} | {"\x7f"}
 
 
+def write_private(path: Path, text: str) -> None:
+    """Replace a secrets file atomically (a reader sees the old file or the new one, never
+    half of one), mode 0600, fsynced with its directory: the users files of SMTP AUTH and
+    of the console."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
 def file_stamp(path: Path) -> tuple[int, int, int] | None:
     """What tells a changed file (mtime, size, inode: a rename over it is a new inode), or
     None when there is none: a reader re-reads a file only when this changes."""
@@ -294,25 +317,7 @@ class UserFile:
             os.close(fd)
 
     def _write(self, lines: list[str]) -> None:
-        """Atomic replace: a reader sees the old file or the new one, never half of one."""
-        text = "".join(line + "\n" for line in lines)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        dfd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_private(self.path, "".join(line + "\n" for line in lines))
         self._stamp = None
         self._refresh()
 

@@ -312,21 +312,15 @@ class History:
         d = e.data
         self._stub(db, e)
         status = _ADMIN_STATUS.get(d.get("action") or "")
-        addresses = [a for a in d.get("recipients") or [] if a != "-"]
-        if status == "deleted" and d.get("recipients") == ["-"]:
-            addresses = None     # a message deleted with nothing waiting: all its open ones
+        # The recipients the action changed (all of them still waiting: "-"); an action
+        # only ever changes waiting ones.
+        named = [a for a in d.get("recipients") or [] if a != "-"]
         if status is not None:
-            if addresses is None or status == "deleted":
-                db.execute(f"UPDATE recipients SET status = ? WHERE queue_id = ? AND status IN"
-                           f" ({','.join('?' * len(_OPEN))})"
-                           + ("" if addresses is None else
-                              f" AND address IN ({','.join('?' * len(addresses))})"),
-                           (status, e.queue_id, *_OPEN, *(addresses or ())))
-            else:
-                db.execute(f"UPDATE recipients SET status = ? WHERE queue_id = ? AND address IN"
-                           f" ({','.join('?' * len(addresses))})",
-                           (status, e.queue_id, *addresses))
-        return ",".join(addresses or [])
+            only = f" AND address IN ({','.join('?' * len(named))})" if named else ""
+            db.execute(f"UPDATE recipients SET status = ? WHERE queue_id = ? AND status IN"
+                       f" ({','.join('?' * len(_OPEN))}){only}",
+                       (status, e.queue_id, *_OPEN, *named))
+        return ",".join(named)
 
     def _apply_other(self, db: sqlite3.Connection, e: JournalEntry) -> str:
         self._stub(db, e)
