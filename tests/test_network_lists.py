@@ -1,6 +1,6 @@
 """One rule for "is this client in that network list", whichever list it is (relay
-networks in the policy; TLS optional, AUTH plaintext and normalize networks in the
-listener context): IPv4-mapped IPv6 clients and entries match both ways."""
+networks, TLS optional and AUTH plaintext networks in the policy; normalize networks in
+the listener context): IPv4-mapped IPv6 clients and entries match both ways."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import ipaddress
 
 import pytest
 
+from relaywarden.policy import gates
 from relaywarden.policy.match import first_network
+from relaywarden.policy.model import Gates
 from relaywarden.server.context import ListenerContext, TlsMode
 from relaywarden.smtp.server import ServerSettings
 
@@ -23,8 +25,13 @@ def context(networks) -> ListenerContext:
     return ListenerContext(
         name="main", hostname="relay.test", banner="", settings=ServerSettings(hostname="relay.test"),
         command_timeout=1, data_timeout=1, postmaster="postmaster@relay.test",
-        normalize_networks=nets, tls_mode=TlsMode.REQUIRED, tls_optional_networks=nets,
-        auth_plaintext_networks=nets)
+        normalize_networks=nets, tls_mode=TlsMode.REQUIRED)
+
+
+def listener_gates(networks) -> Gates:
+    nets = tuple(networks)
+    return Gates(tls_mode="required", tls_optional_networks=nets, auth_enabled=True,
+                 auth_plaintext_networks=nets)
 
 
 @pytest.mark.parametrize("entry", NETWORKS)
@@ -33,14 +40,14 @@ def test_every_list_agrees_with_the_policy(entry, client):
     nets = (ipaddress.ip_network(entry),)
     ip = ipaddress.ip_address(client)
     member = first_network(nets, ip) is not None
-    ctx = context(nets)
-    assert ctx.normalizes(ip) is member
-    assert ctx.auth_without_tls(ip) is member
-    assert ctx.tls_required_for(ip) is (not member)
+    assert context(nets).normalizes(ip) is member
+    g = listener_gates(nets)
+    assert (gates.check_auth("main", g, ip, tls=False) is None) is member
+    assert gates.tls_required(g, ip) is (not member)
 
 
 def test_a_mapped_entry_matches_the_plain_ipv4_client():
     # Written as ::ffff:10.0.0.0/104 in the TLS optional list: the IPv4 client 10.0.0.5 is
     # in it, as it is in the relay networks (it was not, before one rule served both).
-    ctx = context([ipaddress.ip_network("::ffff:10.0.0.0/104")])
-    assert not ctx.tls_required_for(ipaddress.ip_address("10.0.0.5"))
+    g = listener_gates([ipaddress.ip_network("::ffff:10.0.0.0/104")])
+    assert not gates.tls_required(g, ipaddress.ip_address("10.0.0.5"))

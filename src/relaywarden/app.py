@@ -72,9 +72,6 @@ def listener_contexts(cfg: Config) -> dict[str, ListenerContext]:
             reverse_lookups=cfg.dns.reverse_lookups,
             require_rdns=lc.access.require_rdns,
             tls_mode=TlsMode(lc.tls.mode),
-            tls_optional_networks=tuple(lc.tls.optional_networks),
-            auth_required=lc.auth.required,
-            auth_plaintext_networks=tuple(lc.auth.plaintext_networks),
             limits=Limits(
                 max_connections=lc.limits.max_connections,
                 max_connections_per_ip=lc.limits.max_connections_per_ip,

@@ -167,7 +167,10 @@ EXAMPLE_CASES = [
     ("outbound", "10.0.0.99", None, None, "app@example.com", "customer@gmail.com", "connect", Action.REJECT, 554, "listeners.outbound.access.deny[0]"),
     ("outbound", "192.0.2.1", None, None, "app@example.com", "customer@gmail.com", "connect", Action.REJECT, 554, "listeners.outbound.access.default"),
     ("outbound", "192.0.2.1", None, "alice", "alice@example.com", "customer@gmail.com", "connect", Action.REJECT, 554, "listeners.outbound.access.default"),
-    ("outbound", "192.0.2.1", "monitor.example.com", "alice", "alice@example.com", "customer@gmail.com", "recipient", Action.ACCEPT, 250, "listeners.outbound.relay.authenticated"),
+    # AUTH only over TLS or from auth.plaintext_networks: the outbound listener has no TLS,
+    # so alice cannot log in from monitor.example.com; from 127.0.0.1 she can, and relays.
+    ("outbound", "192.0.2.1", "monitor.example.com", "alice", "alice@example.com", "customer@gmail.com", "auth", Action.REJECT, 538, "listeners.outbound.auth.plaintext_networks"),
+    ("outbound", "127.0.0.1", "monitor.example.com", "alice", "alice@example.com", "customer@gmail.com", "recipient", Action.ACCEPT, 250, "listeners.outbound.relay.authenticated"),
     # Scanners: example.com and subdomains, the rest to badmail.
     ("outbound", "10.0.5.7", None, None, "scan@example.com", "boss@example.com", "recipient", Action.ACCEPT, 250, "relay.hosted_domains"),
     ("outbound", "10.0.5.7", None, None, "scan@example.com", "boss@sales.example.com", "recipient", Action.ACCEPT, 250, "listeners.outbound.relay.networks[1]"),

@@ -5,7 +5,6 @@ Exit codes: 0 ok, 1 runtime failure (cannot listen, not found), 2 bad config or 
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import sys
@@ -113,42 +112,36 @@ def policy() -> None:
     """Ask the relay policy questions."""
 
 
+#: What opens a refused step, worded for the command line.
+EXPLAIN_HINTS = {"tls": "give --tls to see what happens after STARTTLS",
+                 "user": "give --user NAME to see what happens after AUTH"}
+
+
 @policy.command("explain")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
 @click.option("--listener", required=True, help="listener name")
 @click.option("--client", required=True, help="client IP address")
 @click.option("--name", "verified_name", help="the client's verified reverse-DNS name, if any")
-@click.option("--user", help="authenticated user name, if any")
+@click.option("--user", help="the client logs in (SMTP AUTH) as this user")
+@click.option("--tls", is_flag=True,
+              help="the client uses STARTTLS (implicit-TLS listeners always have TLS)")
 @click.option("--from", "sender", required=True, help="MAIL FROM address ('<>' or '' for null)")
 @click.option("--to", "recipient", required=True, help="RCPT TO address")
-def policy_explain(config_path, listener, client, verified_name, user, sender, recipient) -> None:
-    """Print the decision for one client, sender and recipient, and the rule that made it."""
-    from relaywarden.config.build import build_policy
-    from relaywarden.policy.model import ClientFacts
-    from relaywarden.smtp.address import AddressError, parse_path
+def policy_explain(config_path, listener, client, verified_name, user, tls, sender, recipient) -> None:
+    """Print what the relay answers one client, sender and recipient, step by step (connect,
+    AUTH when --user is given, the listener's TLS and AUTH gates and the sender rules, the
+    recipient rules), and the rule that made each answer."""
+    from relaywarden.admin.explain import ExplainError, explain
+    from relaywarden.policy.gates import Need
 
     cfg = _load(config_path)
-    if listener not in cfg.listeners:
-        raise click.UsageError(
-            f"no listener {listener!r}; the config has: {', '.join(cfg.listeners)}"
-        )
     try:
-        ip = ipaddress.ip_address(client)
-    except ValueError:
-        raise click.UsageError(f"--client: {client!r} is not an IP address") from None
-
-    def path(text: str, what: str):
-        text = text.strip()
-        if not text.startswith("<"):
-            text = f"<{text}>"
-        try:
-            return parse_path(text, utf8=True)
-        except AddressError as exc:
-            raise click.UsageError(f"{what}: {' '.join(exc.reply.lines)}") from None
-
-    facts = ClientFacts(listener=listener, ip=ip, verified_name=verified_name, user=user)
-    explanation = build_policy(cfg).explain(facts, path(sender, "--from"), path(recipient, "--to"))
-    click.echo(explanation.render())
+        explanation = explain(cfg, listener=listener, client=client, name=verified_name,
+                              user=user, tls=tls, sender=sender, recipient=recipient)
+    except ExplainError as exc:
+        option = {"from": "--from", "to": "--to", "client": "--client", "tls": "--tls"}.get(exc.field)
+        raise click.UsageError(f"{option}: {exc.message}" if option else exc.message) from None
+    click.echo(explanation.render({need: EXPLAIN_HINTS[need.value] for need in Need}))
 
 
 @main.group()

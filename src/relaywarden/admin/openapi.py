@@ -85,6 +85,16 @@ _SESSION = {
                    "csrf_token": {"type": ["string", "null"]}},
 }
 
+# One step of policy explain; null when the server never asks it (after a refusal; auth
+# without a user).
+_EXPLAIN_STEP = {
+    "type": ["object", "null"],
+    "required": ["decision", "code", "enhanced", "rule", "reason"],
+    "properties": {"decision": {"type": "string", "enum": ["accept", "reject", "badmail"]},
+                   "code": {"type": "integer"}, "enhanced": {"type": ["string", "null"]},
+                   "rule": {"type": "string"}, "reason": {"type": "string"}},
+}
+
 _ACTION_RESULT = {
     "type": "object", "required": ["id", "recipients"],
     "properties": {"id": {"type": "string"}, "recipients": {"type": "integer"}},
@@ -267,15 +277,31 @@ def openapi_document(version: str) -> dict:
                            op_id="config"),
             },
             "/api/v1/explain": {
-                "post": _op("What the policy decides for a client, sender and recipient", "viewer",
+                "post": _op("What the relay answers a client, sender and recipient, step by step "
+                            "(as relaywarden policy explain)", "viewer",
                             {"200": _json({"type": "object",
-                                           "required": ["connect", "sender", "recipient", "text"]})},
+                                           "required": ["connect", "auth", "sender", "recipient",
+                                                        "need", "text"],
+                                           "properties": {
+                                               "connect": _EXPLAIN_STEP, "auth": _EXPLAIN_STEP,
+                                               "sender": _EXPLAIN_STEP, "recipient": _EXPLAIN_STEP,
+                                               "need": {"type": ["string", "null"],
+                                                        "enum": ["tls", "user", None],
+                                                        "description": "what the client must do "
+                                                        "first (STARTTLS, AUTH) to get past the "
+                                                        "refusal: ask again with tls or user"},
+                                               "text": {"type": "string"}}})},
                             body=_body({"type": "object", "required": ["listener", "client", "to"],
                                         "properties": {
                                             "listener": {"type": "string"},
                                             "client": {"type": "string"},
-                                            "name": {"type": "string"}, "user": {"type": "string"},
-                                            "tls": {"type": "boolean"},
+                                            "name": {"type": "string"},
+                                            "user": {"type": "string", "description":
+                                                     "the client logs in (SMTP AUTH) as this user"},
+                                            "tls": {"type": "boolean", "default": False,
+                                                    "description": "the client uses STARTTLS "
+                                                    "(implicit-TLS listeners always have TLS); "
+                                                    "400 on a listener with tls.mode = \"none\""},
                                             "groups": {"type": "array", "items": {"type": "string"}},
                                             "from": {"type": "string"}, "to": {"type": "string"}}}),
                             op_id="explain"),

@@ -1068,23 +1068,22 @@ def _decision(d) -> dict | None:
             "rule": d.rule, "reason": d.detail}
 
 
+#: What opens a refused step, worded for the API's fields.
+EXPLAIN_HINTS = {"tls": 'set "tls": true to see what happens after STARTTLS',
+                 "user": 'set "user" to see what happens after AUTH'}
+
+
 @needs("viewer")
 async def explain(request: Request) -> Response:
-    from relaywarden.config.build import build_policy
-    from relaywarden.policy.model import ClientFacts
-    from relaywarden.smtp.address import AddressError, parse_path
+    """The same question and answer as `relaywarden policy explain` (admin/explain.py)."""
+    from relaywarden.admin.explain import ExplainError
+    from relaywarden.admin.explain import explain as explain_policy
+    from relaywarden.policy.gates import Need
 
     cfg = _state(request).cfg
     body = await read_json(request)
     listener = _text(body.get("listener"), "listener", required=True, max_len=64)
-    if listener not in cfg.listeners:
-        raise Problem(400, f"no listener {listener!r}; the config has: {', '.join(cfg.listeners)}",
-                      field="listener")
     client = _text(body.get("client"), "client", required=True, max_len=64)
-    try:
-        ip = ipaddress.ip_address(client.strip())
-    except ValueError:
-        raise Problem(400, f"{client!r} is not an IP address", field="client") from None
     name = _text(body.get("name"), "name", max_len=255) or None
     user = _text(body.get("user"), "user", max_len=256) or None
     tls = body.get("tls", False)
@@ -1093,25 +1092,17 @@ async def explain(request: Request) -> Response:
     groups = body.get("groups", [])
     if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
         raise Problem(400, "expected an array of strings", field="groups")
-
-    def path(key: str):
-        text = _text(body.get(key), key, required=key == "to", max_len=998)
-        text = (text or "").strip()
-        if not text.startswith("<"):
-            text = f"<{text}>"
-        try:
-            return parse_path(text, utf8=True)
-        except AddressError as exc:
-            raise Problem(400, " ".join(exc.reply.lines), field=key) from None
-
-    sender, recipient = path("from"), path("to")
-    if recipient is None:
-        raise Problem(400, "a recipient is needed", field="to")
-    facts = ClientFacts(listener=listener, ip=ip, verified_name=name, user=user,
-                        directory_groups=frozenset(groups))
-    result = build_policy(cfg).explain(facts, sender, recipient)
-    return JSON({"connect": _decision(result.connect), "sender": _decision(result.sender),
-                 "recipient": _decision(result.recipient), "text": result.render()})
+    sender = _text(body.get("from"), "from", max_len=998)
+    recipient = _text(body.get("to"), "to", required=True, max_len=998)
+    try:
+        result = explain_policy(cfg, listener=listener, client=client, name=name, user=user,
+                                tls=tls, groups=groups, sender=sender, recipient=recipient)
+    except ExplainError as exc:
+        raise Problem(400, exc.message, field=exc.field) from None
+    return JSON({"connect": _decision(result.connect), "auth": _decision(result.auth),
+                 "sender": _decision(result.sender), "recipient": _decision(result.recipient),
+                 "need": result.need.value if result.need else None,
+                 "text": result.render({need: EXPLAIN_HINTS[need.value] for need in Need})})
 
 
 # ---------------------------------------------------------------------------- live log

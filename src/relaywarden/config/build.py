@@ -11,6 +11,7 @@ from relaywarden.policy import (
     AccessRules,
     Action,
     ClientGroup,
+    Gates,
     ListenerPolicy,
     Policy,
 )
@@ -43,6 +44,13 @@ def _listener(cfg: Config, name: str, listener: ListenerSettings, groups: dict[s
         groups=tuple(groups[group] for group in listener.groups or ()),
         hosted_domains=tuple(cfg.relay.hosted_domains),
         postmaster=cfg.relay.postmaster or f"postmaster@{cfg.relay.hostname}",
+        gates=Gates(
+            tls_mode=listener.tls.mode,
+            tls_optional_networks=tuple(listener.tls.optional_networks),
+            auth_enabled=listener.auth.enabled,
+            auth_required=listener.auth.required,
+            auth_plaintext_networks=tuple(listener.auth.plaintext_networks),
+        ),
     )
 
 

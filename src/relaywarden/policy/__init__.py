@@ -8,6 +8,7 @@ from relaywarden.policy.model import (
     ClientFacts,
     ClientGroup,
     Decision,
+    Gates,
     ListenerPolicy,
 )
 
@@ -18,6 +19,7 @@ __all__ = [
     "ClientGroup",
     "Decision",
     "Explanation",
+    "Gates",
     "HostnameEntry",
     "ListenerPolicy",
     "Matcher",

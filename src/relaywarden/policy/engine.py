@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from relaywarden.policy import match
+from relaywarden.auth import AUTH_OK
+from relaywarden.policy import gates, match
+from relaywarden.policy.gates import Need, Refusal
 from relaywarden.policy.model import (
     Action,
     ClientFacts,
@@ -75,22 +77,34 @@ def find_group(listener: ListenerPolicy, client: ClientFacts) -> Membership | No
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Explanation:
-    """Every step the server would take for one (client, sender, recipient), for the CLI.
+    """Every step the server would take for one (client, sender, recipient), for
+    `policy explain` (CLI and HTTP API).
 
-    Steps after the first refusal are None: the server would never have asked them.
+    `auth` is asked only for a client that logs in (a user was given). The sender step
+    includes the listener's gates (TLS or AUTH first, policy/gates.py) before the sender
+    rules. Steps after the first refusal are None: the server would never have asked them.
+    `need` says what the client must do first to get past a refusal (STARTTLS, AUTH), so
+    that explain can ask for it (--tls, --user).
     """
 
     connect: Decision
+    auth: Decision | None = None
     sender: Decision | None
     recipient: Decision | None
+    need: Need | None = None
 
-    def render(self) -> str:
+    def steps(self) -> list[tuple[str, Decision | None]]:
+        steps: list[tuple[str, Decision | None]] = [("connect", self.connect)]
+        if self.auth is not None:
+            steps.append(("auth", self.auth))
+        return steps + [("sender", self.sender), ("recipient", self.recipient)]
+
+    def render(self, hints: Mapping[Need, str] | None = None) -> str:
+        """One line per step; `hints` words what opens a refusal for the asker, e.g.
+        {Need.TLS: "give --tls to see what happens after STARTTLS"}."""
         lines = []
-        for step, decision in (
-            ("connect", self.connect),
-            ("sender", self.sender),
-            ("recipient", self.recipient),
-        ):
+        refused = False
+        for step, decision in self.steps():
             if decision is None:
                 lines.append(f"{step}: not reached")
                 continue
@@ -102,6 +116,10 @@ class Explanation:
             text += f" ({decision.rule})"
             if decision.detail:
                 text += f": {decision.detail}"
+            if (decision.action is Action.REJECT and not refused and self.need is not None
+                    and hints and self.need in hints):
+                text += f" ({hints[self.need]})"
+            refused = refused or decision.action is Action.REJECT
             lines.append(text)
         return "\n".join(lines)
 
@@ -281,16 +299,46 @@ class Policy:
         # 5.
         return Decision(action=Action.ACCEPT, reply=RECIPIENT_OK, rule=rule, detail=permission)
 
+    # ---------------------------------------------------------------- the listener's gates
+    def check_gates(self, client: ClientFacts, *, tls: bool, verb: str = "MAIL") -> Refusal | None:
+        """TLS first and AUTH first (policy/gates.py), before MAIL and ETRN: None when the
+        client may go on. `tls`: the session has TLS (STARTTLS done, or implicit)."""
+        listener = self._listener(client)
+        return gates.check_gates(listener.name, listener.gates, client.ip, tls=tls,
+                                 user=client.user, verb=verb)
+
+    def check_auth(self, client: ClientFacts, *, tls: bool) -> Refusal | None:
+        """May the client AUTH now (policy/gates.py)? None: AUTH is offered."""
+        listener = self._listener(client)
+        return gates.check_auth(listener.name, listener.gates, client.ip, tls=tls)
+
     # ---------------------------------------------------------------- explain
     def explain(
-        self, client: ClientFacts, sender: Address | None, recipient: Address
+        self, client: ClientFacts, sender: Address | None, recipient: Address, *,
+        tls: bool = False,
     ) -> Explanation:
+        """What the server answers, step by step, to this client (`client.user`: it logs
+        in as that user; `tls`: it uses STARTTLS, or the listener is implicit TLS)."""
         connect = self.check_connect(client)
         if connect.action is not Action.ACCEPT:
             return Explanation(connect=connect, sender=None, recipient=None)
+        auth = None
+        if client.user is not None:
+            refusal = self.check_auth(client, tls=tls)
+            if refusal is not None:
+                return Explanation(connect=connect, auth=refusal.decision, sender=None,
+                                   recipient=None, need=refusal.need)
+            auth = Decision(action=Action.ACCEPT, reply=AUTH_OK,
+                            rule=f"listeners.{client.listener}.auth.enabled",
+                            detail=f"{client.user!r} logs in (if the password is right)")
+        refusal = self.check_gates(client, tls=tls)
+        if refusal is not None:
+            return Explanation(connect=connect, auth=auth, sender=refusal.decision,
+                               recipient=None, need=refusal.need)
         mail = self.check_sender(client, sender)
         if mail.action is not Action.ACCEPT:
-            return Explanation(connect=connect, sender=mail, recipient=None)
+            return Explanation(connect=connect, auth=auth, sender=mail, recipient=None)
         return Explanation(
-            connect=connect, sender=mail, recipient=self.check_recipient(client, sender, recipient)
+            connect=connect, auth=auth, sender=mail,
+            recipient=self.check_recipient(client, sender, recipient),
         )

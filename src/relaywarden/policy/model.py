@@ -66,6 +66,18 @@ class ClientGroup:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Gates:
+    """The listener settings the gates (policy/gates.py) read (config/build.py fills them from
+    ``listeners.NAME.tls`` and ``listeners.NAME.auth``)."""
+
+    tls_mode: str = "none"                      # "none", "starttls", "required", "implicit"
+    tls_optional_networks: tuple[IPNetwork, ...] = ()
+    auth_enabled: bool = False
+    auth_required: bool = False
+    auth_plaintext_networks: tuple[IPNetwork, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ListenerPolicy:
     name: str
     access: AccessRules = AccessRules()
@@ -74,3 +86,4 @@ class ListenerPolicy:
     groups: tuple[ClientGroup, ...] = ()     # in the order they are tried
     hosted_domains: tuple[str, ...] = ()     # normalised domain patterns (no "*")
     postmaster: str = "postmaster@localhost"
+    gates: Gates = Gates()                   # TLS and AUTH before MAIL (policy/gates.py)

@@ -71,22 +71,13 @@ class ListenerContext:
     reverse_lookups: bool = False
     require_rdns: bool = False                       # access.require_rdns
     tls_mode: TlsMode = TlsMode.NONE
-    tls_optional_networks: tuple[IPNetwork, ...] = ()
     limits: Limits = field(default_factory=Limits)
-    auth_required: bool = False                      # MAIL without AUTH: 530 5.7.0
-    auth_plaintext_networks: tuple[IPNetwork, ...] = ()
-
-    def auth_without_tls(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        """May this client AUTH before TLS (RFC 4954 4: not over plaintext by default)?"""
-        return _in(ip, self.auth_plaintext_networks)
+    # TLS optional networks, AUTH required and AUTH plaintext networks are the policy's
+    # (policy/gates.py, ListenerPolicy.gates): `policy explain` asks the same rule.
 
     def normalizes(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         """Legacy devices listed here get bare LF normalised instead of rejected."""
         return _in(ip, self.normalize_networks)
-
-    def tls_required_for(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        """Must this client STARTTLS before MAIL?"""
-        return self.tls_mode is TlsMode.REQUIRED and not _in(ip, self.tls_optional_networks)
 
 
 class ListenerRuntime:

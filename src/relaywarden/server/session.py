@@ -27,6 +27,7 @@ from relaywarden.delivery.tls import TlsMode
 from relaywarden.logs.maillog import MailEvent
 from relaywarden.logs.protocol import SessionLog
 from relaywarden.logs.stamp import SecondStamp
+from relaywarden.policy import gates
 from relaywarden.policy.hops import ReceivedCounter
 from relaywarden.policy.model import Action, ClientFacts, Decision
 from relaywarden.queue.store import (
@@ -66,16 +67,12 @@ QUEUE_FAILED = reply(451, "4.3.0", "Requested action aborted: local error in pro
 NOT_AVAILABLE = reply(502, "5.5.1", "Command not implemented")
 TIMEOUT = reply(421, "4.4.2", "Timeout exceeded, closing connection")
 INTERNAL_ERROR = reply(421, "4.3.0", "Local error, closing connection")
-# RFC 3207 4: a server that requires TLS answers other commands with this until STARTTLS.
-MUST_STARTTLS = reply(530, "5.7.0", "Must issue a STARTTLS command first")
 READY_FOR_TLS = reply(220, "2.0.0", "Ready to start TLS")               # RFC 3207 4
 TLS_NOT_AVAILABLE = reply(454, "4.7.0", "TLS not available due to temporary reason")
 # RFC 3463 4.7.0 (security or policy status), as Postfix and Exchange answer a connection
 # beyond their limits; 421 closes the channel (RFC 5321 3.8).
 TOO_MANY_CONNECTIONS = reply(421, "4.7.0", "Too many connections, try again later")
-# RFC 4954 6
-AUTH_REQUIRED = reply(530, "5.7.0", "Authentication required")
-ENCRYPTION_REQUIRED = reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
+# RFC 4954 6; 530 5.7.0 (TLS or AUTH first) and 538 5.7.11 are the gates' (policy/gates.py).
 AUTH_MALFORMED = reply(501, "5.5.2", "Cannot decode the authentication data")
 AUTH_LOCKED = reply(454, "4.7.0", "Too many failed authentication attempts, try again later")
 # RFC 3463 4.3.1: mail system full. The queue is not harmed: nothing new is accepted.
@@ -458,15 +455,14 @@ class SmtpSession(asyncio.Protocol):
 
     def _gated(self, verb: str, query: str, **fields: object) -> bool:
         """The listener's own gates before MAIL (and ETRN): TLS first on a listener that
-        requires it, AUTH first on one that requires that. True: refused and answered."""
-        if self.tls is None and self.ctx.tls_required_for(self.client.ip):
-            answer, key, reason = MUST_STARTTLS, "tls.mode", f"TLS required: {verb} before STARTTLS"
-        elif self.ctx.auth_required and self.client.user is None:
-            answer, key, reason = AUTH_REQUIRED, "auth.required", f"{verb} before AUTH"
-        else:
+        requires it, AUTH first on one that requires that. True: refused and answered.
+        The policy's rule (policy/gates.py), which `policy explain` asks too."""
+        refusal = self.services.policy.check_gates(self.client, tls=self.tls is not None, verb=verb)
+        if refusal is None:
             return False
-        self._log_limit(verb.lower(), answer, self._key(key), reason, **fields)
-        self._respond(verb, query, answer)
+        gate = refusal.decision
+        self._log_limit(verb.lower(), gate.reply, gate.rule, gate.detail, **fields)
+        self._respond(verb, query, gate.reply)
         return True
 
     def _rate_keys(self) -> list[tuple[str, str]]:
@@ -832,13 +828,13 @@ class SmtpSession(asyncio.Protocol):
         """AUTH is listed in EHLO only over TLS, or for networks allowed plaintext AUTH."""
         settings = self.conn.settings
         if settings.auth_mechanisms:
-            show = self.tls is not None or self.ctx.auth_without_tls(self.client.ip)
+            show = self.services.policy.check_auth(self.client, tls=self.tls is not None) is None
             self.conn.settings = replace(settings, advertise_auth=show)
 
     def _on_auth(self, ev: Auth) -> None:
         mechanism = ev.mechanism.upper()
         if not self.conn.settings.advertise_auth:
-            self._auth_answer(mechanism, ENCRYPTION_REQUIRED, "plaintext AUTH refused")
+            self._auth_answer(mechanism, gates.ENCRYPTION_REQUIRED, "plaintext AUTH refused")
             return
         if mechanism == "PLAIN":
             if ev.initial is None:

@@ -1479,9 +1479,12 @@ async function explainView(main, route, ctx) {
       put(result, sectionCard("Decision", h("div", {},
         h("dl", { class: "kv kv-grid" },
           h("dt", {}, "Connection"), h("dd", {}, decisionNode(res.connect, "explain-connect")),
+          res.auth ? h("dt", {}, "AUTH") : null, res.auth ? h("dd", {}, decisionNode(res.auth, "explain-auth")) : null,
           h("dt", {}, "Sender"), h("dd", {}, decisionNode(res.sender, "explain-sender")),
           h("dt", {}, "Recipient"), h("dd", {}, decisionNode(res.recipient, "explain-recipient"))),
-        h("div", { class: "big-decision" }, "Decision: ", badge(res.recipient?.decision ?? "?", "explain-decision")),
+        // The last step reached decides: a refused connection, AUTH or MAIL (TLS or AUTH first).
+        h("div", { class: "big-decision" }, "Decision: ",
+          badge((res.recipient ?? res.sender ?? res.auth ?? res.connect)?.decision ?? "?", "explain-decision")),
         res.text ? h("pre", { class: "explain-text", "data-testid": "explain-text" }, res.text) : null)));
     } catch (err) {
       if (!ctx.alive) return;

@@ -1,0 +1,97 @@
+"""A listener's own gates, asked before the policy's sender rules.
+
+- TLS first on a listener with ``tls.mode = "required"`` (RFC 3207 4: "530 5.7.0 Must
+  issue a STARTTLS command first"), except for ``tls.optional_networks``;
+- AUTH first on a listener with ``auth.required = true`` (RFC 4954 6: "530 5.7.0
+  Authentication required");
+- AUTH itself only over TLS unless the client is in ``auth.plaintext_networks`` (RFC 4954
+  4 warns against plaintext passwords; 538 5.7.11 "Encryption required", RFC 4954 6), and
+  not at all when ``auth.enabled = false`` (503 5.5.1, as the SMTP core answers).
+
+Pure, like the rest of policy/: the server (server/session.py, at MAIL, ETRN and AUTH) and
+``policy explain`` (CLI and HTTP API) ask these same functions, so that explain says what
+the server answers.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+
+from relaywarden.policy.match import first_network
+from relaywarden.policy.model import Action, Decision, Gates
+from relaywarden.smtp.reply import AUTH_NOT_AVAILABLE, reply
+
+MUST_STARTTLS = reply(530, "5.7.0", "Must issue a STARTTLS command first")      # RFC 3207 4
+AUTH_REQUIRED = reply(530, "5.7.0", "Authentication required")                  # RFC 4954 6
+ENCRYPTION_REQUIRED = reply(538, "5.7.11",
+                            "Encryption required for requested authentication mechanism")
+
+
+class Need(enum.Enum):
+    """What a client must do before the refused step can go further."""
+
+    TLS = "tls"      # STARTTLS (policy explain: --tls, API "tls": true)
+    USER = "user"    # AUTH (policy explain: --user NAME, API "user")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Refusal:
+    """A gate that closed: the decision (code, rule, detail) and what would open it, if
+    anything the client can do (None: nothing, e.g. AUTH on a listener without AUTH)."""
+
+    decision: Decision
+    need: Need | None
+
+
+def has_tls(gates: Gates, tls: bool) -> bool:
+    """An implicit-TLS listener (RFC 8314 3.3) has TLS from the first byte."""
+    return tls or gates.tls_mode == "implicit"
+
+
+def tls_required(gates: Gates, ip: IPv4Address | IPv6Address) -> bool:
+    """Must this client STARTTLS before MAIL?"""
+    return gates.tls_mode == "required" and first_network(gates.tls_optional_networks, ip) is None
+
+
+def check_gates(listener: str, gates: Gates, ip: IPv4Address | IPv6Address, *,
+                tls: bool, user: str | None, verb: str = "MAIL") -> Refusal | None:
+    """The gates before MAIL (and ETRN, `verb`): None when the client may go on to the
+    policy's sender rules. TLS is asked first, as the server answers it first."""
+    key = f"listeners.{listener}"
+    if not has_tls(gates, tls) and tls_required(gates, ip):
+        detail = f"TLS required: {verb} before STARTTLS"
+        if gates.tls_optional_networks:
+            detail += f" ({ip} is not in {key}.tls.optional_networks)"
+        return Refusal(decision=Decision(action=Action.REJECT, reply=MUST_STARTTLS,
+                                         rule=f"{key}.tls.mode", detail=detail),
+                       need=Need.TLS)
+    if gates.auth_required and user is None:
+        return Refusal(decision=Decision(action=Action.REJECT, reply=AUTH_REQUIRED,
+                                         rule=f"{key}.auth.required",
+                                         detail=f"{verb} before AUTH"),
+                       need=Need.USER)
+    return None
+
+
+def check_auth(listener: str, gates: Gates, ip: IPv4Address | IPv6Address, *,
+               tls: bool) -> Refusal | None:
+    """May this client authenticate (AUTH) now? None: AUTH is offered."""
+    key = f"listeners.{listener}.auth"
+    if not gates.auth_enabled:
+        return Refusal(decision=Decision(action=Action.REJECT, reply=AUTH_NOT_AVAILABLE,
+                                         rule=f"{key}.enabled",
+                                         detail="this listener does not offer AUTH"),
+                       need=None)
+    if not has_tls(gates, tls) and first_network(gates.auth_plaintext_networks, ip) is None:
+        # STARTTLS opens it, where the listener offers STARTTLS at all.
+        offered = gates.tls_mode in ("starttls", "required")
+        detail = f"AUTH before STARTTLS: {ip} is not in {key}.plaintext_networks"
+        if not offered:
+            detail += (f' and listeners.{listener}.tls.mode = "{gates.tls_mode}": '
+                       "this client can never AUTH here")
+        return Refusal(decision=Decision(action=Action.REJECT, reply=ENCRYPTION_REQUIRED,
+                                         rule=f"{key}.plaintext_networks", detail=detail),
+                       need=Need.TLS if offered else None)
+    return None
