@@ -84,7 +84,12 @@ def test_default_policy(ip, recipient, action, rule):
 def test_example_loads_everything():
     cfg = load_config(EXAMPLE)
     assert cfg.source == str(EXAMPLE)
-    assert config_warnings(cfg) == []
+    # The one warning: the example's users file is for the admin to create.
+    users = EXAMPLE.parent.absolute() / "users"
+    assert config_warnings(cfg) == [
+        f"{EXAMPLE}: auth.users_file: {users} does not exist: only [auth.ldap] users can log "
+        "in on listeners.outbound.auth.enabled until it is created (relaywarden user add NAME "
+        f"--file {users}; read without a reload)"]
     assert cfg.data_dir == EXAMPLE.parent.absolute() / "var"
     assert cfg.relay.hostname == "relay.example.com"
     assert cfg.relay.hosted_domains == ["example.com"]

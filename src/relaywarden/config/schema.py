@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import socket
 from collections.abc import Sequence
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, collapse_addresses, ip_address
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -1193,6 +1193,8 @@ def config_warnings(cfg: Config) -> list[str]:
                     "on Linux the second bind fails with 'address in use'"
                 )
     found += _hosted_without_route(cfg)
+    found += _users_file_missing(cfg)
+    found += _groups_outside_relay_networks(cfg)
     for table, hop_settings in cfg._hop_tables():
         if hop_settings.password_inline:
             from relaywarden.config.load import dotted_key
@@ -1205,24 +1207,103 @@ def config_warnings(cfg: Config) -> list[str]:
 
 
 def _hosted_without_route(cfg: Config) -> list[str]:
-    """A hosted domain is mail *we* accept; without its own route it would go where the
-    internet sends it: by MX, i.e. back to this relay (a loop until expiry), or by a
-    routes."*" smart host that hands it back. The inbound job needs a route to the
-    internal server. routes."*" does not count: it is for everything else."""
+    """A hosted domain is mail *we* accept; without its own route it goes where the router
+    (delivery/routing.py) sends everything else: a sender route, routes."*", else MX, i.e.
+    the internet's way, back to this relay (a loop until expiry) or to a smart host that
+    hands it back. The inbound job needs a route to the internal server. The warning says
+    where the mail really goes, in the router's order."""
     found = []
     wildcards = [key for key in cfg.routes if key.startswith("*.")]
+    catch_all = cfg.routes.get("*")
     for index, domain in enumerate(cfg.relay.hosted_domains):
         if domain in cfg.routes:
             continue
         below = domain[2:] if domain.startswith("*.") else domain
         if not domain.startswith("[") and any(match.domain_matches(key, below) for key in wildcards):
             continue
-        goes = (
-            f"to the address literal {domain} itself" if domain.startswith("[")
-            else "by MX lookup"
-        )
+        if domain.startswith("["):
+            # An address literal without its own route goes to that address (RFC 5321
+            # 4.1.3): no sender route or routes."*" applies.
+            goes = f"delivered to the address literal {domain} itself, possibly back to this relay"
+        else:
+            goes = _default_route_text(catch_all)
+            for name, sender_route in cfg.sender_routes.items():
+                goes += (f"; mail that sender_routes.{name} matches goes to "
+                         f"{_hops_text(sender_route.next_hops)} instead")
         found.append(
             f"{cfg.source}: relay.hosted_domains[{index}]: {domain!r} has no route "
-            f"(routes.\"{domain}\"); its mail would be delivered {goes}, possibly back to this relay"
+            f"(routes.\"{domain}\"); its mail would be {goes}"
         )
+    return found
+
+
+def _hops_text(hops: list[str]) -> str:
+    if len(hops) == 1:
+        return f"smart host {hops[0]}"
+    return f"next hops {', '.join(hops)}"
+
+
+def _default_route_text(catch_all: RouteSettings | None) -> str:
+    """Where routes."*" (or, without it, MX) sends a domain: the tail of a warning."""
+    where = 'via routes."*" '
+    if catch_all is None:
+        return "delivered by MX lookup, possibly back to this relay"
+    if catch_all.hold:
+        return 'held in the queue by routes."*" (hold = true), not delivered'
+    if all(hop == "mx" for hop in catch_all.next_hops):
+        return f"delivered {where}by MX lookup, possibly back to this relay"
+    return f"delivered {where}to {_hops_text(catch_all.next_hops)}, possibly back to this relay"
+
+
+def _users_file_missing(cfg: Config) -> list[str]:
+    """AUTH with a users file that is not there. The relay starts all the same (the file
+    is re-read when it changes, so `relaywarden user add` needs no reload: auth/users.py),
+    and until then every local login fails with 535 5.7.8, which the admin should know
+    before the users find out."""
+    path = cfg.auth.users_file
+    listeners = [name for name, listener in cfg.listeners.items() if listener.auth.enabled]
+    # A path that exists but is no file is an error already (_config_path).
+    if path is None or not listeners or path.exists():
+        return []
+    keys = ", ".join(f"listeners.{name}.auth.enabled" for name in listeners)
+    who = "only [auth.ldap] users can log in" if cfg.auth.ldap is not None else (
+        "every AUTH fails (535 5.7.8)")
+    return [f"{cfg.source}: auth.users_file: {path} does not exist: {who} on {keys} until it is "
+            f"created (relaywarden user add NAME --file {path}; read without a reload)"]
+
+
+def _v4(network: IPv4Network | IPv6Network) -> IPv4Network | IPv6Network:
+    """An IPv4-mapped IPv6 network (::ffff:10.0.0.0/104) as the IPv4 network it stands
+    for: the policy matches clients both ways (policy.match.first_network)."""
+    if network.version == 6 and network.prefixlen >= 96 and network.network_address.ipv4_mapped:
+        return IPv4Network((network.network_address.ipv4_mapped, network.prefixlen - 96))
+    return network
+
+
+def _groups_outside_relay_networks(cfg: Config) -> list[str]:
+    """A group that quarantines foreign mail (on_violation = "badmail") on a listener that
+    does not let its networks relay: relay permission is checked before the group's
+    recipient_domains (policy/engine.py check_recipient), so that mail is refused
+    (550 5.7.1 Unable to relay) and never reaches badmail. The pitfall the example config
+    describes at [listeners.outbound.relay]."""
+    found = []
+    for lname, listener in cfg.listeners.items():
+        relay = [_v4(net) for net in listener.relay.networks]
+        for gname in listener.groups or ():
+            group = cfg.groups[gname]
+            if group.on_violation != "badmail" or group.recipient_domains is None:
+                continue
+            for index, network in enumerate(group.networks):
+                net = _v4(network)
+                same = [r for r in relay if r.version == net.version]
+                covered = list(collapse_addresses(same))
+                if any(net.subnet_of(r) for r in covered):
+                    continue
+                how = "only partly in" if any(net.overlaps(r) for r in covered) else "not in"
+                found.append(
+                    f"{cfg.source}: groups.{gname}.networks[{index}]: {network} is {how} "
+                    f"listeners.{lname}.relay.networks: its mail to domains that are not hosted "
+                    "is refused there (550 5.7.1 Unable to relay) instead of quarantined by "
+                    f"on_violation = \"badmail\"; add it to listeners.{lname}.relay.networks"
+                )
     return found
