@@ -150,3 +150,16 @@ def test_readme_first_steps(tmp_path):
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, proc.stderr.read()
+
+
+def test_readme_policy_explain_example():
+    """The "Commands" section's explain example prints what the command prints."""
+    commands = section((ROOT / "README.md").read_text(), "Commands")
+    [(_, body)] = [b for b in blocks(commands) if "$ relaywarden policy explain" in b[1]]
+    command, _, shown = body.partition("\n      ")
+    args, _, shown = ("      " + shown).partition("\n")
+    argv = shlex.split(command.removeprefix("$ ").removesuffix("\\") + args)
+    out = subprocess.run([sys.executable, "-m", "relaywarden", *argv[1:]], capture_output=True,
+                         text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines() == shown.strip().splitlines()
