@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from relaywarden.logs.files import RotatingFile, Rotation
 from relaywarden.logs.maillog import MailEvent, MailLog
@@ -212,3 +213,29 @@ def test_a_writer_follows_a_rename_by_the_other(tmp_path):
     assert (tmp_path / "mail.log.1").read_text() == "b1\n" + "a" * 120 + "\n"
     assert (tmp_path / "mail.log").read_text() == "a2\nb2\n"
 
+
+def test_outbound_protocol_log_follows_the_inbound_one_unless_set(tmp_path):
+    from relaywarden.app import _outbound_log
+    from relaywarden.config.load import parse_config
+
+    def outbound(log: dict):
+        cfg = parse_config({"relay": {"data_dir": str(tmp_path)}, "log": log,
+                            "listeners": {"in": {"address": "127.0.0.1", "port": 2525}}},
+                           source="test.toml", base_dir=tmp_path)
+        return cfg.log.outbound_protocol, _outbound_log(cfg)
+
+    on, log = outbound({})
+    assert on and log is not None
+    log.record(entry(session_id="s-1", queue_id="Q1"))
+    log.close()
+    # Its own series beside the inbound one, with the same fields and a remark saying
+    # which way round they are.
+    names = sorted(p.name for p in (tmp_path / "log").iterdir())
+    assert [re.sub(r"\d{6}", "YYMMDD", n) for n in names] == ["outYYMMDD.jsonl", "outYYMMDD.log"]
+    w3c = next((tmp_path / "log").glob("out*.log")).read_text()
+    assert "#Remark: outbound sessions" in w3c and f"#Fields: {W3C_FIELDS}\n" in w3c
+    assert outbound({"protocol": False}) == (False, None)
+    assert outbound({"protocol": False, "protocol_outbound": True})[0] is True
+    assert outbound({"protocol_outbound": False}) == (False, None)
+    only_json = outbound({"protocol_formats": ["json"]})[1]
+    assert only_json._w3c is None and only_json._json is not None

@@ -17,8 +17,12 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from conftest import HERMETIC, free_port, start_relay, write_config
+import pytest
+
+from conftest import BASIC, HERMETIC, free_port, start_relay, write_config
+from downstream import Downstream
 
 
 class Raw:
@@ -202,3 +206,130 @@ def test_auth_line_times_the_throttle_delay_and_masks_credentials(tmp_path):
     finally:
         relay.stop()
 
+
+# --- outbound -----------------------------------------------------------------------------
+
+OUT_CONFIG = """
+[relay]
+hostname = "relay.test"
+hosted_domains = ["example.com"]
+min_free_space = 0
+
+[delivery]
+retry_schedule = [60]
+connect_timeout = 2
+command_timeout = 5
+data_timeout = 10
+tls = "none"
+
+[dns]
+nameservers = ["127.0.0.1"]
+port = {noport}
+timeout = 1
+
+[routes."example.com"]
+next_hops = ["[127.0.0.1]:{dead}", "[127.0.0.1]:{down}"]
+
+[routes."*"]
+next_hops = ["[127.0.0.1]:{down}"]
+
+[listeners.main]
+address = "127.0.0.1"
+port = {main}
+[listeners.main.relay]
+networks = ["127.0.0.1/32"]
+"""
+
+
+@pytest.fixture
+def delivering(tmp_path):
+    ports = {"main": free_port()}
+    down_port, dead = free_port(), free_port()
+    config = write_config(tmp_path, OUT_CONFIG, main=ports["main"], down=down_port, dead=dead,
+                          noport=free_port())
+    down = Downstream(down_port).start()
+    relay = start_relay(config, tmp_path / "var", ports)
+    yield relay, down, down_port, dead
+    relay.stop()
+    down.stop()
+
+
+def send(relay, rcpts: list[bytes], body: bytes) -> str:
+    c = Raw(relay.port)
+    c.reply()
+    c.say(b"EHLO client.test\r\n")
+    assert c.say(b"MAIL FROM:<app@example.com> RET=HDRS ENVID=e1\r\n").startswith(b"250")
+    for rcpt in rcpts:
+        assert c.say(rcpt).startswith(b"250")
+    assert c.say(b"DATA\r\n").startswith(b"354")
+    answer = c.say(body)
+    c.say(b"QUIT\r\n")
+    c.close()
+    return re.search(rb"queued as (\S+)", answer).group(1).decode()
+
+
+def test_outbound_log_has_every_command_and_reply_with_the_queue_id(delivering):
+    relay, down, down_port, dead = delivering
+    down.behaviour.data_delay = 1.0           # the final dot's answer comes a second late
+    body = b"Subject: out\r\n\r\n.dot line\r\nend\r\n.\r\n"
+    qid = send(relay, [b"RCPT TO:<user@example.com> NOTIFY=FAILURE\r\n"], body)
+    [received] = down.wait_for(1)
+    # The connection waits in the pool for the next message; a stop closes it (QUIT) and
+    # writes out the logs.
+    time.sleep(0.5)
+    assert relay.stop() == 0
+    for rows in (entries(relay, "out"), w3c_rows(relay, "out")):
+        w3c = isinstance(rows[0]["sc-status"], str)
+        num = str if w3c else int
+        show = (lambda s: s.replace(" ", "+")) if w3c else (lambda s: s)
+        # The first next hop does not listen: the attempt is a line (status 0, why).
+        first = rows[0]
+        assert first["cs-method"] == "CONNECT" and first["sc-status"] == num(0)
+        assert first["s-port"] == num(dead) and show("Connection refused") in first["cs-uri-query"]
+        ours = [r for r in rows if r["s-port"] == num(down_port)]
+        assert [r["cs-method"] for r in ours] == ["CONNECT", "EHLO", "MAIL", "RCPT", "DATA",
+                                                  ".", "QUIT"]
+        assert [r["sc-status"] for r in ours] == [num(c) for c in (220, 250, 250, 250, 354,
+                                                                   250, 221)]
+        assert {r["x-queue-id"] for r in rows} == {qid}
+        assert len({r["x-session-id"] for r in ours}) == 1
+        assert ours[0]["x-session-id"] != first["x-session-id"]
+        for r in ours:      # s-sitename: the route (as the mail log names it)
+            assert (r["c-ip"], r["s-ip"], r["s-sitename"]) == ("127.0.0.1", "127.0.0.1",
+                                                                'routes."example.com"')
+        by = {r["cs-method"]: r for r in ours}
+        assert by["EHLO"]["cs-uri-query"] == "relay.test"
+        # What was sent, parameters included: SIZE, which the downstream offers (it offers
+        # no DSN: RET, ENVID and NOTIFY are not passed on, RFC 3461 4).
+        mail = f"FROM:<app@example.com> SIZE={len(received.content)}"
+        assert by["MAIL"]["cs-uri-query"] == show(mail)
+        assert by["MAIL"]["cs-bytes"] == num(len(f"MAIL {mail}\r\n"))
+        assert by["RCPT"]["cs-uri-query"] == "TO:<user@example.com>"
+        assert by["RCPT"]["cs-bytes"] == num(len("RCPT TO:<user@example.com>\r\n"))
+        assert by["DATA"]["cs-bytes"] == num(6) and by["QUIT"]["cs-bytes"] == num(6)
+        # The message as sent: its lines stuffed again, and the final dot.
+        stuffed = received.content.count(b"\r\n.") + received.content.startswith(b".")
+        assert by["."]["cs-bytes"] == num(len(received.content) + stuffed + 3)
+        assert by["MAIL"]["sc-bytes"] == num(len(b"250 2.1.0 OK\r\n"))
+        assert by["."]["sc-bytes"] == num(len(b"250 2.0.0 accepted\r\n"))
+        assert int(by["."]["time-taken"]) >= 1000
+
+
+def test_outbound_log_shows_a_deferred_delivery(delivering):
+    relay, down, down_port, dead = delivering
+    down.behaviour.rcpt["busy@other.test"] = "450 4.2.0 mailbox busy"
+    qid = send(relay, [b"RCPT TO:<busy@other.test>\r\n"], b"Subject: later\r\n\r\nx\r\n.\r\n")
+    relay.flush_logs()
+
+    def deferred():
+        return [r for r in entries(relay, "out") if r["cs-method"] == "RCPT"]
+
+    [rcpt] = wait_for(deferred, "the RCPT line")
+    assert rcpt["sc-status"] == 450 and rcpt["x-queue-id"] == qid
+    assert rcpt["sc-bytes"] == len(b"450 4.2.0 mailbox busy\r\n")
+    wait_for(lambda: "event=deferred" in relay.logs("mail", ".log"), "the deferral")
+    relay.flush_logs()
+    rows = [r for r in entries(relay, "out") if r["x-session-id"] == rcpt["x-session-id"]]
+    methods = [r["cs-method"] for r in rows]
+    assert methods[:3] == ["CONNECT", "EHLO", "MAIL"] and "RSET" in methods
+    assert all(r["x-queue-id"] == qid for r in rows)

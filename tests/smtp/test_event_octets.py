@@ -6,6 +6,7 @@ from __future__ import annotations
 from smtpcore_helpers import Driver, settings
 
 from relaywarden.smtp._data import BareLineEnds
+from relaywarden.smtp.client import ReplyParser
 from relaywarden.smtp.events import (
     Auth,
     AuthResponse,
@@ -72,3 +73,12 @@ def test_auth_lines_have_octets_but_no_credentials():
     [cancel] = d2.handled
     assert cancel == Handled("AUTH", "***", cancel.reply) and cancel.octets == 3
 
+
+def test_reply_parser_counts_the_octets_of_each_reply():
+    p = ReplyParser()
+    p.feed(b"250-mx.test\r\n250-SIZE 100\r\n")
+    assert p.next_reply() is None
+    p.feed(b"250 HELP\r\n354 go\n221 bye\r\n")
+    assert p.next_reply().code == 250 and p.last_octets == 13 + 14 + 10
+    assert p.next_reply().code == 354 and p.last_octets == 7      # a bare LF: one octet
+    assert p.next_reply().code == 221 and p.last_octets == 9

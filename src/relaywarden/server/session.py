@@ -805,9 +805,18 @@ class SmtpSession(asyncio.Protocol):
                               command_timeout=s.command_timeout, data_timeout=s.data_timeout)
         delivered, held = 0, sum(len(m.recipients) for m in messages)
         try:
+            first = messages[0]
             try:
-                conn = await OutboundConnection.adopt(self.transport, policy,
-                                                      initial=self.conn.take_input())
+                # Its outbound protocol log lines carry this session's ID: the two halves
+                # of the connection are found together.
+                conn = await OutboundConnection.adopt(
+                    self.transport, policy, initial=self.conn.take_input(),
+                    log=engine.protocol_log,
+                    session_id=self._plog.session_id if self._plog is not None else None,
+                    queue_id=first.queue_id,
+                    route=engine.router.route(first.recipients[0].domain, sender=first.sender,
+                                              group=first.client_group,
+                                              user=first.auth_user).name)
             except DeliveryError as err:
                 await engine.hold_back(messages, err.reply, remote=f"ATRN {self.client_ip}")
                 return
