@@ -5,6 +5,7 @@ connection while the relay sends it the mail a hold route kept."""
 from __future__ import annotations
 
 import base64
+import json
 import re
 import smtplib
 import ssl
@@ -232,8 +233,8 @@ HELD = ("held", "route")
 
 
 def test_atrn_sends_the_held_mail_over_the_customers_connection(site):
-    site.send("a@shop.test")
-    site.send("b@shop.test", "c@shop.test")
+    one = site.send("a@shop.test")
+    two = site.send("b@shop.test", "c@shop.test")
     site.send("x@other.test")
     site.wait(lambda s: s == {"a@shop.test": HELD, "b@shop.test": HELD, "c@shop.test": HELD,
                               "x@other.test": HELD})
@@ -254,6 +255,23 @@ def test_atrn_sends_the_held_mail_over_the_customers_connection(site):
                      r"domains=shop\.test messages=2", log), log
     assert "delivered=3 held=0 stage=done" in log
     assert len(re.findall(r"event=delivered .*relay=\"ATRN 127\.0\.0\.1", log)) == 3
+    # The relay's side of the reversed connection is in the outbound protocol log, under
+    # the ID of the inbound session that said ATRN; each message's lines under its queue ID.
+    inbound = [json.loads(line) for line in site.relay.logs("ex", ".jsonl").splitlines()]
+    [atrn] = [e for e in inbound if e["cs-method"] == "ATRN" and e["sc-status"] == 250]
+    out = [e for e in map(json.loads, site.relay.logs("out", ".jsonl").splitlines())
+           if e["x-session-id"] == atrn["x-session-id"]]
+    methods = [e["cs-method"] for e in out]
+    assert methods[:2] == ["CONNECT", "EHLO"] and methods[-1] == "QUIT"
+    middle = out[2:-1]
+    first, second = dict.fromkeys(e["x-queue-id"] for e in middle)
+    assert {first, second} == {one, two}
+    per = {one: ["MAIL", "RCPT", "DATA", "."], two: ["MAIL", "RCPT", "RCPT", "DATA", "."]}
+    assert [(e["x-queue-id"], e["cs-method"]) for e in middle] == (
+        [(first, m) for m in per[first]] + [(second, m) for m in per[second]])
+    assert out[0]["x-queue-id"] == first and out[-1]["x-queue-id"] == second
+    assert [e["sc-status"] for e in out if e["cs-method"] == "."] == [250, 250]
+    assert {e["s-sitename"] for e in out} == {'routes."shop.test"'}
 
 
 def test_atrn_without_domains_collects_every_domain_of_the_user(site):

@@ -285,6 +285,7 @@ def test_protocol_log_w3c_and_json(relay):
     assert mail_line[2] == "127.0.0.1" and mail_line[4] == "main" and mail_line[10] == "250"
     entries = [json.loads(l) for l in relay.logs("ex", ".jsonl").splitlines()][2:]
     assert [e["cs-method"] for e in entries][:6] == methods[:6]
-    assert entries[2]["cs-uri-query"] == "FROM:<app@example.com>"
+    # As received: smtplib adds SIZE (the relay offers it), and the log keeps it.
+    assert entries[2]["cs-uri-query"] == f"FROM:<app@example.com> size={len(MSG.encode())}"
     mail = relay.logs("mail", ".log")
     assert re.search(r"event=queued id=\S+ listener=main client=127.0.0.1", mail)

@@ -21,7 +21,7 @@ from relaywarden.config.schema import Config
 from relaywarden.logs.files import RotatingFile, Rotation
 from relaywarden.logs.maillog import MailEvent, MailLog
 from relaywarden import metrics
-from relaywarden.logs.protocol import W3C_HEADER, ProtocolLog
+from relaywarden.logs.protocol import W3C_HEADER, W3C_OUTBOUND_HEADER, ProtocolLog
 from relaywarden.auth import Backend, ChainBackend
 from relaywarden.auth.ldap import LdapBackend
 from relaywarden.auth.throttle import AuthThrottle, ThrottleSettings
@@ -127,14 +127,15 @@ def free_space(path: Path):
     return read
 
 
-def atrn_engine(cfg: Config, store: Store, mail_log: MailLog) -> Engine | None:
+def atrn_engine(cfg: Config, store: Store, mail_log: MailLog,
+                protocol_log: ProtocolLog | None = None) -> Engine | None:
     """The receiving process's own delivery engine for ATRN sessions (RFC 2645): never
     started (no scheduler), it only sends what a session claimed over the client's
     connection and records the outcomes. None when no route has atrn_users."""
     if not any(route.atrn_users for route in cfg.routes.values()):
         return None
     return Engine(store=store, router=build_router(cfg), resolver=resolver_for(cfg),
-                  settings=delivery_settings(cfg), mail_log=mail_log)
+                  settings=delivery_settings(cfg), mail_log=mail_log, protocol_log=protocol_log)
 
 
 def cram_for(cfg: Config) -> CramSecrets | None:
@@ -214,13 +215,32 @@ def _logs(cfg: Config) -> tuple[MailLog, ProtocolLog | None]:
     return mail, protocol
 
 
+def _outbound_log(cfg: Config) -> ProtocolLog | None:
+    """The protocol log of the sessions the relay opens (outYYMMDD.log/.jsonl): written by
+    the delivering process, and by the receiving one for ATRN."""
+    log = cfg.log
+    if not log.outbound_protocol:
+        return None
+
+    def series(suffix: str, header: str = "") -> RotatingFile:
+        return RotatingFile(cfg.log_dir, prefix="out", suffix=suffix,
+                            rotation=Rotation(log.rotate), max_size=log.max_size,
+                            keep=log.keep, header=header)
+
+    return ProtocolLog(
+        w3c=series(".log", W3C_OUTBOUND_HEADER) if "w3c" in log.protocol_formats else None,
+        jsonl=series(".jsonl") if "json" in log.protocol_formats else None)
+
+
 class DeliveryWorker:
     """The send half: the scheduler with its outbound connections, and the badmail sweeper.
     Runs inside the relay process ("inline") or alone in a child process ("separate")."""
 
-    def __init__(self, cfg: Config, *, store: Store, mail_log: MailLog) -> None:
+    def __init__(self, cfg: Config, *, store: Store, mail_log: MailLog,
+                 protocol_log: ProtocolLog | None = None) -> None:
         self.engine = Engine(store=store, router=build_router(cfg), resolver=resolver_for(cfg),
-                             settings=delivery_settings(cfg), mail_log=mail_log)
+                             settings=delivery_settings(cfg), mail_log=mail_log,
+                             protocol_log=protocol_log)
         self.badmail = Badmail(store=store, settings=badmail_settings(cfg), mail_log=mail_log,
                                wake=self.engine.wake)
         self._task: asyncio.Task | None = None
@@ -268,6 +288,7 @@ class Relay:
         self._wake_fd: int | None = None
         self.admin_child: subprocess.Popen | None = None
         self._admin_fd: int | None = None
+        self.outbound_log: ProtocolLog | None = None
         self._poke_pending = False
         self.config_path: Path | None = None
 
@@ -282,6 +303,7 @@ class Relay:
                   flush=True)
         loop_time = asyncio.get_running_loop().time
         mail_log, protocol_log = _logs(self.cfg)
+        self.outbound_log = _outbound_log(self.cfg)
         resolver = resolver_for(self.cfg)
         auth_backend, auth_throttle = auth_for(self.cfg)
         self.services = Services(
@@ -293,12 +315,13 @@ class Relay:
                                 clock=loop_time),
             runtimes=self.runtimes,
             router=build_router(self.cfg),
-            atrn=atrn_engine(self.cfg, store, mail_log),
+            atrn=atrn_engine(self.cfg, store, mail_log, self.outbound_log),
             screener=screener_for(self.cfg),
             cram=cram_for(self.cfg),
         )
         if self.cfg.delivery.process == "inline":
-            self.worker = DeliveryWorker(self.cfg, store=store, mail_log=mail_log)
+            self.worker = DeliveryWorker(self.cfg, store=store, mail_log=mail_log,
+                                         protocol_log=self.outbound_log)
             self.services.on_queued = self.worker.wake
         else:
             self._start_child()
@@ -378,6 +401,8 @@ class Relay:
             self.services.mail_log.flush()
             if self.services.protocol_log is not None:
                 self.services.protocol_log.flush()
+            if self.outbound_log is not None:
+                self.outbound_log.flush()
 
     def reload(self, path: Path | None) -> None:
         """SIGHUP: new policy and listener settings for new sessions; addresses need a restart."""
@@ -404,7 +429,8 @@ class Relay:
             return
         self.services.policy = build_policy(cfg)
         self.services.router = build_router(cfg)
-        self.services.atrn = atrn_engine(cfg, self.services.store, self.services.mail_log)
+        self.services.atrn = atrn_engine(cfg, self.services.store, self.services.mail_log,
+                                         self.outbound_log)
         self.services.screener = screener_for(cfg)
         self.services.cram = cram_for(cfg)
         self.services.resolver = resolver_for(cfg)
@@ -475,6 +501,8 @@ class Relay:
         services.mail_log.close()
         if services.protocol_log is not None:
             services.protocol_log.close()
+        if self.outbound_log is not None:
+            self.outbound_log.close()
 
 
 async def serve(cfg: Config, config_path: Path | None) -> int:
@@ -504,7 +532,8 @@ async def deliver(cfg: Config, config_path: Path | None, wake_fd: int) -> int:
     metrics.setup(cfg.data_dir, role="delivery")
     store = Store.open(cfg.data_dir)
     mail_log, _ = _logs(cfg)
-    worker = DeliveryWorker(cfg, store=store, mail_log=mail_log)
+    outbound_log = _outbound_log(cfg)
+    worker = DeliveryWorker(cfg, store=store, mail_log=mail_log, protocol_log=outbound_log)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -535,6 +564,8 @@ async def deliver(cfg: Config, config_path: Path | None, wake_fd: int) -> int:
         while True:
             await asyncio.sleep(LOG_FLUSH_SECONDS)
             mail_log.flush()
+            if outbound_log is not None:
+                outbound_log.flush()
 
     flusher = loop.create_task(flush_logs())
     await stop.wait()
@@ -543,6 +574,8 @@ async def deliver(cfg: Config, config_path: Path | None, wake_fd: int) -> int:
     await worker.stop()
     store.close()
     mail_log.close()
+    if outbound_log is not None:
+        outbound_log.close()
     return 0
 
 

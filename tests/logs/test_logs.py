@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 from relaywarden.logs.files import RotatingFile, Rotation
 from relaywarden.logs.maillog import MailEvent, MailLog
-from relaywarden.logs.protocol import W3C_HEADER, ProtocolEntry, ProtocolLog
+from relaywarden.logs.protocol import W3C_FIELDS, W3C_HEADER, ProtocolEntry, ProtocolLog
 
 
 class Clock:
@@ -31,17 +32,22 @@ def test_w3c_line_has_iis_fields_and_escapes_spaces(tmp_path):
     f = RotatingFile(tmp_path, prefix="ex", suffix=".log", rotation=Rotation.DAILY,
                      max_size=0, keep=5, header=W3C_HEADER, clock=clock)
     log = ProtocolLog(w3c=f, jsonl=None, clock=clock)
-    log.record(entry())
+    log.record(entry(session_id="5e55-1"))
+    log.record(entry(session_id="5e55-1", method=".", query="id=Q1", queue_id="Q1"))
     log.close()
     [path] = tmp_path.iterdir()
     assert path.name == "ex260921.log"
     lines = path.read_text().splitlines()
     assert lines[0].startswith("#Software: relaywarden")
-    assert lines[3].startswith("#Fields: date time c-ip cs-username")
+    # IIS's fields first, in IIS's order (its parsers read them so), then our two.
+    assert lines[3] == ("#Fields: date time c-ip cs-username s-sitename s-computername s-ip "
+                        "s-port cs-method cs-uri-query sc-status sc-bytes cs-bytes time-taken "
+                        "x-session-id x-queue-id")
     fields = lines[4].split(" ")
-    assert len(fields) == 14  # one column per W3C field
+    assert len(fields) == 16  # one column per W3C field
     assert fields[2:] == ["10.0.0.9", "-", "inbound", "relay.test", "10.0.0.1", "25", "MAIL",
-                          "FROM:<a+b@example.com>", "250", "14", "30", "0"]
+                          "FROM:<a+b@example.com>", "250", "14", "30", "0", "5e55-1", "-"]
+    assert lines[5].split(" ")[-2:] == ["5e55-1", "Q1"]
 
 
 def test_json_protocol_log(tmp_path):
@@ -49,10 +55,34 @@ def test_json_protocol_log(tmp_path):
     f = RotatingFile(tmp_path, prefix="ex", suffix=".jsonl", rotation=Rotation.DAILY,
                      max_size=0, keep=5, clock=clock)
     log = ProtocolLog(w3c=None, jsonl=f, clock=clock)
-    log.record(entry(username="alice"))
+    log.record(entry(username="alice", session_id="5e55-2"))
+    log.record(entry(session_id="5e55-2", queue_id="Q2"))
     log.close()
-    record = json.loads((tmp_path / "ex260921.jsonl").read_text())
-    assert record["cs-username"] == "alice" and record["cs-uri-query"] == "FROM:<a b@example.com>"
+    first, second = map(json.loads, (tmp_path / "ex260921.jsonl").read_text().splitlines())
+    assert first["cs-username"] == "alice" and first["cs-uri-query"] == "FROM:<a b@example.com>"
+    assert (first["x-session-id"], first["x-queue-id"]) == ("5e55-2", None)
+    assert (second["x-session-id"], second["x-queue-id"]) == ("5e55-2", "Q2")
+    # The same field names as the W3C log, in the same order.
+    assert list(first)[1:] == W3C_FIELDS.split()[2:]
+
+
+def test_sessions_get_distinct_ids_and_keep_theirs(tmp_path):
+    f = RotatingFile(tmp_path, prefix="ex", suffix=".jsonl", rotation=Rotation.DAILY,
+                     max_size=0, keep=5)
+    log = ProtocolLog(w3c=None, jsonl=f)
+    one = log.session(client_ip="10.0.0.9", site="a", server_name="r", server_ip="10.0.0.1",
+                      server_port=25)
+    two = log.session(client_ip="10.0.0.9", site="a", server_name="r", server_ip="10.0.0.1",
+                      server_port=25)
+    again = log.session(client_ip="10.0.0.9", site="b", server_name="r", server_ip="10.0.0.1",
+                        server_port=25, session_id=one.session_id)
+    for s in (one, two, again):
+        s.record(None, "NOOP", "", 250, 14, 6, 0)
+    log.close()
+    [path] = tmp_path.iterdir()
+    ids = [json.loads(line)["x-session-id"] for line in path.read_text().splitlines()]
+    assert ids == [one.session_id, two.session_id, one.session_id]
+    assert one.session_id != two.session_id
 
 
 def test_daily_rotation_and_keep_cap(tmp_path):
@@ -182,3 +212,30 @@ def test_a_writer_follows_a_rename_by_the_other(tmp_path):
     b.flush()
     assert (tmp_path / "mail.log.1").read_text() == "b1\n" + "a" * 120 + "\n"
     assert (tmp_path / "mail.log").read_text() == "a2\nb2\n"
+
+
+def test_outbound_protocol_log_follows_the_inbound_one_unless_set(tmp_path):
+    from relaywarden.app import _outbound_log
+    from relaywarden.config.load import parse_config
+
+    def outbound(log: dict):
+        cfg = parse_config({"relay": {"data_dir": str(tmp_path)}, "log": log,
+                            "listeners": {"in": {"address": "127.0.0.1", "port": 2525}}},
+                           source="test.toml", base_dir=tmp_path)
+        return cfg.log.outbound_protocol, _outbound_log(cfg)
+
+    on, log = outbound({})
+    assert on and log is not None
+    log.record(entry(session_id="s-1", queue_id="Q1"))
+    log.close()
+    # Its own series beside the inbound one, with the same fields and a remark saying
+    # which way round they are.
+    names = sorted(p.name for p in (tmp_path / "log").iterdir())
+    assert [re.sub(r"\d{6}", "YYMMDD", n) for n in names] == ["outYYMMDD.jsonl", "outYYMMDD.log"]
+    w3c = next((tmp_path / "log").glob("out*.log")).read_text()
+    assert "#Remark: outbound sessions" in w3c and f"#Fields: {W3C_FIELDS}\n" in w3c
+    assert outbound({"protocol": False}) == (False, None)
+    assert outbound({"protocol": False, "protocol_outbound": True})[0] is True
+    assert outbound({"protocol_outbound": False}) == (False, None)
+    only_json = outbound({"protocol_formats": ["json"]})[1]
+    assert only_json._w3c is None and only_json._json is not None

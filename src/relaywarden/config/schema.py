@@ -309,6 +309,9 @@ class LogSettings(Strict):
     dir: Path = Path("log")                # relative to data_dir; absolute after validation
     protocol: bool = True
     protocol_formats: list[Literal["w3c", "json"]] = ["w3c", "json"]
+    # The delivering side's sessions (outYYMMDD.log/.jsonl), in the same formats; unset:
+    # as `protocol`.
+    protocol_outbound: bool | None = None
     mail: bool = True
     rotate: Literal["daily", "size"] = "daily"
     max_size: Size = 100_000_000
@@ -333,9 +336,17 @@ class LogSettings(Strict):
     def _some_format(self) -> LogSettings:
         if self.protocol and not self.protocol_formats:
             raise problem(("protocol_formats",), "must not be empty when protocol = true")
+        if self.outbound_protocol and not self.protocol_formats:
+            raise problem(("protocol_formats",),
+                          "must not be empty when protocol_outbound = true")
         if self.rotate == "size" and self.max_size == 0:
             raise problem(("max_size",), "must be > 0 with rotate = \"size\"")
         return self
+
+    @property
+    def outbound_protocol(self) -> bool:
+        """Whether the outbound protocol log is written (unset: as the inbound one)."""
+        return self.protocol if self.protocol_outbound is None else self.protocol_outbound
 
 
 _HOP = re.compile(r"^(?:\[(?P<literal>[^\]]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>[0-9]+))?$")

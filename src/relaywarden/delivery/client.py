@@ -26,9 +26,11 @@ import base64
 import functools
 import os
 import ssl
+import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Union
+from typing import TYPE_CHECKING, BinaryIO, Union
 
 from relaywarden.delivery.tls import TlsMode
 from relaywarden.smtp.client import (
@@ -41,6 +43,9 @@ from relaywarden.smtp.client import (
     rcpt_to,
 )
 from relaywarden.smtp.reply import Reply, reply
+
+if TYPE_CHECKING:
+    from relaywarden.logs.protocol import ProtocolLog, SessionLog
 
 __all__ = [
     "ClientPolicy",
@@ -211,9 +216,15 @@ class _Protocol(asyncio.Protocol):
 
 
 class OutboundConnection:
-    """One SMTP client session to one next hop. Make it with `open()`."""
+    """One SMTP client session to one next hop. Make it with `open()`.
 
-    def __init__(self, address: str, port: int, policy: ClientPolicy) -> None:
+    With a protocol log (``log``), every command sent and the reply to it is a line there,
+    under the session's ID and the queue ID of the message being sent (`trace()`); without
+    one, nothing of that is done."""
+
+    def __init__(self, address: str, port: int, policy: ClientPolicy, *,
+                 log: ProtocolLog | None = None, session_id: str | None = None,
+                 queue_id: str = "", route: str = "") -> None:
         # Use open(); the constructor only sets the fields.
         self.address = address
         self.port = port
@@ -231,36 +242,59 @@ class OutboundConnection:
         self._failed = False        # an error happened: not usable, but QUIT is fine
         self._busy = False
         self._closed = False
+        # The protocol log: commands sent and waiting for their reply, oldest first, as
+        # (line as sent or None, method, query, octets, when sent); the line is decoded
+        # only when its reply comes.
+        self._log = log
+        self._session_id = session_id
+        self._slog: SessionLog | None = None
+        self._sent: deque[tuple[bytes | None, str, str, int, float]] = deque()
+        self._started = time.monotonic()
+        self._logged_in: str | None = None
+        self.queue_id = queue_id
+        self.route = route
 
     # --- public ------------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, address: str, port: int, policy: ClientPolicy) -> OutboundConnection:
+    async def open(cls, address: str, port: int, policy: ClientPolicy, *,
+                   log: ProtocolLog | None = None, queue_id: str = "",
+                   route: str = "") -> OutboundConnection:
         """Connect, read the greeting, EHLO, STARTTLS and AUTH as the policy says.
 
         Raises DeliveryError (the connection is closed then); ValueError for a HELO name
-        that holds CR, LF or NUL, before connecting.
+        that holds CR, LF or NUL, before connecting. ``log``: the outbound protocol log,
+        its lines under ``queue_id`` and ``route`` (see `trace()`).
         """
         command("EHLO", policy.helo)
-        conn = cls(address, port, policy)
+        conn = cls(address, port, policy, log=log, queue_id=queue_id, route=route)
         try:
             await conn._connect()
             await conn._start_session()
-        except BaseException:
+        except BaseException as exc:
+            if (conn._log is not None and conn._transport is None
+                    and isinstance(exc, DeliveryError)):
+                # No connection at all: the attempt is a line of its own (status 0).
+                conn._trace_line("CONNECT", str(exc.reply), None, 0, conn._started)
             await conn.close()
             raise
         return conn
 
     @classmethod
     async def adopt(cls, transport: asyncio.Transport, policy: ClientPolicy, *,
-                    initial: bytes = b"") -> OutboundConnection:
+                    initial: bytes = b"", log: ProtocolLog | None = None,
+                    session_id: str | None = None, queue_id: str = "",
+                    route: str = "") -> OutboundConnection:
         """ATRN (RFC 2645 5.3): become the client on a connection the peer opened to us.
         ``initial``: bytes of the peer that arrived before (the start of its greeting).
         Reads the greeting and says EHLO; never STARTTLS or AUTH (the peer authenticated
-        to us, and TLS, if any, is already up). Raises DeliveryError (then closed)."""
+        to us, and TLS, if any, is already up). Raises DeliveryError (then closed).
+        ``log`` etc.: as for open(); ``session_id``: the inbound session's, so that the
+        two halves of the connection are found together."""
         command("EHLO", policy.helo)
         peer = transport.get_extra_info("peername") or ("unknown", 0)
-        conn = cls(peer[0].split("%", 1)[0], peer[1], policy)
+        conn = cls(peer[0].split("%", 1)[0], peer[1], policy, log=log, session_id=session_id,
+                   queue_id=queue_id, route=route)
         conn._proto = _Protocol(conn._parser)
         transport.set_protocol(conn._proto)
         conn._proto.connection_made(transport)
@@ -275,6 +309,15 @@ class OutboundConnection:
             await conn.close()
             raise
         return conn
+
+    def trace(self, queue_id: str, route: str) -> None:
+        """The message (and its route) the next commands are for: the protocol log's
+        x-queue-id and s-sitename from now on (a pooled connection carries one message
+        after another)."""
+        self.queue_id = queue_id
+        if route != self.route:
+            self.route = route
+            self._slog = None           # made again with the new route, same session ID
 
     @property
     def usable(self) -> bool:
@@ -342,7 +385,7 @@ class OutboundConnection:
         except BaseException:
             # Cancelled, or the body could not be read mid-DATA: the server must not take
             # a torn message for a whole one, so the connection goes without the final dot.
-            self._kill()
+            self._kill("transaction aborted")
             raise
         finally:
             self._busy = False
@@ -371,11 +414,13 @@ class OutboundConnection:
             return                      # connection_lost() to wait for
         try:
             if not (self._busy or proto.lost or proto.eof):
+                self._note(b"QUIT\r\n")
                 transport.write(b"QUIT\r\n")
                 await self._reply("quit", timeout=min(self.policy.command_timeout,
                                                       _QUIT_TIMEOUT))
         except Exception:          # noqa: BLE001 - a QUIT that fails changes nothing
             pass
+        self._trace_unanswered()
         try:
             transport.close()
             await asyncio.wait_for(asyncio.shield(proto.closed), _CLOSE_TIMEOUT)
@@ -481,7 +526,7 @@ class OutboundConnection:
         except BaseException as exc:
             # No plaintext fallback on this connection: a MITM could force it at will.
             # The reply is temporary; the caller may retry (and decide about plaintext).
-            self._kill()
+            self._kill("TLS handshake failed")
             if isinstance(exc, ssl.SSLCertVerificationError):
                 why = f"certificate: {exc.verify_message}"
             elif isinstance(exc, ssl.SSLError):
@@ -513,17 +558,19 @@ class OutboundConnection:
         if "PLAIN" in offered:
             self.auth_mechanism = "PLAIN"
             token = _b64(f"\0{user}\0{password}")
-            answer = await self._command(command("AUTH", "PLAIN", token), "auth")
+            answer = await self._command(command("AUTH", "PLAIN", token), "auth",
+                                         shown="PLAIN ***")
             if answer.code == 334:
                 # RFC 4954 4: a server that ignored the initial response asks for it.
-                answer = await self._command(token.encode() + b"\r\n", "auth")
+                answer = await self._command(token.encode() + b"\r\n", "auth", shown="***")
         elif "LOGIN" in offered:
             self.auth_mechanism = "LOGIN"
             answer = await self._command(b"AUTH LOGIN\r\n", "auth")
             for secret in (user, password):
                 if answer.code != 334:
                     break
-                answer = await self._command(_b64(secret).encode() + b"\r\n", "auth")
+                answer = await self._command(_b64(secret).encode() + b"\r\n", "auth",
+                                             shown="***")
         else:
             self._failed = True
             offer = " ".join(offered) or "none"
@@ -531,7 +578,7 @@ class OutboundConnection:
                 reply(451, "4.7.4", f"No common AUTH mechanism (offered: {offer})"), "auth")
         if answer.code == 334:
             # Still challenged after our last word: cancel the exchange (RFC 4954 4).
-            answer = await self._command(b"*\r\n", "auth")
+            answer = await self._command(b"*\r\n", "auth", shown="*")
         if answer.code != 235:
             self._failed = True
             raise DeliveryError(answer, "auth", from_server=True)   # the server's reply, as it is
@@ -545,6 +592,9 @@ class OutboundConnection:
         if self.extensions.pipelining:
             # RFC 2920 3.1: MAIL, the RCPTs and DATA go as one group; the replies come back
             # in order and each of them must be checked.
+            if self._log is not None:
+                for line in (mail_cmd, *rcpt_cmds, b"DATA\r\n"):
+                    self._note(line)
             await self._write(mail_cmd + b"".join(rcpt_cmds) + b"DATA\r\n", "mail")
             mail_answer = await self._reply("mail")
             rcpt_answers = [await self._reply("rcpt") for _ in range(n)]
@@ -569,6 +619,7 @@ class OutboundConnection:
         if not accepted:
             if data_answer is not None and data_answer.code == 354:
                 # RFC 2920 3.1: DATA was accepted with no recipient; end it with a lone dot.
+                self._note(None, ".", "", 3)
                 await self._write(b".\r\n", "data")
                 await self._reply("data", timeout=self.policy.data_timeout)
             await self._rset_after_failure()
@@ -584,11 +635,16 @@ class OutboundConnection:
         # RFC 5321 4.5.2: the content, dot-stuffed, then <CRLF>.<CRLF>.
         stuffer = DotStuffer()
         held = b""    # the last chunk goes out with the final dot: one write for a small body
+        sent = 0      # the message as sent (stuffed, with the final dot): the log's cs-bytes
         while chunk := await source.read(_CHUNK):
             if held:
                 await self._write(held, "data")
+                sent += len(held)
             held = stuffer.feed(chunk)
-        await self._write(held + stuffer.end(), "data")
+        held += stuffer.end()
+        # time-taken of "." runs from the final dot to the reply, as in the inbound log.
+        self._note(None, ".", "", sent + len(held))
+        await self._write(held, "data")
         final = await self._reply("data", timeout=self.policy.data_timeout)
         for i in accepted:
             results[i] = final
@@ -609,8 +665,14 @@ class OutboundConnection:
 
     # --- I/O helpers -------------------------------------------------------------------------
 
-    async def _command(self, line: bytes, stage: str, *,
-                       timeout: float | None = None) -> Reply:
+    async def _command(self, line: bytes, stage: str, *, timeout: float | None = None,
+                       shown: str | None = None) -> Reply:
+        """Send one command and read its reply. ``shown``: what the protocol log shows of
+        the command's argument instead of the line (AUTH: never the credentials)."""
+        if shown is None:
+            self._note(line)
+        else:
+            self._note(None, "AUTH", shown, len(line))
         await self._write(line, stage)
         return await self._reply(stage, timeout=timeout)
 
@@ -650,25 +712,82 @@ class OutboundConnection:
                                ) from None
         except ProtocolError as exc:
             raise self._broken(stage, reply(451, "4.5.0", f"Protocol error: {exc}")) from None
+        if self._log is not None:
+            self._trace_reply(answer)
         if proto.reading_paused and parser.buffered < _READ_HIGH_WATER // 2:
             proto.reading_paused = False
             if self._transport is not None:
                 self._transport.resume_reading()
         if answer.code == 421:
             # RFC 5321 3.8: the server is closing the channel; nothing more will be read.
+            self._dead = True            # (the 421 is in the protocol log already)
             raise self._broken(stage, answer)
         return answer
 
     def _broken(self, stage: str, answer: Reply) -> DeliveryError:
-        self._kill()
+        self._kill("" if self._dead else str(answer))
         return DeliveryError(answer, stage, from_server=True)
 
-    def _kill(self) -> None:
-        """The session cannot go on: drop the connection without QUIT."""
+    def _kill(self, reason: str = "") -> None:
+        """The session cannot go on: drop the connection without QUIT. ``reason``: why,
+        for the protocol log's CLOSE line (none: no such line)."""
         self._dead = True
         self._failed = True
+        if self._log is not None:
+            self._trace_unanswered()
+            if reason:
+                self._trace_line("CLOSE", reason, None, 0, time.monotonic())
         if self._transport is not None:
             self._transport.abort()
+
+    # --- the protocol log --------------------------------------------------------------------
+
+    def _note(self, line: bytes | None, method: str = "", query: str = "",
+              octets: int = 0) -> None:
+        """A command goes out now: it waits for its reply in the log. ``line``: as sent
+        (method and query are read from it when the reply comes), or None and the rest."""
+        if self._log is not None:
+            self._sent.append((line, method, query, len(line) if line else octets,
+                               time.monotonic()))
+
+    def _trace_reply(self, answer: Reply) -> None:
+        """The reply to the oldest command waiting (none: the greeting, "CONNECT")."""
+        if not self._sent:
+            self._trace_line("CONNECT", "", answer, 0, self._started)
+            return
+        line, method, query, octets, sent_at = self._sent.popleft()
+        if line is not None:
+            method, query = _shown(line)
+        if method == "AUTH" and answer.code == 235:
+            self._logged_in = self.policy.username
+        self._trace_line(method, query, answer, octets, sent_at)
+
+    def _trace_unanswered(self) -> None:
+        """Commands whose reply never came (the connection broke, timed out): status 0."""
+        while self._sent:
+            line, method, query, octets, sent_at = self._sent.popleft()
+            if line is not None:
+                method, query = _shown(line)
+            self._trace_line(method, query, None, octets, sent_at)
+
+    def _trace_line(self, method: str, query: str, answer: Reply | None, octets: int,
+                    since: float) -> None:
+        slog = self._slog
+        if slog is None:
+            local = ("", 0)
+            if self._transport is not None:
+                local = self._transport.get_extra_info("sockname") or local
+            slog = self._log.session(
+                client_ip=local[0].split("%", 1)[0], site=self.route,
+                server_name=self._server_name(), server_ip=self.address, server_port=self.port,
+                session_id=self._session_id)
+            self._session_id = slog.session_id
+            if self._transport is not None:
+                self._slog = slog       # (before the connection: c-ip is not known yet)
+        slog.record(self._logged_in, method, query,
+                    0 if answer is None else answer.code,
+                    0 if answer is None else self._parser.last_octets, octets,
+                    int((time.monotonic() - since) * 1000), self.queue_id)
 
     def _server_name(self) -> str:
         return self.policy.server_name or self.address
@@ -687,6 +806,16 @@ class OutboundConnection:
             self.tls_version = ssl_object.version()
             cipher = ssl_object.cipher()
             self.tls_cipher = cipher[0] if cipher else None
+
+
+def _shown(line: bytes) -> tuple[str, str]:
+    """A command line as the protocol log shows it: (verb, argument). AUTH shows its
+    mechanism only, whatever follows it (the initial response holds the password)."""
+    verb, _, argument = line.rstrip(b"\r\n").decode("utf-8", "replace").partition(" ")
+    verb = verb.upper()
+    if verb == "AUTH" and " " in argument:
+        argument = argument.split(" ", 1)[0] + " ***"
+    return verb, argument
 
 
 def _b64(text: str) -> str:

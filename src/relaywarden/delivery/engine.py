@@ -30,6 +30,7 @@ from relaywarden.delivery.client import (
 from relaywarden.delivery.dsn import DsnAction, DsnRecipient, build_dsn, wants_notice
 from relaywarden.delivery.routing import Route, RouteKind, Router
 from relaywarden.logs.maillog import MailEvent, MailLog
+from relaywarden.logs.protocol import ProtocolLog
 from relaywarden.metrics import in_flight
 from relaywarden.queue.store import (
     BodyMissing,
@@ -144,8 +145,9 @@ def _permanent_stage(err: DeliveryError) -> bool:
 
 
 async def _transaction(conn: OutboundConnection, message: DueMessage, body: bytes | Path,
-                       recipients: Sequence[DueRecipient]) -> TransactionResult:
+                       recipients: Sequence[DueRecipient], route: str = "") -> TransactionResult:
     """One message over an open connection, with its envelope and DSN parameters."""
+    conn.trace(message.queue_id, route)        # the protocol log's lines are this message's
     return await conn.send(
         sender=message.sender,
         recipients=[OutRecipient(address=r.address, notify=r.notify, orcpt=r.orcpt)
@@ -170,16 +172,19 @@ class _Pool:
             self._slots[key] = asyncio.Semaphore(self._limit)
         return self._slots[key]
 
-    async def take(self, hop: _Hop, policy: ClientPolicy, *,
-                   fresh: bool = False) -> tuple[OutboundConnection, bool]:
-        """A connection to the hop, and whether it was reused from the idle pool."""
+    async def take(self, hop: _Hop, policy: ClientPolicy, *, fresh: bool = False,
+                   log: ProtocolLog | None = None, queue_id: str = "",
+                   route: str = "") -> tuple[OutboundConnection, bool]:
+        """A connection to the hop, and whether it was reused from the idle pool. A new
+        one logs to ``log`` as ``queue_id``'s (OutboundConnection.open)."""
         idle = self._idle[(hop.address, hop.port, policy)]
         while idle and not fresh:
             _, conn = idle.pop()
             if conn.usable:
                 return conn, True
             await conn.close()
-        return await OutboundConnection.open(hop.address, hop.port, policy), False
+        return await OutboundConnection.open(hop.address, hop.port, policy, log=log,
+                                             queue_id=queue_id, route=route), False
 
     async def give_back(self, hop: _Hop, policy: ClientPolicy, conn: OutboundConnection) -> None:
         # No RSET here: send() returned, so the transaction ended with the reply to the final
@@ -208,12 +213,14 @@ class _Pool:
 
 class Engine:
     def __init__(self, *, store: Store, router: Router, resolver: Resolver,
-                 settings: DeliverySettings, mail_log: MailLog, clock=time.time) -> None:
+                 settings: DeliverySettings, mail_log: MailLog, clock=time.time,
+                 protocol_log: ProtocolLog | None = None) -> None:
         self.store = store
         self.router = router
         self.resolver = resolver
         self.settings = settings
         self.mail_log = mail_log
+        self.protocol_log = protocol_log    # the outbound protocol log (None: off)
         self._clock = clock
         self._wakeup = asyncio.Event()
         self._active: set[asyncio.Task] = set()
@@ -377,14 +384,16 @@ class Engine:
             async with self._pool.slot(hop), in_flight(hop.name):
                 try:
                     try:
-                        conn, result = await self._send(hop, policy, message, body, recipients)
+                        conn, result = await self._send(hop, policy, message, body, recipients,
+                                                        route=route.name)
                     except DeliveryError as err:
                         if err.stage != "reused":
                             raise
                         # The idle connection had gone stale (the host closed it, or said
                         # 421 at MAIL): that says nothing about the host; try a new one.
                         conn, result = await self._send(hop, policy, message, body,
-                                                        recipients, fresh=True)
+                                                        recipients, fresh=True,
+                                                        route=route.name)
                 except DeliveryError as err:
                     last, last_remote, last_synth = err.reply, remote, not err.from_server
                     if _permanent_stage(err):
@@ -438,7 +447,7 @@ class Engine:
             self.mail_log.event(MailEvent.ATTEMPT, id=message.queue_id, route=route,
                                 relay=remote, to=",".join(r.address for r in recipients))
             try:
-                result = await _transaction(conn, message, body, recipients)
+                result = await _transaction(conn, message, body, recipients, route)
             except DeliveryError as err:
                 kind = Kind.BOUNCED if _permanent_stage(err) else Kind.DEFERRED
                 outcomes = [Outcome(r, kind, err.reply, remote, route=route,
@@ -468,10 +477,11 @@ class Engine:
 
     async def _send(self, hop: _Hop, policy: ClientPolicy, message: DueMessage,
                     body: bytes | Path,
-                    recipients: list[DueRecipient], *, fresh: bool = False):
-        conn, reused = await self._pool.take(hop, policy, fresh=fresh)
+                    recipients: list[DueRecipient], *, fresh: bool = False, route: str = ""):
+        conn, reused = await self._pool.take(hop, policy, fresh=fresh, log=self.protocol_log,
+                                             queue_id=message.queue_id, route=route)
         try:
-            result = await _transaction(conn, message, body, recipients)
+            result = await _transaction(conn, message, body, recipients, route)
         except DeliveryError as err:
             await conn.close()
             if reused and err.temporary and err.stage in ("mail", "rset"):

@@ -145,6 +145,14 @@ class SmtpSession(asyncio.Protocol):
         # (version, cipher, bits) once TLS is up: implicit, or after STARTTLS.
         self.tls: tuple[str, str, int] | None = None
         self._plog: SessionLog | None = None
+        # The protocol log's view of the command being answered: when its line arrived
+        # (loop time; time-taken runs from here to the reply) and its octets (cs-bytes).
+        self._cmd_at = 0.0
+        self._cmd_octets = 0
+        # An AUTH exchange is one log line: the octets of all its client lines, and of the
+        # 334 challenges sent, until the final reply.
+        self._auth_in = 0
+        self._auth_out = 0
         self._etrns = 0
 
     # -- asyncio.Protocol --------------------------------------------------------------
@@ -152,6 +160,7 @@ class SmtpSession(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self._loop = asyncio.get_running_loop()
+        self._cmd_at = self._loop.time()      # the CONNECT line: until the greeting is sent
         self.services.sessions.add(self)
         peer = transport.get_extra_info("peername") or ("0.0.0.0", 0)
         sock = transport.get_extra_info("sockname") or ("0.0.0.0", 0)
@@ -183,6 +192,7 @@ class SmtpSession(asyncio.Protocol):
             key = "max_connections" if refused.startswith("too many connections on") else "max_connections_per_ip"
             self._log_limit("connect", TOO_MANY_CONNECTIONS, self._key(f"limits.{key}"), refused)
             self.conn.greet(TOO_MANY_CONNECTIONS)
+            self._protocol_log("CONNECT", "", TOO_MANY_CONNECTIONS, 0)
             self._flush()
             return
         self.runtime.connections.opened(self.client_ip)
@@ -255,7 +265,7 @@ class SmtpSession(asyncio.Protocol):
             MailEvent.REJECT, stage="tls", listener=self.ctx.name, client=self.client_ip,
             reason=f"TLS handshake failed: {reason}",
         )
-        self._protocol_log("TLS", "handshake-failed", None, 0)
+        self._protocol_log("TLS", "handshake-failed", None, 0, timed=False)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         self._finish(None)
@@ -378,6 +388,10 @@ class SmtpSession(asyncio.Protocol):
                 if handler is None:
                     conn.respond(NOT_AVAILABLE)
                     continue
+                # Its line came with the last bytes read: a command that waited in the
+                # input behind a slow one (pipelining) was received then, not now.
+                self._cmd_at = self._last_activity
+                self._cmd_octets = getattr(event, "octets", 0)
                 handler(self, event)
                 if kind is Closed:
                     break
@@ -426,7 +440,7 @@ class SmtpSession(asyncio.Protocol):
         self._respond("EHLO" if ev.extended else "HELO", ev.name, answer)
 
     def _on_mail(self, ev: MailFrom) -> None:
-        query = f"FROM:<{ev.sender if ev.sender is not None else ''}>"
+        query = ev.argument          # as received, with its parameters (SIZE=, RET=, ...)
         sender = self._addr(ev.sender)
         if self._gated("MAIL", query, sender=sender):
             return
@@ -480,7 +494,7 @@ class SmtpSession(asyncio.Protocol):
     def _on_rcpt(self, ev: RcptTo) -> None:
         txn = self.txn
         rcpt = ev.recipient
-        query = f"TO:<{rcpt}>"
+        query = ev.argument          # as received, with NOTIFY= and ORCPT=
         decision = self.services.policy.check_recipient(self.client, txn.sender, rcpt)
         if decision.action is Action.REJECT:
             self._log_reject("rcpt", decision, sender=self._addr(txn.sender), recipient=str(rcpt))
@@ -512,7 +526,7 @@ class SmtpSession(asyncio.Protocol):
         txn.spool = self.services.store.new_spool()
         txn.spool.write(self._received_header(txn))
         txn.hops = ReceivedCounter()
-        self._respond("DATA", "", START_DATA)
+        self._respond("DATA", "", START_DATA, queue_id=txn.queue_id)
 
     def _on_data_end(self, ev: DataEnd) -> None:
         txn = self.txn
@@ -522,7 +536,7 @@ class SmtpSession(asyncio.Protocol):
                 id=txn.queue_id, code=ev.problem.code, reason=" ".join(ev.problem.lines),
             )
             self._drop_transaction()
-            self._respond(".", "", ev.problem)
+            self._respond(".", "", ev.problem, queue_id=txn.queue_id)
             return
         hops = txn.hops.count
         if hops > self.ctx.limits.max_hops:
@@ -547,7 +561,6 @@ class SmtpSession(asyncio.Protocol):
             self._waiting = True
             self._update_reading()
             spool = txn.spool
-            started = time.monotonic()
             if screener.action == "strip":
                 hostname = self.ctx.hostname
                 found = self._loop.run_in_executor(
@@ -555,11 +568,11 @@ class SmtpSession(asyncio.Protocol):
             else:
                 found = self._loop.run_in_executor(
                     _SCREEN_POOL, lambda: screen(spool.chunks(), screener.rules))
-            found.add_done_callback(functools.partial(self._screened, ev, started))
+            found.add_done_callback(functools.partial(self._screened, ev))
             return
-        self._commit(ev, time.monotonic())
+        self._commit(ev)
 
-    def _screened(self, ev: DataEnd, started: float, done: asyncio.Future) -> None:
+    def _screened(self, ev: DataEnd, done: asyncio.Future) -> None:
         """The screener has answered: reject, quarantine, or go on to the commit."""
         txn = self.txn
         self._waiting = False
@@ -576,11 +589,11 @@ class SmtpSession(asyncio.Protocol):
                 id=txn.queue_id, code=answer.code, rule="screening",
                 reason=f"screener failed: {type(error).__name__}: {error}")
             self._drop_transaction()
-            self._respond(".", "", answer)
+            self._respond(".", "", answer, queue_id=txn.queue_id)
         else:
             found = done.result()
             if found is None:
-                self._commit(ev, started)
+                self._commit(ev)
                 return
             if isinstance(found, Stripped):
                 if found.content is not None:
@@ -590,7 +603,7 @@ class SmtpSession(asyncio.Protocol):
                     txn.spool.discard()
                     txn.spool = spool
                     txn.stripped = "; ".join(f.detail for f in found.findings)
-                    self._commit(ev, started)
+                    self._commit(ev)
                     return
                 found = found.findings[0]     # nothing would be left: refused instead
             if screener is None or screener.action != "badmail":
@@ -603,7 +616,7 @@ class SmtpSession(asyncio.Protocol):
                     to=",".join(r.address for r in txn.recipients),
                     rule=found.rule, reason=found.detail)
                 self._drop_transaction()
-                self._respond(".", "", answer)
+                self._respond(".", "", answer, queue_id=txn.queue_id)
             else:
                 # Accepted and kept in badmail, where the admin is told (as a policy
                 # violation with on_violation = "badmail" is).
@@ -612,12 +625,12 @@ class SmtpSession(asyncio.Protocol):
                             reason=found.detail)
                     if r.status is RecipientStatus.QUEUED else r
                     for r in txn.recipients]
-                self._commit(ev, started)
+                self._commit(ev)
                 return
         self._update_reading()
         self._pump()
 
-    def _commit(self, ev: DataEnd, started: float) -> None:
+    def _commit(self, ev: DataEnd) -> None:
         txn = self.txn
         envelope = Envelope(
             queue_id=txn.queue_id,
@@ -641,10 +654,9 @@ class SmtpSession(asyncio.Protocol):
         spool = txn.spool
         done = self.services.store.start_commit(envelope, spool)
         done.add_done_callback(
-            functools.partial(self._committed, envelope, spool, ev.size, started))
+            functools.partial(self._committed, envelope, spool))
 
-    def _committed(self, envelope: Envelope, spool: BodySpool, size: int, started: float,
-                   done: asyncio.Future) -> None:
+    def _committed(self, envelope: Envelope, spool: BodySpool, done: asyncio.Future) -> None:
         """The queue has answered: 250 only now that the message is on disk."""
         error = "cancelled" if done.cancelled() else done.exception()
         if error is not None:
@@ -664,9 +676,9 @@ class SmtpSession(asyncio.Protocol):
         self._waiting = False
         if self._closed:
             return
-        self.conn.respond(answer)
-        self._protocol_log(".", f"id={envelope.queue_id}", answer, size,
-                           int((time.monotonic() - started) * 1000))
+        # time-taken: from the final dot to this reply, the screening and the durable
+        # commit included; cs-bytes: the message as it came (stuffed, with the final dot).
+        self._respond(".", f"id={envelope.queue_id}", answer, queue_id=envelope.queue_id)
         self._update_reading()
         self._pump()
 
@@ -789,9 +801,18 @@ class SmtpSession(asyncio.Protocol):
                               command_timeout=s.command_timeout, data_timeout=s.data_timeout)
         delivered, held = 0, sum(len(m.recipients) for m in messages)
         try:
+            first = messages[0]
             try:
-                conn = await OutboundConnection.adopt(self.transport, policy,
-                                                      initial=self.conn.take_input())
+                # Its outbound protocol log lines carry this session's ID: the two halves
+                # of the connection are found together.
+                conn = await OutboundConnection.adopt(
+                    self.transport, policy, initial=self.conn.take_input(),
+                    log=engine.protocol_log,
+                    session_id=self._plog.session_id if self._plog is not None else None,
+                    queue_id=first.queue_id,
+                    route=engine.router.route(first.recipients[0].domain, sender=first.sender,
+                                              group=first.client_group,
+                                              user=first.auth_user).name)
             except DeliveryError as err:
                 await engine.hold_back(messages, err.reply, remote=f"ATRN {self.client_ip}")
                 return
@@ -815,12 +836,19 @@ class SmtpSession(asyncio.Protocol):
     def _on_handled(self, ev: Handled) -> None:
         if ev.verb.upper() in ("RSET", "HELO", "EHLO"):
             self._drop_transaction()
-        self._protocol_log(ev.verb, ev.argument, ev.reply, len(ev.verb) + len(ev.argument) + 3)
+        if ev.verb == "AUTH" and self._auth_state[0]:
+            # The core ended an AUTH exchange ("*", or a response that is not base64): one
+            # line for the whole exchange, as when it runs its course.
+            self._auth_state = ("",)
+            self._protocol_log("AUTH", ev.argument, ev.reply, self._auth_in + ev.octets,
+                               sent_before=self._auth_out)
+            return
+        self._protocol_log(ev.verb, ev.argument, ev.reply, ev.octets)
 
     def _on_closed(self, ev: Closed) -> None:
         self._drop_transaction()
         if ev.reason not in ("quit",):
-            self._protocol_log("CLOSE", ev.reason, None, 0)
+            self._protocol_log("CLOSE", ev.reason, None, 0, timed=False)
 
     # -- AUTH (RFC 4954; PLAIN RFC 4616, LOGIN) -------------------------------------------
 
@@ -833,13 +861,14 @@ class SmtpSession(asyncio.Protocol):
 
     def _on_auth(self, ev: Auth) -> None:
         mechanism = ev.mechanism.upper()
+        self._auth_in, self._auth_out = ev.octets, 0
         if not self.conn.settings.advertise_auth:
             self._auth_answer(mechanism, gates.ENCRYPTION_REQUIRED, "plaintext AUTH refused")
             return
         if mechanism == "PLAIN":
             if ev.initial is None:
                 self._auth_state = ("PLAIN",)
-                self.conn.auth_challenge(b"")
+                self._challenge(b"")
             else:
                 self._auth_plain(ev.initial)
         elif mechanism == "CRAM-MD5":
@@ -850,16 +879,17 @@ class SmtpSession(asyncio.Protocol):
             challenge = (f"<{secrets.randbelow(10**15)}.{int(time.time())}"
                          f"@{self.ctx.hostname}>").encode()
             self._auth_state = ("CRAM", challenge)
-            self.conn.auth_challenge(challenge)
+            self._challenge(challenge)
         else:  # LOGIN: the core only lets through the mechanisms the settings name
             if ev.initial is None:
                 self._auth_state = ("LOGIN-USER",)
-                self.conn.auth_challenge(b"Username:")
+                self._challenge(b"Username:")
             else:
                 self._auth_state = ("LOGIN-PASSWORD", ev.initial)
-                self.conn.auth_challenge(b"Password:")
+                self._challenge(b"Password:")
 
     def _on_auth_response(self, ev: AuthResponse) -> None:
+        self._auth_in += ev.octets
         state = self._auth_state
         if state[0] == "PLAIN":
             self._auth_plain(ev.data)
@@ -871,7 +901,7 @@ class SmtpSession(asyncio.Protocol):
             self._auth_check("CRAM-MD5", user, digest, challenge=state[1])
         elif state[0] == "LOGIN-USER":
             self._auth_state = ("LOGIN-PASSWORD", ev.data)
-            self.conn.auth_challenge(b"Password:")
+            self._challenge(b"Password:")
         else:
             self._auth_check("LOGIN", state[1], ev.data)
 
@@ -943,8 +973,15 @@ class SmtpSession(asyncio.Protocol):
             MailEvent.AUTH, listener=self.ctx.name, client=self.client_ip, mechanism=mechanism,
             result="ok" if answer.positive else "fail", code=answer.code, detail=detail, **fields)
         # The credentials never reach the logs: only the mechanism (and, once known, the
-        # user name in cs-username).
-        self._respond("AUTH", mechanism, answer)
+        # user name in cs-username). One line for the exchange: cs-bytes and sc-bytes count
+        # all its lines, time-taken runs from its last client line (so it includes the
+        # password check and the throttle's delay).
+        self.conn.respond(answer)
+        self._protocol_log("AUTH", mechanism, answer, self._auth_in, sent_before=self._auth_out)
+
+    def _challenge(self, challenge: bytes) -> None:
+        self.conn.auth_challenge(challenge)
+        self._auth_out += 6 + (len(challenge) + 2) // 3 * 4     # "334 " base64 CRLF
 
     _HANDLERS = {
         Hello: _on_hello,
@@ -963,9 +1000,10 @@ class SmtpSession(asyncio.Protocol):
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _respond(self, method: str, query: str, answer: Reply) -> None:
+    def _respond(self, method: str, query: str, answer: Reply, *, queue_id: str = "") -> None:
+        """Answer the command being handled, and log it (its octets as received)."""
         self.conn.respond(answer)
-        self._protocol_log(method, query, answer, len(method) + len(query) + 3)
+        self._protocol_log(method, query, answer, self._cmd_octets, queue_id=queue_id)
 
     def _drop_transaction(self) -> None:
         if self.txn is not None and not self._waiting:
@@ -1005,17 +1043,22 @@ class SmtpSession(asyncio.Protocol):
         lines.append(f"\t{_received_date(time.time())}")
         return ("\r\n".join(lines) + "\r\n").encode("ascii")
 
-    def _protocol_log(self, method: str, query: str, answer: Reply | None, cs_bytes: int,
-                      time_taken_ms: int = 0) -> None:
+    def _protocol_log(self, method: str, query: str, answer: Reply | None, cs_bytes: int, *,
+                      queue_id: str = "", sent_before: int = 0, timed: bool = True) -> None:
+        """One protocol log line. time-taken: from when the command's line arrived
+        (``_cmd_at``) until now, when its reply goes out; ``timed=False`` for lines that
+        answer no command (CLOSE, TIMEOUT). ``sent_before``: octets already sent for the
+        command (AUTH's 334 challenges)."""
         plog = self._plog
         if plog is None:
             return
+        taken = int((self._loop.time() - self._cmd_at) * 1000) if timed else 0
+        user = self.client.user if self.client else None
         if answer is None:
-            plog.record(self.client.user if self.client else None, method, query, 0, 0,
-                        cs_bytes, time_taken_ms)
+            plog.record(user, method, query, 0, sent_before, cs_bytes, taken, queue_id)
         else:
-            plog.record(self.client.user if self.client else None, method, query,
-                        answer.code, len(answer.to_bytes()), cs_bytes, time_taken_ms)
+            plog.record(user, method, query, answer.code,
+                        sent_before + len(answer.to_bytes()), cs_bytes, taken, queue_id)
 
     def _log_reject(self, stage: str, decision: Decision, **fields: object) -> None:
         self.services.mail_log.event(
@@ -1070,7 +1113,7 @@ class SmtpSession(asyncio.Protocol):
         if idle < limit:
             self._arm_timer(limit - idle)
             return
-        self._protocol_log("TIMEOUT", "", TIMEOUT, 0)
+        self._protocol_log("TIMEOUT", "", TIMEOUT, 0, timed=False)
         self.services.mail_log.event(
             MailEvent.DISCONNECT, listener=self.ctx.name, client=self.client_ip,
             reason="timeout", in_transaction=self.txn is not None,

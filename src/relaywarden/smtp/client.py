@@ -141,13 +141,16 @@ class ReplyParser:
     every line that repeats it (RFC 2034 4 repeats it on each line).
     """
 
-    __slots__ = ("_buf", "_lines", "_code", "_broken")
+    __slots__ = ("_buf", "_lines", "_code", "_broken", "_octets", "last_octets")
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._lines: list[str] = []     # text lines of a multi-line reply in progress
         self._code: bytes | None = None
         self._broken: ProtocolError | None = None
+        self._octets = 0                # octets of the reply in progress
+        #: Octets of the last reply next_reply() returned, as received (the log's sc-bytes).
+        self.last_octets = 0
 
     @property
     def buffered(self) -> int:
@@ -162,6 +165,7 @@ class ReplyParser:
         self._buf.clear()
         self._lines.clear()
         self._code = None
+        self._octets = 0
 
     def next_reply(self) -> Reply | None:
         """The next complete reply, None when more bytes are needed.
@@ -188,6 +192,7 @@ class ReplyParser:
                 raise ProtocolError(f"reply line longer than {MAX_REPLY_LINE} octets")
             raw = bytes(self._buf[:end])
             del self._buf[:end + 1]
+            self._octets += end + 1
             if raw.endswith(b"\r"):
                 raw = raw[:-1]
             code, sep, text = raw[:3], raw[3:4], raw[4:]
@@ -205,6 +210,7 @@ class ReplyParser:
                 raise ProtocolError(f"multi-line reply longer than {MAX_REPLY_LINES} lines")
             if sep != b"-":
                 lines, self._lines, self._code = self._lines, [], None
+                self.last_octets, self._octets = self._octets, 0
                 return _make_reply(int(code), lines)
 
 

@@ -1,5 +1,10 @@
 """Events the server-side protocol core hands to its driver.
 
+An event that stands for what the client sent carries `octets`: that line's octets as
+received, line end included (DataEnd: the whole message as received), for the protocol log's
+cs-bytes. Like MailFrom/RcptTo's `argument` (the command text as received), it takes no part
+in equality.
+
 Decision events (Hello, MailFrom, RcptTo, DataStart, DataEnd, StartTls, Auth, AuthResponse, Etrn,
 Atrn)
 wait for `ServerConnection.respond()`; information events (DataChunk, Handled, Closed) need
@@ -66,6 +71,7 @@ class Hello:
 
     name: str
     extended: bool
+    octets: int = field(default=0, compare=False)     # the line as received, CRLF included
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,17 +80,24 @@ class MailFrom:
 
     sender: Address | None
     params: MailParams
+    # What followed the verb, as received ("FROM:<a@b.c> SIZE=30 RET=HDRS"), for the log.
+    argument: str = field(default="", compare=False)
+    octets: int = field(default=0, compare=False)     # the line as received, CRLF included
 
 
 @dataclass(frozen=True, slots=True)
 class RcptTo:
     recipient: Address
     params: RcptParams
+    argument: str = field(default="", compare=False)   # as MailFrom.argument
+    octets: int = field(default=0, compare=False)     # the line as received, CRLF included
 
 
 @dataclass(frozen=True, slots=True)
 class DataStart:
     """DATA with at least one accepted recipient: respond START_DATA (354) or 4xx/5xx."""
+
+    octets: int = field(default=0, compare=False)     # the line as received, CRLF included
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +106,15 @@ class DataEnd:
 
     problem: Reply | None
     size: int                       # de-stuffed content octets seen
+    # The message as received: dot-stuffed, with the final ".CRLF" (the log's cs-bytes).
+    octets: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class StartTls:
     """STARTTLS: respond 220 and call `conn.tls_started()` once the handshake is done."""
+
+    octets: int = field(default=0, compare=False)     # the line as received, CRLF included
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +123,7 @@ class Auth:
 
     mechanism: str
     initial: bytes | None = field(repr=False)   # holds credentials: never in logs
+    octets: int = field(default=0, compare=False)     # the line as received, CRLF included
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +131,7 @@ class AuthResponse:
     """A client line after a 334 challenge, base64-decoded."""
 
     data: bytes = field(repr=False)             # holds credentials: never in logs
+    octets: int = field(default=0, compare=False)     # the line as received, CRLF included
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +142,7 @@ class Etrn:
 
     domain: str
     subdomains: bool
+    octets: int = field(default=0, compare=False)     # the line as received, CRLF included
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +153,7 @@ class Atrn:
     same connection, beginning with the bytes `conn.take_input()` gives. Or 450, 451, 453."""
 
     domains: tuple[str, ...]
+    octets: int = field(default=0, compare=False)     # the line as received, CRLF included
 
 
 # --- information events ------------------------------------------------------------------------
@@ -154,6 +175,7 @@ class Handled:
     verb: str
     argument: str
     reply: Reply
+    octets: int = field(default=0, compare=False)     # the line as received, CRLF included
 
 
 @dataclass(frozen=True, slots=True)

@@ -248,6 +248,9 @@ class ServerConnection:
         self._eof = False
         self._discarding = False                 # inside an over-long command line
         self._discard_verb = ""
+        self._discarded = 0                      # octets of the over-long line so far
+        self._line_octets = 0                    # the last line read, as received
+        self._data_octets = 0                    # the message so far, as received
         self._errors = 0
         self._extended = False                   # the client said EHLO (not HELO)
         self._encrypted = False
@@ -361,6 +364,7 @@ class ServerConnection:
             s = self.settings
             self._data = DataReader(mode=s.bare_line_ends, max_line=s.max_text_line,
                                     max_size=s.max_message_size)
+            self._data_octets = 0
         elif kind is DataEnd:
             self._reset_transaction()
         elif kind is StartTls and positive:
@@ -472,10 +476,11 @@ class ServerConnection:
         assert reader is not None
         chunk, used, done = reader.scan(self._in)
         del self._in[:used]
+        self._data_octets += used
         if chunk:
             self._events.append(DataChunk(chunk))
         if done:
-            self._events.append(DataEnd(reader.problem, reader.size))
+            self._events.append(DataEnd(reader.problem, reader.size, octets=self._data_octets))
             return True
         if chunk:
             return True
@@ -505,6 +510,7 @@ class ServerConnection:
                 content_end, next_start = found
                 raw = bytes(buf[:content_end])
                 del buf[:next_start]
+                self._line_octets = next_start
                 if content_end + 2 > limit:     # a bare LF just past the limit
                     return raw, LINE_TOO_LONG
                 return raw, self._line_problem(raw)
@@ -513,12 +519,15 @@ class ServerConnection:
             # 4.5.3.1.4: too long. Drop it up to its CRLF; it is never read as a command.
             self._discarding = True
             self._discard_verb = _verb_of(bytes(buf[:16]))
+            self._discarded = 0
         found = self._find_line_end(None)
         if found is None:
             keep = 1 if buf.endswith(b"\r") else 0   # maybe the CR of a CRLF
+            self._discarded += len(buf) - keep
             del buf[:len(buf) - keep]
             return None
         del buf[:found[1]]
+        self._line_octets = self._discarded + found[1]
         self._discarding = False
         return self._discard_verb.encode(), LINE_TOO_LONG
 
@@ -588,7 +597,7 @@ class ServerConnection:
         name = arg.strip(" ")
         if not name or " " in name or "\t" in name:
             return HELO_SYNTAX
-        return Hello(name=name, extended=extended)
+        return Hello(name=name, extended=extended, octets=self._line_octets)
 
     def _cmd_mail(self, arg: str) -> Reply | Event:
         # 4.1.1.2: "MAIL FROM:" Reverse-path [SP Mail-parameters]; a space after the colon
@@ -608,7 +617,7 @@ class ServerConnection:
             return _for_sender(e.reply)
         if sender is not None and not sender.domain:
             return SENDER_NEEDS_DOMAIN          # <postmaster> is a recipient only
-        return MailFrom(sender=sender, params=params)
+        return MailFrom(sender=sender, params=params, argument=arg, octets=self._line_octets)
 
     def _cmd_rcpt(self, arg: str) -> Reply | Event:
         # 4.1.1.3: "RCPT TO:" ( "<Postmaster@" Domain ">" / "<Postmaster>" / Forward-path )
@@ -632,12 +641,13 @@ class ServerConnection:
         limit = self.settings.max_recipients
         if limit and self._rcpt_accepted >= limit:
             return TOO_MANY_RECIPIENTS          # 4.5.3.1.10: 452, the client sends the rest later
-        return RcptTo(recipient=recipient, params=params)
+        return RcptTo(recipient=recipient, params=params, argument=arg,
+                      octets=self._line_octets)
 
     def _cmd_data(self, arg: str) -> Reply | Event:
         if arg.strip(" "):
             return NO_ARGUMENTS_ALLOWED
-        return DataStart()
+        return DataStart(octets=self._line_octets)
 
     def _cmd_rset(self, arg: str) -> Reply | Event:
         if arg.strip(" "):
@@ -672,7 +682,7 @@ class ServerConnection:
             return BAD_SEQUENCE
         if arg.strip(" "):
             return NO_ARGUMENTS_ALLOWED
-        return StartTls()
+        return StartTls(octets=self._line_octets)
 
     def _cmd_auth(self, arg: str) -> Reply | Event:
         # RFC 4954 4: AUTH mechanism [initial-response]; once only, outside transactions.
@@ -691,7 +701,7 @@ class ServerConnection:
             initial = _b64decode(words[1])
             if initial is None:
                 return AUTH_BAD_BASE64
-        return Auth(mechanism=mechanism, initial=initial)
+        return Auth(mechanism=mechanism, initial=initial, octets=self._line_octets)
 
     def _cmd_etrn(self, arg: str) -> Reply | Event:
         # RFC 1985 5: "ETRN" SP node, node = domain / "@" domain / "#" queue-name.
@@ -707,7 +717,7 @@ class ServerConnection:
             domain = parse_domain(node)
         except AddressError:
             return ETRN_SYNTAX
-        return Etrn(domain=domain, subdomains=subdomains)
+        return Etrn(domain=domain, subdomains=subdomains, octets=self._line_octets)
 
     def _cmd_atrn(self, arg: str) -> Reply | Event:
         # RFC 2645 5.2.1: "ATRN" [SP domain *("," domain)], only once authenticated.
@@ -715,7 +725,7 @@ class ServerConnection:
             return ATRN_NEEDS_AUTH
         text = arg.strip(" ")
         if not text:
-            return Atrn(domains=())
+            return Atrn(domains=(), octets=self._line_octets)
         domains: list[str] = []
         for part in text.split(","):
             part = part.strip(" ")
@@ -727,7 +737,7 @@ class ServerConnection:
                 return ATRN_SYNTAX
             if domain not in domains:
                 domains.append(domain)
-        return Atrn(domains=tuple(domains))
+        return Atrn(domains=tuple(domains), octets=self._line_octets)
 
     def _auth_response(self, raw: bytes, problem: Reply | None) -> None:
         """A line after "334": base64 data, or "*" to cancel (RFC 4954 4)."""
@@ -743,7 +753,7 @@ class ServerConnection:
             self._answer("AUTH", "", AUTH_BAD_BASE64)
             return
         self.state = ServerState.AUTH
-        self._events.append(AuthResponse(data=data))
+        self._events.append(AuthResponse(data=data, octets=self._line_octets))
 
     # --- ESMTP parameters --------------------------------------------------------------------
 
@@ -840,7 +850,7 @@ class ServerConnection:
         self._send(reply)
         # RFC 4954 / house rule: AUTH arguments are credentials, never reported in clear.
         self._events.append(Handled(verb=verb, argument="***" if verb == "AUTH" else arg,
-                                    reply=reply))
+                                    reply=reply, octets=self._line_octets))
         if reply is CLOSING:
             self._close("quit")
         else:
