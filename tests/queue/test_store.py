@@ -152,7 +152,6 @@ def test_start_up_removes_files_a_crash_left_and_keeps_queued_bodies(tmp_path):
         spool.discard()
         # What a crash leaves: a spool mid-DATA, and a body stored whose row never committed.
         unfinished = big_spool(store, times=2)
-        unfinished._file.flush()
         unfinished._path = None                       # the process is gone: nobody discards
         (tmp_path / "bodies" / "NEVERCOMMITTED").write_bytes(b"x" * 100)
         (tmp_path / "bodies" / "somebodys-dir").mkdir()   # not ours: left alone
