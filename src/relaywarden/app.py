@@ -28,6 +28,7 @@ from relaywarden.auth.throttle import AuthThrottle, ThrottleSettings
 from relaywarden.auth.users import LocalBackend, UserFile
 from relaywarden.delivery.badmail import Badmail, BadmailSettings
 from relaywarden.delivery.engine import DeliverySettings, Engine
+from relaywarden.queue.fileops import REAL, FileOps
 from relaywarden.queue.store import Store
 from relaywarden.screening import Screener, ScreenRules
 from relaywarden.auth.cram import CramSecrets
@@ -273,8 +274,9 @@ class DeliveryWorker:
 
 
 class Relay:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, *, files: FileOps = REAL) -> None:
         self.cfg = cfg
+        self.files = files     # the queue's file operations (a test's failing ones)
         self.services: Services | None = None
         self.servers: list[asyncio.base_events.Server] = []
         self.contexts = listener_contexts(cfg)
@@ -295,7 +297,7 @@ class Relay:
     async def start(self) -> None:
         # Before the delivery and admin processes start: they write to the same directory.
         metrics.setup(self.cfg.data_dir, role="receiving", fresh=True)
-        store = Store.open(self.cfg.data_dir)
+        store = Store.open(self.cfg.data_dir, files=self.files)
         spools, orphans = store.recover_files()
         if spools or orphans:
             print(f"relaywarden: removed {spools} unfinished spool file(s) and {orphans} body"

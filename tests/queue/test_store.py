@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sqlite3
+import sys
+import textwrap
 
 import pytest
 
+from faultfs import FaultyFiles
 from relaywarden.queue import journal
 from relaywarden.queue.store import (
     SCHEMA,
@@ -35,6 +39,25 @@ def envelope(qid: str, *, recipients=("b@example.com",)) -> Envelope:
     )
 
 
+async def hold_writer(store: Store, files: FaultyFiles) -> asyncio.Future:
+    """Park the writer thread inside a transaction of its own (a query, no message) until
+    ``files.release()``, so that whatever is queued meanwhile goes into its next batch."""
+    files.hold()
+    parked = asyncio.ensure_future(store.next_due())
+    while not files.held.is_set():
+        await asyncio.sleep(0.005)
+    return parked
+
+
+async def queued_jobs(store: Store, count: int) -> None:
+    """Until ``count`` jobs wait for the (parked) writer."""
+    for _ in range(1000):
+        if store._jobs.qsize() >= count:
+            break
+        await asyncio.sleep(0.005)
+    assert store._jobs.qsize() == count
+
+
 def test_queue_ids_are_unique_and_sortable():
     ids = [new_queue_id() for _ in range(2000)]
     assert len(set(ids)) == 2000
@@ -43,21 +66,29 @@ def test_queue_ids_are_unique_and_sortable():
 
 
 def test_concurrent_commits_share_transactions_and_all_survive(tmp_path):
+    files = FaultyFiles()
+
     async def go():
-        store = Store.open(tmp_path)
+        store = Store.open(tmp_path, files=files)
         # Hold the writer busy so that the others pile up behind it, as under load.
+        parked = await hold_writer(store, files)
+        before = store.commits
         spools = []
         jobs = []
         for i in range(200):
             spool = store.new_spool()
             spool.write(f"Subject: {i}\r\n\r\nbody {i}\r\n".encode())
             spools.append(spool)
-            jobs.append(store.commit(envelope(f"ID{i:05d}"), spool))
-        await asyncio.gather(*jobs)
+            jobs.append(asyncio.ensure_future(store.commit(envelope(f"ID{i:05d}"), spool)))
+        await queued_jobs(store, 200)
+        files.release()
+        await asyncio.gather(parked, *jobs)
         store.close()
-        return store.commits
+        return store.commits - before
     commits = asyncio.run(go())
-    assert commits < 200  # group commit: fewer transactions (fsyncs) than messages
+    # Group commit: the held transaction, then all 200 messages in one more (one fsync).
+    assert commits == 2
+    assert files.messages_at_commit[-2:] == [0, 200]
     reader = QueueReader(tmp_path)
     assert reader.count() == 200
     assert reader.body("ID00123") == b"Subject: 123\r\n\r\nbody 123\r\n"
@@ -152,7 +183,6 @@ def test_start_up_removes_files_a_crash_left_and_keeps_queued_bodies(tmp_path):
         spool.discard()
         # What a crash leaves: a spool mid-DATA, and a body stored whose row never committed.
         unfinished = big_spool(store, times=2)
-        unfinished._file.flush()
         unfinished._path = None                       # the process is gone: nobody discards
         (tmp_path / "bodies" / "NEVERCOMMITTED").write_bytes(b"x" * 100)
         (tmp_path / "bodies" / "somebodys-dir").mkdir()   # not ours: left alone
@@ -220,34 +250,78 @@ def test_a_newer_queue_is_refused(tmp_path):
 
 
 def test_a_failing_message_does_not_fail_its_batch_neighbours(tmp_path):
+    files = FaultyFiles()
+
     async def go():
-        store = Store.open(tmp_path)
+        store = Store.open(tmp_path, files=files)
         spool = store.new_spool()
         spool.write(b"x\r\n")
         await store.commit(envelope("DUP"), spool)
-        results = await asyncio.gather(
-            store.commit(envelope("OK1"), spool),
-            store.commit(envelope("DUP"), spool),   # primary key clash: must fail alone
-            store.commit(envelope("OK2"), spool),
-            return_exceptions=True,
-        )
+        # The three are queued behind a parked writer: they are one batch.
+        parked = await hold_writer(store, files)
+        jobs = [asyncio.ensure_future(store.commit(envelope(qid), spool))
+                for qid in ("OK1", "DUP", "OK2")]   # DUP: primary key clash, must fail alone
+        await queued_jobs(store, 3)
+        before = store.commits
+        files.release()
+        results = await asyncio.gather(parked, *jobs, return_exceptions=True)
+        commits = store.commits - before
         store.close()
-        return results
-    ok1, dup, ok2 = asyncio.run(go())
+        return results[1:], commits
+    (ok1, dup, ok2), commits = asyncio.run(go())
     assert ok1 is None and ok2 is None
     assert isinstance(dup, StoreError)
+    # The parked transaction; the batch of three failed as a whole (nothing committed),
+    # then OK1 and OK2 each committed alone and DUP failed alone.
+    assert commits == 3
+    assert files.messages_at_commit[-3:] == [1, 2, 3]
     reader = QueueReader(tmp_path)
     assert reader.count() == 3
     reader.close()
 
 
+# A process that commits a message through the store, says with which PRAGMA synchronous
+# the COMMIT ran, and dies by SIGKILL right after the 250 would go out: no close(), no
+# checkpoint, nothing flushed at exit.
+_COMMIT_THEN_DIE = textwrap.dedent("""
+    import asyncio, os, signal, sys
+    from pathlib import Path
+    from relaywarden.queue.fileops import FileOps
+    from relaywarden.queue.store import Envelope, RecipientRecord, RecipientStatus, Store
+
+    class Watched(FileOps):
+        def commit(self, db):
+            mode = db.execute("PRAGMA synchronous").fetchone()[0]
+            super().commit(db)
+            print("committed with synchronous", mode, flush=True)
+
+    async def main():
+        store = Store.open(Path(sys.argv[1]), files=Watched())
+        spool = store.new_spool()
+        spool.write(b"Subject: durable\\r\\n\\r\\nkept\\r\\n")
+        await store.commit(Envelope(
+            queue_id="DURABLE", received_at=1.0, listener="main", client_ip="127.0.0.1",
+            client_name=None, helo="x.test", auth_user=None, sender="a@example.com",
+            recipients=(RecipientRecord(address="b@example.com",
+                                        status=RecipientStatus.QUEUED, rule="default"),)),
+            spool)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    asyncio.run(main())
+""")
+
+
 def test_committed_rows_are_in_the_database_file_with_full_sync(tmp_path):
-    store = Store.open(tmp_path)
+    done = subprocess.run([sys.executable, "-c", _COMMIT_THEN_DIE, str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == -9, done.stderr
+    assert done.stdout.split() == ["committed", "with", "synchronous", "2"]   # 2: FULL
     db = sqlite3.connect(tmp_path / "queue.sqlite3")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert db.execute("SELECT sender, size FROM messages WHERE id = 'DURABLE'").fetchone() == (
+        "a@example.com", len(b"Subject: durable\r\n\r\nkept\r\n"))
+    assert db.execute("SELECT data FROM bodies").fetchall() == [(b"Subject: durable\r\n\r\nkept\r\n",)]
     db.close()
-    store.close()
 
 
 def test_badmail_recipient_state_and_rule_are_recorded(tmp_path):
@@ -305,27 +379,38 @@ def test_a_cancelled_waiter_does_not_stop_the_writer(tmp_path):
 
 
 def test_outcomes_batched_together_each_land_and_the_last_one_for_a_recipient_wins(tmp_path):
+    files = FaultyFiles()
+
+    async def together(store: Store, records: list) -> None:
+        """The records' jobs queued behind a parked writer: one shared transaction."""
+        parked = await hold_writer(store, files)
+        jobs = [asyncio.ensure_future(r) for r in records]
+        await queued_jobs(store, len(jobs))
+        before = store.commits
+        files.release()
+        await asyncio.gather(parked, *jobs)
+        assert store.commits - before == 2     # the parked one, then all of them at once
+
     async def go():
-        store = Store.open(tmp_path)
+        store = Store.open(tmp_path, files=files)
         for i in range(30):
             spool = store.new_spool()
             spool.write(b"x\r\n")
             await store.commit(envelope(f"M{i:03d}", recipients=("a@x.test", "b@x.test")), spool)
         await store.claim_due(now=10.0, limit=100, lease=60)
-        # All at once, so that the writer takes them in shared transactions.
-        await asyncio.gather(*(
+        await together(store, [
             store.record(f"M{i:03d}", [
                 RecipientUpdate(idx=0, status=RecipientStatus.DELIVERED),
                 RecipientUpdate(idx=1, status=RecipientStatus.QUEUED if i % 2 else
                                 RecipientStatus.DELIVERED, next_attempt=99.0, attempts=1,
                                 last_error="451 later"),
-            ]) for i in range(30)))
+            ]) for i in range(30)])
         # Two outcomes for one recipient in one batch: the later one stands.
-        await asyncio.gather(
+        await together(store, [
             store.record("M001", [RecipientUpdate(idx=1, status=RecipientStatus.QUEUED,
                                                   next_attempt=50.0, attempts=2)]),
             store.record("M001", [RecipientUpdate(idx=1, status=RecipientStatus.BOUNCED,
-                                                  attempts=3, last_error="550 no")]))
+                                                  attempts=3, last_error="550 no")])])
         store.close()
     asyncio.run(go())
     reader = QueueReader(tmp_path)

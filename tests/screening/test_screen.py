@@ -121,11 +121,27 @@ def test_rules_without_anything_to_check_are_inactive():
 
 
 def test_malformed_mime_does_not_crash():
+    # Broken structure without a name in it: nothing forbidden to find, and no exception.
     for raw in (b"Content-Type: multipart/mixed; boundary=\r\n\r\n--\r\n",
                 b"Content-Type: multipart/mixed; boundary=\"X\"\r\n\r\n--X\r\nContent-Type: ;;;\r\n\r\n",
-                b"\x00\xff" * 100, b"",
-                b"Content-Type: application/octet-stream; name*0*=''; name*1=\"a.exe\"\r\n\r\nx"):
-        screen([raw], RULES)   # any answer, no exception
+                b"\x00\xff" * 100, b""):
+        assert screen([raw], RULES) is None, raw
+        assert strip([raw], RULES, hostname="relay.test") is None, raw
+
+
+def test_a_name_hidden_in_broken_rfc2231_continuations_is_still_screened():
+    # The strict parser drops `name*0*=''` as invalid and reads the name as "", a lenient
+    # one (and a mail client) reads "a.exe": the screener fails closed.
+    raw = b"Content-Type: application/octet-stream; name*0*=''; name*1=\"a.exe\"\r\n\r\nx"
+    found = screen([raw], RULES)
+    assert found is not None and found.rule == "screening.blocked_extensions"
+    assert found.filename == "a.exe"
+    # The same name in the Content-Disposition, inside a multipart message.
+    raw = (b"Content-Type: multipart/mixed; boundary=XX\r\n\r\n--XX\r\n"
+           b"Content-Type: text/plain\r\n\r\nhi\r\n--XX\r\n"
+           b"Content-Disposition: attachment; filename*0*=''; filename*1=\"b.scr\"\r\n\r\nx\r\n"
+           b"--XX--\r\n")
+    assert screen([raw], RULES).filename == "b.scr"
 
 
 # --- action = "strip" ----------------------------------------------------------------------

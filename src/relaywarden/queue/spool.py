@@ -2,15 +2,17 @@
 
 The file is the queued copy's first draft: when the message is committed, ``persist()``
 makes it durable under its final name (``bodies/<queue id>``), so a large body is written
-once (see queue/store.py).
+once (see queue/store.py). Every write, fsync, link and unlink goes through the spool's
+``FileOps`` (queue/fileops.py), so that a failing disk can be put under it in a test.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from relaywarden.queue.fileops import REAL, FileOps
 
 #: Bodies up to this size stay in memory while DATA streams in; larger ones spill to a
 #: temporary file in the data directory, so a 100 MB message never sits whole in RAM, and
@@ -20,45 +22,64 @@ _COPY_CHUNK = 1 << 20
 
 
 class BodySpool:
-    """Where DATA content goes while it arrives: memory first, a temp file past a limit."""
+    """Where DATA content goes while it arrives: memory first, a temp file past a limit.
 
-    __slots__ = ("_buf", "_file", "_path", "_tmp_dir", "size", "stored_as")
+    A write to the file that fails does not raise into the SMTP session in the middle of
+    DATA: the rest of the content is still read (and dropped), and the failure is kept in
+    ``error`` and raised by ``chunks()`` and ``persist()``, so the client gets its 451 4.3.0
+    after the final dot and never a 250 for a body that is not whole on disk."""
 
-    def __init__(self, tmp_dir: Path) -> None:
+    __slots__ = ("_buf", "_fd", "_path", "_tmp_dir", "_files", "size", "stored_as", "error")
+
+    def __init__(self, tmp_dir: Path, files: FileOps = REAL) -> None:
         self._buf: bytearray | None = bytearray()
-        self._file = None
+        self._fd: int | None = None
         self._path: str | None = None      # the temp file, until persist() names it
         self._tmp_dir = tmp_dir
+        self._files = files
         self.size = 0
         self.stored_as: Path | None = None  # where persist() put it
+        self.error: OSError | None = None   # the write that failed: the body is not whole
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
-        if self._buf is not None:
-            self._buf += data
-            if len(self._buf) > SPOOL_MEMORY_LIMIT:
-                fd, self._path = tempfile.mkstemp(dir=self._tmp_dir, prefix="spool-")
-                self._file = os.fdopen(fd, "w+b")
-                self._file.write(self._buf)
-                self._buf = None
-        else:
-            self._file.write(data)
+        if self.error is not None:
+            return                          # already refused: the rest is only counted
+        try:
+            if self._buf is not None:
+                self._buf += data
+                if len(self._buf) > SPOOL_MEMORY_LIMIT:
+                    self._fd, self._path = self._files.create_temp(self._tmp_dir, "spool-")
+                    buf, self._buf = self._buf, None
+                    self._files.write(self._fd, buf)
+            else:
+                self._files.write(self._fd, data)
+        except OSError as exc:
+            self.error = exc
+            self._buf = None                # nothing of it is kept in memory either
+            self._drop_file()
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
 
     def chunks(self) -> Iterator[bytes]:
+        self._check()
         if self._buf is not None:
             yield bytes(self._buf)
             return
-        self._file.seek(0)
-        while chunk := self._file.read(_COPY_CHUNK):
+        offset = 0
+        while chunk := os.pread(self._fd, _COPY_CHUNK, offset):
+            offset += len(chunk)
             yield chunk
 
     def head(self, limit: int = 16384) -> bytes:
         """The first ``limit`` bytes (the header section, for the history's Subject and
-        Message-ID), without moving the file position."""
+        Message-ID)."""
+        self._check()
         if self._buf is not None:
             return bytes(self._buf[:limit])
-        self._file.flush()
-        return os.pread(self._file.fileno(), limit, 0)
+        return os.pread(self._fd, limit, 0)
 
     @property
     def in_memory(self) -> bool:
@@ -66,36 +87,45 @@ class BodySpool:
 
     def persist(self, target: Path) -> None:
         """Make a spilled body durable as ``target``: fsync the file, give it its name, fsync
-        the directory (so the name survives a power loss too). Idempotent."""
+        the directory (so the name survives a power loss too). Idempotent. On a failure
+        nothing is left under ``target`` and the error is raised (the client gets 451)."""
         if self.stored_as is not None:
             return
-        assert self._file is not None and self._path is not None
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        os.link(self._path, target)   # never over another message's body (FileExistsError)
-        os.unlink(self._path)
-        self._path = None
+        self._check()
+        assert self._fd is not None and self._path is not None
+        files = self._files
+        files.fsync(self._fd)
+        files.link(self._path, target)   # never over another message's body (FileExistsError)
+        try:
+            files.unlink(self._path)
+            self._path = None
+            files.fsync_dir(target.parent)
+        except OSError:
+            # The name may not be durable: no 250 for it, and no body without a row.
+            try:
+                files.unlink(target)
+            except OSError:
+                pass                     # recover_files() removes it at the next start
+            raise
         self.stored_as = target
-        _fsync_dir(target.parent)
 
     def discard(self) -> None:
         """Drop the content. A body persist() stored is the queue's now: it stays."""
         self._buf = bytearray()
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._drop_file()
+        self.size = 0
+        self.error = None
+
+    def _drop_file(self) -> None:
+        if self._fd is not None:
+            try:
+                self._files.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
         if self._path is not None:
             try:
-                os.unlink(self._path)
+                self._files.unlink(self._path)
             except OSError:
                 pass
             self._path = None
-        self.size = 0
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

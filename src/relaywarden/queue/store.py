@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from relaywarden.queue import journal
+from relaywarden.queue.fileops import REAL, FileOps
 from relaywarden.queue.spool import SPOOL_MEMORY_LIMIT, BodySpool
 
 __all__ = ["SPOOL_MEMORY_LIMIT", "BodySpool", "Envelope", "QueueReader", "RecipientRecord",
@@ -390,10 +391,14 @@ def _notify_tuple(text: str | None) -> tuple[str, ...] | None:
 
 
 class Store:
-    """The SQLite queue. Every write goes through one writer thread in shared transactions."""
+    """The SQLite queue. Every write goes through one writer thread in shared transactions.
 
-    def __init__(self, data_dir: Path) -> None:
+    ``files``: the file operations of its body spools and its COMMIT (queue/fileops.py);
+    the real ones unless a test hands in failing ones."""
+
+    def __init__(self, data_dir: Path, files: FileOps = REAL) -> None:
         self.data_dir = data_dir
+        self.files = files
         self.path = data_dir / "queue.sqlite3"
         self.tmp_dir = data_dir / "tmp"
         self.bodies_dir = data_dir / "bodies"
@@ -410,9 +415,9 @@ class Store:
         self._tasks: set[asyncio.Task] = set()
 
     @classmethod
-    def open(cls, data_dir: Path) -> "Store":
+    def open(cls, data_dir: Path, *, files: FileOps = REAL) -> "Store":
         data_dir.mkdir(parents=True, exist_ok=True)
-        store = cls(data_dir)
+        store = cls(data_dir, files)
         store.tmp_dir.mkdir(exist_ok=True)
         store.bodies_dir.mkdir(exist_ok=True)
         store._db = _connect(store.path)
@@ -432,7 +437,7 @@ class Store:
         return store
 
     def new_spool(self) -> BodySpool:
-        return BodySpool(self.tmp_dir)
+        return BodySpool(self.tmp_dir, self.files)
 
     def recover_files(self) -> tuple[int, int]:
         """At start-up, before anything receives or delivers: remove spool files of
@@ -731,7 +736,7 @@ class Store:
             for qid in rows.write(db):
                 self._unlink_after_commit.append(self.bodies_dir / qid)
             results = [None if job.apply is None else job.apply(db) for job in batch]
-            db.execute("COMMIT")
+            self.files.commit(db)   # where a failing WAL write or fsync surfaces
         except Exception as exc:  # noqa: BLE001 - every failure must reach the caller
             self._unlink_after_commit.clear()
             try:

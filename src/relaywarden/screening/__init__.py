@@ -19,7 +19,9 @@ A name that cannot be read counts as a finding: the screener fails closed.
 
 from __future__ import annotations
 
+import email.message
 import email.policy
+import email.utils
 import io
 import re
 import zipfile
@@ -168,6 +170,11 @@ def _screen_part(part: Message, rules: ScreenRules) -> Finding | None:
         if _extension(name) in rules.blocked_extensions:
             return Finding("screening.blocked_extensions",
                            f"attachment {name!r}: .{_extension(name)} files are not allowed", name)
+    for other in _lenient_names(part):
+        if other != name and _extension(other) in rules.blocked_extensions:
+            return Finding("screening.blocked_extensions",
+                           f"attachment {other!r}: .{_extension(other)} files are not allowed",
+                           other)
     if ctype in rules.blocked_content_types:
         return Finding("screening.blocked_content_types",
                        f"attachment {name or '(no name)'!r}: type {ctype} is not allowed",
@@ -201,6 +208,26 @@ def _screen_part(part: Message, rules: ScreenRules) -> Finding | None:
     if rules.look_inside_zip and rules.blocked_extensions and payload[:2] == b"PK":
         return _screen_zip(payload, name or "(no name)", rules, ZIP_DEPTH)
     return None
+
+
+def _lenient_names(part: Message) -> list[str]:
+    """The part's file names as the lenient (compat32) parser reads its raw headers. The
+    strict parser drops a parameter it finds broken, where a mail client may still read
+    one: ``name*0*=''; name*1="a.exe"`` (RFC 2231 continuations with an empty first
+    segment) is "" to it and "a.exe" to compat32. Both readings are screened (fail closed)."""
+    legacy = email.message.Message()
+    for key, value in part.raw_items():
+        if key.lower() in ("content-type", "content-disposition"):
+            legacy[key] = str(value)
+    names = []
+    try:
+        for value in (legacy.get_param("filename", header="content-disposition"),
+                      legacy.get_param("name")):
+            if value:
+                names.append(str(email.utils.collapse_rfc2231_value(value)))
+    except Exception:  # noqa: BLE001 - what neither parser reads is left to the strict one
+        pass
+    return names
 
 
 def _screen_zip(data: bytes, outer: str, rules: ScreenRules, depth: int) -> Finding | None:
