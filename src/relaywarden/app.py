@@ -217,6 +217,23 @@ def _logs(cfg: Config) -> tuple[MailLog, ProtocolLog | None]:
     return mail, protocol
 
 
+_log_errors: set[str] = set()
+
+
+def _flush_log(log, process: str) -> None:
+    """Write out buffered log lines. A log that cannot be written (a full disk) keeps its
+    lines for the next flush: the flusher must go on, or every later line is lost too."""
+    try:
+        log.flush()
+    except OSError as exc:
+        if process not in _log_errors:     # once, not every second
+            _log_errors.add(process)
+            print(f"relaywarden: {process}: cannot write the logs: {exc}", file=sys.stderr,
+                  flush=True)
+    else:
+        _log_errors.discard(process)
+
+
 class DeliveryWorker:
     """The send half: the scheduler with its outbound connections, and the badmail sweeper.
     Runs inside the relay process ("inline") or alone in a child process ("separate")."""
@@ -378,9 +395,9 @@ class Relay:
     async def _flush_logs(self) -> None:
         while True:
             await asyncio.sleep(LOG_FLUSH_SECONDS)
-            self.services.mail_log.flush()
+            _flush_log(self.services.mail_log, "receiving")
             if self.services.protocol_log is not None:
-                self.services.protocol_log.flush()
+                _flush_log(self.services.protocol_log, "receiving")
 
     def reload(self, path: Path | None) -> None:
         """SIGHUP: new policy and listener settings for new sessions; addresses need a restart."""
@@ -537,7 +554,7 @@ async def deliver(cfg: Config, config_path: Path | None, wake_fd: int) -> int:
     async def flush_logs() -> None:
         while True:
             await asyncio.sleep(LOG_FLUSH_SECONDS)
-            mail_log.flush()
+            _flush_log(mail_log, "delivery")
 
     flusher = loop.create_task(flush_logs())
     await stop.wait()
