@@ -17,6 +17,7 @@ from pathlib import Path
 
 from relaywarden.config.build import build_ldap_settings, build_policy, build_router
 from relaywarden.config.load import DEFAULT_SOURCE, ConfigError, load_config
+from relaywarden.config.reload import changes as reload_changes
 from relaywarden.config.schema import Config
 from relaywarden.logs.files import RotatingFile, Rotation
 from relaywarden.logs.maillog import MailEvent, MailLog
@@ -275,6 +276,7 @@ class DeliveryWorker:
 class Relay:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        self.started_cfg = cfg     # what needs a restart runs as in this one
         self.services: Services | None = None
         self.servers: list[asyncio.base_events.Server] = []
         self.contexts = listener_contexts(cfg)
@@ -400,28 +402,29 @@ class Relay:
                 _flush_log(self.services.protocol_log, "receiving")
 
     def reload(self, path: Path | None) -> None:
-        """SIGHUP: new policy and listener settings for new sessions; addresses need a restart."""
+        """SIGHUP: every setting is applied (new sessions, attempts and connections use it)
+        or listed as needing a restart (config.reload has the table), on stdout and in the
+        mail log (event=reload). The delivery and admin processes reload too."""
+        log = self.services.mail_log
         try:
             cfg = load_config(path)
         except ConfigError as exc:
             for msg in exc.messages:
                 print(f"relaywarden: reload refused: {msg}", file=sys.stderr, flush=True)
+            log.event(MailEvent.RELOAD, result="refused", error=exc.messages[0])
+            _flush_log(log, "receiving")
             return
-        moved = [
-            n for n, lc in cfg.listeners.items()
-            if n not in self.cfg.listeners
-            or (lc.address, lc.port) != (self.cfg.listeners[n].address, self.cfg.listeners[n].port)
-            # An implicit-TLS server does its handshakes itself: switching needs a restart.
-            or (lc.tls.mode == "implicit") != (self.cfg.listeners[n].tls.mode == "implicit")
-        ]
-        if moved or set(cfg.listeners) != set(self.cfg.listeners):
-            print("relaywarden: reload: listener addresses (or implicit TLS) changed; restart to apply them",
-                  file=sys.stderr, flush=True)
         try:
             tls = ssl_contexts(cfg)
         except CertificateError as exc:
             print(f"relaywarden: reload refused: {cfg.source}: {exc}", file=sys.stderr, flush=True)
+            log.event(MailEvent.RELOAD, result="refused", error=f"{cfg.source}: {exc}")
+            _flush_log(log, "receiving")
             return
+        # Applied: what differs from the config loaded last. Needs a restart: what differs
+        # from the config the relay started with (listed at every reload until the restart).
+        applied = reload_changes(self.cfg, cfg).applied
+        restart = reload_changes(self.started_cfg, cfg).restart
         self.services.policy = build_policy(cfg)
         self.services.router = build_router(cfg)
         self.services.atrn = atrn_engine(cfg, self.services.store, self.services.mail_log)
@@ -444,6 +447,13 @@ class Relay:
         self.services.disk.min_free = cfg.relay.min_free_space
         self.cfg = cfg
         print("relaywarden: configuration reloaded", file=sys.stderr, flush=True)
+        if applied:
+            print(f"relaywarden: reload: applied: {', '.join(applied)}", flush=True)
+        if restart:
+            print(f"relaywarden: reload: needs a restart: {', '.join(restart)}", flush=True)
+        log.event(MailEvent.RELOAD, result="ok", source=cfg.source,
+                  applied=",".join(applied) or "-", restart=",".join(restart) or "-")
+        _flush_log(log, "receiving")
 
     def _reap_child(self) -> None:
         try:

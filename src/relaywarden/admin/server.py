@@ -680,7 +680,8 @@ def _action(method: str):
                     "release": "the message is not held"}[method]
             raise Problem(409, f"{queue_id}: {need}")
         state.audit(method, id=queue_id, recipients=n, by=user)
-        return JSON({"id": queue_id, "recipients": n, **_leased_json(leased)})
+        extra = _leased_json(leased) if method == "retry" else {}
+        return JSON({"id": queue_id, "recipients": n, **extra})
     endpoint.__name__ = f"queue_{method}"
     return endpoint
 

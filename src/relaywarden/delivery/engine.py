@@ -195,9 +195,12 @@ class _Gate:
             self._waiters.append(waiter)
             try:
                 await waiter
-            finally:
+            except asyncio.CancelledError:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
+                elif waiter.done() and not waiter.cancelled():
+                    self._wake()     # woken, then cancelled: the turn goes to the next
+                raise
         self.used += 1
 
     async def __aexit__(self, *exc: object) -> None:
