@@ -1,7 +1,7 @@
 """SIGHUP through the real relay (issue 14 item 4): every changed setting is applied or
 listed as needing a restart, on stdout and in the mail log (event=reload), and a changed
 delivery.per_destination takes effect in the delivery process: more connections to a slow
-next hop at once after the reload. The table itself: tests/config/test_reload.py."""
+next hop at once after the reload. The table itself: tests/config/test_reload_table.py."""
 
 from __future__ import annotations
 

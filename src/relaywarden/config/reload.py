@@ -2,9 +2,9 @@
 needing a restart. Nothing is ignored in silence.
 
 `SETTINGS` is the one table: every setting of the schema by its dotted key, ``*`` standing
-for the names of a table's entries (``routes.*``, ``listeners.*``). tests/config/
-test_reload.py walks the schema and fails for a setting missing here, so a new setting
-must be classified when it is added. `changes` compares two loaded configs key by key and
+for the names of a table's entries (``routes.*``, ``listeners.*``).
+tests/config/test_reload_table.py walks the schema and fails for a setting missing here,
+so a new setting must be classified when it is added. `changes` compares two loaded configs key by key and
 returns what changed, split into applied and needs-a-restart.
 
 Applied means: new sessions, new attempts and new connections use the new value (the
