@@ -17,6 +17,7 @@ from pathlib import Path
 
 from relaywarden.config.build import build_ldap_settings, build_policy, build_router
 from relaywarden.config.load import DEFAULT_SOURCE, ConfigError, load_config
+from relaywarden.config.reload import changes as reload_changes
 from relaywarden.config.schema import Config
 from relaywarden.logs.files import RotatingFile, Rotation
 from relaywarden.logs.maillog import MailEvent, MailLog
@@ -233,6 +234,23 @@ def _outbound_log(cfg: Config) -> ProtocolLog | None:
         jsonl=series(".jsonl") if "json" in log.protocol_formats else None)
 
 
+_log_errors: set[str] = set()
+
+
+def _flush_log(log, process: str) -> None:
+    """Write out buffered log lines. A log that cannot be written (a full disk) keeps its
+    lines for the next flush: the flusher must go on, or every later line is lost too."""
+    try:
+        log.flush()
+    except OSError as exc:
+        if process not in _log_errors:     # once, not every second
+            _log_errors.add(process)
+            print(f"relaywarden: {process}: cannot write the logs: {exc}", file=sys.stderr,
+                  flush=True)
+    else:
+        _log_errors.discard(process)
+
+
 class DeliveryWorker:
     """The send half: the scheduler with its outbound connections, and the badmail sweeper.
     Runs inside the relay process ("inline") or alone in a child process ("separate")."""
@@ -277,6 +295,7 @@ class Relay:
     def __init__(self, cfg: Config, *, files: FileOps = REAL) -> None:
         self.cfg = cfg
         self.files = files     # the queue's file operations (a test's failing ones)
+        self.started_cfg = cfg     # what needs a restart runs as in this one
         self.services: Services | None = None
         self.servers: list[asyncio.base_events.Server] = []
         self.contexts = listener_contexts(cfg)
@@ -400,35 +419,36 @@ class Relay:
     async def _flush_logs(self) -> None:
         while True:
             await asyncio.sleep(LOG_FLUSH_SECONDS)
-            self.services.mail_log.flush()
+            _flush_log(self.services.mail_log, "receiving")
             if self.services.protocol_log is not None:
-                self.services.protocol_log.flush()
+                _flush_log(self.services.protocol_log, "receiving")
             if self.outbound_log is not None:
-                self.outbound_log.flush()
+                _flush_log(self.outbound_log, "receiving")
 
     def reload(self, path: Path | None) -> None:
-        """SIGHUP: new policy and listener settings for new sessions; addresses need a restart."""
+        """SIGHUP: every setting is applied (new sessions, attempts and connections use it)
+        or listed as needing a restart (config.reload has the table), on stdout and in the
+        mail log (event=reload). The delivery and admin processes reload too."""
+        log = self.services.mail_log
         try:
             cfg = load_config(path)
         except ConfigError as exc:
             for msg in exc.messages:
                 print(f"relaywarden: reload refused: {msg}", file=sys.stderr, flush=True)
+            log.event(MailEvent.RELOAD, result="refused", error=exc.messages[0])
+            _flush_log(log, "receiving")
             return
-        moved = [
-            n for n, lc in cfg.listeners.items()
-            if n not in self.cfg.listeners
-            or (lc.address, lc.port) != (self.cfg.listeners[n].address, self.cfg.listeners[n].port)
-            # An implicit-TLS server does its handshakes itself: switching needs a restart.
-            or (lc.tls.mode == "implicit") != (self.cfg.listeners[n].tls.mode == "implicit")
-        ]
-        if moved or set(cfg.listeners) != set(self.cfg.listeners):
-            print("relaywarden: reload: listener addresses (or implicit TLS) changed; restart to apply them",
-                  file=sys.stderr, flush=True)
         try:
             tls = ssl_contexts(cfg)
         except CertificateError as exc:
             print(f"relaywarden: reload refused: {cfg.source}: {exc}", file=sys.stderr, flush=True)
+            log.event(MailEvent.RELOAD, result="refused", error=f"{cfg.source}: {exc}")
+            _flush_log(log, "receiving")
             return
+        # Applied: what differs from the config loaded last. Needs a restart: what differs
+        # from the config the relay started with (listed at every reload until the restart).
+        applied = reload_changes(self.cfg, cfg).applied
+        restart = reload_changes(self.started_cfg, cfg).restart
         self.services.policy = build_policy(cfg)
         self.services.router = build_router(cfg)
         self.services.atrn = atrn_engine(cfg, self.services.store, self.services.mail_log,
@@ -452,6 +472,13 @@ class Relay:
         self.services.disk.min_free = cfg.relay.min_free_space
         self.cfg = cfg
         print("relaywarden: configuration reloaded", file=sys.stderr, flush=True)
+        if applied:
+            print(f"relaywarden: reload: applied: {', '.join(applied)}", flush=True)
+        if restart:
+            print(f"relaywarden: reload: needs a restart: {', '.join(restart)}", flush=True)
+        log.event(MailEvent.RELOAD, result="ok", source=cfg.source,
+                  applied=",".join(applied) or "-", restart=",".join(restart) or "-")
+        _flush_log(log, "receiving")
 
     def _reap_child(self) -> None:
         try:
@@ -565,9 +592,9 @@ async def deliver(cfg: Config, config_path: Path | None, wake_fd: int) -> int:
     async def flush_logs() -> None:
         while True:
             await asyncio.sleep(LOG_FLUSH_SECONDS)
-            mail_log.flush()
+            _flush_log(mail_log, "delivery")
             if outbound_log is not None:
-                outbound_log.flush()
+                _flush_log(outbound_log, "delivery")
 
     flusher = loop.create_task(flush_logs())
     await stop.wait()

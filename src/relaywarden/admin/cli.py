@@ -285,6 +285,16 @@ def queue_flush(config_path, domain) -> None:
     n = admin.flush(domain=domain, by=_who())
     _audit(cfg, "flush", domain=domain, recipients=n, by=_who())
     click.echo(f"{n} recipient(s) due now")
+    _say_leased(admin.leased(domain=domain))
+
+
+def _say_leased(leased: list[tuple[str, str, float]]) -> None:
+    """Recipients an attempt under way holds: a flush or retry cannot start them again
+    before that attempt ends (the scheduler renews the lease while it lasts)."""
+    for queue_id, address, until in leased:
+        click.echo(f"{queue_id}: {address}: leased by a live attempt until "
+                   f"{time.strftime('%H:%M:%S', time.gmtime(until))} UTC; its outcome decides"
+                   " the next attempt")
 
 
 _ONE_HELP = {
@@ -307,6 +317,8 @@ def _one(name: str, method: str, verb: str):
         n = getattr(admin, method)(queue_id, by=_who())
         _audit(cfg, name, id=queue_id, recipients=n, by=_who())
         click.echo(f"{queue_id}: {n} recipient(s) {verb}")
+        if name == "retry":
+            _say_leased(admin.leased(queue_id=queue_id))
     return command
 
 

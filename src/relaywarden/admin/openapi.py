@@ -95,9 +95,18 @@ _EXPLAIN_STEP = {
                    "rule": {"type": "string"}, "reason": {"type": "string"}},
 }
 
+#: Recipients an attempt under way holds (retry, flush): not made due; free when it ends.
+_LEASED = {"type": "array", "items": {
+    "type": "object", "required": ["id", "address", "until", "until_text"],
+    "properties": {"id": {"type": "string"}, "address": {"type": "string"},
+                   "until": {"type": "number", "description": "lease end, epoch seconds "
+                             "(renewed while the attempt lasts)"},
+                   "until_text": {"type": "string", "description": "HH:MM:SS UTC"}}}}
+
 _ACTION_RESULT = {
     "type": "object", "required": ["id", "recipients"],
-    "properties": {"id": {"type": "string"}, "recipients": {"type": "integer"}},
+    "properties": {"id": {"type": "string"}, "recipients": {"type": "integer"},
+                   "leased": _LEASED},
 }
 
 
@@ -177,8 +186,9 @@ def openapi_document(version: str) -> dict:
             },
             "/api/v1/queue/flush": {
                 "post": _op("Make queued mail (of one domain) due now", "operator",
-                            {"200": _json({"type": "object", "required": ["recipients"],
-                                           "properties": {"recipients": {"type": "integer"}}})},
+                            {"200": _json({"type": "object", "required": ["recipients", "leased"],
+                                           "properties": {"recipients": {"type": "integer"},
+                                                          "leased": _LEASED}})},
                             body=_body({"type": "object",
                                         "properties": {"domain": {"type": "string"}}}, required=False),
                             op_id="queueFlush"),
@@ -214,7 +224,8 @@ def openapi_document(version: str) -> dict:
             **{f"/api/v1/queue/{{id}}/{action}": {
                 "post": _op(text, "operator", {"200": _json("ActionResult")}, parameters=[_ID],
                             op_id=f"queue{action.title()}")}
-               for action, text in (("retry", "Try now (409: nothing waits for a retry)"),
+               for action, text in (("retry", "Try now (409: nothing waits for a retry, or every waiting "
+                                              "recipient is leased by a live attempt: `leased`)"),
                                     ("hold", "Hold (409: nothing queued)"),
                                     ("release", "Release a held message (409: not held)"))},
             "/api/v1/badmail": {

@@ -76,9 +76,11 @@ class Problem(Exception):
     """An RFC 9457 problem: raised anywhere in a handler, answered by `_problem_handler`."""
 
     def __init__(self, status: int, detail: str, *, field: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
         super().__init__(detail)
         self.status, self.detail, self.field, self.headers = status, detail, field, headers or {}
+        self.extra = extra or {}     # RFC 9457 3.2 extension members
 
 
 class JSON(JSONResponse):
@@ -88,7 +90,8 @@ class JSON(JSONResponse):
 
 
 def problem_response(status: int, detail: str, *, field: str | None = None,
-                     headers: dict[str, str] | None = None) -> Response:
+                     headers: dict[str, str] | None = None,
+                     extra: dict[str, Any] | None = None) -> Response:
     try:
         title = http.HTTPStatus(status).phrase
     except ValueError:
@@ -97,12 +100,14 @@ def problem_response(status: int, detail: str, *, field: str | None = None,
                             "detail": detail}
     if field is not None:
         body["field"] = field
+    body.update(extra or {})
     return JSON(body, status_code=status, headers=headers, media_type="application/problem+json")
 
 
 async def _problem_handler(request: Request, exc: Exception) -> Response:
     if isinstance(exc, Problem):
-        return problem_response(exc.status, exc.detail, field=exc.field, headers=exc.headers)
+        return problem_response(exc.status, exc.detail, field=exc.field, headers=exc.headers,
+                                extra=exc.extra)
     if isinstance(exc, HTTPException):
         detail = {404: "no such resource", 405: "method not allowed here"}.get(
             exc.status_code, str(exc.detail))
@@ -659,17 +664,24 @@ def _action(method: str):
         def work(admin):
             if not admin.exists(queue_id):
                 return None
-            return getattr(admin, method)(queue_id, by=user)
+            n = getattr(admin, method)(queue_id, by=user)
+            return n, admin.leased(queue_id=queue_id) if method == "retry" else []
 
-        n = await asyncio.to_thread(_with_admin, state.cfg, work)
-        if n is None:
+        result = await asyncio.to_thread(_with_admin, state.cfg, work)
+        if result is None:
             raise Problem(404, f"no message {queue_id} in the queue")
+        n, leased = result
+        if n == 0 and leased:
+            until = time.strftime("%H:%M:%S", time.gmtime(leased[-1][2]))
+            raise Problem(409, f"{queue_id}: leased by a live attempt until {until} UTC; its"
+                          " outcome decides the next attempt", extra=_leased_json(leased))
         if n == 0:
             need = {"retry": "no recipient waits for a retry", "hold": "no recipient is queued",
                     "release": "the message is not held"}[method]
             raise Problem(409, f"{queue_id}: {need}")
         state.audit(method, id=queue_id, recipients=n, by=user)
-        return JSON({"id": queue_id, "recipients": n})
+        extra = _leased_json(leased) if method == "retry" else {}
+        return JSON({"id": queue_id, "recipients": n, **extra})
     endpoint.__name__ = f"queue_{method}"
     return endpoint
 
@@ -713,11 +725,21 @@ async def queue_flush(request: Request) -> Response:
         if not domain or any(c.isspace() for c in domain):
             raise Problem(400, "not a domain", field="domain")
     user = _user(request)
-    n = await asyncio.to_thread(_with_admin, state.cfg,
-                                lambda admin: admin.flush(domain=domain, by=user))
-    n = n or 0
+    result = await asyncio.to_thread(
+        _with_admin, state.cfg,
+        lambda admin: (admin.flush(domain=domain, by=user), admin.leased(domain=domain)))
+    n, leased = result or (0, [])
     state.audit("flush", domain=domain, recipients=n, by=user)
-    return JSON({"recipients": n})
+    return JSON({"recipients": n, **_leased_json(leased)})
+
+
+def _leased_json(leased: list[tuple[str, str, float]]) -> dict[str, Any]:
+    """Recipients an attempt under way holds (QueueAdmin.leased): a flush or retry cannot
+    start them before it ends; ``until`` is when the lease ends unless renewed (epoch
+    seconds), ``until_text`` the same as HH:MM:SS UTC."""
+    return {"leased": [{"id": qid, "address": address, "until": until,
+                        "until_text": time.strftime("%H:%M:%S UTC", time.gmtime(until))}
+                       for qid, address, until in leased]}
 
 
 @needs("admin")

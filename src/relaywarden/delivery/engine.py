@@ -1,7 +1,7 @@
 """The scheduler and the delivery of queued messages.
 
 A loop claims due recipients from the queue (a lease, so that a crash mid-attempt means a
-retry, never a loss), the router says where each recipient goes, the resolver turns the
+retry, never a loss; see LEASE_SECONDS), the router says where each recipient goes, the resolver turns the
 route into addresses, and the outbound client speaks SMTP to them. What comes back is
 written to the queue in one transaction together with any DSN it causes: delivered,
 deferred (next attempt on the retry schedule), bounced (a DSN to the sender), held, or
@@ -11,11 +11,13 @@ badmail (a bounce that cannot be bounced).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import random
 import re
+import sys
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,19 @@ from relaywarden.smtp.reply import Reply, reply
 POLL_SECONDS = 1.0
 #: An idle outbound connection is kept this long for the next message to the same host.
 IDLE_SECONDS = 10.0
+#: A claim leases its recipients for this long, and the scheduler renews the leases of the
+#: attempts still under way every RENEW_SECONDS. An attempt's worst case is long (RFC 5321
+#: 4.5.3.2 allows 5 minutes per command and 10 for the final dot, per host tried: over 40
+#: minutes with the default timeouts), so a lease that had to cover it whole would keep a
+#: recipient from the next attempt for that long whenever an attempt ends without its
+#: outcome reaching the queue (the process died, or the queue could not be written). A
+#: short lease that the live process renews covers any attempt and lapses within two
+#: minutes of the last renewal once nobody renews it.
+LEASE_SECONDS = 120.0
+RENEW_SECONDS = 30.0
+#: An attempt that ends by an error of our own (a bug, the disk: not a reply of the next
+#: hop) is tried again this soon, not on the retry schedule meant for remote trouble.
+LOCAL_RETRY_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,11 +83,6 @@ class DeliverySettings:
     data_timeout: float = 600
     ca_file: str | None = None
     ndr_copy_to: str | None = None
-
-    @property
-    def lease(self) -> float:
-        # Longer than any single attempt can take, so a live attempt is never doubled.
-        return self.connect_timeout + 6 * self.command_timeout + self.data_timeout
 
 
 #: The outcomes each DSN action reports on.
@@ -97,6 +107,19 @@ class Outcome:
     route: str = ""
     tls: str = ""                # TLS version and cipher of the delivery, "" without TLS
     synthesized: bool = False    # the reply is ours (no connection, timeout, expiry), not the host's
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """An attempt's outcome for the queue: what `Store.record` takes."""
+    queue_id: str
+    updates: list[RecipientUpdate]
+    new_messages: list
+    events: list[dict]
+
+    @property
+    def keys(self) -> set[tuple[str, int]]:
+        return {(self.queue_id, u.idx) for u in self.updates}
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,19 +181,67 @@ async def _transaction(conn: OutboundConnection, message: DueMessage, body: byte
     )
 
 
+class _Gate:
+    """At most ``limit`` holders at once, like a semaphore, but the limit can change while
+    it is held (a reload of delivery.per_destination): a lower limit lets no one new in
+    until enough holders have left, a higher one lets waiters in at once."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: deque[asyncio.Future] = deque()
+
+    async def __aenter__(self) -> None:
+        while self.used >= self.limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                elif waiter.done() and not waiter.cancelled():
+                    self._wake()     # woken, then cancelled: the turn goes to the next
+                raise
+        self.used += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.used -= 1
+        self._wake()
+
+    def resize(self, limit: int) -> None:
+        self.limit = limit
+        self._wake()
+
+    def _wake(self) -> None:
+        # Woken waiters look again (the while above): one that finds no room waits anew.
+        for _ in range(max(0, self.limit - self.used)):
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    break
+
+
 class _Pool:
     """Idle outbound connections by next hop, and a cap on connections per next hop."""
 
     def __init__(self, per_destination: int) -> None:
         self._limit = per_destination
-        self._slots: dict[tuple[str, int], asyncio.Semaphore] = {}
+        self._slots: dict[tuple[str, int], _Gate] = {}
         self._idle: dict[tuple, list[tuple[float, OutboundConnection]]] = defaultdict(list)
 
-    def slot(self, hop: _Hop) -> asyncio.Semaphore:
+    def slot(self, hop: _Hop) -> _Gate:
         key = (hop.address, hop.port)
         if key not in self._slots:
-            self._slots[key] = asyncio.Semaphore(self._limit)
+            self._slots[key] = _Gate(self._limit)
         return self._slots[key]
+
+    def resize(self, per_destination: int) -> None:
+        """A new delivery.per_destination, for the next connections to every next hop."""
+        self._limit = per_destination
+        for gate in self._slots.values():
+            gate.resize(per_destination)
 
     async def take(self, hop: _Hop, policy: ClientPolicy, *, fresh: bool = False,
                    log: ProtocolLog | None = None, queue_id: str = "",
@@ -218,15 +289,33 @@ class Engine:
         self.store = store
         self.router = router
         self.resolver = resolver
+        self._pool = _Pool(settings.per_destination)
         self.settings = settings
         self.mail_log = mail_log
         self.protocol_log = protocol_log    # the outbound protocol log (None: off)
         self._clock = clock
         self._wakeup = asyncio.Event()
         self._active: set[asyncio.Task] = set()
-        self._pool = _Pool(settings.per_destination)
         self._stopping = False
         self._loop_task: asyncio.Task | None = None
+        # The recipients (queue id, idx) of the attempts under way: their leases are
+        # renewed, and a claim never hands them out twice.
+        self._live: set[tuple[str, int]] = set()
+        self._renewed_at = 0.0           # time.monotonic() of the last renewal that worked
+        # Outcomes the queue could not take (a full disk): kept here, in order, and written
+        # before anything else once the queue takes writes again. Their recipients stay in
+        # _live meanwhile, so nothing claims them; the process knows how their attempt ended.
+        self._unrecorded: list[_Record] = []
+
+    @property
+    def settings(self) -> DeliverySettings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: DeliverySettings) -> None:
+        # A reload: new attempts use the new settings, the next connections the new cap.
+        self._settings = settings
+        self._pool.resize(settings.per_destination)
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -248,6 +337,12 @@ class Engine:
             done, pending = await asyncio.wait(set(self._active), timeout=timeout)
             for task in pending:
                 task.cancel()
+        if not await self._write_unrecorded():
+            # Their leases lapse, and the next start releases them anyway: the attempts
+            # are made again (a delivery twice, at worst; never a loss).
+            print(f"relaywarden: delivery: stopping with {len(self._unrecorded)} attempt"
+                  " outcome(s) the queue could not take; they will be tried again",
+                  file=sys.stderr, flush=True)
         await self._pool.close()
 
     async def _run(self) -> None:
@@ -255,12 +350,16 @@ class Engine:
         while not self._stopping:
             self._wakeup.clear()
             free = self.settings.max_concurrent - len(self._active)
-            if free > 0:
+            # Outcomes the queue owes first, then the live attempts' leases: no new claim
+            # while either failed (the queue cannot be written; a claim would fail too).
+            writable = await self._write_unrecorded() and await self._renew_leases()
+            if free > 0 and writable:
                 try:
-                    due = await self.store.claim_due(self._clock(), free, self.settings.lease)
+                    due = await self.store.claim_due(self._clock(), free, LEASE_SECONDS)
                 except Exception as exc:  # noqa: BLE001 - the queue may be busy; try again
                     self.mail_log.event(MailEvent.DEFERRED, error=f"queue scan failed: {exc}")
                     due = []
+                due = [m for m in map(self._not_live, due) if m is not None]
                 for message in due:
                     task = asyncio.get_running_loop().create_task(self._deliver(message))
                     # asyncio keeps only weak references to tasks (DESIGN.md, known traps).
@@ -282,25 +381,114 @@ class Engine:
             self.mail_log.event(MailEvent.DEFERRED, error=f"delivery failed: {task.exception()!r}")
         self._wakeup.set()
 
+    # -- leases and outcomes the queue could not take ------------------------------------
+
+    def _not_live(self, message: DueMessage) -> DueMessage | None:
+        """A claimed message without the recipients an attempt of ours already has (a lease
+        that lapsed while the queue could not be written to renew it)."""
+        keep = tuple(r for r in message.recipients if (message.queue_id, r.idx) not in self._live)
+        if len(keep) == len(message.recipients):
+            return message
+        return dataclasses.replace(message, recipients=keep) if keep else None
+
+    async def _renew_leases(self) -> bool:
+        """Renew the leases of the attempts under way, every RENEW_SECONDS (and at once
+        after a renewal failed). False: the queue could not be written."""
+        if not self._live:
+            self._renewed_at = time.monotonic()
+            return True
+        if time.monotonic() - self._renewed_at < RENEW_SECONDS:
+            return True
+        try:
+            await self.store.renew_leases(sorted(self._live), self._clock() + LEASE_SECONDS)
+        except Exception:  # noqa: BLE001 - the queue cannot be written; they lapse
+            return False
+        self._renewed_at = time.monotonic()
+        return True
+
+    async def _write_unrecorded(self) -> bool:
+        """Write the outcomes the queue could not take before, oldest first. True when none
+        is left."""
+        while self._unrecorded:
+            record = self._unrecorded[0]
+            try:
+                await self._store_record(record)
+            except Exception:  # noqa: BLE001 - still not writable: keep them, try later
+                return False
+            self._unrecorded.pop(0)
+            self._live.difference_update(record.keys)
+            self.mail_log.event(MailEvent.DEFERRED, id=record.queue_id, action="recorded",
+                                reason="the queue took the attempt's outcome, kept in memory"
+                                " until it could be written")
+        return True
+
+    async def _store_record(self, record: "_Record") -> None:
+        await self.store.record(record.queue_id, record.updates,
+                                new_messages=record.new_messages, events=record.events)
+        for env, spool in record.new_messages:
+            self.mail_log.event(MailEvent.QUEUED, id=env.queue_id, listener="-", sender="<>",
+                                to=",".join(r.address for r in env.recipients), size=spool.size,
+                                reason=f"DSN for {record.queue_id}")
+            spool.discard()
+        if record.new_messages:
+            self.wake()
+
+    async def _record(self, record: "_Record") -> None:
+        """Write an attempt's outcome. If the queue cannot take it (a full disk), it is kept
+        in memory and written by the scheduler as soon as the queue can: the process knows
+        how the attempt ended, so its recipients are not left to a lease."""
+        if self._loop_task is None:
+            # The receiving process's ATRN engine has no scheduler to write it later: the
+            # error goes to the session, and the ATRN lease brings the recipients back.
+            await self._store_record(record)
+            return
+        error = None
+        if not self._unrecorded:    # in order: never ahead of an older outcome
+            try:
+                await self._store_record(record)
+                return
+            except Exception as exc:  # noqa: BLE001 - StoreError, or a DSN that cannot be stored
+                error = exc
+        self._unrecorded.append(record)
+        self._live.update(record.keys)
+        self.mail_log.event(MailEvent.DEFERRED, id=record.queue_id, action="kept",
+                            error=None if error is None else f"queue write failed: {error}",
+                            reason="the attempt's outcome is kept in memory until the queue"
+                            " can be written")
+
     # -- one message -----------------------------------------------------------------------
 
     async def _deliver(self, message: DueMessage) -> None:
+        keys = {(message.queue_id, r.idx) for r in message.recipients}
+        self._live.update(keys)
         try:
             await self._attempt(message)
         except Exception as exc:  # noqa: BLE001 - a bug must defer the mail, not strand it
-            self.mail_log.event(MailEvent.DEFERRED, id=message.queue_id,
-                                error=f"internal error: {exc!r}")
-            now = self._clock()
-            updates = [
-                RecipientUpdate(idx=r.idx, status=RecipientStatus.QUEUED,
-                                next_attempt=self._retry_at(now, r.attempts + 1),
-                                attempts=r.attempts + 1, last_error=f"internal error: {exc!r}")
-                for r in message.recipients]
-            await self.store.record(message.queue_id, updates, events=[
-                {"at": now, "idx": u.idx, "to": r.address, "outcome": "deferred",
-                 "reply": u.last_error, "ours": True, "attempts": u.attempts,
-                 "next_attempt": u.next_attempt}
-                for u, r in zip(updates, message.recipients)])
+            await self._local_error(message, exc)
+        finally:
+            # Recorded (or kept in _unrecorded, which holds its own keys): no longer ours.
+            pending = {k for rec in self._unrecorded for k in rec.keys}
+            self._live.difference_update(keys - pending)
+
+    async def _local_error(self, message: DueMessage, exc: Exception) -> None:
+        """An attempt that ended by an exception of our own (a bug, an OSError of our disk;
+        not a reply of the next hop): its recipients are deferred at once, with the reason,
+        and tried again in LOCAL_RETRY_SECONDS."""
+        why = f"4.3.0 local error: {exc!r}"
+        self.mail_log.event(MailEvent.DEFERRED, id=message.queue_id,
+                            to=",".join(r.address for r in message.recipients), reply=why,
+                            attempts=max(r.attempts for r in message.recipients) + 1)
+        now = self._clock()
+        retry_at = now + LOCAL_RETRY_SECONDS * random.uniform(0.9, 1.1)
+        updates = [
+            RecipientUpdate(idx=r.idx, status=RecipientStatus.QUEUED, next_attempt=retry_at,
+                            attempts=r.attempts + 1, last_error=why,
+                            delay_notified=r.delay_notified)
+            for r in message.recipients]
+        await self._record(_Record(message.queue_id, updates, [], [
+            {"at": now, "idx": u.idx, "to": r.address, "outcome": "deferred",
+             "reply": why, "ours": True, "attempts": u.attempts, "next_attempt": retry_at}
+            for u, r in zip(updates, message.recipients)]))
 
     async def _body_of(self, message: DueMessage) -> bytes | Path | None:
         """The body to send, or None: the message was removed meanwhile (queue delete), or
@@ -314,13 +502,13 @@ class Engine:
             # recipients are held (no more attempts) and the admin is told.
             self.mail_log.event(MailEvent.DEFERRED, id=message.queue_id, error=str(exc),
                                 action="held")
-            await self.store.record(message.queue_id, [
+            await self._record(_Record(message.queue_id, [
                 RecipientUpdate(idx=r.idx, status=RecipientStatus.HELD,
                                 attempts=r.attempts, last_error=str(exc), held_by="body")
-                for r in message.recipients], events=[
+                for r in message.recipients], [], [
                 {"at": self._clock(), "idx": r.idx, "to": r.address, "outcome": "held",
                  "reply": str(exc), "ours": True, "attempts": r.attempts}
-                for r in message.recipients])
+                for r in message.recipients]))
             return None
 
     async def _attempt(self, message: DueMessage) -> None:
@@ -628,15 +816,7 @@ class Engine:
             for e in events:
                 if e["to"] in told and e["outcome"] in _DSN_OUTCOME[action]:
                     e["dsn_id"] = new_messages[-1][0].queue_id
-        await self.store.record(message.queue_id, updates, new_messages=new_messages,
-                                events=events)
-        for env, spool in new_messages:
-            log.event(MailEvent.QUEUED, id=env.queue_id, listener="-", sender="<>",
-                      to=",".join(r.address for r in env.recipients), size=spool.size,
-                      reason=f"DSN for {message.queue_id}")
-            spool.discard()
-        if new_messages:
-            self.wake()
+        await self._record(_Record(message.queue_id, updates, new_messages, events))
 
     def _dsn_rcpt(self, r: DueRecipient, action: DsnAction, o: Outcome, now: float, *,
                   until: float | None = None) -> DsnRecipient:

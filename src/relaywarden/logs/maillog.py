@@ -37,6 +37,8 @@ class MailEvent(enum.Enum):
     DELETE = "delete"
     BADMAIL_RELEASE = "badmail-release"
     BADMAIL_DELETE = "badmail-delete"
+    # SIGHUP: what the reload applied and what needs a restart (config.reload).
+    RELOAD = "reload"
 
 
 _PLAIN = re.compile(r'[^ "=\\]+')

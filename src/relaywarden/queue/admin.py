@@ -68,14 +68,37 @@ class QueueAdmin:
 
     def flush(self, *, domain: str | None = None, by: str = "") -> int:
         """Every queued recipient (of one domain) is due now; with a domain, held ones too
-        (like ETRN: the admin asks for that domain's mail to go out now)."""
+        (like ETRN: the admin asks for that domain's mail to go out now). Returns how many
+        are due now: not those an attempt under way holds (see `leased`), whose next
+        attempt that attempt's outcome decides."""
         now = time.time()
         def apply(db):
             if domain is None:
                 return db.execute(
-                    "UPDATE recipients SET next_attempt = ? WHERE status = 'queued'", (now,)).rowcount
-            return len(start_domain(db, domain.lower().rstrip("."), now, by=by))
+                    "UPDATE recipients SET next_attempt = ? WHERE status = 'queued'"
+                    " AND lease_until <= ?", (now, now)).rowcount
+            name = domain.lower().rstrip(".")
+            (busy,) = db.execute(
+                "SELECT COUNT(*) FROM recipients WHERE domain = ? AND status = 'queued'"
+                " AND lease_until > ?", (name, now)).fetchone()
+            return len(start_domain(db, name, now, by=by)) - busy
         return self._tx(apply)
+
+    def leased(self, *, queue_id: str | None = None, domain: str | None = None,
+               limit: int = 100) -> list[tuple[str, str, float]]:
+        """Queued recipients that an attempt under way holds, (queue id, address, lease
+        end), soonest end first: a flush or retry cannot make them due before that attempt
+        ends (its outcome sets the next attempt). The scheduler renews the lease while the
+        attempt lasts (delivery.engine.LEASE_SECONDS); it is free when the attempt ends."""
+        where, args = "", ()
+        if queue_id is not None:
+            where, args = " AND message_id = ?", (queue_id,)
+        elif domain is not None:
+            where, args = " AND domain = ?", (domain.lower().rstrip("."),)
+        return self._db.execute(
+            "SELECT message_id, address, lease_until FROM recipients WHERE status = 'queued'"
+            f" AND lease_until > ?{where} ORDER BY lease_until, message_id, idx LIMIT ?",
+            (time.time(),) + args + (limit,)).fetchall()
 
     def _change(self, queue_id: str, action: str, by: str, sql: str, args: tuple) -> int:
         def apply(db):
@@ -85,9 +108,12 @@ class QueueAdmin:
         return self._tx(apply)
 
     def retry(self, queue_id: str, *, by: str = "") -> int:
+        """Its queued recipients are due now, but not those an attempt under way holds
+        (`leased`)."""
+        now = time.time()
         return self._change(queue_id, "retry", by,
                             "UPDATE recipients SET next_attempt = ? WHERE message_id = ?"
-                            " AND status = 'queued'", (time.time(), queue_id))
+                            " AND status = 'queued' AND lease_until <= ?", (now, queue_id, now))
 
     def hold(self, queue_id: str, *, by: str = "") -> int:
         return self._change(queue_id, "hold", by,

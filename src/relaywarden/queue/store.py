@@ -288,9 +288,16 @@ _INSERT_BODY = "INSERT INTO bodies (message_id, data) VALUES {values}"
 _UPDATE_OUTCOMES = (
     "WITH u(status, next_attempt, attempts, last_error, remote_mta, delay_notified, held_by,"
     " mid, idx) AS (VALUES {values})"
-    " UPDATE recipients SET status = u.status, next_attempt = u.next_attempt,"
+    # An admin hold that came while the attempt was under way wins over an outcome that
+    # would have it wait on (deferred, held by its route): the recipient stays held by the
+    # admin. A final outcome (delivered, bounced, badmail) is what happened: it stands.
+    " UPDATE recipients SET status = CASE WHEN recipients.status = 'held' AND"
+    " recipients.held_by = 'admin' AND u.status IN ('queued', 'held') THEN 'held'"
+    " ELSE u.status END, next_attempt = u.next_attempt,"
     " attempts = u.attempts, last_error = u.last_error, remote_mta = u.remote_mta,"
-    " delay_notified = u.delay_notified, held_by = u.held_by, lease_until = 0"
+    " delay_notified = u.delay_notified, held_by = CASE WHEN recipients.status = 'held' AND"
+    " recipients.held_by = 'admin' AND u.status IN ('queued', 'held') THEN 'admin'"
+    " ELSE u.held_by END, lease_until = 0"
     " FROM u WHERE recipients.message_id = u.mid AND recipients.idx = u.idx")
 _MAX_VARIABLES = 30000   # SQLite's limit is 32,766 bound parameters per statement
 
@@ -592,6 +599,13 @@ class Store:
             rows.sort(key=lambda row: (row[0], row[1]))
             return _due_messages(db, rows)
         return self._write(apply, durable=False)
+
+    async def renew_leases(self, keys: Sequence[tuple[str, int]], until: float) -> None:
+        """The scheduler's attempts (queue id, idx) are still under way: leased until
+        ``until`` (delivery.engine.LEASE_SECONDS)."""
+        await self._write(lambda db: db.executemany(
+            "UPDATE recipients SET lease_until = ? WHERE message_id = ? AND idx = ?"
+            " AND lease_until > 0", [(until, mid, idx) for mid, idx in keys]), durable=False)
 
     async def release_leases(self) -> int:
         """At start-up of a single relay process: attempts that were under way when the last
