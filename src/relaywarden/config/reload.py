@@ -38,6 +38,7 @@ SETTINGS: dict[str, str] = {
     # The log files are opened by each process at start.
     "log.dir": RESTART,
     "log.protocol": RESTART,
+    "log.protocol_outbound": RESTART,
     "log.protocol_formats": RESTART,
     "log.mail": RESTART,
     "log.rotate": RESTART,
