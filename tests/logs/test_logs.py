@@ -132,7 +132,7 @@ def test_mail_log_is_logfmt_and_quotes_unsafe_values(tmp_path):
               user=None)
     log.close()
     line = (tmp_path / "mail260921.log").read_text()
-    assert line == ('2026-09-21T14:13:20.500Z event=reject stage=rcpt client=10.0.0.9 '
+    assert line == ('2026-09-21T14:13:20.500000Z event=reject stage=rcpt client=10.0.0.9 '
                     'reason="said \\"no\\" here"\n')
 
 
@@ -239,3 +239,15 @@ def test_outbound_protocol_log_follows_the_inbound_one_unless_set(tmp_path):
     assert outbound({"protocol_outbound": False}) == (False, None)
     only_json = outbound({"protocol_formats": ["json"]})[1]
     assert only_json._w3c is None and only_json._json is not None
+
+
+def test_mail_log_stamps_are_microseconds_and_at_gives_the_moment_of_the_event(tmp_path):
+    clock = Clock(1_790_000_000.123456)
+    log = MailLog(RotatingFile(tmp_path, prefix="mail", suffix=".log", rotation=Rotation.DAILY,
+                               max_size=0, keep=3, clock=clock), clock=clock)
+    log.event(MailEvent.QUEUED, at=1_790_000_000.000001, id="A")
+    log.event(MailEvent.ATTEMPT, id="A")
+    log.close()
+    assert (tmp_path / "mail260921.log").read_text().splitlines() == [
+        "2026-09-21T14:13:20.000001Z event=queued id=A",
+        "2026-09-21T14:13:20.123456Z event=attempt id=A"]

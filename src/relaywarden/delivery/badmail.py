@@ -185,7 +185,8 @@ class Badmail:
         )
         await self.store.enqueue(env, spool)
         spool.discard()
-        self.mail_log.event(MailEvent.QUEUED, id=env.queue_id, listener="-", sender="<>",
+        self.mail_log.event(MailEvent.QUEUED, at=env.received_at, id=env.queue_id,
+                            listener="-", sender="<>",
                             to=self.settings.notify, reason="badmail notice",
                             count=len(entries))
         self._wake()

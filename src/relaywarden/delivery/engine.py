@@ -426,7 +426,8 @@ class Engine:
         await self.store.record(record.queue_id, record.updates,
                                 new_messages=record.new_messages, events=record.events)
         for env, spool in record.new_messages:
-            self.mail_log.event(MailEvent.QUEUED, id=env.queue_id, listener="-", sender="<>",
+            self.mail_log.event(MailEvent.QUEUED, at=env.received_at, id=env.queue_id,
+                                listener="-", sender="<>",
                                 to=",".join(r.address for r in env.recipients), size=spool.size,
                                 reason=f"DSN for {record.queue_id}")
             spool.discard()

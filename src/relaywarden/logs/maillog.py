@@ -3,6 +3,15 @@
 Event names are fixed (DESIGN.md): connect, auth, reject, queued, attempt, delivered, deferred,
 bounced, badmail (plus disconnect, and etrn / atrn for a queue a client started or collected). Format: an ISO timestamp, then logfmt ``key=value`` pairs,
 so `grep id=XYZ` tells a message's whole story and a machine can parse it.
+
+The timestamp is the moment of the event, in UTC to the microsecond, always 27 characters
+(``2026-09-21T14:13:20.500000Z``). Two processes write the file, each through its own
+buffer, so the file's order is the order of the writes, not quite of the events; the
+stamps are. ``LC_ALL=C sort -s -k1,1`` (or plain ``sort``) restores the order of events
+across the processes and across the files of a day. An event's stamp is taken when it
+happens, which is not always when its line is written: ``queued`` carries the time the
+commit began (``at=``), so it sorts before anything the delivery process does with the
+message once the commit lets it claim it.
 """
 
 from __future__ import annotations
@@ -68,17 +77,27 @@ class MailLog:
         self._stamp = SecondStamp(
             lambda second: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
 
-    def event(self, event: MailEvent, **fields: object) -> None:
+    def event(self, event: MailEvent, /, *, at: float | None = None, **fields: object) -> None:
+        """One line. ``at``: when the event happened, if that was before now (epoch
+        seconds); the line's stamp, so that sorting by stamp gives the order of events."""
         if self._observer is not None:
             self._observer(event, fields)
         if self._out is None:
             return
         now = self._clock()
-        parts = [f"{self._stamp(now)}.{int(now % 1 * 1000):03d}Z event={event.value}"]
+        self._out.write(self._line(event, fields, now if at is None else at), now)
+
+    def stamp(self, moment: float) -> str:
+        """``moment`` as the lines' timestamp: UTC, microseconds, fixed width."""
+        second, micros = divmod(round(moment * 1_000_000), 1_000_000)
+        return f"{self._stamp(second)}.{micros:06d}Z"
+
+    def _line(self, event: MailEvent, fields: dict, moment: float) -> str:
+        parts = [f"{self.stamp(moment)} event={event.value}"]
         for k, v in fields.items():
             if v is not None:
                 parts.append(f"{k}={_value(v)}")
-        self._out.write(" ".join(parts) + "\n", now)
+        return " ".join(parts) + "\n"
 
     def flush(self) -> None:
         if self._out is not None:

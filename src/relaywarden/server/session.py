@@ -1080,12 +1080,16 @@ class SmtpSession(asyncio.Protocol):
 
     def _log_queued(self, envelope: Envelope, size: int, *, stripped: str | None = None) -> None:
         log = self.services.mail_log
+        # Stamped with the moment the commit began (received_at), not now: once committed,
+        # the delivery process may claim the message and log its attempt before this
+        # callback runs, and the stamps must sort queued first (README "Logs").
+        at = envelope.received_at
         for r in envelope.recipients:
             if r.status is RecipientStatus.BADMAIL:
-                log.event(MailEvent.BADMAIL, id=envelope.queue_id, sender=envelope.sender,
-                          to=r.address, rule=r.rule, reason=r.reason)
+                log.event(MailEvent.BADMAIL, at=at, id=envelope.queue_id,
+                          sender=envelope.sender, to=r.address, rule=r.rule, reason=r.reason)
         log.event(
-            MailEvent.QUEUED, id=envelope.queue_id, listener=self.ctx.name,
+            MailEvent.QUEUED, at=at, id=envelope.queue_id, listener=self.ctx.name,
             client=self.client_ip, helo=self.helo, user=envelope.auth_user,
             sender=envelope.sender, to=",".join(r.address for r in envelope.recipients),
             size=size, stripped=stripped,
