@@ -6,6 +6,7 @@ No business logic lives here (DESIGN.md): this file only wires.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import subprocess
 import resource
@@ -204,8 +205,11 @@ def _logs(cfg: Config) -> tuple[MailLog, ProtocolLog | None]:
     rotation = Rotation(log.rotate)
 
     def series(prefix: str, suffix: str, header: str = "") -> RotatingFile:
-        return RotatingFile(directory, prefix=prefix, suffix=suffix, rotation=rotation,
-                            max_size=log.max_size, keep=log.keep, header=header)
+        out = RotatingFile(directory, prefix=prefix, suffix=suffix, rotation=rotation,
+                           max_size=log.max_size, keep=log.keep, header=header)
+        # Lines a full disk did not take (issue 14 item 1): relaywarden_log_lines_lost.
+        out.on_lost = functools.partial(metrics.log_lines_lost, f"{prefix}{suffix}")
+        return out
 
     mail = MailLog(series("mail", ".log") if log.mail else None, observer=metrics.observe)
     protocol = None
@@ -225,9 +229,11 @@ def _outbound_log(cfg: Config) -> ProtocolLog | None:
         return None
 
     def series(suffix: str, header: str = "") -> RotatingFile:
-        return RotatingFile(cfg.log_dir, prefix="out", suffix=suffix,
-                            rotation=Rotation(log.rotate), max_size=log.max_size,
-                            keep=log.keep, header=header)
+        out = RotatingFile(cfg.log_dir, prefix="out", suffix=suffix,
+                           rotation=Rotation(log.rotate), max_size=log.max_size,
+                           keep=log.keep, header=header)
+        out.on_lost = functools.partial(metrics.log_lines_lost, f"out{suffix}")
+        return out
 
     return ProtocolLog(
         w3c=series(".log", W3C_OUTBOUND_HEADER) if "w3c" in log.protocol_formats else None,

@@ -13,18 +13,33 @@ together filled it, this one rotates. The buffer then goes out in one O_APPEND w
 lines of the two processes never mix within a line, none is lost, and none lands in a file
 after it was rotated. A file passes ``max_size`` by at most one line of this process and one buffer (one second
 of lines) of the other.
+
+A write that fails (the disk is full: ENOSPC, a quota, an I/O error) never raises into the
+caller: a log line must not cost a session or a delivery. The lines not written stay in the
+buffer, up to ``KEEP_WHILE_FAILING`` bytes; the ones beyond are dropped and counted. The
+flush timer tries again once a second (a failing log costs no system call per line); the
+first write that succeeds writes what was kept and then one line saying how many were lost
+(``lost_notice``, in the log's own format), and both the failure and the recovery are said
+once on stderr. A write the disk cut short is cut back to its last whole line (under the
+lock, so the other process never appends after half a line).
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import fcntl
 import os
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 _BUFFER = 64 * 1024
+#: While the file cannot be written, this much of the newest-but-unwritten lines is kept
+#: (the oldest of them, in order); lines past it are dropped and counted.
+KEEP_WHILE_FAILING = 256 * 1024
 
 
 class Rotation(enum.Enum):
@@ -59,6 +74,15 @@ class RotatingFile:
         self._day = ""              # the UTC day (YYMMDD) of the lines in the buffer
         self._part = 0
         self._roll_at = 0.0         # the next UTC midnight (a cheap check per line)
+        # Writing fails (disk full): the error, lines dropped since the last good write.
+        self._failing: OSError | None = None
+        self.lost = 0
+        self.lost_total = 0         # lines dropped since this object was made
+        #: ``lost_notice(count, file_name, now)``: the line (with its newline) that says
+        #: ``count`` lines could not be written, in this log's format; "" for none.
+        self.lost_notice: Callable[[int, str, float], str] = lambda count, name, now: ""
+        #: Called with the number of lines each time lines are dropped (the metrics).
+        self.on_lost: Callable[[int], None] | None = None
         directory.mkdir(parents=True, exist_ok=True)
 
     # The header is written at the top of every new file (W3C needs its #Fields line).
@@ -69,25 +93,113 @@ class RotatingFile:
             # Another UTC day (POSIX time has 86,400 seconds a day): the lines of the day
             # before go to that day's file first.
             self.flush()
+            if self._pending:
+                # ... or nowhere: they must not land in the new day's file.
+                self._drop(self._pending.count(b"\n"))
+                self._pending.clear()
             self._day = time.strftime("%y%m%d", time.gmtime(now))
             self._roll_at = (int(now) // 86400 + 1) * 86400
-        self._pending += line.encode("utf-8", "backslashreplace")
+        data = line.encode("utf-8", "backslashreplace")
+        if self._failing is not None:
+            # The flush timer tries again; until then, keep what fits and count the rest
+            # (from the first line dropped on, all: the notice marks one gap).
+            if self.lost or len(self._pending) + len(data) > KEEP_WHILE_FAILING:
+                self._drop(1)
+            else:
+                self._pending += data
+            return
+        self._pending += data
         if len(self._pending) >= _BUFFER or (
                 self.max_size and self._size + len(self._pending) >= self.max_size):
             # The line that fills the file goes out now: the next flush starts a new one.
             self.flush()
 
     def flush(self) -> None:
-        if not self._pending:
+        """Write the buffer. Never raises OSError: see the module's docstring."""
+        if not self._pending and not self.lost:
             return
-        with self._locked():
-            self._choose_file()
-            os.write(self._fd, self._pending)
-            self._size = os.fstat(self._fd).st_size
+        now = self._clock()
+        try:
+            with self._locked():
+                self._choose_file()
+                self._write_pending()
+                if self.lost:
+                    notice = self.lost_notice(self.lost, self._path.name, now)
+                    if notice:
+                        self._pending += notice.encode("utf-8", "backslashreplace")
+                        self._write_pending()
+                self._size = os.fstat(self._fd).st_size
+        except OSError as exc:
+            self._failed(exc)
+            return
+        if self._failing is not None or self.lost:
+            self._say(f"{self._name()}: writing again; {self.lost} log line(s) were lost "
+                      "(could not be written)")
+            self._failing = None
+            self.lost = 0
+
+    def _write_pending(self) -> None:
+        """One appending write of the buffer (inside the lock). On a failure, the whole
+        lines that reached the file leave the buffer, a line the disk cut short is cut off
+        the file again, and the error goes up."""
+        start = os.fstat(self._fd).st_size     # the lock is ours: nobody else appends
+        written = 0
+        try:
+            written = os.write(self._fd, self._pending)
+            if written < len(self._pending):
+                # A short write: the disk took only a part (the next one fails ENOSPC).
+                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (short write)")
+        except OSError:
+            whole = self._pending.rfind(b"\n", 0, written) + 1
+            del self._pending[:whole]
+            if whole < written:
+                os.ftruncate(self._fd, start + whole)   # shrinking needs no space
+            raise
         self._pending.clear()
+
+    def _failed(self, exc: OSError) -> None:
+        first = self._failing is None
+        self._failing = exc
+        if len(self._pending) > KEEP_WHILE_FAILING:
+            cut = self._pending.rfind(b"\n", 0, KEEP_WHILE_FAILING) + 1
+            self._drop(self._pending.count(b"\n", cut))
+            del self._pending[cut:]
+        if first:
+            self._say(f"{self._name()}: cannot write: {exc.strerror or exc}; up to "
+                      f"{KEEP_WHILE_FAILING // 1024} KB of lines are kept and the rest counted "
+                      "until it can")
+
+    def _drop(self, lines: int) -> None:
+        if lines <= 0:
+            return
+        self.lost += lines
+        self.lost_total += lines
+        if self.on_lost is not None:
+            try:
+                self.on_lost(lines)
+            except Exception:  # noqa: BLE001 - counting must not fail the caller either
+                pass
+
+    def _name(self) -> str:
+        if self._path is not None:
+            return self._path.name
+        return f"{self.prefix}{self._day}{self.suffix}"
+
+    @staticmethod
+    def _say(message: str) -> None:
+        try:
+            print(f"relaywarden: log {message}", file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass    # stderr on the same full disk, or closed
 
     def close(self) -> None:
         self.flush()
+        if self._failing is not None:
+            lines = self._pending.count(b"\n")
+            self._drop(lines)
+            self._pending.clear()
+            self._say(f"{self._name()}: closed with {self.lost} log line(s) lost "
+                      "(could not be written)")
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -143,7 +255,17 @@ class RotatingFile:
         self._path = path
         if self.header and os.fstat(self._fd).st_size == 0:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self._clock()))
-            os.write(self._fd, self.header.replace("{date}", stamp).encode())
+            header = self.header.replace("{date}", stamp).encode()
+            try:
+                if os.write(self._fd, header) < len(header):
+                    raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (short write)")
+            except OSError:
+                # No file without its header: the next flush opens it again and retries.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, 0)
+                os.close(self._fd)
+                self._fd = None
+                raise
         self._prune()
 
     def _daily_path(self) -> Path:

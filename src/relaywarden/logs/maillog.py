@@ -48,6 +48,8 @@ class MailEvent(enum.Enum):
     BADMAIL_DELETE = "badmail-delete"
     # SIGHUP: what the reload applied and what needs a restart (config.reload).
     RELOAD = "reload"
+    # Lines of a log file that could not be written (the disk was full): count=, file=.
+    LOG_LOST = "log-lost"
 
 
 _PLAIN = re.compile(r'[^ "=\\]+')
@@ -76,6 +78,8 @@ class MailLog:
         self._observer = observer
         self._stamp = SecondStamp(
             lambda second: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        if out is not None:
+            out.lost_notice = self._lost_notice
 
     def event(self, event: MailEvent, /, *, at: float | None = None, **fields: object) -> None:
         """One line. ``at``: when the event happened, if that was before now (epoch
@@ -98,6 +102,12 @@ class MailLog:
             if v is not None:
                 parts.append(f"{k}={_value(v)}")
         return " ".join(parts) + "\n"
+
+    def _lost_notice(self, count: int, name: str, now: float) -> str:
+        fields = {"count": count, "file": name}
+        if self._observer is not None:
+            self._observer(MailEvent.LOG_LOST, fields)
+        return self._line(MailEvent.LOG_LOST, fields, now)
 
     def flush(self) -> None:
         if self._out is not None:

@@ -84,6 +84,16 @@ class ProtocolLog:
         self._w3c = w3c
         self._json = jsonl
         self._clock = clock
+        # Lines that could not be written (disk full) are counted; the first write that
+        # succeeds says how many, as a W3C #Remark directive / a JSON line of its own.
+        if w3c is not None:
+            w3c.lost_notice = lambda count, name, now: (
+                f"#Remark: log-lost count={count} file={name}: {count} line(s) could not be"
+                " written\n")
+        if jsonl is not None:
+            jsonl.lost_notice = lambda count, name, now: (
+                f'{{"ts": {round(now, 6)}, "event": "log-lost", "count": {int(count)},'
+                f' "file": {_json_str(name)}}}\n')
         self._w3c_stamp = SecondStamp(
             lambda second: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second)))
 

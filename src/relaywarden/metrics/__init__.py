@@ -14,6 +14,7 @@ API:
   fresh=True, which wipes the directory before its children start);
 - ``observe(event, fields)``: the mail log's observer;
 - ``in_flight(destination)``: (async) context manager around one delivery transaction;
+- ``log_lines_lost(log, lines)``: log lines a full disk did not take (RotatingFile.on_lost);
 - ``exposition(data_dir) -> (bytes, content_type)``: the text for /metrics;
 - ``snapshot(data_dir) -> dict``: the live gauges (connections, deliveries in flight);
 - ``run_sampler(cfg, stop)``: the admin process's per-minute sampler;
@@ -27,10 +28,10 @@ import uuid
 from pathlib import Path
 
 from relaywarden.metrics._collect import EPOCH_FILE, exposition, metrics_dir, snapshot
-from relaywarden.metrics._events import in_flight, observe
+from relaywarden.metrics._events import in_flight, log_lines_lost, observe
 from relaywarden.metrics._series import run_sampler, sample_once, series
 
-__all__ = ["setup", "observe", "in_flight", "exposition", "snapshot", "run_sampler",
+__all__ = ["setup", "observe", "in_flight", "log_lines_lost", "exposition", "snapshot", "run_sampler",
            "series", "sample_once", "metrics_dir"]
 
 ROLES = ("receiving", "delivery", "admin")

@@ -66,6 +66,9 @@ DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "relaywarden_tls_outbound_recipients": (
         "counter", "Recipients delivered, by route and the TLS version of the connection "
         "that carried them (none: plaintext)", ("route", "version")),
+    "relaywarden_log_lines_lost": (
+        "counter", "Log lines that could not be written (the disk was full), by log "
+        "(mail.log, ex.log, ex.jsonl, out.log, out.jsonl)", ("log",)),
 }
 
 _metrics: dict[str, object] = {}
@@ -250,6 +253,12 @@ def observe(event, fields: dict) -> None:
                 flush()
         except Exception:  # noqa: BLE001
             pass
+
+
+def log_lines_lost(log: str, lines: int) -> None:
+    """``lines`` lines of ``log`` could not be written (RotatingFile.on_lost)."""
+    if _HANDLERS:
+        _add(("relaywarden_log_lines_lost", (log,)), lines)
 
 
 # -- in-flight deliveries (a direct gauge: no event marks the end of a transaction) --------
