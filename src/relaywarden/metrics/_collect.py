@@ -60,7 +60,15 @@ def reap_dead(path: Path) -> None:
 
 def _merged(path: Path, pattern: str = "*.db"):
     from prometheus_client.multiprocess import MultiProcessCollector
-    files = glob.glob(os.path.join(str(path), pattern))
+    files = []
+    for name in glob.glob(os.path.join(str(path), pattern)):
+        try:
+            # A file still being made (or left so by a crash, a full disk) has not even
+            # its header: reading it would fail the whole scrape.
+            if os.path.getsize(name) >= 8:
+                files.append(name)
+        except OSError:
+            pass
     if not files:
         return []
     try:

@@ -94,8 +94,15 @@ def flush() -> None:
     if _pending:
         items = list(_pending.items())
         _pending.clear()
-        for (name, labels), amount in items:
-            child = _child(name, *labels)       # also at 0: the series exists from now on
+        for n, ((name, labels), amount) in enumerate(items):
+            try:
+                child = _child(name, *labels)   # also at 0: the series exists from now on
+            except Exception:
+                # A new series on a full disk (see _reserved_mmap): what is not written yet
+                # waits for the next flush, so nothing counted meanwhile is lost.
+                for key, rest in items[n:]:
+                    _add(key, rest)
+                raise
             if amount:
                 child.inc(amount)
     if _observations:
@@ -317,7 +324,48 @@ def in_flight(destination: str):
         if len(_destinations) >= MAX_DESTINATIONS:
             destination = "other"
         _destinations.add(destination)
-    return _Tracked(_child("relaywarden_deliveries_in_flight", destination))
+    try:
+        return _Tracked(_child("relaywarden_deliveries_in_flight", destination))
+    except Exception:  # noqa: BLE001 - a full disk (see _reserved_mmap): not counted
+        return _UNTRACKED
+
+
+def _reserved_mmap():
+    """prometheus-client's MmapedDict, with every byte of its file allocated before it is
+    mapped. The library makes and grows the file with truncate(), which leaves it sparse;
+    on a full disk the first store to a page with no block behind it kills the process with
+    SIGBUS (seen on tmpfs: the receiving process died mid-session). posix_fallocate reserves
+    the blocks first, so a full disk is an OSError here, which the callers catch: the
+    metric is not counted, the process lives."""
+    from prometheus_client import mmap_dict
+
+    class ReservedMmapedDict(mmap_dict.MmapedDict):
+        def __init__(self, filename, read_mode=False):
+            if not read_mode:
+                fd = os.open(filename, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    size = os.fstat(fd).st_size
+                    try:
+                        os.posix_fallocate(fd, 0, size or mmap_dict._INITIAL_MMAP_SIZE)
+                    except OSError:
+                        if size == 0:        # no empty file left for the scrape to read
+                            os.unlink(filename)
+                        raise
+                finally:
+                    os.close(fd)
+            super().__init__(filename, read_mode)
+
+        def _init_value(self, key):
+            # An entry takes at most len(key) + 28 bytes (length, key padded to 8, two
+            # doubles); the library doubles the file until it fits: reserve that first.
+            capacity = self._capacity
+            while self._used + len(key.encode("utf-8")) + 32 > capacity:
+                capacity *= 2
+            if capacity != self._capacity:
+                os.posix_fallocate(self._f.fileno(), 0, capacity)
+            super()._init_value(key)
+
+    return ReservedMmapedDict
 
 
 # -- life cycle ----------------------------------------------------------------------------
@@ -358,6 +406,7 @@ def start(path: Path, role: str) -> None:
     if _state["previous_value_class"] is None:
         _state["previous_value_class"] = values.ValueClass
     values.close_all_multiprocess_files()
+    values.MmapedDict = _reserved_mmap()      # what MultiProcessValue's files are made with
     values.ValueClass = values.MultiProcessValue()
     from prometheus_client import Counter, Gauge, Histogram
     for name, (kind, doc, labels) in DEFINITIONS.items():
@@ -390,8 +439,9 @@ def stop() -> None:
     _forget()
     if _state["path"] is None:
         return
-    from prometheus_client import values
+    from prometheus_client import mmap_dict, values
     values.close_all_multiprocess_files()
+    values.MmapedDict = mmap_dict.MmapedDict
     if _state["previous_value_class"] is not None:
         values.ValueClass = _state["previous_value_class"]
     _state.update(path=None, role=None, previous_value_class=None)
