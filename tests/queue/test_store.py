@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import subprocess
 import sqlite3
 import sys
@@ -516,3 +518,58 @@ def test_start_etrn_releases_route_holds_of_allowed_domains_only(tmp_path):
     assert asyncio.run(go("xb.test", False)) == (1, ["xb.test"])
     assert asyncio.run(go("none.test", False)) == (0, ["none.test"])
     store.close()
+
+
+# --- a full disk (issue 14 item 1): the client is told 452 4.3.1 (StoreError.full).
+
+
+def test_a_body_the_disk_cannot_take_is_refused_as_full_and_leaves_no_file(tmp_path):
+    files = FaultyFiles()
+    files.fail_write = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    async def go():
+        store = Store.open(tmp_path, files=files)
+        spool = store.new_spool()
+        for _ in range(3):                   # past the memory limit: into a file, which fails
+            spool.write(b"y" * SPOOL_MEMORY_LIMIT)
+        with pytest.raises(StoreError) as refused:
+            await store.commit(envelope("FULL"), spool)
+        spool.discard()
+        eio = store.new_spool()              # another fault is not "full"
+        files.fail_write = OSError(errno.EIO, os.strerror(errno.EIO))
+        for _ in range(2):
+            eio.write(b"y" * SPOOL_MEMORY_LIMIT)
+        with pytest.raises(StoreError) as other:
+            await store.commit(envelope("EIO"), eio)
+        eio.discard()
+        store.close()
+        return refused.value, other.value
+    full, other = asyncio.run(go())
+    assert full.full and "No space left on device" in str(full)
+    assert not other.full
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert list((tmp_path / "bodies").iterdir()) == []
+
+
+def test_a_full_database_is_a_full_store_error(tmp_path):
+    """SQLite says SQLITE_FULL when it cannot grow its files (here: its page limit)."""
+    async def go():
+        store = Store.open(tmp_path)
+        pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+        store._db.execute(f"PRAGMA max_page_count={pages + 2}")
+        spool = store.new_spool()
+        spool.write(b"x" * 200_000)                     # in memory: a row in bodies
+        with pytest.raises(StoreError) as refused:
+            await store.commit(envelope("BIG"), spool)
+        small = store.new_spool()
+        small.write(b"x\r\n")
+        await store.commit(envelope("SMALL"), small)    # what fits still goes in
+        again = store.new_spool()
+        again.write(b"x\r\n")
+        with pytest.raises(StoreError) as other:
+            await store.commit(envelope("SMALL"), again)  # another fault: not "full"
+        store.close()
+        return refused.value, other.value
+    full, other = asyncio.run(go())
+    assert full.full and "database or disk is full" in str(full)
+    assert not other.full

@@ -43,6 +43,7 @@ from relaywarden.queue.store import (
     RecipientStatus,
     RecipientUpdate,
     Store,
+    StoreError,
     new_queue_id,
 )
 from relaywarden.resolver import MxStatus, Resolver
@@ -320,7 +321,11 @@ class Engine:
     # -- life cycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.store.release_leases()
+        try:
+            await self.store.release_leases()
+        except StoreError as exc:
+            # A full disk: delivery starts anyway; the leases run out by themselves.
+            self.mail_log.event(MailEvent.DEFERRED, error=f"releasing leases failed: {exc}")
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
 
     def wake(self) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import fcntl
 import functools
 import json
@@ -154,7 +155,28 @@ class Envelope:
 
 
 class StoreError(Exception):
-    """The queue could not make a message durable; the client gets a 451 4.3.0."""
+    """The queue could not make a message durable; the client gets a 451 4.3.0, or a
+    452 4.3.1 when ``full`` (the disk or a quota was full)."""
+
+    def __init__(self, message: str, *, full: bool = False) -> None:
+        super().__init__(message)
+        self.full = full
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Did ``exc`` (or what caused it) come from a full disk: ENOSPC, EDQUOT, SQLITE_FULL?"""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, StoreError) and exc.full:
+            return True
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if (isinstance(exc, sqlite3.Error)
+                and (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_FULL):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
 
 
 class BodyMissing(StoreError):
@@ -436,7 +458,10 @@ class Store:
         else:
             for step in range(version, SCHEMA_VERSION):
                 store._db.execute(MIGRATIONS[step])
-        store._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if version != SCHEMA_VERSION:
+            # Only when it changes: opening an up-to-date queue writes nothing (the delivery
+            # process starting on a full disk died here).
+            store._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         store._reader = _connect(store.path)
         store._lock_fd = os.open(data_dir / "queue.lock", os.O_RDWR | os.O_CREAT, 0o600)
         store._writer = threading.Thread(target=store._write_loop, name="queue-writer", daemon=True)
@@ -500,7 +525,8 @@ class Store:
                 if spool.stored_as is not None:
                     _unlink(target)   # no 250 was given: the body goes
                 if not done.cancelled():
-                    done.set_exception(StoreError(f"queue write failed: {error or 'cancelled'}"))
+                    done.set_exception(StoreError(f"queue write failed: {error or 'cancelled'}",
+                                                  full=disk_full(error)))
                 return
             inner = self._write(None, 0, files=(target,),
                                 rows=lambda rows: rows.add_message(envelope, spool))
@@ -729,7 +755,7 @@ class Store:
                 if job.rows is not None:
                     job.rows(rows)
         except Exception as exc:  # noqa: BLE001 - e.g. a body file that could not be stored
-            return [], StoreError(f"queue write failed: {exc}")
+            return [], StoreError(f"queue write failed: {exc}", full=disk_full(exc))
         # A batch that holds a new message from a client commits with synchronous=FULL: the
         # WAL is fsynced, the message survives power loss. A batch of delivery bookkeeping
         # only (leases, attempt outcomes and the DSNs they produce) commits with NORMAL: no
@@ -757,7 +783,7 @@ class Store:
                 db.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            return [], StoreError(f"queue write failed: {exc}")
+            return [], StoreError(f"queue write failed: {exc}", full=disk_full(exc))
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         self.commits += 1

@@ -553,8 +553,8 @@ class SmtpSession(asyncio.Protocol):
                 reason=why, action="badmail",
             )
         screener = self.services.screener
-        if screener is not None and any(r.status is RecipientStatus.QUEUED
-                                        for r in txn.recipients) and screener.applies(
+        if screener is not None and txn.spool.error is None and any(
+                r.status is RecipientStatus.QUEUED for r in txn.recipients) and screener.applies(
                 self.services.policy.hosted(self.client, domain_of(r.address))
                 for r in txn.recipients):
             # MIME parsing is CPU work: a pool thread does it; nothing is read meanwhile.
@@ -660,7 +660,10 @@ class SmtpSession(asyncio.Protocol):
         """The queue has answered: 250 only now that the message is on disk."""
         error = "cancelled" if done.cancelled() else done.exception()
         if error is not None:
-            answer = QUEUE_FAILED
+            # A full disk is 452 4.3.1 (RFC 5321 4.3.2 lists 452 after the final dot; RFC
+            # 3463 X.3.1 "mail system full"); anything else 451 4.3.0. Both: try later.
+            answer = (INSUFFICIENT_STORAGE if getattr(error, "full", False)
+                      else QUEUE_FAILED)
             self.services.mail_log.event(
                 MailEvent.REJECT, stage="queue", listener=self.ctx.name, client=self.client_ip,
                 id=envelope.queue_id, code=answer.code, reason=str(error),
