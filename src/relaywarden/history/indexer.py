@@ -66,20 +66,37 @@ async def run_indexer(cfg, stop: asyncio.Event) -> None:
             return
         except asyncio.TimeoutError:
             pass
-    history = await asyncio.to_thread(History.open, data_dir)
-    journal = Journal(data_dir)
+    # Opening, seeding and indexing are each retried until they work: on a full disk (or a
+    # busy database) the journal waits in the queue and nothing is lost, so the indexer must
+    # wait with it, not stop for good. Each new error is printed once.
+    history: History | None = None
+    journal: Journal | None = None
+    seeded = False
+    trouble = ""
     try:
-        if history.cursor() == 0 and history.count() == 0:
-            await asyncio.to_thread(seed_from_queue, history, data_dir)
         last_prune = 0.0
         while not stop.is_set():
             try:
+                if history is None:
+                    history = await asyncio.to_thread(History.open, data_dir)
+                if journal is None:
+                    journal = Journal(data_dir)
+                if not seeded:
+                    if history.cursor() == 0 and history.count() == 0:
+                        await asyncio.to_thread(seed_from_queue, history, data_dir)
+                    seeded = True
                 read = await asyncio.to_thread(index_once, history, journal)
                 if time.monotonic() - last_prune > PRUNE_EVERY:
                     last_prune = time.monotonic()
                     await asyncio.to_thread(history.prune, time.time() - keep_days * 86400)
-            except sqlite3.Error as exc:   # busy, disk full: the journal waits, nothing lost
-                print(f"relaywarden: history: {exc}", file=sys.stderr, flush=True)
+                if trouble:
+                    print("relaywarden: history: indexing again", file=sys.stderr, flush=True)
+                    trouble = ""
+            except (sqlite3.Error, OSError) as exc:   # busy, disk full: the journal waits
+                if str(exc) != trouble:
+                    trouble = str(exc)
+                    print(f"relaywarden: history: {exc} (trying again)", file=sys.stderr,
+                          flush=True)
                 read = 0
             if read < BATCH:
                 try:
@@ -87,10 +104,16 @@ async def run_indexer(cfg, stop: asyncio.Event) -> None:
                 except asyncio.TimeoutError:
                     pass
         # Last look on the way out, so a clean stop leaves the history complete.
-        await asyncio.to_thread(index_once, history, journal)
+        if history is not None and journal is not None and seeded:
+            try:
+                await asyncio.to_thread(index_once, history, journal)
+            except (sqlite3.Error, OSError) as exc:
+                print(f"relaywarden: history: {exc}", file=sys.stderr, flush=True)
     finally:
-        journal.close()
-        history.close()
+        if journal is not None:
+            journal.close()
+        if history is not None:
+            history.close()
 
 
 #: With the history off, how often the journal is emptied.

@@ -100,6 +100,15 @@ _UPDATE_STATUS = (
     " WHERE queue_id IN (SELECT value FROM json_each(?))")
 
 
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open. SQLite ends some transactions itself when
+    a write fails (SQLITE_FULL, SQLITE_IOERR: "the transaction is rolled back
+    automatically", sqlite.org/lang_transaction.html), and a ROLLBACK then fails with "no
+    transaction is active", an error that would hide the real one."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
+
 class HistoryError(ValueError):
     """A search filter that cannot be used; ``field`` names it."""
 
@@ -242,7 +251,7 @@ class History:
                        (str(last), last))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         return self.cursor()
 
@@ -358,7 +367,7 @@ class History:
                 db.execute("UPDATE messages SET status = ? WHERE queue_id = ?", (status, qid))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         return len(messages)
 
@@ -380,7 +389,7 @@ class History:
                         db.execute(f"DELETE FROM {table} WHERE queue_id IN ({marks})", ids)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
             total += len(ids)
             if len(ids) < batch:

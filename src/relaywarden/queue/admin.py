@@ -58,7 +58,8 @@ class QueueAdmin:
         try:
             result = fn(self._db)
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:   # SQLite ends a failed write's transaction itself
+                self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
         return result
