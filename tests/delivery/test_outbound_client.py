@@ -180,12 +180,18 @@ class FakeServer:
                  delay: float = 0.0, data_354_always: bool = False,
                  drop_after: int | None = None,
                  tls: ssl.SSLContext | None = None, after_220: bytes = b"",
-                 tls_garbage: bool = False, after_ehlo: bytes = b"") -> None:
+                 tls_garbage: bool = False, after_ehlo: bytes = b"",
+                 silent_after: tuple[bytes, int] | None = None) -> None:
         self.greeting, self.ehlo, self.rcpt, self.mail, self.final = (
             greeting, ehlo, rcpt or {}, mail, final)
         self.delay, self.data_354_always, self.drop_after = delay, data_354_always, drop_after
         self.tls, self.after_220, self.tls_garbage = tls, after_220, tls_garbage
         self.after_ehlo = after_ehlo
+        # (verb, n): after answering the n-th such command, the server stops answering
+        # anything (the connection stays open): a next hop that hangs mid-transaction.
+        self.silent_after = silent_after
+        self.silent = False
+        self._seen: dict[bytes, int] = {}
         self.log: list[tuple[str, bytes]] = []
         self.messages: list[bytes] = []           # DATA as received (still dot-stuffed)
         self.port = 0
@@ -246,7 +252,8 @@ class FakeServer:
                         self.messages.append(bytes(body))
                         body.clear()
                         in_data = False
-                        out.put_nowait(self.final)
+                        if not self.silent:
+                            out.put_nowait(self.final)
                     else:
                         body += line
                         if self.drop_after is not None and len(body) > self.drop_after:
@@ -255,6 +262,11 @@ class FakeServer:
                     continue
                 self.log.append(("C", line))
                 verb = line.split(b" ")[0].strip().upper()
+                if self.silent:
+                    continue
+                self._seen[verb] = self._seen.get(verb, 0) + 1
+                if self.silent_after == (verb, self._seen[verb]):
+                    self.silent = True              # (this command is still answered)
                 if not self.greeting.startswith(b"220") and verb != b"QUIT":
                     out.put_nowait(b"503 5.5.1 go away\r\n")   # RFC 5321 3.1: only QUIT
                 elif verb == b"EHLO":
@@ -1036,6 +1048,87 @@ def test_slow_server_hits_the_data_timeout(smtpd):
     err, took, usable = run(main())
     assert (err.stage, err.reply.enhanced) == ("data", "4.4.2")
     assert took < 2.5 and not usable
+
+
+# --- the connection's timer: one per connection, re-armed lazily --------------------------------
+
+NO_PIPELINING = tuple(x for x in DEFAULT_EHLO if x != "PIPELINING")
+
+
+@pytest.mark.parametrize("ehlo", [DEFAULT_EHLO, NO_PIPELINING], ids=["pipelined", "lock-step"])
+@pytest.mark.parametrize("silent_after, stage", [(b"MAIL", "rcpt"), (b"RCPT", "data")])
+def test_next_hop_that_stops_answering_times_out(ehlo, silent_after, stage):
+    # RFC 5321 4.5.3.2: each reply within its stage's timeout; a hop that hangs after
+    # answering MAIL (or RCPT) fails the send at the next stage, after command_timeout.
+    async def main():
+        async with FakeServer(ehlo=ehlo, silent_after=(silent_after, 1)) as fake:
+            conn = await OutboundConnection.open(HOST, fake.port, policy(command_timeout=0.5))
+            started = time.monotonic()
+            with pytest.raises(DeliveryError) as err:
+                await send(conn, "r@example.com")
+            took = time.monotonic() - started
+            usable = conn.usable
+            await conn.close()
+            return err.value, took, usable
+
+    err, took, usable = run(main())
+    assert (err.stage, err.reply.code, err.reply.enhanced) == (stage, 451, "4.4.2")
+    assert f"timeout waiting for the {stage} reply" in str(err.reply)
+    assert 0.45 < took < 2 and not usable
+
+
+def test_timer_rearmed_across_many_messages_then_fires():
+    # Many messages over one connection, for several times the command timeout, with idle
+    # pauses longer than it between some of them: the single timer fires mid-wait (and is
+    # set again for the wait's own deadline) and on the idle connection (and is not set
+    # again until the next wait), and never kills a connection whose replies come in time.
+    # Then the hop hangs after RCPT: the timeout still fires, on time.
+    n = 30
+
+    async def main():
+        async with FakeServer(delay=0.01, silent_after=(b"RCPT", n + 1)) as fake:
+            conn = await OutboundConnection.open(
+                HOST, fake.port, policy(command_timeout=0.2, data_timeout=0.4))
+            results = []
+            for i in range(n):
+                results.append(await send(conn, f"r{i}@example.com"))
+                assert conn.usable
+                if i % 10 == 9:
+                    await asyncio.sleep(0.3)         # idle longer than command_timeout
+                    assert conn.usable
+            started = time.monotonic()
+            with pytest.raises(DeliveryError) as err:
+                await send(conn, "last@example.com")
+            took = time.monotonic() - started
+            await conn.close()
+            return results, err.value, took, len(fake.messages)
+
+    results, err, took, received = run(main())
+    assert [codes(r) for r in results] == [["250 2.0.0"]] * n and received == n
+    assert (err.stage, err.reply.enhanced) == ("data", "4.4.2")
+    assert "timeout waiting for the data reply" in str(err.reply)
+    assert 0.15 < took < 1.5
+
+
+def test_data_timeout_shorter_than_the_armed_timer():
+    # The timer was set for a command's deadline (2 s); the reply to the final dot has a
+    # shorter one (0.3 s): the timer is moved earlier, not left to fire at 2 s.
+    async def main():
+        async with FakeServer(silent_after=(b"DATA", 2)) as fake:
+            conn = await OutboundConnection.open(
+                HOST, fake.port, policy(command_timeout=2, data_timeout=0.3))
+            first = await send(conn, "a@example.com")
+            started = time.monotonic()
+            with pytest.raises(DeliveryError) as err:
+                await send(conn, "b@example.com")
+            took = time.monotonic() - started
+            await conn.close()
+            return first, err.value, took
+
+    first, err, took = run(main())
+    assert codes(first) == ["250 2.0.0"]
+    assert (err.stage, err.reply.enhanced) == ("data", "4.4.2")
+    assert 0.25 < took < 1.2
 
 
 def test_send_on_an_unusable_connection(smtpd):

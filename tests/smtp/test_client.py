@@ -151,6 +151,23 @@ def test_reply_parser_garbage(wire, message):
         parser.next_reply()
 
 
+def test_repeated_one_line_replies():
+    # One-line replies are read through a cache: the same reply each time, the octets of
+    # each as it came (CRLF or bare LF), and a bad line is refused every time it comes.
+    parser = ReplyParser()
+    parser.feed(b"250 2.1.5 OK\r\n250 2.1.5 OK\n250-x\r\n250 2.1.5 OK\r\n")
+    first = parser.next_reply()
+    assert (first, parser.last_octets) == (Reply(250, "2.1.5", ("OK",)), 14)
+    assert (parser.next_reply(), parser.last_octets) == (first, 13)
+    assert (parser.next_reply(), parser.last_octets) == (Reply(250, None, ("x", "2.1.5 OK")), 21)
+    for _ in range(2):
+        bad = ReplyParser()
+        bad.feed(b"250 ok\r\n2500 bad\r\n")
+        assert bad.next_reply() == Reply(250, None, ("ok",))
+        with pytest.raises(ProtocolError, match="separator"):
+            bad.next_reply()
+
+
 def test_reply_line_limit_is_inclusive():
     line = b"250 " + b"x" * (MAX_REPLY_LINE - 6) + b"\r\n"
     assert len(line) == MAX_REPLY_LINE

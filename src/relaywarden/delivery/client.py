@@ -172,25 +172,34 @@ def _tls_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
 
 
 class _Protocol(asyncio.Protocol):
-    """Bytes from the socket go straight into the ReplyParser; the driver awaits `readable`."""
+    """Bytes from the socket go straight into the ReplyParser; the driver awaits `waiter`.
 
-    def __init__(self, parser: ReplyParser) -> None:
+    One plain future at a time, made by the driver when it has to wait (for a reply, or for
+    the transport's buffer to drain) and resolved here on data, EOF, loss or drain, or by
+    the connection's timer. Cheaper than an asyncio.Event: Event.wait() looks the running
+    loop up each time, and under Python 3.11 that is a getpid() system call."""
+
+    def __init__(self, parser: ReplyParser, loop: asyncio.AbstractEventLoop) -> None:
         self.parser = parser
         self.transport: asyncio.Transport | None = None
-        self.readable = asyncio.Event()     # set on data, EOF or loss
-        self.writable = asyncio.Event()     # clear while the transport's buffer is full
-        self.writable.set()
+        self.waiter: asyncio.Future[None] | None = None
+        self.writable = True                # False while the transport's buffer is full
         self.lost = False
         self.eof = False
         self.reading_paused = False
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport          # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.parser.feed(data)
-        self.readable.set()
+        self.wake()
         if self.parser.buffered > _READ_HIGH_WATER and not self.reading_paused:
             # A server that talks without being asked: stop reading until we catch up.
             self.reading_paused = True
@@ -198,21 +207,22 @@ class _Protocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
-        self.readable.set()
+        self.wake()
         return False                        # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self.readable.set()
-        self.writable.set()
+        self.writable = True
+        self.wake()
         if not self.closed.done():
             self.closed.set_result(None)
 
     def pause_writing(self) -> None:
-        self.writable.clear()
+        self.writable = False
 
     def resume_writing(self) -> None:
-        self.writable.set()
+        self.writable = True
+        self.wake()
 
 
 class OutboundConnection:
@@ -236,7 +246,16 @@ class OutboundConnection:
         self.tls_cipher: str | None = None
         self.auth_mechanism: str | None = None
         self._parser = ReplyParser()
+        # Looked up once: every get_running_loop() is a getpid() system call under 3.11.
+        self._loop = asyncio.get_running_loop()
         self._proto: _Protocol | None = None
+        # One timer per connection, not one per reply (see _expect): the deadline of the
+        # wait under way, whether one is under way, and when the timer is set to fire.
+        self._deadline = 0.0
+        self._waiting = False
+        self._expired = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._transport: asyncio.Transport | None = None
         self._dead = False          # the transport cannot be trusted: abort, no QUIT
         self._failed = False        # an error happened: not usable, but QUIT is fine
@@ -295,7 +314,7 @@ class OutboundConnection:
         peer = transport.get_extra_info("peername") or ("unknown", 0)
         conn = cls(peer[0].split("%", 1)[0], peer[1], policy, log=log, session_id=session_id,
                    queue_id=queue_id, route=route)
-        conn._proto = _Protocol(conn._parser)
+        conn._proto = _Protocol(conn._parser, conn._loop)
         transport.set_protocol(conn._proto)
         conn._proto.connection_made(transport)
         conn._transport = transport
@@ -421,6 +440,7 @@ class OutboundConnection:
         except Exception:          # noqa: BLE001 - a QUIT that fails changes nothing
             pass
         self._trace_unanswered()
+        self._stop_timer()
         try:
             transport.close()
             await asyncio.wait_for(asyncio.shield(proto.closed), _CLOSE_TIMEOUT)
@@ -431,13 +451,13 @@ class OutboundConnection:
 
     async def _connect(self) -> None:
         policy = self.policy
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         ctx = None
         stage = "connect"
         if policy.implicit_tls:
             stage = "tls"
             ctx = self._context("tls")
-        self._proto = _Protocol(self._parser)
+        self._proto = _Protocol(self._parser, loop)
         try:
             async with asyncio.timeout(policy.connect_timeout):
                 transport, _ = await loop.create_connection(
@@ -511,7 +531,7 @@ class OutboundConnection:
             self._failed = True
             raise DeliveryError(_tls_unsupported(f"STARTTLS refused: {answer}"), "starttls")
         ctx = self._context("starttls")
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         # RFC 3207 4.2: forget everything from before TLS. Whatever the server (or a man
         # in the middle) sent after the 220 in plaintext is dropped here, not read as a
         # reply from inside TLS. No await between this and start_tls(): no data can slip in.
@@ -681,12 +701,16 @@ class OutboundConnection:
         if proto is None or transport is None or proto.lost or self._dead:
             raise self._broken(stage, _bad_connection("connection lost"))
         transport.write(data)
-        if not proto.writable.is_set():
+        if not proto.writable:
+            # The transport's buffer is full: wait for it to drain, within command_timeout.
+            self._expect(self.policy.command_timeout)
             try:
-                async with asyncio.timeout(self.policy.command_timeout):
-                    await proto.writable.wait()
-            except TimeoutError:
-                raise self._broken(stage, _bad_connection("timeout while sending")) from None
+                while not proto.writable:       # (connection_lost() sets it too)
+                    if self._expired:
+                        raise self._broken(stage, _bad_connection("timeout while sending"))
+                    await self._block()
+            finally:
+                self._waiting = False
         if proto.lost:
             raise self._broken(stage, _bad_connection("connection lost"))
 
@@ -696,20 +720,21 @@ class OutboundConnection:
         assert proto is not None
         parser = self._parser
         try:
-            # A reply already read (pipelined replies come together) needs no timer.
+            # A reply already read (pipelined replies come together) needs no wait.
             answer = parser.next_reply()
             if answer is None:
-                async with asyncio.timeout(self.policy.command_timeout if timeout is None
-                                           else timeout):
+                self._expect(self.policy.command_timeout if timeout is None else timeout)
+                try:
                     while answer is None:
                         if proto.lost or proto.eof:
                             raise self._broken(stage, _bad_connection("connection lost"))
-                        proto.readable.clear()
-                        await proto.readable.wait()
+                        if self._expired:
+                            raise self._broken(stage, _bad_connection(
+                                f"timeout waiting for the {stage} reply"))
+                        await self._block()
                         answer = parser.next_reply()
-        except TimeoutError:
-            raise self._broken(stage, _bad_connection(f"timeout waiting for the {stage} reply")
-                               ) from None
+                finally:
+                    self._waiting = False
         except ProtocolError as exc:
             raise self._broken(stage, reply(451, "4.5.0", f"Protocol error: {exc}")) from None
         if self._log is not None:
@@ -724,6 +749,59 @@ class OutboundConnection:
             raise self._broken(stage, answer)
         return answer
 
+    # --- the connection's timer ----------------------------------------------------------
+    #
+    # RFC 5321 4.5.3.2 gives each stage its own timeout (command_timeout for most replies,
+    # data_timeout for the reply to the final dot). A wait sets the connection's deadline;
+    # one timer per connection enforces it, instead of an asyncio.timeout per reply (a
+    # TimerHandle made and cancelled for every reply, and get_running_loop() lookups). The
+    # timer is re-armed lazily: it is moved earlier only when a wait's deadline comes before
+    # it (a QUIT's short timeout, a data_timeout shorter than command_timeout); when it fires
+    # before the deadline of the wait under way, it is set again for that deadline; when it
+    # fires with no wait under way (an idle pooled connection), it is simply not set again
+    # until the next wait.
+
+    def _expect(self, timeout: float) -> None:
+        """A wait of at most ``timeout`` seconds starts now (ended by `_waiting = False`)."""
+        loop = self._loop
+        deadline = loop.time() + timeout
+        self._deadline = deadline
+        self._waiting = True
+        self._expired = False
+        timer = self._timer
+        if timer is None or self._timer_at > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer_at = deadline
+            self._timer = loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if not self._waiting or self._proto is None:
+            return
+        deadline = self._deadline
+        # (1 ms of slack: a loop's timers may fire a hair early, by their clock resolution)
+        if self._loop.time() + 0.001 >= deadline:
+            self._expired = True
+            self._proto.wake()
+        else:
+            self._timer_at = deadline
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    async def _block(self) -> None:
+        """Until the protocol wakes us: data, EOF, loss, drain, or the timer."""
+        proto = self._proto
+        waiter = proto.waiter = self._loop.create_future()
+        try:
+            await waiter
+        finally:
+            proto.waiter = None
+
     def _broken(self, stage: str, answer: Reply) -> DeliveryError:
         self._kill("" if self._dead else str(answer))
         return DeliveryError(answer, stage, from_server=True)
@@ -733,6 +811,7 @@ class OutboundConnection:
         for the protocol log's CLOSE line (none: no such line)."""
         self._dead = True
         self._failed = True
+        self._stop_timer()
         if self._log is not None:
             self._trace_unanswered()
             if reason:
