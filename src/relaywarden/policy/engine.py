@@ -7,8 +7,10 @@ admin reading the log or `relaywarden explain` can find the line to change.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from relaywarden.auth import AUTH_OK
 from relaywarden.policy import gates, match
@@ -124,9 +126,25 @@ class Explanation:
         return "\n".join(lines)
 
 
+#: Verdicts kept per Policy object (see Policy.__init__): clients x senders or recipient
+#: domains seen recently. A miss costs what no cache would; a hit saves the decision.
+VERDICT_CACHE = 4096
+
+
 class Policy:
     def __init__(self, listeners: Mapping[str, ListenerPolicy]) -> None:
-        self.listeners = dict(listeners)
+        # Read-only: the cached verdicts below are only right while the rules stay as built.
+        self.listeners = MappingProxyType(dict(listeners))
+        # Every decision is a pure function of the rules (fixed for this object) and its
+        # arguments: ClientFacts holds all that is known of the client (listener, address,
+        # verified name, user, directory groups), so the same client sending as the same
+        # sender, or to the same recipient domain, gets the same Decision. The caches belong
+        # to this object: a SIGHUP reload builds a new Policy, and the old verdicts go with
+        # the old one. Decisions are frozen values, safe to hand to every session.
+        self.check_connect = functools.lru_cache(VERDICT_CACHE)(self._check_connect)
+        self.check_sender = functools.lru_cache(VERDICT_CACHE)(self._check_sender)
+        self.group_of = functools.lru_cache(VERDICT_CACHE)(self._group_of)
+        self._domain_verdict = functools.lru_cache(VERDICT_CACHE)(self._check_domain)
 
     def _listener(self, client: ClientFacts) -> ListenerPolicy:
         try:
@@ -141,12 +159,12 @@ class Policy:
         return match.first_domain(self._listener(client).hosted_domains, domain) is not None
 
     # ---------------------------------------------------------------- connect
-    def group_of(self, client: ClientFacts) -> str | None:
+    def _group_of(self, client: ClientFacts) -> str | None:
         """The name of the client group that applies to this client (sender routes use it)."""
         membership = find_group(self._listener(client), client)
         return None if membership is None else membership.group.name
 
-    def check_connect(self, client: ClientFacts) -> Decision:
+    def _check_connect(self, client: ClientFacts) -> Decision:
         """Connection control: the most specific matching entry across allow and deny wins.
 
         "Most specific" is `match.specificity`; on a tie deny wins, so listing the same
@@ -183,7 +201,7 @@ class Policy:
         )
 
     # ---------------------------------------------------------------- MAIL FROM
-    def check_sender(self, client: ClientFacts, sender: Address | None) -> Decision:
+    def _check_sender(self, client: ClientFacts, sender: Address | None) -> Decision:
         listener = self._listener(client)
         membership = find_group(listener, client)
         if membership is not None and membership.group.senders is not None:
@@ -223,10 +241,9 @@ class Policy:
         rules are decided at MAIL FROM) but is part of the seam for per-sender routes.
         """
         del sender
-        listener = self._listener(client)
-
         # 1. RFC 5321 4.5.1: <postmaster> without a domain must always be accepted.
         if recipient.domain == "":
+            listener = self._listener(client)
             return Decision(
                 action=Action.ACCEPT,
                 reply=RECIPIENT_OK,
@@ -250,9 +267,15 @@ class Policy:
                 detail=f"<{recipient}> has '%', '!' or '@' in the local part",
             )
 
+        # 3.-5. depend on the domain alone: decided once per (client, domain).
+        return self._domain_verdict(client, recipient.domain)
+
+    def _check_domain(self, client: ClientFacts, domain: str) -> Decision:
+        """check_recipient's steps 3 to 5, for a recipient without routing characters."""
+        listener = self._listener(client)
+
         # 3. Relay permission: hosted domains are open to anyone (inbound mail); other
         # domains only to relay networks or, when allowed, authenticated users.
-        domain = recipient.domain
         prefix = f"listeners.{listener.name}.relay"
         index = match.first_domain(listener.hosted_domains, domain)
         if index is not None:

@@ -11,9 +11,13 @@ Pure: bytes in, a number out.
 
 from __future__ import annotations
 
+import re
+
 # Enough of a line's start to decide: "Received" + optional WSP + ":".
 _PREFIX = 32
 _NAME = b"received"
+# RFC 5322 2.2 ftext without ":" (printable US-ASCII, 33 to 126).
+_FTEXT = re.compile(rb"[\x21-\x7e]+")
 
 
 def _field_name(start: bytes) -> bytes | None:
@@ -26,11 +30,11 @@ def _field_name(start: bytes) -> bytes | None:
     colon = start.find(b":")
     if colon == -1:
         name = start.rstrip(b"\r\n")
-        if len(start) >= _PREFIX and name and all(33 <= c <= 126 for c in name):
+        if len(start) >= _PREFIX and _FTEXT.fullmatch(name):
             return b""
         return None
     name = start[:colon].rstrip(b" \t")   # obs-optional: WSP before the colon (RFC 5322 4.5)
-    if not name or not all(33 <= c <= 126 for c in name):
+    if not _FTEXT.fullmatch(name):
         return None
     return name
 

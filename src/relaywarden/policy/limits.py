@@ -93,6 +93,8 @@ class WindowLimiter:
 
     def take_all(self, keys: list[Hashable], n: int = 1) -> bool:
         """Count ``n`` for every key if every key allows it; False (nothing counted) otherwise."""
+        if self.limit == 0:
+            return True                   # no limit: nothing to count (as allows/take)
         if not all(self.allows(key, n) for key in keys):
             return False
         for key in keys:

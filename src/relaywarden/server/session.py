@@ -110,8 +110,26 @@ class _Transaction:
 _received_date = SecondStamp(lambda second: formatdate(second, localtime=True))
 
 
+@functools.lru_cache(maxsize=4096)
+def _client_facts(listener: str, address: str) -> ClientFacts:
+    """What is known of a client when it connects, made once per (listener, address): the
+    parsed address and the facts the policy decides from. A frozen value, shared by the
+    client's sessions; the policy's verdict caches find it by identity. What a session
+    learns later (verified name, user) makes a new one (dataclasses.replace)."""
+    return ClientFacts(listener=listener, ip=ipaddress.ip_address(address), verified_name=None)
+
+
+@functools.lru_cache(maxsize=64)
+def _greeting(hostname: str, banner: str) -> Reply:
+    """The 220 greeting of a listener: one Reply (encoded once) per hostname and banner."""
+    return reply(220, None, f"{hostname} {banner}")
+
+
 def _clean(text: str, limit: int = 255) -> str:
     """Make client-supplied text safe for a header line: printable ASCII, bounded."""
+    # ASCII that is printable is exactly " " to "~": the usual case, checked in C.
+    if text.isascii() and text.isprintable():
+        return text[:limit]
     out = "".join(c if " " <= c <= "~" else "?" for c in text)
     return out[:limit]
 
@@ -171,10 +189,11 @@ class SmtpSession(asyncio.Protocol):
             self._plog = plog.session(client_ip=self.client_ip, site=self.ctx.name,
                                       server_name=self.ctx.hostname, server_ip=self.server_ip,
                                       server_port=self.server_port)
-        ip = ipaddress.ip_address(self.client_ip)
-        self.client = ClientFacts(listener=self.ctx.name, ip=ip, verified_name=None)
+        self.client = _client_facts(self.ctx.name, self.client_ip)
+        ip = self.client.ip
         settings = self.ctx.settings
-        if settings.bare_line_ends is BareLineEnds.REJECT and self.ctx.normalizes(ip):
+        if (settings.bare_line_ends is BareLineEnds.REJECT and self.ctx.normalize_networks
+                and self.ctx.normalizes(ip)):
             settings = replace(settings, bare_line_ends=BareLineEnds.NORMALIZE)
         self.conn = ServerConnection(settings)
 
@@ -311,7 +330,7 @@ class SmtpSession(asyncio.Protocol):
                             f"reverse DNS: {self._rdns_note()}: "
                             f"{self.rdns.detail if self.rdns else 'no lookup'}")
         else:
-            greeting = reply(220, None, f"{self.ctx.hostname} {self.ctx.banner}")
+            greeting = _greeting(self.ctx.hostname, self.ctx.banner)
         self.conn.greet(greeting)
         self._protocol_log("CONNECT", self._rdns_note() or "", greeting, 0)
         self._flush()
@@ -1027,24 +1046,21 @@ class SmtpSession(asyncio.Protocol):
         if client.user is not None:
             proto += "A"   # RFC 3848
         note = self._rdns_note()
-        if note:
-            from_part = f"{_clean(self.helo)} ({_clean(note)} [{self.client_ip}])"
-        else:
-            from_part = f"{_clean(self.helo)} ([{self.client_ip}])"
-        lines = [
-            f"Received: from {from_part}",
-            f"\tby {self.ctx.hostname} (relaywarden, listener {self.ctx.name})",
-            f"\twith {proto} id {txn.queue_id}",
-        ]
+        helo = _clean(self.helo)
+        from_part = (f"{helo} ({_clean(note)} [{self.client_ip}])" if note
+                     else f"{helo} ([{self.client_ip}])")
+        tls = ""
         if self.tls is not None:
             version, cipher, bits = self.tls
-            lines.append(f"\t(version={_clean(version, 32)} cipher={_clean(cipher, 64)} bits={bits})")
-        if len(txn.recipients) == 1:
-            # Only a single recipient is named: listing them all would disclose Bcc's.
-            lines.append(f"\tfor <{_clean(txn.recipients[0].address, 900)}>")
-        lines[-1] += ";"
-        lines.append(f"\t{_received_date(time.time())}")
-        return ("\r\n".join(lines) + "\r\n").encode("ascii")
+            tls = f"\r\n\t(version={_clean(version, 32)} cipher={_clean(cipher, 64)} bits={bits})"
+        # Only a single recipient is named: listing them all would disclose Bcc's.
+        rcpt = (f"\r\n\tfor <{_clean(txn.recipients[0].address, 900)}>"
+                if len(txn.recipients) == 1 else "")
+        ctx = self.ctx
+        return (f"Received: from {from_part}\r\n"
+                f"\tby {ctx.hostname} (relaywarden, listener {ctx.name})\r\n"
+                f"\twith {proto} id {txn.queue_id}{tls}{rcpt};\r\n"
+                f"\t{_received_date(time.time())}\r\n").encode("ascii")
 
     def _protocol_log(self, method: str, query: str, answer: Reply | None, cs_bytes: int, *,
                       queue_id: str = "", sent_before: int = 0, timed: bool = True) -> None:

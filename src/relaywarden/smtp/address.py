@@ -10,6 +10,7 @@ Length limits are RFC 5321 4.5.3.1: local part 64 octets, domain 255, path 256.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -81,7 +82,8 @@ class Address:
         A relay that honours these can be made an open relay (RFC 2505 2.10): policy
         refuses such addresses.
         """
-        return any(c in self.local for c in "%!@")
+        local = self.local
+        return "%" in local or "!" in local or "@" in local
 
 
 def split_path(text: str) -> tuple[str, str]:
@@ -93,6 +95,14 @@ def split_path(text: str) -> tuple[str, str]:
     """
     if not text.startswith("<"):
         raise AddressError(_NO_BRACKETS)
+    end = text.find(">")
+    if end > 0 and '"' not in text[:end]:
+        # No quoted string before the first '>': it is the closing one (the usual case;
+        # the loop below would stop at the same place).
+        rest = text[end + 1:]
+        if rest and not rest.startswith(" "):
+            raise AddressError(_SYNTAX)
+        return text[: end + 1], rest.strip(" ")
     quoted = False
     i = 1
     n = len(text)
@@ -114,6 +124,10 @@ def split_path(text: str) -> tuple[str, str]:
     raise AddressError(_NO_BRACKETS)
 
 
+# Parsing is pure and an Address is a frozen value: the same sender and recipients come
+# back message after message (scanners, applications), so the last few thousand are kept.
+# Refused paths raise and are never kept.
+@functools.lru_cache(maxsize=4096)
 def parse_path(text: str, *, utf8: bool) -> Address | None:
     """Parse a Reverse-path or Forward-path, angle brackets included.
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import re
 from collections import deque
 from dataclasses import dataclass
@@ -232,6 +233,11 @@ MAX_ENVID = 100            # RFC 3461 4.4
 MAX_ORCPT = 500            # RFC 3461 4.2
 MAX_AUTH_PARAM = 500       # RFC 4954 5 sets none; a mailbox fits in 256 octets (xtext: 3x)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# What MAIL and RCPT without parameters carry (frozen values: one of each will do).
+_NO_MAIL_PARAMS = MailParams()
+_NO_RCPT_PARAMS = RcptParams()
+# The event classes are final (never subclassed): a set lookup by type is enough.
+_DECISION_TYPES = frozenset(DECISION_EVENTS)
 
 
 class ServerConnection:
@@ -330,7 +336,7 @@ class ServerConnection:
         while True:
             if self._events:
                 event = self._events.popleft()
-                if isinstance(event, DECISION_EVENTS):
+                if type(event) in _DECISION_TYPES:
                     self._pending = event
                 return event
             if self._closed is not None:
@@ -344,15 +350,16 @@ class ServerConnection:
         if event is None:
             raise UsageError("respond() called but no decision is pending")
         kind = type(event)
-        if reply.positive and reply.code not in _POSITIVE[kind]:
-            hint = " (use auth_challenge())" if reply.code == 334 else ""
-            raise UsageError(f"{reply.code} is not an answer to {kind.__name__}{hint}")
-        if isinstance(event, DataEnd) and event.problem is not None and reply.positive:
+        code = reply.code
+        positive = code < 400                    # Reply.positive
+        if positive and code not in _POSITIVE[kind]:
+            hint = " (use auth_challenge())" if code == 334 else ""
+            raise UsageError(f"{code} is not an answer to {kind.__name__}{hint}")
+        if kind is DataEnd and event.problem is not None and positive:
             # Chunks stopped when the problem was found: a 250 would accept a torn message.
             raise UsageError("DataEnd has a problem: respond with it (or another 4xx/5xx)")
         self._pending = None
-        self._send(reply)
-        positive = reply.positive
+        self._out += reply.to_bytes()
         if kind is Hello and positive:
             self._reset_transaction()
             self._extended = event.extended
@@ -376,7 +383,8 @@ class ServerConnection:
         new_state = _AFTER_REPLY[kind, positive]
         if new_state is not None:
             self.state = new_state
-        self._count(reply)
+        if not positive:
+            self._count(reply)                   # nothing to count after 2xx/3xx
 
     def ehlo_reply(self, text: str = "") -> Reply:
         """The positive answer to Hello: "250-hostname text" and the extension list.
@@ -386,24 +394,7 @@ class ServerConnection:
         first = f"{self.settings.hostname} {text}".strip()
         if isinstance(self._pending, Hello) and not self._pending.extended:
             return Reply(250, None, (first,))     # HELO: no extensions (RFC 5321 4.1.1.1)
-        s = self.settings
-        lines = [first, "PIPELINING"]
-        lines.append(f"SIZE {s.max_message_size}" if s.max_message_size else "SIZE")
-        lines.append("8BITMIME")
-        if s.smtputf8:
-            lines.append("SMTPUTF8")
-        lines.append("ENHANCEDSTATUSCODES")
-        if s.dsn:
-            lines.append("DSN")
-        if s.starttls and not self._encrypted:
-            lines.append("STARTTLS")
-        if s.auth_mechanisms and s.advertise_auth:
-            lines.append("AUTH " + " ".join(m.upper() for m in s.auth_mechanisms))
-        if s.etrn:
-            lines.append("ETRN")
-        if s.atrn and s.auth_mechanisms:
-            lines.append("ATRN")
-        return Reply(250, None, tuple(lines))
+        return _ehlo_reply(first, _extensions(self.settings, self._encrypted))
 
     def auth_challenge(self, challenge: bytes) -> None:
         """Send "334 <base64 challenge>" and read the client's response (RFC 4954 4)."""
@@ -453,7 +444,10 @@ class ServerConnection:
         if state is ServerState.REVERSED:
             return False                         # the driver's client reads from now on
         limit = self.settings.max_command_line
-        if state is ServerState.AUTH or self._in[:5].upper() == b"AUTH ":
+        # AUTH lines get the larger limit. While the input is shorter than the normal
+        # limit, both limits read the same line (see _read_line): no need to look.
+        if state is ServerState.AUTH or (len(self._in) >= limit
+                                         and self._in[:5].upper() == b"AUTH "):
             limit = max(limit, AUTH_LINE_LIMIT)
         line = self._read_line(limit)
         if line is None:
@@ -573,8 +567,7 @@ class ServerConnection:
             return NOT_IMPLEMENTED
         if self.state not in valid:
             return self._refusal(verb)
-        handler: Callable[[str], Reply | Event] = getattr(self, "_cmd_" + verb.lower())
-        return handler(arg)
+        return _HANDLER[verb](self, arg)
 
     def _refusal(self, verb: str) -> Reply:
         if self.state is ServerState.GREETED:
@@ -777,6 +770,8 @@ class ServerConnection:
         return params
 
     def _mail_params(self, text: str) -> MailParams | Reply:
+        if not text:
+            return _NO_MAIL_PARAMS              # the usual MAIL: no parameters at all
         parsed = self._params(text)
         if isinstance(parsed, Reply):
             return parsed
@@ -817,6 +812,8 @@ class ServerConnection:
         return MailParams(**fields)  # type: ignore[arg-type]
 
     def _rcpt_params(self, text: str) -> RcptParams | Reply:
+        if not text:
+            return _NO_RCPT_PARAMS
         parsed = self._params(text)
         if isinstance(parsed, Reply):
             return parsed
@@ -883,6 +880,41 @@ class ServerConnection:
         self._rcpt_accepted = 0
         self._rcpt_given = 0
         self._data = None
+
+
+# The method of each command in _VALID_IN (the one table: a verb there needs its _cmd_).
+_HANDLER: dict[str, Callable[[ServerConnection, str], Reply | Event]] = {
+    verb: getattr(ServerConnection, "_cmd_" + verb.lower()) for verb in _VALID_IN
+}
+
+
+# The EHLO reply is the same for every session of a listener but for its first line: the
+# extension list is made once per (settings, TLS state) and the reply (validated, encoded)
+# once per first line. Both are pure functions of frozen values.
+@functools.lru_cache(maxsize=64)
+def _extensions(s: ServerSettings, encrypted: bool) -> tuple[str, ...]:
+    lines = ["PIPELINING"]
+    lines.append(f"SIZE {s.max_message_size}" if s.max_message_size else "SIZE")
+    lines.append("8BITMIME")
+    if s.smtputf8:
+        lines.append("SMTPUTF8")
+    lines.append("ENHANCEDSTATUSCODES")
+    if s.dsn:
+        lines.append("DSN")
+    if s.starttls and not encrypted:
+        lines.append("STARTTLS")
+    if s.auth_mechanisms and s.advertise_auth:
+        lines.append("AUTH " + " ".join(m.upper() for m in s.auth_mechanisms))
+    if s.etrn:
+        lines.append("ETRN")
+    if s.atrn and s.auth_mechanisms:
+        lines.append("ATRN")
+    return tuple(lines)
+
+
+@functools.lru_cache(maxsize=1024)
+def _ehlo_reply(first: str, extensions: tuple[str, ...]) -> Reply:
+    return Reply(250, None, (first, *extensions))
 
 
 def _verb_of(raw: bytes) -> str:
