@@ -114,6 +114,31 @@ class RotatingFile:
             # The line that fills the file goes out now: the next flush starts a new one.
             self.flush()
 
+    def write_lines(self, lines: list[str], moments: list[float]) -> None:
+        """``write(lines[i], moments[i])`` for each line, in order (a batch formatted at
+        once, see protocol.ProtocolLog). The common case costs one encode and one look at
+        the day for the whole batch: every line of this UTC day, the file not failing, and
+        not filled by the batch. Otherwise line by line, so that lines still go to the file
+        of their own day and a file is still cut after the line that fills it."""
+        if not lines:
+            return
+        if (self._failing is None
+                and self._roll_at - 86400 <= min(moments) and max(moments) < self._roll_at):
+            data = "".join(lines).encode("utf-8", "backslashreplace")
+            if not self.max_size or (
+                    self._size + len(self._pending) + len(data) < self.max_size):
+                self._pending += data
+                if len(self._pending) >= _BUFFER:
+                    self.flush()
+                return
+        for line, now in zip(lines, moments):
+            self.write(line, now)
+
+    @property
+    def failing(self) -> bool:
+        """The last write failed (the disk is full): lines are kept or counted as lost."""
+        return self._failing is not None
+
     def flush(self) -> None:
         """Write the buffer. Never raises OSError: see the module's docstring."""
         if not self._pending and not self.lost:

@@ -67,29 +67,55 @@ def _value(v: object) -> str:
     return f'"{escaped}"'
 
 
+#: Events kept as raw values before they are formatted (see MailLog): a message makes ~5,
+#: so about a hundred messages' worth; the timer formats the rest once a second.
+BATCH = 512
+
+# " event=NAME" per event: an enum's .value costs a descriptor call.
+_EVENT_TEXT = {e: f" event={e.value}" for e in MailEvent}
+
+
 class MailLog:
+    """The mail log (see the module's docstring).
+
+    An event costs its caller the observer's call, one clock read and one tuple: the line is
+    formatted later, in a batch with the others, when the batch is full or the log is
+    flushed (the app's timer, once a second; close), with the stamp of its moment and into
+    the file of its day, so the file reads exactly as if each line had been formatted at
+    once. While the file cannot be written (a full disk), events go out one by one again,
+    so what is kept and what is counted as lost is decided per line (files.RotatingFile).
+    """
+
     def __init__(self, out: RotatingFile | None, *, clock=time.time,
                  observer: Callable[[MailEvent, dict], None] | None = None) -> None:
-        """``observer(event, fields)`` is called for every event, also when ``out`` is
-        None (the mail log file is off): the metrics count events there. It must be cheap
-        and must not raise; ``fields`` is not to be changed."""
+        """``observer(event, fields)`` is called for every event, at the event, also when
+        ``out`` is None (the mail log file is off): the metrics count events there. It must
+        be cheap and must not raise; ``fields`` is not to be changed (the line is formatted
+        from it later)."""
         self._out = out
         self._clock = clock
         self._observer = observer
         self._stamp = SecondStamp(
             lambda second: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        # (moment of writing, event, fields, at): events not formatted yet.
+        self._events: list[tuple] = []
+        self._batch = BATCH       # 1 while the file is failing (see the class docstring)
         if out is not None:
             out.lost_notice = self._lost_notice
 
     def event(self, event: MailEvent, /, *, at: float | None = None, **fields: object) -> None:
         """One line. ``at``: when the event happened, if that was before now (epoch
-        seconds); the line's stamp, so that sorting by stamp gives the order of events."""
+        seconds); the line's stamp, so that sorting by stamp gives the order of events.
+        ``fields``' values are formatted at the next flush: pass values, not objects that
+        change afterwards."""
         if self._observer is not None:
             self._observer(event, fields)
         if self._out is None:
             return
-        now = self._clock()
-        self._out.write(self._line(event, fields, now if at is None else at), now)
+        events = self._events
+        events.append((self._clock(), event, fields, at))
+        if len(events) >= self._batch:
+            self._drain()
 
     def stamp(self, moment: float) -> str:
         """``moment`` as the lines' timestamp: UTC, microseconds, fixed width."""
@@ -103,6 +129,40 @@ class MailLog:
                 parts.append(f"{k}={_value(v)}")
         return " ".join(parts) + "\n"
 
+    def _drain(self) -> None:
+        """Format the events recorded and hand the lines to the file (its buffer)."""
+        events = self._events
+        if not events:
+            return
+        self._events = []
+        self._out.write_lines(self._lines(events), [e[0] for e in events])
+        self._batch = 1 if self._out.failing else BATCH
+
+    def _lines(self, events: list[tuple]) -> list[str]:
+        """The lines of ``events``: ``_line`` for each, in one tight loop."""
+        stamp = self._stamp
+        # Text values seen in this batch (listener, client, route... repeat) and what
+        # _value makes of them: a look-up is cheaper than the check.
+        seen: dict[str, str] = {}
+        out = []
+        append = out.append
+        for now, event, fields, at in events:
+            second, micros = divmod(round((now if at is None else at) * 1_000_000), 1_000_000)
+            parts = [f"{stamp(second)}.{micros:06d}Z{_EVENT_TEXT[event]}"]
+            for k, v in fields.items():
+                if v is None:
+                    continue
+                if type(v) is str:
+                    try:
+                        text = seen[v]
+                    except KeyError:
+                        text = seen[v] = _value(v)
+                else:
+                    text = _value(v)
+                parts.append(f"{k}={text}")
+            append(" ".join(parts) + "\n")
+        return out
+
     def _lost_notice(self, count: int, name: str, now: float) -> str:
         fields = {"count": count, "file": name}
         if self._observer is not None:
@@ -111,8 +171,11 @@ class MailLog:
 
     def flush(self) -> None:
         if self._out is not None:
+            self._drain()
             self._out.flush()
+            self._batch = 1 if self._out.failing else BATCH
 
     def close(self) -> None:
         if self._out is not None:
+            self._drain()
             self._out.close()
