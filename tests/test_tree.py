@@ -1,0 +1,26 @@
+"""The tree itself: no merge-conflict markers in what is tracked (a rebase once committed
+them into the README, where no test reads them)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MARKER = re.compile(rb"^(<<<<<<< |>>>>>>> |=======$)", re.M)
+
+
+def test_no_conflict_markers_in_tracked_files():
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                           check=True).stdout.split(b"\0")
+    assert len(files) > 100, "git ls-files listed the repository"
+    found = []
+    for name in files:
+        path = ROOT / name.decode()
+        if not name or not path.is_file() or path.suffix in {".png", ".ico"}:
+            continue
+        for m in MARKER.finditer(path.read_bytes()):
+            line = path.read_bytes()[:m.start()].count(b"\n") + 1
+            found.append(f"{name.decode()}:{line}")
+    assert not found, f"conflict markers: {found}"
