@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 import smtplib
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -148,5 +150,23 @@ def test_require_rdns_refuses_unverified_clients(tmp_path, dns, source, code, en
             relay.flush_logs()
             assert re.search(rf"event=reject stage=connect .*client={re.escape(source)} .*"
                              r"rule=listeners.main.access.require_rdns", relay.logs("mail", ".log"))
+        # policy explain says what the server said (issue 14 item 11): the client's
+        # verified name is --name; without one the gate refuses, and says what opens it.
+        # (A lookup that failed for now, the 421, is a fact of the moment explain cannot know.)
+        verified = {"127.0.0.5": "good.clients.test"}.get(source)
+        ask = [sys.executable, "-m", "relaywarden", "policy", "explain", "--config", str(config),
+               "--listener", "main", "--client", source, "--from", "a@example.com",
+               "--to", "b@example.com"] + (["--name", verified] if verified else [])
+        out = subprocess.run(ask, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        first = out.stdout.splitlines()[0]
+        if code == 220:
+            assert first.startswith("connect: accept"), out.stdout
+        elif code == 554:
+            assert first == ("connect: reject 554 5.7.25 (listeners.main.access.require_rdns): "
+                             "the client has no verified reverse DNS name (give --name HOST, "
+                             "the client's verified host name, to see what happens then)"), first
+            assert out.stdout.splitlines()[1:] == ["sender: not reached",
+                                                   "recipient: not reached"], out.stdout
     finally:
         relay.stop()

@@ -73,7 +73,6 @@ def listener_contexts(cfg: Config) -> dict[str, ListenerContext]:
             postmaster=cfg.relay.postmaster,
             normalize_networks=tuple(lc.line_endings.normalize_networks),
             reverse_lookups=cfg.dns.reverse_lookups,
-            require_rdns=lc.access.require_rdns,
             tls_mode=TlsMode(lc.tls.mode),
             limits=Limits(
                 max_connections=lc.limits.max_connections,

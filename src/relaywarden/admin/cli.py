@@ -114,7 +114,9 @@ def policy() -> None:
 
 #: What opens a refused step, worded for the command line.
 EXPLAIN_HINTS = {"tls": "give --tls to see what happens after STARTTLS",
-                 "user": "give --user NAME to see what happens after AUTH"}
+                 "user": "give --user NAME to see what happens after AUTH",
+                 "name": "give --name HOST, the client's verified host name, to see what "
+                         "happens then"}
 
 
 @policy.command("explain")

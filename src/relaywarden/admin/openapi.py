@@ -297,10 +297,12 @@ def openapi_document(version: str) -> dict:
                                                "connect": _EXPLAIN_STEP, "auth": _EXPLAIN_STEP,
                                                "sender": _EXPLAIN_STEP, "recipient": _EXPLAIN_STEP,
                                                "need": {"type": ["string", "null"],
-                                                        "enum": ["tls", "user", None],
+                                                        "enum": ["tls", "user", "name", None],
                                                         "description": "what the client must do "
-                                                        "first (STARTTLS, AUTH) to get past the "
-                                                        "refusal: ask again with tls or user"},
+                                                        "or have first (STARTTLS, AUTH, a "
+                                                        "verified host name) to get past the "
+                                                        "refusal: ask again with tls, user or "
+                                                        "name"},
                                                "text": {"type": "string"}}})},
                             body=_body({"type": "object", "required": ["listener", "client", "to"],
                                         "properties": {

@@ -1092,7 +1092,9 @@ def _decision(d) -> dict | None:
 
 #: What opens a refused step, worded for the API's fields.
 EXPLAIN_HINTS = {"tls": 'set "tls": true to see what happens after STARTTLS',
-                 "user": 'set "user" to see what happens after AUTH'}
+                 "user": 'set "user" to see what happens after AUTH',
+                 "name": 'set "name" (the client\'s verified host name) to see what happens '
+                         'then'}
 
 
 @needs("viewer")

@@ -50,6 +50,7 @@ def _listener(cfg: Config, name: str, listener: ListenerSettings, groups: dict[s
             auth_enabled=listener.auth.enabled,
             auth_required=listener.auth.required,
             auth_plaintext_networks=tuple(listener.auth.plaintext_networks),
+            require_rdns=listener.access.require_rdns,
         ),
     )
 

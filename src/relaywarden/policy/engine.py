@@ -330,6 +330,13 @@ class Policy:
         return gates.check_gates(listener.name, listener.gates, client.ip, tls=tls,
                                  user=client.user, verb=verb)
 
+    def check_rdns(self, client: ClientFacts, *, temporary: bool = False,
+                   detail: str = "") -> Refusal | None:
+        """access.require_rdns at connect (policy/gates.py): None when the client may go on."""
+        listener = self._listener(client)
+        return gates.check_rdns(listener.name, listener.gates, client.verified_name,
+                                temporary=temporary, detail=detail)
+
     def check_auth(self, client: ClientFacts, *, tls: bool) -> Refusal | None:
         """May the client AUTH now (policy/gates.py)? None: AUTH is offered."""
         listener = self._listener(client)
@@ -345,6 +352,10 @@ class Policy:
         connect = self.check_connect(client)
         if connect.action is not Action.ACCEPT:
             return Explanation(connect=connect, sender=None, recipient=None)
+        refusal = self.check_rdns(client)
+        if refusal is not None:
+            return Explanation(connect=refusal.decision, sender=None, recipient=None,
+                               need=refusal.need)
         auth = None
         if client.user is not None:
             refusal = self.check_auth(client, tls=tls)

@@ -4,6 +4,9 @@
   issue a STARTTLS command first"), except for ``tls.optional_networks``;
 - AUTH first on a listener with ``auth.required = true`` (RFC 4954 6: "530 5.7.0
   Authentication required");
+- a verified host name at connect on a listener with ``access.require_rdns`` (forward-
+  confirmed reverse DNS; RFC 8601 2.7.3 "iprev"): 554 5.7.25, or 421 4.7.25 when the lookup
+  itself failed and may work later (RFC 7372 3.3: X.7.25 "reverse DNS validation failed");
 - AUTH itself only over TLS unless the client is in ``auth.plaintext_networks`` (RFC 4954
   4 warns against plaintext passwords; 538 5.7.11 "Encryption required", RFC 4954 6), and
   not at all when ``auth.enabled = false`` (503 5.5.1, as the SMTP core answers).
@@ -34,6 +37,7 @@ class Need(enum.Enum):
 
     TLS = "tls"      # STARTTLS (policy explain: --tls, API "tls": true)
     USER = "user"    # AUTH (policy explain: --user NAME, API "user")
+    NAME = "name"    # a verified reverse DNS name (policy explain: --name, API "name")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,6 +77,23 @@ def check_gates(listener: str, gates: Gates, ip: IPv4Address | IPv6Address, *,
                                          detail=f"{verb} before AUTH"),
                        need=Need.USER)
     return None
+
+
+RDNS_FAILED = reply(554, "5.7.25", "Client host rejected: cannot verify your host name")
+RDNS_TEMPFAIL = reply(421, "4.7.25", "Cannot verify your host name, try again later")
+
+
+def check_rdns(listener: str, gates: Gates, verified_name: str | None, *,
+               temporary: bool = False, detail: str = "") -> Refusal | None:
+    """At connect: a listener with access.require_rdns refuses a client without a
+    verified (forward-confirmed) host name. `temporary`: the lookup failed (SERVFAIL,
+    timeout) rather than answered, so the client is told to try again later."""
+    if not gates.require_rdns or verified_name is not None:
+        return None
+    return Refusal(decision=Decision(
+        action=Action.REJECT, reply=RDNS_TEMPFAIL if temporary else RDNS_FAILED,
+        rule=f"listeners.{listener}.access.require_rdns",
+        detail=detail or "the client has no verified reverse DNS name"), need=Need.NAME)
 
 
 def check_auth(listener: str, gates: Gates, ip: IPv4Address | IPv6Address, *,

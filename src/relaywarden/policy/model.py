@@ -75,6 +75,7 @@ class Gates:
     auth_enabled: bool = False
     auth_required: bool = False
     auth_plaintext_networks: tuple[IPNetwork, ...] = ()
+    require_rdns: bool = False                  # listeners.NAME.access.require_rdns
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

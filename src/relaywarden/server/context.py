@@ -69,7 +69,6 @@ class ListenerContext:
     postmaster: str
     normalize_networks: tuple[IPNetwork, ...] = ()
     reverse_lookups: bool = False
-    require_rdns: bool = False                       # access.require_rdns
     tls_mode: TlsMode = TlsMode.NONE
     limits: Limits = field(default_factory=Limits)
     # TLS optional networks, AUTH required and AUTH plaintext networks are the policy's

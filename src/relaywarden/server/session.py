@@ -314,21 +314,24 @@ class SmtpSession(asyncio.Protocol):
         self._update_reading()
         self._pump()
 
+    def _rdns_gate(self):
+        """access.require_rdns, asked of the policy's gate (policy/gates.py, which `policy
+        explain` asks too). self.client carries the name only when it was verified
+        (_reverse_then_greet)."""
+        rdns = self.rdns
+        return self.services.policy.check_rdns(
+            self.client, temporary=rdns is not None and rdns.temporary,
+            detail=f"reverse DNS: {self._rdns_note()}: {rdns.detail if rdns else 'no lookup'}")
+
     def _greet(self) -> None:
         decision = self.services.policy.check_connect(self.client)
         if decision.action is Action.REJECT:
             self._log_reject("connect", decision, rdns=self._rdns_note())
             greeting = decision.reply
-        elif self.ctx.require_rdns and (self.rdns is None or self.rdns.status is not RdnsStatus.VERIFIED):
-            # RFC 8601 3.3: X.7.25 "reverse DNS validation failed"; temporary when the
-            # lookup itself failed (SERVFAIL, timeout), so the client tries again later.
-            temporary = self.rdns is not None and self.rdns.temporary
-            greeting = (reply(421, "4.7.25", "Cannot verify your host name, try again later")
-                        if temporary else
-                        reply(554, "5.7.25", "Client host rejected: cannot verify your host name"))
-            self._log_limit("connect", greeting, self._key("access.require_rdns"),
-                            f"reverse DNS: {self._rdns_note()}: "
-                            f"{self.rdns.detail if self.rdns else 'no lookup'}")
+        elif (refusal := self._rdns_gate()) is not None:
+            greeting = refusal.decision.reply
+            self._log_limit("connect", greeting, refusal.decision.rule,
+                            refusal.decision.detail)
         else:
             greeting = _greeting(self.ctx.hostname, self.ctx.banner)
         self.conn.greet(greeting)
