@@ -14,6 +14,7 @@ from relaywarden.queue.admin import QueueAdmin
 from relaywarden.queue.journal import Journal, header_fields
 from relaywarden.queue.store import (
     Envelope,
+    QueueReader,
     RecipientRecord,
     RecipientStatus,
     RecipientUpdate,
@@ -102,6 +103,43 @@ def test_arrival_attempts_and_outcome_make_one_timeline(tmp_path):
     for kw in ({"recipient": "nobody@example.net"}, {"status": "delivered"},
                {"until": time.time() - 60}, {"sender": "<>"}):
         assert history.search(**kw)[0] == [], kw
+
+
+def test_an_admin_hold_during_an_attempt_stays_held_in_the_history_as_in_the_queue(tmp_path):
+    """The hold came while the attempt was under way; the attempt then deferred. The queue
+    keeps the recipient held (the admin wins, issue 14 item 2); the history says the same."""
+    async def go():
+        store = Store.open(tmp_path)
+        await commit(store, envelope("HD", recipients=("boss@example.net", "cc@example.net")))
+        claimed = await store.claim_due(time.time() + 1, 10, 120)
+        assert [m.queue_id for m in claimed] == ["HD"]
+        admin = QueueAdmin(tmp_path)
+        assert admin.hold("HD", by="alice") == 2       # both waiting (leased) recipients
+        admin.close()
+        await store.record("HD", [
+            RecipientUpdate(idx=0, status=RecipientStatus.QUEUED, attempts=1,
+                            next_attempt=time.time() + 600, last_error="451 4.7.1 later"),
+            RecipientUpdate(idx=1, status=RecipientStatus.DELIVERED, attempts=1,
+                            remote_mta="mx.example.net [192.0.2.1]:25"),
+        ], events=[
+            {"at": time.time(), "idx": 0, "to": "boss@example.net", "outcome": "deferred",
+             "remote": "mx.example.net [192.0.2.1]:25", "reply": "451 4.7.1 later"},
+            {"at": time.time(), "idx": 1, "to": "cc@example.net", "outcome": "delivered",
+             "remote": "mx.example.net [192.0.2.1]:25", "reply": "250 2.0.0 Ok"},
+        ])
+        store.close()
+    asyncio.run(go())
+    reader = QueueReader(tmp_path)
+    try:
+        in_queue = {r["address"]: r["status"] for r in reader.show("HD")["recipients"]}
+    finally:
+        reader.close()
+    assert in_queue == {"boss@example.net": "held", "cc@example.net": "delivered"}, in_queue
+    history = index(tmp_path)
+    t = history.timeline("HD")
+    assert [(r["address"], r["status"]) for r in t["recipients"]] == [
+        ("boss@example.net", "held"), ("cc@example.net", "delivered")]
+    assert t["status"] == "held"
 
 
 def test_admin_actions_are_recorded_with_who_did_them(tmp_path):

@@ -303,9 +303,14 @@ class History:
         address = d.get("to") or ""
         idx = d.get("idx")
         outcome, reply, remote = d.get("outcome") or "deferred", d.get("reply") or "", d.get("remote") or ""
-        if db.execute("UPDATE recipients SET status = ?, last_reply = ?, remote = ?"
-                      " WHERE queue_id = ? AND idx = ?",
-                      (outcome, reply, remote, e.queue_id, idx)).rowcount:
+        # The queue's rule (queue/store.py _UPDATE_OUTCOMES): an admin hold that came while
+        # the attempt was under way wins over an outcome that would have it wait on. Only
+        # an admin hold can be there: a held recipient is never attempted, and the hold's
+        # entry is before the attempt's in the journal (it committed first).
+        if db.execute("UPDATE recipients SET status = CASE WHEN status = 'held' AND ? IN"
+                      " ('deferred', 'held', 'queued') THEN 'held' ELSE ? END,"
+                      " last_reply = ?, remote = ? WHERE queue_id = ? AND idx = ?",
+                      (outcome, outcome, reply, remote, e.queue_id, idx)).rowcount:
             return address      # the common case: its arrival was indexed
         received_at = self._stub(db, e)
         db.execute(
