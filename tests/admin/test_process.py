@@ -248,6 +248,28 @@ def test_log_stream_protocol(console):
     assert [x["ts"] for x in lines] == sorted(x["ts"] for x in lines)
 
 
+def test_log_stream_outbound(console):
+    """The outbound protocol log (outYYMMDD.jsonl) is a live series too: the attempt on the
+    route's next hop (nothing listens on port 1: the CONNECT line with status 0) carries
+    the queue ID."""
+    import json
+
+    lines: list[dict] = []
+    with console.bearer("vera") as c:
+        with c.stream("GET", "/api/v1/log/stream", params={"log": "outbound"},
+                      timeout=httpx.Timeout(15, read=15)) as r:
+            assert r.status_code == 200
+            queue_id = console.send("out@secret.example")
+            deadline = time.monotonic() + 12
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    lines.append(json.loads(line[6:]))
+                if any(x.get("x-queue-id") == queue_id for x in lines) or time.monotonic() > deadline:
+                    break
+    mine = [x for x in lines if x.get("x-queue-id") == queue_id]
+    assert mine and mine[0]["cs-method"] == "CONNECT" and mine[0]["s-port"] == 1, lines
+
+
 def test_log_tail_reorders_lines_of_two_writers(tmp_path):
     """Two processes flush their buffers a second apart: the file holds lines out of time
     order; the tail sends them in time order once they are 2 s old."""

@@ -304,6 +304,13 @@ def test_live_log_shows_a_send(page: Page, console: Console):
     console.send(rcpt2)
     expect(page.get_by_test_id("log-lines").locator("li", has_text=rcpt2).first).to_be_visible(timeout=20_000)
 
+    # The outbound log: the attempt on the next hop, with the queue ID on its lines.
+    page.get_by_test_id("log-outbound").click()
+    expect(page).to_have_url(re.compile(r"#/logs\?log=outbound$"))
+    expect(page.get_by_test_id("log-status")).to_have_text("live")
+    queue_id = console.send(unique("out"))
+    expect(page.get_by_test_id("log-lines").locator("li", has_text=queue_id).first).to_be_visible(timeout=20_000)
+
 
 def test_policy_explain_form(page: Page, console: Console):
     login(page)

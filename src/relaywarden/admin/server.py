@@ -1134,7 +1134,7 @@ async def explain(request: Request) -> Response:
 
 def _line_time(line: str, kind: str) -> float | None:
     try:
-        if kind == "protocol":
+        if kind in _JSON_SERIES:
             return float(json.loads(line)["ts"])
         from datetime import datetime
 
@@ -1144,8 +1144,15 @@ def _line_time(line: str, kind: str) -> float | None:
         return None
 
 
+#: The log series the live view follows: the mail log, and the JSON lines of the protocol
+#: logs of the sessions the relay answers (exYYMMDD) and opens (outYYMMDD).
+_SERIES = {"mail": ("mail*.log", ".log"), "protocol": ("ex*.jsonl", ".jsonl"),
+           "outbound": ("out*.jsonl", ".jsonl")}
+_JSON_SERIES = ("protocol", "outbound")
+
+
 def _current_file(directory: Path, kind: str) -> Path | None:
-    pattern, suffix = ("ex*.jsonl", ".jsonl") if kind == "protocol" else ("mail*.log", ".log")
+    pattern, suffix = _SERIES[kind]
     try:
         files = [p for p in directory.glob(pattern) if p.name.endswith(suffix)]
         return max(files, key=lambda p: (p.stat().st_mtime_ns, p.name)) if files else None
@@ -1216,7 +1223,7 @@ class LogTail:
 async def log_stream(request: Request) -> Response:
     state = _state(request)
     cfg = state.cfg
-    kind = _choice(request, "log", ("mail", "protocol"), "mail")
+    kind = _choice(request, "log", tuple(_SERIES), "mail")
     tail = LogTail(cfg.log_dir, kind)
 
     async def events():

@@ -1257,7 +1257,8 @@ function eventText(data) {
 }
 
 async function logsView(main, route, ctx) {
-  let which = route.params.get("log") === "protocol" ? "protocol" : "mail";
+  const kinds = ["mail", "protocol", "outbound"];
+  let which = kinds.includes(route.params.get("log")) ? route.params.get("log") : "mail";
   let paused = false;
   let buffered = [];
   let es = null;
@@ -1266,7 +1267,7 @@ async function logsView(main, route, ctx) {
   const scroller = h("div", { class: "log-box", tabindex: "0", "aria-label": "Log lines" }, list);
   const filter = h("input", { id: "log-filter", type: "search", placeholder: "Show only lines containing…", "data-testid": "log-filter" });
   const pauseBtn = h("button", { type: "button", class: "btn", "aria-pressed": "false", "data-testid": "log-pause" }, "Pause");
-  const logButtons = [["mail", "Mail log"], ["protocol", "Protocol log"]].map(([v, t]) => h("button", {
+  const logButtons = [["mail", "Mail log"], ["protocol", "Protocol log"], ["outbound", "Outbound log"]].map(([v, t]) => h("button", {
     type: "button", class: "seg", "aria-pressed": String(v === which), "data-testid": `log-${v}`, dataset: { log: v },
     onclick: () => { if (which !== v) { which = v; for (const b of logButtons) b.setAttribute("aria-pressed", String(b.dataset.log === v)); history.replaceState(null, "", `#/logs?log=${v}`); connect(); } },
   }, t));
