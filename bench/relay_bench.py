@@ -39,6 +39,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ANCHOR = ROOT.parent / "shared" / "anchors" / "postfix-relay.sh"
+# The design probe of issue 15 (shared/anchors/pyrelay_proto.py, not part of relaywarden):
+# a floor for what Python can do on this machine, shown beside the product when asked.
+PROBE = ROOT.parent / "shared" / "anchors" / "pyrelay_proto.py"
 TIMEOUT = 600
 
 
@@ -362,6 +365,44 @@ class Postfix:
         return stats
 
 
+class Probe:
+    """The throw-away probe (PROBE): group-commit spool with fdatasync before 250, pipelined
+    persistent next-hop connections, uvloop; no policy, logs, TLS or retries. A floor, not
+    a competitor: run only with --systems ...,probe."""
+    name = "probe"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+
+    def start(self, sink: Sink) -> int:
+        if not PROBE.exists():
+            raise SystemExit(f"the probe {PROBE} is not there (it sits beside the checkout, in "
+                             "shared/anchors)")
+        self.dir = Path(tempfile.mkdtemp(dir=self.workdir, prefix="probe-"))
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(PROBE), "--port", str(self.port), "--next-port", str(sink.port),
+             "--durability", "group", "--spool-dir", str(self.dir), "--uvloop",
+             "--max-seconds", str(TIMEOUT)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_port(self.port)
+        settle(self.proc.pid)
+        self.cpu0 = cpu_seconds(self.proc.pid)
+        return self.port
+
+    def stop(self) -> dict:
+        stats = {"cpu_s": cpu_seconds(self.proc.pid) - self.cpu0,
+                 "peak_rss_mb": peak_rss_mb(self.proc.pid)}
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return stats
+
+
 class Direct:
     """No relay: smtp-source straight into smtp-sink, the ceiling of this machine."""
     name = "direct"
@@ -505,7 +546,8 @@ def main() -> int:
                     help="relaywarden, postfix, direct (smtp-source into smtp-sink: the ceiling), "
                     "relaywarden+console (the admin server on, /metrics scraped every second and "
                     "the dashboard open; with relaywarden alone, the ratio column is the "
-                    "console's cost)")
+                    "console's cost), probe (the design probe of shared/anchors/pyrelay_proto.py: "
+                    "a floor for Python on this machine, not a product)")
     ap.add_argument("--json", dest="json_path", default="bench/results/latest.json")
     ap.add_argument("--held", type=int, metavar="N",
                     help="only compare the end-to-end rate with N messages already held in the queue")
@@ -532,7 +574,8 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     os.chmod(workdir, 0o755)
     systems = {"relaywarden": Relaywarden(workdir), "postfix": Postfix(workdir),
-               "direct": Direct(workdir), "relaywarden+console": RelaywardenConsole(workdir)}
+               "direct": Direct(workdir), "relaywarden+console": RelaywardenConsole(workdir),
+               "probe": Probe(workdir)}
     chosen = [systems[s] for s in args.systems.split(",")]
     results: dict[str, list[dict]] = {}
     try:
