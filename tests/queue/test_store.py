@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import os
 import subprocess
@@ -573,3 +574,39 @@ def test_a_full_database_is_a_full_store_error(tmp_path):
     full, other = asyncio.run(go())
     assert full.full and "database or disk is full" in str(full)
     assert not other.full
+
+
+def test_a_claim_hands_out_due_order_bodies_within_budget_and_leases(tmp_path, monkeypatch):
+    """A claim hands out due recipients earliest due first (ties in arrival order), each
+    message once with its claimed recipients, brings bodies along in that order only while
+    CLAIM_BODIES_BYTES lasts, and leases what it hands out. What the queue's claim promises
+    the scheduler, pinned before its storage changes (issue 15)."""
+    from relaywarden.queue import store as store_module
+
+    async def go():
+        store = Store.open(tmp_path)
+        # Due times out of arrival order, with ties; each message has two recipients.
+        due_at = [5.0, 3.0, 3.0, 9.0, 1.0, 3.0, 7.0, 2.0]
+        for i, at in enumerate(due_at):
+            spool = store.new_spool()
+            spool.write(b"Subject: %d\r\n\r\n" % i + b"x" * 100 + b"\r\n")
+            env = envelope(f"M{i}", recipients=(f"a{i}@x.test", f"b{i}@x.test"))
+            await store.commit(dataclasses.replace(env, received_at=at), spool)
+        size = len(b"Subject: 0\r\n\r\n" + b"x" * 100 + b"\r\n")
+        monkeypatch.setattr(store_module, "CLAIM_BODIES_BYTES", 3 * size)
+        due = await store.claim_due(now=8.0, limit=100, lease=60)
+        order = sorted((at, i) for i, at in enumerate(due_at) if at <= 8.0)
+        assert [m.queue_id for m in due] == [f"M{i}" for _, i in order]
+        assert [[r.idx for r in m.recipients] for m in due] == [[0, 1]] * len(order)
+        assert [m.body is not None for m in due] == [True, True, True] + [False] * (len(order) - 3)
+        for m in due:
+            assert m.size == size and m.recipients[0].address == f"a{m.queue_id[1:]}@x.test"
+            if m.body is not None:
+                assert m.body == await store.read_body(m.queue_id)
+        # Leased: a second claim gets nothing until the lease runs out, then all again.
+        assert await store.claim_due(now=8.0, limit=100, lease=60) == []
+        again = await store.claim_due(now=70.0, limit=100, lease=60)
+        assert [m.queue_id for m in again] == [f"M{i}" for _, i in sorted(
+            (at, i) for i, at in enumerate(due_at))]
+        store.close()
+    asyncio.run(go())
