@@ -260,8 +260,8 @@ class TokenProvider:
         if self._app is not None and not public:
             return self._app
         kw = dict(authority=f"{s.authority}/{s.tenant}", validate_authority=False,
-                  instance_discovery=False, verify=str(s.ca_file) if s.ca_file else True,
-                  timeout=s.timeout, token_cache=msal.TokenCache())
+                  instance_discovery=False, http_client=http_session(s),
+                  token_cache=msal.TokenCache())
         credential = s.client_secret() or (s.certificate().msal_credential()
                                           if s.certificate() else None)
         try:
@@ -320,9 +320,9 @@ class TokenProvider:
         s = self.settings
         if s.flow == "service_account":
             subject = s.subject or user
+            info = dict(s.service_account_info(), token_uri=s.token_uri)
             creds = google.oauth2.service_account.Credentials.from_service_account_info(
-                s.service_account_info(), scopes=s.scopes, subject=subject,
-                token_uri=s.token_uri)
+                info, scopes=s.scopes, subject=subject)
             old_rt = None
         else:
             old_rt = self._refresh_token(state)
@@ -349,16 +349,34 @@ class _GoogleRequest:
 
     def __init__(self, settings: OAuthProviderSettings) -> None:
         import google.auth.transport.requests
-        import requests
 
-        session = requests.Session()
-        session.verify = str(settings.ca_file) if settings.ca_file else True
-        self._inner = google.auth.transport.requests.Request(session)
+        self._inner = google.auth.transport.requests.Request(http_session(settings))
         self._timeout = settings.timeout
 
     def __call__(self, url, method="GET", body=None, headers=None, timeout=None, **kwargs):
         return self._inner(url, method=method, body=body, headers=headers,
                            timeout=self._timeout, **kwargs)
+
+
+def http_session(settings: OAuthProviderSettings):
+    """A requests session for the identity endpoints: the provider's CA file (else the
+    system's) and timeout on every request. Passed per request because requests lets
+    REQUESTS_CA_BUNDLE in the environment override a session's own `verify`."""
+    import requests
+
+    verify = str(settings.ca_file) if settings.ca_file else True
+    timeout = settings.timeout
+
+    class Session(requests.Session):
+        def request(self, method, url, **kwargs):
+            kwargs["verify"] = verify
+            kwargs.setdefault("timeout", timeout)
+            return super().request(method, url, **kwargs)
+
+    session = Session()
+    adapter = requests.adapters.HTTPAdapter(max_retries=1)   # as msal's own session
+    session.mount("https://", adapter)
+    return session
 
 
 def _network_text(exc: Exception) -> str:
