@@ -28,6 +28,7 @@ import trustme
 from conftest import free_port, start_relay, write_config
 from downstream import Downstream
 from oauthfake import TENANT, FakeIdentity, OAuthSMTP, rsa_key_pem
+from relaywarden.oauth.tokens import read_state, write_atomic
 
 PROVIDERS = {
     "secret": """
@@ -56,6 +57,15 @@ flow = "refresh_token"
 tenant = "{tenant}"
 client_id = "app-1"
 refresh_token_file = "m365.rt"
+authority = "https://127.0.0.1:{idp}"
+ca_file = "ca.pem"
+""",
+    "device": """
+[oauth.m365]
+kind = "microsoft"
+flow = "refresh_token"
+tenant = "{tenant}"
+client_id = "app-1"
 authority = "https://127.0.0.1:{idp}"
 ca_file = "ca.pem"
 """,
@@ -348,3 +358,101 @@ def test_refused_token_refreshed_once_then_deferred(make):
     first, second = s.attempts[0], s.attempts[1]
     assert first.token != second.token
     assert len(s.idp.grants()) >= 2
+
+
+def test_cli_status_and_test_smtp(make):
+    """`oauth test NAME --smtp` gets a token and logs in to the route's next hop;
+    `oauth status` shows the flow, the token's expiry, the last refresh and no error."""
+    s = make()
+    result = s.cli("oauth", "test", "m365", "--smtp")
+    assert result.returncode == 0, result.stderr
+    assert "oauth.m365: token ok" in result.stdout
+    assert f'routes."*": [127.0.0.1]:{s.hop_port}: AUTH XOAUTH2 as scanner@contoso.test ok' in result.stdout
+    assert [a.ok for a in s.attempts] == [True]
+    status = s.cli("oauth", "status")
+    assert status.returncode == 0, status.stderr
+    assert "oauth.m365: microsoft, flow client_credentials" in status.stdout
+    assert "last error:    -" in status.stdout
+    assert re.search(r"token expires: \d{4}-\d\d-\d\d .* \(in \d+s\)", status.stdout)
+    [line] = s.cli("oauth", "status", "--json").stdout.splitlines()
+    assert json.loads(line)["token_expires"] > time.time() + 3000
+
+
+def test_cli_test_names_the_error(make):
+    s = make(secret="wrong")
+    result = s.cli("oauth", "test", "m365")
+    assert result.returncode == 1
+    assert "oauth.m365: AADSTS7000215" in result.stderr
+    status = s.cli("oauth", "status")
+    assert "last error:    oauth.m365: AADSTS7000215" in status.stdout
+
+
+def test_login_device_code_then_delivered(make):
+    """flow = "refresh_token" without a refresh token: mail waits (naming the problem);
+    `oauth login` runs the device code flow (prints the URL and code, waits through
+    authorization_pending), stores the refresh token, and the waiting mail goes out."""
+    s = make(provider="device")
+    s.send(1)
+    reason = s.wait_reason("no_refresh_token")
+    assert "relaywarden oauth login m365" in reason
+    result = s.cli("oauth", "login", "m365")
+    assert result.returncode == 0, result.stderr
+    assert "ABCD-EFGH" in result.stdout and f"{s.idp.base}/devicelogin" in result.stdout
+    device_grants = s.idp.grants("urn:ietf:params:oauth:grant-type:device_code")
+    assert len(device_grants) == 2          # one authorization_pending, then the tokens
+    saved = s.state()
+    assert s.idp.refresh_tokens[saved["refresh_token"]] is True
+    assert stat.S_IMODE((s.data_dir / "oauth" / "m365.json").stat().st_mode) == 0o600
+    s.hop.wait_for(1, timeout=30)
+    _only_the_fake(s)
+
+
+def test_revoked_refresh_token_defers_naming_the_code(make):
+    s = make(provider="refresh")
+    for rt in list(s.idp.refresh_tokens):
+        s.idp.refresh_tokens[rt] = False
+    s.send(1)
+    reason = s.wait_reason("AADSTS700082")
+    assert reason.startswith("451 4.7.0") and "invalid_grant" in reason
+    assert s.hop.messages == []
+
+
+WRITER = """
+import os, sys, json
+from pathlib import Path
+from relaywarden.oauth.tokens import write_atomic
+path = Path(sys.argv[1])
+i = 0
+while True:
+    i += 1
+    write_atomic(path, json.dumps({"n": i, "refresh_token": "rt-%d" % i, "pad": "x" * 200000}).encode())
+    if i == 1:
+        print("ready", flush=True)
+"""
+
+
+def test_kill_9_while_writing_leaves_a_whole_token_file(tmp_path):
+    """A process killed (SIGKILL) in the middle of saving tokens leaves the previous file
+    or the new one, whole and readable: never a torn or empty one."""
+    path = tmp_path / "oauth" / "m365.json"
+    for round in range(8):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE,
+                                text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.05 + 0.03 * round)
+        proc.kill()
+        proc.wait()
+        state = read_state(path)
+        assert state["refresh_token"] == f"rt-{state['n']}" and len(state["pad"]) == 200000
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # Temporary files of the killed writers may remain; they are never read.
+    assert all(p.name.startswith(".m365.json.") for p in path.parent.iterdir() if p != path)
+
+
+def test_write_atomic_replaces_and_restricts(tmp_path):
+    path = tmp_path / "oauth" / "x.json"
+    write_atomic(path, b'{"a": 1}')
+    write_atomic(path, b'{"a": 2}')
+    assert read_state(path) == {"a": 2}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["x.json"]
