@@ -1121,7 +1121,7 @@ class OAuthProviderSettings(Strict):
                 for key in ("client_id", "client_secret_file", "refresh_token_file"):
                     if getattr(self, key) is not None:
                         found.append(((key,), 'not used with flow = "service_account"'))
-            else:
+            elif self.flow == "refresh_token":
                 for key in ("client_id", "client_secret_file"):
                     if getattr(self, key) is None:
                         found.append(((key,), 'missing (required with kind = "google", flow = "refresh_token")'))
