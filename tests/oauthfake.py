@@ -309,6 +309,12 @@ class OAuthSMTP(_SMTP):
 
     idp: FakeIdentity
     attempts: list[AuthAttempt]
+    plaintext_auth = False          # True: offer AUTH without TLS too (a careless next hop)
+
+    def __init__(self, *args, **kwargs) -> None:
+        if self.plaintext_auth:
+            kwargs["auth_require_tls"] = False
+        super().__init__(*args, **kwargs)
 
     async def _refuse(self) -> AuthResult:
         # Both platforms: the error status as a challenge, then 535 after the client's reply.

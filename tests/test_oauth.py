@@ -114,7 +114,7 @@ MSG = b"From: scanner@contoso.test\r\nTo: x@example.net\r\nSubject: %s\r\n\r\nsc
 class Setup:
     def __init__(self, tmp_path: Path, monkeypatch, *, provider: str = "secret",
                  mechanism: str = "xoauth2", secret: str = "s3cret", extra: str = "",
-                 idp_up: bool = True, hop_up: bool = True) -> None:
+                 idp_up: bool = True, hop_up: bool = True, hop_tls: bool = True) -> None:
         self.tmp = tmp_path
         self.ca = trustme.CA()
         self.ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
@@ -139,9 +139,11 @@ class Setup:
         if idp_up:
             self.idp.start()
         self.attempts = []
-        smtp_class = type("Hop", (OAuthSMTP,), {"idp": self.idp, "attempts": self.attempts})
+        smtp_class = type("Hop", (OAuthSMTP,), {"idp": self.idp, "attempts": self.attempts,
+                                                "plaintext_auth": not hop_tls})
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.ca.issue_cert("127.0.0.1").configure_cert(tls)
+        tls = tls if hop_tls else None
         self.hop_port = free_port()
         self.hop = Downstream(self.hop_port, tls_context=tls, smtp_class=smtp_class)
         if hop_up:
@@ -456,3 +458,18 @@ def test_write_atomic_replaces_and_restricts(tmp_path):
     assert read_state(path) == {"a": 2}
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in path.parent.iterdir()] == ["x.json"]
+
+
+def test_no_token_over_plaintext(make):
+    """A route with tls = "opportunistic" and a next hop that offers no STARTTLS but AUTH
+    XOAUTH2 in plaintext: the token is never sent (nor even fetched); the mail waits."""
+    s = make(hop_tls=False, extra="")
+    text = s.config.read_text().replace('tls = "verify"', 'tls = "opportunistic"')
+    s.relay.stop()
+    s.config.write_text(text)
+    s.relay = start_relay(s.config, s.data_dir, s.ports)
+    s.send(1)
+    reason = s.wait_reason("4.7.11")
+    assert "TLS" in reason
+    assert s.attempts == [] and s.idp.grants() == []
+    assert s.hop.messages == []
