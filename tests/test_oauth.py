@@ -69,6 +69,16 @@ client_id = "app-1"
 authority = "https://127.0.0.1:{idp}"
 ca_file = "ca.pem"
 """,
+    "google_rt": """
+[oauth.m365]
+kind = "google"
+flow = "refresh_token"
+client_id = "g-client"
+client_secret_file = "m365.secret"
+refresh_token_file = "m365.rt"
+token_uri = "https://127.0.0.1:{idp}/google/token"
+ca_file = "ca.pem"
+""",
     "google": """
 [oauth.m365]
 kind = "google"
@@ -126,7 +136,9 @@ class Setup:
             cert.cert_chain_pems[0].write_to_path(str(tmp_path / "app.crt"))
             self.idp.certificate_pem = cert.cert_chain_pems[0].bytes()
             self.idp.client_secret = None
-        if provider == "refresh":
+        if provider == "google_rt":
+            (tmp_path / "m365.secret").write_text("g-secret\n")
+        if provider in ("refresh", "google_rt"):
             (tmp_path / "m365.rt").write_text(self.idp.new_refresh_token() + "\n")
         if provider == "google":
             key, pem = rsa_key_pem()
@@ -473,3 +485,16 @@ def test_no_token_over_plaintext(make):
     assert "TLS" in reason
     assert s.attempts == [] and s.idp.grants() == []
     assert s.hop.messages == []
+
+
+def test_google_refresh_token(make):
+    """kind = "google", flow = "refresh_token": the refresh token grant with the OAuth
+    client's id and secret at the configured token_uri."""
+    s = make(provider="google_rt")
+    s.send(1)
+    got = s.hop.wait_for(1)
+    assert got[0].login == "scanner@contoso.test"
+    [grant] = s.idp.grants()
+    assert (grant["grant_type"], grant["client_id"]) == ("refresh_token", "g-client")
+    assert grant["refresh_token"] == (s.tmp / "m365.rt").read_text().strip()
+    _only_the_fake(s)
