@@ -498,3 +498,64 @@ def test_google_refresh_token(make):
     assert (grant["grant_type"], grant["client_id"]) == ("refresh_token", "g-client")
     assert grant["refresh_token"] == (s.tmp / "m365.rt").read_text().strip()
     _only_the_fake(s)
+
+
+class _StubProvider:
+    """A token source for the client alone: hands out "tok-1", then "tok-2", ..."""
+
+    name = "stub"
+
+    def __init__(self) -> None:
+        self.calls: list[str | None] = []
+
+    async def token(self, user=None, *, stale=None):
+        self.calls.append(stale)
+        return f"tok-{len(self.calls)}"
+
+
+@pytest.mark.parametrize("mechanism", ["XOAUTH2", "OAUTHBEARER"])
+def test_client_sasl_encoding_and_one_retry(tmp_path, mechanism):
+    """delivery/client.py alone: the SASL initial response (RFC 7628's saslname escapes
+    "=" and ","), and a refused token: a new one (asked for as `stale` of the refused one)
+    on a new connection, once."""
+    import asyncio
+
+    from relaywarden.delivery.client import ClientPolicy, DeliveryError, OutboundConnection, TlsMode
+    from relaywarden.oauth import OAuthLogin
+
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    good = {"tok-2"}
+    idp = type("Idp", (), {"check": lambda self, token, user: token in good})()
+    attempts = []
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(tls)
+    port = free_port()
+    hop = Downstream(port, tls_context=tls, smtp_class=type(
+        "Hop", (OAuthSMTP,), {"idp": idp, "attempts": attempts})).start()
+    provider = _StubProvider()
+    user = "a=b,c@example.com"
+    policy = ClientPolicy(helo="relay.test", tls=TlsMode.VERIFY, ca_file=str(ca_file),
+                          server_name="127.0.0.1", username=user,
+                          password=OAuthLogin(provider, mechanism), command_timeout=5)
+
+    async def main():
+        conn = await OutboundConnection.open("127.0.0.1", port, policy)
+        mech = conn.auth_mechanism
+        await conn.close()
+        return mech
+
+    try:
+        assert asyncio.run(main()) == mechanism
+        assert [(a.user, a.token, a.ok) for a in attempts] == [(user, "tok-1", False),
+                                                               (user, "tok-2", True)]
+        assert provider.calls == [None, "tok-1"]
+        good.clear()                      # refused every time: one retry, then 454 4.7.0
+        attempts.clear()
+        with pytest.raises(DeliveryError) as info:
+            asyncio.run(main())
+        assert (info.value.reply.code, info.value.reply.enhanced) == (454, "4.7.0")
+        assert info.value.stage == "auth" and len(attempts) == 2
+    finally:
+        hop.stop()
