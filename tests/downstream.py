@@ -119,9 +119,10 @@ class Downstream:
     def __init__(self, port: int, *, host: str = "127.0.0.1",
                  tls_context: ssl.SSLContext | None = None, require_starttls: bool = False,
                  ssl_context: ssl.SSLContext | None = None, authenticator=None,
-                 size_limit: int = 60_000_000) -> None:
+                 size_limit: int = 60_000_000, smtp_class: type | None = None) -> None:
         """tls_context: offer STARTTLS with it; ssl_context: TLS from the first byte;
-        authenticator: aiosmtpd's AUTH callback (AUTH is then offered, after TLS only)."""
+        authenticator: aiosmtpd's AUTH callback (AUTH is then offered, after TLS only);
+        smtp_class: a subclass of _SMTP with more (say auth_XOAUTH2 methods)."""
         self.host = host
         self.port = port
         self.behaviour = Behaviour()
@@ -137,12 +138,13 @@ class Downstream:
         self._ssl_context = ssl_context
         self._authenticator = authenticator
         self._size_limit = size_limit   # advertised as SIZE (RFC 1870)
+        self._smtp_class = smtp_class or _SMTP
         self._controller: Controller | None = None
 
     def start(self) -> "Downstream":
         outer = self
 
-        class Bound(_SMTP):
+        class Bound(self._smtp_class):
             _downstream = outer
 
         class _Controller(Controller):

@@ -404,3 +404,5 @@ from relaywarden.admin.track import track  # noqa: E402
 main.add_command(track)
 from relaywarden.admin.accounts import admin_user  # noqa: E402
 main.add_command(admin_user)
+from relaywarden.oauth.cli import oauth  # noqa: E402
+main.add_command(oauth)

@@ -71,8 +71,15 @@ def next_hop(text: str) -> NextHop:
     return NextHop(host=host, port=port, literal=False, mx=False)
 
 
-def _route(name: str, settings: HopSettings, *, hold: bool = False) -> Route:
+def _route(name: str, settings: HopSettings, *, hold: bool = False,
+           oauth: dict | None = None) -> Route:
     assert settings.tls is not None   # filled from delivery.tls by the schema
+    password = None if settings.password is None else settings.password.get_secret_value()
+    if settings.auth in ("xoauth2", "oauthbearer"):
+        # The secret is a token of the provider, fetched when the connection logs in.
+        from relaywarden.oauth import OAuthLogin
+
+        password = OAuthLogin(oauth[settings.oauth], settings.auth.upper())
     return Route(
         name=name,
         kind=RouteKind.HOLD if hold else RouteKind.DELIVER,
@@ -83,15 +90,20 @@ def _route(name: str, settings: HopSettings, *, hold: bool = False) -> Route:
         tls=settings.tls,
         implicit_tls=settings.implicit_tls,
         username=settings.username,
-        password=None if settings.password is None else settings.password.get_secret_value(),
+        password=password,
         auth_without_tls=settings.auth_without_tls,
     )
 
 
 def build_router(cfg: Config) -> Router:
+    oauth = None
+    if cfg.oauth:
+        from relaywarden.oauth import providers
+
+        oauth = providers(cfg)
     return Router(
         routes={
-            key: _route(dotted_key(("routes", key)), route, hold=route.hold)
+            key: _route(dotted_key(("routes", key)), route, hold=route.hold, oauth=oauth)
             for key, route in cfg.routes.items()
         },
         sender_routes=[
@@ -99,7 +111,7 @@ def build_router(cfg: Config) -> Router:
                 groups=tuple(route.groups),
                 users=tuple(route.users),
                 sender_domains=tuple(route.sender_domains),
-                route=_route(dotted_key(("sender_routes", name)), route),
+                route=_route(dotted_key(("sender_routes", name)), route, oauth=oauth),
             )
             for name, route in cfg.sender_routes.items()
         ],

@@ -128,6 +128,28 @@ SETTINGS: dict[str, str] = {
     "sender_routes.*.password_file": APPLIED,
     "sender_routes.*.password": APPLIED,
     "sender_routes.*.auth_without_tls": APPLIED,
+    "routes.*.auth": APPLIED,
+    "routes.*.oauth": APPLIED,
+    "sender_routes.*.auth": APPLIED,
+    "sender_routes.*.oauth": APPLIED,
+    # A changed provider is a new one (its tokens fetched anew); an unchanged one keeps its
+    # tokens across the reload (relaywarden.oauth.providers).
+    "oauth.*.kind": APPLIED,
+    "oauth.*.flow": APPLIED,
+    "oauth.*.tenant": APPLIED,
+    "oauth.*.client_id": APPLIED,
+    "oauth.*.client_secret_file": APPLIED,
+    "oauth.*.certificate_file": APPLIED,
+    "oauth.*.key_file": APPLIED,
+    "oauth.*.authority": APPLIED,
+    "oauth.*.service_account_file": APPLIED,
+    "oauth.*.subject": APPLIED,
+    "oauth.*.token_uri": APPLIED,
+    "oauth.*.refresh_token_file": APPLIED,
+    "oauth.*.scopes": APPLIED,
+    "oauth.*.ca_file": APPLIED,
+    "oauth.*.refresh_margin": APPLIED,
+    "oauth.*.timeout": APPLIED,
     "sender_routes.*.groups": APPLIED,
     "sender_routes.*.users": APPLIED,
     "sender_routes.*.sender_domains": APPLIED,
@@ -174,7 +196,7 @@ SETTINGS: dict[str, str] = {
 #: route or a group comes and goes with the policy; a listener is a socket made at start
 #: (one removed from the file goes on as it was until the restart).
 TABLES: dict[str, str] = {"routes": APPLIED, "sender_routes": APPLIED, "groups": APPLIED,
-                          "listeners": RESTART}
+                          "listeners": RESTART, "oauth": APPLIED}
 
 
 @dataclass(frozen=True, slots=True)

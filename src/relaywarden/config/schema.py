@@ -549,10 +549,17 @@ class HopSettings(Strict):
     # The secret: given inline, or read from password_file (then password_file is set).
     password: OptionalSecret = None
     auth_without_tls: bool = False
+    # "password": AUTH PLAIN/LOGIN with username + password; "xoauth2" / "oauthbearer"
+    # (RFC 7628): a token of the [oauth.NAME] provider `oauth` names, for the mailbox
+    # `username`. Unset: "xoauth2" when oauth is set, else "password".
+    auth: Literal["password", "xoauth2", "oauthbearer"] | None = None
+    oauth: OptionalText = None
 
     @model_validator(mode="after")
     def _hops_and_auth(self) -> HopSettings:
         found: list[tuple[tuple[str | int, ...], str]] = []
+        if self.auth is None:
+            self.auth = "xoauth2" if self.oauth is not None else "password"
         try:
             _unique_at("next_hops", self.next_hops)
         except PydanticCustomError as exc:
@@ -572,7 +579,11 @@ class HopSettings(Strict):
                         f"{hop!r} needs a port with implicit_tls = true (usually {hop}:465); "
                         "without one delivery.mx_port is used",
                     ))
-        if self.password is not None and self.password_file is not None:
+        if self.auth != "password":
+            self._oauth_auth(found)
+        elif self.oauth is not None:
+            found.append((("oauth",), 'needs auth = "xoauth2" or "oauthbearer" (auth is "password")'))
+        elif self.password is not None and self.password_file is not None:
             found.append((("password",), "set either password or password_file, not both"))
         elif self.username is not None and self.password is None and self.password_file is None:
             found.append((("username",), "needs password_file (or password)"))
@@ -584,6 +595,19 @@ class HopSettings(Strict):
         if self.password_file is not None:
             self.password = SecretStr(_read_password(self.password_file))
         return self
+
+    def _oauth_auth(self, found: list[tuple[tuple[str | int, ...], str]]) -> None:
+        """auth = "xoauth2" / "oauthbearer": a provider and a mailbox, no password. (The
+        provider's existence and TLS: checked by Config, which knows both.)"""
+        if self.oauth is None:
+            found.append((("oauth",), f'missing (auth = "{self.auth}" needs an [oauth.NAME] provider)'))
+        if self.username is None:
+            found.append((("username",), f'missing (auth = "{self.auth}" logs in as this mailbox)'))
+        for key in ("password", "password_file"):
+            if getattr(self, key) is not None:
+                found.append(((key,), f'not used with auth = "{self.auth}" (the provider\'s token is the secret)'))
+        if self.auth_without_tls:
+            found.append((("auth_without_tls",), f'auth = "{self.auth}" sends a bearer token: TLS only'))
 
     @property
     def password_inline(self) -> bool:
@@ -999,6 +1023,149 @@ class HistorySettings(Strict):
     keep_days: int = Field(default=30, ge=1)
 
 
+def _https_url(text: str) -> str:
+    text = text.strip().rstrip("/")
+    if not re.match(r"^https://[^/\s]+(/\S*)?$", text):
+        raise ValueError(f"{text!r} is not an https:// URL")
+    return text
+
+
+HttpsUrl = Annotated[str | None, PlainValidator(_unset_if_empty(_https_url))]
+
+MICROSOFT_AUTHORITY = "https://login.microsoftonline.com"
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
+# The scopes a token is asked for when `scopes` is not set (docs/delivery.md): Exchange
+# Online's app-only SMTP (SMTP.SendAsApp is granted to the app), its delegated SMTP.Send,
+# and Gmail's full scope, the one SMTP accepts.
+DEFAULT_SCOPES = {
+    ("microsoft", "client_credentials"): ["https://outlook.office365.com/.default"],
+    # (msal adds offline_access itself and refuses it in the list)
+    ("microsoft", "refresh_token"): ["https://outlook.office.com/SMTP.Send"],
+    ("google", "service_account"): ["https://mail.google.com/"],
+    ("google", "refresh_token"): ["https://mail.google.com/"],
+}
+_KIND_KEYS = {
+    "microsoft": {"tenant", "authority", "certificate_file", "key_file"},
+    "google": {"service_account_file", "subject", "token_uri"},
+}
+_FLOWS = {"microsoft": ("client_credentials", "refresh_token"),
+          "google": ("service_account", "refresh_token")}
+
+
+class OAuthProviderSettings(Strict):
+    """[oauth.NAME]: where relay routes get OAuth2 access tokens (relaywarden.oauth)."""
+
+    kind: Literal["microsoft", "google"]
+    # microsoft: "client_credentials" (app-only, the default) or "refresh_token" (a
+    # delegated mailbox, `relaywarden oauth login`); google: "service_account" (the default:
+    # domain-wide delegation, JWT bearer grant, RFC 7523) or "refresh_token".
+    flow: Literal["client_credentials", "refresh_token", "service_account"] | None = None
+    tenant: OptionalText = None                 # microsoft: the directory (tenant) ID or domain
+    client_id: OptionalText = None
+    client_secret_file: OptionalFile = None     # first line: the secret (read at load)
+    certificate_file: OptionalFile = None       # microsoft: PEM certificate uploaded to the app
+    key_file: OptionalFile = None               # ... and its unencrypted PEM key
+    authority: HttpsUrl = None                  # microsoft: national clouds, tests; + "/" + tenant
+    service_account_file: OptionalFile = None   # google: the service account's JSON key
+    subject: OptionalAddress = None             # google: the mailbox to act as (default: route username)
+    token_uri: HttpsUrl = None                  # google: default the key file's, else Google's
+    refresh_token_file: OptionalFile = None     # a refresh token obtained elsewhere (first use only)
+    scopes: list[Text] | None = None            # default: DEFAULT_SCOPES
+    ca_file: OptionalFile = None                # trust anchors for the identity endpoints
+    refresh_margin: Duration = 300.0            # refresh this many seconds before expiry
+    timeout: Duration = 30.0                    # per HTTP request to the identity platform
+    _client_secret: str | None = PrivateAttr(default=None)
+    _certificate: Any = PrivateAttr(default=None)
+    _service_account: dict | None = PrivateAttr(default=None)
+    _refresh_token_seed: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _complete(self) -> OAuthProviderSettings:
+        from relaywarden.oauth.files import CredentialFileError, load_certificate, load_service_account
+
+        found: list[tuple[tuple[str | int, ...], str]] = []
+        kind = self.kind
+        other = "google" if kind == "microsoft" else "microsoft"
+        for key in sorted(_KIND_KEYS[other]):
+            if key in self.model_fields_set and getattr(self, key) is not None:
+                found.append(((key,), f'not used with kind = "{kind}"'))
+        if self.flow is None:
+            self.flow = _FLOWS[kind][0]
+        elif self.flow not in _FLOWS[kind]:
+            found.append((("flow",), f'{self.flow!r} is not a {kind} flow; use '
+                          + " or ".join(repr(f) for f in _FLOWS[kind])))
+        if self.scopes is None:
+            self.scopes = list(DEFAULT_SCOPES.get((kind, self.flow), []))
+        elif not self.scopes:
+            found.append((("scopes",), "must not be empty (leave it out for the default)"))
+        cert = self.certificate_file is not None or self.key_file is not None
+        if kind == "microsoft":
+            for key in ("tenant", "client_id"):
+                if getattr(self, key) is None:
+                    found.append(((key,), 'missing (required with kind = "microsoft")'))
+            if self.authority is None:
+                self.authority = MICROSOFT_AUTHORITY
+            if self.client_secret_file is not None and cert:
+                found.append((("client_secret_file",), "set either client_secret_file or "
+                              "certificate_file + key_file, not both"))
+            elif cert and (self.certificate_file is None or self.key_file is None):
+                missing = "key_file" if self.key_file is None else "certificate_file"
+                found.append(((missing,), "missing (certificate_file and key_file go together)"))
+            elif self.flow == "client_credentials" and self.client_secret_file is None and not cert:
+                found.append((("client_secret_file",), 'missing: flow = "client_credentials" needs '
+                              "client_secret_file or certificate_file + key_file"))
+        else:
+            if self.flow == "service_account":
+                if self.service_account_file is None:
+                    found.append((("service_account_file",), 'missing (required with flow = "service_account")'))
+                for key in ("client_id", "client_secret_file", "refresh_token_file"):
+                    if getattr(self, key) is not None:
+                        found.append(((key,), 'not used with flow = "service_account"'))
+            elif self.flow == "refresh_token":
+                for key in ("client_id", "client_secret_file"):
+                    if getattr(self, key) is None:
+                        found.append(((key,), 'missing (required with kind = "google", flow = "refresh_token")'))
+                for key in ("service_account_file", "subject"):
+                    if getattr(self, key) is not None:
+                        found.append(((key,), 'not used with flow = "refresh_token"'))
+        if self.flow != "refresh_token" and self.refresh_token_file is not None:
+            found.append((("refresh_token_file",), 'not used unless flow = "refresh_token"'))
+        if found:
+            raise problems(found)
+        # The files: read now, so that a config check (no network) finds what is wrong.
+        try:
+            if self.client_secret_file is not None:
+                self._client_secret = _read_password(self.client_secret_file, "client_secret_file")
+            if self.refresh_token_file is not None:
+                self._refresh_token_seed = _read_password(self.refresh_token_file,
+                                                          "refresh_token_file").strip()
+        except PydanticCustomError as exc:
+            raise problems(list(exc.context["problems"])) from None
+        try:
+            if self.certificate_file is not None and self.key_file is not None:
+                self._certificate = load_certificate(self.certificate_file, self.key_file)
+            if self.service_account_file is not None:
+                self._service_account = load_service_account(self.service_account_file)
+        except CredentialFileError as exc:
+            raise problem((exc.key,), str(exc)) from None
+        if kind == "google" and self.token_uri is None:
+            self.token_uri = (self._service_account or {}).get("token_uri") or GOOGLE_TOKEN_URI
+        return self
+
+    def client_secret(self) -> str | None:
+        return self._client_secret
+
+    def certificate(self):
+        """The client certificate (relaywarden.oauth.files.CertificateCredential) or None."""
+        return self._certificate
+
+    def service_account_info(self) -> dict | None:
+        return self._service_account
+
+    def refresh_token_seed(self) -> str | None:
+        return self._refresh_token_seed
+
+
 class Config(Strict):
     relay: RelaySettings = Field(default_factory=dict)
     queue: QueueSettings = Field(default_factory=dict)
@@ -1014,6 +1181,7 @@ class Config(Strict):
     sender_routes: dict[str, SenderRouteSettings] = {}   # in file order: the order they are tried
     groups: dict[str, GroupSettings] = {}      # in file order: the order groups are tried
     listeners: dict[str, ListenerSettings] = {}
+    oauth: dict[str, OAuthProviderSettings] = {}   # token providers for auth = "xoauth2"
 
     # Where the config came from: the path as given, or "<default>". Set by load.py;
     # private so that no TOML key can set it.
@@ -1047,10 +1215,11 @@ class Config(Strict):
             raise problems(found)
         return routes
 
-    @field_validator("sender_routes", "groups", "listeners", mode="before")
+    @field_validator("sender_routes", "groups", "listeners", "oauth", mode="before")
     @classmethod
     def _table_names(cls, value: Any, info: ValidationInfo) -> Any:
-        what = {"sender_routes": "sender route", "groups": "group", "listeners": "listener"}
+        what = {"sender_routes": "sender route", "groups": "group", "listeners": "listener",
+                "oauth": "oauth provider"}
         if isinstance(value, dict):
             for name in value:
                 _check_name(name, what[info.field_name])
@@ -1107,7 +1276,16 @@ class Config(Strict):
             if hop_settings.implicit_tls and tls is TlsMode.NONE:
                 where = "" if hop_settings.tls else " (from delivery.tls)"
                 found.append(((*table, "implicit_tls"), f'contradicts tls = "none"{where}'))
-            if hop_settings.username is not None and tls is TlsMode.NONE and not hop_settings.auth_without_tls:
+            if hop_settings.auth in ("xoauth2", "oauthbearer"):
+                if hop_settings.oauth is not None and hop_settings.oauth not in self.oauth:
+                    known = ", ".join(self.oauth) or "none defined"
+                    found.append(((*table, "oauth"), f"unknown oauth provider "
+                                  f"{hop_settings.oauth!r} (providers: {known})"))
+                if tls is TlsMode.NONE:
+                    where = "" if hop_settings.tls else " (from delivery.tls)"
+                    found.append(((*table, "auth"), f'"{hop_settings.auth}" sends a bearer token: '
+                                  f'it needs TLS, and tls = "none"{where}'))
+            elif hop_settings.username is not None and tls is TlsMode.NONE and not hop_settings.auth_without_tls:
                 where = "" if hop_settings.tls else " (from delivery.tls)"
                 found.append((
                     (*table, "username"),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import os
 import ssl
@@ -46,6 +47,7 @@ from relaywarden.smtp.reply import Reply, reply
 
 if TYPE_CHECKING:
     from relaywarden.logs.protocol import ProtocolLog, SessionLog
+    from relaywarden.oauth import OAuthLogin
 
 __all__ = [
     "ClientPolicy",
@@ -74,14 +76,17 @@ class ClientPolicy:
     ca_file: str | None = None          # VERIFY: trust anchors; None = the system store
     server_name: str | None = None      # VERIFY: the name the certificate must match (and SNI)
     username: str | None = None         # AUTH when set (RFC 4954)
-    password: str | None = None
+    # A password, or an OAuthLogin (relaywarden.oauth): AUTH XOAUTH2 / OAUTHBEARER with a
+    # token of that provider for the mailbox `username`.
+    password: str | OAuthLogin | None = None
     auth_without_tls: bool = False      # allow AUTH over plaintext (a trusted LAN only)
     connect_timeout: float = 30
     command_timeout: float = 300        # RFC 5321 4.5.3.2: 5 minutes for most replies
     data_timeout: float = 600           # 4.5.3.2.6: 10 minutes for the reply to the final dot
 
     def __repr__(self) -> str:          # never a password in a log line
-        secret = "***" if self.password is not None else None
+        secret = ("***" if isinstance(self.password, str) else self.password
+                  if self.password is not None else None)
         return (f"ClientPolicy(helo={self.helo!r}, tls={self.tls}, implicit_tls="
                 f"{self.implicit_tls}, server_name={self.server_name!r}, "
                 f"username={self.username!r}, password={secret})")
@@ -272,6 +277,10 @@ class OutboundConnection:
         self._logged_in: str | None = None
         self.queue_id = queue_id
         self.route = route
+        # OAuth: a token the next hop refused on an earlier connection (fetch another), and
+        # (token, reply) when this one's AUTH refused ours (see open()).
+        self._stale_token: str | None = None
+        self._token_refused: tuple[str, Reply] | None = None
 
     # --- public ------------------------------------------------------------------------------
 
@@ -286,7 +295,22 @@ class OutboundConnection:
         its lines under ``queue_id`` and ``route`` (see `trace()`).
         """
         command("EHLO", policy.helo)
+        conn = await cls._open(address, port, policy, log=log, queue_id=queue_id, route=route)
+        if conn._token_refused is None:
+            return conn
+        # AUTH XOAUTH2 / OAUTHBEARER refused the token (535 5.7.3 / 5.7.8): it may have been
+        # revoked or the mailbox's rights changed before it expired. A new token, once, on a
+        # new connection (the SASL exchange has ended with the 535); then the mail waits.
+        # (A second refusal raises DeliveryError 454 4.7.0 from _auth_oauth.)
+        return await cls._open(address, port, policy, log=log, queue_id=queue_id, route=route,
+                               stale=conn._token_refused[0])
+
+    @classmethod
+    async def _open(cls, address: str, port: int, policy: ClientPolicy, *,
+                    log: ProtocolLog | None, queue_id: str, route: str,
+                    stale: str | None = None) -> OutboundConnection:
         conn = cls(address, port, policy, log=log, queue_id=queue_id, route=route)
+        conn._stale_token = stale
         try:
             await conn._connect()
             await conn._start_session()
@@ -297,6 +321,8 @@ class OutboundConnection:
                 conn._trace_line("CONNECT", str(exc.reply), None, 0, conn._started)
             await conn.close()
             raise
+        if conn._token_refused is not None:
+            await conn.close()
         return conn
 
     @classmethod
@@ -570,6 +596,9 @@ class OutboundConnection:
             self._failed = True
             raise DeliveryError(reply(451, "4.7.11", "AUTH needs TLS, and TLS is not active"),
                                 "auth")
+        if policy.password is not None and not isinstance(policy.password, str):
+            await self._auth_oauth(policy.password)
+            return
         user, password = policy.username or "", policy.password or ""
         if "\0" in user or "\0" in password:
             self._failed = True
@@ -602,6 +631,71 @@ class OutboundConnection:
         if answer.code != 235:
             self._failed = True
             raise DeliveryError(answer, "auth", from_server=True)   # the server's reply, as it is
+
+    async def _auth_oauth(self, login: OAuthLogin) -> None:
+        """AUTH XOAUTH2 (Google's and Microsoft's SASL mechanism) or OAUTHBEARER (RFC 7628)
+        with an access token of the route's provider, for the mailbox `username`. Only over
+        TLS (the token is a bearer credential: whoever sees it can use it); _auth checked."""
+        from relaywarden.oauth import TokenError
+
+        user = self.policy.username or ""
+        mechanism = login.mechanism
+        if mechanism not in self.extensions.auth:
+            self._failed = True
+            offer = " ".join(self.extensions.auth) or "none"
+            raise DeliveryError(
+                reply(451, "4.7.4", f"AUTH {mechanism} not offered (offered: {offer})"), "auth")
+        try:
+            token = await login.provider.token(user, stale=self._stale_token)
+        except TokenError as exc:
+            # No token is a matter for the admin (or time): the mail waits, never bounces.
+            self._failed = True
+            raise DeliveryError(reply(451, "4.7.0", f"no OAuth token: {exc.reason}"), "auth",
+                                exc.reason) from None
+        if any(c in user for c in "\0\1\r\n") or not token.isprintable():
+            self._failed = True
+            raise DeliveryError(reply(451, "4.7.0", "AUTH credentials hold control characters"),
+                                "auth")
+        self.auth_mechanism = mechanism
+        if mechanism == "XOAUTH2":
+            # https://developers.google.com/gmail/imap/xoauth2-protocol, which Exchange Online
+            # follows too: user=..^Aauth=Bearer ..^A^A
+            initial = f"user={user}\1auth=Bearer {token}\1\1"
+            cancel = b"\r\n"          # the client's empty answer to the error challenge
+        else:
+            # RFC 7628 3.1: a GS2 header naming the authorization identity (saslname:
+            # "=" and "," escaped, RFC 5801 4), then host, port and the bearer token.
+            name = user.replace("=", "=3D").replace(",", "=2C")
+            initial = (f"n,a={name},\1host={self._server_name()}\1port={self.port}"
+                       f"\1auth=Bearer {token}\1\1")
+            cancel = b"AQ==\r\n"      # RFC 7628 3.2.3: a lone %x01 ends a failed exchange
+        answer = await self._command(command("AUTH", mechanism, _b64(initial)), "auth",
+                                     shown=f"{mechanism} ***")
+        challenge = None
+        if answer.code == 334:
+            # RFC 7628 3.2.2 (and XOAUTH2 alike): a failure comes as a 334 with the JSON
+            # error status first; the client answers, and the server sends the final 535.
+            challenge = answer.text
+            answer = await self._command(cancel, "auth", shown="*")
+        if answer.code == 235:
+            return
+        self._failed = True
+        detail = None
+        if challenge:
+            with contextlib.suppress(ValueError):
+                detail = base64.b64decode(challenge, validate=True).decode("utf-8", "replace")
+        if answer.code == 535 and answer.enhanced in (None, "5.7.3", "5.7.8") and not self._stale_token:
+            self._token_refused = (token, answer)       # open() tries once more
+            return
+        if answer.code == 535 or answer.permanent:
+            # A token refused twice, or a refusal we cannot mend with a token: the mailbox or
+            # the app lacks the right (SMTP AUTH off, no SendAs). The mail waits for the admin.
+            why = f"AUTH {mechanism} for {user} refused: {answer}"
+            if self._stale_token:
+                why = (f"AUTH {mechanism} refused a new token of oauth.{login.provider.name} "
+                       f"too: {answer}")
+            raise DeliveryError(reply(454, "4.7.0", why), "auth", detail)
+        raise DeliveryError(answer, "auth", detail, from_server=True)
 
     # --- the transaction ---------------------------------------------------------------------
 

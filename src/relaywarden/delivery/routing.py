@@ -36,6 +36,7 @@ from relaywarden.policy import match
 
 if TYPE_CHECKING:
     from relaywarden.config.schema import Config
+    from relaywarden.oauth import OAuthLogin
 
 __all__ = [
     "DEFAULT_ROUTE",
@@ -91,7 +92,9 @@ class Route:
     tls: TlsMode
     implicit_tls: bool = False
     username: str | None = None
-    password: str | None = field(default=None, repr=False)   # never in logs or reprs
+    # never in logs or reprs; an OAuthLogin (relaywarden.oauth) for auth = "xoauth2" /
+    # "oauthbearer": the secret is then a token fetched when the connection logs in
+    password: str | OAuthLogin | None = field(default=None, repr=False)
     auth_without_tls: bool = False
     etrn: bool = False              # ETRN may start this route's queue (RFC 1985)
     etrn_networks: tuple[match.IPNetwork, ...] = ()   # who may; empty: any client

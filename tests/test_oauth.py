@@ -1,0 +1,561 @@
+"""Issue 12: next-hop AUTH XOAUTH2 / OAUTHBEARER with OAuth2 tokens, through the real relay.
+
+A real SMTP client sends to the relay process; the relay gets a token from a fake
+Microsoft identity platform or Google token endpoint (HTTPS on 127.0.0.1, trustme
+certificates: tests/oauthfake.py) with msal / google-auth, and delivers over STARTTLS to
+an aiosmtpd next hop that accepts only tokens that platform issued. The relay process
+runs with HTTPS_PROXY pointing at a closed loopback port and NO_PROXY=127.0.0.1: a request
+of msal or google-auth to any other host (login.microsoftonline.com, ...) would fail, and
+the fake records every request it got.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import smtplib
+import ssl
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trustme
+
+from conftest import free_port, start_relay, write_config
+from downstream import Downstream
+from oauthfake import TENANT, FakeIdentity, OAuthSMTP, rsa_key_pem
+from relaywarden.oauth.tokens import read_state, write_atomic
+
+PROVIDERS = {
+    "secret": """
+[oauth.m365]
+kind = "microsoft"
+tenant = "{tenant}"
+client_id = "app-1"
+client_secret_file = "m365.secret"
+authority = "https://127.0.0.1:{idp}"
+ca_file = "ca.pem"
+""",
+    "certificate": """
+[oauth.m365]
+kind = "microsoft"
+tenant = "{tenant}"
+client_id = "app-1"
+certificate_file = "app.crt"
+key_file = "app.key"
+authority = "https://127.0.0.1:{idp}"
+ca_file = "ca.pem"
+""",
+    "refresh": """
+[oauth.m365]
+kind = "microsoft"
+flow = "refresh_token"
+tenant = "{tenant}"
+client_id = "app-1"
+refresh_token_file = "m365.rt"
+authority = "https://127.0.0.1:{idp}"
+ca_file = "ca.pem"
+""",
+    "device": """
+[oauth.m365]
+kind = "microsoft"
+flow = "refresh_token"
+tenant = "{tenant}"
+client_id = "app-1"
+authority = "https://127.0.0.1:{idp}"
+ca_file = "ca.pem"
+""",
+    "google_rt": """
+[oauth.m365]
+kind = "google"
+flow = "refresh_token"
+client_id = "g-client"
+client_secret_file = "m365.secret"
+refresh_token_file = "m365.rt"
+token_uri = "https://127.0.0.1:{idp}/google/token"
+ca_file = "ca.pem"
+""",
+    "google": """
+[oauth.m365]
+kind = "google"
+service_account_file = "sa.json"
+ca_file = "ca.pem"
+""",
+}
+
+CONFIG = """
+[relay]
+hostname = "relay.test"
+
+[delivery]
+retry_schedule = [1]
+connect_timeout = 2
+command_timeout = 5
+tls = "verify"
+ca_file = "ca.pem"
+max_concurrent = 50
+per_destination = 10
+
+[dns]
+nameservers = ["127.0.0.1"]
+port = {noport}
+timeout = 1
+
+[routes."*"]
+next_hops = ["[127.0.0.1]:{hop}"]
+auth = "{mechanism}"
+oauth = "m365"
+username = "scanner@contoso.test"
+
+[listeners.main]
+address = "127.0.0.1"
+port = {main}
+[listeners.main.relay]
+networks = ["127.0.0.1/32"]
+"""
+
+MSG = b"From: scanner@contoso.test\r\nTo: x@example.net\r\nSubject: %s\r\n\r\nscan %s\r\n"
+
+
+class Setup:
+    def __init__(self, tmp_path: Path, monkeypatch, *, provider: str = "secret",
+                 mechanism: str = "xoauth2", secret: str = "s3cret", extra: str = "",
+                 idp_up: bool = True, hop_up: bool = True, hop_tls: bool = True) -> None:
+        self.tmp = tmp_path
+        self.ca = trustme.CA()
+        self.ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        self.idp = FakeIdentity(port=free_port(), ca=self.ca)
+        (tmp_path / "m365.secret").write_text(secret + "\n")
+        if provider == "certificate":
+            cert = self.ca.issue_cert("app-1.contoso.test", key_type=trustme.KeyType.RSA)
+            cert.private_key_pem.write_to_path(str(tmp_path / "app.key"))
+            cert.cert_chain_pems[0].write_to_path(str(tmp_path / "app.crt"))
+            self.idp.certificate_pem = cert.cert_chain_pems[0].bytes()
+            self.idp.client_secret = None
+        if provider == "google_rt":
+            (tmp_path / "m365.secret").write_text("g-secret\n")
+        if provider in ("refresh", "google_rt"):
+            (tmp_path / "m365.rt").write_text(self.idp.new_refresh_token() + "\n")
+        if provider == "google":
+            key, pem = rsa_key_pem()
+            email = "relay@project.iam.gserviceaccount.com"
+            self.idp.google_accounts[email] = key.public_key()
+            (tmp_path / "sa.json").write_text(json.dumps({
+                "type": "service_account", "project_id": "project", "private_key_id": "k1",
+                "private_key": pem, "client_email": email, "client_id": "1",
+                "token_uri": f"https://127.0.0.1:{self.idp.port}/google/token"}))
+        if idp_up:
+            self.idp.start()
+        self.attempts = []
+        smtp_class = type("Hop", (OAuthSMTP,), {"idp": self.idp, "attempts": self.attempts,
+                                                "plaintext_auth": not hop_tls})
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ca.issue_cert("127.0.0.1").configure_cert(tls)
+        tls = tls if hop_tls else None
+        self.hop_port = free_port()
+        self.hop = Downstream(self.hop_port, tls_context=tls, smtp_class=smtp_class)
+        if hop_up:
+            self.hop.start()
+        self.ports = {"main": free_port()}
+        body = PROVIDERS[provider] + CONFIG + extra
+        self.config = write_config(tmp_path, body, main=self.ports["main"], hop=self.hop_port,
+                                   idp=self.idp.port, noport=free_port(), tenant=TENANT,
+                                   mechanism=mechanism)
+        self.data_dir = tmp_path / "var"
+        # Nothing but loopback: a request to another host goes to a closed proxy port.
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{free_port()}")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        self.relay = start_relay(self.config, self.data_dir, self.ports)
+
+    def close(self) -> None:
+        self.relay.stop()
+        self.hop.stop()
+        self.idp.stop()
+
+    def send(self, n: int = 1, subject: str = "hello") -> list[str]:
+        ids = []
+        with smtplib.SMTP("127.0.0.1", self.ports["main"], timeout=30) as c:
+            for i in range(n):
+                c.ehlo("scanner.test")
+                c.mail("scanner@contoso.test")
+                assert c.rcpt("x@example.net")[0] == 250
+                code, text = c.data(MSG % (f"{subject} {i}".encode(), str(i).encode()))
+                assert code == 250, text
+                ids.append(re.search(rb"queued as (\S+)", text).group(1).decode())
+        return ids
+
+    def queue(self) -> list[dict]:
+        return self.relay.messages()
+
+    def last_errors(self) -> list[str | None]:
+        reader = self.relay.reader()
+        try:
+            return [r["last_error"] for m in reader.list()
+                    for r in reader.show(m["id"])["recipients"]]
+        finally:
+            reader.close()
+
+    def wait_reason(self, pattern: str, timeout: float = 20) -> str:
+        """The deferral reason (the queue's last_error) of a recipient, once it matches."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for error in self.last_errors() if self.queue() else []:
+                if error and re.search(pattern, error):
+                    return error
+            assert time.monotonic() < deadline, f"no deferral matching {pattern}: {self.queue()}"
+            time.sleep(0.1)
+
+    def maillog(self) -> str:
+        self.relay.flush_logs()
+        return self.relay.logs("mail", ".log")
+
+    def state(self) -> dict:
+        return json.loads((self.data_dir / "oauth" / "m365.json").read_text())
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "relaywarden", *args, "--config",
+                               str(self.config)], capture_output=True, text=True,
+                              timeout=timeout, env=dict(os.environ))
+
+
+@pytest.fixture
+def make(tmp_path, monkeypatch):
+    made = []
+
+    def factory(**kw) -> Setup:
+        s = Setup(tmp_path, monkeypatch, **kw)
+        made.append(s)
+        return s
+
+    yield factory
+    for s in made:
+        s.close()
+
+
+def _only_the_fake(s: Setup) -> None:
+    """msal / google-auth asked the fake only for what it serves (no instance discovery)."""
+    allowed = {f"GET /{TENANT}/v2.0/.well-known/openid-configuration",
+               f"POST /{TENANT}/oauth2/v2.0/token", f"POST /{TENANT}/oauth2/v2.0/devicecode",
+               "POST /google/token"}
+    assert set(s.idp.paths) <= allowed, s.idp.paths
+
+
+@pytest.mark.parametrize("provider", ["secret", "certificate"])
+def test_client_credentials_end_to_end(make, provider):
+    """Client credentials (a secret, or a certificate's signed client assertion): the
+    relay gets an app-only token and logs in to the next hop as the mailbox with
+    XOAUTH2; the message arrives, sent by that mailbox."""
+    s = make(provider=provider)
+    s.send(1)
+    got = s.hop.wait_for(1)
+    assert got[0].login == "scanner@contoso.test"
+    assert got[0].tls is not None
+    assert [(a.mechanism, a.user, a.ok) for a in s.attempts] == [
+        ("XOAUTH2", "scanner@contoso.test", True)]
+    grants = s.idp.grants()
+    assert [g["grant_type"] for g in grants] == ["client_credentials"]
+    assert ("client_secret" in grants[0]) == (provider == "secret")
+    assert ("client_assertion" in grants[0]) == (provider == "certificate")
+    _only_the_fake(s)
+    # The token is on disk, for the owner only, with its expiry.
+    path = s.data_dir / "oauth" / "m365.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    saved = s.state()
+    assert saved["tokens"][""]["access_token"] == s.attempts[0].token
+    assert saved["last_error"] is None
+
+
+def test_oauthbearer_rfc7628(make):
+    s = make(mechanism="oauthbearer")
+    s.send(1)
+    s.hop.wait_for(1)
+    [attempt] = s.attempts
+    assert (attempt.mechanism, attempt.user, attempt.ok) == ("OAUTHBEARER", "scanner@contoso.test", True)
+    assert (attempt.host, attempt.port) == ("127.0.0.1", str(s.hop_port))
+
+
+def test_google_service_account(make):
+    """A Google service account acting as the route's mailbox (domain-wide delegation):
+    the JWT bearer grant signed with the account's key, subject = the mailbox."""
+    s = make(provider="google")
+    s.send(1)
+    got = s.hop.wait_for(1)
+    assert got[0].login == "scanner@contoso.test"
+    [grant] = s.idp.grants()
+    assert grant["grant_type"] == "urn:ietf:params:oauth:grant-type:jwt-bearer"
+    assert s.idp.issued[s.attempts[0].token].who == "scanner@contoso.test"
+    _only_the_fake(s)
+
+
+def test_refresh_token_rotation_saves_the_new_one(make):
+    """flow = "refresh_token": the refresh token from refresh_token_file is redeemed, the
+    platform rotates it (the old one is spent), and the new one is saved (0600) before the
+    access token is used; the next refresh uses the new one."""
+    s = make(provider="refresh")
+    first_rt = (s.tmp / "m365.rt").read_text().strip()
+    s.send(1)
+    s.hop.wait_for(1)
+    saved = s.state()
+    assert saved["refresh_token"] != first_rt
+    assert s.idp.refresh_tokens[saved["refresh_token"]] is True
+    assert s.idp.refresh_tokens[first_rt] is False
+    # A second refresh (the token `oauth test` gets in another process) must use the
+    # rotated token: the spent one would get invalid_grant.
+    result = s.cli("oauth", "test", "m365", "--refresh")
+    assert result.returncode == 0, result.stderr
+    rts = [g["refresh_token"] for g in s.idp.grants("refresh_token")]
+    assert rts == [first_rt, saved["refresh_token"]]
+    assert s.state()["refresh_token"] not in (first_rt, saved["refresh_token"])
+
+
+def test_expired_token_one_refresh_for_many_waiting(make):
+    """A token expires while 25 messages wait in the queue (the next hop was down); when
+    they all go out at once, exactly one new token is asked for."""
+    s = make(extra="")
+    s.idp.expires_in = 3          # refresh_margin 300 > 3: the next use needs a new token
+    s.send(1)
+    s.hop.wait_for(1)
+    assert len(s.idp.grants()) == 1
+    s.hop.stop()
+    s.idp.expires_in = 3600
+    s.send(25)
+    s.wait_reason(r"4\.4\.1|refused|connect")
+    time.sleep(1)
+    s.hop.start()
+    s.hop.wait_for(26, timeout=40)
+    assert len(s.idp.grants()) == 2, s.idp.grants()
+    assert all(a.ok for a in s.attempts)
+
+
+def test_wrong_secret_defers_naming_aadsts(make):
+    """A wrong client secret: no bounce; the mail waits, and the deferral reason and the
+    mail log name Entra ID's error, AADSTS7000215."""
+    s = make(secret="not-the-secret")
+    s.send(1)
+    reason = s.wait_reason("AADSTS7000215")
+    assert reason.startswith("4") and "oauth.m365" in reason
+    assert "AADSTS7000215" in s.maillog()
+    time.sleep(1.5)
+    rows = s.queue()
+    assert rows and all(r["status"] not in ("bounced", "delivered") for m in rows
+                        for r in m["recipients"])
+    assert s.hop.messages == []
+    _only_the_fake(s)
+
+
+def test_token_endpoint_down_then_back(make):
+    """The identity platform does not answer: the mail is deferred (4xx naming the
+    provider), and delivered once it answers again."""
+    s = make(idp_up=False)
+    s.send(1)
+    reason = s.wait_reason(r"oauth\.m365")
+    assert reason.startswith("4")
+    assert s.hop.messages == []
+    s.idp.start()
+    s.hop.wait_for(1, timeout=30)
+    assert s.state()["last_error"] is None
+
+
+def test_refused_token_refreshed_once_then_deferred(make):
+    """The next hop refuses a token the platform still calls valid (revoked): one new token
+    on a new connection; refused again, the mail is deferred (4xx), not bounced."""
+    s = make()
+    s.idp.check = lambda token, user: False       # the next hop refuses every token
+    s.send(1)
+    reason = s.wait_reason(r"refused a new token")
+    assert reason.startswith("454 4.7.0")
+    assert len(s.attempts) >= 2
+    first, second = s.attempts[0], s.attempts[1]
+    assert first.token != second.token
+    assert len(s.idp.grants()) >= 2
+
+
+def test_cli_status_and_test_smtp(make):
+    """`oauth test NAME --smtp` gets a token and logs in to the route's next hop;
+    `oauth status` shows the flow, the token's expiry, the last refresh and no error."""
+    s = make()
+    result = s.cli("oauth", "test", "m365", "--smtp")
+    assert result.returncode == 0, result.stderr
+    assert "oauth.m365: token ok" in result.stdout
+    assert f'routes."*": [127.0.0.1]:{s.hop_port}: AUTH XOAUTH2 as scanner@contoso.test ok' in result.stdout
+    assert [a.ok for a in s.attempts] == [True]
+    status = s.cli("oauth", "status")
+    assert status.returncode == 0, status.stderr
+    assert "oauth.m365: microsoft, flow client_credentials" in status.stdout
+    assert "last error:    -" in status.stdout
+    assert re.search(r"token expires: \d{4}-\d\d-\d\d .* \(in \d+s\)", status.stdout)
+    [line] = s.cli("oauth", "status", "--json").stdout.splitlines()
+    assert json.loads(line)["token_expires"] > time.time() + 3000
+
+
+def test_cli_test_names_the_error(make):
+    s = make(secret="wrong")
+    result = s.cli("oauth", "test", "m365")
+    assert result.returncode == 1
+    assert "oauth.m365: AADSTS7000215" in result.stderr
+    status = s.cli("oauth", "status")
+    assert "last error:    oauth.m365: AADSTS7000215" in status.stdout
+
+
+def test_login_device_code_then_delivered(make):
+    """flow = "refresh_token" without a refresh token: mail waits (naming the problem);
+    `oauth login` runs the device code flow (prints the URL and code, waits through
+    authorization_pending), stores the refresh token, and the waiting mail goes out."""
+    s = make(provider="device")
+    s.send(1)
+    reason = s.wait_reason("no_refresh_token")
+    assert "relaywarden oauth login m365" in reason
+    result = s.cli("oauth", "login", "m365")
+    assert result.returncode == 0, result.stderr
+    assert "ABCD-EFGH" in result.stdout and f"{s.idp.base}/devicelogin" in result.stdout
+    device_grants = s.idp.grants("urn:ietf:params:oauth:grant-type:device_code")
+    assert len(device_grants) == 2          # one authorization_pending, then the tokens
+    saved = s.state()
+    assert s.idp.refresh_tokens[saved["refresh_token"]] is True
+    assert stat.S_IMODE((s.data_dir / "oauth" / "m365.json").stat().st_mode) == 0o600
+    s.hop.wait_for(1, timeout=30)
+    _only_the_fake(s)
+
+
+def test_revoked_refresh_token_defers_naming_the_code(make):
+    s = make(provider="refresh")
+    for rt in list(s.idp.refresh_tokens):
+        s.idp.refresh_tokens[rt] = False
+    s.send(1)
+    reason = s.wait_reason("AADSTS700082")
+    assert reason.startswith("451 4.7.0") and "invalid_grant" in reason
+    assert s.hop.messages == []
+
+
+WRITER = """
+import os, sys, json
+from pathlib import Path
+from relaywarden.oauth.tokens import write_atomic
+path = Path(sys.argv[1])
+i = 0
+while True:
+    i += 1
+    write_atomic(path, json.dumps({"n": i, "refresh_token": "rt-%d" % i, "pad": "x" * 200000}).encode())
+    if i == 1:
+        print("ready", flush=True)
+"""
+
+
+def test_kill_9_while_writing_leaves_a_whole_token_file(tmp_path):
+    """A process killed (SIGKILL) in the middle of saving tokens leaves the previous file
+    or the new one, whole and readable: never a torn or empty one."""
+    path = tmp_path / "oauth" / "m365.json"
+    for round in range(8):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE,
+                                text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.05 + 0.03 * round)
+        proc.kill()
+        proc.wait()
+        state = read_state(path)
+        assert state["refresh_token"] == f"rt-{state['n']}" and len(state["pad"]) == 200000
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # Temporary files of the killed writers may remain; they are never read.
+    assert all(p.name.startswith(".m365.json.") for p in path.parent.iterdir() if p != path)
+
+
+def test_write_atomic_replaces_and_restricts(tmp_path):
+    path = tmp_path / "oauth" / "x.json"
+    write_atomic(path, b'{"a": 1}')
+    write_atomic(path, b'{"a": 2}')
+    assert read_state(path) == {"a": 2}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["x.json"]
+
+
+def test_no_token_over_plaintext(make):
+    """A route with tls = "opportunistic" and a next hop that offers no STARTTLS but AUTH
+    XOAUTH2 in plaintext: the token is never sent (nor even fetched); the mail waits."""
+    s = make(hop_tls=False, extra="")
+    text = s.config.read_text().replace('tls = "verify"', 'tls = "opportunistic"')
+    s.relay.stop()
+    s.config.write_text(text)
+    s.relay = start_relay(s.config, s.data_dir, s.ports)
+    s.send(1)
+    reason = s.wait_reason("4.7.11")
+    assert "TLS" in reason
+    assert s.attempts == [] and s.idp.grants() == []
+    assert s.hop.messages == []
+
+
+def test_google_refresh_token(make):
+    """kind = "google", flow = "refresh_token": the refresh token grant with the OAuth
+    client's id and secret at the configured token_uri."""
+    s = make(provider="google_rt")
+    s.send(1)
+    got = s.hop.wait_for(1)
+    assert got[0].login == "scanner@contoso.test"
+    [grant] = s.idp.grants()
+    assert (grant["grant_type"], grant["client_id"]) == ("refresh_token", "g-client")
+    assert grant["refresh_token"] == (s.tmp / "m365.rt").read_text().strip()
+    _only_the_fake(s)
+
+
+class _StubProvider:
+    """A token source for the client alone: hands out "tok-1", then "tok-2", ..."""
+
+    name = "stub"
+
+    def __init__(self) -> None:
+        self.calls: list[str | None] = []
+
+    async def token(self, user=None, *, stale=None):
+        self.calls.append(stale)
+        return f"tok-{len(self.calls)}"
+
+
+@pytest.mark.parametrize("mechanism", ["XOAUTH2", "OAUTHBEARER"])
+def test_client_sasl_encoding_and_one_retry(tmp_path, mechanism):
+    """delivery/client.py alone: the SASL initial response (RFC 7628's saslname escapes
+    "=" and ","), and a refused token: a new one (asked for as `stale` of the refused one)
+    on a new connection, once."""
+    import asyncio
+
+    from relaywarden.delivery.client import ClientPolicy, DeliveryError, OutboundConnection, TlsMode
+    from relaywarden.oauth import OAuthLogin
+
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    good = {"tok-2"}
+    idp = type("Idp", (), {"check": lambda self, token, user: token in good})()
+    attempts = []
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(tls)
+    port = free_port()
+    hop = Downstream(port, tls_context=tls, smtp_class=type(
+        "Hop", (OAuthSMTP,), {"idp": idp, "attempts": attempts})).start()
+    provider = _StubProvider()
+    user = "a=b,c@example.com"
+    policy = ClientPolicy(helo="relay.test", tls=TlsMode.VERIFY, ca_file=str(ca_file),
+                          server_name="127.0.0.1", username=user,
+                          password=OAuthLogin(provider, mechanism), command_timeout=5)
+
+    async def main():
+        conn = await OutboundConnection.open("127.0.0.1", port, policy)
+        mech = conn.auth_mechanism
+        await conn.close()
+        return mech
+
+    try:
+        assert asyncio.run(main()) == mechanism
+        assert [(a.user, a.token, a.ok) for a in attempts] == [(user, "tok-1", False),
+                                                               (user, "tok-2", True)]
+        assert provider.calls == [None, "tok-1"]
+        good.clear()                      # refused every time: one retry, then 454 4.7.0
+        attempts.clear()
+        with pytest.raises(DeliveryError) as info:
+            asyncio.run(main())
+        assert (info.value.reply.code, info.value.reply.enhanced) == (454, "4.7.0")
+        assert info.value.stage == "auth" and len(attempts) == 2
+    finally:
+        hop.stop()
