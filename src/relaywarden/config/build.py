@@ -7,6 +7,7 @@ from ipaddress import ip_address
 from relaywarden.config.load import dotted_key
 from relaywarden.config.schema import Config, GroupSettings, HopSettings, ListenerSettings, parse_next_hop
 from relaywarden.delivery.routing import MX_PLACEHOLDER, NextHop, Route, RouteKind, Router, SenderRoute
+from relaywarden.policy.dnsbl import parse_site
 from relaywarden.policy import (
     AccessRules,
     Action,
@@ -51,6 +52,9 @@ def _listener(cfg: Config, name: str, listener: ListenerSettings, groups: dict[s
             auth_required=listener.auth.required,
             auth_plaintext_networks=tuple(listener.auth.plaintext_networks),
             require_rdns=listener.access.require_rdns,
+            dnsbl=tuple(parse_site(text) for text in listener.access.dnsbl),
+            dnswl=tuple(parse_site(text) for text in listener.access.dnswl),
+            dnsbl_threshold=listener.access.dnsbl_threshold,
         ),
     )
 

@@ -737,10 +737,25 @@ def _unique_at(key: str, values: list[Any]) -> None:
         raise problems([((key, *path), message) for path, message in exc.context["problems"]])
 
 
+def _dnsbl_entry(text: str) -> str:
+    from relaywarden.policy.dnsbl import parse_site
+    return parse_site(text).text
+
+
+# A DNS list zone in postscreen_dnsbl_sites syntax: zone[=127.0.0.[2..11]][*weight].
+DnsblEntry = Annotated[str, BeforeValidator(_string_parser(_dnsbl_entry))]
+
+
 class AccessSettings(Strict):
     default: Literal["allow", "deny"] = "allow"
     allow: list[AccessEntry] = []
     deny: list[AccessEntry] = []
+    # DNS blocklists asked at connect (RFC 5782; policy/dnsbl.py): a client whose listing
+    # weights reach dnsbl_threshold is greeted with 554 5.7.1 and the zone's TXT.
+    dnsbl: list[DnsblEntry] = []
+    dnsbl_threshold: int = Field(default=1, ge=1)
+    # DNS allowlists: a client any of them lists is never refused by the blocklists.
+    dnswl: list[DnsblEntry] = []
     # Refuse clients whose reverse DNS is not verified (PTR + matching forward lookup):
     # 554 5.7.25, or 421 4.7.25 when the lookup failed for the moment (RFC 8601 3.3).
     # Needs dns.reverse_lookups. Applies to every client of the listener.

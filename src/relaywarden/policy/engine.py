@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from relaywarden.auth import AUTH_OK
-from relaywarden.policy import gates, match
+from relaywarden.policy import dnsbl, gates, match
 from relaywarden.policy.gates import Need, Refusal
 from relaywarden.policy.model import (
     Action,
@@ -336,6 +336,26 @@ class Policy:
         listener = self._listener(client)
         return gates.check_rdns(listener.name, listener.gates, client.verified_name,
                                 temporary=temporary, detail=detail)
+
+    def dnsbl_zones(self, client: ClientFacts) -> tuple[str, ...]:
+        """The DNS list zones to ask about this client at connect (allowlists first); none
+        for a client in the listener's relay networks (the company's own machines)."""
+        listener = self._listener(client)
+        g = listener.gates
+        if not (g.dnsbl or g.dnswl):
+            return ()
+        if match.first_network(listener.relay_networks, client.ip) is not None:
+            return ()
+        return tuple(dict.fromkeys(site.zone for site in (*g.dnswl, *g.dnsbl)))
+
+    def check_dnsbl(self, client: ClientFacts,
+                    answers: Mapping[str, dnsbl.ZoneAnswer]) -> tuple[Decision | None, str]:
+        """The verdict of the DNS lists' answers (policy/dnsbl.py): (a REJECT or None, a
+        note of what was found, for the log and explain)."""
+        listener = self._listener(client)
+        g = listener.gates
+        return dnsbl.decide(listener.name, str(client.ip), g.dnsbl, g.dnswl,
+                            g.dnsbl_threshold, dict(answers))
 
     def check_auth(self, client: ClientFacts, *, tls: bool) -> Refusal | None:
         """May the client AUTH now (policy/gates.py)? None: AUTH is offered."""

@@ -76,6 +76,10 @@ class Gates:
     auth_required: bool = False
     auth_plaintext_networks: tuple[IPNetwork, ...] = ()
     require_rdns: bool = False                  # listeners.NAME.access.require_rdns
+    # listeners.NAME.access.dnsbl / dnswl / dnsbl_threshold (policy/dnsbl.py DnsblSite)
+    dnsbl: tuple = ()
+    dnswl: tuple = ()
+    dnsbl_threshold: int = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -23,7 +23,7 @@ import ipaddress
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
@@ -289,6 +289,38 @@ class Resolver:
         return await self._guarded(self._reverse(addr), lambda: RdnsResult(
             RdnsStatus.FAILED, None, f"reverse lookup for {addr} timed out", temporary=True))
 
+    async def dnsbl(self, ip: str, zones: Sequence[str]) -> dict[str, Any]:
+        """Ask DNS lists about ``ip`` (RFC 5782): {zone: ZoneAnswer}. All zones at once,
+        within dns.timeout; a listed one is asked for its TXT too. Answers are cached per
+        their TTL like every other lookup; failures are not cached and never raise."""
+        from relaywarden.policy.dnsbl import ZoneAnswer, query_name
+
+        async def ask() -> dict[str, Any]:
+            deadline = self._deadline()
+            names = {}
+            for zone in zones:
+                q = query_name(ip, zone)
+                if q is not None:
+                    names[zone] = dns.name.from_text(q)
+            found = await self._lookups([(n, dns.rdatatype.A) for n in names.values()],
+                                        deadline)
+            listed = [(zone, a) for zone, a in zip(names, found) if a.kind is _Kind.OK]
+            txts = await self._lookups([(names[zone], dns.rdatatype.TXT) for zone, _ in listed],
+                                       deadline)
+            out: dict[str, Any] = {}
+            for zone, a in zip(names, found):
+                if a.kind is _Kind.FAIL:
+                    out[zone] = ZoneAnswer(zone, failed=a.detail)
+                else:
+                    out[zone] = ZoneAnswer(zone, answers=a.records if a.kind is _Kind.OK else ())
+            for (zone, a), txt in zip(listed, txts):
+                if txt.kind is _Kind.OK and txt.records:
+                    out[zone] = ZoneAnswer(zone, answers=a.records, txt=txt.records[0])
+            return out
+        return await self._guarded(ask(), lambda: {
+            zone: ZoneAnswer(zone, failed=f"timed out after {self._settings.timeout:g} s")
+            for zone in zones})
+
     # -- the lookups
 
     async def _guarded(self, work: Awaitable[_T], on_timeout: Callable[[], _T]) -> _T:
@@ -496,6 +528,9 @@ class Resolver:
             records: tuple[Any, ...] = tuple((rd.preference, _text(rd.exchange)) for rd in answer.rrset)
         elif rdtype == dns.rdatatype.PTR:
             records = tuple(_text(rd.target) for rd in answer.rrset)
+        elif rdtype == dns.rdatatype.TXT:
+            records = tuple(b"".join(rd.strings).decode("utf-8", "replace")
+                            for rd in answer.rrset)
         else:
             records = tuple(str(_ip(rd.address) or rd.address) for rd in answer.rrset)
         return _Lookup(_Kind.OK, records), min(ttl, POSITIVE_TTL_MAX)

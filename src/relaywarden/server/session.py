@@ -156,6 +156,8 @@ class SmtpSession(asyncio.Protocol):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._messages = 0
         self.rdns: RdnsResult | None = None
+        # The DNS lists' verdict at connect (policy/dnsbl.py): (REJECT or None, note), or None.
+        self._dnsbl: tuple | None = None
         self._auth_state: tuple = ("",)
         self.runtime: ListenerRuntime = services.runtimes.get(ctx.name) or ListenerRuntime()
         self._counted = False          # this connection counts towards the listener's limits
@@ -221,12 +223,14 @@ class SmtpSession(asyncio.Protocol):
         self.tls = describe_tls(transport.get_extra_info("ssl_object"))
         self._advertise_auth()
         self._arm_timer(self.ctx.command_timeout)
-        if self.ctx.reverse_lookups and self.services.resolver is not None:
-            # The greeting waits for the lookup (bounded by dns.timeout): connection control
-            # may depend on the verified name. Nothing is read meanwhile.
+        zones = (self.services.policy.dnsbl_zones(self.client)
+                 if self.services.resolver is not None else ())
+        if (self.ctx.reverse_lookups or zones) and self.services.resolver is not None:
+            # The greeting waits for the lookups (bounded by dns.timeout): connection control
+            # may depend on the verified name and the DNS lists. Nothing is read meanwhile.
             self._waiting = True
             self._update_reading()
-            self._spawn(self._reverse_then_greet())
+            self._spawn(self._reverse_then_greet(zones))
         else:
             self._greet()
 
@@ -236,10 +240,17 @@ class SmtpSession(asyncio.Protocol):
         self.services.tasks.add(task)
         task.add_done_callback(self.services.tasks.discard)
 
-    async def _reverse_then_greet(self) -> None:
-        self.rdns = await self.services.resolver.reverse(self.client_ip)
-        if self.rdns.status is RdnsStatus.VERIFIED:
-            self.client = replace(self.client, verified_name=self.rdns.name)
+    async def _reverse_then_greet(self, zones: tuple[str, ...] = ()) -> None:
+        resolver = self.services.resolver
+        if zones:
+            # RFC 5782 lists, asked beside the reverse lookup (one wait, not two).
+            lists = self._loop.create_task(resolver.dnsbl(self.client_ip, zones))
+        if self.ctx.reverse_lookups:
+            self.rdns = await resolver.reverse(self.client_ip)
+            if self.rdns.status is RdnsStatus.VERIFIED:
+                self.client = replace(self.client, verified_name=self.rdns.name)
+        if zones:
+            self._dnsbl = self.services.policy.check_dnsbl(self.client, await lists)
         self._waiting = False
         if self._closed:
             return
@@ -332,6 +343,10 @@ class SmtpSession(asyncio.Protocol):
             greeting = refusal.decision.reply
             self._log_limit("connect", greeting, refusal.decision.rule,
                             refusal.decision.detail)
+        elif self._dnsbl is not None and self._dnsbl[0] is not None:
+            listed = self._dnsbl[0]
+            greeting = listed.reply
+            self._log_limit("connect", greeting, listed.rule, listed.detail)
         else:
             greeting = _greeting(self.ctx.hostname, self.ctx.banner)
         self.conn.greet(greeting)
