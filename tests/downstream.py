@@ -56,6 +56,8 @@ class _Handler:
         return "250 2.1.0 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        with self.server.lock:
+            self.server.rcpts_seen.append(address.lower())
         answer = self.server.behaviour.rcpt.get(address.lower())
         if answer:
             return answer
@@ -127,6 +129,7 @@ class Downstream:
         self.port = port
         self.behaviour = Behaviour()
         self.messages: list[Received] = []
+        self.rcpts_seen: list[str] = []     # every RCPT TO address, callaheads included
         self.lock = threading.Lock()
         self.connections = 0        # connections the relay opened (not the start-up probe)
         self.open_now = 0

@@ -32,6 +32,7 @@ from relaywarden.delivery.badmail import Badmail, BadmailSettings
 from relaywarden.delivery.engine import DeliverySettings, Engine
 from relaywarden.queue.fileops import REAL, FileOps
 from relaywarden.queue.store import Store
+from relaywarden.server.validate import RecipientValidator, route_hops
 from relaywarden.screening import Screener, ScreenRules
 from relaywarden.auth.cram import CramSecrets
 from relaywarden.resolver import DnsSettings, Resolver
@@ -138,6 +139,14 @@ def atrn_engine(cfg: Config, store: Store, mail_log: MailLog,
         return None
     return Engine(store=store, router=build_router(cfg), resolver=resolver_for(cfg),
                   settings=delivery_settings(cfg), mail_log=mail_log, protocol_log=protocol_log)
+
+
+def validator_for(cfg: Config, resolver: Resolver) -> RecipientValidator | None:
+    """Recipient validation ([recipients."DOMAIN"]), or None when none is configured."""
+    if not cfg.recipients:
+        return None
+    return RecipientValidator(cfg.recipients, helo=cfg.delivery.helo_name or cfg.relay.hostname,
+                              hops=route_hops(build_router(cfg), resolver, cfg.delivery.mx_port))
 
 
 def cram_for(cfg: Config) -> CramSecrets | None:
@@ -344,6 +353,7 @@ class Relay:
             atrn=atrn_engine(self.cfg, store, mail_log, self.outbound_log),
             screener=screener_for(self.cfg),
             cram=cram_for(self.cfg),
+            recipients=validator_for(self.cfg, resolver),
         )
         if self.cfg.delivery.process == "inline":
             self.worker = DeliveryWorker(self.cfg, store=store, mail_log=mail_log,
@@ -461,6 +471,8 @@ class Relay:
         self.services.screener = screener_for(cfg)
         self.services.cram = cram_for(cfg)
         self.services.resolver = resolver_for(cfg)
+        # A new validator: new files, TTLs and routes (its cache and connections start over).
+        self.services.recipients = validator_for(cfg, self.services.resolver)
         # New password checkers (a changed LDAP server, a new users file); the throttle's
         # memory of failures is kept: a reload must not reset a brute-force lockout.
         self.services.auth = auth_for(cfg)[0]

@@ -150,6 +150,12 @@ SETTINGS: dict[str, str] = {
     "oauth.*.ca_file": APPLIED,
     "oauth.*.refresh_margin": APPLIED,
     "oauth.*.timeout": APPLIED,
+    # Recipient validation: a new validator (its files re-read, its cache starts over).
+    "recipients.*.files": APPLIED,
+    "recipients.*.callahead": APPLIED,
+    "recipients.*.positive_ttl": APPLIED,
+    "recipients.*.negative_ttl": APPLIED,
+    "recipients.*.on_lookup_failure": APPLIED,
     "sender_routes.*.groups": APPLIED,
     "sender_routes.*.users": APPLIED,
     "sender_routes.*.sender_domains": APPLIED,
@@ -199,7 +205,8 @@ SETTINGS: dict[str, str] = {
 #: route or a group comes and goes with the policy; a listener is a socket made at start
 #: (one removed from the file goes on as it was until the restart).
 TABLES: dict[str, str] = {"routes": APPLIED, "sender_routes": APPLIED, "groups": APPLIED,
-                          "listeners": RESTART, "oauth": APPLIED}
+                          "listeners": RESTART, "oauth": APPLIED,
+                          "recipients": APPLIED}
 
 
 @dataclass(frozen=True, slots=True)

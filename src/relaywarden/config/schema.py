@@ -1181,6 +1181,26 @@ class OAuthProviderSettings(Strict):
         return self._refresh_token_seed
 
 
+class RecipientValidationSettings(Strict):
+    """[recipients."DOMAIN"]: who exists at a hosted domain (policy/recipients.py)."""
+    # Files of addresses and @domain catch-alls, one per line; re-read when they change.
+    files: list[OptionalFile] = []
+    # Ask the domain's route's next hop (MAIL FROM:<>, RCPT TO, RSET) and cache the answer.
+    callahead: bool = False
+    positive_ttl: Duration = 3600.0
+    negative_ttl: Duration = 300.0
+    # A source that cannot answer (next hop down): "tempfail" (450 4.1.1) or "accept".
+    on_lookup_failure: Literal["tempfail", "accept"] = "tempfail"
+
+    @model_validator(mode="after")
+    def _some_source(self) -> RecipientValidationSettings:
+        if not self.files and not self.callahead:
+            raise ValueError("no source: set files or callahead = true")
+        if any(f is None for f in self.files):
+            raise problem(("files",), "an empty file name")
+        return self
+
+
 class Config(Strict):
     relay: RelaySettings = Field(default_factory=dict)
     queue: QueueSettings = Field(default_factory=dict)
@@ -1197,6 +1217,8 @@ class Config(Strict):
     groups: dict[str, GroupSettings] = {}      # in file order: the order groups are tried
     listeners: dict[str, ListenerSettings] = {}
     oauth: dict[str, OAuthProviderSettings] = {}   # token providers for auth = "xoauth2"
+    # Recipient validation per hosted domain ("*": every hosted domain without its own).
+    recipients: dict[str, RecipientValidationSettings] = {}
 
     # Where the config came from: the path as given, or "<default>". Set by load.py;
     # private so that no TOML key can set it.
@@ -1250,6 +1272,12 @@ class Config(Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
         found: list[tuple[tuple[str | int, ...], str]] = []
+        hosted = {d.lower() for d in self.relay.hosted_domains}
+        for domain in self.recipients:
+            if domain != "*" and domain.lower().rstrip(".") not in hosted:
+                found.append((("recipients", domain),
+                              f"{domain!r} is not in relay.hosted_domains: only hosted domains"
+                              " are validated (mail to other domains is relayed or refused)"))
         used: dict[tuple[Any, int], str] = {}
         for name, listener in self.listeners.items():
             key = (listener.address, listener.port)

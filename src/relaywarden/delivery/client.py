@@ -436,6 +436,18 @@ class OutboundConnection:
             self._busy = False
             await source.close()
 
+    async def verify(self, address: str) -> Reply:
+        """A callahead: does the next hop take ``address``? MAIL FROM:<> (a bounce, which no
+        server may refuse for its sender, RFC 5321 4.5.5), RCPT TO, then RSET: nothing is
+        sent. Returns the RCPT reply; raises DeliveryError when the session fails."""
+        mail = await self._command(b"MAIL FROM:<>\r\n", "mail")
+        if mail.code != 250:
+            await self._rset_after_failure()
+            raise DeliveryError(mail, "mail", from_server=True)
+        answer = await self._command(b"RCPT TO:<" + address.encode() + b">\r\n", "rcpt")
+        await self.reset()
+        return answer
+
     async def reset(self) -> None:
         """RSET (RFC 5321 4.1.1.5): a clean state before the next message."""
         if not self.usable:

@@ -113,5 +113,6 @@ class Services:
     atrn: "Engine | None" = None                  # ATRN: delivers over a client's connection
     screener: "Screener | None" = None            # [screening]: None when nothing is listed
     on_queued: Callable[[], None] = lambda: None   # wakes the delivery scheduler
+    recipients: Any = None   # server.validate.RecipientValidator, or None (no validation)
     sessions: set[Any] = field(default_factory=set)
     tasks: set[asyncio.Task] = field(default_factory=set)

@@ -30,6 +30,7 @@ from relaywarden.logs.stamp import SecondStamp
 from relaywarden.policy import gates
 from relaywarden.policy.hops import ReceivedCounter
 from relaywarden.policy.model import Action, ClientFacts, Decision
+from relaywarden.policy.recipients import Answer, Known, combine
 from relaywarden.queue.store import (
     BodySpool,
     Envelope,
@@ -72,6 +73,11 @@ TLS_NOT_AVAILABLE = reply(454, "4.7.0", "TLS not available due to temporary reas
 # RFC 3463 4.7.0 (security or policy status), as Postfix and Exchange answer a connection
 # beyond their limits; 421 closes the channel (RFC 5321 3.8).
 TOO_MANY_CONNECTIONS = reply(421, "4.7.0", "Too many connections, try again later")
+# Recipient validation (policy/recipients.py): a client that names unknown recipients is
+# slowed down after a few (a dictionary attack on the directory); limits.max_errors then
+# closes the session.
+UNKNOWN_BEFORE_DELAY = 3
+UNKNOWN_DELAY = 1.0
 # RFC 4954 6; 530 5.7.0 (TLS or AUTH first) and 538 5.7.11 are the gates' (policy/gates.py).
 AUTH_MALFORMED = reply(501, "5.5.2", "Cannot decode the authentication data")
 AUTH_LOCKED = reply(454, "4.7.0", "Too many failed authentication attempts, try again later")
@@ -158,6 +164,7 @@ class SmtpSession(asyncio.Protocol):
         self.rdns: RdnsResult | None = None
         # The DNS lists' verdict at connect (policy/dnsbl.py): (REJECT or None, note), or None.
         self._dnsbl: tuple | None = None
+        self._unknown = 0              # unknown recipients named in this session
         self._auth_state: tuple = ("",)
         self.runtime: ListenerRuntime = services.runtimes.get(ctx.name) or ListenerRuntime()
         self._counted = False          # this connection counts towards the listener's limits
@@ -550,12 +557,66 @@ class SmtpSession(asyncio.Protocol):
             return
         # A bare <postmaster> (RFC 5321 4.5.1) is the relay's own postmaster.
         address = self.ctx.postmaster if rcpt.domain == "" else str(rcpt)
+        validator = self.services.recipients
+        if (validator is not None and rcpt.domain and decision.action is Action.ACCEPT
+                and self.services.policy.hosted(self.client, rcpt.domain)):
+            found = validator.for_domain(rcpt.domain)
+            if found is not None:
+                key, settings = found
+                answers = validator.answer_now(address, settings)
+                if answers is None or self._unknown >= UNKNOWN_BEFORE_DELAY:
+                    # A callahead to make, or a client that guesses addresses: the session
+                    # waits (nothing more is read), the others go on.
+                    self._waiting = True
+                    self._update_reading()
+                    self._spawn(self._validate_later(ev, decision, address, key, settings,
+                                                     answers))
+                    return
+                self._validated(ev, decision, address, key, settings, answers)
+                return
+        self._accept_rcpt(ev, decision, address)
+
+    def _accept_rcpt(self, ev: RcptTo, decision: Decision, address: str) -> None:
         status = RecipientStatus.BADMAIL if decision.action is Action.BADMAIL else RecipientStatus.QUEUED
-        txn.recipients.append(RecipientRecord(
+        self.txn.recipients.append(RecipientRecord(
             address=address, status=status, rule=decision.rule, reason=decision.detail,
             orcpt=ev.params.orcpt, notify=ev.params.notify,
         ))
-        self._respond("RCPT", query, decision.reply)
+        self._respond("RCPT", ev.argument, decision.reply)
+
+    async def _validate_later(self, ev: RcptTo, decision: Decision, address: str, key: str,
+                              settings, answers) -> None:
+        try:
+            if answers is None:
+                answers = await self.services.recipients.lookup(address, settings)
+            verdict = combine(key, answers, on_lookup_failure=settings.on_lookup_failure)
+            if verdict.action is Action.REJECT and self._unknown >= UNKNOWN_BEFORE_DELAY:
+                # A dictionary attack is slowed down: a second before each further unknown
+                # recipient's answer (Postfix's smtpd_error_sleep_time), then cut off.
+                await asyncio.sleep(UNKNOWN_DELAY)
+        except Exception as exc:  # noqa: BLE001 - a broken lookup is a failed source
+            answers = [Answer("lookup", Known.FAILED, f"{type(exc).__name__}: {exc}")]
+        if self._closed or self.txn is None:
+            return
+        self._validated(ev, decision, address, key, settings, answers)
+        self._waiting = False
+        self._update_reading()
+        self._pump()
+
+    def _validated(self, ev: RcptTo, decision: Decision, address: str, key: str, settings,
+                   answers) -> None:
+        verdict = combine(key, answers, on_lookup_failure=settings.on_lookup_failure)
+        if verdict.action is Action.ACCEPT:
+            self._accept_rcpt(ev, replace(decision, detail=f"{decision.detail}; {verdict.detail}"
+                                          if decision.detail else verdict.detail), address)
+            return
+        txn = self.txn
+        self._log_reject("rcpt", verdict, sender=self._addr(txn.sender), recipient=address)
+        if verdict.reply.code == 550:
+            # Each counts toward the listener's max_errors, which closes the session with
+            # 421 (like Postfix's smtpd_hard_error_limit).
+            self._unknown += 1
+        self._respond("RCPT", ev.argument, verdict.reply)
 
     def _on_data_start(self, ev: DataStart) -> None:
         txn = self.txn

@@ -1,0 +1,97 @@
+"""Recipient validation for hosted domains: who exists (``[recipients."DOMAIN"]``).
+
+Without it a relay in front of Exchange accepts any address at its domains, and bounces
+what Exchange then refuses to the (usually forged) sender: backscatter, the way onto the
+blocklists. With it an unknown recipient is refused at RCPT with ``550 5.1.1`` (RFC 3463
+X.1.1 "bad destination mailbox address") and no DSN is ever made for it.
+
+Sources, asked in order, combinable: ``files`` (addresses and ``@domain`` catch-alls) and
+``callahead`` (ask the route's next hop, server/validate.py). The first source that knows
+the address accepts it; an address no source knows is refused; when a source could not
+answer (the next hop unreachable) and none knew it, the client is told to try later,
+``450 4.1.1`` (RFC 5321 4.2.5 allows 450 for a mailbox unavailable for now), unless
+``on_lookup_failure = "accept"``.
+
+Pure: parsing a list and combining answers. The lookups are server/validate.py's.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from relaywarden.policy.model import Action, Decision
+from relaywarden.smtp.reply import reply
+
+__all__ = ["Known", "Answer", "AddressList", "parse_list", "combine", "UNKNOWN_USER",
+           "LOOKUP_FAILED"]
+
+UNKNOWN_USER = reply(550, "5.1.1", "Recipient address rejected: user unknown")
+LOOKUP_FAILED = reply(450, "4.1.1", "Recipient address not verified now, try again later")
+
+
+class Known(enum.Enum):
+    YES = "known"
+    NO = "unknown"
+    FAILED = "failed"        # the source could not answer (down, timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    source: str              # "file /path", "callahead 10.0.0.5:25", "cache"
+    known: Known
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AddressList:
+    """A recipients file: full addresses and ``@domain`` catch-alls, case-insensitive (the
+    local part is compared case-insensitively too, as Exchange does)."""
+    addresses: frozenset[str]
+    catch_all: frozenset[str]
+
+    def knows(self, address: str) -> bool:
+        a = address.lower()
+        return a in self.addresses or a.rpartition("@")[2] in self.catch_all
+
+
+def parse_list(text: str) -> tuple[AddressList, list[tuple[int, str]]]:
+    """A recipients file: one entry per line, ``#`` starts a comment. Returns the list and
+    the lines it could not read (line number, why), which the caller reports."""
+    addresses: set[str] = set()
+    catch_all: set[str] = set()
+    bad: list[tuple[int, str]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        entry = line.split("#", 1)[0].strip().lower()
+        if not entry:
+            continue
+        if " " in entry or "\t" in entry:
+            bad.append((number, f"{entry!r}: one address per line"))
+        elif entry.startswith("@"):
+            if "." not in entry[1:] and entry[1:] != "localhost":
+                bad.append((number, f"{entry!r}: not a domain"))
+            else:
+                catch_all.add(entry[1:].rstrip("."))
+        elif entry.count("@") >= 1 and entry.rpartition("@")[0] and entry.rpartition("@")[2]:
+            addresses.add(entry)
+        else:
+            bad.append((number, f"{entry!r}: neither an address nor an @domain"))
+    return AddressList(frozenset(addresses), frozenset(catch_all)), bad
+
+
+def combine(key: str, answers: list[Answer], *, on_lookup_failure: str) -> Decision:
+    """The verdict from the sources' answers, in order. ACCEPT when one knows the address;
+    REJECT 550 5.1.1 when none does and all answered; 450 4.1.1 (or ACCEPT with
+    on_lookup_failure = "accept") when one could not answer."""
+    said = "; ".join(f"{a.source}: {a.known.value}" + (f" ({a.detail})" if a.detail else "")
+                     for a in answers)
+    for a in answers:
+        if a.known is Known.YES:
+            return Decision(action=Action.ACCEPT, reply=reply(250, "2.1.5", "Ok"),
+                            rule=key, detail=said)
+    if any(a.known is Known.FAILED for a in answers):
+        if on_lookup_failure == "accept":
+            return Decision(action=Action.ACCEPT, reply=reply(250, "2.1.5", "Ok"),
+                            rule=f"{key}.on_lookup_failure", detail=said)
+        return Decision(action=Action.REJECT, reply=LOOKUP_FAILED, rule=key, detail=said)
+    return Decision(action=Action.REJECT, reply=UNKNOWN_USER, rule=key, detail=said)
