@@ -237,3 +237,64 @@ def test_bad_tables_are_config_errors_naming_the_key(tmp_path, table, words):
                           str(path)], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert words in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+LDAP_CONFIG = """
+[relay]
+hostname = "relay.test"
+hosted_domains = ["example.test"]
+
+[auth.ldap]
+url = "{url}"
+mode = "search"
+bind_dn = "cn=svc-relay,ou=people,dc=example,dc=test"
+bind_password_file = "svc.pw"
+search_base = "ou=people,dc=example,dc=test"
+timeout = 2
+
+[routes."example.test"]
+next_hops = ["[127.0.0.1]:{dead}"]
+
+[recipients."example.test"]
+ldap = true
+
+[listeners.inbound]
+address = "127.0.0.1"
+port = {inbound}
+"""
+
+
+@pytest.fixture(scope="module")
+def directory_site(tmp_path_factory):
+    from ldapserver import SERVICE_PW, LdapServer
+    tmp = tmp_path_factory.mktemp("rcpt-ldap")
+    (tmp / "svc.pw").write_text(SERVICE_PW + "\n")
+    with LdapServer(tls=False) as ldap:
+        ports = {"inbound": free_port()}
+        text = LDAP_CONFIG.replace("{url}", ldap.url)
+        config = write_config(tmp, text, dead=free_port(), **ports)
+        relay = start_relay(config, tmp / "var", ports)
+        try:
+            yield relay, ldap
+        finally:
+            relay.stop()
+
+
+def test_the_directory_knows_who_exists(directory_site):
+    relay, ldap = directory_site
+    assert rcpt(relay.port, "alice@example.test", "Bob@Example.Test", "mallory@example.test") \
+        == [(250, "2.1.5 Ok"), (250, "2.1.5 Ok"),
+            (550, "5.1.1 Recipient address rejected: user unknown")]
+
+
+def test_a_directory_that_is_down_gives_450(directory_site):
+    relay, ldap = directory_site
+    ldap.stop()
+    try:
+        [(code, text)] = rcpt(relay.port, "zoe@example.test")    # never asked before: no cache
+        assert code == 450 and text.startswith("4.1.1")
+    finally:
+        ldap.start()
+    [(code, _)] = rcpt(relay.port, "carol@example.test")
+    relay.flush_logs()
+    assert code == 250, relay.logs("mail", ".log")[-600:]

@@ -145,8 +145,12 @@ def validator_for(cfg: Config, resolver: Resolver) -> RecipientValidator | None:
     """Recipient validation ([recipients."DOMAIN"]), or None when none is configured."""
     if not cfg.recipients:
         return None
+    directory = None
+    if cfg.auth.ldap is not None and any(rv.ldap for rv in cfg.recipients.values()):
+        directory = LdapBackend(build_ldap_settings(cfg))
     return RecipientValidator(cfg.recipients, helo=cfg.delivery.helo_name or cfg.relay.hostname,
-                              hops=route_hops(build_router(cfg), resolver, cfg.delivery.mx_port))
+                              hops=route_hops(build_router(cfg), resolver, cfg.delivery.mx_port),
+                              directory=directory)
 
 
 def cram_for(cfg: Config) -> CramSecrets | None:

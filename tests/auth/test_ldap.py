@@ -154,6 +154,23 @@ def test_server_stopped_then_back():
         assert verify(settings, "alice", "alice-pw").ok
 
 
+def test_one_backend_outlives_an_outage():
+    """The relay keeps one backend for its whole life: after the directory was down and
+    came back, the same backend must log users in again (ldap3 remembered the failed
+    address as unavailable and refused it for good)."""
+    with LdapServer(tls=False) as server:
+        backend = LdapBackend(bind_settings(server, timeout=2))
+        try:
+            assert asyncio.run(backend.verify("alice", "alice-pw")).ok
+            server.stop()
+            r = asyncio.run(backend.verify("alice", "alice-pw"))
+            assert not r.ok and r.temporary
+            server.start()
+            assert asyncio.run(backend.verify("alice", "alice-pw")).ok
+        finally:
+            backend.close()
+
+
 def test_event_loop_keeps_running_while_ldap_hangs():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

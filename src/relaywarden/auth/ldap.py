@@ -190,6 +190,39 @@ class LdapBackend:
 
     # -- the blocking part, in a worker thread ------------------------------------------
 
+    async def exists(self, address: str, search_filter: str) -> bool | str:
+        """Recipient validation (server/validate.py): does an entry match ``search_filter``
+        with ``{address}`` filled in (escaped, RFC 4515 3)? True / False, or why the
+        directory could not answer (a str). Binds as the search-mode service account."""
+        f = search_filter.replace("{address}", escape_filter_chars(address))
+        try:
+            return await asyncio.wait_for(
+                asyncio.get_running_loop().run_in_executor(self._pool, self._exists, f),
+                self.settings.timeout * 3)
+        except asyncio.TimeoutError:
+            return f"no answer within {self.settings.timeout * 3:g} s"
+
+    def _exists(self, search_filter: str) -> bool | str:
+        s = self.settings
+        try:
+            conn = self._connect(s.bind_dn, s.bind_password)
+        except (_Temporary, LDAPException, OSError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        try:
+            if not conn.bound:
+                return f"bind as {s.bind_dn} answered {self._code(conn)}"
+            conn.search(s.search_base, search_filter, attributes=[], size_limit=1)
+            code = self._code(conn)
+            if code in (0, 4):          # success; sizeLimitExceeded: more than one matched
+                return bool(conn.entries) or code == 4
+            if code == 32:              # noSuchObject: nothing under the base
+                return False
+            return f"search answered {code}"
+        except LDAPException as exc:
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            conn.unbind()
+
     def verify_sync(self, name: str, password: str) -> AuthResult:
         """The whole check, blocking. Never raises for directory trouble."""
         refused = self._refuse(name, password)
@@ -229,6 +262,10 @@ class LdapBackend:
     def _connect(self, user: str | None, password: str | None) -> ldap3.Connection:
         """An open, bound connection; raises _Temporary, or returns one whose bind failed."""
         s = self.settings
+        # ldap3 marks a server address that once failed as unavailable and then refuses
+        # it ("invalid server address") even after the directory is back: every new
+        # connection starts from a clean slate (a long-lived backend must outlive outages).
+        self._server.reset_availability()
         conn = ldap3.Connection(
             self._server, user=user, password=password,
             authentication=ldap3.SIMPLE if user else ldap3.ANONYMOUS,

@@ -153,6 +153,8 @@ SETTINGS: dict[str, str] = {
     # Recipient validation: a new validator (its files re-read, its cache starts over).
     "recipients.*.files": APPLIED,
     "recipients.*.callahead": APPLIED,
+    "recipients.*.ldap": APPLIED,
+    "recipients.*.ldap_filter": APPLIED,
     "recipients.*.positive_ttl": APPLIED,
     "recipients.*.negative_ttl": APPLIED,
     "recipients.*.on_lookup_failure": APPLIED,

@@ -1185,6 +1185,10 @@ class RecipientValidationSettings(Strict):
     """[recipients."DOMAIN"]: who exists at a hosted domain (policy/recipients.py)."""
     # Files of addresses and @domain catch-alls, one per line; re-read when they change.
     files: list[OptionalFile] = []
+    # Ask the directory of [auth.ldap] (search mode: bind_dn, search_base) with ldap_filter.
+    ldap: bool = False
+    # Active Directory: mail, or any proxyAddresses value ("SMTP:" primary, "smtp:" others).
+    ldap_filter: Text = "(|(mail={address})(proxyAddresses=smtp:{address}))"
     # Ask the domain's route's next hop (MAIL FROM:<>, RCPT TO, RSET) and cache the answer.
     callahead: bool = False
     positive_ttl: Duration = 3600.0
@@ -1194,8 +1198,10 @@ class RecipientValidationSettings(Strict):
 
     @model_validator(mode="after")
     def _some_source(self) -> RecipientValidationSettings:
-        if not self.files and not self.callahead:
-            raise ValueError("no source: set files or callahead = true")
+        if not self.files and not self.callahead and not self.ldap:
+            raise ValueError("no source: set files, ldap = true or callahead = true")
+        if "{address}" not in self.ldap_filter:
+            raise problem(("ldap_filter",), "must contain {address}")
         if any(f is None for f in self.files):
             raise problem(("files",), "an empty file name")
         return self
@@ -1273,7 +1279,12 @@ class Config(Strict):
     def _cross_checks(self) -> Config:
         found: list[tuple[tuple[str | int, ...], str]] = []
         hosted = {d.lower() for d in self.relay.hosted_domains}
-        for domain in self.recipients:
+        for domain, rv in self.recipients.items():
+            ldap = self.auth.ldap
+            if rv.ldap and (ldap is None or not ldap.bind_dn or not ldap.search_base):
+                found.append((("recipients", domain, "ldap"),
+                              "needs [auth.ldap] with bind_dn, bind_password_file and"
+                              " search_base (the service account searches the directory)"))
             if domain != "*" and domain.lower().rstrip(".") not in hosted:
                 found.append((("recipients", domain),
                               f"{domain!r} is not in relay.hosted_domains: only hosted domains"

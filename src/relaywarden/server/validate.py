@@ -48,7 +48,9 @@ class RecipientValidator:
     """One per receiving process; ``settings`` are cfg.recipients (per domain, "*")."""
 
     def __init__(self, settings: dict[str, Any], *, hops: Callable[[str], Any],
-                 helo: str, clock: Callable[[], float] = time.monotonic) -> None:
+                 helo: str, clock: Callable[[], float] = time.monotonic,
+                 directory: Any = None) -> None:
+        self.directory = directory  # auth.ldap.LdapBackend for ldap = true, or None
         self.settings = {k.lower().rstrip("."): v for k, v in settings.items()}
         self._hops = hops           # domain -> [(address, port)] of its route, or a reason (str)
         self.helo = helo
@@ -71,8 +73,11 @@ class RecipientValidator:
         """The answers that need no network: the files, and a cached callahead. None: a
         callahead must be made (lookup())."""
         answers = self._file_answers(address, settings)
-        if any(a.known is Known.YES for a in answers) or not settings.callahead:
+        if any(a.known is Known.YES for a in answers) or not (settings.callahead
+                                                               or settings.ldap):
             return answers
+        if settings.ldap:
+            return None
         hit = self._cached(address)
         if hit is None:
             return None
@@ -80,7 +85,13 @@ class RecipientValidator:
 
     async def lookup(self, address: str, settings: Any) -> list[Answer]:
         answers = self._file_answers(address, settings)
-        if any(a.known is Known.YES for a in answers) or not settings.callahead:
+        if any(a.known is Known.YES for a in answers):
+            return answers
+        if settings.ldap:
+            answers.append(await self._ldap(address, settings))
+            if answers[-1].known is Known.YES:
+                return answers
+        if not settings.callahead:
             return answers
         hit = self._cached(address)
         if hit is None:
@@ -119,6 +130,22 @@ class RecipientValidator:
             f.content = None
             f.error = f"cannot read: {exc.strerror or exc}"
         return f
+
+    # -- the directory -----------------------------------------------------------------------
+
+    async def _ldap(self, address: str, settings: Any) -> Answer:
+        hit = self._cached("ldap:" + address)
+        if hit is not None:
+            return hit
+        if self.directory is None:
+            return Answer("ldap", Known.FAILED, "no [auth.ldap] directory")
+        found = await self.directory.exists(address, settings.ldap_filter)
+        if isinstance(found, str):
+            return Answer("ldap", Known.FAILED, found)
+        answer = Answer("ldap", Known.YES if found else Known.NO)
+        self._remember("ldap:" + address, answer,
+                       settings.positive_ttl if found else settings.negative_ttl)
+        return answer
 
     # -- callahead -------------------------------------------------------------------------
 
