@@ -217,7 +217,7 @@ def test_kill_9_during_pickup_of_many_files_loses_and_duplicates_nothing(tmp_pat
                 print(f"killed with {left} files waiting and {claimed} claimed")
                 relay = start_relay(config, tmp_path / "var", {"main": main})
         assert kills >= 2
-        down.wait_for(total, timeout=180)
+        down.wait_for(total, timeout=90)
         time.sleep(3)                      # anything extra would arrive now
         ids = [m.content.split(b"Message-ID: ")[1].split(b"\r\n")[0] for m in down.messages]
         assert len(ids) - len(set(ids)) == 0, f"{len(ids) - len(set(ids))} duplicates"
