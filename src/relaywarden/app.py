@@ -330,6 +330,7 @@ class Relay:
         self.outbound_log: ProtocolLog | None = None
         self._poke_pending = False
         self.config_path: Path | None = None
+        self.pickup = None     # the Pickup directory task ([pickup]), issue 16
 
     async def start(self) -> None:
         # Before the delivery and admin processes start: they write to the same directory.
@@ -381,6 +382,13 @@ class Relay:
                   flush=True)
         if self.worker is not None:
             await self.worker.start()
+        # --- Pickup directory (issue 16): kept apart from the rest of the wiring on purpose.
+        if self.cfg.pickup is not None:
+            from relaywarden.server.pickup import Pickup
+
+            self.pickup = Pickup(self.cfg, self.services)
+            self.pickup.start()
+        # --- end of the pickup hook
         self._flusher = loop.create_task(self._flush_logs())
 
     def _implicit_tls_factory(self, name: str, loop: asyncio.AbstractEventLoop,
@@ -528,6 +536,8 @@ class Relay:
             os.close(self._admin_fd)         # its lifeline: it stops (beside the drain below)
             self.admin_child.send_signal(signal.SIGTERM)
         services = self.services
+        if self.pickup is not None:         # issue 16: its commits in flight finish first
+            await self.pickup.stop()
         # Let sessions finish what they are doing (a commit in flight must answer its 250).
         deadline = asyncio.get_running_loop().time() + DRAIN_SECONDS
         while services.tasks and asyncio.get_running_loop().time() < deadline:

@@ -107,6 +107,51 @@ def config_check(path: str | None, config_path: str | None) -> None:
     click.echo(f"{path}: ok; listeners: {names}")
 
 
+@main.group("import")
+def import_() -> None:
+    """Turn another mail server's configuration into a relaywarden config."""
+
+
+@import_.command("iis")
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.option("--virtual-server", "number", type=int, default=None,
+              help="the SMTP virtual server N (/LM/SmtpSvc/N); needed when there are several")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="write the config here and the report beside it (OUTPUT.report.txt); "
+                   "default: the config on stdout, the report on stderr")
+@click.option("--force", is_flag=True, help="overwrite OUTPUT if it exists")
+def import_iis(source: str, number: int | None, output: str | None, force: bool) -> None:
+    """Import an IIS 6 SMTP virtual server: SOURCE is MetaBase.xml or the JSON that
+    scripts/export-iis-smtp.ps1 writes. The result is a commented config and a report of
+    every IIS setting found: the config key it became, or why it was not mapped."""
+    from relaywarden.importer.iis import IisImportError, convert, load, render_report
+
+    try:
+        server = load(Path(source), number)
+        toml_text, plan = convert(server)
+    except IisImportError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if output is None:
+        click.echo(toml_text, nl=False)
+        click.echo(render_report(server, plan, "stdout"), err=True, nl=False)
+        return
+    target = Path(output)
+    report_path = target.with_name(target.name + ".report.txt")
+    if target.exists() and not force:
+        click.echo(f"error: {output} exists; give --force to overwrite it", err=True)
+        sys.exit(2)
+    try:
+        target.write_text(toml_text, encoding="utf-8")
+        report = render_report(server, plan, str(target))
+        report_path.write_text(report, encoding="utf-8")
+    except OSError as exc:
+        click.echo(f"error: cannot write {exc.filename}: {exc.strerror}", err=True)
+        sys.exit(1)
+    click.echo(report, nl=False)
+    click.echo(f"wrote {target} and {report_path}; next: relaywarden config check {target}")
+
+
 @main.group()
 def policy() -> None:
     """Ask the relay policy questions."""

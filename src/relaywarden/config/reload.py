@@ -108,6 +108,11 @@ SETTINGS: dict[str, str] = {
     "admin.ldap_roles.admin": APPLIED,
     "admin.ldap_roles.operator": APPLIED,
     "admin.ldap_roles.viewer": APPLIED,
+    # The pickup task is made at start (server/pickup.py).
+    "pickup.dir": RESTART,
+    "pickup.group": RESTART,
+    "pickup.poll_interval": RESTART,
+    "pickup.settle": RESTART,
     "history.enabled": RESTART,            # the indexer (or the trimmer) starts with the process
     "history.keep_days": RESTART,
     "routes.*.next_hops": APPLIED,

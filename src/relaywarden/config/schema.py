@@ -1207,6 +1207,30 @@ class RecipientValidationSettings(Strict):
         return self
 
 
+class PickupSettings(Strict):
+    """The Pickup directory (as IIS had one): applications write .eml files into ``dir``;
+    the relay queues them with the rules of ``group`` (server/pickup.py)."""
+
+    dir: Path                                  # relative to the config file's directory
+    group: str | None = None                   # a [groups.NAME]; None: no group rules
+    poll_interval: Duration = 1.0              # seconds between looks at the folder
+    # A file is taken once it has not been modified for this long (a writer still at it
+    # would be caught half way); a file renamed into place is taken after it too.
+    settle: Duration = 2.0
+
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _dir(cls, value: Any, info: ValidationInfo) -> Path:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError("expected a non-empty path string")
+        base = Path((info.context or {}).get(BASE_DIR) or Path.cwd())
+        path = (base / Path(value.strip()).expanduser()).absolute()
+        if not path.is_dir():
+            raise ValueError(f"{value!r} is not a directory (relative paths start at the "
+                             "config file's directory)")
+        return path
+
+
 class Config(Strict):
     relay: RelaySettings = Field(default_factory=dict)
     queue: QueueSettings = Field(default_factory=dict)
@@ -1218,6 +1242,7 @@ class Config(Strict):
     auth: AuthSettings = Field(default_factory=dict)
     admin: AdminSettings = Field(default_factory=dict)
     history: HistorySettings = Field(default_factory=dict)
+    pickup: PickupSettings | None = None
     routes: dict[str, RouteSettings] = {}
     sender_routes: dict[str, SenderRouteSettings] = {}   # in file order: the order they are tried
     groups: dict[str, GroupSettings] = {}      # in file order: the order groups are tried
@@ -1305,6 +1330,9 @@ class Config(Strict):
                     found.append(
                         (("listeners", name, "groups", index), f"unknown group {group!r} (groups: {known})")
                     )
+        if self.pickup is not None and self.pickup.group is not None and self.pickup.group not in self.groups:
+            known = ", ".join(self.groups) or "none defined"
+            found.append((("pickup", "group"), f"unknown group {self.pickup.group!r} (groups: {known})"))
         if self.admin.enabled and (self.admin.address, self.admin.port) in used:
             found.append((("admin", "port"), f"{_show_endpoint(self.admin.address, self.admin.port)}"
                           f" is already used by listener {used[(self.admin.address, self.admin.port)]!r}"))

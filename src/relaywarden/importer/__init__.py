@@ -1,0 +1,1 @@
+"""Importers: configurations of other mail servers turned into a relaywarden config."""

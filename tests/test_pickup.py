@@ -1,0 +1,297 @@
+"""The Pickup directory ([pickup]) end to end: files written as .NET and CDO write them,
+picked up by a real relay and delivered to a real downstream server; a malformed file in
+badmail; kill -9 while thousands of files are being picked up loses and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, start_relay, write_config
+from downstream import Downstream
+
+from relaywarden.server.pickup import PickupError, parse
+
+CONFIG = """
+[dns]
+nameservers = ["127.0.0.1"]
+port = 1
+timeout = 1
+
+[relay]
+hostname = "relay.test"
+data_dir = "var"
+hosted_domains = ["example.com", "held.example"]
+
+[delivery]
+retry_schedule = [1]
+
+[routes."*"]
+next_hops = ["[127.0.0.1]:{down}"]
+
+[routes."held.example"]
+hold = true
+
+[groups.apps]
+networks = ["127.0.0.50/32"]
+senders = ["example.com", "corp.example"]
+recipient_domains = ["example.com", "example.org"]
+on_violation = "badmail"
+
+[pickup]
+dir = "Pickup"
+group = "apps"
+poll_interval = 0.2
+settle = 0.3
+
+[listeners.main]
+address = "127.0.0.1"
+port = {main}
+"""
+
+# What System.Net.Mail writes for SmtpDeliveryMethod.SpecifiedPickupDirectory: the
+# envelope first (X-Sender, one X-Receiver a recipient, Bcc recipients only there).
+DOTNET = (b"X-Sender: app@example.com\r\n"
+          b"X-Receiver: alice@example.com\r\n"
+          b"X-Receiver: hidden@example.org\r\n"
+          b"MIME-Version: 1.0\r\n"
+          b"From: app@example.com\r\n"
+          b"To: alice@example.com\r\n"
+          b"Date: 5 Dec 2026 09:00:00 +0000\r\n"
+          b"Subject: from .NET\r\n"
+          b"Content-Type: text/plain; charset=us-ascii\r\n"
+          b"Content-Transfer-Encoding: quoted-printable\r\n"
+          b"\r\n"
+          b"Hello from the pickup directory.\r\n"
+          b".a line with a leading dot\r\n")
+
+# A CDO / hand-written file: no envelope lines; LF line ends; Bcc in the header.
+PLAIN = (b"From: Reports <reports@example.com>\n"
+         b"To: bob@example.com, Carol <carol@example.org>\n"
+         b"Cc: dave@example.com\n"
+         b"Bcc: boss@example.com\n"
+         b"Subject: nightly report\n"
+         b"\n"
+         b"All green.\n")
+
+
+@pytest.fixture
+def env(tmp_path):
+    down_port, main = free_port(), free_port()
+    down = Downstream(down_port).start()
+    (tmp_path / "Pickup").mkdir()
+    config = write_config(tmp_path, CONFIG, down=down_port, main=main)
+    relay = start_relay(config, tmp_path / "var", {"main": main})
+    yield relay, down, tmp_path / "Pickup"
+    relay.stop()
+    down.stop()
+
+
+def drop(folder: Path, name: str, data: bytes) -> Path:
+    """As an application does it: write the file (the relay waits until it settles)."""
+    path = folder / name
+    path.write_bytes(data)
+    return path
+
+
+def wait_gone(path: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while path.exists():
+        assert time.monotonic() < deadline, f"{path} was not picked up"
+        time.sleep(0.05)
+
+
+def test_a_dotnet_file_goes_to_its_x_receivers_without_the_envelope_lines(env):
+    relay, down, folder = env
+    path = drop(folder, "6f1c2a9e-1d2b-4c6e-9f3a-0a1b2c3d4e5f.eml", DOTNET)
+    (m,) = down.wait_for(1)
+    wait_gone(path)
+    assert m.sender == "app@example.com"
+    assert sorted(m.recipients) == ["alice@example.com", "hidden@example.org"]
+    assert b"X-Sender" not in m.content and b"X-Receiver" not in m.content
+    assert b"hidden@example.org" not in m.content.split(b"\r\n\r\n", 1)[1]
+    head = m.content.split(b"\r\n\r\n", 1)[0]
+    assert head.startswith(b"Received: by relay.test (relaywarden, from pickup directory ")
+    assert str(folder).encode() in head
+    assert m.content.endswith(b"Hello from the pickup directory.\r\n.a line with a leading dot\r\n")
+    assert not list(folder.glob("*.eml")) and not list((folder / ".inflight").iterdir())
+
+
+def test_a_file_without_envelope_lines_uses_the_header_and_strips_bcc(env):
+    relay, down, folder = env
+    drop(folder, "report.eml", PLAIN)
+    (m,) = down.wait_for(1)
+    assert m.sender == "reports@example.com"
+    assert sorted(m.recipients) == ["bob@example.com", "boss@example.com", "carol@example.org",
+                                    "dave@example.com"]
+    assert b"Bcc" not in m.content and b"boss@example.com" not in m.content
+    assert b"\r\nSubject: nightly report\r\n" in m.content       # LF made CRLF
+    assert m.content.endswith(b"\r\n\r\nAll green.\r\n")
+
+
+def test_a_malformed_file_goes_to_badmail_with_the_reason(env):
+    relay, down, folder = env
+    path = drop(folder, "broken.eml", b"this is not a message\r\nat all\r\n")
+    wait_gone(path)
+    badmail = relay.data_dir / "badmail"
+    metas = list(badmail.glob("*.json"))
+    assert len(metas) == 1
+    meta = json.loads(metas[0].read_text())
+    reason = meta["recipients"][0]["reason"]
+    assert "pickup file 'broken.eml'" in reason and "neither a header field" in reason
+    assert metas[0].with_suffix(".eml").read_bytes() == b"this is not a message\r\nat all\r\n"
+    assert down.messages == []
+
+
+def test_the_groups_rules_apply_a_foreign_recipient_goes_to_badmail(env):
+    relay, down, folder = env
+    drop(folder, "x.eml", b"X-Sender: app@example.com\r\nX-Receiver: ok@example.com\r\n"
+                          b"X-Receiver: someone@gmail.test\r\nSubject: s\r\n\r\nbody\r\n")
+    (m,) = down.wait_for(1)
+    assert m.recipients == ["ok@example.com"]
+    deadline = time.monotonic() + 20
+    while not list((relay.data_dir / "badmail").glob("*.json")):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    (meta,) = (json.loads(p.read_text()) for p in (relay.data_dir / "badmail").glob("*.json"))
+    assert meta["recipients"][0]["address"] == "someone@gmail.test"
+    assert meta["recipients"][0]["rule"] == "groups.apps.recipient_domains"
+
+
+def test_a_file_still_being_written_is_not_taken(env):
+    relay, down, folder = env
+    path = folder / "slow.eml"
+    with open(path, "wb") as fh:
+        fh.write(DOTNET[:60])              # half of it, then keep writing for a while
+        fh.flush()
+        for _ in range(8):
+            time.sleep(0.15)
+            os.utime(path)                 # the writer is still at it
+            assert path.exists()
+        fh.write(DOTNET[60:])
+    (m,) = down.wait_for(1)
+    assert m.content.endswith(b".a line with a leading dot\r\n")
+
+
+@pytest.mark.slow
+def test_kill_9_during_pickup_of_many_files_loses_and_duplicates_nothing(tmp_path):
+    down_port, main = free_port(), free_port()
+    down = Downstream(down_port).start()
+    folder = tmp_path / "Pickup"
+    folder.mkdir()
+    config = write_config(tmp_path, CONFIG, down=down_port, main=main)
+    total = 4000
+    for n in range(total):
+        (folder / f"m{n:05}.eml").write_bytes(
+            b"X-Sender: app@example.com\r\nX-Receiver: r%d@example.com\r\n"
+            b"Message-ID: <n%d@test>\r\nSubject: %d\r\n\r\nbody\r\n" % (n, n, n))
+    old = time.time() - 10
+    for p in folder.iterdir():
+        os.utime(p, (old, old))
+    relay = start_relay(config, tmp_path / "var", {"main": main})
+    try:
+        # Killed three times while files are being claimed and committed, each time once
+        # something was delivered since the start (so commits are under way).
+        inflight = folder / ".inflight"
+        kills = 0
+        for share in (0.8, 0.55, 0.3):
+            deadline = time.monotonic() + 60
+            seen = len(down.messages)
+            while (len(os.listdir(folder)) > total * share or len(down.messages) == seen
+                   or not inflight.exists() or not os.listdir(inflight)):
+                if len(os.listdir(folder)) <= 1 and not os.listdir(inflight):
+                    break                  # all taken before this round could catch it
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+            else:
+                relay.stop(signal.SIGKILL)
+                kills += 1
+                left = len(list(folder.glob("*.eml")))
+                claimed = len(os.listdir(inflight))
+                print(f"killed with {left} files waiting and {claimed} claimed")
+                relay = start_relay(config, tmp_path / "var", {"main": main})
+        assert kills >= 2
+        down.wait_for(total, timeout=90)
+        time.sleep(3)                      # anything extra would arrive now
+        ids = [m.content.split(b"Message-ID: ")[1].split(b"\r\n")[0] for m in down.messages]
+        assert len(ids) - len(set(ids)) == 0, f"{len(ids) - len(set(ids))} duplicates"
+        assert len(set(ids)) == total
+        assert not list(folder.glob("*.eml")) and not list((folder / ".inflight").iterdir())
+    finally:
+        relay.stop()
+        down.stop()
+
+
+def test_claimed_files_left_by_a_crash_are_committed_once(tmp_path):
+    """The two cases a kill -9 leaves in .inflight, made on purpose: a claimed file whose
+    message the queue has (committed, not yet removed: removed now, not sent again) and one
+    it has not (committed now, under the queue ID in its name)."""
+    import smtplib
+
+    down_port, main = free_port(), free_port()
+    down = Downstream(down_port).start()
+    folder = tmp_path / "Pickup"
+    folder.mkdir()
+    config = write_config(tmp_path, CONFIG, down=down_port, main=main)
+    relay = start_relay(config, tmp_path / "var", {"main": main})
+    try:
+        with smtplib.SMTP("127.0.0.1", main, timeout=15) as c:
+            c.sendmail("app@example.com", ["x@held.example"], b"Subject: held\r\n\r\nheld\r\n")
+        (queued,) = relay.messages()
+        relay.stop(signal.SIGKILL)
+        inflight = folder / ".inflight"
+        inflight.mkdir(exist_ok=True)
+        (inflight / f"{queued['id']}~app1.eml").write_bytes(
+            b"X-Sender: app@example.com\r\nX-Receiver: x@held.example\r\nSubject: held\r\n\r\nheld\r\n")
+        (inflight / "0FRESHID0000~app2.eml").write_bytes(
+            b"X-Sender: app@example.com\r\nX-Receiver: y@example.com\r\nSubject: new\r\n\r\nnew\r\n")
+        relay = start_relay(config, tmp_path / "var", {"main": main})
+        (m,) = down.wait_for(1)
+        assert m.recipients == ["y@example.com"]
+        deadline = time.monotonic() + 10
+        while list(inflight.iterdir()):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while len(relay.messages()) > 1:       # the delivered one leaves the queue
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        ids = [q["id"] for q in relay.messages()]
+        assert ids == [queued["id"]]             # the held one, once; nothing added for app1
+        time.sleep(1)
+        assert len(down.messages) == 1
+    finally:
+        relay.stop()
+        down.stop()
+
+
+# ------------------------------------------------------------------ pure parsing
+
+
+@pytest.mark.parametrize("data, says", [
+    (b"", "empty"),
+    (b"Subject: x\r\n\r\nbody\r\n", "no X-Sender line and no From"),
+    (b"From: a@example.com\r\nSubject: x\r\n\r\n", "no recipients"),
+    (b"X-Sender: a@example.com\r\nX-Receiver: not an address\r\nSubject: x\r\n\r\n",
+     "X-Receiver: 'not an address' is not an address"),
+    (b"From: a@example.com\r\nTo: b@example.com\r\nno colon here\r\n\r\n", "line 3"),
+])
+def test_unparsable_files_say_why(data, says):
+    with pytest.raises(PickupError, match=says):
+        parse(data)
+
+
+def test_too_large_is_refused_by_relay_max_message_size():
+    with pytest.raises(PickupError, match="relay.max_message_size"):
+        parse(DOTNET, max_size=100)
+
+
+def test_a_null_x_sender_is_the_null_reverse_path():
+    m = parse(b"X-Sender: <>\r\nX-Receiver: a@example.com\r\nSubject: x\r\n\r\nb\r\n")
+    assert m.sender is None and [str(r) for r in m.recipients] == ["a@example.com"]
