@@ -246,7 +246,8 @@ async def _talk(talk: _Conversation, facts: Facts, chunks: Iterable[bytes]) -> O
     mail_macros = {"i": facts.queue_id, "{mail_addr}": facts.sender}
     if facts.auth_user:
         mail_macros["{auth_authen}"] = facts.auth_user
-        mail_macros["{auth_type}"] = facts.auth_type or "PLAIN"
+        if facts.auth_type:
+            mail_macros["{auth_type}"] = facts.auth_type
     await talk.step(p.Cmd.MAIL, p.mail(facts.sender), mail_macros)
     for address in facts.recipients:
         # A recipient refused here refuses the message: every recipient was already
