@@ -349,3 +349,121 @@ def test_quarantine_and_header_changes_go_to_badmail(make_site, broken):
     # The whole conversation, in order (macros before their commands).
     cmds = b"".join(milter.seen)
     assert re.fullmatch(rb"ODCHDMDRDTL+NB+DEQ?", cmds), cmds
+
+
+# --- ClamAV: clamd with a local test signature, clamav-milter in front of it -----------------
+
+# The EICAR test file (eicar.org), built here so that no file in the tree is "infected".
+EICAR = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-" + "STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=3)
+    except subprocess.TimeoutExpired:              # clamav-milter may not heed SIGTERM
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _sbin(name: str, package: str) -> str:
+    path = shutil.which(name, path="/usr/sbin:/usr/bin")
+    if path is None:
+        stderr = apt_install([package])
+        path = shutil.which(name, path="/usr/sbin:/usr/bin")
+        assert path, f"{name} is not installed and apt-get could not install {package}: {stderr}"
+    return path
+
+
+def _wait_for(proc: subprocess.Popen, ready, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"{what} exited: {proc.stderr.read().decode()}"
+        assert time.monotonic() < deadline, f"{what} did not start"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def clamd(tmp_path_factory):
+    """clamd on a unix socket, with one signature: a body signature (.ndb, any file
+    type) for the EICAR string. No signature download."""
+    binary = _sbin("clamd", "clamav-daemon")
+    root = tmp_path_factory.mktemp("clamd")
+    (root / "db").mkdir()
+    (root / "db" / "local.ndb").write_text(
+        "Relaywarden.Test.EICAR:0:*:" + EICAR.encode().hex() + "\n")
+    sock = root / "clamd.sock"
+    (root / "clamd.conf").write_text(
+        f"LocalSocket {sock}\nDatabaseDirectory {root / 'db'}\nForeground yes\nUser root\n"
+        f"TemporaryDirectory {root}\nPidFile {root / 'clamd.pid'}\n")
+    proc = subprocess.Popen([binary, "-c", str(root / "clamd.conf")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        _wait_for(proc, sock.exists, "clamd")
+        yield sock
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture
+def clamav_milter(clamd, tmp_path):
+    """clamav-milter on a loopback port, in front of clamd; on_infected as asked."""
+    binary = _sbin("clamav-milter", "clamav-milter")
+    made = []
+
+    def start(on_infected: str, *extra: str) -> int:
+        port = free_port()
+        conf = tmp_path / f"clamav-milter-{port}.conf"
+        conf.write_text("\n".join([
+            f"MilterSocket inet:{port}@127.0.0.1", f"ClamdSocket unix:{clamd}",
+            "Foreground yes", "User root", f"OnInfected {on_infected}", "AddHeader Replace",
+            f"TemporaryDirectory {tmp_path}", f"PidFile {tmp_path / f'milter-{port}.pid'}",
+            *extra]) + "\n")
+        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        made.append(proc)
+
+        def listening() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return True
+            except OSError:
+                return False
+        _wait_for(proc, listening, "clamav-milter")
+        return port
+    yield start
+    for proc in made:
+        _stop(proc)
+
+
+def test_clamav_refuses_eicar_and_passes_clean_mail_with_its_headers(make_site, clamav_milter):
+    site = make_site(clamav_milter("Reject", 'RejectMsg "Virus found: %v"'))
+    out = site.swaks(body=EICAR)
+    assert out.returncode != 0
+    # clamav-milter's own reply (SMFIR_REPLYCODE) with the signature's name.
+    assert "<** 550 5.7.1 Virus found: Relaywarden.Test.EICAR" in out.stdout, out.stdout
+    out = site.swaks()
+    assert out.returncode == 0, out.stdout
+    [msg] = site.down.wait_for(1)
+    head = msg.content.split(b"\r\n\r\n", 1)[0].decode()
+    assert re.search(r"^X-Virus-Status: Clean\r?$", head, re.M), head
+    assert re.search(r"^X-Virus-Scanned: clamav-milter ", head, re.M), head
+    assert len(site.relay.messages()) <= 1          # only the clean one was queued
+
+
+def test_clamav_quarantine_puts_the_message_in_badmail(make_site, clamav_milter):
+    site = make_site(clamav_milter("Quarantine"))
+    out = site.swaks("boss@example.com", EICAR)
+    assert out.returncode == 0, out.stdout           # accepted (250), kept from the recipient
+    qid = re.search(r"queued as (\S+)", out.stdout).group(1)
+    [notice] = site.down.wait_for(1)
+    assert notice.recipients == ["admin@example.com"]
+    meta = site.data_dir / "badmail" / f"{qid}.json"
+    deadline = time.monotonic() + 10
+    while not meta.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    info = json.loads(meta.read_text())
+    assert info["recipients"][0]["reason"].startswith("quarantined by milter filter: "), info
+    eml = (site.data_dir / "badmail" / f"{qid}.eml").read_bytes()
+    # Local signatures are "UNOFFICIAL" to ClamAV.
+    assert b"X-Virus-Status: Infected (Relaywarden.Test.EICAR.UNOFFICIAL)" in eml, eml[:600]
