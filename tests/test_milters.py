@@ -255,8 +255,10 @@ class BrokenMilter:
                     if self.mode == "garbage":
                         conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n" + os.urandom(64))
                         continue
-                    # version 6, add + change headers + quarantine, every step answered
-                    self._send(conn, b"O", struct.pack("!III", 6, 0x31, 0))
+                    # version 6, add + change headers, quarantine (+ body and envelope for
+                    # "rewrite"), every step answered
+                    actions = 0xFF if self.mode == "rewrite" else 0x31
+                    self._send(conn, b"O", struct.pack("!III", 6, actions, 0))
                 elif cmd in (b"D",):
                     continue                              # macros get no reply
                 elif cmd == b"B" and self.mode == "close":
@@ -266,6 +268,12 @@ class BrokenMilter:
                     time.sleep(30)
                     return
                 elif cmd == b"E":
+                    if self.mode == "rewrite":
+                        self._send(conn, b"e", b"<bounces@example.com>\0")
+                        self._send(conn, b"+", b"<other@gmail.test>\0")
+                        self._send(conn, b"-", b"<user@gmail.test>\0")
+                        self._send(conn, b"b", b"replaced ")
+                        self._send(conn, b"b", b"body\n")
                     if self.mode == "quarantine":
                         self._send(conn, b"m", struct.pack("!I", 1) + b"Subject\0[SPAM] milter test\0")
                         self._send(conn, b"i", struct.pack("!I", 0) + b"X-Filtered\0yes\n\tfolded\0")
@@ -349,6 +357,18 @@ def test_quarantine_and_header_changes_go_to_badmail(make_site, broken):
     # The whole conversation, in order (macros before their commands).
     cmds = b"".join(milter.seen)
     assert re.fullmatch(rb"ODCHDMDRDTL+NB+DEQ?", cmds), cmds
+
+
+def test_envelope_and_body_changes_are_applied_before_the_commit(make_site, broken):
+    milter = broken("rewrite")
+    site = make_site(milter.port)
+    out = site.swaks("user@gmail.test", "the original body")
+    assert out.returncode == 0, out.stdout
+    [msg] = site.down.wait_for(1)
+    assert msg.sender == "bounces@example.com"
+    assert msg.recipients == ["other@gmail.test"]
+    assert msg.content.endswith(b"\r\n\r\nreplaced body\r\n"), msg.content
+    assert b"the original body" not in msg.content
 
 
 # --- ClamAV: clamd with a local test signature, clamav-milter in front of it -----------------

@@ -14,7 +14,7 @@ def test_optneg_packet_offers_version_6_and_what_we_apply():
     assert data[:5] == struct.pack("!I", 13) + b"O"
     version, actions, steps = struct.unpack("!III", data[5:])
     assert version == 6
-    assert actions == 0x01 | 0x10 | 0x20 | 0x100      # add/change headers, quarantine, macros
+    assert actions == 0x1FF                  # every modification: headers, body, envelope
     assert not steps & p.Step.RCPT_REJ and steps & p.Step.SKIP
 
 
@@ -48,8 +48,11 @@ def test_replies():
     assert p.parse_reply(b"y", b"554 5.7.1 Gtube pattern\0") == p.Verdict("replycode", "554 5.7.1 Gtube pattern")
     assert p.parse_reply(b"m", struct.pack("!I", 2) + b"Subject\0x\0") == p.HeaderChange("m", "Subject", "x", 2)
     assert p.parse_reply(b"q", b"virus\0") == p.Quarantine("virus")
-    assert p.parse_reply(b"+", b"<x@y>\0") == p.Unsupported("+")
-    for bad in ((b"h", b"Name\0no-nul"), (b"i", b"\0\0"), (b"Z", b"")):
+    assert p.parse_reply(b"+", b"<x@y>\0") == p.EnvelopeChange("+", "<x@y>")
+    assert p.parse_reply(b"e", b"<x@y>\0SIZE=10\0") == p.EnvelopeChange("e", "<x@y>", "SIZE=10")
+    assert p.parse_reply(b"b", b"new\r\n") == p.BodyChunk(b"new\r\n")
+    for bad in ((b"h", b"Name\0no-nul"), (b"i", b"\0\0"), (b"Z", b""), (b"e", b"\0"),
+                (b"-", b"no-nul")):
         with pytest.raises(p.ProtocolError):
             p.parse_reply(*bad)
     neg = p.parse_negotiation(struct.pack("!III", 6, 0x13F, 0x1F) + struct.pack("!I", 2) + b"{rcpt_addr}\0")
@@ -96,3 +99,33 @@ def test_rewrite_applies_sendmail_semantics():
                    b"Subject: second\r\nX-Spam: no\r\nX-Missing: added\r\n\r\nbody line\r\n")
     with pytest.raises(p.ProtocolError):
         b"".join(client.rewrite([MESSAGE], [p.HeaderChange("h", "Bad Name", "x")]))
+
+
+def test_envelope_addresses_are_checked():
+    assert client.checked_address("<Boss@Example.com>", "+") == "Boss@example.com"   # the domain is case-free
+    assert client.checked_address("x@y.test", "e") == "x@y.test"
+    assert client.checked_address("<>", "e") == ""
+    for bad, kind in (("<>", "+"), ("no spaces@x y", "+"), ("<a@b", "-")):
+        with pytest.raises(p.ProtocolError):
+            client.checked_address(bad, kind)
+
+
+def test_apply_envelope_never_leaves_a_message_without_recipients():
+    from relaywarden.queue.store import RecipientRecord, RecipientStatus
+    from relaywarden.server.milters import apply_envelope
+    rcpts = [RecipientRecord(address="a@x.test", status=RecipientStatus.QUEUED, rule="r")]
+    sender, out = apply_envelope("s@x.test", rcpts, [
+        ("milters.m", p.EnvelopeChange("e", "new@x.test")),
+        ("milters.m", p.EnvelopeChange("+", "b@x.test")),
+        ("milters.m", p.EnvelopeChange("+", "A@X.test")),      # already there
+        ("milters.m", p.EnvelopeChange("-", "A@x.TEST"))])
+    assert sender == "new@x.test" and [r.address for r in out] == ["b@x.test"]
+    assert out[0].rule == "milters.m" and out[0].status is RecipientStatus.QUEUED
+    _, out = apply_envelope("s@x.test", rcpts, [("milters.m", p.EnvelopeChange("-", "a@x.test"))])
+    assert [(r.address, r.status) for r in out] == [("a@x.test", RecipientStatus.BADMAIL)]
+    assert out[0].reason == "every recipient was removed by the milters"
+
+
+def test_rewrite_replaces_the_body():
+    out = b"".join(client.rewrite([MESSAGE], [], b"new\nbody\r\n"))
+    assert out.endswith(b"subject: two\r\n\r\nnew\r\nbody\r\n")

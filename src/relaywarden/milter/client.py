@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from relaywarden.milter import protocol as p
+from relaywarden.smtp.address import AddressError, parse_path
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,11 +54,15 @@ class Outcome:
 
     action: "continue" (go on; ``changes`` to apply), "reject" / "tempfail" (``reply``:
     (code, enhanced, text) or None for the default), "quarantine" (``reason``), "discard",
-    or "failed" (the milter could not answer: ``reason`` says why)."""
+    or "failed" (the milter could not answer: ``reason`` says why).
+    ``envelope``: sender and recipient changes in the order sent (addresses checked);
+    ``body``: the replaced body, or None."""
     action: str
     reply: tuple[int, str | None, str] | None = None
     reason: str = ""
     changes: list[p.HeaderChange] = field(default_factory=list)
+    envelope: list[p.EnvelopeChange] = field(default_factory=list)
+    body: bytes | None = None
 
 
 class _Stop(Exception):
@@ -162,9 +167,9 @@ class _Conversation:
         if macros:
             self.writer.write(p.macros(cmd, macros))
         self.writer.write(packet)
+        await self.writer.drain()         # also when no reply comes: a body is not buffered
         if self.steps & p.NO_REPLY.get(cmd, 0):
             return None
-        await self.writer.drain()
         reply = await self.answer(self.spec.command_timeout)
         if not isinstance(reply, p.Verdict):
             raise p.ProtocolError(f"unexpected {type(reply).__name__} before end of message")
@@ -177,7 +182,9 @@ class _Conversation:
         return reply
 
 
-def _verdict(v: p.Verdict, changes: list[p.HeaderChange], quarantine: str | None) -> Outcome:
+def _verdict(v: p.Verdict, changes: list[p.HeaderChange], quarantine: str | None,
+             envelope: list[p.EnvelopeChange] | None = None, body: bytes | None = None
+             ) -> Outcome:
     if v.kind == "replycode":
         parsed = _reply_text(v.text)
         if parsed is None:
@@ -186,9 +193,8 @@ def _verdict(v: p.Verdict, changes: list[p.HeaderChange], quarantine: str | None
     if v.kind in ("reject", "tempfail", "discard"):
         return Outcome(v.kind)
     # accept or continue: the message goes on with what the milter changed.
-    if quarantine is not None:
-        return Outcome("quarantine", reason=quarantine, changes=changes)
-    return Outcome("continue", changes=changes)
+    return Outcome("continue" if quarantine is None else "quarantine",
+                   reason=quarantine or "", changes=changes, envelope=envelope or [], body=body)
 
 
 async def check(spec: MilterSpec, facts: Facts, chunks: Iterable[bytes]) -> Outcome:
@@ -274,6 +280,8 @@ async def _talk(talk: _Conversation, facts: Facts, chunks: Iterable[bytes]) -> O
     writer.write(p.packet(p.Cmd.BODYEOB))
     await writer.drain()
     changes: list[p.HeaderChange] = []
+    envelope: list[p.EnvelopeChange] = []
+    body_parts: list[bytes] | None = None
     quarantine: str | None = None
     while True:
         reply = await talk.answer(spec.eom_timeout)
@@ -284,12 +292,40 @@ async def _talk(talk: _Conversation, facts: Facts, chunks: Iterable[bytes]) -> O
             changes.append(reply)
         elif isinstance(reply, p.Quarantine):
             quarantine = reply.reason or "quarantined"
-        elif isinstance(reply, p.Unsupported):
-            raise p.ProtocolError(f"modification {reply.cmd!r} was not negotiated")
+        elif isinstance(reply, p.EnvelopeChange):
+            wanted = {"e": p.Act.CHGFROM, "+": p.Act.ADDRCPT, "2": p.Act.ADDRCPT_PAR,
+                      "-": p.Act.DELRCPT}[reply.kind]
+            if not actions & wanted:
+                raise p.ProtocolError(f"envelope change {reply.kind!r} that was not negotiated")
+            envelope.append(p.EnvelopeChange(reply.kind, checked_address(reply.address,
+                                                                        reply.kind), reply.args))
+        elif isinstance(reply, p.BodyChunk):
+            if not actions & p.Act.CHGBODY:
+                raise p.ProtocolError("body replacement that was not negotiated")
+            if body_parts is None:
+                body_parts = []
+            body_parts.append(reply.data)
         elif isinstance(reply, p.Verdict):
             if reply.kind == "skip":
                 raise p.ProtocolError("skip at end of message")
-            return _verdict(reply, changes, quarantine)
+            body = None if body_parts is None else b"".join(body_parts)
+            return _verdict(reply, changes, quarantine, envelope, body)
+
+
+def checked_address(text: str, kind: str) -> str:
+    """A milter's address as the relay writes it ("" for the null sender): a path RFC 5321
+    allows, else the milter is at fault."""
+    text = text.strip()
+    path = text if text.startswith("<") else f"<{text}>"
+    try:
+        address = parse_path(path, utf8=True)
+    except AddressError as exc:
+        raise p.ProtocolError(f"bad address {text[:80]!r} in envelope change") from exc
+    if address is None:
+        if kind != "e":
+            raise p.ProtocolError("an empty recipient in envelope change")
+        return ""
+    return str(address)
 
 
 # --- applying header changes ---------------------------------------------------------------
@@ -304,11 +340,14 @@ def _field(name: str, value: str, leadspc: bool = False) -> bytes:
     return f"{name}{sep}{text}\r\n".encode("utf-8", "replace")
 
 
-def rewrite(chunks: Iterable[bytes], changes: list[p.HeaderChange]) -> Iterator[bytes]:
+def rewrite(chunks: Iterable[bytes], changes: list[p.HeaderChange],
+            body: bytes | None = None) -> Iterator[bytes]:
     """The message with the header changes applied, in Sendmail's meaning: add appends,
     insert goes before the index-th field (0: first), change replaces the index-th field
-    of that name (from 1; an empty value deletes it; none there: added)."""
-    fields, body = _message(chunks)
+    of that name (from 1; an empty value deletes it; none there: added). ``body``, if
+    given, replaces the body (line ends made CRLF: RFC 5322 2.3)."""
+    new_body = body
+    fields, rest = _message(chunks)
     lines: list[tuple[str, bytes]] = [
         (n.decode("latin-1"), n + b":" + v + b"\r\n") for n, v in fields]
     for c in changes:
@@ -331,4 +370,7 @@ def rewrite(chunks: Iterable[bytes], changes: list[p.HeaderChange]) -> Iterator[
                 if c.value:
                     lines.append((c.name, _field(c.name, c.value)))
     yield b"".join(line for _, line in lines) + b"\r\n"
-    yield from body
+    if new_body is None:
+        yield from rest
+    else:
+        yield new_body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")

@@ -49,8 +49,9 @@ class Act(enum.IntFlag):
     SETSYMLIST = 0x100
 
 
-#: The actions this MTA carries out: add/change/insert header, quarantine, macro lists.
-OFFERED_ACTIONS = Act.ADDHDRS | Act.CHGHDRS | Act.QUARANTINE | Act.SETSYMLIST
+#: The actions this MTA carries out: all of them (a milter's macro list is taken, and the
+#: usual macros are sent whatever it asks).
+OFFERED_ACTIONS = Act(0x1FF)
 
 
 class Step(enum.IntFlag):
@@ -183,9 +184,18 @@ class Quarantine:
 
 
 @dataclass(frozen=True, slots=True)
-class Unsupported:
-    """A modification we did not offer (change from, recipients, body): a broken milter."""
-    cmd: str
+class EnvelopeChange:
+    """change from ('e'), add recipient ('+', or '2' with ESMTP arguments), delete
+    recipient ('-'). ``address`` as the milter sent it (with or without <>)."""
+    kind: str
+    address: str
+    args: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BodyChunk:
+    """SMFIR_REPLBODY: a piece of the new body (the pieces in order make all of it)."""
+    data: bytes
 
 
 _VERDICTS = {b"a": "accept", b"c": "continue", b"r": "reject", b"t": "tempfail",
@@ -239,8 +249,18 @@ def parse_reply(cmd: bytes, data: bytes):
     if cmd == b"q":
         (reason,) = _strings(data, 1, "quarantine")
         return Quarantine(reason)
-    if cmd in (b"+", b"-", b"e", b"b", b"2", b"l"):
-        return Unsupported(cmd.decode())
+    if cmd in (b"+", b"-"):
+        (address,) = _strings(data, 1, "recipient change")
+        return EnvelopeChange(cmd.decode(), address)
+    if cmd in (b"e", b"2"):
+        # The address, then optionally the ESMTP arguments as one string.
+        parts = data.split(b"\0")
+        if data[-1:] != b"\0" or not parts[0]:
+            raise ProtocolError("malformed envelope change")
+        args = parts[1].decode("utf-8", "replace") if len(parts) > 2 else ""
+        return EnvelopeChange(cmd.decode(), parts[0].decode("utf-8", "replace"), args)
+    if cmd == b"b":
+        return BodyChunk(data)
     raise ProtocolError(f"unknown milter reply {cmd!r}")
 
 

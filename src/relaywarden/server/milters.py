@@ -12,7 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from relaywarden.milter import Facts, MilterSpec, check, rewrite
+from relaywarden.milter.protocol import EnvelopeChange
 from relaywarden.queue.spool import BodySpool
+from relaywarden.queue.store import RecipientRecord, RecipientStatus
 from relaywarden.smtp.reply import Reply, reply
 
 # RFC 3463 5.7.1 / 4.7.1: delivery not authorized (by the content filter), for good or
@@ -33,7 +35,38 @@ class Filtered:
     rule: str = ""
     reason: str = ""
     badmail: str | None = None
+    badmail_rule: str = "milters"
     notes: list[str] = field(default_factory=list)
+    envelope: list[tuple[str, EnvelopeChange]] = field(default_factory=list)  # (rule, change)
+
+
+def apply_envelope(sender: str, recipients: list[RecipientRecord],
+                   changes: list[tuple[str, EnvelopeChange]]
+                   ) -> tuple[str, list[RecipientRecord]]:
+    """The milters' change from / add recipient / delete recipient, in order. A message
+    left without a recipient is not dropped: its removed recipients go to badmail."""
+    out = list(recipients)
+    removed: list[RecipientRecord] = []
+    for rule, change in changes:
+        if change.kind == "e":
+            sender = change.address
+        elif change.kind in ("+", "2"):
+            if not any(r.address.lower() == change.address.lower() for r in out):
+                out.append(RecipientRecord(address=change.address,
+                                           status=RecipientStatus.QUEUED, rule=rule))
+        else:
+            removed += [r for r in out if r.address.lower() == change.address.lower()]
+            out = [r for r in out if r.address.lower() != change.address.lower()]
+    if not out:
+        out = [RecipientRecord(address=r.address, status=RecipientStatus.BADMAIL,
+                               rule=rules_of(changes),
+                               reason="every recipient was removed by the milters",
+                               orcpt=r.orcpt, notify=r.notify) for r in removed]
+    return sender, out
+
+
+def rules_of(changes: list[tuple[str, EnvelopeChange]]) -> str:
+    return next((rule for rule, c in changes if c.kind == "-"), "milters")
 
 
 async def run_chain(milters: tuple[MilterSpec, ...], facts: Facts, spool: BodySpool,
@@ -58,16 +91,17 @@ async def run_chain(milters: tuple[MilterSpec, ...], facts: Facts, spool: BodySp
             result.rule = rule
             result.reason = outcome.reason or f"{outcome.action} by milter {spec.name}"
             return result
-        if outcome.action == "discard":
+        if result.badmail is None and outcome.action in ("discard", "quarantine"):
             # Sendmail drops a discarded message in silence; kept in badmail here, so that
             # nothing accepted with 250 is ever lost without the admin seeing it.
-            result.badmail = result.badmail or f"discarded by milter {spec.name}"
-        elif outcome.action == "quarantine":
-            result.badmail = result.badmail or f"quarantined by milter {spec.name}: {outcome.reason}"
-        if outcome.changes:
+            result.badmail = (f"discarded by milter {spec.name}" if outcome.action == "discard"
+                              else f"quarantined by milter {spec.name}: {outcome.reason}")
+            result.badmail_rule = rule
+        result.envelope += [(rule, change) for change in outcome.envelope]
+        if outcome.changes or outcome.body is not None:
             changed = new_spool()
             try:
-                for chunk in rewrite(result.spool.chunks(), outcome.changes):
+                for chunk in rewrite(result.spool.chunks(), outcome.changes, outcome.body):
                     changed.write(chunk)
             except Exception as exc:
                 # A header the milter sent that cannot be written (a bad name): its fault.

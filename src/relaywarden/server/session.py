@@ -42,10 +42,10 @@ from relaywarden.queue.store import (
 )
 from relaywarden.resolver import RdnsResult, RdnsStatus
 from relaywarden.server.context import ListenerContext, ListenerRuntime, Services
-from relaywarden.server.milters import Filtered, UNAVAILABLE, run_chain
+from relaywarden.server.milters import Filtered, UNAVAILABLE, apply_envelope, run_chain
 from relaywarden.screening import Stripped, screen, strip
 from relaywarden.server.tls import describe as describe_tls
-from relaywarden.smtp.address import Address
+from relaywarden.smtp.address import Address, parse_path
 from relaywarden.smtp.events import (
     NEED_DATA,
     Atrn,
@@ -812,9 +812,14 @@ class SmtpSession(asyncio.Protocol):
         if result.spool is not txn.spool:
             txn.spool.discard()
             txn.spool = result.spool
+        if result.envelope:
+            sender, txn.recipients = apply_envelope(self._addr(txn.sender), txn.recipients,
+                                                    result.envelope)
+            txn.sender = parse_path(f"<{sender}>", utf8=True)   # checked by the milter client
         if result.badmail is not None:
             txn.recipients = [
-                replace(r, status=RecipientStatus.BADMAIL, rule="milters", reason=result.badmail)
+                replace(r, status=RecipientStatus.BADMAIL, rule=result.badmail_rule,
+                        reason=result.badmail)
                 if r.status is RecipientStatus.QUEUED else r
                 for r in txn.recipients]
         self._commit(ev)
