@@ -105,7 +105,9 @@ def rspamd(tmp_path_factory):
         'use = ["x-spamd-result", "x-rspamd-queue-id"];\n'
         "skip_local = false;\nskip_authenticated = false;\n")
     proc = subprocess.Popen(
-        [binary, "-f", "-i", "-u", "root", "-g", "root", "-c", str(root / "rspamd.conf"),
+        # As root, rspamd would switch to its own user: it stays root (-i allows that).
+        [binary, "-f", *(["-i", "-u", "root", "-g", "root"] if os.geteuid() == 0 else []),
+         "-c", str(root / "rspamd.conf"),
          f"--var=LOCAL_CONFDIR={root / 'local'}", f"--var=DBDIR={root / 'db'}",
          f"--var=RUNDIR={root / 'run'}", f"--var=LOGDIR={root / 'log'}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
@@ -377,6 +379,10 @@ def test_envelope_and_body_changes_are_applied_before_the_commit(make_site, brok
 EICAR = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-" + "STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
 
+# As root, clamd and clamav-milter would switch to the clamav user: they stay root.
+AS_ROOT = "User root\n" if os.geteuid() == 0 else ""
+
+
 def _stop(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGTERM)
     try:
@@ -414,7 +420,7 @@ def clamd(tmp_path_factory):
         "Relaywarden.Test.EICAR:0:*:" + EICAR.encode().hex() + "\n")
     sock = root / "clamd.sock"
     (root / "clamd.conf").write_text(
-        f"LocalSocket {sock}\nDatabaseDirectory {root / 'db'}\nForeground yes\nUser root\n"
+        f"LocalSocket {sock}\nDatabaseDirectory {root / 'db'}\nForeground yes\n{AS_ROOT}"
         f"TemporaryDirectory {root}\nPidFile {root / 'clamd.pid'}\n")
     proc = subprocess.Popen([binary, "-c", str(root / "clamd.conf")], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
@@ -436,7 +442,7 @@ def clamav_milter(clamd, tmp_path):
         conf = tmp_path / f"clamav-milter-{port}.conf"
         conf.write_text("\n".join([
             f"MilterSocket inet:{port}@127.0.0.1", f"ClamdSocket unix:{clamd}",
-            "Foreground yes", "User root", f"OnInfected {on_infected}", "AddHeader Replace",
+            "Foreground yes", AS_ROOT, f"OnInfected {on_infected}", "AddHeader Replace",
             f"TemporaryDirectory {tmp_path}", f"PidFile {tmp_path / f'milter-{port}.pid'}",
             *extra]) + "\n")
         proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
