@@ -46,7 +46,7 @@ timeout = 1
 next_hops = ["[127.0.0.1]:{down}"]
 
 [milters.filter]
-socket = "inet:127.0.0.1:{milter}"
+socket = "{socket}"
 connect_timeout = 2
 command_timeout = 1
 eom_timeout = 5
@@ -132,12 +132,14 @@ def rspamd(tmp_path_factory):
 
 
 class Site:
-    def __init__(self, tmp_path: Path, milter_port: int, on_failure: str = "tempfail") -> None:
+    def __init__(self, tmp_path: Path, milter: int | str, on_failure: str = "tempfail") -> None:
+        """``milter``: a loopback port, or a milter socket ("unix:/path")."""
         self.ports = {"main": free_port()}
         self.down = Downstream(free_port()).start()
+        socket_text = milter if isinstance(milter, str) else f"inet:127.0.0.1:{milter}"
         self.config = write_config(
-            tmp_path, CONFIG.replace("{on_failure}", on_failure), main=self.ports["main"],
-            down=self.down.port, noport=free_port(), milter=milter_port)
+            tmp_path, CONFIG.replace("{on_failure}", on_failure).replace("{socket}", socket_text),
+            main=self.ports["main"], down=self.down.port, noport=free_port())
         self.data_dir = tmp_path / "var"
         self.relay = start_relay(self.config, self.data_dir, self.ports)
 
@@ -157,7 +159,7 @@ class Site:
 def make_site(tmp_path):
     made = []
 
-    def make(port: int, on_failure: str = "tempfail") -> Site:
+    def make(port: int | str, on_failure: str = "tempfail") -> Site:
         where = tmp_path / str(len(made))
         where.mkdir()
         made.append(Site(where, port, on_failure))
@@ -437,11 +439,14 @@ def clamav_milter(clamd, tmp_path):
     binary = _sbin("clamav-milter", "clamav-milter")
     made = []
 
-    def start(on_infected: str, *extra: str) -> int:
+    def start(on_infected: str, *extra: str, unix: bool = False) -> int | str:
+        """The port it listens on, or with unix = True its socket as "unix:/path"."""
         port = free_port()
+        path = tmp_path / f"milter-{port}.sock"
         conf = tmp_path / f"clamav-milter-{port}.conf"
         conf.write_text("\n".join([
-            f"MilterSocket inet:{port}@127.0.0.1", f"ClamdSocket unix:{clamd}",
+            f"MilterSocket unix:{path}" if unix else f"MilterSocket inet:{port}@127.0.0.1",
+            f"ClamdSocket unix:{clamd}",
             "Foreground yes", AS_ROOT, f"OnInfected {on_infected}", "AddHeader Replace",
             f"TemporaryDirectory {tmp_path}", f"PidFile {tmp_path / f'milter-{port}.pid'}",
             *extra]) + "\n")
@@ -450,20 +455,24 @@ def clamav_milter(clamd, tmp_path):
         made.append(proc)
 
         def listening() -> bool:
+            if unix:
+                return path.exists()
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
                 return True
             except OSError:
                 return False
         _wait_for(proc, listening, "clamav-milter")
-        return port
+        return f"unix:{path}" if unix else port
     yield start
     for proc in made:
         _stop(proc)
 
 
-def test_clamav_refuses_eicar_and_passes_clean_mail_with_its_headers(make_site, clamav_milter):
-    site = make_site(clamav_milter("Reject", 'RejectMsg "Virus found: %v"'))
+@pytest.mark.parametrize("unix", [False, True], ids=["inet", "unix"])
+def test_clamav_refuses_eicar_and_passes_clean_mail_with_its_headers(make_site, clamav_milter,
+                                                                     unix):
+    site = make_site(clamav_milter("Reject", 'RejectMsg "Virus found: %v"', unix=unix))
     out = site.swaks(body=EICAR)
     assert out.returncode != 0
     # clamav-milter's own reply (SMFIR_REPLYCODE) with the signature's name.
