@@ -14,6 +14,11 @@ command -v smtp-source >/dev/null 2>&1 || need+=(postfix)
 command -v unbound >/dev/null 2>&1 || need+=(unbound)
 command -v slapd >/dev/null 2>&1 || need+=(slapd)
 command -v fetchmail >/dev/null 2>&1 || need+=(fetchmail)
+# Milters (tests/test_milters.py): a real rspamd (its proxy worker in milter mode), and
+# clamav-milter in front of clamd (a local test signature: no freshclam download).
+command -v rspamd >/dev/null 2>&1 || need+=(rspamd)
+[[ -x /usr/sbin/clamd ]] || need+=(clamav-daemon)
+[[ -x /usr/sbin/clamav-milter ]] || need+=(clamav-milter)
 # The console's browser tests (tests/browser) drive Debian's chromium through Playwright;
 # `playwright install` (a browser download) is never used.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)

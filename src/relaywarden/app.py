@@ -33,6 +33,7 @@ from relaywarden.delivery.engine import DeliverySettings, Engine
 from relaywarden.queue.fileops import REAL, FileOps
 from relaywarden.queue.store import Store
 from relaywarden.server.validate import RecipientValidator, route_hops
+from relaywarden.milter import MilterSpec
 from relaywarden.screening import Screener, ScreenRules
 from relaywarden.auth.cram import CramSecrets
 from relaywarden.resolver import DnsSettings, Resolver
@@ -83,8 +84,16 @@ def listener_contexts(cfg: Config) -> dict[str, ListenerContext]:
                 window=lc.limits.window,
                 max_hops=cfg.relay.max_hops,
             ),
+            milters=tuple(milter_spec(cfg, m) for m in lc.milters),
         )
     return contexts
+
+
+def milter_spec(cfg: Config, name: str) -> MilterSpec:
+    m = cfg.milters[name]
+    return MilterSpec(name=name, socket=m.socket, connect_timeout=float(m.connect_timeout),
+                      command_timeout=float(m.command_timeout),
+                      eom_timeout=float(m.eom_timeout), on_failure=m.on_failure)
 
 
 def ssl_contexts(cfg: Config) -> dict[str, ssl.SSLContext | None]:

@@ -163,6 +163,12 @@ SETTINGS: dict[str, str] = {
     "recipients.*.positive_ttl": APPLIED,
     "recipients.*.negative_ttl": APPLIED,
     "recipients.*.on_lookup_failure": APPLIED,
+    # Milters: the next message uses the new settings (a conversation is per message).
+    "milters.*.socket": APPLIED,
+    "milters.*.connect_timeout": APPLIED,
+    "milters.*.command_timeout": APPLIED,
+    "milters.*.eom_timeout": APPLIED,
+    "milters.*.on_failure": APPLIED,
     "sender_routes.*.groups": APPLIED,
     "sender_routes.*.users": APPLIED,
     "sender_routes.*.sender_domains": APPLIED,
@@ -206,6 +212,7 @@ SETTINGS: dict[str, str] = {
     "listeners.*.auth.enabled": APPLIED,
     "listeners.*.auth.required": APPLIED,
     "listeners.*.auth.plaintext_networks": APPLIED,
+    "listeners.*.milters": APPLIED,
 }
 
 #: Tables of named entries, and what adding or removing an entry takes: a route, a sender
@@ -213,7 +220,7 @@ SETTINGS: dict[str, str] = {
 #: (one removed from the file goes on as it was until the restart).
 TABLES: dict[str, str] = {"routes": APPLIED, "sender_routes": APPLIED, "groups": APPLIED,
                           "listeners": RESTART, "oauth": APPLIED,
-                          "recipients": APPLIED}
+                          "recipients": APPLIED, "milters": APPLIED}
 
 
 @dataclass(frozen=True, slots=True)

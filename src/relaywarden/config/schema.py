@@ -874,12 +874,20 @@ class ListenerSettings(Strict):
     tls: ListenerTlsSettings = Field(default_factory=dict)
     limits: LimitSettings = Field(default_factory=dict)
     auth: ListenerAuthSettings = Field(default_factory=dict)
+    # [milters.NAME] asked, in this order, before the 250 at the end of DATA.
+    milters: list[str] = []
 
     @field_validator("groups")
     @classmethod
     def _unique_groups(cls, value: list[str] | None) -> list[str] | None:
         if value is not None:
             _unique(value, "group")
+        return value
+
+    @field_validator("milters")
+    @classmethod
+    def _unique_milters(cls, value: list[str]) -> list[str]:
+        _unique(value, "milter")
         return value
 
 
@@ -1231,6 +1239,25 @@ class PickupSettings(Strict):
         return path
 
 
+def _milter_socket(text: str) -> str:
+    from relaywarden.milter.client import parse_socket
+    parse_socket(text)
+    return text.strip()
+
+
+class MilterSettings(Strict):
+    """[milters.NAME]: a content filter over the Sendmail milter protocol (relaywarden/milter)."""
+
+    # "inet:127.0.0.1:11332" (or Sendmail's "inet:11332@127.0.0.1"), "unix:/path".
+    socket: Annotated[str, BeforeValidator(_string_parser(_milter_socket))]
+    connect_timeout: Duration = 5.0
+    command_timeout: Duration = 30.0           # each reply before the end of the message
+    eom_timeout: Duration = 120.0              # the verdict after the end of the message
+    # A milter that cannot be reached or answers wrongly: "tempfail" (451 4.7.1: the sender
+    # tries again, nothing unfiltered passes) or "accept" (the message goes on unfiltered).
+    on_failure: Literal["tempfail", "accept"] = "tempfail"
+
+
 class Config(Strict):
     relay: RelaySettings = Field(default_factory=dict)
     queue: QueueSettings = Field(default_factory=dict)
@@ -1250,6 +1277,7 @@ class Config(Strict):
     oauth: dict[str, OAuthProviderSettings] = {}   # token providers for auth = "xoauth2"
     # Recipient validation per hosted domain ("*": every hosted domain without its own).
     recipients: dict[str, RecipientValidationSettings] = {}
+    milters: dict[str, MilterSettings] = {}    # used by listeners.NAME.milters, in order
 
     # Where the config came from: the path as given, or "<default>". Set by load.py;
     # private so that no TOML key can set it.
@@ -1283,11 +1311,11 @@ class Config(Strict):
             raise problems(found)
         return routes
 
-    @field_validator("sender_routes", "groups", "listeners", "oauth", mode="before")
+    @field_validator("sender_routes", "groups", "listeners", "oauth", "milters", mode="before")
     @classmethod
     def _table_names(cls, value: Any, info: ValidationInfo) -> Any:
         what = {"sender_routes": "sender route", "groups": "group", "listeners": "listener",
-                "oauth": "oauth provider"}
+                "oauth": "oauth provider", "milters": "milter"}
         if isinstance(value, dict):
             for name in value:
                 _check_name(name, what[info.field_name])
@@ -1324,6 +1352,11 @@ class Config(Strict):
                 )
             else:
                 used[key] = name
+            for index, milter in enumerate(listener.milters):
+                if milter not in self.milters:
+                    known = ", ".join(self.milters) or "none defined"
+                    found.append((("listeners", name, "milters", index),
+                                  f"unknown milter {milter!r} (milters: {known})"))
             for index, group in enumerate(listener.groups or []):
                 if group not in self.groups:
                     known = ", ".join(self.groups) or "none defined"

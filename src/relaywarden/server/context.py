@@ -71,6 +71,8 @@ class ListenerContext:
     reverse_lookups: bool = False
     tls_mode: TlsMode = TlsMode.NONE
     limits: Limits = field(default_factory=Limits)
+    # The milters asked before the 250 at the end of DATA, in order (milter.MilterSpec).
+    milters: tuple[Any, ...] = ()
     # TLS optional networks, AUTH required and AUTH plaintext networks are the policy's
     # (policy/gates.py, ListenerPolicy.gates): `policy explain` asks the same rule.
 

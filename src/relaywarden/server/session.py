@@ -27,6 +27,7 @@ from relaywarden.delivery.tls import TlsMode
 from relaywarden.logs.maillog import MailEvent
 from relaywarden.logs.protocol import SessionLog
 from relaywarden.logs.stamp import SecondStamp
+from relaywarden.milter import Facts as MilterFacts
 from relaywarden.policy import gates
 from relaywarden.policy.hops import ReceivedCounter
 from relaywarden.policy.model import Action, ClientFacts, Decision
@@ -41,9 +42,10 @@ from relaywarden.queue.store import (
 )
 from relaywarden.resolver import RdnsResult, RdnsStatus
 from relaywarden.server.context import ListenerContext, ListenerRuntime, Services
+from relaywarden.server.milters import Filtered, UNAVAILABLE, apply_envelope, run_chain
 from relaywarden.screening import Stripped, screen, strip
 from relaywarden.server.tls import describe as describe_tls
-from relaywarden.smtp.address import Address
+from relaywarden.smtp.address import Address, parse_path
 from relaywarden.smtp.events import (
     NEED_DATA,
     Atrn,
@@ -110,6 +112,7 @@ class _Transaction:
     spool: BodySpool | None = None
     hops: ReceivedCounter | None = None
     stripped: str | None = None        # what the screener removed (for the mail log)
+    filtered: bool = False             # the listener's milters have been asked
 
 
 # RFC 5322 date, local time, for the Received header.
@@ -730,6 +733,15 @@ class SmtpSession(asyncio.Protocol):
 
     def _commit(self, ev: DataEnd) -> None:
         txn = self.txn
+        if self.ctx.milters and not txn.filtered and txn.spool.error is None and any(
+                r.status is RecipientStatus.QUEUED for r in txn.recipients):
+            # The milters answer before the 250 (after the screener: what it refused they
+            # never see); nothing is read meanwhile, as while screening.
+            txn.filtered = True
+            self._waiting = True
+            self._update_reading()
+            self._spawn(self._milters(ev))
+            return
         envelope = Envelope(
             queue_id=txn.queue_id,
             received_at=time.time(),
@@ -753,6 +765,64 @@ class SmtpSession(asyncio.Protocol):
         done = self.services.store.start_commit(envelope, spool)
         done.add_done_callback(
             functools.partial(self._committed, envelope, spool))
+
+    async def _milters(self, ev: DataEnd) -> None:
+        """Ask the listener's milters (server/milters.py), then refuse, or commit the
+        message as they left it."""
+        txn = self.txn
+        user = self.client.user
+        facts = MilterFacts(
+            queue_id=txn.queue_id, hostname=self.ctx.hostname, listener=self.ctx.name,
+            client_ip=self.client_ip,
+            client_port=(self.transport.get_extra_info("peername") or ("", 0))[1],
+            client_name=self.client.verified_name, helo=self.helo,
+            sender=self._addr(txn.sender),
+            recipients=tuple(r.address for r in txn.recipients),
+            auth_user=user,
+            tls=self.tls)
+        try:
+            result = await run_chain(self.ctx.milters, facts, txn.spool,
+                                     self.services.store.new_spool)
+        except Exception as exc:      # a fault of ours: nothing unfiltered passes, no crash
+            result = Filtered(spool=txn.spool, refusal=UNAVAILABLE, rule="milters",
+                              reason=f"{type(exc).__name__}: {exc}")
+        self._waiting = False
+        if result.spool is not txn.spool and (result.refusal is not None or self._closed
+                                              or self.txn is not txn):
+            result.spool.discard()
+        if self._closed or self.txn is not txn:
+            self._drop_transaction()      # the client left meanwhile: nothing was answered
+            return
+        log = self.services.mail_log
+        for note in result.notes:
+            log.event(MailEvent.REJECT, stage="milter", listener=self.ctx.name,
+                      client=self.client_ip, id=txn.queue_id, rule="milters",
+                      reason=note, action="accept")
+        if result.refusal is not None:
+            log.event(MailEvent.REJECT, stage="data", listener=self.ctx.name,
+                      client=self.client_ip, id=txn.queue_id, code=result.refusal.code,
+                      sender=self._addr(txn.sender),
+                      to=",".join(r.address for r in txn.recipients),
+                      rule=result.rule, reason=result.reason)
+            self._drop_transaction()
+            self._respond(".", "", result.refusal, queue_id=txn.queue_id)
+            self._update_reading()
+            self._pump()
+            return
+        if result.spool is not txn.spool:
+            txn.spool.discard()
+            txn.spool = result.spool
+        if result.envelope:
+            sender, txn.recipients = apply_envelope(self._addr(txn.sender), txn.recipients,
+                                                    result.envelope)
+            txn.sender = parse_path(f"<{sender}>", utf8=True)   # checked by the milter client
+        if result.badmail is not None:
+            txn.recipients = [
+                replace(r, status=RecipientStatus.BADMAIL, rule=result.badmail_rule,
+                        reason=result.badmail)
+                if r.status is RecipientStatus.QUEUED else r
+                for r in txn.recipients]
+        self._commit(ev)
 
     def _committed(self, envelope: Envelope, spool: BodySpool, done: asyncio.Future) -> None:
         """The queue has answered: 250 only now that the message is on disk."""

@@ -1,0 +1,376 @@
+"""The asyncio side of the milter protocol: one conversation per message and milter.
+
+The whole conversation runs at the end of DATA, when the relay has the message and has not
+yet answered the final dot: connect, helo, mail, rcpt (each accepted recipient), data, the
+header fields, end of headers, the body in chunks of at most 65535 octets, end of message.
+Sendmail and Postfix talk to a milter while the SMTP commands arrive; sending the same
+sequence at the end gives the milter the same facts and keeps a slow milter from holding
+a connection's RCPT replies (its verdict can only be applied after the dot anyway: see
+README "Milters").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from relaywarden.milter import protocol as p
+from relaywarden.smtp.address import AddressError, parse_path
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MilterSpec:
+    """One [milters.NAME] table."""
+    name: str
+    socket: str                       # "inet:HOST:PORT", "inet6:[HOST]:PORT", "unix:/path"
+    connect_timeout: float = 5.0
+    command_timeout: float = 30.0
+    eom_timeout: float = 120.0
+    on_failure: str = "tempfail"      # "tempfail" | "accept"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Facts:
+    """What the MTA tells a milter about the session and the message."""
+    queue_id: str
+    hostname: str                     # macro j: this relay's name
+    listener: str                     # {daemon_name}
+    client_ip: str
+    client_port: int = 0
+    client_name: str | None = None    # verified reverse name, else "[ip]"
+    helo: str = ""
+    sender: str = ""
+    recipients: tuple[str, ...] = ()
+    auth_user: str | None = None
+    auth_type: str | None = None
+    tls: tuple[str, str, int] | None = None   # (version, cipher, bits)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one milter decided.
+
+    action: "continue" (go on; ``changes`` to apply), "reject" / "tempfail" (``reply``:
+    (code, enhanced, text) or None for the default), "quarantine" (``reason``), "discard",
+    or "failed" (the milter could not answer: ``reason`` says why).
+    ``envelope``: sender and recipient changes in the order sent (addresses checked);
+    ``body``: the replaced body, or None."""
+    action: str
+    reply: tuple[int, str | None, str] | None = None
+    reason: str = ""
+    changes: list[p.HeaderChange] = field(default_factory=list)
+    envelope: list[p.EnvelopeChange] = field(default_factory=list)
+    body: bytes | None = None
+
+
+class _Stop(Exception):
+    def __init__(self, verdict: p.Verdict) -> None:
+        self.verdict = verdict
+
+
+def parse_socket(text: str) -> tuple[str, str, int]:
+    """("inet", host, port) or ("unix", path, 0). Sendmail's inet:PORT@HOST is taken too."""
+    kind, sep, rest = text.partition(":")
+    kind = kind.strip().lower()
+    if not sep or not rest:
+        raise ValueError('expected "inet:HOST:PORT" or "unix:/path"')
+    if kind in ("unix", "local"):
+        if not rest.startswith("/"):
+            raise ValueError("a unix socket needs an absolute path")
+        return "unix", rest, 0
+    if kind in ("inet", "inet6"):
+        if "@" in rest:                                  # Sendmail: inet:11332@127.0.0.1
+            port_text, _, host = rest.partition("@")
+        else:
+            host, _, port_text = rest.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ValueError("expected inet:HOST:PORT with a port from 1 to 65535")
+        return "inet", host, int(port_text)
+    raise ValueError(f"unknown socket type {kind!r} (inet, inet6, unix)")
+
+
+def _reply_text(text: str) -> tuple[int, str | None, str] | None:
+    """A SMFIR_REPLYCODE text ("550 5.7.1 Spam message rejected") as (code, enhanced,
+    text); None if it is not a 4xx/5xx reply (a milter may not accept with it)."""
+    first = text.replace("\r\n", "\n").split("\n")[0]
+    code, _, rest = first.partition(" ")
+    if len(code) == 4 and code[3] == "-":
+        code = code[:3]
+    if not (len(code) == 3 and code.isdigit() and code[0] in "45"):
+        return None
+    enhanced = None
+    word, _, tail = rest.partition(" ")
+    parts = word.split(".")
+    # RFC 3463 2: class.subject.detail; its class must agree with the reply code's.
+    if len(parts) == 3 and all(x.isdigit() for x in parts) and parts[0] == code[0]:
+        enhanced, rest = word, tail
+    clean = "".join(c if " " <= c <= "~" else "?" for c in rest)[:200]
+    return int(code), enhanced, clean or "Message refused by content filter"
+
+
+def _message(chunks: Iterable[bytes]) -> tuple[list[tuple[bytes, bytes]], Iterator[bytes]]:
+    """The header fields and an iterator over the rest (the body)."""
+    it = iter(chunks)
+    head = b""
+    for chunk in it:
+        head += chunk
+        fields, start = p.split_message(head)
+        if start >= 0:
+            rest = head[start:]
+            def body(rest=rest, it=it):
+                if rest:
+                    yield rest
+                yield from it
+            return fields, body()
+    fields, start = p.split_message(head + b"\r\n\r\n")   # no body at all
+    return fields, iter(())
+
+
+class _Conversation:
+    def __init__(self, spec: MilterSpec, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.spec = spec
+        self.reader = reader
+        self.writer = writer
+        self.decoder = p.Decoder()
+        self.pending: list[tuple[bytes, bytes]] = []
+        self.steps = p.Step(0)
+
+    async def packet(self, timeout: float) -> tuple[bytes, bytes]:
+        deadline = time.monotonic() + timeout
+        while not self.pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            data = await asyncio.wait_for(self.reader.read(65536), left)
+            if not data:
+                raise ConnectionError("the milter closed the connection")
+            self.pending.extend(self.decoder.feed(data))
+        return self.pending.pop(0)
+
+    async def answer(self, timeout: float):
+        """The next reply other than "progress" (which starts the timeout again)."""
+        while True:
+            cmd, data = await self.packet(timeout)
+            reply = p.parse_reply(cmd, data)
+            if not isinstance(reply, p.Progress):
+                return reply
+
+    async def step(self, cmd: p.Cmd, packet: bytes, macros: dict[str, str] | None = None):
+        """Send one command (unless the milter asked not to get it) and, unless it said
+        it does not answer it, read its verdict; a final verdict ends the conversation."""
+        if self.steps & p.NOT_SENT.get(cmd, 0):
+            return None
+        if macros:
+            self.writer.write(p.macros(cmd, macros))
+        self.writer.write(packet)
+        await self.writer.drain()         # also when no reply comes: a body is not buffered
+        if self.steps & p.NO_REPLY.get(cmd, 0):
+            return None
+        reply = await self.answer(self.spec.command_timeout)
+        if not isinstance(reply, p.Verdict):
+            raise p.ProtocolError(f"unexpected {type(reply).__name__} before end of message")
+        if reply.kind == "skip":
+            if cmd is not p.Cmd.BODY:
+                raise p.ProtocolError("skip outside the body")
+            return reply
+        if reply.kind != "continue":
+            raise _Stop(reply)
+        return reply
+
+
+def _verdict(v: p.Verdict, changes: list[p.HeaderChange], quarantine: str | None,
+             envelope: list[p.EnvelopeChange] | None = None, body: bytes | None = None
+             ) -> Outcome:
+    if v.kind == "replycode":
+        parsed = _reply_text(v.text)
+        if parsed is None:
+            raise p.ProtocolError(f"replycode that is not a 4xx/5xx reply: {v.text[:80]!r}")
+        return Outcome("tempfail" if parsed[0] < 500 else "reject", parsed, v.text)
+    if v.kind in ("reject", "tempfail", "discard"):
+        return Outcome(v.kind)
+    # accept or continue: the message goes on with what the milter changed.
+    return Outcome("continue" if quarantine is None else "quarantine",
+                   reason=quarantine or "", changes=changes, envelope=envelope or [], body=body)
+
+
+async def check(spec: MilterSpec, facts: Facts, chunks: Iterable[bytes]) -> Outcome:
+    """One milter's verdict on one message; never raises for the milter's faults."""
+    try:
+        kind, where, port = parse_socket(spec.socket)
+        if kind == "unix":
+            opening = asyncio.open_unix_connection(where)
+        else:
+            opening = asyncio.open_connection(where, port)
+        reader, writer = await asyncio.wait_for(opening, spec.connect_timeout)
+    except (OSError, TimeoutError, ValueError) as exc:
+        return Outcome("failed", reason=f"cannot connect to {spec.socket}: "
+                                        f"{type(exc).__name__}: {exc}".rstrip(": "))
+    talk = _Conversation(spec, reader, writer)
+    try:
+        return await _talk(talk, facts, chunks)
+    except _Stop as stop:
+        return _verdict(stop.verdict, [], None)
+    except (OSError, TimeoutError, EOFError, p.ProtocolError) as exc:
+        what = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+        return Outcome("failed", reason=f"milter {spec.name}: {what}")
+    finally:
+        try:
+            writer.write(p.packet(p.Cmd.QUIT))
+            writer.close()
+        except OSError:
+            pass
+
+
+async def _talk(talk: _Conversation, facts: Facts, chunks: Iterable[bytes]) -> Outcome:
+    spec, writer = talk.spec, talk.writer
+    writer.write(p.optneg())
+    await writer.drain()
+    cmd, data = await talk.packet(spec.command_timeout)
+    if cmd != b"O":
+        raise p.ProtocolError(f"expected option negotiation, got {cmd!r}")
+    neg = p.parse_negotiation(data)
+    # What both sides allow (rspamd asks for every action whatever is offered, as Postfix
+    # and Sendmail take it): a modification outside it is refused at end of message.
+    actions = neg.actions & p.OFFERED_ACTIONS
+    talk.steps = neg.steps & p.OFFERED_STEPS
+
+    name = facts.client_name or f"[{facts.client_ip}]"
+    connect_macros = {"j": facts.hostname, "_": f"{name} [{facts.client_ip}]",
+                      "{daemon_name}": facts.listener, "{client_addr}": facts.client_ip,
+                      "{client_name}": name, "{client_port}": str(facts.client_port)}
+    await talk.step(p.Cmd.CONNECT, p.connect(name, facts.client_ip, facts.client_port),
+                    connect_macros)
+    helo_macros = {}
+    if facts.tls is not None:
+        helo_macros = {"{tls_version}": facts.tls[0], "{cipher}": facts.tls[1],
+                       "{cipher_bits}": str(facts.tls[2])}
+    await talk.step(p.Cmd.HELO, p.helo(facts.helo or name), helo_macros)
+    mail_macros = {"i": facts.queue_id, "{mail_addr}": facts.sender}
+    if facts.auth_user:
+        mail_macros["{auth_authen}"] = facts.auth_user
+        if facts.auth_type:
+            mail_macros["{auth_type}"] = facts.auth_type
+    await talk.step(p.Cmd.MAIL, p.mail(facts.sender), mail_macros)
+    for address in facts.recipients:
+        # A recipient refused here refuses the message: every recipient was already
+        # answered 250, and dropping one now would lose its mail in silence.
+        await talk.step(p.Cmd.RCPT, p.rcpt(address), {"{rcpt_addr}": address})
+    await talk.step(p.Cmd.DATA, p.packet(p.Cmd.DATA), {"i": facts.queue_id})
+    fields, body = _message(chunks)
+    leadspc = bool(talk.steps & p.Step.HDR_LEADSPC)
+    for fname, value in fields:
+        # Without HDR_LEADSPC the value is given without its leading blanks (libmilter).
+        await talk.step(p.Cmd.HEADER, p.header(fname, value if leadspc else value.lstrip(b" \t")))
+    await talk.step(p.Cmd.EOH, p.packet(p.Cmd.EOH))
+    skip = False
+    for chunk in body:
+        if skip:
+            continue
+        for start in range(0, len(chunk), p.CHUNK_SIZE):
+            r = await talk.step(p.Cmd.BODY, p.body(chunk[start:start + p.CHUNK_SIZE]))
+            if r is not None and r.kind == "skip":
+                skip = True
+                break
+    # End of message: modifications first, then one verdict (bounded by eom_timeout).
+    writer.write(p.macros(p.Cmd.BODYEOB, {"i": facts.queue_id}))
+    writer.write(p.packet(p.Cmd.BODYEOB))
+    await writer.drain()
+    changes: list[p.HeaderChange] = []
+    envelope: list[p.EnvelopeChange] = []
+    body_parts: list[bytes] | None = None
+    quarantine: str | None = None
+    while True:
+        reply = await talk.answer(spec.eom_timeout)
+        if isinstance(reply, p.HeaderChange):
+            wanted = p.Act.ADDHDRS if reply.kind in ("h", "i") else p.Act.CHGHDRS
+            if not actions & wanted:
+                raise p.ProtocolError("header change that was not negotiated")
+            changes.append(reply)
+        elif isinstance(reply, p.Quarantine):
+            quarantine = reply.reason or "quarantined"
+        elif isinstance(reply, p.EnvelopeChange):
+            wanted = {"e": p.Act.CHGFROM, "+": p.Act.ADDRCPT, "2": p.Act.ADDRCPT_PAR,
+                      "-": p.Act.DELRCPT}[reply.kind]
+            if not actions & wanted:
+                raise p.ProtocolError(f"envelope change {reply.kind!r} that was not negotiated")
+            envelope.append(p.EnvelopeChange(reply.kind, checked_address(reply.address,
+                                                                        reply.kind), reply.args))
+        elif isinstance(reply, p.BodyChunk):
+            if not actions & p.Act.CHGBODY:
+                raise p.ProtocolError("body replacement that was not negotiated")
+            if body_parts is None:
+                body_parts = []
+            body_parts.append(reply.data)
+        elif isinstance(reply, p.Verdict):
+            if reply.kind == "skip":
+                raise p.ProtocolError("skip at end of message")
+            body = None if body_parts is None else b"".join(body_parts)
+            return _verdict(reply, changes, quarantine, envelope, body)
+
+
+def checked_address(text: str, kind: str) -> str:
+    """A milter's address as the relay writes it ("" for the null sender): a path RFC 5321
+    allows, else the milter is at fault."""
+    text = text.strip()
+    path = text if text.startswith("<") else f"<{text}>"
+    try:
+        address = parse_path(path, utf8=True)
+    except AddressError as exc:
+        raise p.ProtocolError(f"bad address {text[:80]!r} in envelope change") from exc
+    if address is None:
+        if kind != "e":
+            raise p.ProtocolError("an empty recipient in envelope change")
+        return ""
+    return str(address)
+
+
+# --- applying header changes ---------------------------------------------------------------
+
+def _field(name: str, value: str, leadspc: bool = False) -> bytes:
+    if not name or any(not ("!" <= c <= "~") or c == ":" for c in name):
+        raise p.ProtocolError(f"bad header name {name[:40]!r}")
+    # Folded values come with bare LF; a message line ends in CRLF (RFC 5322 2.1).
+    lines = value.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    text = "\r\n".join(lines)
+    sep = ":" if leadspc or text[:1] in (" ", "\t") else ": "
+    return f"{name}{sep}{text}\r\n".encode("utf-8", "replace")
+
+
+def rewrite(chunks: Iterable[bytes], changes: list[p.HeaderChange],
+            body: bytes | None = None) -> Iterator[bytes]:
+    """The message with the header changes applied, in Sendmail's meaning: add appends,
+    insert goes before the index-th field (0: first), change replaces the index-th field
+    of that name (from 1; an empty value deletes it; none there: added). ``body``, if
+    given, replaces the body (line ends made CRLF: RFC 5322 2.3)."""
+    new_body = body
+    fields, rest = _message(chunks)
+    lines: list[tuple[str, bytes]] = [
+        (n.decode("latin-1"), n + b":" + v + b"\r\n") for n, v in fields]
+    for c in changes:
+        if c.kind == "h":
+            lines.append((c.name, _field(c.name, c.value)))
+        elif c.kind == "i":
+            lines.insert(min(c.index, len(lines)), (c.name, _field(c.name, c.value)))
+        else:
+            seen = 0
+            for pos, (n, _) in enumerate(lines):
+                if n.lower() == c.name.lower():
+                    seen += 1
+                    if seen == max(c.index, 1):
+                        if c.value:
+                            lines[pos] = (c.name, _field(c.name, c.value))
+                        else:
+                            del lines[pos]
+                        break
+            else:
+                if c.value:
+                    lines.append((c.name, _field(c.name, c.value)))
+    yield b"".join(line for _, line in lines) + b"\r\n"
+    if new_body is None:
+        yield from rest
+    else:
+        yield new_body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")

@@ -1,0 +1,504 @@
+"""Milters through the real interface: swaks sends to the running relay, which asks a real
+rspamd (its proxy worker in milter mode, started here on loopback) or a deliberately
+broken milter before it answers the final dot, and delivers to a real downstream server."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, start_relay, write_config
+from debian import apt_install
+from downstream import Downstream
+
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+CONFIG = """
+[relay]
+hostname = "relay.test"
+hosted_domains = ["example.com"]
+min_free_space = 0
+
+[badmail]
+notify = "admin@example.com"
+notify_interval = 1
+
+[delivery]
+tls = "none"
+
+[dns]
+nameservers = ["127.0.0.1"]
+port = {noport}
+timeout = 1
+
+[routes."*"]
+next_hops = ["[127.0.0.1]:{down}"]
+
+[milters.filter]
+socket = "{socket}"
+connect_timeout = 2
+command_timeout = 1
+eom_timeout = 5
+on_failure = "{on_failure}"
+
+[listeners.main]
+address = "127.0.0.1"
+port = {main}
+milters = ["filter"]
+[listeners.main.relay]
+networks = ["127.0.0.1/32"]
+"""
+
+# A minimal rspamd: the stock modules (from /etc/rspamd), one proxy worker that scans by
+# itself (self_scan: no normal worker, no redis), DNS sent to a dead loopback port so
+# that nothing leaves the machine, no fuzzy servers.
+RSPAMD_CONF = """
+.include "$CONFDIR/common.conf"
+options {
+    pidfile = "$RUNDIR/rspamd.pid";
+    .include "$CONFDIR/options.inc"
+    dns { nameserver = ["127.0.0.1:%(noport)d"]; timeout = 0.2s; retransmits = 1; }
+}
+logging { type = "file"; filename = "$LOGDIR/rspamd.log"; level = "error"; }
+worker "rspamd_proxy" {
+    bind_socket = "127.0.0.1:%(port)d";
+    milter = yes;
+    timeout = 30s;
+    count = 1;
+    upstream "local" { default = yes; self_scan = yes; }
+}
+"""
+
+
+def _rspamd() -> str:
+    path = shutil.which("rspamd")
+    if path is None:
+        stderr = apt_install(["rspamd"])
+        path = shutil.which("rspamd")
+        assert path, f"rspamd is not installed and apt-get could not install it: {stderr}"
+    return path
+
+
+@pytest.fixture(scope="module")
+def rspamd(tmp_path_factory):
+    """rspamd's milter on a loopback port; its milter_headers module adds X-Spamd-Result
+    and X-Rspamd-Queue-Id (for loopback clients too: skip_local = false)."""
+    binary = _rspamd()
+    root = tmp_path_factory.mktemp("rspamd")
+    for sub in ("db", "run", "log", "local/local.d"):
+        (root / sub).mkdir(parents=True)
+    port = free_port()
+    (root / "rspamd.conf").write_text(RSPAMD_CONF % {"port": port, "noport": free_port()})
+    (root / "local/local.d/fuzzy_check.conf").write_text("enabled = false;\n")
+    (root / "local/local.d/milter_headers.conf").write_text(
+        'use = ["x-spamd-result", "x-rspamd-queue-id"];\n'
+        "skip_local = false;\nskip_authenticated = false;\n")
+    proc = subprocess.Popen(
+        # As root, rspamd would switch to its own user: it stays root (-i allows that).
+        [binary, "-f", *(["-i", "-u", "root", "-g", "root"] if os.geteuid() == 0 else []),
+         "-c", str(root / "rspamd.conf"),
+         f"--var=LOCAL_CONFDIR={root / 'local'}", f"--var=DBDIR={root / 'db'}",
+         f"--var=RUNDIR={root / 'run'}", f"--var=LOGDIR={root / 'log'}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, f"rspamd exited: {proc.stderr.read().decode()}"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "rspamd did not listen"
+                time.sleep(0.2)
+        yield port
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+class Site:
+    def __init__(self, tmp_path: Path, milter: int | str, on_failure: str = "tempfail") -> None:
+        """``milter``: a loopback port, or a milter socket ("unix:/path")."""
+        self.ports = {"main": free_port()}
+        self.down = Downstream(free_port()).start()
+        socket_text = milter if isinstance(milter, str) else f"inet:127.0.0.1:{milter}"
+        self.config = write_config(
+            tmp_path, CONFIG.replace("{on_failure}", on_failure).replace("{socket}", socket_text),
+            main=self.ports["main"], down=self.down.port, noport=free_port())
+        self.data_dir = tmp_path / "var"
+        self.relay = start_relay(self.config, self.data_dir, self.ports)
+
+    def swaks(self, to: str = "user@gmail.test", body: str = "Hello, a clean message.",
+              *extra: str) -> subprocess.CompletedProcess:
+        args = [shutil.which("swaks"), "--server", "127.0.0.1", "--port",
+                str(self.ports["main"]), "--from", "app@example.com", "--to", to,
+                "--helo", "app.test", "--body", body, *extra]
+        return subprocess.run(args, capture_output=True, text=True, timeout=60)
+
+    def maillog(self) -> str:
+        self.relay.flush_logs()
+        return self.relay.logs("mail", ".log")
+
+
+@pytest.fixture
+def make_site(tmp_path):
+    made = []
+
+    def make(port: int | str, on_failure: str = "tempfail") -> Site:
+        where = tmp_path / str(len(made))
+        where.mkdir()
+        made.append(Site(where, port, on_failure))
+        return made[-1]
+    yield make
+    for s in made:
+        s.relay.stop()
+        s.down.stop()
+
+
+# --- rspamd -----------------------------------------------------------------------------
+
+def test_rspamd_refuses_gtube_with_its_own_reply(make_site, rspamd):
+    site = make_site(rspamd)
+    out = site.swaks(body=GTUBE)
+    assert out.returncode != 0
+    # rspamd's SMFIR_REPLYCODE, passed on as it is, before anything is queued.
+    assert "<** 554 5.7.1 Gtube pattern" in out.stdout, out.stdout
+    time.sleep(0.5)
+    assert site.relay.messages() == []
+    assert list((site.data_dir / "tmp").iterdir()) == []
+    log = site.maillog()
+    assert re.search(r"event=reject stage=data .*code=554 .*rule=milters\.filter", log), log
+
+
+def test_rspamd_adds_its_headers_to_a_clean_message(make_site, rspamd):
+    site = make_site(rspamd)
+    out = site.swaks()
+    assert out.returncode == 0, out.stdout
+    qid = re.search(r"queued as (\S+)", out.stdout).group(1)
+    [msg] = site.down.wait_for(1)
+    head = msg.content.split(b"\r\n\r\n", 1)[0].decode()
+    assert re.search(r"^X-Spamd-Result: default: False \[", head, re.M), head
+    # rspamd was given the queue id as macro i.
+    assert re.search(rf"^X-Rspamd-Queue-Id: {qid}\r?$", head, re.M), head
+    assert b"Hello, a clean message." in msg.content
+
+
+# --- a broken milter ------------------------------------------------------------------------
+
+class BrokenMilter:
+    """A milter that negotiates, then misbehaves: "close" (closes the connection at the
+    first body chunk), "garbage" (answers nonsense), "silent" (never answers).
+
+    "quarantine" is a working scripted milter: it changes and inserts headers and
+    quarantines the message."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.port = free_port()
+        self.sock = socket.create_server(("127.0.0.1", self.port))
+        self.seen: list[bytes] = []
+        self.threads: list[threading.Thread] = []
+        self.stopping = False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.stopping:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            t = threading.Thread(target=self._handle, args=(conn,), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    @staticmethod
+    def _read(conn: socket.socket) -> tuple[bytes, bytes] | None:
+        head = b""
+        while len(head) < 4:
+            more = conn.recv(4 - len(head))
+            if not more:
+                return None
+            head += more
+        (length,) = struct.unpack("!I", head)
+        data = b""
+        while len(data) < length:
+            more = conn.recv(length - len(data))
+            if not more:
+                return None
+            data += more
+        return data[:1], data[1:]
+
+    @staticmethod
+    def _send(conn: socket.socket, cmd: bytes, data: bytes = b"") -> None:
+        conn.sendall(struct.pack("!I", len(data) + 1) + cmd + data)
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            while True:
+                got = self._read(conn)
+                if got is None:
+                    return
+                cmd, data = got
+                self.seen.append(cmd)
+                if cmd == b"O":
+                    if self.mode == "garbage":
+                        conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n" + os.urandom(64))
+                        continue
+                    # version 6, add + change headers, quarantine (+ body and envelope for
+                    # "rewrite"), every step answered
+                    actions = 0xFF if self.mode == "rewrite" else 0x31
+                    self._send(conn, b"O", struct.pack("!III", 6, actions, 0))
+                elif cmd in (b"D",):
+                    continue                              # macros get no reply
+                elif cmd == b"B" and self.mode == "close":
+                    conn.shutdown(socket.SHUT_RDWR)
+                    return
+                elif cmd == b"B" and self.mode == "silent":
+                    time.sleep(30)
+                    return
+                elif cmd == b"E":
+                    if self.mode == "rewrite":
+                        self._send(conn, b"e", b"<bounces@example.com>\0")
+                        self._send(conn, b"+", b"<other@gmail.test>\0")
+                        self._send(conn, b"-", b"<user@gmail.test>\0")
+                        self._send(conn, b"b", b"replaced ")
+                        self._send(conn, b"b", b"body\n")
+                    if self.mode == "quarantine":
+                        self._send(conn, b"m", struct.pack("!I", 1) + b"Subject\0[SPAM] milter test\0")
+                        self._send(conn, b"i", struct.pack("!I", 0) + b"X-Filtered\0yes\n\tfolded\0")
+                        self._send(conn, b"q", b"suspicious content\0")
+                    self._send(conn, b"c")
+                elif cmd in (b"Q", b"A"):
+                    return
+                else:
+                    self._send(conn, b"c")
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.sock.close()
+
+
+@pytest.fixture
+def broken():
+    made = []
+
+    def make(mode: str) -> BrokenMilter:
+        made.append(BrokenMilter(mode))
+        return made[-1]
+    yield make
+    for m in made:
+        m.stop()
+
+
+@pytest.mark.parametrize("mode", ["close", "garbage", "silent"])
+def test_a_broken_milter_tempfails_the_message(make_site, broken, mode):
+    milter = broken(mode)
+    site = make_site(milter.port, "tempfail")
+    started = time.monotonic()
+    out = site.swaks()
+    assert out.returncode != 0
+    assert "<** 451 4.7.1 Content filter unavailable, try again later" in out.stdout, out.stdout
+    if mode == "silent":
+        assert time.monotonic() - started < 10          # command_timeout = 1, not forever
+    time.sleep(0.5)
+    assert site.relay.messages() == []
+    assert list((site.data_dir / "tmp").iterdir()) == []
+    log = site.maillog()
+    assert re.search(r"event=reject stage=data .*code=451 .*rule=milters\.filter", log), log
+
+
+@pytest.mark.parametrize("mode", ["close", "garbage", "silent"])
+def test_a_broken_milter_with_on_failure_accept_lets_mail_through(make_site, broken, mode):
+    milter = broken(mode)
+    site = make_site(milter.port, "accept")
+    out = site.swaks()
+    assert out.returncode == 0, out.stdout
+    [msg] = site.down.wait_for(1)
+    assert b"Hello, a clean message." in msg.content
+    assert "on_failure = accept" in site.maillog()
+
+
+def test_a_milter_that_is_down_is_a_tempfail(make_site):
+    site = make_site(free_port(), "tempfail")          # nobody listens there
+    out = site.swaks()
+    assert "<** 451 4.7.1 Content filter unavailable" in out.stdout, out.stdout
+    assert site.relay.messages() == []
+
+
+def test_quarantine_and_header_changes_go_to_badmail(make_site, broken):
+    milter = broken("quarantine")
+    site = make_site(milter.port)
+    out = site.swaks("boss@example.com", "quarantine me", "--header", "Subject: hello")
+    assert out.returncode == 0, out.stdout                # accepted: 250, then kept
+    qid = re.search(r"queued as (\S+)", out.stdout).group(1)
+    [notice] = site.down.wait_for(1)                      # the admin's notice, nothing else
+    assert notice.recipients == ["admin@example.com"]
+    meta = site.data_dir / "badmail" / f"{qid}.json"
+    deadline = time.monotonic() + 10
+    while not meta.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    info = json.loads(meta.read_text())
+    assert info["recipients"][0]["reason"] == "quarantined by milter filter: suspicious content"
+    eml = (site.data_dir / "badmail" / f"{qid}.eml").read_bytes()
+    head = eml.split(b"\r\n\r\n", 1)[0]
+    assert head.startswith(b"X-Filtered: yes\r\n\tfolded\r\nReceived: "), head
+    assert b"\r\nSubject: [SPAM] milter test\r\n" in head and b"Subject: hello" not in head
+    # The whole conversation, in order (macros before their commands).
+    cmds = b"".join(milter.seen)
+    assert re.fullmatch(rb"ODCHDMDRDTL+NB+DEQ?", cmds), cmds
+
+
+def test_envelope_and_body_changes_are_applied_before_the_commit(make_site, broken):
+    milter = broken("rewrite")
+    site = make_site(milter.port)
+    out = site.swaks("user@gmail.test", "the original body")
+    assert out.returncode == 0, out.stdout
+    [msg] = site.down.wait_for(1)
+    assert msg.sender == "bounces@example.com"
+    assert msg.recipients == ["other@gmail.test"]
+    assert msg.content.endswith(b"\r\n\r\nreplaced body\r\n"), msg.content
+    assert b"the original body" not in msg.content
+
+
+# --- ClamAV: clamd with a local test signature, clamav-milter in front of it -----------------
+
+# The EICAR test file (eicar.org), built here so that no file in the tree is "infected".
+EICAR = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-" + "STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+
+
+# As root, clamd and clamav-milter would switch to the clamav user: they stay root.
+AS_ROOT = "User root\n" if os.geteuid() == 0 else ""
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=3)
+    except subprocess.TimeoutExpired:              # clamav-milter may not heed SIGTERM
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _sbin(name: str, package: str) -> str:
+    path = shutil.which(name, path="/usr/sbin:/usr/bin")
+    if path is None:
+        stderr = apt_install([package])
+        path = shutil.which(name, path="/usr/sbin:/usr/bin")
+        assert path, f"{name} is not installed and apt-get could not install {package}: {stderr}"
+    return path
+
+
+def _wait_for(proc: subprocess.Popen, ready, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"{what} exited: {proc.stderr.read().decode()}"
+        assert time.monotonic() < deadline, f"{what} did not start"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def clamd(tmp_path_factory):
+    """clamd on a unix socket, with one signature: a body signature (.ndb, any file
+    type) for the EICAR string. No signature download."""
+    binary = _sbin("clamd", "clamav-daemon")
+    root = tmp_path_factory.mktemp("clamd")
+    (root / "db").mkdir()
+    (root / "db" / "local.ndb").write_text(
+        "Relaywarden.Test.EICAR:0:*:" + EICAR.encode().hex() + "\n")
+    sock = root / "clamd.sock"
+    (root / "clamd.conf").write_text(
+        f"LocalSocket {sock}\nDatabaseDirectory {root / 'db'}\nForeground yes\n{AS_ROOT}"
+        f"TemporaryDirectory {root}\nPidFile {root / 'clamd.pid'}\n")
+    proc = subprocess.Popen([binary, "-c", str(root / "clamd.conf")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        _wait_for(proc, sock.exists, "clamd")
+        yield sock
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture
+def clamav_milter(clamd, tmp_path):
+    """clamav-milter on a loopback port, in front of clamd; on_infected as asked."""
+    binary = _sbin("clamav-milter", "clamav-milter")
+    made = []
+
+    def start(on_infected: str, *extra: str, unix: bool = False) -> int | str:
+        """The port it listens on, or with unix = True its socket as "unix:/path"."""
+        port = free_port()
+        path = tmp_path / f"milter-{port}.sock"
+        conf = tmp_path / f"clamav-milter-{port}.conf"
+        conf.write_text("\n".join([
+            f"MilterSocket unix:{path}" if unix else f"MilterSocket inet:{port}@127.0.0.1",
+            f"ClamdSocket unix:{clamd}",
+            "Foreground yes", AS_ROOT, f"OnInfected {on_infected}", "AddHeader Replace",
+            f"TemporaryDirectory {tmp_path}", f"PidFile {tmp_path / f'milter-{port}.pid'}",
+            *extra]) + "\n")
+        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        made.append(proc)
+
+        def listening() -> bool:
+            if unix:
+                return path.exists()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return True
+            except OSError:
+                return False
+        _wait_for(proc, listening, "clamav-milter")
+        return f"unix:{path}" if unix else port
+    yield start
+    for proc in made:
+        _stop(proc)
+
+
+@pytest.mark.parametrize("unix", [False, True], ids=["inet", "unix"])
+def test_clamav_refuses_eicar_and_passes_clean_mail_with_its_headers(make_site, clamav_milter,
+                                                                     unix):
+    site = make_site(clamav_milter("Reject", 'RejectMsg "Virus found: %v"', unix=unix))
+    out = site.swaks(body=EICAR)
+    assert out.returncode != 0
+    # clamav-milter's own reply (SMFIR_REPLYCODE) with the signature's name.
+    assert "<** 550 5.7.1 Virus found: Relaywarden.Test.EICAR" in out.stdout, out.stdout
+    out = site.swaks()
+    assert out.returncode == 0, out.stdout
+    [msg] = site.down.wait_for(1)
+    head = msg.content.split(b"\r\n\r\n", 1)[0].decode()
+    assert re.search(r"^X-Virus-Status: Clean\r?$", head, re.M), head
+    assert re.search(r"^X-Virus-Scanned: clamav-milter ", head, re.M), head
+    assert len(site.relay.messages()) <= 1          # only the clean one was queued
+
+
+def test_clamav_quarantine_puts_the_message_in_badmail(make_site, clamav_milter):
+    site = make_site(clamav_milter("Quarantine"))
+    out = site.swaks("boss@example.com", EICAR)
+    assert out.returncode == 0, out.stdout           # accepted (250), kept from the recipient
+    qid = re.search(r"queued as (\S+)", out.stdout).group(1)
+    [notice] = site.down.wait_for(1)
+    assert notice.recipients == ["admin@example.com"]
+    meta = site.data_dir / "badmail" / f"{qid}.json"
+    deadline = time.monotonic() + 10
+    while not meta.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    info = json.loads(meta.read_text())
+    assert info["recipients"][0]["reason"].startswith("quarantined by milter filter: "), info
+    eml = (site.data_dir / "badmail" / f"{qid}.eml").read_bytes()
+    # Local signatures are "UNOFFICIAL" to ClamAV.
+    assert b"X-Virus-Status: Infected (Relaywarden.Test.EICAR.UNOFFICIAL)" in eml, eml[:600]
