@@ -7,7 +7,7 @@ import time
 from dnsserver import DnsServer
 
 from relaywarden.resolver import MxHost, MxStatus, RdnsStatus, Resolver
-from relaywarden.resolver.resolver import NEGATIVE_TTL_MAX, _Kind, _Lookup, _TtlCache
+from relaywarden.resolver.resolver import NEGATIVE_TTL_MAX, _Kind, _Lookup, TtlCache
 
 from .resolver_helpers import TIMEOUT, run
 
@@ -90,7 +90,7 @@ def test_temporary_failures_are_not_cached() -> None:
 
 def test_ttl_cache_bounds() -> None:
     ok = _Lookup(_Kind.OK, ("127.0.0.1",))
-    cache = _TtlCache(3)
+    cache = TtlCache(3)
     for key in "abcd":
         cache.put(key, ok, 60)
     assert len(cache) == 3 and cache.get("a") is None  # the least recently used went

@@ -112,14 +112,14 @@ class _Lookup:
     detail: str = ""
 
 
-class _TtlCache:
+class TtlCache:
     """A bounded map whose entries expire; least recently used goes first when full."""
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
-        self._items: OrderedDict[Any, tuple[float, _Lookup]] = OrderedDict()
+        self._items: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
 
-    def get(self, key: Any) -> _Lookup | None:
+    def get(self, key: Any) -> Any:
         item = self._items.get(key)
         if item is None:
             return None
@@ -130,7 +130,7 @@ class _TtlCache:
         self._items.move_to_end(key)
         return value
 
-    def put(self, key: Any, value: _Lookup, ttl: float) -> None:
+    def put(self, key: Any, value: Any, ttl: float) -> None:
         if ttl <= 0:
             return
         self._items[key] = (time.monotonic() + ttl, value)
@@ -221,7 +221,7 @@ class Resolver:
 
     def __init__(self, settings: DnsSettings) -> None:
         self._settings = settings
-        self._cache = _TtlCache(CACHE_ENTRIES)
+        self._cache = TtlCache(CACHE_ENTRIES)
         self._inflight: dict[tuple[dns.name.Name, int], asyncio.Future[_Lookup]] = {}
         self._rng = random.Random()
         self._dns: dns.asyncresolver.Resolver | None = None

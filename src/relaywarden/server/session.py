@@ -143,6 +143,15 @@ def _clean(text: str, limit: int = 255) -> str:
     return out[:limit]
 
 
+def _quarantine(txn: "_Transaction", rule: str, reason: str) -> None:
+    """The message is accepted and kept in badmail, where the admin is told (as a policy
+    violation with on_violation = "badmail" is): every recipient still to be delivered."""
+    txn.recipients = [
+        replace(r, status=RecipientStatus.BADMAIL, rule=rule, reason=reason)
+        if r.status is RecipientStatus.QUEUED else r
+        for r in txn.recipients]
+
+
 class SmtpSession(asyncio.Protocol):
     def __init__(self, ctx: ListenerContext, services: Services) -> None:
         self.ctx = ctx
@@ -721,11 +730,7 @@ class SmtpSession(asyncio.Protocol):
             else:
                 # Accepted and kept in badmail, where the admin is told (as a policy
                 # violation with on_violation = "badmail" is).
-                txn.recipients = [
-                    replace(r, status=RecipientStatus.BADMAIL, rule=found.rule,
-                            reason=found.detail)
-                    if r.status is RecipientStatus.QUEUED else r
-                    for r in txn.recipients]
+                _quarantine(txn, found.rule, found.detail)
                 self._commit(ev)
                 return
         self._update_reading()
@@ -817,11 +822,7 @@ class SmtpSession(asyncio.Protocol):
                                                     result.envelope)
             txn.sender = parse_path(f"<{sender}>", utf8=True)   # checked by the milter client
         if result.badmail is not None:
-            txn.recipients = [
-                replace(r, status=RecipientStatus.BADMAIL, rule=result.badmail_rule,
-                        reason=result.badmail)
-                if r.status is RecipientStatus.QUEUED else r
-                for r in txn.recipients]
+            _quarantine(txn, result.badmail_rule, result.badmail)
         self._commit(ev)
 
     def _committed(self, envelope: Envelope, spool: BodySpool, done: asyncio.Future) -> None:

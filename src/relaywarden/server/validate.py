@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 from relaywarden.delivery.client import ClientPolicy, DeliveryError, OutboundConnection
 from relaywarden.policy.recipients import AddressList, Answer, Known, parse_list
+from relaywarden.resolver.resolver import TtlCache
 
 CALLAHEAD_CONNECTIONS = 4
 CALLAHEAD_TIMEOUT = 10.0
@@ -56,7 +56,7 @@ class RecipientValidator:
         self.helo = helo
         self._clock = clock
         self._files: dict[Path, _File] = {}
-        self._cache: OrderedDict[str, tuple[float, Answer]] = OrderedDict()
+        self._cache = TtlCache(CACHE_ENTRIES)     # answers, per their TTL (LRU when full)
         self._pools: dict[tuple[str, int], _Hop] = {}
         self.lookups = 0            # callaheads made (the tests count them)
 
@@ -150,21 +150,11 @@ class RecipientValidator:
     # -- callahead -------------------------------------------------------------------------
 
     def _cached(self, address: str) -> Answer | None:
-        key = address.lower()
-        item = self._cache.get(key)
-        if item is None:
-            return None
-        expires, answer = item
-        if self._clock() >= expires:
-            del self._cache[key]
-            return None
-        return Answer("cache", answer.known, answer.detail)
+        answer = self._cache.get(address.lower())
+        return None if answer is None else Answer("cache", answer.known, answer.detail)
 
     def _remember(self, address: str, answer: Answer, ttl: float) -> None:
-        self._cache[address.lower()] = (self._clock() + ttl, answer)
-        self._cache.move_to_end(address.lower())
-        while len(self._cache) > CACHE_ENTRIES:
-            self._cache.popitem(last=False)
+        self._cache.put(address.lower(), answer, ttl)
 
     async def _callahead(self, address: str, settings: Any) -> Answer:
         domain = address.rpartition("@")[2].lower()
