@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Union
+from typing import TYPE_CHECKING, BinaryIO, Callable, Union
 
 from relaywarden.delivery.tls import TlsMode
 from relaywarden.smtp.client import (
@@ -266,13 +266,25 @@ class OutboundConnection:
         self._failed = False        # an error happened: not usable, but QUIT is fine
         self._busy = False
         self._closed = False
+        # RFC 2920 3.1 after the final dot: the next transaction's MAIL, RCPTs and DATA may
+        # follow the dot before its reply has come (one round trip per message, not two).
+        # `on_dot`: called once the final dot of a transaction is queued for sending, so
+        # that the owner (the delivery pool) can hand the connection to the next message;
+        # `_turn`: resolved when the transaction whose dot went out has read its reply:
+        # the replies come in order, so the next one reads its own only after that.
+        # `_outbuf`: the dot waits there for one loop round, so that the next envelope,
+        # written in that round, leaves in the same segment.
+        self.on_dot: Callable[[OutboundConnection], None] | None = None
+        self._turn: asyncio.Future[None] | None = None
+        self._outbuf: list[bytes] = []
+        self._writer: object | None = None     # the send() that owns the writing side
         # The protocol log: commands sent and waiting for their reply, oldest first, as
         # (line as sent or None, method, query, octets, when sent); the line is decoded
         # only when its reply comes.
         self._log = log
         self._session_id = session_id
         self._slog: SessionLog | None = None
-        self._sent: deque[tuple[bytes | None, str, str, int, float]] = deque()
+        self._sent: deque[tuple[bytes | None, str, str, int, float, str, str]] = deque()
         self._started = time.monotonic()
         self._logged_in: str | None = None
         self.queue_id = queue_id
@@ -371,6 +383,18 @@ class OutboundConnection:
         # Bytes nobody asked for (say, a "421 idle timeout" while pooled) mean the session
         # is not in the state we think it is.
         return (proto is not None and self._parser.buffered == 0
+                and (self._turn is None or self._turn.done())
+                and not (self._dead or self._failed or self._closed or self._busy
+                         or proto.lost or proto.eof))
+
+    @property
+    def chainable(self) -> bool:
+        """The final dot of a transaction is out and its reply not read yet, over a
+        PIPELINING session that is sane so far: the next message may be sent now, its
+        envelope right behind the dot (RFC 2920 3.1)."""
+        proto = self._proto
+        return (proto is not None and self._turn is not None and not self._turn.done()
+                and self.extensions.pipelining
                 and not (self._dead or self._failed or self._closed or self._busy
                          or proto.lost or proto.eof))
 
@@ -418,13 +442,20 @@ class OutboundConnection:
             # RFC 1870 6: the server told us its limit; MAIL would only be refused.
             refusal = reply(552, "5.3.4", f"{_TOO_BIG} ({size} > {ext.size})")
             return TransactionResult(recipients=(refusal,) * n, data=None, synthesized=True)
-        if not self.usable:
+        # Behind a transaction whose final dot is out (chainable): its reply comes first.
+        previous = self._turn if self.chainable else None
+        if previous is None and not self.usable:
             self._failed = True
             raise DeliveryError(_bad_connection("connection not usable"), "mail")
         source = await _BodySource.open(body)
+        if self._busy or (previous is None and not self.usable):
+            # (Another send() took the connection while the body file was opened.)
+            await source.close()
+            raise DeliveryError(_bad_connection("connection not usable"), "mail")
         self._busy = True
+        me = self._writer = object()
         try:
-            return await self._transaction(mail_cmd, rcpt_cmds, source)
+            return await self._transaction(mail_cmd, rcpt_cmds, source, previous)
         except DeliveryError:
             raise
         except BaseException:
@@ -433,7 +464,9 @@ class OutboundConnection:
             self._kill("transaction aborted")
             raise
         finally:
-            self._busy = False
+            if self._writer is me:        # (not when the next send() owns it already)
+                self._writer = None
+                self._busy = False
             await source.close()
 
     async def verify(self, address: str) -> Reply:
@@ -712,7 +745,8 @@ class OutboundConnection:
     # --- the transaction ---------------------------------------------------------------------
 
     async def _transaction(self, mail_cmd: bytes, rcpt_cmds: list[bytes],
-                           source: _BodySource) -> TransactionResult:
+                           source: _BodySource,
+                           previous: asyncio.Future[None] | None = None) -> TransactionResult:
         n = len(rcpt_cmds)
         data_answer: Reply | None = None
         if self.extensions.pipelining:
@@ -721,7 +755,19 @@ class OutboundConnection:
             if self._log is not None:
                 for line in (mail_cmd, *rcpt_cmds, b"DATA\r\n"):
                     self._note(line)
-            await self._write(mail_cmd + b"".join(rcpt_cmds) + b"DATA\r\n", "mail")
+            group = mail_cmd + b"".join(rcpt_cmds) + b"DATA\r\n"
+            if previous is not None:
+                # Right behind the previous transaction's final dot (in the same segment
+                # when that dot still waits in _outbuf), then wait for its reply to be read.
+                self._write_behind(group)
+                await asyncio.shield(previous)
+                if self._dead or self._failed or self._proto is None or self._proto.lost:
+                    # That transaction broke the connection: ours was never answered. Not
+                    # this host's fault: the engine tries again on a new connection.
+                    self._failed = True
+                    raise DeliveryError(_bad_connection("connection lost"), "mail")
+            else:
+                await self._write(group, "mail")
             mail_answer = await self._reply("mail")
             rcpt_answers = [await self._reply("rcpt") for _ in range(n)]
             data_answer = await self._reply("data")
@@ -770,8 +816,26 @@ class OutboundConnection:
         held += stuffer.end()
         # time-taken of "." runs from the final dot to the reply, as in the inbound log.
         self._note(None, ".", "", sent + len(held))
-        await self._write(held, "data")
-        final = await self._reply("data", timeout=self.policy.data_timeout)
+        on_dot = self.on_dot
+        if on_dot is not None and self.extensions.pipelining:
+            # The writing side is free once the dot is out: the owner may give the
+            # connection to the next message now, whose envelope follows the dot.
+            turn = self._turn = self._loop.create_future()
+            self._busy = False
+            self._writer = None
+            self.on_dot = None
+            try:
+                # The owner wakes the next message first, the dot is queued after: that
+                # message runs before the queued bytes leave, and its envelope joins them.
+                on_dot(self)
+                self._write_behind(held)
+                final = await self._reply("data", timeout=self.policy.data_timeout)
+            finally:
+                if not turn.done():
+                    turn.set_result(None)
+        else:
+            await self._write(held, "data")
+            final = await self._reply("data", timeout=self.policy.data_timeout)
         for i in accepted:
             results[i] = final
         return TransactionResult(recipients=tuple(results), data=final)
@@ -802,10 +866,28 @@ class OutboundConnection:
         await self._write(line, stage)
         return await self._reply(stage, timeout=timeout)
 
+    def _write_behind(self, data: bytes) -> None:
+        """Queue ``data`` to leave at the end of this loop round, together with whatever
+        else is written meanwhile (a final dot and the next envelope: one segment). No
+        wait for the buffer to drain: what follows waits for a reply first anyway."""
+        self._outbuf.append(data)
+        if len(self._outbuf) == 1:
+            self._loop.call_soon(self._flush_out)
+
+    def _flush_out(self) -> None:
+        data = b"".join(self._outbuf)
+        self._outbuf.clear()
+        transport = self._transport
+        if data and transport is not None and not transport.is_closing() and not self._dead:
+            transport.write(data)
+
     async def _write(self, data: bytes, stage: str) -> None:
         proto, transport = self._proto, self._transport
         if proto is None or transport is None or proto.lost or self._dead:
             raise self._broken(stage, _bad_connection("connection lost"))
+        if self._outbuf:                # behind bytes that are still waiting: keep the order
+            self._outbuf.append(data)
+            return
         transport.write(data)
         if not proto.writable:
             # The transport's buffer is full: wait for it to drain, within command_timeout.
@@ -932,31 +1014,46 @@ class OutboundConnection:
         """A command goes out now: it waits for its reply in the log. ``line``: as sent
         (method and query are read from it when the reply comes), or None and the rest."""
         if self._log is not None:
+            # With the message's queue ID and route: the reply may come when the connection
+            # already carries the next message (a final dot answered after the next MAIL).
             self._sent.append((line, method, query, len(line) if line else octets,
-                               time.monotonic()))
+                               time.monotonic(), self.queue_id, self.route))
 
     def _trace_reply(self, answer: Reply) -> None:
         """The reply to the oldest command waiting (none: the greeting, "CONNECT")."""
         if not self._sent:
             self._trace_line("CONNECT", "", answer, 0, self._started)
             return
-        line, method, query, octets, sent_at = self._sent.popleft()
+        line, method, query, octets, sent_at, queue_id, route = self._sent.popleft()
         if line is not None:
             method, query = _shown(line)
         if method == "AUTH" and answer.code == 235:
             self._logged_in = self.policy.username
-        self._trace_line(method, query, answer, octets, sent_at)
+        self._trace_line(method, query, answer, octets, sent_at, queue_id, route)
 
     def _trace_unanswered(self) -> None:
         """Commands whose reply never came (the connection broke, timed out): status 0."""
         while self._sent:
-            line, method, query, octets, sent_at = self._sent.popleft()
+            line, method, query, octets, sent_at, queue_id, route = self._sent.popleft()
             if line is not None:
                 method, query = _shown(line)
-            self._trace_line(method, query, None, octets, sent_at)
+            self._trace_line(method, query, None, octets, sent_at, queue_id, route)
 
     def _trace_line(self, method: str, query: str, answer: Reply | None, octets: int,
-                    since: float) -> None:
+                    since: float, queue_id: str | None = None, route: str | None = None) -> None:
+        if queue_id is None:
+            queue_id = self.queue_id
+        if route is not None and route != self.route:
+            # A command of the previous message, sent under another route: its own line.
+            slog = self._log.session(
+                client_ip=self._slog.client_ip if self._slog else "", site=route,
+                server_name=self._server_name(), server_ip=self.address, server_port=self.port,
+                session_id=self._session_id)
+            slog.record(self._logged_in, method, query,
+                        0 if answer is None else answer.code,
+                        0 if answer is None else self._parser.last_octets, octets,
+                        int((time.monotonic() - since) * 1000), queue_id)
+            return
         slog = self._slog
         if slog is None:
             local = ("", 0)
@@ -972,7 +1069,7 @@ class OutboundConnection:
         slog.record(self._logged_in, method, query,
                     0 if answer is None else answer.code,
                     0 if answer is None else self._parser.last_octets, octets,
-                    int((time.monotonic() - since) * 1000), self.queue_id)
+                    int((time.monotonic() - since) * 1000), queue_id)
 
     def _server_name(self) -> str:
         return self.policy.server_name or self.address

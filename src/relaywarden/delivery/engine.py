@@ -207,6 +207,9 @@ class _Gate:
         self.used += 1
 
     async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
         self.used -= 1
         self._wake()
 
@@ -252,7 +255,9 @@ class _Pool:
         idle = self._idle[(hop.address, hop.port, policy)]
         while idle and not fresh:
             _, conn = idle.pop()
-            if conn.usable:
+            # Idle, or its last message's final dot is out and unanswered: the next envelope
+            # goes right behind it (RFC 2920 3.1, see OutboundConnection.on_dot).
+            if conn.usable or conn.chainable:
                 return conn, True
             await conn.close()
         return await OutboundConnection.open(hop.address, hop.port, policy, log=log,
@@ -268,12 +273,19 @@ class _Pool:
             return
         await conn.close()
 
+    def offer(self, hop: _Hop, policy: ClientPolicy, conn: OutboundConnection) -> None:
+        """A connection whose last message's final dot is out (its reply not read yet): the
+        next message to this hop may take it at once. Its sender still reads that reply."""
+        self._idle[(hop.address, hop.port, policy)].append((time.monotonic(), conn))
+
     async def reap(self, older_than: float) -> None:
         now = time.monotonic()
         for key, idle in list(self._idle.items()):
             keep = []
             for since, conn in idle:
-                if now - since > older_than or not conn.usable:
+                if conn.chainable:
+                    keep.append((since, conn))    # its sender is reading the dot's reply
+                elif now - since > older_than or not conn.usable:
                     await conn.close()
                 else:
                     keep.append((since, conn))
@@ -575,20 +587,36 @@ class Engine:
             remote = f"{hop.name} [{hop.address}]:{hop.port}"
             self.mail_log.event(MailEvent.ATTEMPT, id=message.queue_id, route=route.name,
                                 relay=remote, to=",".join(r.address for r in recipients))
-            async with self._pool.slot(hop), in_flight(hop.name):
+            gate = self._pool.slot(hop)
+            async with in_flight(hop.name):
+                await gate.__aenter__()
+                # The slot is given back when the final dot is out (the next message to this
+                # hop may then go over the same connection, behind the dot) or at the end.
+                holding = [True]
+
+                def release(conn: OutboundConnection, hop=hop, policy=policy,
+                            holding=holding, gate=gate) -> None:
+                    if holding[0]:
+                        holding[0] = False
+                        self._pool.offer(hop, policy, conn)
+                        gate.release()
                 try:
                     try:
                         conn, result = await self._send(hop, policy, message, body, recipients,
-                                                        route=route.name)
+                                                        route=route.name, on_dot=release)
                     except DeliveryError as err:
                         if err.stage != "reused":
                             raise
                         # The idle connection had gone stale (the host closed it, or said
-                        # 421 at MAIL): that says nothing about the host; try a new one.
+                        # 421 at MAIL, or the message before ours on it broke it): that
+                        # says nothing about the host; try a new one.
                         conn, result = await self._send(hop, policy, message, body,
                                                         recipients, fresh=True,
-                                                        route=route.name)
+                                                        route=route.name, on_dot=release)
                 except DeliveryError as err:
+                    if holding[0]:
+                        holding[0] = False
+                        gate.release()
                     last, last_remote, last_synth = err.reply, remote, not err.from_server
                     if _permanent_stage(err):
                         return [Outcome(r, Kind.BOUNCED, err.reply, remote, route=route.name,
@@ -599,9 +627,17 @@ class Engine:
                     self.mail_log.event(MailEvent.DEFERRED, id=message.queue_id, relay=remote,
                                         stage=err.stage, reply=_show(err.reply))
                     continue
+                except BaseException:
+                    if holding[0]:
+                        holding[0] = False
+                        gate.release()
+                    raise
                 passed_on = conn.extensions.dsn
                 tls = f"{conn.tls_version} {conn.tls_cipher}" if conn.tls_version else ""
-                await self._pool.give_back(hop, policy, conn)
+                if holding[0]:          # (not handed over at the final dot)
+                    holding[0] = False
+                    await self._pool.give_back(hop, policy, conn)
+                    gate.release()
             outcomes = []
             for rcpt, answer in zip(recipients, result.recipients):
                 kind = (Kind.DELIVERED if answer.positive
@@ -671,9 +707,11 @@ class Engine:
 
     async def _send(self, hop: _Hop, policy: ClientPolicy, message: DueMessage,
                     body: bytes | Path,
-                    recipients: list[DueRecipient], *, fresh: bool = False, route: str = ""):
+                    recipients: list[DueRecipient], *, fresh: bool = False, route: str = "",
+                    on_dot=None):
         conn, reused = await self._pool.take(hop, policy, fresh=fresh, log=self.protocol_log,
                                              queue_id=message.queue_id, route=route)
+        conn.on_dot = on_dot
         try:
             result = await _transaction(conn, message, body, recipients, route)
         except DeliveryError as err:
@@ -684,6 +722,9 @@ class Engine:
         except BaseException:
             await conn.close()
             raise
+        finally:
+            if conn.on_dot is on_dot:    # no final dot sent (the next message's is its own)
+                conn.on_dot = None
         return conn, result
 
     async def _hops(self, route: Route, domain: str) -> tuple[list[_Hop], Reply | None]:

@@ -236,6 +236,10 @@ class SessionLog:
         self._w3c: tuple[str, str, str] | None = None
         self._json: tuple[str, str, str] | None = None
 
+    @property
+    def client_ip(self) -> str:
+        return self._client_ip
+
     def _format(self) -> "SessionLog":
         self._w3c = (_w3c(self._client_ip),
                      f"{_w3c(self._site)} {_w3c(self._server_name)} {_w3c(self._server_ip)}"
