@@ -1,6 +1,8 @@
 """The Pickup directory ([pickup]) end to end: files written as .NET and CDO write them,
 picked up by a real relay and delivered to a real downstream server; a malformed file in
-badmail; kill -9 while thousands of files are being picked up loses and duplicates nothing.
+badmail; a looping message in badmail; kill -9 while thousands of files are being picked up
+loses and duplicates nothing; inotify and polling; the directory fsyncs, once a batch, and
+a failing one that holds the batch back without losing it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ timeout = 1
 hostname = "relay.test"
 data_dir = "var"
 hosted_domains = ["example.com", "held.example"]
+max_hops = 5
 
 [delivery]
 retry_schedule = [1]
@@ -47,8 +50,9 @@ on_violation = "badmail"
 [pickup]
 dir = "Pickup"
 group = "apps"
-poll_interval = 0.2
+poll_interval = {poll}
 settle = 0.3
+watch = "{watch}"
 
 [listeners.main]
 address = "127.0.0.1"
@@ -81,12 +85,20 @@ PLAIN = (b"From: Reports <reports@example.com>\n"
          b"All green.\n")
 
 
-@pytest.fixture
-def env(tmp_path):
+def config_for(tmp_path: Path, watch: str = "poll", poll: float = 0.2, **ports: int) -> Path:
+    return write_config(tmp_path, CONFIG.replace("{watch}", watch).replace("{poll}", str(poll)),
+                        **ports)
+
+
+# Each end-to-end test both ways: woken by inotify (polling every 30 s, so a file taken
+# sooner was seen through inotify) and polling every 0.2 s (as on a network share).
+@pytest.fixture(params=[("inotify", 30), ("poll", 0.2)], ids=["inotify", "poll"])
+def env(tmp_path, request):
+    watch, poll = request.param
     down_port, main = free_port(), free_port()
     down = Downstream(down_port).start()
     (tmp_path / "Pickup").mkdir()
-    config = write_config(tmp_path, CONFIG, down=down_port, main=main)
+    config = config_for(tmp_path, watch, poll, down=down_port, main=main)
     relay = start_relay(config, tmp_path / "var", {"main": main})
     yield relay, down, tmp_path / "Pickup"
     relay.stop()
@@ -185,7 +197,7 @@ def test_kill_9_during_pickup_of_many_files_loses_and_duplicates_nothing(tmp_pat
     down = Downstream(down_port).start()
     folder = tmp_path / "Pickup"
     folder.mkdir()
-    config = write_config(tmp_path, CONFIG, down=down_port, main=main)
+    config = config_for(tmp_path, down=down_port, main=main)
     total = 4000
     for n in range(total):
         (folder / f"m{n:05}.eml").write_bytes(
@@ -238,7 +250,7 @@ def test_claimed_files_left_by_a_crash_are_committed_once(tmp_path):
     down = Downstream(down_port).start()
     folder = tmp_path / "Pickup"
     folder.mkdir()
-    config = write_config(tmp_path, CONFIG, down=down_port, main=main)
+    config = config_for(tmp_path, down=down_port, main=main)
     relay = start_relay(config, tmp_path / "var", {"main": main})
     try:
         with smtplib.SMTP("127.0.0.1", main, timeout=15) as c:
@@ -271,6 +283,134 @@ def test_claimed_files_left_by_a_crash_are_committed_once(tmp_path):
         down.stop()
 
 
+def test_a_message_that_loops_goes_to_badmail_with_the_reason(env):
+    """relay.max_hops = 5: five Received fields pass, six are a loop (RFC 5321 6.3)."""
+    relay, down, folder = env
+    hop = b"Received: from a.test by b.test; 5 Dec 2026 09:00:00 +0000\r\n"
+    drop(folder, "loop.eml", b"X-Sender: app@example.com\r\nX-Receiver: l@example.com\r\n"
+                             + hop * 6 + b"Subject: loop\r\n\r\nround and round\r\n")
+    drop(folder, "fine.eml", b"X-Sender: app@example.com\r\nX-Receiver: f@example.com\r\n"
+                             + hop * 5 + b"Subject: fine\r\n\r\nonce\r\n")
+    (m,) = down.wait_for(1)
+    assert m.recipients == ["f@example.com"]
+    deadline = time.monotonic() + 20
+    while not list((relay.data_dir / "badmail").glob("*.json")):
+        assert time.monotonic() < deadline, "the looping message is not in badmail"
+        time.sleep(0.1)
+    (path,) = (relay.data_dir / "badmail").glob("*.json")
+    (rcpt,) = json.loads(path.read_text())["recipients"]
+    assert rcpt["address"] == "l@example.com" and rcpt["rule"] == "relay.max_hops"
+    assert rcpt["reason"] == "loop detected (5.4.6): 6 Received headers"
+    assert b"round and round" in path.with_suffix(".eml").read_bytes()
+    time.sleep(0.5)
+    assert len(down.messages) == 1 and not list(folder.glob("*.eml"))
+
+
+def test_auto_watches_a_local_folder_with_inotify(tmp_path):
+    """watch = "auto" on a local disk: inotify. Polled every 30 s, a file written after the
+    start is taken within its settle time all the same (polling alone would wait 30 s)."""
+    down_port, main = free_port(), free_port()
+    down = Downstream(down_port).start()
+    folder = tmp_path / "Pickup"
+    folder.mkdir()
+    relay = start_relay(config_for(tmp_path, "auto", 30, down=down_port, main=main),
+                        tmp_path / "var", {"main": main})
+    try:
+        time.sleep(0.5)                    # the first look at the folder is over
+        start = time.monotonic()
+        drop(folder, "now.eml", DOTNET)
+        down.wait_for(1, timeout=10)
+        took = time.monotonic() - start
+        assert took < 5, f"taken after {took:.1f} s"
+    finally:
+        relay.stop()
+        down.stop()
+    err = relay.proc.stderr.read()
+    assert f"pickup: {folder}, inotify ({folder} is on a local file system (" in err
+
+
+def test_the_relay_says_when_it_polls(tmp_path):
+    down_port, main = free_port(), free_port()
+    (tmp_path / "Pickup").mkdir()
+    relay = start_relay(config_for(tmp_path, "poll", 1, down=down_port, main=main),
+                        tmp_path / "var", {"main": main})
+    relay.stop()
+    assert f'pickup: {tmp_path / "Pickup"}, poll (pickup.watch = "poll")' in relay.proc.stderr.read()
+
+
+# ------------------------------------------------- directory fsyncs, in one process
+
+def _in_process(tmp_path):
+    from faultfs import FaultyFiles
+    from test_disk_faults import InProcessRelay
+
+    main = free_port()
+    (tmp_path / "Pickup").mkdir(exist_ok=True)
+    config = config_for(tmp_path, "poll", 0.1, down=free_port(), main=main)
+    config.write_text(config.read_text().replace("[delivery]\n", '[delivery]\nprocess = "inline"\n'))
+    files = FaultyFiles()
+    return InProcessRelay(config, files), files, tmp_path / "Pickup"
+
+
+def _wait(what, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_the_directories_are_fsynced_once_a_batch_not_once_a_file(tmp_path):
+    from relaywarden.server.pickup import BATCH
+
+    relay, files, folder = _in_process(tmp_path)
+    total = 2 * BATCH + 100                # three batches
+    old = time.time() - 10
+    for n in range(total):
+        path = folder / f"m{n:05}.eml"
+        path.write_bytes(b"X-Sender: app@example.com\r\nX-Receiver: r%d@held.example\r\n"
+                         b"Subject: %d\r\n\r\nheld\r\n" % (n, n))
+        os.utime(path, (old, old))
+    relay.start()
+    try:
+        _wait(lambda: relay.queued() == total)
+        _wait(lambda: not os.listdir(folder / ".inflight"))
+        time.sleep(0.5)
+        # Each batch: the claims (Pickup and .inflight) before the commit, .inflight after
+        # the unlinks. Nothing else in this run fsyncs a directory (small bodies).
+        assert files.calls.get("fsync_dir") == 3 * 3
+        assert relay.queued() == total and not list(folder.glob("*.eml"))
+    finally:
+        relay.stop()
+
+
+@pytest.mark.parametrize("code", ["EIO", "EINVAL"])
+def test_a_failing_directory_fsync_holds_the_batch_back_and_loses_nothing(tmp_path, code):
+    """EIO: the claims may not be durable, nothing is committed until a fsync works (the
+    files wait in .inflight). EINVAL (a file system that cannot fsync a directory, as some
+    network shares): pickup goes on."""
+    import errno
+
+    relay, files, folder = _in_process(tmp_path)
+    relay.start()
+    try:
+        files.fail_fsync_dir = OSError(getattr(errno, code), f"injected {code}")
+        for n in range(3):
+            drop(folder, f"f{n}.eml", b"X-Sender: app@example.com\r\n"
+                                      b"X-Receiver: r%d@held.example\r\n"
+                                      b"Subject: s\r\n\r\nbody\r\n" % n)
+        if code == "EIO":
+            _wait(lambda: len(os.listdir(folder / ".inflight")) == 3)
+            time.sleep(1.5)                # rounds go by: still nothing committed
+            assert relay.queued() == 0 and len(os.listdir(folder / ".inflight")) == 3
+            files.fail_fsync_dir = None
+        _wait(lambda: relay.queued() == 3)
+        _wait(lambda: not os.listdir(folder / ".inflight"))
+        time.sleep(0.5)
+        assert relay.queued() == 3 and not list(folder.glob("*.eml"))
+    finally:
+        relay.stop()
+
+
 # ------------------------------------------------------------------ pure parsing
 
 
@@ -295,3 +435,51 @@ def test_too_large_is_refused_by_relay_max_message_size():
 def test_a_null_x_sender_is_the_null_reverse_path():
     m = parse(b"X-Sender: <>\r\nX-Receiver: a@example.com\r\nSubject: x\r\n\r\nb\r\n")
     assert m.sender is None and [str(r) for r in m.recipients] == ["a@example.com"]
+
+
+# ------------------------------------------------------------------ choosing the watch
+
+MOUNTINFO = r"""27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+40 27 0:40 / /srv/share rw,relatime - cifs //fileserver/apps rw,vers=3.1.1
+41 40 0:41 / /srv/share/local rw,relatime - xfs /dev/vdb rw
+42 27 0:42 / /mnt/nfs\040home rw,relatime - nfs4 server:/home rw
+43 27 0:43 / /mnt/remote rw,relatime - fuse.sshfs user@host: rw
+"""
+
+
+@pytest.mark.parametrize("folder, kind", [
+    ("/var/spool/Pickup", "ext4"),
+    ("/srv/share/Pickup", "cifs"),
+    ("/srv/share/local/Pickup", "xfs"),           # a local disk mounted inside the share
+    ("/srv/shared/Pickup", "ext4"),               # a name that only starts like the share
+    ("/mnt/nfs home/Pickup", "nfs4"),             # mountinfo writes the space as \040
+    ("/mnt/remote/Pickup", "fuse.sshfs"),
+])
+def test_the_file_system_of_a_folder_is_read_from_mountinfo(folder, kind):
+    from relaywarden.server.dirwatch import fs_type
+
+    assert fs_type(MOUNTINFO, Path(folder)) == kind
+
+
+def test_auto_polls_a_network_share_and_watches_a_local_disk():
+    from relaywarden.server.dirwatch import choose
+
+    assert choose("auto", Path("/srv/share/Pickup"), MOUNTINFO) == (
+        "poll", "/srv/share/Pickup is on a network file system (cifs)")
+    assert choose("auto", Path("/mnt/remote/Pickup"), MOUNTINFO)[0] == "poll"
+    assert choose("auto", Path("/srv/share/local/P"), MOUNTINFO)[0] == "inotify"
+    assert choose("auto", Path("/var/spool/Pickup"), MOUNTINFO)[0] == "inotify"
+    assert choose("poll", Path("/var/spool/Pickup"), MOUNTINFO)[0] == "poll"
+    # "inotify" on a share is the admin's choice (a share this machine alone writes to).
+    assert choose("inotify", Path("/srv/share/Pickup"), MOUNTINFO)[0] == "inotify"
+
+
+def test_config_check_names_pickup_watch(tmp_path):
+    from relaywarden.config.load import ConfigError, load_config
+
+    (tmp_path / "Pickup").mkdir()
+    config = tmp_path / "relay.toml"
+    config.write_text('[pickup]\ndir = "Pickup"\nwatch = "sometimes"\n'
+                      '[listeners.main]\naddress = "127.0.0.1"\nport = 2525\n')
+    with pytest.raises(ConfigError, match=r"pickup\.watch"):
+        load_config(config)

@@ -112,6 +112,7 @@ SETTINGS: dict[str, str] = {
     "pickup.dir": RESTART,
     "pickup.group": RESTART,
     "pickup.poll_interval": RESTART,
+    "pickup.watch": RESTART,
     "pickup.settle": RESTART,
     "history.enabled": RESTART,            # the indexer (or the trimmer) starts with the process
     "history.keep_days": RESTART,

@@ -1222,6 +1222,10 @@ class PickupSettings(Strict):
     dir: Path                                  # relative to the config file's directory
     group: str | None = None                   # a [groups.NAME]; None: no group rules
     poll_interval: Duration = 1.0              # seconds between looks at the folder
+    # How new files are noticed (server/dirwatch.py): "auto" is inotify on a local file
+    # system and polling (poll_interval) on a network share (NFS, SMB/CIFS: inotify does not
+    # see what other machines write there); "inotify" or "poll" to choose.
+    watch: Literal["auto", "inotify", "poll"] = "auto"
     # A file is taken once it has not been modified for this long (a writer still at it
     # would be caught half way); a file renamed into place is taken after it too.
     settle: Duration = 2.0
@@ -1237,6 +1241,16 @@ class PickupSettings(Strict):
             raise ValueError(f"{value!r} is not a directory (relative paths start at the "
                              "config file's directory)")
         return path
+
+    @field_validator("watch")
+    @classmethod
+    def _watch(cls, value: str) -> str:
+        from relaywarden.server.dirwatch import inotify_available
+
+        if value == "inotify" and not inotify_available():
+            raise ValueError('inotify is not available here (Linux with the inotify_simple '
+                             'package); use "auto" or "poll"')
+        return value
 
 
 def _milter_socket(text: str) -> str:

@@ -10,9 +10,24 @@ committed to the queue. A file is first *claimed*: renamed (atomically, on the s
 system) into ``DIR/.inflight/QUEUEID.eml``, so the queue ID it will get is in its name. After
 a crash (kill -9) the claimed files are looked at again: a queue ID the queue has was
 committed (the file is removed), one it has not is committed now, under that ID. Files are
-committed together (the queue's group commit: one fsync for a batch, not one a file) and
-removed with plain unlinks. A file still being written is not taken: only names ending in
-``.eml``, unmodified for ``settle`` seconds.
+committed together (the queue's group commit: one fsync for a batch, not one a file). A
+file still being written is not taken: only names ending in ``.eml``, unmodified for
+``settle`` seconds.
+
+A rename or an unlink is durable only once its directory is fsynced (rename(2) and
+fsync(2); ext4 and XFS may lose a name change at power loss otherwise). So, once a batch:
+the claims (``DIR`` and ``.inflight``) are fsynced before their messages are committed (a
+claim lost after the commit would bring the file back under its old name: taken again, a
+duplicate), and ``.inflight`` after the unlinks of the committed files, before delivery is
+woken (an unlink lost would bring back a claimed file whose message may be delivered and
+gone from the queue by the restart: a duplicate too). Left: the few milliseconds between
+the commit and that fsync, in which a delivery would have to finish and the machine lose
+power. A file system that cannot fsync a directory (EINVAL on some network shares) commits
+names as it goes or not at all: pickup goes on there.
+
+Loops: a message whose header has more than ``relay.max_hops`` Received fields (RFC 5321
+6.3; an application that copies the Drop folder into the Pickup folder, or a route back to
+itself) goes to badmail with the reason, every recipient, as from an SMTP client.
 
 A file that cannot be read as a message goes into the badmail folder (``ID.eml`` and
 ``ID.json`` with the reason), as a refused message from an SMTP client would be logged.
@@ -20,13 +35,15 @@ The policy is the configured group's (sender and recipient rules; a violation pu
 recipient in badmail, since there is no client to answer 550 to).
 
 ``parse`` is pure; ``Pickup`` does the I/O. The relay starts it in the receiving process
-(app.py). Polling works on a local disk and on a network share alike.
+(app.py). It learns of new files by inotify on a local disk and by polling on a network
+share (server/dirwatch.py; ``[pickup] watch``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import os
 import re
 import sys
@@ -39,6 +56,7 @@ from pathlib import Path
 from relaywarden.delivery.badmail import write_files
 from relaywarden.logs.maillog import MailEvent
 from relaywarden.policy import Action, ClientFacts, ListenerPolicy, Policy
+from relaywarden.policy.hops import ReceivedCounter
 from relaywarden.queue.store import (
     Envelope,
     RecipientRecord,
@@ -46,6 +64,7 @@ from relaywarden.queue.store import (
     StoreError,
     new_queue_id,
 )
+from relaywarden.server.dirwatch import RESCAN, DirWatch, choose
 from relaywarden.smtp.address import Address, AddressError, parse_path
 
 #: Files claimed and committed together in one round (one group commit).
@@ -212,33 +231,62 @@ class Pickup:
         self.policy, self.client = pickup_policy(cfg)
         self._task: asyncio.Task | None = None
         self._stopping = False
+        mode, self.why = choose(cfg.pickup.watch, self.dir)
+        self.watch = DirWatch(self.dir, mode)
+        # When the next file seen but not settled yet may be taken (time.time()), or None.
+        self._next_settle: float | None = None
+        # Something to try again soon (a claim or a commit that failed), inotify or not.
+        self._retry = False
 
     def start(self) -> None:
         self.inflight.mkdir(exist_ok=True)
+        try:
+            self.watch.start()
+        except OSError as exc:           # out of inotify watches (fs.inotify.max_user_watches)
+            self.watch = DirWatch(self.dir, "poll")
+            self.watch.start()
+            self.why = f"inotify failed: {exc.strerror}"
+        print(f"relaywarden: pickup: {self.dir}, {self.watch.mode} ({self.why})",
+              file=sys.stderr, flush=True)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
         self._stopping = True
+        self.watch.wake()
         if self._task is not None:
             # A round under way finishes its commits (it is awaited, not cancelled mid-way).
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout=10)
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
+        self.watch.close()
+
+    def _timeout(self) -> float:
+        """How long to wait before the next look (an inotify event may end it sooner)."""
+        poll = self.cfg.pickup.poll_interval
+        if self.watch.mode != "inotify" or self._retry:
+            return poll
+        if self._next_settle is not None:
+            # A file seen still settling: looked at again once it may be taken.
+            return min(max(self._next_settle - time.time(), 0) + 0.02, RESCAN)
+        return RESCAN
 
     async def _run(self) -> None:
         while not self._stopping:
             try:
                 await self.round()
             except Exception as exc:  # noqa: BLE001 - a fault must not stop the relay
+                self._retry = True
                 print(f"relaywarden: pickup: {exc}", file=sys.stderr, flush=True)
             if self._stopping:
                 break
-            await asyncio.sleep(self.cfg.pickup.poll_interval)
+            await self.watch.wait(self._timeout())
 
     async def round(self) -> int:
         """One look at the directory: claimed files left over, then new ones. Returns how
         many messages were queued."""
+        self._next_settle = None
+        self._retry = False
         queued = await self._settle_inflight()
         while not self._stopping:
             claimed = await asyncio.to_thread(self._claim, BATCH)
@@ -250,6 +298,23 @@ class Pickup:
         return queued
 
     # -- files ---------------------------------------------------------------------------
+
+    def _sync_dirs(self, *dirs: Path) -> bool:
+        """fsync each directory (its renames and unlinks reach the disk). False when one
+        failed (EIO): what was to be made durable may not be, the caller waits."""
+        files = self.services.store.files
+        for path in dirs:
+            try:
+                files.fsync_dir(path)
+            except OSError as exc:
+                if exc.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF,
+                                 errno.EACCES, errno.EPERM):
+                    continue             # cannot fsync a directory there (a network share)
+                print(f"relaywarden: pickup: fsync of {path} failed: {exc.strerror}",
+                      file=sys.stderr, flush=True)
+                self._retry = True
+                return False
+        return True
 
     def _claim(self, limit: int) -> list[tuple[str, Path]]:
         """Rename up to ``limit`` settled .eml files into .inflight under new queue IDs."""
@@ -274,7 +339,11 @@ class Pickup:
                 if not entry.is_file(follow_symlinks=False):
                     continue
                 # ctime too: a rename into place updates it, the mtime of a copy may be old.
-                if now - max(st.st_mtime, st.st_ctime) < settle:
+                changed = max(st.st_mtime, st.st_ctime)
+                if now - changed < settle:
+                    ready = changed + settle
+                    if self._next_settle is None or ready < self._next_settle:
+                        self._next_settle = ready
                     continue
                 candidates.append((st.st_mtime, entry.name))
         for _, name in sorted(candidates)[:limit]:
@@ -288,8 +357,14 @@ class Pickup:
             except OSError as exc:
                 print(f"relaywarden: pickup: cannot claim {name}: {exc.strerror}",
                       file=sys.stderr, flush=True)
+                self._retry = True
                 continue
             out.append((qid, target))
+        # The claims durable before any of these messages is committed: one fsync of each
+        # directory for the batch. If that fails the files stay in .inflight, committed by
+        # a later round (_settle_inflight syncs again first).
+        if out and not self._sync_dirs(self.inflight, self.dir):
+            return []
         return out
 
     async def _settle_inflight(self) -> int:
@@ -300,12 +375,18 @@ class Pickup:
         except OSError:
             return 0
         todo = []
+        removed = False
         for path in names:
             qid = path.name.split("~", 1)[0]
             if await self.services.store.sender_of(qid) is not None:
                 path.unlink(missing_ok=True)       # committed before the stop
+                removed = True
             else:
                 todo.append((qid, path))
+        # The claims of a run that stopped before its fsync: durable before the commit.
+        if (removed or todo) and not await asyncio.to_thread(
+                self._sync_dirs, self.inflight, self.dir):
+            return 0
         queued = 0
         for start in range(0, len(todo), BATCH):
             queued += await self._commit(todo[start:start + BATCH])
@@ -330,6 +411,7 @@ class Pickup:
             envelope, spool = self._envelope(qid, path, message)
             pending.append((envelope, spool, path, store.start_commit(envelope, spool)))
         queued = 0
+        removed = False
         for envelope, spool, path, done in pending:
             try:
                 await done
@@ -341,6 +423,7 @@ class Pickup:
                 continue
             # Committed: only now does the file go.
             path.unlink(missing_ok=True)
+            removed = True
             spool.discard()
             queued += 1
             at = envelope.received_at
@@ -351,15 +434,36 @@ class Pickup:
             log.event(MailEvent.QUEUED, at=at, id=envelope.queue_id, listener=LISTENER,
                       client="pickup", helo="pickup", user=None, sender=envelope.sender,
                       to=",".join(r.address for r in envelope.recipients), size=spool.size)
+        if removed or len(pending) < len(claimed):
+            # The unlinks (of this batch's committed and badmail files) durable, once,
+            # before delivery is woken.
+            await asyncio.to_thread(self._sync_dirs, self.inflight)
         if queued:
             self.services.on_queued()
         return queued
 
     def _envelope(self, qid: str, path: Path, message: PickupMessage):
         policy, client = self.policy, self.client
+        counter = ReceivedCounter()
+        counter.feed(message.content)
+        hops = counter.count
+        loop = hops > self.cfg.relay.max_hops
+        if loop:
+            # RFC 5321 6.3: a loop (this pickup is on its way, or a route leads back to it).
+            # Every recipient to badmail, as the SMTP session does; the admin sees why.
+            why = f"loop detected (5.4.6): {hops} Received headers"
+            self.services.mail_log.event(
+                MailEvent.REJECT, stage="data", listener=LISTENER, client="pickup", id=qid,
+                code=554, enhanced="5.4.6", rule="relay.max_hops", reason=why,
+                action="badmail")
         sender_decision = policy.check_sender(client, message.sender)
         records = []
         for rcpt in message.recipients:
+            if loop:
+                records.append(RecipientRecord(address=str(rcpt),
+                                               status=RecipientStatus.BADMAIL,
+                                               rule="relay.max_hops", reason=why))
+                continue
             decision = (sender_decision if sender_decision.action is not Action.ACCEPT
                         else policy.check_recipient(client, message.sender, rcpt))
             if decision.action is Action.ACCEPT:
@@ -392,7 +496,19 @@ class Pickup:
         entry = {"id": qid, "address": "", "rule": "pickup", "sender": "",
                  "reason": f"pickup file {original!r} from {self.dir}: {reason}",
                  "filed_at": time.time()}
-        await asyncio.to_thread(write_files, self.cfg.badmail.dir, qid, data, [entry])
+        try:
+            await asyncio.to_thread(write_files, self.cfg.badmail.dir, qid, data, [entry])
+        except OSError as exc:
+            # A full disk: the file stays claimed; a later round files it.
+            print(f"relaywarden: pickup: cannot write {qid} to badmail: {exc.strerror}",
+                  file=sys.stderr, flush=True)
+            self._retry = True
+            return
+        # Its badmail name durable before the pickup file goes (else a power loss could
+        # keep neither); failing that, the file stays claimed and is filed again later
+        # (the same ID.eml: once).
+        if not await asyncio.to_thread(self._sync_dirs, self.cfg.badmail.dir):
+            return
         path.unlink(missing_ok=True)
         self.services.mail_log.event(MailEvent.BADMAIL, id=qid, listener=LISTENER,
                                      rule="pickup", reason=entry["reason"])
