@@ -71,7 +71,9 @@ def serve(config_path: str | None) -> None:
 def delivery_worker(config_path: str | None, wake_fd: int) -> None:
     """The delivery process that `serve` starts (delivery.process = "separate")."""
     from relaywarden.app import run_worker
+    from relaywarden.delivery import drop
 
+    drop.CHECK_FOLDER = False   # checked by `serve`; gone since, it defers (delivery/drop.py)
     cfg = _load(config_path)
     sys.exit(run_worker(cfg, config_file(config_path), wake_fd))
 
@@ -82,7 +84,9 @@ def delivery_worker(config_path: str | None, wake_fd: int) -> None:
 def admin_worker(config_path: str | None, lifeline_fd: int) -> None:
     """The admin process that `serve` starts: history indexer, metrics sampler, HTTP server."""
     from relaywarden.admin.worker import run_admin
+    from relaywarden.delivery import drop
 
+    drop.CHECK_FOLDER = False   # checked by `serve` (delivery/drop.py)
     cfg = _load(config_path)
     sys.exit(run_admin(cfg, config_file(config_path), lifeline_fd))
 
