@@ -222,3 +222,18 @@ def test_a_full_disk_defers_and_leaves_no_file(tmp_path):
                                          None))
     assert out.kind is Kind.DELIVERED
     assert [p.name for p in tmp_path.iterdir()] == ["Q1-0.eml"]
+
+
+def test_the_iis_migration_example_passes_config_check(tmp_path):
+    """examples/iis-migration.toml, its folders made under tmp_path."""
+    from relaywarden.config.load import load_config
+
+    text = (Path(__file__).parent.parent / "examples" / "iis-migration.toml").read_text()
+    for name in ("Pickup", "Drop"):
+        (tmp_path / name).mkdir()
+    text = text.replace("/srv/mail", str(tmp_path)).replace("/var/lib/relaywarden",
+                                                            str(tmp_path / "var"))
+    (tmp_path / "relay.toml").write_text(text)
+    cfg = load_config(tmp_path / "relay.toml")
+    assert cfg.routes["intranet.example"].next_hops == [f"drop:{tmp_path / 'Drop'}"]
+    assert cfg.pickup.dir == tmp_path / "Pickup" and cfg.pickup.watch == "auto"

@@ -741,8 +741,8 @@ def convert(server: IisServer, *, output_dir: Path | None = None) -> tuple[str, 
     for prop in ("SmtpLocalDelayExpireMinutes", "SmtpLocalNDRExpireMinutes"):
         if p.has(prop):
             plan.unmapped(p.where(prop), p.raw(prop),
-                          "IIS's local delivery (the Drop directory) is not part of relaywarden; "
-                          "the remote retry settings apply to every route")
+                          "relaywarden has one retry schedule: a Drop route (IIS's local "
+                          "delivery) follows [delivery] like every route")
     port = p.integer("RemoteSmtpPort")
     if port is not None:
         plan.mapped(p.where("RemoteSmtpPort"), port,
@@ -872,8 +872,9 @@ def convert(server: IisServer, *, output_dir: Path | None = None) -> tuple[str, 
                     "[pickup] (COMMENTED OUT: a Windows path; set pickup.dir to the folder the "
                     "applications write to, and pickup.group)")
     for prop, why in (
-        ("DropDirectory", "relaywarden has no Drop directory route kind yet: mail for local "
-                          "domains is held in the queue (see the routes below)"),
+        ("DropDirectory", "a Windows path: mail for local domains is held in the queue until "
+                          "you give their routes next_hops = [\"drop:/path/to/Drop\"] (the "
+                          "folder the applications read; see the routes below)"),
         ("QueueDirectory", "the queue is queue.sqlite3 in relay.data_dir"),
     ):
         if p.has(prop):
@@ -944,12 +945,13 @@ def _local_domain(plan: Plan, domain: str, hosted: list[str]) -> None:
         hosted.append(domain)
     table = f"routes|{domain}"
     plan.set(table, "hold", True, "IIS delivered it into the Drop directory")
-    plan.notes[table] = ("A local IIS domain: its mail went into the Drop directory. relaywarden has\n"
-                         "no Drop route kind yet: the mail is held here until you give next_hops\n"
-                         "(hold = false) or release it (relaywarden queue release).")
+    plan.notes[table] = ("A local IIS domain: its mail went into the Drop directory. It is held here\n"
+                         "until you set next_hops = [\"drop:/path/to/Drop\"] (the folder the\n"
+                         "applications read) and remove hold; then relaywarden queue flush\n"
+                         f"--domain {domain} sends what was held.")
     plan.warnings.append(f"local domain {domain}: IIS dropped its mail into the Drop directory; "
                          f"it is accepted and HELD in the queue (routes.\"{domain}\".hold = true) "
-                         "until you set next_hops")
+                         "until you set next_hops = [\"drop:/path/to/Drop\"]")
 
 
 def _domain(server: IisServer, domain: str, props: dict[str, Any], plan: Plan,
