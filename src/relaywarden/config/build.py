@@ -76,8 +76,12 @@ def next_hop(text: str) -> NextHop:
 
 
 def _route(name: str, settings: HopSettings, *, hold: bool = False,
-           oauth: dict | None = None) -> Route:
+           oauth: dict | None = None, cfg: Config | None = None) -> Route:
     assert settings.tls is not None   # filled from delivery.tls by the schema
+    from relaywarden.delivery import courier
+
+    # A next hop that is not SMTP ("graph:NAME"): the schema made it the route's only one.
+    couriers = [found for text in settings.next_hops if (found := courier.split(text))]
     password = None if settings.password is None else settings.password.get_secret_value()
     if settings.auth in ("xoauth2", "oauthbearer"):
         # The secret is a token of the provider, fetched when the connection logs in.
@@ -90,7 +94,9 @@ def _route(name: str, settings: HopSettings, *, hold: bool = False,
         etrn=getattr(settings, "etrn", False),
         etrn_networks=tuple(getattr(settings, "etrn_networks", ())),
         atrn_users=frozenset(user.casefold() for user in getattr(settings, "atrn_users", ())),
-        hops=tuple(next_hop(text) for text in settings.next_hops),
+        hops=() if couriers else tuple(next_hop(text) for text in settings.next_hops),
+        courier=courier.scheme_of(couriers[0][0]).build(couriers[0][1], cfg, settings, route=name)
+        if couriers else None,
         tls=settings.tls,
         implicit_tls=settings.implicit_tls,
         username=settings.username,
@@ -107,7 +113,8 @@ def build_router(cfg: Config) -> Router:
         oauth = providers(cfg)
     return Router(
         routes={
-            key: _route(dotted_key(("routes", key)), route, hold=route.hold, oauth=oauth)
+            key: _route(dotted_key(("routes", key)), route, hold=route.hold, oauth=oauth,
+                         cfg=cfg)
             for key, route in cfg.routes.items()
         },
         sender_routes=[
@@ -115,7 +122,7 @@ def build_router(cfg: Config) -> Router:
                 groups=tuple(route.groups),
                 users=tuple(route.users),
                 sender_domains=tuple(route.sender_domains),
-                route=_route(dotted_key(("sender_routes", name)), route, oauth=oauth),
+                route=_route(dotted_key(("sender_routes", name)), route, oauth=oauth, cfg=cfg),
             )
             for name, route in cfg.sender_routes.items()
         ],

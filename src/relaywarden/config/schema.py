@@ -387,11 +387,24 @@ def parse_next_hop(text: str) -> tuple[str, int | None]:
 def _next_hop(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("expected a string")
+    from relaywarden.delivery import courier
+
+    found = courier.split(value)
+    if found is not None:       # "SCHEME:REST": a next hop that is not SMTP
+        scheme, rest = found
+        return f"{scheme}:{courier.scheme_of(scheme).parse(rest)}"
     host, port = parse_next_hop(value)
     return host if port is None else f"{host}:{port}"
 
 
 NextHop = Annotated[str, BeforeValidator(_next_hop)]
+
+
+def _courier(hop: str) -> tuple[str, str] | None:
+    """(scheme, rest) of a normalised next hop that names a courier (delivery.courier)."""
+    from relaywarden.delivery import courier
+
+    return courier.split(hop)
 
 
 class DeliverySettings(Strict):
@@ -564,9 +577,17 @@ class HopSettings(Strict):
             _unique_at("next_hops", self.next_hops)
         except PydanticCustomError as exc:
             found += exc.context["problems"]
+        couriers = [index for index, hop in enumerate(self.next_hops) if _courier(hop)]
+        if couriers and len(self.next_hops) > 1:
+            # A courier is the route's only way out: failover between it and SMTP hosts
+            # (or another courier) would hide who took the mail.
+            found.append((("next_hops", couriers[0]),
+                          f"{self.next_hops[couriers[0]]!r} must be the only next hop of its route"))
         if self.implicit_tls:
             # (implicit_tls against tls = "none": checked by Config, which knows delivery.tls.)
             for index, hop in enumerate(self.next_hops):
+                if _courier(hop):
+                    continue
                 host, port = parse_next_hop(hop)
                 if host == "mx":
                     found.append((
@@ -1387,6 +1408,12 @@ class Config(Strict):
                 index = route.next_hops.index("mx")
                 found.append((("routes", key, "next_hops", index), '"mx" cannot be used for an address literal'))
         for table, hop_settings in self._hop_tables():
+            for hop in hop_settings.next_hops:
+                if (courier := _courier(hop)) is not None:
+                    from relaywarden.delivery.courier import scheme_of
+
+                    found += [((*table, *key), message) for key, message in
+                              scheme_of(courier[0]).check(courier[1], self, hop_settings)]
             tls = hop_settings.tls or self.delivery.tls
             if hop_settings.implicit_tls and tls is TlsMode.NONE:
                 where = "" if hop_settings.tls else " (from delivery.tls)"

@@ -29,6 +29,7 @@ from relaywarden.delivery.client import (
     OutRecipient,
     TransactionResult,
 )
+from relaywarden.delivery.courier import CourierContext
 from relaywarden.delivery.dsn import DsnAction, DsnRecipient, build_dsn, wants_notice
 from relaywarden.delivery.routing import Route, RouteKind, Router
 from relaywarden.logs.maillog import MailEvent, MailLog
@@ -108,6 +109,7 @@ class Outcome:
     route: str = ""
     tls: str = ""                # TLS version and cipher of the delivery, "" without TLS
     synthesized: bool = False    # the reply is ours (no connection, timeout, expiry), not the host's
+    retry_at: float | None = None  # deferred: not before then (a courier's Retry-After)
 
 
 @dataclass(frozen=True, slots=True)
@@ -539,9 +541,10 @@ class Engine:
             route = self.router.route(rcpt.domain, sender=message.sender,
                                       group=message.client_group, user=message.auth_user)
             # A released recipient (admin, ETRN) goes out through the hold route's next hops.
-            hold = route.kind is RouteKind.HOLD and not (rcpt.released and route.hops)
-            # MX routes are per recipient domain; a smart host takes every domain at once.
-            per_domain = any(h.mx for h in route.hops) or not route.hops
+            hold = route.kind is RouteKind.HOLD and not (rcpt.released and route.sends)
+            # MX routes are per recipient domain; a smart host (or courier) takes every
+            # domain at once.
+            per_domain = any(h.mx for h in route.hops) or not route.sends
             key = (route.name, rcpt.domain if per_domain else "", hold)
             groups.setdefault(key, (route, hold, []))[2].append(rcpt)
         if len(groups) == 1:   # the common case: no extra task for the one group
@@ -564,6 +567,8 @@ class Engine:
         if hold:
             return [Outcome(r, Kind.HELD, reply(250, "2.0.0", "held"), route=route.name)
                     for r in recipients]
+        if route.courier is not None:
+            return await self._by_courier(message, body, route, recipients)
         domain = recipients[0].domain
         hops, dns_failure = await self._hops(route, domain)
         if not hops:
@@ -727,6 +732,17 @@ class Engine:
                 conn.on_dot = None
         return conn, result
 
+    async def _by_courier(self, message: DueMessage, body: bytes | Path, route: Route,
+                          recipients: list[DueRecipient]) -> list[Outcome]:
+        """A route whose next hop is not SMTP (delivery.courier): the courier answers."""
+        courier = route.courier
+        self.mail_log.event(MailEvent.ATTEMPT, id=message.queue_id, route=route.name,
+                            relay=courier.label, to=",".join(r.address for r in recipients))
+        context = CourierContext(settings=self.settings, mail_log=self.mail_log,
+                                 protocol_log=self.protocol_log, clock=self._clock)
+        async with in_flight(courier.label):
+            return await courier.deliver(message, body, recipients, route, context)
+
     async def _hops(self, route: Route, domain: str) -> tuple[list[_Hop], Reply | None]:
         """Addresses to try, in order, and the DNS failure if there is nothing to try."""
         hops: list[_Hop] = []
@@ -830,7 +846,7 @@ class Engine:
                     notices[DsnAction.FAILED].append(self._dsn_rcpt(r, DsnAction.FAILED, o, now))
             elif o.kind is Kind.DEFERRED:
                 notified = r.delay_notified
-                retry_at = self._retry_at(now, attempts)
+                retry_at = self._retry_at(now, attempts) if o.retry_at is None else o.retry_at
                 if (s.delay_notice_after and age >= s.delay_notice_after and not notified
                         and message.sender != "" and wants_notice(r.notify, DsnAction.DELAYED)):
                     notices[DsnAction.DELAYED].append(self._dsn_rcpt(

@@ -36,6 +36,7 @@ from relaywarden.policy import match
 
 if TYPE_CHECKING:
     from relaywarden.config.schema import Config
+    from relaywarden.delivery.courier import Courier
     from relaywarden.oauth import OAuthLogin
 
 __all__ = [
@@ -99,6 +100,14 @@ class Route:
     etrn: bool = False              # ETRN may start this route's queue (RFC 1985)
     etrn_networks: tuple[match.IPNetwork, ...] = ()   # who may; empty: any client
     atrn_users: frozenset[str] = frozenset()          # ATRN (RFC 2645): casefolded users
+    # A next hop that is not SMTP ("graph:NAME", see delivery.courier): it carries the
+    # route's mail instead, and hops is empty.
+    courier: Courier | None = None
+
+    @property
+    def sends(self) -> bool:
+        """Whether the route has somewhere to send mail (a hold route may have nowhere)."""
+        return bool(self.hops) or self.courier is not None
 
     @property
     def mx(self) -> bool:
