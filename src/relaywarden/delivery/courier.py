@@ -36,6 +36,7 @@ __all__ = ["SCHEMES", "Courier", "CourierContext", "CourierScheme", "scheme_of",
 
 #: scheme -> "module:attribute" of its CourierScheme (imported on first use).
 SCHEMES: dict[str, str] = {
+    "graph": "relaywarden.delivery.graph:SCHEME",      # Microsoft Graph sendMail
 }
 
 # RFC 3986 3.1 scheme syntax; case-insensitive, kept lower case.
