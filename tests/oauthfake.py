@@ -51,6 +51,7 @@ class Issued:
     who: str                 # client id, or the Google subject
     expires_at: float
     kind: str                # "microsoft" / "google"
+    scope: str = ""          # microsoft client credentials: the resource's /.default
 
 
 @dataclass
@@ -64,6 +65,8 @@ class FakeIdentity:
     google_accounts: dict[str, object] = field(default_factory=dict)   # email -> public key
     google_client: tuple[str, str] = ("g-client", "g-secret")
     device_polls: int = 1                       # authorization_pending answers first
+    # client credentials: the resources an app may ask for (FakeGraph adds its own)
+    app_scopes: set[str] = field(default_factory=lambda: {"https://outlook.office365.com/.default"})
     issued: dict[str, Issued] = field(default_factory=dict)
     refresh_tokens: dict[str, bool] = field(default_factory=dict)    # token -> still valid
     token_requests: list[dict] = field(default_factory=list)
@@ -119,10 +122,10 @@ class FakeIdentity:
 
     # --- the endpoints ---------------------------------------------------------------
 
-    def _issue(self, who: str, kind: str) -> dict:
+    def _issue(self, who: str, kind: str, scope: str = "") -> dict:
         token = f"at-{kind}-" + secrets.token_urlsafe(16)
         with self.lock:
-            self.issued[token] = Issued(who, time.time() + self.expires_in, kind)
+            self.issued[token] = Issued(who, time.time() + self.expires_in, kind, scope)
         return {"token_type": "Bearer", "expires_in": self.expires_in, "access_token": token}
 
     def microsoft_token(self, form: dict) -> tuple[int, dict]:
@@ -136,9 +139,10 @@ class FakeIdentity:
             if client_ok is not True:
                 return 401, client_ok or _aad("invalid_client", 7000215,
                                               "Invalid client secret provided.")
-            if "https://outlook.office365.com/.default" not in form.get("scope", "").split():
+            wanted = [sc for sc in form.get("scope", "").split() if sc in self.app_scopes]
+            if not wanted:
                 return 400, _aad("invalid_scope", 1002012, "The provided value for scope is not valid.")
-            return 200, self._issue(self.client_id, "microsoft")
+            return 200, self._issue(self.client_id, "microsoft", wanted[0])
         if grant == "refresh_token":
             if client_ok not in (True, None):
                 return 401, client_ok
@@ -359,3 +363,145 @@ class OAuthSMTP(_SMTP):
 @dataclass
 class _Login:
     login: str
+
+
+@dataclass
+class GraphSent:
+    mailbox: str             # the user of /users/{mailbox}/sendMail
+    recipient: str           # one of the To/Cc/Bcc of the MIME (Graph has no envelope)
+    message: bytes           # as the recipient gets it: without the Bcc header
+
+
+@dataclass
+class FakeGraph:
+    """Microsoft Graph's sendMail in MIME mode, HTTPS on 127.0.0.1 (a trustme certificate):
+    checks the bearer token (issued by `idp` for this Graph's /.default scope, not expired,
+    not in `refuse`), the Content-Type (text/plain) and the base64 MIME, then "delivers"
+    to every To/Cc/Bcc address of the MIME, as Graph does, with Bcc stripped. `answers`:
+    scripted replies (status, headers, JSON body) used, in order, before the real work."""
+
+    port: int
+    ca: object
+    idp: FakeIdentity
+    sent: list[GraphSent] = field(default_factory=list)
+    requests: list[dict] = field(default_factory=list)     # every request: time, mailbox, status
+    answers: list[tuple[int, dict, dict | None]] = field(default_factory=list)
+    refuse_first: int = 0       # the first N tokens used are answered 401 (revoked)
+    refused: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _server: ThreadingHTTPServer | None = None
+
+    @property
+    def base(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def scope(self) -> str:
+        return f"{self.base}/.default"
+
+    def start(self) -> "FakeGraph":
+        graph = self
+        self.idp.app_scopes.add(self.scope)
+
+        class Handler(_GraphHandler):
+            fake = graph
+
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        server.daemon_threads = True
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        self._server = server
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def wait_for(self, n: int, timeout: float = 20) -> list[GraphSent]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.sent) >= n:
+                    return list(self.sent)
+            time.sleep(0.05)
+        raise AssertionError(f"Graph got {len(self.sent)} of {n}: {self.requests}")
+
+    def handle(self, path: str, headers, body: bytes) -> tuple[int, dict, dict | None]:
+        import email
+        import email.policy
+        import email.utils
+        import re as _re
+
+        found = _re.fullmatch(r"/v1\.0/users/([^/]+)/sendMail", path)
+        if found is None:
+            return 404, {}, _graph_error("ResourceNotFound", f"no such path {path}")
+        mailbox = urllib.parse.unquote(found[1])
+        token = (headers.get("Authorization") or "").removeprefix("Bearer ")
+        with self.idp.lock:
+            issued = self.idp.issued.get(token)
+        with self.lock:
+            if token not in self.refused and len(self.refused) < self.refuse_first:
+                self.refused.add(token)
+        if (issued is None or issued.expires_at < time.time() or issued.scope != self.scope
+                or token in self.refused):
+            return 401, {}, _graph_error("InvalidAuthenticationToken", "Access token validation failure.")
+        with self.lock:
+            if self.answers:
+                return self.answers.pop(0)
+        if not (headers.get("Content-Type") or "").startswith("text/plain"):
+            return 415, {}, _graph_error("UnsupportedMediaType", "MIME content must be text/plain")
+        if len(body) > 4 * 1024 * 1024:
+            return 413, {}, _graph_error("ErrorRequestEntityTooLarge", "too large")
+        try:
+            mime = base64.b64decode(body, validate=True)
+        except ValueError:
+            return 400, {}, _graph_error("ErrorMimeContentInvalidBase64String",
+                                         "Invalid base64 string for MIME content.")
+        msg = email.message_from_bytes(mime, policy=email.policy.compat32)
+        rcpts = [a for _, a in email.utils.getaddresses(
+            msg.get_all("To", []) + msg.get_all("Cc", []) + msg.get_all("Bcc", [])) if a]
+        if not rcpts:
+            return 400, {}, _graph_error("ErrorInvalidRecipients",
+                                         "At least one recipient is not valid.")
+        del msg["Bcc"]
+        delivered = msg.as_bytes()
+        with self.lock:
+            self.sent.extend(GraphSent(mailbox, r, delivered) for r in rcpts)
+        return 202, {}, None
+
+
+def _graph_error(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message,
+                      "innerError": {"date": "2026-12-05T09:00:00", "request-id": "r-1"}}}
+
+
+class _GraphHandler(BaseHTTPRequestHandler):
+    fake: FakeGraph
+    protocol_version = "HTTP/1.1"       # keep-alive, as Graph
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        fake = self.fake
+        path = urllib.parse.urlsplit(self.path).path
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        status, headers, answer = fake.handle(path, self.headers, body)
+        with fake.lock:
+            fake.requests.append({"at": time.time(), "path": path, "status": status,
+                                  "token": (self.headers.get("Authorization") or "")[7:]})
+        data = b"" if answer is None else json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("request-id", secrets.token_hex(8))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        if data:
+            self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)

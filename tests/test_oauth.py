@@ -421,6 +421,44 @@ def test_login_device_code_then_delivered(make):
     _only_the_fake(s)
 
 
+def test_revoked_refresh_token_one_notice_then_login_resumes(make, tmp_path):
+    """A revoked refresh token (invalid_grant, AADSTS700082): the mail waits (three
+    messages, several attempts each), the admin gets ONE notice (badmail.notify, as
+    badmail's), and after `oauth login` the waiting mail is delivered."""
+    admin = Downstream(free_port()).start()
+    try:
+        s = make(provider="refresh", extra=f"""
+[badmail]
+notify = "admin@admin.test"
+
+[routes."admin.test"]
+next_hops = ["[127.0.0.1]:{admin.port}"]
+tls = "none"
+""")
+        for rt in list(s.idp.refresh_tokens):
+            s.idp.refresh_tokens[rt] = False
+        s.send(3)
+        s.wait_reason("AADSTS700082")
+        [notice] = admin.wait_for(1)
+        time.sleep(3)                   # more attempts (retry_schedule = [1]): no more notices
+        assert len(admin.messages) == 1
+        assert len(re.findall(r"event=deferred .*AADSTS700082", s.maillog())) >= 3
+        text = notice.content.decode()
+        assert notice.sender == "" and notice.recipients == ["admin@admin.test"]
+        assert "oauth.m365: refresh token no longer valid" in text and "AADSTS700082" in text
+        assert "relaywarden oauth login m365" in text
+        assert s.hop.messages == []
+        assert all(r["status"] == "queued" for m in s.queue() for r in m["recipients"]
+                   if r["address"] == "x@example.net")
+        s.idp.device_polls = 0
+        result = s.cli("oauth", "login", "m365")
+        assert result.returncode == 0, result.stderr
+        s.hop.wait_for(3, timeout=30)
+        assert len(admin.messages) == 1
+    finally:
+        admin.stop()
+
+
 def test_revoked_refresh_token_defers_naming_the_code(make):
     s = make(provider="refresh")
     for rt in list(s.idp.refresh_tokens):

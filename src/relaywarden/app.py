@@ -278,6 +278,14 @@ def _flush_log(log, process: str) -> None:
         _log_errors.discard(process)
 
 
+def _oauth_providers(cfg: Config) -> dict:
+    if not cfg.oauth:
+        return {}
+    from relaywarden.oauth import providers
+
+    return providers(cfg)
+
+
 class DeliveryWorker:
     """The send half: the scheduler with its outbound connections, and the badmail sweeper.
     Runs inside the relay process ("inline") or alone in a child process ("separate")."""
@@ -290,6 +298,7 @@ class DeliveryWorker:
         self.badmail = Badmail(store=store, settings=badmail_settings(cfg), mail_log=mail_log,
                                wake=self.engine.wake)
         self._task: asyncio.Task | None = None
+        self._providers = _oauth_providers(cfg)
 
     def wake(self) -> None:
         self.engine.wake()
@@ -304,9 +313,34 @@ class DeliveryWorker:
                 await self.badmail.sweep()
             except Exception as exc:  # noqa: BLE001 - a full disk must not stop the relay
                 print(f"relaywarden: badmail: {exc}", file=sys.stderr, flush=True)
+            try:
+                await self._oauth_notices()
+            except Exception as exc:  # noqa: BLE001 - as above
+                print(f"relaywarden: oauth notice: {exc}", file=sys.stderr, flush=True)
             await asyncio.sleep(1.0)
 
+    async def _oauth_notices(self) -> None:
+        """One admin notice per revoked or expired refresh token (issue 12): the provider
+        notes the revocation in its token file, this sends it once; mail keeps waiting."""
+        for name, provider in self._providers.items():
+            if provider.settings.flow != "refresh_token":
+                continue
+            reason = await asyncio.to_thread(provider.revoked_notice)
+            if reason is None:
+                continue
+            opt = "" if self.badmail.settings.config_path is None else \
+                f" --config {self.badmail.settings.config_path}"
+            await self.badmail.notify_admin(
+                f"oauth.{name}: refresh token no longer valid", [
+                    f"The refresh token of oauth.{name} is no longer accepted:", f"    {reason}",
+                    "", "Mail routed through it waits in the queue (nothing bounces).",
+                    f"Sign in again with: relaywarden oauth login {name}{opt}",
+                    "Delivery resumes by itself once that is done.",
+                    "This notice is sent once for this revocation."],
+                reason=f"oauth notice: oauth.{name}")
+
     def reload(self, cfg: Config) -> None:
+        self._providers = _oauth_providers(cfg)
         self.engine.resolver = resolver_for(cfg)
         self.engine.router = build_router(cfg)
         self.engine.settings = delivery_settings(cfg)

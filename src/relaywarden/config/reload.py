@@ -136,8 +136,10 @@ SETTINGS: dict[str, str] = {
     "sender_routes.*.auth_without_tls": APPLIED,
     "routes.*.auth": APPLIED,
     "routes.*.oauth": APPLIED,
+    "routes.*.mailbox": APPLIED,
     "sender_routes.*.auth": APPLIED,
     "sender_routes.*.oauth": APPLIED,
+    "sender_routes.*.mailbox": APPLIED,
     # A changed provider is a new one (its tokens fetched anew); an unchanged one keeps its
     # tokens across the reload (relaywarden.oauth.providers).
     "oauth.*.kind": APPLIED,
@@ -148,6 +150,7 @@ SETTINGS: dict[str, str] = {
     "oauth.*.certificate_file": APPLIED,
     "oauth.*.key_file": APPLIED,
     "oauth.*.authority": APPLIED,
+    "oauth.*.graph_endpoint": APPLIED,
     "oauth.*.service_account_file": APPLIED,
     "oauth.*.subject": APPLIED,
     "oauth.*.token_uri": APPLIED,

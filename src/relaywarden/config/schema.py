@@ -567,6 +567,9 @@ class HopSettings(Strict):
     # `username`. Unset: "xoauth2" when oauth is set, else "password".
     auth: Literal["password", "xoauth2", "oauthbearer"] | None = None
     oauth: OptionalText = None
+    # next_hops = ["graph:NAME"] (Microsoft Graph sendMail): send as this mailbox rather
+    # than as the envelope sender's (delivery.graph).
+    mailbox: OptionalAddress = None
 
     @model_validator(mode="after")
     def _hops_and_auth(self) -> HopSettings:
@@ -600,6 +603,8 @@ class HopSettings(Strict):
                         f"{hop!r} needs a port with implicit_tls = true (usually {hop}:465); "
                         "without one delivery.mx_port is used",
                     ))
+        if self.mailbox is not None and not any(hop.startswith("graph:") for hop in self.next_hops):
+            found.append((("mailbox",), 'only used with next_hops = ["graph:NAME"]'))
         if self.auth != "password":
             self._oauth_auth(found)
         elif self.oauth is not None:
@@ -1078,6 +1083,7 @@ HttpsUrl = Annotated[str | None, PlainValidator(_unset_if_empty(_https_url))]
 
 MICROSOFT_AUTHORITY = "https://login.microsoftonline.com"
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
+MICROSOFT_GRAPH = "https://graph.microsoft.com"
 # The scopes a token is asked for when `scopes` is not set (docs/delivery.md): Exchange
 # Online's app-only SMTP (SMTP.SendAsApp is granted to the app), its delegated SMTP.Send,
 # and Gmail's full scope, the one SMTP accepts.
@@ -1089,7 +1095,7 @@ DEFAULT_SCOPES = {
     ("google", "refresh_token"): ["https://mail.google.com/"],
 }
 _KIND_KEYS = {
-    "microsoft": {"tenant", "authority", "certificate_file", "key_file"},
+    "microsoft": {"tenant", "authority", "certificate_file", "key_file", "graph_endpoint"},
     "google": {"service_account_file", "subject", "token_uri"},
 }
 _FLOWS = {"microsoft": ("client_credentials", "refresh_token"),
@@ -1110,6 +1116,8 @@ class OAuthProviderSettings(Strict):
     certificate_file: OptionalFile = None       # microsoft: PEM certificate uploaded to the app
     key_file: OptionalFile = None               # ... and its unencrypted PEM key
     authority: HttpsUrl = None                  # microsoft: national clouds, tests; + "/" + tenant
+    # microsoft: Microsoft Graph for next_hops = ["graph:NAME"] (national clouds, tests)
+    graph_endpoint: HttpsUrl = None
     service_account_file: OptionalFile = None   # google: the service account's JSON key
     subject: OptionalAddress = None             # google: the mailbox to act as (default: route username)
     token_uri: HttpsUrl = None                  # google: default the key file's, else Google's
@@ -1149,6 +1157,8 @@ class OAuthProviderSettings(Strict):
                     found.append(((key,), 'missing (required with kind = "microsoft")'))
             if self.authority is None:
                 self.authority = MICROSOFT_AUTHORITY
+            if self.graph_endpoint is None:
+                self.graph_endpoint = MICROSOFT_GRAPH
             if self.client_secret_file is not None and cert:
                 found.append((("client_secret_file",), "set either client_secret_file or "
                               "certificate_file + key_file, not both"))

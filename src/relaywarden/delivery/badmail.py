@@ -191,6 +191,37 @@ class Badmail:
                             count=len(entries))
         self._wake()
 
+    async def notify_admin(self, subject: str, lines: list[str], reason: str) -> bool:
+        """An admin notice other than badmail's (a revoked OAuth refresh token): to
+        badmail.notify, from the null sender, like the badmail summary. False: nobody to
+        tell (no badmail.notify)."""
+        if self.settings.notify is None:
+            return False
+        from email.utils import formatdate, make_msgid
+
+        now = self._clock()
+        s = self.settings
+        headers = [
+            f"From: relaywarden <{s.postmaster or f'postmaster@{s.hostname}'}>",
+            f"To: <{s.notify}>", f"Subject: [relaywarden] {subject}",
+            f"Date: {formatdate(now, localtime=True)}",
+            f"Message-ID: {make_msgid(domain=s.hostname)}", "Auto-Submitted: auto-generated",
+            "MIME-Version: 1.0", "Content-Type: text/plain; charset=utf-8",
+            "Content-Transfer-Encoding: 8bit"]
+        spool = self.store.new_spool()
+        spool.write(("\r\n".join(headers) + "\r\n\r\n" + "\r\n".join(lines) + "\r\n").encode())
+        env = Envelope(
+            queue_id=new_queue_id(), received_at=now, listener="-", client_ip="127.0.0.1",
+            client_name=None, helo=s.hostname, auth_user=None, sender="",
+            recipients=(RecipientRecord(address=s.notify, status=RecipientStatus.QUEUED,
+                                        rule=NOTICE_RULE, reason=reason),))
+        await self.store.enqueue(env, spool)
+        spool.discard()
+        self.mail_log.event(MailEvent.QUEUED, at=env.received_at, id=env.queue_id, listener="-",
+                            sender="<>", to=s.notify, reason=reason)
+        self._wake()
+        return True
+
     def _run_command(self, path: Path, entry: dict) -> None:
         if not self.settings.command:
             return

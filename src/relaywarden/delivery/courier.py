@@ -37,6 +37,7 @@ __all__ = ["SCHEMES", "Courier", "CourierContext", "CourierScheme", "scheme_of",
 #: scheme -> "module:attribute" of its CourierScheme (imported on first use).
 SCHEMES: dict[str, str] = {
     "drop": "relaywarden.delivery.drop:SCHEME",      # IIS's Drop directory (issue 16)
+    "graph": "relaywarden.delivery.graph:SCHEME",      # Microsoft Graph sendMail
 }
 
 # RFC 3986 3.1 scheme syntax; case-insensitive, kept lower case.

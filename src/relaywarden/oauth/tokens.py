@@ -56,6 +56,14 @@ class TokenError(Exception):
         super().__init__(self.reason)
 
     @property
+    def revoked(self) -> bool:
+        """A refresh token the platform no longer takes (revoked, expired: only a new
+        `oauth login` helps): invalid_grant, AADSTS700082 (expired by inactivity),
+        AADSTS50173 / AADSTS70043 (revoked, expired by policy), AADSTS700084."""
+        return self.code in {"invalid_grant", "AADSTS700082", "AADSTS50173", "AADSTS70043",
+                             "AADSTS700084", "AADSTS70008"} or "invalid_grant" in self.description
+
+    @property
     def reason(self) -> str:
         text = f"oauth.{self.provider}: {self.code}"
         if self.description and self.description != self.code:
@@ -183,6 +191,10 @@ class TokenProvider:
                 token, refresh_token = self._acquire(user, state)
             except TokenError as exc:
                 state.update(last_error=exc.reason, last_error_at=time.time())
+                if exc.revoked and not state.get("revoked"):
+                    # Noted once: the delivery worker sends ONE admin notice for it
+                    # (revoked_notice), however many deliveries fail meanwhile.
+                    state["revoked"] = {"reason": exc.reason, "at": time.time(), "noticed": False}
                 self._save(state)
                 raise
             if refresh_token:
@@ -191,6 +203,7 @@ class TokenProvider:
                                                    "expires_at": token.expires_at}
             state.update(flow=self.settings.flow, last_refresh=time.time(), last_error=None,
                          last_error_at=None)
+            state.pop("revoked", None)
             self._save(state)             # before use: a rotated refresh token is never lost
             self._memory[key] = token
             return token
@@ -207,7 +220,20 @@ class TokenProvider:
                 self._memory[""] = token
             state.update(flow=self.settings.flow, last_refresh=time.time(), last_error=None,
                          last_error_at=None)
+            state.pop("revoked", None)       # a new login: a later revocation is news again
             self._save(state)
+
+    def revoked_notice(self) -> str | None:
+        """The reason of a revoked or expired refresh token not announced yet, marked as
+        announced (under the locks: one notice per revocation, whatever the processes)."""
+        with self._thread_lock, self._file_lock():
+            state = read_state(self.state_path)
+            revoked = state.get("revoked")
+            if not isinstance(revoked, dict) or revoked.get("noticed"):
+                return None
+            revoked["noticed"] = True
+            self._save(state)
+            return str(revoked.get("reason") or "")
 
     def status(self) -> dict[str, Any]:
         state = read_state(self.state_path)
