@@ -38,6 +38,9 @@ class MailEvent(enum.Enum):
     BADMAIL = "badmail"
     ETRN = "etrn"
     ATRN = "atrn"
+    # What the relay asked to decide (a DNS list at connect, a recipient validation
+    # source at RCPT) and the answer: kind=, source=, answer=, cached=.
+    LOOKUP = "lookup"
     # Admin actions (CLI, console, API), each under its own name with by=WHO.
     FLUSH = "flush"
     RETRY = "retry"

@@ -38,9 +38,17 @@ class Known(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    source: str              # "file /path", "callahead 10.0.0.5:25", "cache"
+    source: str              # "file /path", "ldap", "callahead 10.0.0.5:25"
     known: Known
     detail: str = ""
+    cached: bool = False     # from the answer cache (the source was not asked again)
+
+    @property
+    def said(self) -> str:
+        """"file /path: unknown", "callahead 127.0.0.1:25 (cached): known (250 ...)"."""
+        cached = " (cached)" if self.cached else ""
+        detail = f" ({self.detail})" if self.detail else ""
+        return f"{self.source}{cached}: {self.known.value}{detail}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +91,7 @@ def combine(key: str, answers: list[Answer], *, on_lookup_failure: str) -> Decis
     """The verdict from the sources' answers, in order. ACCEPT when one knows the address;
     REJECT 550 5.1.1 when none does and all answered; 450 4.1.1 (or ACCEPT with
     on_lookup_failure = "accept") when one could not answer."""
-    said = "; ".join(f"{a.source}: {a.known.value}" + (f" ({a.detail})" if a.detail else "")
-                     for a in answers)
+    said = "; ".join(a.said for a in answers)
     for a in answers:
         if a.known is Known.YES:
             return Decision(action=Action.ACCEPT, reply=reply(250, "2.1.5", "Ok"),

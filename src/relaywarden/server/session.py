@@ -269,7 +269,13 @@ class SmtpSession(asyncio.Protocol):
             if self.rdns.status is RdnsStatus.VERIFIED:
                 self.client = replace(self.client, verified_name=self.rdns.name)
         if zones:
-            self._dnsbl = self.services.policy.check_dnsbl(self.client, await lists)
+            answers = await lists
+            self._dnsbl = self.services.policy.check_dnsbl(self.client, answers)
+            log = self.services.mail_log
+            for look in self.services.policy.dnsbl_lookups(self.client, answers):
+                log.event(MailEvent.LOOKUP, kind=look.kind, listener=self.ctx.name,
+                          client=self.client_ip, source=look.source, answer=look.answer,
+                          detail=look.detail or None)
         self._waiting = False
         if self._closed:
             return
@@ -618,6 +624,12 @@ class SmtpSession(asyncio.Protocol):
     def _validated(self, ev: RcptTo, decision: Decision, address: str, key: str, settings,
                    answers) -> None:
         verdict = combine(key, answers, on_lookup_failure=settings.on_lookup_failure)
+        log = self.services.mail_log
+        for a in answers:
+            log.event(MailEvent.LOOKUP, kind="recipient", listener=self.ctx.name,
+                      client=self.client_ip, recipient=address, source=a.source,
+                      answer=a.known.value, cached="yes" if a.cached else "no",
+                      detail=a.detail or None)
         if verdict.action is Action.ACCEPT:
             self._accept_rcpt(ev, replace(decision, detail=f"{decision.detail}; {verdict.detail}"
                                           if decision.detail else verdict.detail), address)
