@@ -27,6 +27,14 @@ def test_config_check_accepts_the_shipped_example():
     assert "ok" in out.stdout
 
 
+def test_config_check_accepts_the_exchange_inbound_example():
+    """README "An internet-facing relay in front of Exchange": validation, DNS lists,
+    rspamd and ClamAV, as shipped."""
+    out = cli("config", "check", str(ROOT / "examples" / "exchange-inbound.example.toml"))
+    assert out.returncode == 0, out.stderr
+    assert "exchange-inbound.example.toml: ok; listeners: inbound (0.0.0.0:25)" in out.stdout
+
+
 def test_config_check_names_file_and_key_and_exits_2(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[listeners.main]\naddress = "127.0.0.1"\nport = 70000\nprot = 1\n')

@@ -212,6 +212,8 @@ class BrokenMilter:
         self.port = free_port()
         self.sock = socket.create_server(("127.0.0.1", self.port))
         self.seen: list[bytes] = []
+        # SMFIC_MACRO as received: (the command it goes with, {name: value}), in order.
+        self.macros: list[tuple[bytes, dict[str, str]]] = []
         self.threads: list[threading.Thread] = []
         self.stopping = False
         threading.Thread(target=self._serve, daemon=True).start()
@@ -264,6 +266,9 @@ class BrokenMilter:
                     actions = 0xFF if self.mode == "rewrite" else 0x31
                     self._send(conn, b"O", struct.pack("!III", 6, actions, 0))
                 elif cmd in (b"D",):
+                    parts = data[1:].split(b"\0")[:-1]
+                    self.macros.append((data[:1], {k.decode(): v.decode() for k, v in
+                                                   zip(parts[::2], parts[1::2])}))
                     continue                              # macros get no reply
                 elif cmd == b"B" and self.mode == "close":
                     conn.shutdown(socket.SHUT_RDWR)
@@ -360,7 +365,29 @@ def test_quarantine_and_header_changes_go_to_badmail(make_site, broken):
     assert b"\r\nSubject: [SPAM] milter test\r\n" in head and b"Subject: hello" not in head
     # The whole conversation, in order (macros before their commands).
     cmds = b"".join(milter.seen)
-    assert re.fullmatch(rb"ODCHDMDRDTL+NB+DEQ?", cmds), cmds
+    assert re.fullmatch(rb"ODCHDMDRDTL+DNB+DEQ?", cmds), cmds
+
+
+def test_each_stage_gets_the_macros_the_common_milters_need(make_site, broken):
+    milter = broken("record")
+    site = make_site(milter.port)
+    out = site.swaks("user@gmail.test")
+    assert out.returncode == 0, out.stdout
+    qid = re.search(r"queued as (\S+)", out.stdout).group(1)
+    stages = dict(milter.macros)
+    # One SMFIC_MACRO before each of connect, mail, rcpt, data, eoh and eom; none before
+    # helo: its macros are the TLS ones ({tls_version}, {cipher}, {cipher_bits}) and this
+    # session has no TLS.
+    assert [stage for stage, _ in milter.macros] == [b"C", b"M", b"R", b"T", b"N", b"E"]
+    connect = stages[b"C"]
+    assert connect["j"] == "relay.test" and connect["{daemon_name}"] == "main"
+    assert connect["{client_addr}"] == "127.0.0.1" and connect["{client_name}"] == "[127.0.0.1]"
+    assert connect["_"] == "[127.0.0.1] [127.0.0.1]" and int(connect["{client_port}"]) > 0
+    assert stages[b"M"] == {"i": qid, "{mail_addr}": "app@example.com",
+                            "{mail_host}": "example.com", "{mail_mailer}": "esmtp"}
+    assert stages[b"R"] == {"{rcpt_addr}": "user@gmail.test", "{rcpt_host}": "gmail.test",
+                            "{rcpt_mailer}": "esmtp"}
+    assert stages[b"T"] == stages[b"N"] == stages[b"E"] == {"i": qid}
 
 
 def test_envelope_and_body_changes_are_applied_before_the_commit(make_site, broken):

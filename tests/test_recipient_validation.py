@@ -42,6 +42,13 @@ callahead = true
 callahead = true
 on_lookup_failure = "accept"
 
+# The tests below send many unknown recipients from 127.0.0.1: no throttle in the way
+# (the throttle has its own relay, test_a_dictionary_attack...).
+[recipient_throttle]
+delays = [0]
+connection_limit = 1000
+client_limit = 100000
+
 [listeners.inbound]
 address = "127.0.0.1"
 port = {inbound}
@@ -175,29 +182,79 @@ def test_unknown_recipients_make_no_dsn(site):
     assert not [m for m in down.messages if m.sender == ""]
 
 
-@pytest.mark.slow
-def test_a_dictionary_attack_is_slowed_then_cut_off_by_max_errors(site):
-    relay, _, _ = site
-    with smtplib.SMTP("127.0.0.1", relay.port, timeout=60) as c:
-        c.ehlo("mx.remote.test")
-        c.mail("someone@remote.test")
-        times = []
-        codes = []
-        for i in range(25):
-            started = time.monotonic()
-            try:
-                code, _ = c.rcpt(f"ghost{100 + i}@example.com")
-            except smtplib.SMTPServerDisconnected:
-                codes.append("closed")
-                break
-            times.append(time.monotonic() - started)
-            codes.append(code)
-            if code == 421:
-                break
-    # limits.max_errors (10 by default) closes the session after ten of them.
-    assert codes[:10] == [550] * 10
-    assert codes[10] in (421, "closed")
-    assert max(times[:3]) < 0.9 and min(times[3:10]) >= 0.9
+THROTTLE = """
+[relay]
+hostname = "relay.test"
+hosted_domains = ["files.test"]
+
+[routes."files.test"]
+next_hops = ["[127.0.0.1]:1"]
+
+[recipients."files.test"]
+files = ["users.txt"]
+
+[recipient_throttle]
+delays = [0, 0, 0.5, 1]
+connection_limit = 5
+client_limit = 7
+window = 600
+
+[listeners.inbound]
+address = "127.0.0.1"
+port = {inbound}
+"""
+
+
+def test_a_dictionary_attack_is_slowed_then_cut_off_per_connection_and_per_address(
+        tmp_path):
+    (tmp_path / "users.txt").write_text(USERS)
+    ports = {"inbound": free_port()}
+    relay = start_relay(write_config(tmp_path, THROTTLE, **ports), tmp_path / "var", ports)
+    try:
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=60,
+                          source_address=("127.0.0.5", 0)) as c:
+            c.ehlo("mx.remote.test")
+            c.mail("someone@remote.test")
+            times, codes = [], []
+            for i in range(8):
+                started = time.monotonic()
+                try:
+                    code, text = c.rcpt(f"guess{i}@files.test")
+                except smtplib.SMTPServerDisconnected:
+                    codes.append("closed")
+                    break
+                times.append(time.monotonic() - started)
+                codes.append((code, text.decode()[:5]))
+        # Growing delay, then 421 4.7.0 at connection_limit (5) and the connection closes.
+        assert codes == [(550, "5.1.1")] * 4 + [(421, "4.7.0"), "closed"], codes
+        assert max(times[:2]) < 0.4 and 0.4 <= times[2] < 0.95 and min(times[3:5]) >= 0.95
+        # The address's count goes on in a new connection: client_limit (7) in the window.
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=60,
+                          source_address=("127.0.0.5", 0)) as c:
+            c.ehlo("mx.remote.test")
+            c.mail("someone@remote.test")
+            assert c.rcpt("carol@files.test")[0] == 250      # a known user is still fine
+            assert c.rcpt("guess10@files.test")[0] == 550
+            assert c.rcpt("guess11@files.test")[0] == 421
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=60,
+                          source_address=("127.0.0.5", 0)) as c:
+            c.ehlo("mx.remote.test")
+            c.mail("someone@remote.test")
+            # Locked: refused before any lookup, even a known user.
+            code, text = c.rcpt("carol@files.test")
+            assert (code, text.decode()[:5]) == (421, "4.7.0")
+        # Another address is not affected.
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=60,
+                          source_address=("127.0.0.6", 0)) as c:
+            c.ehlo("mx.remote.test")
+            c.mail("someone@remote.test")
+            assert c.rcpt("guess1@files.test")[0] == 550
+        relay.flush_logs()
+        log = relay.logs("mail", ".log")
+        assert "rule=recipient_throttle.connection_limit" in log
+        assert "rule=recipient_throttle.client_limit" in log
+    finally:
+        relay.stop()
 
 
 # -- the pure parts ------------------------------------------------------------------------
@@ -258,6 +315,13 @@ next_hops = ["[127.0.0.1]:{dead}"]
 [recipients."example.test"]
 ldap = true
 
+# The tests below send many unknown recipients from 127.0.0.1: no throttle in the way
+# (the throttle has its own relay, test_a_dictionary_attack...).
+[recipient_throttle]
+delays = [0]
+connection_limit = 1000
+client_limit = 100000
+
 [listeners.inbound]
 address = "127.0.0.1"
 port = {inbound}
@@ -298,3 +362,18 @@ def test_a_directory_that_is_down_gives_450(directory_site):
     [(code, _)] = rcpt(relay.port, "carol@example.test")
     relay.flush_logs()
     assert code == 250, relay.logs("mail", ".log")[-600:]
+
+
+def test_unknown_throttle_counts_per_address_over_the_window():
+    from relaywarden.policy.recipients import UnknownThrottle
+    now = [0.0]
+    t = UnknownThrottle(delays=(0, 1, 2), connection_limit=10, client_limit=3, window=60,
+                        clock=lambda: now[0])
+    assert t.unknown("a", 1) == (0, "")
+    assert t.unknown("a", 1) == (1, "")            # a new session: the address's count
+    assert not t.locked("a") and not t.locked("b")
+    assert t.unknown("a", 1) == (2, "recipient_throttle.client_limit")
+    assert t.locked("a")
+    now[0] = 61.0                                  # the window lets it go
+    assert not t.locked("a")
+    assert t.unknown("b", 10) == (2, "recipient_throttle.connection_limit")

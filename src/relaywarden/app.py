@@ -14,6 +14,7 @@ import signal
 import socket
 import ssl
 import sys
+import time
 from pathlib import Path
 
 from relaywarden.config.build import build_ldap_settings, build_policy, build_router
@@ -38,6 +39,7 @@ from relaywarden.screening import Screener, ScreenRules
 from relaywarden.auth.cram import CramSecrets
 from relaywarden.resolver import DnsSettings, Resolver
 from relaywarden.policy.limits import FreeSpaceGuard
+from relaywarden.policy.recipients import UnknownThrottle
 from relaywarden.server.context import Limits, ListenerContext, ListenerRuntime, Services, TlsMode
 from relaywarden.server.session import SmtpSession
 from relaywarden.server.tls import CertificateError, ImplicitTls, server_context
@@ -160,6 +162,12 @@ def validator_for(cfg: Config, resolver: Resolver) -> RecipientValidator | None:
     return RecipientValidator(cfg.recipients, helo=cfg.delivery.helo_name or cfg.relay.hostname,
                               hops=route_hops(build_router(cfg), resolver, cfg.delivery.mx_port),
                               directory=directory)
+
+
+def recipient_throttle_for(cfg: Config) -> UnknownThrottle:
+    t = cfg.recipient_throttle
+    return UnknownThrottle(delays=tuple(t.delays), connection_limit=t.connection_limit,
+                           client_limit=t.client_limit, window=t.window, clock=time.monotonic)
 
 
 def cram_for(cfg: Config) -> CramSecrets | None:
@@ -402,6 +410,7 @@ class Relay:
             screener=screener_for(self.cfg),
             cram=cram_for(self.cfg),
             recipients=validator_for(self.cfg, resolver),
+            recipient_throttle=recipient_throttle_for(self.cfg),
         )
         if self.cfg.delivery.process == "inline":
             self.worker = DeliveryWorker(self.cfg, store=store, mail_log=mail_log,
@@ -528,6 +537,12 @@ class Relay:
         self.services.resolver = resolver_for(cfg)
         # A new validator: new files, TTLs and routes (its cache and connections start over).
         self.services.recipients = validator_for(cfg, self.services.resolver)
+        # New limits; the counts of unknown recipients are kept (a reload must not let a
+        # dictionary attack start over).
+        fresh = recipient_throttle_for(cfg)
+        if self.services.recipient_throttle is not None:
+            fresh._clients = self.services.recipient_throttle._clients
+        self.services.recipient_throttle = fresh
         # New password checkers (a changed LDAP server, a new users file); the throttle's
         # memory of failures is kept: a reload must not reset a brute-force lockout.
         self.services.auth = auth_for(cfg)[0]

@@ -303,6 +303,22 @@ def openapi_document(version: str) -> dict:
                                                         "verified host name) to get past the "
                                                         "refusal: ask again with tls, user or "
                                                         "name"},
+                                               "lookups": {"type": "array", "items": {
+                                                   "type": "object",
+                                                   "required": ["step", "kind", "source",
+                                                                "answer", "detail", "cached"],
+                                                   "properties": {
+                                                       "step": {"type": "string",
+                                                                "enum": ["connect", "recipient"]},
+                                                       "kind": {"type": "string", "enum": [
+                                                           "dnsbl", "dnswl", "recipient"]},
+                                                       "source": {"type": "string"},
+                                                       "answer": {"type": "string"},
+                                                       "detail": {"type": ["string", "null"]},
+                                                       "cached": {"type": ["boolean", "null"]}}},
+                                                   "description": "the DNS lists asked at "
+                                                   "connect and the recipient validation "
+                                                   "sources asked at RCPT, with their answers"},
                                                "text": {"type": "string"}}})},
                             body=_body({"type": "object", "required": ["listener", "client", "to"],
                                         "properties": {

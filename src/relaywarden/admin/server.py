@@ -264,6 +264,9 @@ class AdminState:
     throttle: Any = None
     ldap: Any = None
     mail_log: Any = None
+    # (cfg, resolver, recipient validator) that explain asks, kept so that their caches
+    # live across questions (explain says "cached"); rebuilt when the config changes.
+    explain_tools: Any = None
     clock: Callable[[], float] = time.monotonic
     #: Set when the process stops: open event streams end so that the server can stop.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -1100,11 +1103,18 @@ EXPLAIN_HINTS = {"tls": 'set "tls": true to see what happens after STARTTLS',
 @needs("viewer")
 async def explain(request: Request) -> Response:
     """The same question and answer as `relaywarden policy explain` (admin/explain.py)."""
-    from relaywarden.admin.explain import ExplainError
-    from relaywarden.admin.explain import explain as explain_policy
+    from relaywarden.admin.explain import ExplainError, explain_async
+    from relaywarden.app import resolver_for, validator_for
     from relaywarden.policy.gates import Need
 
-    cfg = _state(request).cfg
+    state = _state(request)
+    cfg = state.cfg
+    tools = state.explain_tools
+    if tools is None or tools[0] is not cfg:
+        if tools is not None and tools[2] is not None:
+            await tools[2].close()          # the old validator's pooled callahead connections
+        resolver = resolver_for(cfg)
+        tools = state.explain_tools = (cfg, resolver, validator_for(cfg, resolver))
     body = await read_json(request)
     listener = _text(body.get("listener"), "listener", required=True, max_len=64)
     client = _text(body.get("client"), "client", required=True, max_len=64)
@@ -1119,13 +1129,17 @@ async def explain(request: Request) -> Response:
     sender = _text(body.get("from"), "from", max_len=998)
     recipient = _text(body.get("to"), "to", required=True, max_len=998)
     try:
-        result = explain_policy(cfg, listener=listener, client=client, name=name, user=user,
-                                tls=tls, groups=groups, sender=sender, recipient=recipient)
+        result = await explain_async(cfg, resolver=tools[1], validator=tools[2],
+                                     listener=listener, client=client, name=name, user=user,
+                                     tls=tls, groups=groups, sender=sender, recipient=recipient)
     except ExplainError as exc:
         raise Problem(400, exc.message, field=exc.field) from None
     return JSON({"connect": _decision(result.connect), "auth": _decision(result.auth),
                  "sender": _decision(result.sender), "recipient": _decision(result.recipient),
                  "need": result.need.value if result.need else None,
+                 "lookups": [{"step": x.step, "kind": x.kind, "source": x.source,
+                              "answer": x.answer, "detail": x.detail or None,
+                              "cached": x.cached} for x in result.lookups],
                  "text": result.render({need: EXPLAIN_HINTS[need.value] for need in Need})})
 
 

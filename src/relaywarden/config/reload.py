@@ -167,6 +167,11 @@ SETTINGS: dict[str, str] = {
     "recipients.*.positive_ttl": APPLIED,
     "recipients.*.negative_ttl": APPLIED,
     "recipients.*.on_lookup_failure": APPLIED,
+    # New limits at once; the counts of unknown recipients so far are kept (app.py).
+    "recipient_throttle.delays": APPLIED,
+    "recipient_throttle.connection_limit": APPLIED,
+    "recipient_throttle.client_limit": APPLIED,
+    "recipient_throttle.window": APPLIED,
     # Milters: the next message uses the new settings (a conversation is per message).
     "milters.*.socket": APPLIED,
     "milters.*.connect_timeout": APPLIED,

@@ -1246,6 +1246,22 @@ class RecipientValidationSettings(Strict):
         return self
 
 
+class RecipientThrottleSettings(Strict):
+    """[recipient_throttle]: a client naming unknown recipients (a dictionary attack)."""
+    # Seconds before answering the n-th unknown recipient (the last repeats).
+    delays: list[Annotated[float, Field(ge=0)]] = [0.0, 0.0, 0.0, 1.0, 2.0, 4.0]
+    connection_limit: int = Field(default=10, ge=1)   # unknowns in a session: 421 4.7.0
+    client_limit: int = Field(default=50, ge=1)       # ... from an address within window
+    window: Duration = 900.0
+
+    @field_validator("delays")
+    @classmethod
+    def _some(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("at least one delay")
+        return value
+
+
 class PickupSettings(Strict):
     """The Pickup directory (as IIS had one): applications write .eml files into ``dir``;
     the relay queues them with the rules of ``group`` (server/pickup.py)."""
@@ -1322,6 +1338,7 @@ class Config(Strict):
     oauth: dict[str, OAuthProviderSettings] = {}   # token providers for auth = "xoauth2"
     # Recipient validation per hosted domain ("*": every hosted domain without its own).
     recipients: dict[str, RecipientValidationSettings] = {}
+    recipient_throttle: RecipientThrottleSettings = Field(default_factory=dict)
     milters: dict[str, MilterSettings] = {}    # used by listeners.NAME.milters, in order
 
     # Where the config came from: the path as given, or "<default>". Set by load.py;

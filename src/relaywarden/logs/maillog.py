@@ -1,7 +1,7 @@
 """The mail log: one line per event in a message's life, keyed by queue ID.
 
 Event names are fixed (DESIGN.md): connect, auth, reject, queued, attempt, delivered, deferred,
-bounced, badmail (plus disconnect, and etrn / atrn for a queue a client started or collected). Format: an ISO timestamp, then logfmt ``key=value`` pairs,
+bounced, badmail (plus disconnect, etrn / atrn for a queue a client started or collected, and lookup for a DNS list or recipient source asked). Format: an ISO timestamp, then logfmt ``key=value`` pairs,
 so `grep id=XYZ` tells a message's whole story and a machine can parse it.
 
 The timestamp is the moment of the event, in UTC to the microsecond, always 27 characters
@@ -38,6 +38,9 @@ class MailEvent(enum.Enum):
     BADMAIL = "badmail"
     ETRN = "etrn"
     ATRN = "atrn"
+    # What the relay asked to decide (a DNS list at connect, a recipient validation
+    # source at RCPT) and the answer: kind=, source=, answer=, cached=.
+    LOOKUP = "lookup"
     # Admin actions (CLI, console, API), each under its own name with by=WHO.
     FLUSH = "flush"
     RETRY = "retry"

@@ -241,7 +241,8 @@ async def _talk(talk: _Conversation, facts: Facts, chunks: Iterable[bytes]) -> O
     name = facts.client_name or f"[{facts.client_ip}]"
     connect_macros = {"j": facts.hostname, "_": f"{name} [{facts.client_ip}]",
                       "{daemon_name}": facts.listener, "{client_addr}": facts.client_ip,
-                      "{client_name}": name, "{client_port}": str(facts.client_port)}
+                      "{client_name}": name, "{client_port}": str(facts.client_port),
+                      "v": "relaywarden"}
     await talk.step(p.Cmd.CONNECT, p.connect(name, facts.client_ip, facts.client_port),
                     connect_macros)
     helo_macros = {}
@@ -249,7 +250,14 @@ async def _talk(talk: _Conversation, facts: Facts, chunks: Iterable[bytes]) -> O
         helo_macros = {"{tls_version}": facts.tls[0], "{cipher}": facts.tls[1],
                        "{cipher_bits}": str(facts.tls[2])}
     await talk.step(p.Cmd.HELO, p.helo(facts.helo or name), helo_macros)
-    mail_macros = {"i": facts.queue_id, "{mail_addr}": facts.sender}
+    # The macros per stage are Sendmail's defaults (its Milter.macros.* options), which
+    # the common milters read: rspamd and OpenDKIM take i, {auth_authen} and
+    # {daemon_name}; clamav-milter {rcpt_addr} and i; {mail_host} / {rcpt_host} name the
+    # domains. The mailer is "esmtp" as Sendmail's relay mailer, or "error" for the null
+    # sender's host (Sendmail's own bounce mailer has none).
+    mail_macros = {"i": facts.queue_id, "{mail_addr}": facts.sender,
+                   "{mail_host}": facts.sender.rpartition("@")[2] if facts.sender else "",
+                   "{mail_mailer}": "esmtp" if facts.sender else "error"}
     if facts.auth_user:
         mail_macros["{auth_authen}"] = facts.auth_user
         if facts.auth_type:
@@ -258,14 +266,16 @@ async def _talk(talk: _Conversation, facts: Facts, chunks: Iterable[bytes]) -> O
     for address in facts.recipients:
         # A recipient refused here refuses the message: every recipient was already
         # answered 250, and dropping one now would lose its mail in silence.
-        await talk.step(p.Cmd.RCPT, p.rcpt(address), {"{rcpt_addr}": address})
+        await talk.step(p.Cmd.RCPT, p.rcpt(address), {
+            "{rcpt_addr}": address, "{rcpt_host}": address.rpartition("@")[2],
+            "{rcpt_mailer}": "esmtp"})
     await talk.step(p.Cmd.DATA, p.packet(p.Cmd.DATA), {"i": facts.queue_id})
     fields, body = _message(chunks)
     leadspc = bool(talk.steps & p.Step.HDR_LEADSPC)
     for fname, value in fields:
         # Without HDR_LEADSPC the value is given without its leading blanks (libmilter).
         await talk.step(p.Cmd.HEADER, p.header(fname, value if leadspc else value.lstrip(b" \t")))
-    await talk.step(p.Cmd.EOH, p.packet(p.Cmd.EOH))
+    await talk.step(p.Cmd.EOH, p.packet(p.Cmd.EOH), {"i": facts.queue_id})
     skip = False
     for chunk in body:
         if skip:

@@ -78,6 +78,27 @@ def find_group(listener: ListenerPolicy, client: ClientFacts) -> Membership | No
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Lookup:
+    """One lookup `policy explain` made for a step: a DNS list zone asked at connect, or a
+    recipient validation source (policy/recipients.py) asked at RCPT."""
+
+    step: str                  # "connect" or "recipient"
+    kind: str                  # "dnsbl", "dnswl", "recipient"
+    source: str                # the zone; "file /path", "ldap", "callahead 10.0.0.5:25"
+    answer: str                # "listed 127.0.0.2", "not listed", "known", "unknown", "failed"
+    detail: str = ""           # the zone's TXT, the next hop's reply, why it failed
+    cached: bool | None = None  # from a cache (None: not known, e.g. the resolver's)
+
+    def render(self) -> str:
+        text = f"  lookup {self.kind} {self.source}: {self.answer}"
+        if self.detail:
+            text += f" ({self.detail})"
+        if self.cached is not None:
+            text += " [cached]" if self.cached else " [not cached]"
+        return text
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Explanation:
     """Every step the server would take for one (client, sender, recipient), for
     `policy explain` (CLI and HTTP API).
@@ -94,6 +115,7 @@ class Explanation:
     sender: Decision | None
     recipient: Decision | None
     need: Need | None = None
+    lookups: tuple[Lookup, ...] = ()   # what was asked (DNS lists, recipient sources)
 
     def steps(self) -> list[tuple[str, Decision | None]]:
         steps: list[tuple[str, Decision | None]] = [("connect", self.connect)]
@@ -123,6 +145,7 @@ class Explanation:
                 text += f" ({hints[self.need]})"
             refused = refused or decision.action is Action.REJECT
             lines.append(text)
+            lines.extend(look.render() for look in self.lookups if look.step == step)
         return "\n".join(lines)
 
 
@@ -357,6 +380,24 @@ class Policy:
         return dnsbl.decide(listener.name, str(client.ip), g.dnsbl, g.dnswl,
                             g.dnsbl_threshold, dict(answers))
 
+    def dnsbl_lookups(self, client: ClientFacts,
+                      answers: Mapping[str, dnsbl.ZoneAnswer]) -> list[Lookup]:
+        """One Lookup per zone asked, as explain shows it and the mail log records it."""
+        allow = {site.zone for site in self._listener(client).gates.dnswl}
+        out = []
+        for zone, a in answers.items():
+            kind = "dnswl" if zone in allow else "dnsbl"
+            if a.failed:
+                out.append(Lookup(step="connect", kind=kind, source=zone, answer="failed",
+                                  detail=a.failed))
+            elif a.answers:
+                out.append(Lookup(step="connect", kind=kind, source=zone,
+                                  answer="listed " + ",".join(a.answers),
+                                  detail=dnsbl.sanitize_txt(a.txt)))
+            else:
+                out.append(Lookup(step="connect", kind=kind, source=zone, answer="not listed"))
+        return out
+
     def check_auth(self, client: ClientFacts, *, tls: bool) -> Refusal | None:
         """May the client AUTH now (policy/gates.py)? None: AUTH is offered."""
         listener = self._listener(client)
@@ -365,10 +406,12 @@ class Policy:
     # ---------------------------------------------------------------- explain
     def explain(
         self, client: ClientFacts, sender: Address | None, recipient: Address, *,
-        tls: bool = False,
+        tls: bool = False, dnsbl_answers: Mapping[str, dnsbl.ZoneAnswer] | None = None,
     ) -> Explanation:
         """What the server answers, step by step, to this client (`client.user`: it logs
-        in as that user; `tls`: it uses STARTTLS, or the listener is implicit TLS)."""
+        in as that user; `tls`: it uses STARTTLS, or the listener is implicit TLS).
+        `dnsbl_answers`: what the DNS lists of dnsbl_zones() said (the caller asks them;
+        this stays pure)."""
         connect = self.check_connect(client)
         if connect.action is not Action.ACCEPT:
             return Explanation(connect=connect, sender=None, recipient=None)
@@ -376,6 +419,11 @@ class Policy:
         if refusal is not None:
             return Explanation(connect=refusal.decision, sender=None, recipient=None,
                                need=refusal.need)
+        if dnsbl_answers is not None:
+            # In the server's order (_greet): connection rules, reverse DNS, DNS lists.
+            listed, _ = self.check_dnsbl(client, dnsbl_answers)
+            if listed is not None:
+                return Explanation(connect=listed, sender=None, recipient=None)
         auth = None
         if client.user is not None:
             refusal = self.check_auth(client, tls=tls)

@@ -38,9 +38,17 @@ class Known(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    source: str              # "file /path", "callahead 10.0.0.5:25", "cache"
+    source: str              # "file /path", "ldap", "callahead 10.0.0.5:25"
     known: Known
     detail: str = ""
+    cached: bool = False     # from the answer cache (the source was not asked again)
+
+    @property
+    def said(self) -> str:
+        """"file /path: unknown", "callahead 127.0.0.1:25 (cached): known (250 ...)"."""
+        cached = " (cached)" if self.cached else ""
+        detail = f" ({self.detail})" if self.detail else ""
+        return f"{self.source}{cached}: {self.known.value}{detail}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +91,7 @@ def combine(key: str, answers: list[Answer], *, on_lookup_failure: str) -> Decis
     """The verdict from the sources' answers, in order. ACCEPT when one knows the address;
     REJECT 550 5.1.1 when none does and all answered; 450 4.1.1 (or ACCEPT with
     on_lookup_failure = "accept") when one could not answer."""
-    said = "; ".join(f"{a.source}: {a.known.value}" + (f" ({a.detail})" if a.detail else "")
-                     for a in answers)
+    said = "; ".join(a.said for a in answers)
     for a in answers:
         if a.known is Known.YES:
             return Decision(action=Action.ACCEPT, reply=reply(250, "2.1.5", "Ok"),
@@ -95,3 +102,53 @@ def combine(key: str, answers: list[Answer], *, on_lookup_failure: str) -> Decis
                             rule=f"{key}.on_lookup_failure", detail=said)
         return Decision(action=Action.REJECT, reply=LOOKUP_FAILED, rule=key, detail=said)
     return Decision(action=Action.REJECT, reply=UNKNOWN_USER, rule=key, detail=said)
+
+
+THROTTLED = reply(421, "4.7.0", "Too many unknown recipients, closing connection")
+
+
+class UnknownThrottle:
+    """A dictionary attack (a client guessing addresses) slowed, then cut off: unknown
+    recipients are counted per connection and per client address over ``window`` seconds.
+    The n-th unknown (the worse of the two counts) is answered ``delays[n-1]`` seconds late
+    (the last delay repeating); at ``connection_limit`` in a session or ``client_limit``
+    from an address in the window, the answer is ``421 4.7.0`` and the connection closes
+    (RFC 5321 3.8), and a client over its address limit gets 421 at its next RCPT to a
+    validated domain until the window lets it go. Pure bookkeeping, injected clock."""
+
+    def __init__(self, *, delays: tuple[float, ...], connection_limit: int, client_limit: int,
+                 window: float, clock, max_entries: int = 10_000) -> None:
+        self.delays, self.connection_limit = delays, connection_limit
+        self.client_limit, self.window, self.clock = client_limit, window, clock
+        self.max_entries = max_entries
+        self._clients: dict[str, list[float]] = {}
+
+    def _recent(self, client: str) -> list[float]:
+        now = self.clock()
+        times = [t for t in self._clients.get(client, ()) if t > now - self.window]
+        if times:
+            self._clients[client] = times
+        else:
+            self._clients.pop(client, None)
+        return times
+
+    def locked(self, client: str) -> bool:
+        return len(self._recent(client)) >= self.client_limit
+
+    def unknown(self, client: str, in_session: int) -> tuple[float, str]:
+        """Records one unknown recipient; (seconds to wait before answering, the config key
+        of the limit reached or "")."""
+        times = self._recent(client)
+        times.append(self.clock())
+        del times[:-self.client_limit]            # only the last `limit` matter
+        self._clients.pop(client, None)
+        self._clients[client] = times             # most recent last: the oldest go first
+        while len(self._clients) > self.max_entries:
+            del self._clients[next(iter(self._clients))]
+        count = max(len(times), in_session)
+        delay = self.delays[min(count, len(self.delays)) - 1]
+        if in_session >= self.connection_limit:
+            return delay, "recipient_throttle.connection_limit"
+        if len(times) >= self.client_limit:
+            return delay, "recipient_throttle.client_limit"
+        return delay, ""

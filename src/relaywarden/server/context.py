@@ -116,5 +116,6 @@ class Services:
     screener: "Screener | None" = None            # [screening]: None when nothing is listed
     on_queued: Callable[[], None] = lambda: None   # wakes the delivery scheduler
     recipients: Any = None   # server.validate.RecipientValidator, or None (no validation)
+    recipient_throttle: Any = None   # policy.recipients.UnknownThrottle ([recipient_throttle])
     sessions: set[Any] = field(default_factory=set)
     tasks: set[asyncio.Task] = field(default_factory=set)

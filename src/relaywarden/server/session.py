@@ -31,7 +31,7 @@ from relaywarden.milter import Facts as MilterFacts
 from relaywarden.policy import gates
 from relaywarden.policy.hops import ReceivedCounter
 from relaywarden.policy.model import Action, ClientFacts, Decision
-from relaywarden.policy.recipients import Answer, Known, combine
+from relaywarden.policy.recipients import THROTTLED, Answer, Known, combine
 from relaywarden.queue.store import (
     BodySpool,
     Envelope,
@@ -75,11 +75,6 @@ TLS_NOT_AVAILABLE = reply(454, "4.7.0", "TLS not available due to temporary reas
 # RFC 3463 4.7.0 (security or policy status), as Postfix and Exchange answer a connection
 # beyond their limits; 421 closes the channel (RFC 5321 3.8).
 TOO_MANY_CONNECTIONS = reply(421, "4.7.0", "Too many connections, try again later")
-# Recipient validation (policy/recipients.py): a client that names unknown recipients is
-# slowed down after a few (a dictionary attack on the directory); limits.max_errors then
-# closes the session.
-UNKNOWN_BEFORE_DELAY = 3
-UNKNOWN_DELAY = 1.0
 # RFC 4954 6; 530 5.7.0 (TLS or AUTH first) and 538 5.7.11 are the gates' (policy/gates.py).
 AUTH_MALFORMED = reply(501, "5.5.2", "Cannot decode the authentication data")
 AUTH_LOCKED = reply(454, "4.7.0", "Too many failed authentication attempts, try again later")
@@ -269,7 +264,13 @@ class SmtpSession(asyncio.Protocol):
             if self.rdns.status is RdnsStatus.VERIFIED:
                 self.client = replace(self.client, verified_name=self.rdns.name)
         if zones:
-            self._dnsbl = self.services.policy.check_dnsbl(self.client, await lists)
+            answers = await lists
+            self._dnsbl = self.services.policy.check_dnsbl(self.client, answers)
+            log = self.services.mail_log
+            for look in self.services.policy.dnsbl_lookups(self.client, answers):
+                log.event(MailEvent.LOOKUP, kind=look.kind, listener=self.ctx.name,
+                          client=self.client_ip, source=look.source, answer=look.answer,
+                          detail=look.detail or None)
         self._waiting = False
         if self._closed:
             return
@@ -575,8 +576,17 @@ class SmtpSession(asyncio.Protocol):
             found = validator.for_domain(rcpt.domain)
             if found is not None:
                 key, settings = found
+                throttle = self.services.recipient_throttle
+                if throttle is not None and throttle.locked(self.client_ip):
+                    # Over its address's limit of unknown recipients: no more lookups.
+                    self._log_limit("rcpt", THROTTLED, "recipient_throttle.client_limit",
+                                    f"{throttle.client_limit} unknown recipients from "
+                                    f"{self.client_ip} in {throttle.window:g} s",
+                                    sender=self._addr(txn.sender), recipient=address)
+                    self._respond("RCPT", query, THROTTLED)
+                    return
                 answers = validator.answer_now(address, settings)
-                if answers is None or self._unknown >= UNKNOWN_BEFORE_DELAY:
+                if answers is None:
                     # A callahead to make, or a client that guesses addresses: the session
                     # waits (nothing more is read), the others go on.
                     self._waiting = True
@@ -601,34 +611,64 @@ class SmtpSession(asyncio.Protocol):
         try:
             if answers is None:
                 answers = await self.services.recipients.lookup(address, settings)
-            verdict = combine(key, answers, on_lookup_failure=settings.on_lookup_failure)
-            if verdict.action is Action.REJECT and self._unknown >= UNKNOWN_BEFORE_DELAY:
-                # A dictionary attack is slowed down: a second before each further unknown
-                # recipient's answer (Postfix's smtpd_error_sleep_time), then cut off.
-                await asyncio.sleep(UNKNOWN_DELAY)
         except Exception as exc:  # noqa: BLE001 - a broken lookup is a failed source
             answers = [Answer("lookup", Known.FAILED, f"{type(exc).__name__}: {exc}")]
         if self._closed or self.txn is None:
             return
-        self._validated(ev, decision, address, key, settings, answers)
+        if self._validated(ev, decision, address, key, settings, answers):
+            return          # the answer is delayed (_answer_late resumes the session)
         self._waiting = False
         self._update_reading()
         self._pump()
 
     def _validated(self, ev: RcptTo, decision: Decision, address: str, key: str, settings,
-                   answers) -> None:
+                   answers) -> bool:
+        """Answer the RCPT from the sources' answers. True: the answer goes out later (a
+        throttled client waits; the session reads nothing meanwhile)."""
         verdict = combine(key, answers, on_lookup_failure=settings.on_lookup_failure)
+        log = self.services.mail_log
+        for a in answers:
+            log.event(MailEvent.LOOKUP, kind="recipient", listener=self.ctx.name,
+                      client=self.client_ip, recipient=address, source=a.source,
+                      answer=a.known.value, cached="yes" if a.cached else "no",
+                      detail=a.detail or None)
         if verdict.action is Action.ACCEPT:
             self._accept_rcpt(ev, replace(decision, detail=f"{decision.detail}; {verdict.detail}"
                                           if decision.detail else verdict.detail), address)
-            return
+            return False
         txn = self.txn
         self._log_reject("rcpt", verdict, sender=self._addr(txn.sender), recipient=address)
-        if verdict.reply.code == 550:
-            # Each counts toward the listener's max_errors, which closes the session with
-            # 421 (like Postfix's smtpd_hard_error_limit).
+        answer, delay = verdict.reply, 0.0
+        throttle = self.services.recipient_throttle
+        if verdict.reply.code == 550 and throttle is not None:
+            # A dictionary attack (policy/recipients.py UnknownThrottle): answered later and
+            # later (Postfix's smtpd_error_sleep_time), then cut off with 421 4.7.0.
             self._unknown += 1
-        self._respond("RCPT", ev.argument, verdict.reply)
+            delay, limit = throttle.unknown(self.client_ip, self._unknown)
+            if limit:
+                answer = THROTTLED
+                self._log_limit("rcpt", THROTTLED, limit,
+                                f"{self._unknown} unknown recipients in this session "
+                                f"(connection_limit {throttle.connection_limit}) or "
+                                f"client_limit {throttle.client_limit} from {self.client_ip} "
+                                f"in {throttle.window:g} s", sender=self._addr(txn.sender),
+                                recipient=address)
+        if delay > 0:
+            self._waiting = True
+            self._update_reading()
+            self._spawn(self._answer_late(delay, ev.argument, answer))
+            return True
+        self._respond("RCPT", ev.argument, answer)
+        return False
+
+    async def _answer_late(self, delay: float, query: str, answer: Reply) -> None:
+        await asyncio.sleep(delay)
+        if self._closed:
+            return
+        self._respond("RCPT", query, answer)
+        self._waiting = False
+        self._update_reading()
+        self._pump()
 
     def _on_data_start(self, ev: DataStart) -> None:
         txn = self.txn

@@ -16,7 +16,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +151,7 @@ class RecipientValidator:
 
     def _cached(self, address: str) -> Answer | None:
         answer = self._cache.get(address.lower())
-        return None if answer is None else Answer("cache", answer.known, answer.detail)
+        return None if answer is None else replace(answer, cached=True)
 
     def _remember(self, address: str, answer: Answer, ttl: float) -> None:
         self._cache.put(address.lower(), answer, ttl)
