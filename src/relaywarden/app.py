@@ -1,6 +1,6 @@
 """Builds the parts from the config and runs them: listeners, queue, logs; signals and drain.
 
-No business logic lives here (DESIGN.md): this file only wires.
+No business logic lives here (docs/architecture.md): this file only wires.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The mail log: one line per event in a message's life, keyed by queue ID.
 
-Event names are fixed (DESIGN.md): connect, auth, reject, queued, attempt, delivered, deferred,
+Event names are fixed (docs/architecture.md): connect, auth, reject, queued, attempt, delivered, deferred,
 bounced, badmail (plus disconnect, and etrn / atrn for a queue a client started or collected). Format: an ISO timestamp, then logfmt ``key=value`` pairs,
 so `grep id=XYZ` tells a message's whole story and a machine can parse it.
 
