@@ -736,7 +736,8 @@ def _unique_at(key: str, values: list[Any]) -> None:
     try:
         _unique(values)
     except PydanticCustomError as exc:
-        raise problems([((key, *path), message) for path, message in exc.context["problems"]])
+        raise problems([((key, *path), message)
+                        for path, message in exc.context["problems"]]) from None
 
 
 def _dnsbl_entry(text: str) -> str:
