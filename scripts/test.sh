@@ -2,6 +2,7 @@
 # Installs everything the test suite needs on a fresh Debian machine, then runs all of it.
 # Real peers come from Debian: swaks, Postfix's smtp-source / smtp-sink, fetchmail (ODMR).
 # The web console's browser tests drive Debian's chromium.
+# Runs `ruff check src tests` and `mypy src` before pytest.
 # Extra arguments go to pytest (e.g. `bash scripts/test.sh -k smuggling`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,4 +24,10 @@ command -v rspamd >/dev/null 2>&1 || need+=(rspamd)
 # `playwright install` (a browser download) is never used.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 ((${#need[@]} == 0)) || apt_install "${need[@]}"
+# Lint and types first ([tool.ruff] and [tool.mypy] in pyproject.toml): either failing stops
+# the run before the tests, with its findings on the terminal.
+echo "ruff check src tests" >&2
+.venv/bin/ruff check src tests || { echo "scripts/test.sh: ruff found problems (above)" >&2; exit 1; }
+echo "mypy src" >&2
+.venv/bin/mypy src || { echo "scripts/test.sh: mypy found problems (above)" >&2; exit 1; }
 exec .venv/bin/python -m pytest "$@"

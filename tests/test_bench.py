@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "relay_bench.py"
 
 
@@ -18,6 +20,10 @@ def bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
                          timeout=timeout)
     assert out.returncode == 0, out.stdout + out.stderr
     return out
+
+
+# Each runs the benchmark script with real load: out of the quick loop (-m "not slow").
+pytestmark = pytest.mark.slow
 
 
 def test_quick_run_measures_both_modes_and_writes_json(tmp_path):

@@ -22,6 +22,7 @@ from conftest import RelayProcess, free_port, start_relay, wait_port, write_conf
 from relaywarden.queue.store import queue_summary
 
 
+@pytest.mark.slow
 def test_every_acknowledged_message_survives_kill_9(relay):
     acknowledged: list[tuple[str, bytes]] = []
     stop = threading.Event()

@@ -1,6 +1,6 @@
 """Builds the parts from the config and runs them: listeners, queue, logs; signals and drain.
 
-No business logic lives here (DESIGN.md): this file only wires.
+No business logic lives here (docs/architecture.md): this file only wires.
 """
 
 from __future__ import annotations
@@ -294,6 +294,17 @@ def _oauth_providers(cfg: Config) -> dict:
     return providers(cfg)
 
 
+def _flush_marker(data_dir: Path, process: str, count: int, note: str = "") -> None:
+    """SIGUSR1 (flush the logs now): say it is done in data_dir/run/log-flush.PROCESS, a
+    count of the flushes, so a test or a script can wait for the lines instead of sleeping
+    through the once-a-second flush."""
+    run = data_dir / "run"
+    run.mkdir(exist_ok=True)
+    tmp = run / f".log-flush.{process}"
+    tmp.write_text(f"{count}{note}\n")
+    tmp.replace(run / f"log-flush.{process}")
+
+
 class DeliveryWorker:
     """The send half: the scheduler with its outbound connections, and the badmail sweeper.
     Runs inside the relay process ("inline") or alone in a child process ("separate")."""
@@ -382,6 +393,7 @@ class Relay:
         self._poke_pending = False
         self.config_path: Path | None = None
         self.pickup = None     # the Pickup directory task ([pickup]), issue 16
+        self._flushes = 0      # SIGUSR1 flushes done (flush_now)
 
     async def start(self) -> None:
         # Before the delivery and admin processes start: they write to the same directory.
@@ -412,6 +424,8 @@ class Relay:
             recipients=validator_for(self.cfg, resolver),
             recipient_throttle=recipient_throttle_for(self.cfg),
         )
+        # A marker a delivery process of an earlier run left: SIGUSR1 waits for the new one's.
+        (self.cfg.data_dir / "run" / "log-flush.delivery").unlink(missing_ok=True)
         if self.cfg.delivery.process == "inline":
             self.worker = DeliveryWorker(self.cfg, store=store, mail_log=mail_log,
                                          protocol_log=self.outbound_log)
@@ -494,6 +508,22 @@ class Relay:
             os.write(self._wake_fd, b"!")
         except (BlockingIOError, BrokenPipeError):
             pass   # the pipe is full (it wakes anyway) or the child is gone (a restart resumes)
+
+    def flush_now(self) -> None:
+        """SIGUSR1: write out the buffered log lines now, here and in the delivery process
+        (once it is ready for the signal: it says so with its own marker file)."""
+        _flush_log(self.services.mail_log, "receiving")
+        if self.services.protocol_log is not None:
+            _flush_log(self.services.protocol_log, "receiving")
+        if self.outbound_log is not None:
+            _flush_log(self.outbound_log, "receiving")
+        forwarded = ""
+        if (self.child is not None and self.child.poll() is None
+                and (self.cfg.data_dir / "run" / "log-flush.delivery").exists()):
+            self.child.send_signal(signal.SIGUSR1)
+            forwarded = " delivery"
+        self._flushes += 1
+        _flush_marker(self.cfg.data_dir, "receiving", self._flushes, forwarded)
 
     async def _flush_logs(self) -> None:
         while True:
@@ -639,6 +669,7 @@ async def serve(cfg: Config, config_path: Path | None) -> int:
     loop.add_signal_handler(signal.SIGTERM, relay.request_stop)
     loop.add_signal_handler(signal.SIGINT, relay.request_stop)
     loop.add_signal_handler(signal.SIGHUP, relay.reload, config_path)
+    loop.add_signal_handler(signal.SIGUSR1, relay.flush_now)
     await relay.wait_stopped()
     await relay.stop()
     print("relaywarden: stopped", file=sys.stderr, flush=True)
@@ -676,6 +707,18 @@ async def deliver(cfg: Config, config_path: Path | None, wake_fd: int) -> int:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)   # the parent decides (Ctrl-C)
     loop.add_signal_handler(signal.SIGHUP, reload)
+    flushes = [0]
+
+    def flush_now() -> None:
+        _flush_log(mail_log, "delivery")
+        if outbound_log is not None:
+            _flush_log(outbound_log, "delivery")
+        flushes[0] += 1
+        _flush_marker(cfg.data_dir, "delivery", flushes[0])
+
+    loop.add_signal_handler(signal.SIGUSR1, flush_now)
+    # Ready for SIGUSR1: the receiving process passes it on only once this file exists.
+    _flush_marker(cfg.data_dir, "delivery", 0)
     await worker.start()
 
     async def flush_logs() -> None:

@@ -216,13 +216,6 @@ def test_no_domain_is_an_error(routers):
         routers["full"].route("", sender="", group=None, user=None)
 
 
-def test_from_config_is_build_router(configs):
-    cfg = configs["full"]
-    assert Router.from_config(cfg).route("x.example.com", sender="", group=None, user=None) == (
-        build_router(cfg).route("x.example.com", sender="", group=None, user=None)
-    )
-
-
 def test_router_without_config():
     smart = Route(name="custom", kind=RouteKind.DELIVER, tls=TlsMode.NONE,
                   hops=(NextHop(host="10.1.1.1", port=None, literal=True, mx=False),))

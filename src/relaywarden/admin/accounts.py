@@ -240,9 +240,9 @@ def _accounts(path: str | None, config_path: str | None) -> AdminAccounts:
         raise click.UsageError("give --file or --config, not both")
     if path:
         return AdminAccounts(path)
-    from relaywarden.admin.cli import _load
+    from relaywarden.admin.configfile import load_config_or_exit
 
-    cfg = _load(config_path)
+    cfg = load_config_or_exit(config_path)
     if cfg.admin.users_file is None:
         raise click.UsageError("the config sets no admin.users_file")
     return AdminAccounts(cfg.admin.users_file)

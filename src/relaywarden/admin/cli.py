@@ -6,7 +6,6 @@ Exit codes: 0 ok, 1 runtime failure (cannot listen, not found), 2 bad config or 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -14,39 +13,10 @@ from pathlib import Path
 import click
 
 from relaywarden import __version__
-from relaywarden.config.load import ConfigError, load_config
-
-#: Where the config is looked for when neither --config nor RELAYWARDEN_CONFIG names one.
-DEFAULT_CONFIG = Path("/etc/relaywarden/relaywarden.toml")
-CONFIG_HELP = (f"TOML config file (default: $RELAYWARDEN_CONFIG, else {DEFAULT_CONFIG} if it "
-               "exists, else the embedded default config)")
-
-
-def config_file(path: str | None) -> Path | None:
-    """The config every command uses: --config, else $RELAYWARDEN_CONFIG, else the
-    documented default path when it exists; None: the embedded default config. The same
-    rule for the relay and the queue commands, so that both see one data directory."""
-    if path:
-        return Path(path)
-    env = os.environ.get("RELAYWARDEN_CONFIG", "").strip()
-    if env:
-        return Path(env)
-    return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
-
-
-def _load(path: str | None):
-    from relaywarden.config import config_warnings
-
-    try:
-        cfg = load_config(config_file(path))
-    except ConfigError as exc:
-        for msg in exc.messages:
-            click.echo(msg, err=True)
-        sys.exit(2)
-    for warning in config_warnings(cfg):
-        click.echo(f"warning: {warning}", err=True)
-    return cfg
-
+# The --config rule lives in its own module so that the subcommands' modules (track,
+# accounts, oauth) can use it without importing this one, which imports them.
+from relaywarden.admin.configfile import CONFIG_HELP, DEFAULT_CONFIG, config_file  # noqa: F401
+from relaywarden.admin.configfile import load_config_or_exit as _load
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="relaywarden")

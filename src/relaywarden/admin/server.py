@@ -1070,9 +1070,9 @@ def _jsonable(value: Any) -> Any:
         return value
     if hasattr(value, "get_secret_value"):
         return "***"
-    if hasattr(value, "value") and isinstance(getattr(value, "value"), str):   # enums
+    if hasattr(value, "value") and isinstance(value.value, str):   # enums
         return value.value
-    if hasattr(value, "pattern") and isinstance(getattr(value, "pattern"), str):
+    if hasattr(value, "pattern") and isinstance(value.pattern, str):
         return value.pattern
     if hasattr(value, "network"):
         return str(value.network)

@@ -80,10 +80,10 @@ def track(config_path, sender, recipient, message_id, queue_id, client, status, 
           limit, as_json) -> None:
     """Find messages in the history and print each one's timeline: arrival, every attempt
     with the next hop's reply, admin actions and the outcome."""
-    from relaywarden.admin.cli import _load
+    from relaywarden.admin.configfile import load_config_or_exit
     from relaywarden.history import History
 
-    cfg = _load(config_path)
+    cfg = load_config_or_exit(config_path)
     times = {}
     for name, text in (("since", since), ("until", until)):
         if text is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 
-from relaywarden.config.load import dotted_key
+from relaywarden.config.errors import dotted_key
 from relaywarden.config.schema import Config, GroupSettings, HopSettings, ListenerSettings, parse_next_hop
 from relaywarden.delivery.routing import MX_PLACEHOLDER, NextHop, Route, RouteKind, Router, SenderRoute
 from relaywarden.policy.dnsbl import parse_site

@@ -15,35 +15,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from relaywarden.config.errors import ConfigError, dotted_key
 from relaywarden.config.schema import BASE_DIR, Config
 
 DEFAULT_SOURCE = "<default>"
 
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
-
-
-class ConfigError(Exception):
-    """The config cannot be used; `messages` holds one `FILE: key: problem` line each."""
-
-    def __init__(self, messages: list[str]) -> None:
-        super().__init__("\n".join(messages))
-        self.messages = messages
-
-
-def dotted_key(loc: tuple[str | int, ...]) -> str:
-    """('listeners', 'internal', 'relay', 'networks', 1) -> listeners.internal.relay.networks[1]
-
-    Keys that are not TOML bare keys are quoted the TOML way: routes."example.com".next_hops.
-    """
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-            continue
-        key = part if _BARE_KEY.match(part) else '"' + part.replace('"', '\\"') + '"'
-        text += f".{key}" if text else key
-    return text or "(top level)"
 
 
 def _type_name(value: Any) -> str:

@@ -37,8 +37,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from relaywarden.delivery.tls import TlsMode
+from relaywarden.config.checks import certificate_problem, cram_file_problem
+from relaywarden.config.errors import dotted_key
 from relaywarden.policy import match
+from relaywarden.policy.tls import TlsMode
 
 # Context key passed to `model_validate(..., context=...)`: the directory relative paths
 # are resolved against (the config file's directory; cwd for the embedded default).
@@ -760,7 +762,8 @@ def _unique_at(key: str, values: list[Any]) -> None:
     try:
         _unique(values)
     except PydanticCustomError as exc:
-        raise problems([((key, *path), message) for path, message in exc.context["problems"]])
+        raise problems([((key, *path), message)
+                        for path, message in exc.context["problems"]]) from None
 
 
 def _dnsbl_entry(text: str) -> str:
@@ -835,13 +838,10 @@ class ListenerTlsSettings(Strict):
         except PydanticCustomError as exc:
             found += exc.context["problems"]
         if not found and self.cert_file is not None and self.key_file is not None:
-            from relaywarden.server.tls import CertificateError, server_context
-
-            try:
-                server_context(cert_file=self.cert_file, key_file=self.key_file,
-                               min_version=self.min_version)
-            except CertificateError as exc:
-                found.append(((exc.key,), str(exc)))
+            bad = certificate_problem(cert_file=self.cert_file, key_file=self.key_file,
+                                      min_version=self.min_version)
+            if bad is not None:
+                found.append(((bad[0],), bad[1]))
         elif not found and (self.cert_file is None) != (self.key_file is None):
             missing = "key_file" if self.key_file is None else "cert_file"
             found.append(((missing,), "missing (cert_file and key_file go together)"))
@@ -982,11 +982,9 @@ class AuthSettings(Strict):
     @model_validator(mode="after")
     def _cram(self) -> AuthSettings:
         if self.cram_md5_file is not None:
-            from relaywarden.auth.cram import CramFileError, CramSecrets
-            try:
-                CramSecrets.load(self.cram_md5_file)
-            except CramFileError as exc:
-                raise problem(("cram_md5_file",), str(exc)) from None
+            bad = cram_file_problem(self.cram_md5_file)
+            if bad is not None:
+                raise problem(("cram_md5_file",), bad)
         return self
 
 
@@ -1036,13 +1034,10 @@ class AdminSettings(Strict):
             missing = "key_file" if self.key_file is None else "cert_file"
             found.append(((missing,), "missing (cert_file and key_file go together)"))
         elif self.cert_file is not None and self.key_file is not None:
-            from relaywarden.server.tls import CertificateError, server_context
-
-            try:
-                server_context(cert_file=self.cert_file, key_file=self.key_file,
-                               min_version="TLSv1.2")
-            except CertificateError as exc:
-                found.append(((exc.key,), str(exc)))
+            bad = certificate_problem(cert_file=self.cert_file, key_file=self.key_file,
+                                      min_version="TLSv1.2")
+            if bad is not None:
+                found.append(((bad[0],), bad[1]))
         if self.metrics_token_file is not None:
             try:
                 self._metrics_token = _read_password(self.metrics_token_file,
@@ -1569,8 +1564,6 @@ def config_warnings(cfg: Config) -> list[str]:
     found += _groups_outside_relay_networks(cfg)
     for table, hop_settings in cfg._hop_tables():
         if hop_settings.password_inline:
-            from relaywarden.config.load import dotted_key
-
             found.append(
                 f"{cfg.source}: {dotted_key((*table, 'password'))}: the password is written in "
                 "the config file; prefer password_file (a file only the relay can read)"

@@ -381,7 +381,7 @@ class Engine:
                 due = [m for m in map(self._not_live, due) if m is not None]
                 for message in due:
                     task = asyncio.get_running_loop().create_task(self._deliver(message))
-                    # asyncio keeps only weak references to tasks (DESIGN.md, known traps).
+                    # asyncio keeps only weak references to tasks (docs/architecture.md, known traps).
                     self._active.add(task)
                     task.add_done_callback(self._task_done)
                 if len(due) >= free:

@@ -20,8 +20,8 @@ Sender routes come after the domain routes on purpose: they choose a smart host 
 mail that would otherwise go to the default route, and must never divert mail for a
 hosted domain (routed to the internal server) to an outside smart host.
 
-Build a Router from the config with `relaywarden.config.build_router(cfg)`
-(or `Router.from_config(cfg)`, the same thing).
+Build a Router from the config with `relaywarden.config.build_router(cfg)` (config/
+depends on delivery/, never the other way: docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from relaywarden.delivery.tls import TlsMode
 from relaywarden.policy import match
 
 if TYPE_CHECKING:
-    from relaywarden.config.schema import Config
     from relaywarden.delivery.courier import Courier
     from relaywarden.oauth import OAuthLogin
 
@@ -172,12 +171,6 @@ class Router:
         self._catch_all = routes.get("*")
         self._sender_routes = tuple(sender_routes)
         self._default_tls = default_tls
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> Router:
-        from relaywarden.config.build import build_router
-
-        return build_router(cfg)
 
     def route(self, recipient_domain: str, *, sender: str, group: str | None, user: str | None) -> Route:
         """The route for one recipient.

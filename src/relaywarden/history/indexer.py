@@ -130,7 +130,7 @@ async def run_trimmer(cfg, stop: asyncio.Event, *, interval: float = TRIM_EVERY)
                 if journal is None and (cfg.data_dir / "queue.sqlite3").exists():
                     journal = Journal(cfg.data_dir)
                 if journal is not None:
-                    await asyncio.to_thread(lambda: journal.trim(journal.last_seq()))
+                    await asyncio.to_thread(lambda: journal.trim(journal.last_seq()))  # noqa: B023
             except sqlite3.Error as exc:
                 print(f"relaywarden: journal: {exc}", file=sys.stderr, flush=True)
             try:

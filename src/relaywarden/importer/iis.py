@@ -29,7 +29,7 @@ import json
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, collapse_addresses, ip_address, ip_network
+from ipaddress import IPv4Network, collapse_addresses, ip_address
 from pathlib import Path
 from typing import Any
 

@@ -1,7 +1,9 @@
 """The mail log: one line per event in a message's life, keyed by queue ID.
 
-Event names are fixed (DESIGN.md): connect, auth, reject, queued, attempt, delivered, deferred,
-bounced, badmail (plus disconnect, etrn / atrn for a queue a client started or collected, and lookup for a DNS list or recipient source asked). Format: an ISO timestamp, then logfmt ``key=value`` pairs,
+Event names are fixed (docs/architecture.md): connect, auth, reject, queued, attempt, delivered,
+deferred, bounced, badmail (plus disconnect, etrn / atrn for a queue a client started or
+collected, and lookup for a DNS list or recipient source asked). Format: an ISO timestamp, then
+logfmt ``key=value`` pairs,
 so `grep id=XYZ` tells a message's whole story and a machine can parse it.
 
 The timestamp is the moment of the event, in UTC to the microsecond, always 27 characters

@@ -9,7 +9,7 @@ import time
 
 import click
 
-from relaywarden.admin.cli import CONFIG_HELP, _load
+from relaywarden.admin.configfile import CONFIG_HELP, load_config_or_exit as _load
 
 
 def _when(epoch: float | None) -> str:

@@ -25,8 +25,9 @@ from relaywarden.policy.model import (
 from relaywarden.smtp.address import Address
 from relaywarden.smtp.reply import reply
 
-# Replies. The client gets a short generic text; the detail goes to the log (DESIGN.md
-# house style 5). 5.7.1 is "delivery not authorized, message refused" (RFC 3463 3.8).
+# Replies. The client gets a short generic text; the detail goes to the log
+# (docs/architecture.md, house style 5). 5.7.1 is "delivery not authorized, message
+# refused" (RFC 3463 3.8).
 # A refused connection is answered with 554 instead of the 220 greeting (RFC 5321 3.1).
 CONNECT_OK = reply(220, None, "Service ready")  # the server replaces it with its banner
 ACCESS_DENIED = reply(554, "5.7.1", "Access denied")

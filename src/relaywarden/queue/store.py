@@ -3,8 +3,8 @@
 Nothing is answered 250 before the transaction holding the message is on disk. SQLite runs in
 WAL mode with ``synchronous=FULL``, so every COMMIT fsyncs the write-ahead log. One writer
 thread owns the write connection and commits whatever is waiting in one transaction (group
-commit): twenty sessions that finish DATA together cost one fsync, not twenty (DESIGN.md,
-"Known traps": design for the slow disk).
+commit): twenty sessions that finish DATA together cost one fsync, not twenty
+(docs/architecture.md, "Known traps": design for the slow disk).
 
 Small bodies live in the ``bodies`` table. A body too large to keep in memory while it
 arrives (over SPOOL_MEMORY_LIMIT) is already a file; it becomes the queue's copy as it is:

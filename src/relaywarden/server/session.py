@@ -250,7 +250,7 @@ class SmtpSession(asyncio.Protocol):
 
     def _spawn(self, coro) -> None:
         task = self._loop.create_task(coro)
-        # asyncio keeps only weak references to tasks (DESIGN.md, known traps).
+        # asyncio keeps only weak references to tasks (docs/architecture.md, known traps).
         self.services.tasks.add(task)
         task.add_done_callback(self.services.tasks.discard)
 
