@@ -11,7 +11,6 @@ port and NO_PROXY=127.0.0.1: nothing but the fakes can be reached.
 
 from __future__ import annotations
 
-import base64
 import email
 import email.policy
 import re

@@ -107,7 +107,7 @@ async def explain_async(cfg: Config, *, validator: RecipientValidator | None = N
         own = validator is None
         validator = validator or validator_for(cfg, resolver)
         found = validator.for_domain(to.domain) if validator is not None else None
-        if found is not None:
+        if found is not None and validator is not None:
             key, settings = found
             try:
                 said = await validator.lookup(str(to), settings)

@@ -82,6 +82,8 @@ def _route(name: str, settings: HopSettings, *, hold: bool = False,
 
     # A next hop that is not SMTP ("graph:NAME"): the schema made it the route's only one.
     couriers = [found for text in settings.next_hops if (found := courier.split(text))]
+    # Routes with a courier are built from a whole config (build_router passes it).
+    assert cfg is not None or not couriers
     password = None if settings.password is None else settings.password.get_secret_value()
     if settings.auth in ("xoauth2", "oauthbearer"):
         # The secret is a token of the provider, fetched when the connection logs in.
@@ -96,7 +98,7 @@ def _route(name: str, settings: HopSettings, *, hold: bool = False,
         atrn_users=frozenset(user.casefold() for user in getattr(settings, "atrn_users", ())),
         hops=() if couriers else tuple(next_hop(text) for text in settings.next_hops),
         courier=courier.scheme_of(couriers[0][0]).build(couriers[0][1], cfg, settings, route=name)
-        if couriers else None,
+        if couriers and cfg is not None else None,
         tls=settings.tls,
         implicit_tls=settings.implicit_tls,
         username=settings.username,

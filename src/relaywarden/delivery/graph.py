@@ -108,7 +108,7 @@ class GraphScheme:
         from relaywarden.config.schema import DEFAULT_SCOPES
 
         scope = f"{provider.graph_endpoint}/.default"
-        if provider.scopes == DEFAULT_SCOPES.get((provider.kind, provider.flow)):
+        if provider.scopes == DEFAULT_SCOPES.get((provider.kind, provider.flow or "")):
             provider.scopes = [scope]
         elif provider.scopes != [scope]:
             found.append((("next_hops", index), f"graph:{rest}: oauth.{rest}.scopes must be "
@@ -268,7 +268,8 @@ class GraphCourier:
         self.provider = provider
         self.mailbox = mailbox
         self.route = route
-        self.endpoint = provider.settings.graph_endpoint
+        # The schema fills graph_endpoint in for a provider a graph: route uses.
+        self.endpoint: str = str(provider.settings.graph_endpoint)
         self.label = f"graph:{provider.name}"
         self._host = urllib.parse.urlsplit(self.endpoint).netloc
 

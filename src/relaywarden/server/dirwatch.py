@@ -17,9 +17,9 @@ inotify the folder is still read in full every ``RESCAN`` seconds, in case an ev
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from pathlib import Path
+from typing import Any
 
 #: With inotify, a full look at the folder at least this often (seconds), events or not.
 RESCAN = 60.0
@@ -104,8 +104,8 @@ class DirWatch:
     def __init__(self, folder: Path, mode: str) -> None:
         self.folder = folder
         self.mode = mode
-        self._inotify = None
-        self._event: asyncio.Event | None = None
+        self._inotify: Any = None    # inotify_simple.INotify while watching
+        self._event = asyncio.Event()
 
     def start(self) -> None:
         self._event = asyncio.Event()
@@ -153,8 +153,7 @@ class DirWatch:
 
     def wake(self) -> None:
         """End a wait now (the relay is stopping)."""
-        if self._event is not None:
-            self._event.set()
+        self._event.set()
 
     async def wait(self, timeout: float) -> None:
         try:
