@@ -389,7 +389,7 @@ def parse_next_hop(text: str) -> tuple[str, int | None]:
 def _next_hop(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("expected a string")
-    from relaywarden.delivery import courier
+    from relaywarden.config import couriers as courier
 
     found = courier.split(value)
     if found is not None:       # "SCHEME:REST": a next hop that is not SMTP
@@ -404,9 +404,9 @@ NextHop = Annotated[str, BeforeValidator(_next_hop)]
 
 def _courier(hop: str) -> tuple[str, str] | None:
     """(scheme, rest) of a normalised next hop that names a courier (delivery.courier)."""
-    from relaywarden.delivery import courier
+    from relaywarden.config.couriers import split
 
-    return courier.split(hop)
+    return split(hop)
 
 
 class DeliverySettings(Strict):
@@ -1446,7 +1446,7 @@ class Config(Strict):
         for table, hop_settings in self._hop_tables():
             for hop in hop_settings.next_hops:
                 if (courier := _courier(hop)) is not None:
-                    from relaywarden.delivery.courier import scheme_of
+                    from relaywarden.config.couriers import scheme_of
 
                     found += [((*table, *key), message) for key, message in
                               scheme_of(courier[0]).check(courier[1], self, hop_settings)]

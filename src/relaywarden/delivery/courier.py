@@ -9,15 +9,14 @@ exactly as it records an SMTP attempt's (delivered, deferred, bounced; DSNs; the
 A courier route has exactly one next hop, the courier: failover between a courier and SMTP
 hosts would hide which of them took the mail.
 
-Adding a courier: a module with a CourierScheme object, and one line in SCHEMES naming it.
+Adding a courier: a module with a CourierScheme object, and one line in SCHEMES
+(config/couriers.py) naming it.
 The module is imported only when a config uses its scheme (a courier may need libraries
 the SMTP path does not).
 """
 
 from __future__ import annotations
 
-import importlib
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,29 +33,15 @@ if TYPE_CHECKING:
 
 __all__ = ["SCHEMES", "Courier", "CourierContext", "CourierScheme", "scheme_of", "split"]
 
-#: scheme -> "module:attribute" of its CourierScheme (imported on first use).
-SCHEMES: dict[str, str] = {
-    "drop": "relaywarden.delivery.drop:SCHEME",      # IIS's Drop directory (issue 16)
-    "graph": "relaywarden.delivery.graph:SCHEME",      # Microsoft Graph sendMail
-}
-
-# RFC 3986 3.1 scheme syntax; case-insensitive, kept lower case.
-_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):(.*)", re.DOTALL)
-
-
-def split(text: str) -> tuple[str, str] | None:
-    """("graph", "m365") for "graph:m365" when "graph" is a registered scheme, else None
-    (the text is an SMTP next hop). "host:25" stays an SMTP next hop even if a scheme
-    were called "host": a port is all digits, a courier's REST never is."""
-    found = _SCHEME.fullmatch(text.strip())
-    if found is None or found[1].lower() not in SCHEMES or found[2].isdigit():
-        return None
-    return found[1].lower(), found[2]
+# The registry of schemes lives in config/couriers.py (reading a config must not import
+# delivery/); these names stay here too.
+from relaywarden.config.couriers import SCHEMES, split  # noqa: E402
 
 
 def scheme_of(name: str) -> CourierScheme:
-    module, _, attribute = SCHEMES[name].partition(":")
-    return getattr(importlib.import_module(module), attribute)
+    from relaywarden.config.couriers import scheme_of as find
+
+    return find(name)
 
 
 class CourierScheme(Protocol):
