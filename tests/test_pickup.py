@@ -151,8 +151,12 @@ def test_a_malformed_file_goes_to_badmail_with_the_reason(env):
     relay, down, folder = env
     path = drop(folder, "broken.eml", b"this is not a message\r\nat all\r\n")
     wait_gone(path)
+    # Gone from the folder means claimed (renamed into .inflight); it is filed after that.
     badmail = relay.data_dir / "badmail"
-    metas = list(badmail.glob("*.json"))
+    deadline = time.monotonic() + 20
+    while not (metas := list(badmail.glob("*.json"))):
+        assert time.monotonic() < deadline, "the malformed file never reached badmail"
+        time.sleep(0.05)
     assert len(metas) == 1
     meta = json.loads(metas[0].read_text())
     reason = meta["recipients"][0]["reason"]
