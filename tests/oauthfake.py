@@ -4,7 +4,9 @@
   platform for one tenant (OpenID discovery document, v2.0 token endpoint with the client
   credentials, refresh token and device code grants, the device code endpoint) and
   Google's token endpoint (the JWT bearer grant of a service account, RFC 7523, and the
-  refresh token grant). It checks the credentials as the real ones do (a client secret, a
+  refresh token grant, and the installed-app flow: the authorization endpoint
+  /google/auth, which "signs in" at once and redirects to the loopback redirect URI
+  with a code, and the authorization code grant with PKCE, RFC 7636). It checks the credentials as the real ones do (a client secret, a
   client assertion signed by the registered certificate's key, a service account's JWT
   signed by its key), answers errors in the platforms' shapes (AADSTS codes,
   invalid_grant), rotates Microsoft refresh tokens, and remembers every access token it
@@ -19,6 +21,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import secrets
 import ssl
@@ -65,6 +68,8 @@ class FakeIdentity:
     google_accounts: dict[str, object] = field(default_factory=dict)   # email -> public key
     google_client: tuple[str, str] = ("g-client", "g-secret")
     device_polls: int = 1                       # authorization_pending answers first
+    google_deny: bool = False                   # /google/auth: the user clicks "Cancel"
+    google_codes: dict[str, dict] = field(default_factory=dict)    # code -> its request
     # client credentials: the resources an app may ask for (FakeGraph adds its own)
     app_scopes: set[str] = field(default_factory=lambda: {"https://outlook.office365.com/.default"})
     issued: dict[str, Issued] = field(default_factory=dict)
@@ -209,8 +214,53 @@ class FakeIdentity:
                      "interval": 1,
                      "message": f"To sign in, open {self.base}/devicelogin and enter ABCD-EFGH."}
 
+    def google_auth(self, query: dict) -> tuple[int, dict | str]:
+        """The consent screen, signed through at once: (302, Location) or an error page.
+        Checks what Google checks of an installed app's request: the client, a loopback
+        redirect URI, response_type=code, the scope, and (as for our client, always)
+        offline access, forced consent and a S256 PKCE challenge."""
+        if query.get("client_id") != self.google_client[0]:
+            return 401, {"error": "invalid_client", "error_description": "The OAuth client was not found."}
+        redirect = query.get("redirect_uri", "")
+        if not redirect.startswith("http://127.0.0.1:"):
+            return 400, {"error": "redirect_uri_mismatch", "error_description": redirect}
+        wanted = {"response_type": "code", "scope": "https://mail.google.com/",
+                  "access_type": "offline", "prompt": "consent", "code_challenge_method": "S256"}
+        for key, value in wanted.items():
+            if query.get(key) != value:
+                return 400, {"error": "invalid_request", "error_description": f"{key}={query.get(key)!r}"}
+        if len(query.get("code_challenge", "")) != 43 or not query.get("state"):
+            return 400, {"error": "invalid_request", "error_description": "code_challenge / state"}
+        back = {"state": query["state"]}
+        if self.google_deny:
+            back["error"] = "access_denied"
+        else:
+            code = "4/" + secrets.token_urlsafe(16)
+            with self.lock:
+                self.google_codes[code] = dict(query)
+            back.update(code=code, scope="https://mail.google.com/")
+        return 302, f"{redirect}?{urllib.parse.urlencode(back)}"
+
+    def _google_code(self, form: dict) -> tuple[int, dict]:
+        if (form.get("client_id"), form.get("client_secret")) != self.google_client:
+            return 401, {"error": "invalid_client", "error_description": "Unauthorized"}
+        with self.lock:
+            asked = self.google_codes.pop(form.get("code", ""), None)   # one use only
+        if asked is None:
+            return 400, {"error": "invalid_grant", "error_description": "Malformed auth code."}
+        if form.get("redirect_uri") != asked["redirect_uri"]:
+            return 400, {"error": "redirect_uri_mismatch", "error_description": "Bad Request"}
+        digest = hashlib.sha256(form.get("code_verifier", "").encode()).digest()
+        if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != asked["code_challenge"]:
+            return 400, {"error": "invalid_grant", "error_description": "Invalid code verifier."}
+        answer = self._issue("google-user", "google")
+        answer.update(refresh_token=self.new_refresh_token(), scope="https://mail.google.com/")
+        return 200, answer
+
     def google_token(self, form: dict) -> tuple[int, dict]:
         grant = form.get("grant_type")
+        if grant == "authorization_code":
+            return self._google_code(form)
         if grant == "urn:ietf:params:oauth:grant-type:jwt-bearer":
             assertion = form.get("assertion", "")
             try:
@@ -273,6 +323,16 @@ class _Handler(BaseHTTPRequestHandler):
             idp.paths.append(f"GET {path}")
         if path == f"/{TENANT}/v2.0/.well-known/openid-configuration":
             self._answer(200, idp.openid_configuration())
+        elif path == "/google/auth":
+            status, answer = idp.google_auth(dict(urllib.parse.parse_qsl(
+                urllib.parse.urlsplit(self.path).query)))
+            if isinstance(answer, str):
+                self.send_response(status)
+                self.send_header("Location", answer)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            else:
+                self._answer(status, answer)
         else:
             self._answer(404, {"error": "not_found"})
 

@@ -117,6 +117,28 @@ def test_provider_mistakes(tmp_path):
         "oauth.x.kind: 'yahoo' is not one of 'microsoft' or 'google'"]
 
 
+def test_google_installed_app_auth_uri(tmp_path):
+    """kind = "google", flow = "refresh_token": auth_uri (where `oauth login` sends the
+    browser) defaults to Google's; an http:// one, or one on a flow or kind that never uses
+    it, is an error naming the key."""
+    (tmp_path / "g.secret").write_text("g-secret\n")
+    google = '[oauth.g]\nkind = "google"\nflow = "refresh_token"\nclient_id = "c"\nclient_secret_file = "g.secret"\n'
+    p = load(tmp_path, google).oauth["g"]
+    assert (p.auth_uri, p.token_uri) == ("https://accounts.google.com/o/oauth2/auth",
+                                         "https://oauth2.googleapis.com/token")
+    p = load(tmp_path, google + 'auth_uri = "https://127.0.0.1:8443/auth"\n').oauth["g"]
+    assert p.auth_uri == "https://127.0.0.1:8443/auth"
+    assert errors(tmp_path, google + 'auth_uri = "http://127.0.0.1/auth"\n') == [
+        "oauth.g.auth_uri: 'http://127.0.0.1/auth' is not an https:// URL"]
+    assert errors(tmp_path, MS + 'client_secret_file = "g.secret"\nauth_uri = "https://a.test/"\n') == [
+        'oauth.m365.auth_uri: not used with kind = "microsoft"']
+    (tmp_path / "sa.json").write_text("{}")
+    assert errors(tmp_path, '[oauth.g]\nkind = "google"\nservice_account_file = "sa.json"\n'
+                  'auth_uri = "https://a.test/"\n') == [
+        'oauth.g.auth_uri: not used with flow = "service_account"']
+    assert load(tmp_path, MS + 'client_secret_file = "g.secret"\n').oauth["m365"].auth_uri is None
+
+
 def test_route_mistakes(tmp_path):
     ms = MS + 'flow = "refresh_token"\n'
     assert errors(tmp_path, ms + ROUTE.replace('"m365"', '"m356"')) == [

@@ -1078,6 +1078,8 @@ HttpsUrl = Annotated[str | None, PlainValidator(_unset_if_empty(_https_url))]
 
 MICROSOFT_AUTHORITY = "https://login.microsoftonline.com"
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
+# (the "auth_uri" of the client_secret JSON Google gives for a Desktop app OAuth client)
+GOOGLE_AUTH_URI = "https://accounts.google.com/o/oauth2/auth"
 MICROSOFT_GRAPH = "https://graph.microsoft.com"
 # The scopes a token is asked for when `scopes` is not set (docs/delivery.md): Exchange
 # Online's app-only SMTP (SMTP.SendAsApp is granted to the app), its delegated SMTP.Send,
@@ -1091,7 +1093,7 @@ DEFAULT_SCOPES = {
 }
 _KIND_KEYS = {
     "microsoft": {"tenant", "authority", "certificate_file", "key_file", "graph_endpoint"},
-    "google": {"service_account_file", "subject", "token_uri"},
+    "google": {"service_account_file", "subject", "token_uri", "auth_uri"},
 }
 _FLOWS = {"microsoft": ("client_credentials", "refresh_token"),
           "google": ("service_account", "refresh_token")}
@@ -1116,6 +1118,9 @@ class OAuthProviderSettings(Strict):
     service_account_file: OptionalFile = None   # google: the service account's JSON key
     subject: OptionalAddress = None             # google: the mailbox to act as (default: route username)
     token_uri: HttpsUrl = None                  # google: default the key file's, else Google's
+    # google, flow = "refresh_token": the authorization endpoint `oauth login` sends the
+    # browser to (default Google's; tests)
+    auth_uri: HttpsUrl = None
     refresh_token_file: OptionalFile = None     # a refresh token obtained elsewhere (first use only)
     scopes: list[Text] | None = None            # default: DEFAULT_SCOPES
     ca_file: OptionalFile = None                # trust anchors for the identity endpoints
@@ -1167,7 +1172,7 @@ class OAuthProviderSettings(Strict):
             if self.flow == "service_account":
                 if self.service_account_file is None:
                     found.append((("service_account_file",), 'missing (required with flow = "service_account")'))
-                for key in ("client_id", "client_secret_file", "refresh_token_file"):
+                for key in ("client_id", "client_secret_file", "refresh_token_file", "auth_uri"):
                     if getattr(self, key) is not None:
                         found.append(((key,), 'not used with flow = "service_account"'))
             elif self.flow == "refresh_token":
@@ -1199,6 +1204,8 @@ class OAuthProviderSettings(Strict):
             raise problem((exc.key,), str(exc)) from None
         if kind == "google" and self.token_uri is None:
             self.token_uri = (self._service_account or {}).get("token_uri") or GOOGLE_TOKEN_URI
+        if kind == "google" and self.flow == "refresh_token" and self.auth_uri is None:
+            self.auth_uri = GOOGLE_AUTH_URI
         return self
 
     def client_secret(self) -> str | None:

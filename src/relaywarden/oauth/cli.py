@@ -167,20 +167,26 @@ def _all_routes(router):
 @oauth.command("login")
 @click.argument("name")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
-def login(name, config_path) -> None:
-    """Device code flow (Microsoft, flow = "refresh_token"): prints where to sign in and
-    the code, waits for the sign-in, and stores the refresh token for the relay."""
+@click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
+              help="Google: seconds to wait for the browser to come back")
+def login(name, config_path, timeout) -> None:
+    """Get and store the refresh token of a flow = "refresh_token" provider, for the relay.
+    Microsoft: the device code flow (prints where to sign in and the code). Google: the
+    installed-app flow (prints the URL to open in a browser; the browser comes back to a
+    one-shot listener on 127.0.0.1 of this machine)."""
     from relaywarden.oauth import TokenError
     from relaywarden.oauth.tokens import Token
 
     cfg = _load(config_path)
     provider = _provider(cfg, name)
     s = provider.settings
-    if s.kind != "microsoft" or s.flow != "refresh_token":
-        click.echo(f"relaywarden: oauth login is for kind = \"microsoft\", flow = "
-                   f"\"refresh_token\" (oauth.{name} is {s.kind}, {s.flow}); a Google refresh "
-                   "token goes in refresh_token_file", err=True)
+    if s.flow != "refresh_token":
+        click.echo(f"relaywarden: oauth login is for flow = \"refresh_token\" (oauth.{name} "
+                   f"is {s.kind}, {s.flow})", err=True)
         sys.exit(2)
+    if s.kind == "google":
+        _google_login(provider, timeout)
+        return
     try:
         app = provider.msal_app(public=True)
         flow = app.initiate_device_flow(scopes=s.scopes)
@@ -207,3 +213,23 @@ def login(name, config_path) -> None:
     token = Token(result["access_token"], time.time() + float(result.get("expires_in") or 3600))
     provider.store_refresh_token(result["refresh_token"], token)
     click.echo(f"oauth.{name}: signed in; refresh token stored in {provider.state_path}")
+
+
+def _google_login(provider, timeout: float) -> None:
+    from relaywarden.oauth import TokenError
+    from relaywarden.oauth.installed import login as installed_login
+
+    def show(url: str) -> None:
+        # A browser on another machine ends on http://127.0.0.1:PORT/?... that it cannot
+        # reach: that address, fetched here (curl), completes the sign-in.
+        click.echo(f"Open this URL in a browser and sign in as the mailbox (browser on "
+                   f"another machine: copy the http://127.0.0.1:... address it then fails "
+                   f"to open, and run curl 'ADDRESS' on this machine):\n{url}")
+        click.echo(f"(waiting up to {timeout:g}s for the sign-in)", err=True)
+
+    try:
+        installed_login(provider, timeout, show)
+    except TokenError as exc:
+        click.echo(f"relaywarden: {exc.reason}", err=True)
+        sys.exit(1)
+    click.echo(f"oauth.{provider.name}: signed in; refresh token stored in {provider.state_path}")
