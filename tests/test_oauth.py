@@ -20,8 +20,10 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
+import httpx
 import pytest
 import trustme
 
@@ -76,6 +78,16 @@ flow = "refresh_token"
 client_id = "g-client"
 client_secret_file = "m365.secret"
 refresh_token_file = "m365.rt"
+token_uri = "https://127.0.0.1:{idp}/google/token"
+ca_file = "ca.pem"
+""",
+    "google_login": """
+[oauth.m365]
+kind = "google"
+flow = "refresh_token"
+client_id = "g-client"
+client_secret_file = "m365.secret"
+auth_uri = "https://127.0.0.1:{idp}/google/auth"
 token_uri = "https://127.0.0.1:{idp}/google/token"
 ca_file = "ca.pem"
 """,
@@ -136,7 +148,7 @@ class Setup:
             cert.cert_chain_pems[0].write_to_path(str(tmp_path / "app.crt"))
             self.idp.certificate_pem = cert.cert_chain_pems[0].bytes()
             self.idp.client_secret = None
-        if provider == "google_rt":
+        if provider in ("google_rt", "google_login"):
             (tmp_path / "m365.secret").write_text("g-secret\n")
         if provider in ("refresh", "google_rt"):
             (tmp_path / "m365.rt").write_text(self.idp.new_refresh_token() + "\n")
@@ -240,7 +252,7 @@ def _only_the_fake(s: Setup) -> None:
     """msal / google-auth asked the fake only for what it serves (no instance discovery)."""
     allowed = {f"GET /{TENANT}/v2.0/.well-known/openid-configuration",
                f"POST /{TENANT}/oauth2/v2.0/token", f"POST /{TENANT}/oauth2/v2.0/devicecode",
-               "POST /google/token"}
+               "POST /google/token", "GET /google/auth"}
     assert set(s.idp.paths) <= allowed, s.idp.paths
 
 
@@ -597,3 +609,132 @@ def test_client_sasl_encoding_and_one_retry(tmp_path, mechanism):
         assert info.value.stage == "auth" and len(attempts) == 2
     finally:
         hop.stop()
+
+
+class GoogleLogin:
+    """`relaywarden oauth login NAME` of a Google provider, running; and the browser: it
+    opens the URL the CLI printed at the fake's authorization endpoint, which redirects
+    (302) to the CLI's loopback redirect URI, and follows that redirect."""
+
+    def __init__(self, s: Setup, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "relaywarden", "oauth", "login", "m365", "--config",
+             str(s.config), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=dict(os.environ))
+        lines = []
+        while True:
+            line = self.proc.stdout.readline()
+            assert line, f"no URL printed: {lines} {self.proc.stderr.read()}"
+            lines.append(line)
+            if line.startswith("https://"):
+                self.url = line.strip()
+                break
+        self.browser = httpx.Client(verify=ssl.create_default_context(cafile=str(s.tmp / "ca.pem")),
+                                    trust_env=False, timeout=10)
+
+    def consent(self) -> str:
+        """The authorization endpoint's answer: the redirect URI with code (or error) and state."""
+        answer = self.browser.get(self.url)
+        assert answer.status_code == 302, answer.text
+        return answer.headers["location"]
+
+    def back(self, location: str) -> httpx.Response:
+        assert location.startswith("http://127.0.0.1:")
+        return self.browser.get(location)
+
+    def finish(self) -> tuple[int, str, str]:
+        out, err = self.proc.communicate(timeout=30)
+        self.browser.close()
+        return self.proc.returncode, out, err
+
+
+def test_google_login_installed_app_then_delivered(make):
+    """kind = "google", flow = "refresh_token" without a refresh token: mail waits; `oauth
+    login` prints the authorization URL (offline access, consent, PKCE S256, state), the
+    browser comes back to its 127.0.0.1 listener with a code, the code + code_verifier are
+    exchanged for a refresh token, stored as the device code flow's, and the waiting mail
+    goes out with XOAUTH2."""
+    s = make(provider="google_login")
+    s.send(1)
+    assert "relaywarden oauth login m365" in s.wait_reason("no_refresh_token")
+    login = GoogleLogin(s)
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(login.url).query))
+    assert login.url.startswith(f"{s.idp.base}/google/auth?")
+    assert query["redirect_uri"].startswith("http://127.0.0.1:")
+    assert (query["client_id"], query["response_type"], query["scope"], query["access_type"],
+            query["prompt"], query["code_challenge_method"]) == (
+        "g-client", "code", "https://mail.google.com/", "offline", "consent", "S256")
+    page = login.back(login.consent())
+    assert page.status_code == 200 and "Signed in" in page.text
+    code, out, err = login.finish()
+    assert code == 0, err
+    assert "oauth.m365: signed in; refresh token stored in" in out
+    [grant] = s.idp.grants("authorization_code")
+    assert (grant["client_id"], grant["client_secret"]) == ("g-client", "g-secret")
+    assert grant["redirect_uri"] == query["redirect_uri"] and len(grant["code_verifier"]) >= 43
+    saved = s.state()
+    assert s.idp.refresh_tokens[saved["refresh_token"]] is True
+    assert saved["flow"] == "refresh_token" and saved["last_error"] is None
+    assert stat.S_IMODE((s.data_dir / "oauth" / "m365.json").stat().st_mode) == 0o600
+    got = s.hop.wait_for(1, timeout=30)
+    assert got[0].login == "scanner@contoso.test"
+    assert [(a.mechanism, a.ok) for a in s.attempts][-1] == ("XOAUTH2", True)
+    # Later tokens come from the stored refresh token (the refresh token grant), as the
+    # relay's refreshes do.
+    result = s.cli("oauth", "test", "m365", "--refresh")
+    assert result.returncode == 0, result.stderr
+    [refresh] = s.idp.grants("refresh_token")
+    assert refresh["refresh_token"] == saved["refresh_token"]
+    _only_the_fake(s)
+
+
+def test_google_login_wrong_state_refused(make):
+    """A redirect whose state is not the one this login sent (RFC 6749 10.12, a forged
+    redirect) is refused: no code exchange, nothing stored, exit 1 naming the provider."""
+    s = make(provider="google_login")
+    login = GoogleLogin(s)
+    location = login.consent()
+    forged = re.sub(r"state=[^&]+", "state=forged", location)
+    assert forged != location
+    page = login.back(forged)
+    assert page.status_code == 400 and "state" in page.text
+    code, out, err = login.finish()
+    assert code == 1
+    assert err.strip().splitlines()[-1].startswith("relaywarden: oauth.m365: state_mismatch")
+    assert s.idp.grants("authorization_code") == []
+    assert "refresh_token" not in read_state(s.data_dir / "oauth" / "m365.json")
+
+
+def test_google_login_access_denied(make):
+    """The user cancels on the consent screen: error=access_denied at the redirect."""
+    s = make(provider="google_login")
+    s.idp.google_deny = True
+    login = GoogleLogin(s)
+    location = login.consent()
+    assert "error=access_denied" in location
+    assert login.back(location).status_code == 400
+    code, out, err = login.finish()
+    assert code == 1
+    assert err.strip().splitlines()[-1] == "relaywarden: oauth.m365: access_denied"
+    assert s.idp.grants() == []
+
+
+def test_google_login_invalid_grant_and_timeout(make):
+    """A code the token endpoint refuses (expired, used): its invalid_grant; no browser
+    coming back within --timeout: a timeout error. Both exit 1 naming the provider."""
+    s = make(provider="google_login")
+    login = GoogleLogin(s)
+    location = login.consent()
+    s.idp.google_codes.clear()              # the code expired meanwhile
+    assert login.back(location).status_code == 200
+    code, out, err = login.finish()
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (
+        "relaywarden: oauth.m365: invalid_grant: Malformed auth code.")
+    assert "refresh_token" not in read_state(s.data_dir / "oauth" / "m365.json")
+
+    login = GoogleLogin(s, "--timeout", "1")
+    code, out, err = login.finish()
+    assert code == 1
+    assert re.search(r"^relaywarden: oauth.m365: timeout: no sign-in came back to "
+                     r"http://127.0.0.1:\d+/ within 1s$", err.strip().splitlines()[-1])
