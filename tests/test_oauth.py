@@ -738,3 +738,12 @@ def test_google_login_invalid_grant_and_timeout(make):
     assert code == 1
     assert re.search(r"^relaywarden: oauth.m365: timeout: no sign-in came back to "
                      r"http://127.0.0.1:\d+/ within 1s$", err.strip().splitlines()[-1])
+
+
+def test_pkce_s256_rfc7636_appendix_b():
+    from relaywarden.oauth.installed import pkce_pair, s256
+
+    assert s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk") == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+    verifier, challenge = pkce_pair()
+    assert re.fullmatch(r"[A-Za-z0-9._~-]{43,128}", verifier) and challenge == s256(verifier)
+    assert pkce_pair()[0] != verifier

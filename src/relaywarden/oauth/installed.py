@@ -28,13 +28,17 @@ if TYPE_CHECKING:
     from relaywarden.oauth.tokens import TokenProvider
 
 
+def s256(verifier: str) -> str:
+    """RFC 7636 4.2: code_challenge = BASE64URL(SHA256(ASCII(code_verifier))), no padding."""
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
 def pkce_pair() -> tuple[str, str]:
     """(code_verifier, code_challenge): RFC 7636 4.1, 43..128 unreserved characters (32
-    random octets, base64url: 43), and 4.2 S256 = BASE64URL(SHA256(ASCII(verifier)))
-    without padding."""
+    random octets, base64url: 43 characters), and its S256 challenge."""
     verifier = secrets.token_urlsafe(32)
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return verifier, s256(verifier)
 
 
 def authorization_url(provider: TokenProvider, redirect_uri: str, state: str,
@@ -176,4 +180,4 @@ def login(provider: TokenProvider, timeout: float, show: Callable[[str], None]) 
     provider.store_refresh_token(refresh_token, token)
 
 
-__all__ = ["authorization_url", "exchange", "listen", "login", "pkce_pair", "wait_redirect"]
+__all__ = ["authorization_url", "exchange", "listen", "login", "pkce_pair", "s256", "wait_redirect"]
