@@ -154,6 +154,7 @@ SETTINGS: dict[str, str] = {
     "oauth.*.service_account_file": APPLIED,
     "oauth.*.subject": APPLIED,
     "oauth.*.token_uri": APPLIED,
+    "oauth.*.auth_uri": APPLIED,            # (oauth login only; the relay never uses it)
     "oauth.*.refresh_token_file": APPLIED,
     "oauth.*.scopes": APPLIED,
     "oauth.*.ca_file": APPLIED,
