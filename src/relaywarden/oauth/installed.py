@@ -72,6 +72,7 @@ class _Listener(http.server.HTTPServer):
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Listener
+    timeout = 10        # a connection that sends nothing does not hold the login past --timeout
 
     def log_message(self, *args: Any) -> None:      # the CLI's output is the URL and errors
         pass
