@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from conftest import free_port, start_relay, write_config
+from support.relay import free_port, start_relay, write_config
 from downstream import Downstream
 
 PASSWORD = "shop secret 42"

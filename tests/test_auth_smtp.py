@@ -16,7 +16,8 @@ import time
 import pytest
 import trustme
 
-from conftest import HERMETIC, free_port, start_relay, write_config
+from support.configs import HERMETIC
+from support.relay import free_port, start_relay, write_config
 from ldapserver import LdapServer
 
 MSG = b"From: alice@example.com\r\nTo: x@gmail.test\r\nSubject: auth\r\n\r\nhello\r\n"

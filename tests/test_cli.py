@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import BASIC, free_port, start_relay, write_config
+from support.configs import BASIC
+from support.relay import free_port, start_relay, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,7 +103,7 @@ def test_default_config_listens_on_2525_relays_for_localhost_only_data_in_cwd(tm
     """The README's first command: `relaywarden serve` with the embedded default config."""
     proc = subprocess.Popen([sys.executable, "-m", "relaywarden", "serve"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    from conftest import RelayProcess, wait_port
+    from support.relay import RelayProcess, wait_port
     relay = RelayProcess(proc=proc, config=Path("-"), data_dir=tmp_path / "var",
                          ports={"default": 2525})
     try:

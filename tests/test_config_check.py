@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from conftest import HERMETIC, free_port, start_relay, write_config
+from support.configs import HERMETIC
+from support.relay import free_port, start_relay, write_config
 from relaywarden.config import build_router, load_config
 
 LISTENER = """

@@ -24,7 +24,7 @@ import pytest
 import trustme
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from conftest import free_port, start_relay, write_config
+from support.relay import free_port, start_relay, write_config
 from dnsserver import DnsServer
 from downstream import Downstream
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, write_config
+from support.relay import free_port, write_config
 from downstream import Downstream
 from faultfs import FaultyFiles, eio
 from relaywarden.app import Relay

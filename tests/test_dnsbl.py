@@ -8,7 +8,7 @@ import smtplib
 
 import pytest
 
-from conftest import free_port, start_relay, write_config
+from support.relay import free_port, start_relay, write_config
 from dnsserver import DnsServer
 from relaywarden.policy.dnsbl import ZoneAnswer, decide, parse_site, query_name, sanitize_txt
 

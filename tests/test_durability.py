@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RelayProcess, free_port, start_relay, wait_port, write_config
+from support.relay import RelayProcess, free_port, start_relay, wait_port, write_config
 from relaywarden.queue.store import queue_summary
 
 

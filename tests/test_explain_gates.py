@@ -17,7 +17,8 @@ import httpx
 import pytest
 import trustme
 
-from conftest import HERMETIC, free_port, start_relay, wait_admin, write_config
+from support.configs import HERMETIC
+from support.relay import free_port, start_relay, wait_admin, write_config
 
 PASSWORD = "correct horse battery"
 

@@ -14,7 +14,7 @@ import sys
 import httpx
 import pytest
 
-from conftest import free_port, start_relay, wait_admin, write_config
+from support.relay import free_port, start_relay, wait_admin, write_config
 from dnsserver import DnsServer
 from downstream import Downstream
 

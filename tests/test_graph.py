@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from conftest import free_port, start_relay, write_config
+from support.relay import free_port, start_relay, write_config
 from downstream import Downstream
 from oauthfake import TENANT, FakeGraph, FakeIdentity
 from relaywarden.config import ConfigError, load_config

@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import free_port, start_relay, wait_admin, write_config
+from support.relay import free_port, start_relay, wait_admin, write_config
 from downstream import Downstream
 
 CONFIG = """

@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from conftest import HERMETIC, free_port, start_relay, write_config
+from support.configs import HERMETIC
+from support.relay import free_port, start_relay, write_config
 
 MSG = b"From: app@example.com\r\nTo: user@example.com\r\nSubject: limits\r\n\r\nhello\r\n"
 

@@ -6,7 +6,8 @@ import signal
 import smtplib
 import time
 
-from conftest import HERMETIC, free_port, start_relay, write_config
+from support.configs import HERMETIC
+from support.relay import free_port, start_relay, write_config
 from test_receive import MSG, RawClient
 
 TWO = HERMETIC + """

@@ -7,7 +7,7 @@ import re
 import smtplib
 import time
 
-from conftest import free_port, start_relay, write_config
+from support.relay import free_port, start_relay, write_config
 from downstream import Downstream
 
 CONFIG = """

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, start_relay, write_config
+from support.relay import free_port, start_relay, write_config
 from debian import apt_install
 from downstream import Downstream
 

@@ -27,7 +27,7 @@ import httpx
 import pytest
 import trustme
 
-from conftest import free_port, start_relay, write_config
+from support.relay import free_port, start_relay, write_config
 from downstream import Downstream
 from oauthfake import TENANT, FakeIdentity, OAuthSMTP, rsa_key_pem
 from relaywarden.oauth.tokens import read_state, write_atomic

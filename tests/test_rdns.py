@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import free_port, start_relay, write_config
+from support.relay import free_port, start_relay, write_config
 from dnsserver import DnsServer
 
 RECORDS = {

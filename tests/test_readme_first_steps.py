@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from conftest import free_port, wait_admin, wait_port
+from support.relay import free_port, wait_admin, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "first steps password"

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import free_port, start_relay, write_config
+from support.relay import free_port, start_relay, write_config
 from downstream import Downstream
 from relaywarden.policy.recipients import Answer, Known, combine, parse_list
 

@@ -10,7 +10,7 @@ import signal
 import smtplib
 import time
 
-from conftest import free_port, start_relay, write_config
+from support.relay import free_port, start_relay, write_config
 from downstream import Downstream
 
 CONFIG = """

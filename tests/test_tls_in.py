@@ -20,7 +20,8 @@ import aiosmtplib
 import pytest
 import trustme
 
-from conftest import HERMETIC, free_port, start_relay, write_config
+from support.configs import HERMETIC
+from support.relay import free_port, start_relay, write_config
 
 MSG = b"From: app@example.com\r\nTo: user@example.com\r\nSubject: tls\r\n\r\nhello\r\n"
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import BASIC, RelayProcess, free_port, start_relay, wait_admin, write_config
+from support.configs import BASIC
+from support.relay import RelayProcess, free_port, start_relay, wait_admin, write_config
 
 USERS = {"ada": "admin", "otto": "operator", "vera": "viewer"}
 PASSWORD = "correct horse battery staple"

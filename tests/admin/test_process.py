@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import BASIC, free_port, write_config
+from support.configs import BASIC
+from support.relay import free_port, write_config
 
 from .conftest import PASSWORD, problem, start_console
 

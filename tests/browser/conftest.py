@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BASIC, RelayProcess, free_port, start_relay, wait_admin, write_config
+from support.configs import BASIC
+from support.relay import RelayProcess, free_port, start_relay, wait_admin, write_config
 
 CHROMIUM = "/usr/bin/chromium"
 # Headless, and nothing that would call out from a machine that only has loopback.

@@ -39,7 +39,7 @@ pytestmark = pytest.mark.timeout(30)
 
 HOST = "127.0.0.1"
 SENDER = "sender@example.org"
-from conftest import free_port  # noqa: E402 - one port allocator for the whole run
+from support.relay import free_port  # noqa: E402 - one port allocator for the whole run
 
 BODY = b"Subject: test\r\n\r\nHello\r\n.leading dot\r\n..two dots\r\n.\r\nend\r\n"
 

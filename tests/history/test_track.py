@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from conftest import free_port, start_relay, write_config
+from support.relay import free_port, start_relay, write_config
 from downstream import Behaviour, Downstream
 
 CONFIG = """

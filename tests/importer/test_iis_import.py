@@ -22,7 +22,7 @@ from iis_fixtures import (  # noqa: E402
 )
 
 from relaywarden.importer.ipsec import IpSecError, IpSecList, NameEntry, decode, encode  # noqa: E402
-from conftest import free_port, start_relay  # noqa: E402
+from support.relay import free_port, start_relay  # noqa: E402
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

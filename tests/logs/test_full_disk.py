@@ -42,7 +42,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, write_config
+from support.relay import free_port, write_config
 from downstream import Downstream
 
 from relaywarden import metrics as relay_metrics

@@ -19,7 +19,7 @@ import subprocess
 import threading
 from collections import defaultdict
 
-from conftest import free_port, start_relay, write_config
+from support.relay import free_port, start_relay, write_config
 from downstream import Downstream
 
 CONFIG = """

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BASIC, HERMETIC, free_port, start_relay, write_config
+from support.configs import BASIC, HERMETIC
+from support.relay import free_port, start_relay, write_config
 from downstream import Downstream
 
 

@@ -14,7 +14,7 @@ import pytest
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import free_port, start_relay, write_config
+from support.relay import free_port, start_relay, write_config
 from downstream import Downstream
 from relaywarden import metrics
 

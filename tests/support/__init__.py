@@ -1,2 +1,3 @@
-"""What the tests share: free ports, starting a relay, its files (tests/support/relay.py).
-tests/conftest.py re-exports these names for the tests that do `from conftest import ...`."""
+"""What the tests share: free ports, starting a relay, its files (support/relay.py), and the
+config texts they start it with (support/configs.py). Tests import from here, never from
+conftest; tests/conftest.py keeps only fixtures."""
