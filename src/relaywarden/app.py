@@ -6,7 +6,6 @@ No business logic lives here (docs/architecture.md): this file only wires.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import subprocess
 import resource
@@ -14,106 +13,44 @@ import signal
 import socket
 import ssl
 import sys
-import time
 from pathlib import Path
 
-from relaywarden.config.build import build_ldap_settings, build_policy, build_router
-from relaywarden.config.load import DEFAULT_SOURCE, ConfigError, load_config
+from relaywarden.config.build import (
+    build_auth,
+    build_badmail_settings,
+    build_cram,
+    build_delivery_settings,
+    build_listener_contexts,
+    build_logs,
+    build_oauth_providers,
+    build_outbound_log,
+    build_policy,
+    build_recipient_throttle,
+    build_resolver,
+    build_router,
+    build_screener,
+    build_ssl_contexts,
+    build_validator,
+)
+from relaywarden.config.load import ConfigError, load_config
 from relaywarden.config.reload import changes as reload_changes
 from relaywarden.config.schema import Config
-from relaywarden.logs.files import RotatingFile, Rotation
 from relaywarden.logs.maillog import MailEvent, MailLog
 from relaywarden import metrics
-from relaywarden.logs.protocol import W3C_HEADER, W3C_OUTBOUND_HEADER, ProtocolLog
-from relaywarden.auth import Backend, ChainBackend
-from relaywarden.auth.ldap import LdapBackend
-from relaywarden.auth.throttle import AuthThrottle, ThrottleSettings
-from relaywarden.auth.users import LocalBackend, UserFile
-from relaywarden.delivery.badmail import Badmail, BadmailSettings
-from relaywarden.delivery.engine import DeliverySettings, Engine
+from relaywarden.logs.protocol import ProtocolLog
+from relaywarden.delivery.badmail import Badmail
+from relaywarden.delivery.engine import Engine
 from relaywarden.queue.fileops import REAL, FileOps
 from relaywarden.queue.store import Store
-from relaywarden.server.validate import RecipientValidator, route_hops
-from relaywarden.milter import MilterSpec
-from relaywarden.screening import Screener, ScreenRules
-from relaywarden.auth.cram import CramSecrets
-from relaywarden.resolver import DnsSettings, Resolver
 from relaywarden.policy.limits import FreeSpaceGuard
-from relaywarden.policy.recipients import UnknownThrottle
-from relaywarden.server.context import Limits, ListenerContext, ListenerRuntime, Services, TlsMode
+from relaywarden.server.context import ListenerRuntime, Services
 from relaywarden.server.session import SmtpSession
-from relaywarden.server.tls import CertificateError, ImplicitTls, server_context
-from relaywarden.smtp.server import BareLineEnds, ServerSettings
+from relaywarden.server.tls import CertificateError, ImplicitTls
 
 #: How long a stopping relay lets sessions finish a transaction before it closes them.
 DRAIN_SECONDS = 10.0
 #: How often buffered log lines are written out.
 LOG_FLUSH_SECONDS = 1.0
-
-
-def listener_contexts(cfg: Config) -> dict[str, ListenerContext]:
-    contexts = {}
-    for name, lc in cfg.listeners.items():
-        bare = BareLineEnds.NORMALIZE if lc.line_endings.bare_lf == "normalize" else BareLineEnds.REJECT
-        settings = ServerSettings(
-            hostname=cfg.relay.hostname,
-            max_message_size=lc.max_message_size,
-            max_recipients=lc.max_recipients,
-            max_errors=lc.max_errors,
-            bare_line_ends=bare,
-            starttls=lc.tls.mode in ("starttls", "required"),
-            auth_mechanisms=((("PLAIN", "LOGIN", "CRAM-MD5") if cfg.auth.cram_md5_file
-                              else ("PLAIN", "LOGIN")) if lc.auth.enabled else ()),
-            etrn=any(route.etrn for route in cfg.routes.values()),
-            atrn=any(route.atrn_users for route in cfg.routes.values()),
-        )
-        contexts[name] = ListenerContext(
-            name=name,
-            hostname=cfg.relay.hostname,
-            banner=lc.banner,
-            settings=settings,
-            command_timeout=float(lc.command_timeout),
-            data_timeout=float(lc.data_timeout),
-            postmaster=cfg.relay.postmaster,
-            normalize_networks=tuple(lc.line_endings.normalize_networks),
-            reverse_lookups=cfg.dns.reverse_lookups,
-            tls_mode=TlsMode(lc.tls.mode),
-            limits=Limits(
-                max_connections=lc.limits.max_connections,
-                max_connections_per_ip=lc.limits.max_connections_per_ip,
-                messages_per_window=lc.limits.messages_per_window,
-                recipients_per_window=lc.limits.recipients_per_window,
-                window=lc.limits.window,
-                max_hops=cfg.relay.max_hops,
-            ),
-            milters=tuple(milter_spec(cfg, m) for m in lc.milters),
-        )
-    return contexts
-
-
-def milter_spec(cfg: Config, name: str) -> MilterSpec:
-    m = cfg.milters[name]
-    return MilterSpec(name=name, socket=m.socket, connect_timeout=float(m.connect_timeout),
-                      command_timeout=float(m.command_timeout),
-                      eom_timeout=float(m.eom_timeout), on_failure=m.on_failure)
-
-
-def ssl_contexts(cfg: Config) -> dict[str, ssl.SSLContext | None]:
-    """A fresh server TLS context per listener that has TLS (None for the others).
-
-    Raises CertificateError (with the config key) when a file changed since validation."""
-    contexts: dict[str, ssl.SSLContext | None] = {}
-    for name, lc in cfg.listeners.items():
-        tls = lc.tls
-        if tls.mode == "none" or tls.cert_file is None or tls.key_file is None:
-            contexts[name] = None
-            continue
-        try:
-            contexts[name] = server_context(cert_file=tls.cert_file, key_file=tls.key_file,
-                                            min_version=tls.min_version)
-        except CertificateError as exc:
-            raise CertificateError(exc.key, f"listeners.{name}.tls.{exc.key}: {exc}") from None
-    return contexts
 
 
 def implicit_tls_context(runtime: ListenerRuntime) -> ssl.SSLContext:
@@ -148,125 +85,8 @@ def atrn_engine(cfg: Config, store: Store, mail_log: MailLog,
     connection and records the outcomes. None when no route has atrn_users."""
     if not any(route.atrn_users for route in cfg.routes.values()):
         return None
-    return Engine(store=store, router=build_router(cfg), resolver=resolver_for(cfg),
-                  settings=delivery_settings(cfg), mail_log=mail_log, protocol_log=protocol_log)
-
-
-def validator_for(cfg: Config, resolver: Resolver) -> RecipientValidator | None:
-    """Recipient validation ([recipients."DOMAIN"]), or None when none is configured."""
-    if not cfg.recipients:
-        return None
-    directory = None
-    if cfg.auth.ldap is not None and any(rv.ldap for rv in cfg.recipients.values()):
-        directory = LdapBackend(build_ldap_settings(cfg))
-    return RecipientValidator(cfg.recipients, helo=cfg.delivery.helo_name or cfg.relay.hostname,
-                              hops=route_hops(build_router(cfg), resolver, cfg.delivery.mx_port),
-                              directory=directory)
-
-
-def recipient_throttle_for(cfg: Config) -> UnknownThrottle:
-    t = cfg.recipient_throttle
-    return UnknownThrottle(delays=tuple(t.delays), connection_limit=t.connection_limit,
-                           client_limit=t.client_limit, window=t.window, clock=time.monotonic)
-
-
-def cram_for(cfg: Config) -> CramSecrets | None:
-    path = cfg.auth.cram_md5_file
-    return None if path is None else CramSecrets.load(path)
-
-
-def screener_for(cfg: Config) -> Screener | None:
-    s = cfg.screening
-    rules = ScreenRules(blocked_extensions=frozenset(s.blocked_extensions),
-                        blocked_content_types=frozenset(s.blocked_content_types),
-                        max_attachment_size=s.max_attachment_size,
-                        look_inside_zip=s.look_inside_zip)
-    return Screener(rules=rules, action=s.action, scope=s.scope) if rules.active else None
-
-
-def delivery_settings(cfg: Config) -> DeliverySettings:
-    d = cfg.delivery
-    return DeliverySettings(
-        hostname=cfg.relay.hostname, helo=d.helo_name, postmaster=cfg.relay.postmaster,
-        max_concurrent=d.max_concurrent, per_destination=d.per_destination,
-        retry_schedule=tuple(d.retry_schedule), expire_after=d.expire_after,
-        delay_notice_after=d.delay_notice_after or 0, mx_port=d.mx_port,
-        connect_timeout=d.connect_timeout, command_timeout=d.command_timeout,
-        data_timeout=d.data_timeout, ca_file=str(d.ca_file) if d.ca_file else None,
-        ndr_copy_to=d.ndr_copy_to,
-    )
-
-
-def badmail_settings(cfg: Config) -> BadmailSettings:
-    b = cfg.badmail
-    return BadmailSettings(directory=b.dir, notify=b.notify, notify_interval=b.notify_interval,
-                           command=tuple(b.command), hostname=cfg.relay.hostname,
-                           postmaster=cfg.relay.postmaster,
-                           config_path=None if cfg.source == DEFAULT_SOURCE
-                           else str(Path(cfg.source).absolute()))
-
-
-def auth_for(cfg: Config) -> tuple[Backend | None, AuthThrottle]:
-    """The password checkers, in the configured order, and the brute-force throttle."""
-    a = cfg.auth
-    found: dict[str, Backend] = {}
-    if a.users_file is not None:
-        found["local"] = LocalBackend(UserFile(a.users_file))
-    if a.ldap is not None:
-        found["ldap"] = LdapBackend(build_ldap_settings(cfg))
-    backends = [found[name] for name in a.order if name in found]
-    backend = None if not backends else backends[0] if len(backends) == 1 else ChainBackend(backends)
-    t = a.throttle
-    throttle = AuthThrottle(ThrottleSettings(delays=tuple(t.delays), client_limit=t.client_limit,
-                                             user_limit=t.user_limit, window=t.window,
-                                             lockout=t.lockout))
-    return backend, throttle
-
-
-def resolver_for(cfg: Config) -> Resolver:
-    return Resolver(DnsSettings(nameservers=tuple(str(n) for n in cfg.dns.nameservers),
-                                port=cfg.dns.port, timeout=cfg.dns.timeout))
-
-
-def _logs(cfg: Config) -> tuple[MailLog, ProtocolLog | None]:
-    log = cfg.log
-    directory = cfg.log_dir
-    rotation = Rotation(log.rotate)
-
-    def series(prefix: str, suffix: str, header: str = "") -> RotatingFile:
-        out = RotatingFile(directory, prefix=prefix, suffix=suffix, rotation=rotation,
-                           max_size=log.max_size, keep=log.keep, header=header)
-        # Lines a full disk did not take (issue 14 item 1): relaywarden_log_lines_lost.
-        out.on_lost = functools.partial(metrics.log_lines_lost, f"{prefix}{suffix}")
-        return out
-
-    mail = MailLog(series("mail", ".log") if log.mail else None, observer=metrics.observe)
-    protocol = None
-    if log.protocol:
-        protocol = ProtocolLog(
-            w3c=series("ex", ".log", W3C_HEADER) if "w3c" in log.protocol_formats else None,
-            jsonl=series("ex", ".jsonl") if "json" in log.protocol_formats else None,
-        )
-    return mail, protocol
-
-
-def _outbound_log(cfg: Config) -> ProtocolLog | None:
-    """The protocol log of the sessions the relay opens (outYYMMDD.log/.jsonl): written by
-    the delivering process, and by the receiving one for ATRN."""
-    log = cfg.log
-    if not log.outbound_protocol:
-        return None
-
-    def series(suffix: str, header: str = "") -> RotatingFile:
-        out = RotatingFile(cfg.log_dir, prefix="out", suffix=suffix,
-                           rotation=Rotation(log.rotate), max_size=log.max_size,
-                           keep=log.keep, header=header)
-        out.on_lost = functools.partial(metrics.log_lines_lost, f"out{suffix}")
-        return out
-
-    return ProtocolLog(
-        w3c=series(".log", W3C_OUTBOUND_HEADER) if "w3c" in log.protocol_formats else None,
-        jsonl=series(".jsonl") if "json" in log.protocol_formats else None)
+    return Engine(store=store, router=build_router(cfg), resolver=build_resolver(cfg),
+                  settings=build_delivery_settings(cfg), mail_log=mail_log, protocol_log=protocol_log)
 
 
 _log_errors: set[str] = set()
@@ -286,14 +106,6 @@ def _flush_log(log, process: str) -> None:
         _log_errors.discard(process)
 
 
-def _oauth_providers(cfg: Config) -> dict:
-    if not cfg.oauth:
-        return {}
-    from relaywarden.oauth import providers
-
-    return providers(cfg)
-
-
 def _flush_marker(data_dir: Path, process: str, count: int, note: str = "") -> None:
     """SIGUSR1 (flush the logs now): say it is done in data_dir/run/log-flush.PROCESS, a
     count of the flushes, so a test or a script can wait for the lines instead of sleeping
@@ -311,13 +123,13 @@ class DeliveryWorker:
 
     def __init__(self, cfg: Config, *, store: Store, mail_log: MailLog,
                  protocol_log: ProtocolLog | None = None) -> None:
-        self.engine = Engine(store=store, router=build_router(cfg), resolver=resolver_for(cfg),
-                             settings=delivery_settings(cfg), mail_log=mail_log,
+        self.engine = Engine(store=store, router=build_router(cfg), resolver=build_resolver(cfg),
+                             settings=build_delivery_settings(cfg), mail_log=mail_log,
                              protocol_log=protocol_log)
-        self.badmail = Badmail(store=store, settings=badmail_settings(cfg), mail_log=mail_log,
+        self.badmail = Badmail(store=store, settings=build_badmail_settings(cfg), mail_log=mail_log,
                                wake=self.engine.wake)
         self._task: asyncio.Task | None = None
-        self._providers = _oauth_providers(cfg)
+        self._providers = build_oauth_providers(cfg)
 
     def wake(self) -> None:
         self.engine.wake()
@@ -359,11 +171,11 @@ class DeliveryWorker:
                 reason=f"oauth notice: oauth.{name}")
 
     def reload(self, cfg: Config) -> None:
-        self._providers = _oauth_providers(cfg)
-        self.engine.resolver = resolver_for(cfg)
+        self._providers = build_oauth_providers(cfg)
+        self.engine.resolver = build_resolver(cfg)
         self.engine.router = build_router(cfg)
-        self.engine.settings = delivery_settings(cfg)
-        self.badmail.settings = badmail_settings(cfg)
+        self.engine.settings = build_delivery_settings(cfg)
+        self.badmail.settings = build_badmail_settings(cfg)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -378,9 +190,9 @@ class Relay:
         self.started_cfg = cfg     # what needs a restart runs as in this one
         self.services: Services | None = None
         self.servers: list[asyncio.base_events.Server] = []
-        self.contexts = listener_contexts(cfg)
+        self.contexts = build_listener_contexts(cfg)
         self.runtimes = {name: ListenerRuntime() for name in self.contexts}
-        for name, context in ssl_contexts(cfg).items():
+        for name, context in build_ssl_contexts(cfg).items():
             self.runtimes[name].configure(self.contexts[name], context)
         self._stop = asyncio.Event()
         self._flusher: asyncio.Task | None = None
@@ -405,10 +217,10 @@ class Relay:
                   " file(s) no queued message names (left by a crash)", file=sys.stderr,
                   flush=True)
         loop_time = asyncio.get_running_loop().time
-        mail_log, protocol_log = _logs(self.cfg)
-        self.outbound_log = _outbound_log(self.cfg)
-        resolver = resolver_for(self.cfg)
-        auth_backend, auth_throttle = auth_for(self.cfg)
+        mail_log, protocol_log = build_logs(self.cfg)
+        self.outbound_log = build_outbound_log(self.cfg)
+        resolver = build_resolver(self.cfg)
+        auth_backend, auth_throttle = build_auth(self.cfg)
         self.services = Services(
             policy=build_policy(self.cfg), store=store, mail_log=mail_log,
             protocol_log=protocol_log, resolver=resolver,
@@ -419,10 +231,10 @@ class Relay:
             runtimes=self.runtimes,
             router=build_router(self.cfg),
             atrn=atrn_engine(self.cfg, store, mail_log, self.outbound_log),
-            screener=screener_for(self.cfg),
-            cram=cram_for(self.cfg),
-            recipients=validator_for(self.cfg, resolver),
-            recipient_throttle=recipient_throttle_for(self.cfg),
+            screener=build_screener(self.cfg),
+            cram=build_cram(self.cfg),
+            recipients=build_validator(self.cfg, resolver),
+            recipient_throttle=build_recipient_throttle(self.cfg),
         )
         # A marker a delivery process of an earlier run left: SIGUSR1 waits for the new one's.
         (self.cfg.data_dir / "run" / "log-flush.delivery").unlink(missing_ok=True)
@@ -548,7 +360,7 @@ class Relay:
             _flush_log(log, "receiving")
             return
         try:
-            tls = ssl_contexts(cfg)
+            tls = build_ssl_contexts(cfg)
         except CertificateError as exc:
             print(f"relaywarden: reload refused: {cfg.source}: {exc}", file=sys.stderr, flush=True)
             log.event(MailEvent.RELOAD, result="refused", error=f"{cfg.source}: {exc}")
@@ -562,27 +374,27 @@ class Relay:
         self.services.router = build_router(cfg)
         self.services.atrn = atrn_engine(cfg, self.services.store, self.services.mail_log,
                                          self.outbound_log)
-        self.services.screener = screener_for(cfg)
-        self.services.cram = cram_for(cfg)
-        self.services.resolver = resolver_for(cfg)
+        self.services.screener = build_screener(cfg)
+        self.services.cram = build_cram(cfg)
+        self.services.resolver = build_resolver(cfg)
         # A new validator: new files, TTLs and routes (its cache and connections start over).
-        self.services.recipients = validator_for(cfg, self.services.resolver)
+        self.services.recipients = build_validator(cfg, self.services.resolver)
         # New limits; the counts of unknown recipients are kept (a reload must not let a
         # dictionary attack start over).
-        fresh = recipient_throttle_for(cfg)
+        fresh = build_recipient_throttle(cfg)
         if self.services.recipient_throttle is not None:
             fresh._clients = self.services.recipient_throttle._clients
         self.services.recipient_throttle = fresh
         # New password checkers (a changed LDAP server, a new users file); the throttle's
         # memory of failures is kept: a reload must not reset a brute-force lockout.
-        self.services.auth = auth_for(cfg)[0]
+        self.services.auth = build_auth(cfg)[0]
         if self.worker is not None:
             self.worker.reload(cfg)
         if self.child is not None and self.child.poll() is None:
             self.child.send_signal(signal.SIGHUP)
         if self.admin_child is not None and self.admin_child.poll() is None:
             self.admin_child.send_signal(signal.SIGHUP)
-        self.contexts.update({k: v for k, v in listener_contexts(cfg).items() if k in self.contexts})
+        self.contexts.update({k: v for k, v in build_listener_contexts(cfg).items() if k in self.contexts})
         for name, runtime in self.runtimes.items():
             if name in cfg.listeners:     # a listener gone from the file runs on as it was
                 runtime.configure(self.contexts[name], tls[name])
@@ -680,8 +492,8 @@ async def deliver(cfg: Config, config_path: Path | None, wake_fd: int) -> int:
     """The delivery process of a relay with delivery.process = "separate"."""
     metrics.setup(cfg.data_dir, role="delivery")
     store = Store.open(cfg.data_dir)
-    mail_log, _ = _logs(cfg)
-    outbound_log = _outbound_log(cfg)
+    mail_log, _ = build_logs(cfg)
+    outbound_log = build_outbound_log(cfg)
     worker = DeliveryWorker(cfg, store=store, mail_log=mail_log, protocol_log=outbound_log)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -6,7 +6,7 @@ import email
 import email.policy
 from pathlib import Path
 
-from relaywarden.app import badmail_settings
+from relaywarden.config.build import build_badmail_settings
 from relaywarden.config.load import load_config
 from relaywarden.delivery.badmail import summary_message
 
@@ -18,7 +18,7 @@ def notice(tmp_path: Path, relay: str) -> email.message.EmailMessage:
     path = tmp_path / "relay.toml"
     path.write_text(f'[relay]\nhostname = "relay.test"\n{relay}\n[badmail]\nnotify = '
                     '"admin@example.com"\n[listeners.main]\naddress = "127.0.0.1"\nport = 2525\n')
-    data = summary_message(badmail_settings(load_config(path)), [ENTRY], 0.0)
+    data = summary_message(build_badmail_settings(load_config(path)), [ENTRY], 0.0)
     return email.message_from_bytes(data, policy=email.policy.default)
 
 

@@ -220,14 +220,14 @@ def test_a_writer_follows_a_rename_by_the_other(tmp_path):
 
 
 def test_outbound_protocol_log_follows_the_inbound_one_unless_set(tmp_path):
-    from relaywarden.app import _outbound_log
+    from relaywarden.config.build import build_outbound_log
     from relaywarden.config.load import parse_config
 
     def outbound(log: dict):
         cfg = parse_config({"relay": {"data_dir": str(tmp_path)}, "log": log,
                             "listeners": {"in": {"address": "127.0.0.1", "port": 2525}}},
                            source="test.toml", base_dir=tmp_path)
-        return cfg.log.outbound_protocol, _outbound_log(cfg)
+        return cfg.log.outbound_protocol, build_outbound_log(cfg)
 
     on, log = outbound({})
     assert on and log is not None

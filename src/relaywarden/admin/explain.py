@@ -88,11 +88,11 @@ async def explain_async(cfg: Config, *, validator: RecipientValidator | None = N
 
     Explain asks the sources itself: the running relay's caches are in its receiving
     process, so "cached" is this asker's cache, and a callahead is made for real."""
-    from relaywarden.app import resolver_for, validator_for    # the server's own builders
+    from relaywarden.config.build import build_resolver, build_validator    # the server's own builders
 
     facts, from_, to = _question(cfg, **question)
     policy = build_policy(cfg)
-    resolver = resolver or resolver_for(cfg)
+    resolver = resolver or build_resolver(cfg)
     lookups: list[Lookup] = []
     answers = None
     zones = policy.dnsbl_zones(facts)
@@ -105,7 +105,7 @@ async def explain_async(cfg: Config, *, validator: RecipientValidator | None = N
     if (rcpt is not None and rcpt.action is Action.ACCEPT and to.domain
             and policy.hosted(facts, to.domain)):
         own = validator is None
-        validator = validator or validator_for(cfg, resolver)
+        validator = validator or build_validator(cfg, resolver)
         found = validator.for_domain(to.domain) if validator is not None else None
         if found is not None and validator is not None:
             key, settings = found

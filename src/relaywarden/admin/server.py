@@ -1104,7 +1104,7 @@ EXPLAIN_HINTS = {"tls": 'set "tls": true to see what happens after STARTTLS',
 async def explain(request: Request) -> Response:
     """The same question and answer as `relaywarden policy explain` (admin/explain.py)."""
     from relaywarden.admin.explain import ExplainError, explain_async
-    from relaywarden.app import resolver_for, validator_for
+    from relaywarden.config.build import build_resolver, build_validator
     from relaywarden.policy.gates import Need
 
     state = _state(request)
@@ -1113,8 +1113,8 @@ async def explain(request: Request) -> Response:
     if tools is None or tools[0] is not cfg:
         if tools is not None and tools[2] is not None:
             await tools[2].close()          # the old validator's pooled callahead connections
-        resolver = resolver_for(cfg)
-        tools = state.explain_tools = (cfg, resolver, validator_for(cfg, resolver))
+        resolver = build_resolver(cfg)
+        tools = state.explain_tools = (cfg, resolver, build_validator(cfg, resolver))
     body = await read_json(request)
     listener = _text(body.get("listener"), "listener", required=True, max_len=64)
     client = _text(body.get("client"), "client", required=True, max_len=64)

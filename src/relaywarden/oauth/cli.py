@@ -114,7 +114,7 @@ async def _smtp_logins(cfg, routes) -> int:
     from relaywarden.config.build import build_router, next_hop
     from relaywarden.config.load import dotted_key
     from relaywarden.delivery.client import ClientPolicy, DeliveryError, OutboundConnection
-    from relaywarden.app import resolver_for
+    from relaywarden.config.build import build_resolver
     from relaywarden.resolver import MxStatus
 
     router = build_router(cfg)
@@ -130,7 +130,7 @@ async def _smtp_logins(cfg, routes) -> int:
             port = hop.port or cfg.delivery.mx_port
             addresses = [hop.host] if hop.literal else []
             if not hop.literal:
-                resolver = resolver or resolver_for(cfg)
+                resolver = resolver or build_resolver(cfg)
                 result = await resolver.addresses(hop.host)
                 if result.status is MxStatus.HOSTS:
                     addresses = [a for h in result.hosts for a in h.addresses]
