@@ -11,7 +11,7 @@ import pytest
 from relaywarden.policy import gates
 from relaywarden.policy.match import first_network
 from relaywarden.policy.model import Gates
-from relaywarden.server.context import ListenerContext, TlsMode
+from relaywarden.server.context import ListenerContext, ListenerTlsMode
 from relaywarden.smtp.server import ServerSettings
 
 NETWORKS = ["10.0.0.0/8", "::ffff:10.0.0.0/104", "2001:db8::/32", "::ffff:192.0.2.0/120",
@@ -25,7 +25,7 @@ def context(networks) -> ListenerContext:
     return ListenerContext(
         name="main", hostname="relay.test", banner="", settings=ServerSettings(hostname="relay.test"),
         command_timeout=1, data_timeout=1, postmaster="postmaster@relay.test",
-        normalize_networks=nets, tls_mode=TlsMode.REQUIRED)
+        normalize_networks=nets, tls_mode=ListenerTlsMode.REQUIRED)
 
 
 def listener_gates(networks) -> Gates:

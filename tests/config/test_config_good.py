@@ -119,7 +119,7 @@ def test_example_loads_everything():
 def test_example_covers_every_setting():
     import tomllib
 
-    from relaywarden.config.schema import GroupSettings, ListenerSettings, RouteSettings
+    from relaywarden.config.schema import GroupConfig, ListenerConfig, RouteConfig
 
     data = tomllib.loads(EXAMPLE.read_text("utf-8"))
 
@@ -133,27 +133,27 @@ def test_example_covers_every_setting():
         return missing
 
     from relaywarden.config.schema import (
-        BadmailSettings,
-        DeliverySettings,
-        DnsSettings,
-        LogSettings,
-        QueueSettings,
-        RelaySettings,
-        ScreeningSettings,
-        SenderRouteSettings,
+        BadmailConfig,
+        DeliveryConfig,
+        DnsConfig,
+        LogConfig,
+        QueueConfig,
+        RelayConfig,
+        ScreeningConfig,
+        SenderRouteConfig,
     )
 
-    missing = present(data["relay"], RelaySettings, "relay.")
-    missing += present(data["queue"], QueueSettings, "queue.")
-    missing += present(data["log"], LogSettings, "log.")
-    missing += present(data["routes"]["example.com"], RouteSettings, "routes.X.")
-    missing += present(data["delivery"], DeliverySettings, "delivery.")
-    missing += present(data["dns"], DnsSettings, "dns.")
-    missing += present(data["badmail"], BadmailSettings, "badmail.")
-    missing += present(data["screening"], ScreeningSettings, "screening.")
-    missing += present(data["sender_routes"]["apps"], SenderRouteSettings, "sender_routes.apps.")
-    missing += present(data["groups"]["scanners"], GroupSettings, "groups.scanners.")
-    missing += present(data["listeners"]["inbound"], ListenerSettings, "listeners.inbound.")
+    missing = present(data["relay"], RelayConfig, "relay.")
+    missing += present(data["queue"], QueueConfig, "queue.")
+    missing += present(data["log"], LogConfig, "log.")
+    missing += present(data["routes"]["example.com"], RouteConfig, "routes.X.")
+    missing += present(data["delivery"], DeliveryConfig, "delivery.")
+    missing += present(data["dns"], DnsConfig, "dns.")
+    missing += present(data["badmail"], BadmailConfig, "badmail.")
+    missing += present(data["screening"], ScreeningConfig, "screening.")
+    missing += present(data["sender_routes"]["apps"], SenderRouteConfig, "sender_routes.apps.")
+    missing += present(data["groups"]["scanners"], GroupConfig, "groups.scanners.")
+    missing += present(data["listeners"]["inbound"], ListenerConfig, "listeners.inbound.")
     assert missing == []
 
 
@@ -471,9 +471,9 @@ def test_admin_session_timeout_forms(tmp_path, text, seconds):
 def test_example_documents_admin_and_history():
     import tomllib
 
-    from relaywarden.config.schema import AdminSettings, HistorySettings, LdapRoleSettings
+    from relaywarden.config.schema import AdminConfig, HistoryConfig, LdapRoleConfig
 
     data = tomllib.loads(EXAMPLE.read_text("utf-8"))
-    assert set(AdminSettings.model_fields) == set(data["admin"])
-    assert set(LdapRoleSettings.model_fields) == set(data["admin"]["ldap_roles"])
-    assert set(HistorySettings.model_fields) == set(data["history"])
+    assert set(AdminConfig.model_fields) == set(data["admin"])
+    assert set(LdapRoleConfig.model_fields) == set(data["admin"]["ldap_roles"])
+    assert set(HistoryConfig.model_fields) == set(data["history"])

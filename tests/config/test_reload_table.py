@@ -59,16 +59,16 @@ def test_the_walk_sees_a_new_setting():
     in a table's entries, in a new section."""
     from relaywarden.config import schema
 
-    class Delivery(schema.DeliverySettings):
+    class Delivery(schema.DeliveryConfig):
         brand_new: int = 1
 
-    class Listener(schema.ListenerSettings):
+    class Listener(schema.ListenerConfig):
         also_new: bool = False
 
     class Bigger(Config):
         delivery: Delivery = Delivery()
         listeners: dict[str, Listener] = {}
-        section: schema.HistorySettings = schema.HistorySettings()
+        section: schema.HistoryConfig = schema.HistoryConfig()
 
     assert set(_leaves(Bigger)) - set(SETTINGS) == {
         "delivery.brand_new", "listeners.*.also_new", "section.enabled", "section.keep_days"}

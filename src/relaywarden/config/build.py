@@ -29,11 +29,11 @@ from relaywarden.milter import MilterSpec
 from relaywarden.policy.recipients import UnknownThrottle
 from relaywarden.resolver import DnsSettings, Resolver
 from relaywarden.screening import Screener, ScreenRules
-from relaywarden.server.context import Limits, ListenerContext, TlsMode
+from relaywarden.server.context import Limits, ListenerContext, ListenerTlsMode
 from relaywarden.server.tls import CertificateError, server_context
 from relaywarden.server.validate import RecipientValidator, route_hops
 from relaywarden.smtp.server import BareLineEnds, ServerSettings
-from relaywarden.config.schema import Config, GroupSettings, HopSettings, ListenerSettings, parse_next_hop
+from relaywarden.config.schema import Config, GroupConfig, HopConfig, ListenerConfig, parse_next_hop
 from relaywarden.delivery.routing import MX_PLACEHOLDER, NextHop, Route, RouteKind, Router, SenderRoute
 from relaywarden.policy.dnsbl import parse_site
 from relaywarden.policy import (
@@ -46,7 +46,7 @@ from relaywarden.policy import (
 )
 
 
-def _group(name: str, group: GroupSettings) -> ClientGroup:
+def _group(name: str, group: GroupConfig) -> ClientGroup:
     return ClientGroup(
         name=name,
         networks=tuple(group.networks),
@@ -59,7 +59,7 @@ def _group(name: str, group: GroupSettings) -> ClientGroup:
     )
 
 
-def _listener(cfg: Config, name: str, listener: ListenerSettings, groups: dict[str, ClientGroup]) -> ListenerPolicy:
+def _listener(cfg: Config, name: str, listener: ListenerConfig, groups: dict[str, ClientGroup]) -> ListenerPolicy:
     return ListenerPolicy(
         name=name,
         access=AccessRules(
@@ -103,7 +103,7 @@ def next_hop(text: str) -> NextHop:
     return NextHop(host=host, port=port, literal=False, mx=False)
 
 
-def _route(name: str, settings: HopSettings, *, hold: bool = False,
+def _route(name: str, settings: HopConfig, *, hold: bool = False,
            oauth: dict | None = None, cfg: Config | None = None) -> Route:
     assert settings.tls is not None   # filled from delivery.tls by the schema
     from relaywarden.delivery import courier
@@ -207,7 +207,7 @@ def build_listener_contexts(cfg: Config) -> dict[str, ListenerContext]:
             postmaster=cfg.relay.postmaster,
             normalize_networks=tuple(lc.line_endings.normalize_networks),
             reverse_lookups=cfg.dns.reverse_lookups,
-            tls_mode=TlsMode(lc.tls.mode),
+            tls_mode=ListenerTlsMode(lc.tls.mode),
             limits=Limits(
                 max_connections=lc.limits.max_connections,
                 max_connections_per_ip=lc.limits.max_connections_per_ip,

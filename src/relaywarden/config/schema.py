@@ -257,7 +257,7 @@ class Strict(BaseModel):
 # ---------------------------------------------------------------------------- tables
 
 
-class RelaySettings(Strict):
+class RelayConfig(Strict):
     # socket.getfqdn() is the machine's own name: only read when the config leaves it out.
     hostname: HostName = Field(default_factory=socket.getfqdn)
     data_dir: Path = Path("var")           # absolute after validation
@@ -288,13 +288,13 @@ class RelaySettings(Strict):
         return value
 
     @model_validator(mode="after")
-    def _postmaster(self) -> RelaySettings:
+    def _postmaster(self) -> RelayConfig:
         if self.postmaster is None:
             self.postmaster = f"postmaster@{self.hostname}"
         return self
 
 
-class QueueSettings(Strict):
+class QueueConfig(Strict):
     backend: str = "sqlite"
 
     @field_validator("backend")
@@ -307,7 +307,7 @@ class QueueSettings(Strict):
         return value
 
 
-class LogSettings(Strict):
+class LogConfig(Strict):
     dir: Path = Path("log")                # relative to data_dir; absolute after validation
     protocol: bool = True
     protocol_formats: list[Literal["w3c", "json"]] = ["w3c", "json"]
@@ -335,7 +335,7 @@ class LogSettings(Strict):
         return value
 
     @model_validator(mode="after")
-    def _some_format(self) -> LogSettings:
+    def _some_format(self) -> LogConfig:
         if self.protocol and not self.protocol_formats:
             raise problem(("protocol_formats",), "must not be empty when protocol = true")
         if self.outbound_protocol and not self.protocol_formats:
@@ -399,7 +399,7 @@ def _next_hop(value: Any) -> str:
     return host if port is None else f"{host}:{port}"
 
 
-NextHop = Annotated[str, BeforeValidator(_next_hop)]
+NextHopText = Annotated[str, BeforeValidator(_next_hop)]
 
 
 def _courier(hop: str) -> tuple[str, str] | None:
@@ -409,7 +409,7 @@ def _courier(hop: str) -> tuple[str, str] | None:
     return split(hop)
 
 
-class DeliverySettings(Strict):
+class DeliveryConfig(Strict):
     # "separate": delivery (scheduler, outbound SMTP, badmail) runs in a second process, so
     # receiving and delivering each have a core; "inline": one process does both.
     process: Literal["separate", "inline"] = "separate"
@@ -433,7 +433,7 @@ class DeliverySettings(Strict):
     ndr_copy_to: OptionalAddress = None
 
     @model_validator(mode="after")
-    def _notice_before_expiry(self) -> DeliverySettings:
+    def _notice_before_expiry(self) -> DeliveryConfig:
         if self.delay_notice_after is not None and self.delay_notice_after >= self.expire_after:
             raise problem(
                 ("delay_notice_after",),
@@ -447,7 +447,7 @@ def _seconds(value: float) -> str:
     return f"{value:g}"
 
 
-class DnsSettings(Strict):
+class DnsConfig(Strict):
     nameservers: list[IPAddr] = []             # empty: /etc/resolv.conf
     port: int = Field(default=53, ge=1, le=65535)
     timeout: Duration = 5.0
@@ -472,7 +472,7 @@ _EXTENSION = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _CONTENT_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
 
 
-class ScreeningSettings(Strict):
+class ScreeningConfig(Strict):
     """The attachment screener (see relaywarden.screening). Nothing listed: no screening."""
 
     blocked_extensions: list[str] = []          # "exe" or ".exe", case-insensitive
@@ -511,7 +511,7 @@ class ScreeningSettings(Strict):
         return out
 
 
-class BadmailSettings(Strict):
+class BadmailConfig(Strict):
     dir: Path = Path("badmail")                 # relative to data_dir; absolute after validation
     notify: OptionalAddress = None
     notify_interval: Duration = 300.0
@@ -552,11 +552,11 @@ class BadmailSettings(Strict):
         ]
 
 
-class HopSettings(Strict):
+class HopConfig(Strict):
     """How to reach a next hop: shared by [routes.X] and [sender_routes.NAME]."""
 
     # Normalised: "mx", "[10.0.0.5]:25", "smtp.example.net"; see parse_next_hop.
-    next_hops: list[NextHop] = []
+    next_hops: list[NextHopText] = []
     tls: OptionalTls = None                     # filled: delivery.tls
     implicit_tls: bool = False                  # RFC 8314 3.3: TLS from the first byte
     username: OptionalText = None
@@ -574,7 +574,7 @@ class HopSettings(Strict):
     mailbox: OptionalAddress = None
 
     @model_validator(mode="after")
-    def _hops_and_auth(self) -> HopSettings:
+    def _hops_and_auth(self) -> HopConfig:
         found: list[tuple[tuple[str | int, ...], str]] = []
         if self.auth is None:
             self.auth = "xoauth2" if self.oauth is not None else "password"
@@ -661,7 +661,7 @@ def _read_password(path: Path, key: str = "password_file") -> str:
     return first
 
 
-class RouteSettings(HopSettings):
+class RouteConfig(HopConfig):
     # Held mail waits in the queue until released (admin) or triggered (ETRN).
     hold: bool = False
     # ETRN (RFC 1985) may start this route's queue: its held mail and its mail waiting for
@@ -674,7 +674,7 @@ class RouteSettings(HopSettings):
     atrn_users: list[Text] = []
 
     @model_validator(mode="after")
-    def _required_hops(self) -> RouteSettings:
+    def _required_hops(self) -> RouteConfig:
         if not self.hold and not self.next_hops:
             if "next_hops" in self.model_fields_set:
                 raise problem(("next_hops",), "must not be empty")
@@ -699,13 +699,13 @@ def _sender_domain(text: str) -> str:
 SenderDomain = Annotated[str, BeforeValidator(_string_parser(_sender_domain))]
 
 
-class SenderRouteSettings(HopSettings):
+class SenderRouteConfig(HopConfig):
     """A smart host chosen by who sends (IIS could not do this; Exchange and Postfix can)."""
 
     groups: list[str] = []                      # client groups (must exist)
     users: list[Text] = []                      # authenticated users, case-insensitive
     sender_domains: list[SenderDomain] = []     # MAIL FROM domains
-    next_hops: list[NextHop] = Field(min_length=1)
+    next_hops: list[NextHopText] = Field(min_length=1)
 
     @field_validator("next_hops")
     @classmethod
@@ -725,7 +725,7 @@ class SenderRouteSettings(HopSettings):
         return value
 
     @model_validator(mode="after")
-    def _matches_something(self) -> SenderRouteSettings:
+    def _matches_something(self) -> SenderRouteConfig:
         if not (self.groups or self.users or self.sender_domains):
             raise ValueError("the sender route matches nothing: set groups, users or sender_domains")
         for key in ("groups", "sender_domains"):
@@ -733,7 +733,7 @@ class SenderRouteSettings(HopSettings):
         return self
 
 
-class GroupSettings(Strict):
+class GroupConfig(Strict):
     networks: list[Network] = []
     hostnames: list[HostPattern] = []
     users: list[Text] = []
@@ -743,7 +743,7 @@ class GroupSettings(Strict):
     on_violation: Literal["reject", "badmail"] = "reject"
 
     @model_validator(mode="after")
-    def _members(self) -> GroupSettings:
+    def _members(self) -> GroupConfig:
         if not (self.networks or self.hostnames or self.users or self.directory_groups):
             raise ValueError(
                 "the group has no members: set networks, hostnames, users or directory_groups"
@@ -775,7 +775,7 @@ def _dnsbl_entry(text: str) -> str:
 DnsblEntry = Annotated[str, BeforeValidator(_string_parser(_dnsbl_entry))]
 
 
-class AccessSettings(Strict):
+class AccessConfig(Strict):
     default: Literal["allow", "deny"] = "allow"
     allow: list[AccessEntry] = []
     deny: list[AccessEntry] = []
@@ -791,18 +791,18 @@ class AccessSettings(Strict):
     require_rdns: bool = False
 
 
-class ListenerRelaySettings(Strict):
+class ListenerRelayConfig(Strict):
     # Closed by default: a listener relays for nobody until a network is listed here.
     networks: list[Network] = []
     authenticated: bool = False
 
 
-class LineEndingSettings(Strict):
+class LineEndingConfig(Strict):
     bare_lf: Literal["reject", "normalize"] = "reject"
     normalize_networks: list[Network] = []
 
     @model_validator(mode="after")
-    def _useful(self) -> LineEndingSettings:
+    def _useful(self) -> LineEndingConfig:
         if self.bare_lf == "normalize" and self.normalize_networks:
             raise problem(
                 ("normalize_networks",),
@@ -814,7 +814,7 @@ class LineEndingSettings(Strict):
 TLS_MODES = ("none", "starttls", "required", "implicit")
 
 
-class ListenerTlsSettings(Strict):
+class ListenerTlsConfig(Strict):
     """TLS for clients: STARTTLS offered (RFC 3207), required, or implicit (RFC 8314)."""
 
     mode: Literal["none", "starttls", "required", "implicit"] = "none"
@@ -825,7 +825,7 @@ class ListenerTlsSettings(Strict):
     optional_networks: list[Network] = []
 
     @model_validator(mode="after")
-    def _usable(self) -> ListenerTlsSettings:
+    def _usable(self) -> ListenerTlsConfig:
         found: list[tuple[tuple[str | int, ...], str]] = []
         if self.mode != "none":
             for key in ("cert_file", "key_file"):
@@ -850,7 +850,7 @@ class ListenerTlsSettings(Strict):
         return self
 
 
-class LimitSettings(Strict):
+class LimitConfig(Strict):
     """Abuse limits of one listener; every count is per listener, 0 = unlimited."""
 
     max_connections: int = Field(default=1000, ge=0)        # beyond: 421 4.7.0
@@ -860,7 +860,7 @@ class LimitSettings(Strict):
     window: Duration = 60.0                                 # seconds
 
     @model_validator(mode="after")
-    def _per_ip_within_total(self) -> LimitSettings:
+    def _per_ip_within_total(self) -> LimitConfig:
         if self.max_connections and self.max_connections_per_ip > self.max_connections:
             raise problem(
                 ("max_connections_per_ip",),
@@ -869,7 +869,7 @@ class LimitSettings(Strict):
         return self
 
 
-class ListenerAuthSettings(Strict):
+class ListenerAuthConfig(Strict):
     """SMTP AUTH for clients of one listener (RFC 4954): PLAIN and LOGIN."""
 
     enabled: bool = False
@@ -878,13 +878,13 @@ class ListenerAuthSettings(Strict):
     plaintext_networks: list[Network] = []
 
     @model_validator(mode="after")
-    def _useful(self) -> ListenerAuthSettings:
+    def _useful(self) -> ListenerAuthConfig:
         if self.required and not self.enabled:
             raise problem(("required",), "needs enabled = true")
         return self
 
 
-class ListenerSettings(Strict):
+class ListenerConfig(Strict):
     address: IPAddr
     port: int = Field(ge=1, le=65535)
     banner: Text = "ESMTP relaywarden"
@@ -894,12 +894,12 @@ class ListenerSettings(Strict):
     command_timeout: Duration = 300.0
     data_timeout: Duration = 300.0
     groups: list[str] | None = None            # filled: all defined groups, in file order
-    access: AccessSettings = Field(default_factory=dict)
-    relay: ListenerRelaySettings = Field(default_factory=dict)
-    line_endings: LineEndingSettings = Field(default_factory=dict)
-    tls: ListenerTlsSettings = Field(default_factory=dict)
-    limits: LimitSettings = Field(default_factory=dict)
-    auth: ListenerAuthSettings = Field(default_factory=dict)
+    access: AccessConfig = Field(default_factory=dict)
+    relay: ListenerRelayConfig = Field(default_factory=dict)
+    line_endings: LineEndingConfig = Field(default_factory=dict)
+    tls: ListenerTlsConfig = Field(default_factory=dict)
+    limits: LimitConfig = Field(default_factory=dict)
+    auth: ListenerAuthConfig = Field(default_factory=dict)
     # [milters.NAME] asked, in this order, before the 250 at the end of DATA.
     milters: list[str] = []
 
@@ -917,7 +917,7 @@ class ListenerSettings(Strict):
         return value
 
 
-class LdapAuthSettings(Strict):
+class LdapAuthConfig(Strict):
     """LDAP / Active Directory: bind as the user (template) or search, then bind."""
 
     url: Text                                   # ldap://host:389 or ldaps://host:636
@@ -937,7 +937,7 @@ class LdapAuthSettings(Strict):
     timeout: Duration = 5.0
 
     @model_validator(mode="after")
-    def _complete(self) -> LdapAuthSettings:
+    def _complete(self) -> LdapAuthConfig:
         if not self.url.startswith(("ldap://", "ldaps://")):
             raise problem(("url",), f"{self.url!r} is not an ldap:// or ldaps:// URL")
         if self.mode == "bind" and not self.user_dn_template:
@@ -960,7 +960,7 @@ class LdapAuthSettings(Strict):
         return self._bind_password
 
 
-class ThrottleSettings(Strict):
+class ThrottleConfig(Strict):
     """Brute force: failed logins per client address and per user name."""
 
     delays: list[Annotated[float, Field(ge=0)]] = [0.0, 1.0, 2.0, 4.0, 8.0]   # wait before answering the n-th failure
@@ -970,17 +970,17 @@ class ThrottleSettings(Strict):
     lockout: Duration = 900.0
 
 
-class AuthSettings(Strict):
+class AuthConfig(Strict):
     users_file: OptionalPath = None             # local users (relaywarden user add); relative to the config file
-    ldap: LdapAuthSettings | None = None
+    ldap: LdapAuthConfig | None = None
     order: list[Literal["local", "ldap"]] = ["local", "ldap"]   # which backend is asked first
-    throttle: ThrottleSettings = Field(default_factory=dict)
+    throttle: ThrottleConfig = Field(default_factory=dict)
     # name:secret lines for CRAM-MD5 (RFC 2195), the mechanism ATRN clients such as
     # fetchmail use; secrets in clear, so a file of its own (see relaywarden.auth.cram).
     cram_md5_file: OptionalFile = None
 
     @model_validator(mode="after")
-    def _cram(self) -> AuthSettings:
+    def _cram(self) -> AuthConfig:
         if self.cram_md5_file is not None:
             bad = cram_file_problem(self.cram_md5_file)
             if bad is not None:
@@ -1005,7 +1005,7 @@ def _duration_text(value: Any) -> float:
 DurationText = Annotated[float, BeforeValidator(_duration_text)]
 
 
-class LdapRoleSettings(Strict):
+class LdapRoleConfig(Strict):
     """LDAP/AD groups (auth.ldap) whose members get a console role; the highest wins."""
 
     admin: list[Text] = []
@@ -1013,7 +1013,7 @@ class LdapRoleSettings(Strict):
     viewer: list[Text] = []
 
 
-class AdminSettings(Strict):
+class AdminConfig(Strict):
     """The admin process's HTTP server: web console, JSON API, /metrics (docs/admin.md)."""
 
     enabled: bool = False                       # the embedded default config turns it on
@@ -1024,11 +1024,11 @@ class AdminSettings(Strict):
     users_file: OptionalPath = "admin-users"    # relaywarden admin-user add ...
     session_timeout: DurationText = 8 * 3600.0  # idle time before a console login ends
     metrics_token_file: OptionalFile = None     # None: /metrics open to loopback clients only
-    ldap_roles: LdapRoleSettings = Field(default_factory=dict)
+    ldap_roles: LdapRoleConfig = Field(default_factory=dict)
     _metrics_token: str | None = PrivateAttr(default=None)   # metrics_token_file's, at load
 
     @model_validator(mode="after")
-    def _tls(self) -> AdminSettings:
+    def _tls(self) -> AdminConfig:
         found: list[tuple[tuple[str | int, ...], str]] = []
         if (self.cert_file is None) != (self.key_file is None):
             missing = "key_file" if self.key_file is None else "cert_file"
@@ -1060,7 +1060,7 @@ class AdminSettings(Strict):
         return self._metrics_token or None
 
 
-class HistorySettings(Strict):
+class HistoryConfig(Strict):
     """Message history (history.sqlite3 in the data directory), fed by the admin process."""
 
     enabled: bool = True
@@ -1099,7 +1099,7 @@ _FLOWS = {"microsoft": ("client_credentials", "refresh_token"),
           "google": ("service_account", "refresh_token")}
 
 
-class OAuthProviderSettings(Strict):
+class OAuthProviderConfig(Strict):
     """[oauth.NAME]: where relay routes get OAuth2 access tokens (relaywarden.oauth)."""
 
     kind: Literal["microsoft", "google"]
@@ -1132,7 +1132,7 @@ class OAuthProviderSettings(Strict):
     _refresh_token_seed: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
-    def _complete(self) -> OAuthProviderSettings:
+    def _complete(self) -> OAuthProviderConfig:
         from relaywarden.oauth.files import CredentialFileError, load_certificate, load_service_account
 
         found: list[tuple[tuple[str | int, ...], str]] = []
@@ -1222,7 +1222,7 @@ class OAuthProviderSettings(Strict):
         return self._refresh_token_seed
 
 
-class RecipientValidationSettings(Strict):
+class RecipientValidationConfig(Strict):
     """[recipients."DOMAIN"]: who exists at a hosted domain (policy/recipients.py)."""
     # Files of addresses and @domain catch-alls, one per line; re-read when they change.
     files: list[OptionalFile] = []
@@ -1238,7 +1238,7 @@ class RecipientValidationSettings(Strict):
     on_lookup_failure: Literal["tempfail", "accept"] = "tempfail"
 
     @model_validator(mode="after")
-    def _some_source(self) -> RecipientValidationSettings:
+    def _some_source(self) -> RecipientValidationConfig:
         if not self.files and not self.callahead and not self.ldap:
             raise ValueError("no source: set files, ldap = true or callahead = true")
         if "{address}" not in self.ldap_filter:
@@ -1248,7 +1248,7 @@ class RecipientValidationSettings(Strict):
         return self
 
 
-class RecipientThrottleSettings(Strict):
+class RecipientThrottleConfig(Strict):
     """[recipient_throttle]: a client naming unknown recipients (a dictionary attack)."""
     # Seconds before answering the n-th unknown recipient (the last repeats).
     delays: list[Annotated[float, Field(ge=0)]] = [0.0, 0.0, 0.0, 1.0, 2.0, 4.0]
@@ -1264,7 +1264,7 @@ class RecipientThrottleSettings(Strict):
         return value
 
 
-class PickupSettings(Strict):
+class PickupConfig(Strict):
     """The Pickup directory (as IIS had one): applications write .eml files into ``dir``;
     the relay queues them with the rules of ``group`` (server/pickup.py)."""
 
@@ -1308,7 +1308,7 @@ def _milter_socket(text: str) -> str:
     return text.strip()
 
 
-class MilterSettings(Strict):
+class MilterConfig(Strict):
     """[milters.NAME]: a content filter over the Sendmail milter protocol (relaywarden/milter)."""
 
     # "inet:127.0.0.1:11332" (or Sendmail's "inet:11332@127.0.0.1"), "unix:/path".
@@ -1322,26 +1322,26 @@ class MilterSettings(Strict):
 
 
 class Config(Strict):
-    relay: RelaySettings = Field(default_factory=dict)
-    queue: QueueSettings = Field(default_factory=dict)
-    log: LogSettings = Field(default_factory=dict)
-    delivery: DeliverySettings = Field(default_factory=dict)
-    dns: DnsSettings = Field(default_factory=dict)
-    badmail: BadmailSettings = Field(default_factory=dict)
-    screening: ScreeningSettings = Field(default_factory=dict)
-    auth: AuthSettings = Field(default_factory=dict)
-    admin: AdminSettings = Field(default_factory=dict)
-    history: HistorySettings = Field(default_factory=dict)
-    pickup: PickupSettings | None = None
-    routes: dict[str, RouteSettings] = {}
-    sender_routes: dict[str, SenderRouteSettings] = {}   # in file order: the order they are tried
-    groups: dict[str, GroupSettings] = {}      # in file order: the order groups are tried
-    listeners: dict[str, ListenerSettings] = {}
-    oauth: dict[str, OAuthProviderSettings] = {}   # token providers for auth = "xoauth2"
+    relay: RelayConfig = Field(default_factory=dict)
+    queue: QueueConfig = Field(default_factory=dict)
+    log: LogConfig = Field(default_factory=dict)
+    delivery: DeliveryConfig = Field(default_factory=dict)
+    dns: DnsConfig = Field(default_factory=dict)
+    badmail: BadmailConfig = Field(default_factory=dict)
+    screening: ScreeningConfig = Field(default_factory=dict)
+    auth: AuthConfig = Field(default_factory=dict)
+    admin: AdminConfig = Field(default_factory=dict)
+    history: HistoryConfig = Field(default_factory=dict)
+    pickup: PickupConfig | None = None
+    routes: dict[str, RouteConfig] = {}
+    sender_routes: dict[str, SenderRouteConfig] = {}   # in file order: the order they are tried
+    groups: dict[str, GroupConfig] = {}      # in file order: the order groups are tried
+    listeners: dict[str, ListenerConfig] = {}
+    oauth: dict[str, OAuthProviderConfig] = {}   # token providers for auth = "xoauth2"
     # Recipient validation per hosted domain ("*": every hosted domain without its own).
-    recipients: dict[str, RecipientValidationSettings] = {}
-    recipient_throttle: RecipientThrottleSettings = Field(default_factory=dict)
-    milters: dict[str, MilterSettings] = {}    # used by listeners.NAME.milters, in order
+    recipients: dict[str, RecipientValidationConfig] = {}
+    recipient_throttle: RecipientThrottleConfig = Field(default_factory=dict)
+    milters: dict[str, MilterConfig] = {}    # used by listeners.NAME.milters, in order
 
     # Where the config came from: the path as given, or "<default>". Set by load.py;
     # private so that no TOML key can set it.
@@ -1363,8 +1363,8 @@ class Config(Strict):
 
     @field_validator("routes")
     @classmethod
-    def _normalise_routes(cls, value: dict[str, RouteSettings]) -> dict[str, RouteSettings]:
-        routes: dict[str, RouteSettings] = {}
+    def _normalise_routes(cls, value: dict[str, RouteConfig]) -> dict[str, RouteConfig]:
+        routes: dict[str, RouteConfig] = {}
         found = []
         for key, route in value.items():
             domain = match.parse_domain_pattern(key)
@@ -1387,7 +1387,7 @@ class Config(Strict):
 
     @field_validator("listeners")
     @classmethod
-    def _some_listener(cls, value: dict[str, ListenerSettings]) -> dict[str, ListenerSettings]:
+    def _some_listener(cls, value: dict[str, ListenerConfig]) -> dict[str, ListenerConfig]:
         if not value:
             raise ValueError("at least one listener is required ([listeners.NAME])")
         return value
@@ -1520,7 +1520,7 @@ class Config(Strict):
                 listener.groups = [name for name in self.groups if name in chosen]
         return self
 
-    def _hop_tables(self) -> list[tuple[tuple[str, str], HopSettings]]:
+    def _hop_tables(self) -> list[tuple[tuple[str, str], HopConfig]]:
         return [(("routes", key), route) for key, route in self.routes.items()] + [
             (("sender_routes", name), route) for name, route in self.sender_routes.items()
         ]
@@ -1615,7 +1615,7 @@ def _hops_text(hops: list[str]) -> str:
     return f"next hops {', '.join(hops)}"
 
 
-def _default_route_text(catch_all: RouteSettings | None) -> str:
+def _default_route_text(catch_all: RouteConfig | None) -> str:
     """Where routes."*" (or, without it, MX) sends a domain: the tail of a warning."""
     where = 'via routes."*" '
     if catch_all is None:

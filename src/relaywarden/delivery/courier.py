@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from relaywarden.config.schema import Config, HopSettings
+    from relaywarden.config.schema import Config, HopConfig
     from relaywarden.delivery.engine import DeliverySettings, Outcome
     from relaywarden.delivery.routing import Route
     from relaywarden.logs.maillog import MailLog
@@ -51,11 +51,11 @@ class CourierScheme(Protocol):
         """The REST normalised (as `config show` prints it), or ValueError saying what is
         wrong with it. Syntax only: no I/O, no other part of the config."""
 
-    def check(self, rest: str, cfg: Config, settings: HopSettings) -> list[tuple[tuple[str, ...], str]]:
+    def check(self, rest: str, cfg: Config, settings: HopConfig) -> list[tuple[tuple[str, ...], str]]:
         """Problems with the rest of the config, as (key path below the route's table,
         message): `("next_hops", 0), "unknown provider"`. No network access."""
 
-    def build(self, rest: str, cfg: Config, settings: HopSettings, *, route: str) -> Courier:
+    def build(self, rest: str, cfg: Config, settings: HopConfig, *, route: str) -> Courier:
         """The courier of a validated config (route: the route's config key, for logs)."""
 
 

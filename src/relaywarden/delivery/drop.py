@@ -26,7 +26,7 @@ from relaywarden.queue.fileops import REAL, FileOps
 from relaywarden.smtp.reply import reply
 
 if TYPE_CHECKING:
-    from relaywarden.config.schema import Config, HopSettings
+    from relaywarden.config.schema import Config, HopConfig
     from relaywarden.delivery.courier import CourierContext
     from relaywarden.delivery.engine import Outcome
     from relaywarden.delivery.routing import Route
@@ -58,7 +58,7 @@ class DropScheme:
             raise ValueError(f"{path!r}: the Drop directory must be an absolute path")
         return os.path.normpath(path)
 
-    def check(self, rest: str, cfg: Config, settings: HopSettings):
+    def check(self, rest: str, cfg: Config, settings: HopConfig):
         path = Path(rest)
         where = ("next_hops", 0)
         if not CHECK_FOLDER:
@@ -71,7 +71,7 @@ class DropScheme:
             return [(where, f"the Drop directory {rest!r} is not writable by this user")]
         return []
 
-    def build(self, rest: str, cfg: Config, settings: HopSettings, *, route: str):
+    def build(self, rest: str, cfg: Config, settings: HopConfig, *, route: str):
         return DropCourier(Path(rest), route=route)
 
 

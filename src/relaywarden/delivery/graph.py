@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 from relaywarden.smtp.reply import Reply, reply
 
 if TYPE_CHECKING:
-    from relaywarden.config.schema import Config, HopSettings
+    from relaywarden.config.schema import Config, HopConfig
     from relaywarden.delivery.courier import CourierContext
     from relaywarden.delivery.engine import Outcome
     from relaywarden.delivery.routing import Route
@@ -78,7 +78,7 @@ class GraphScheme:
                              "provider")
         return name
 
-    def check(self, rest: str, cfg: Config, settings: HopSettings) -> list[tuple[tuple, str]]:
+    def check(self, rest: str, cfg: Config, settings: HopConfig) -> list[tuple[tuple, str]]:
         index = settings.next_hops.index(f"graph:{rest}")
         provider = cfg.oauth.get(rest)
         if provider is None:
@@ -115,7 +115,7 @@ class GraphScheme:
                           f'["{scope}"] (or left out) for Graph'))
         return found
 
-    def build(self, rest: str, cfg: Config, settings: HopSettings, *, route: str) -> GraphCourier:
+    def build(self, rest: str, cfg: Config, settings: HopConfig, *, route: str) -> GraphCourier:
         from relaywarden.oauth import providers
 
         provider = providers(cfg)[rest]

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from relaywarden.config.schema import Config, OAuthProviderSettings
+    from relaywarden.config.schema import Config, OAuthProviderConfig
 
 __all__ = ["OAuthLogin", "Token", "TokenError", "TokenProvider", "providers", "write_atomic"]
 
@@ -128,7 +128,7 @@ def read_state(path: Path) -> dict[str, Any]:
 
 
 class TokenProvider:
-    def __init__(self, name: str, settings: OAuthProviderSettings, data_dir: Path) -> None:
+    def __init__(self, name: str, settings: OAuthProviderConfig, data_dir: Path) -> None:
         self.name = name
         self.settings = settings
         self.state_path = data_dir / "oauth" / f"{name}.json"
@@ -373,7 +373,7 @@ class TokenProvider:
 class _GoogleRequest:
     """google-auth's requests transport with the provider's CA file and timeout."""
 
-    def __init__(self, settings: OAuthProviderSettings) -> None:
+    def __init__(self, settings: OAuthProviderConfig) -> None:
         import google.auth.transport.requests
 
         self._inner = google.auth.transport.requests.Request(http_session(settings))
@@ -384,7 +384,7 @@ class _GoogleRequest:
                            timeout=self._timeout, **kwargs)
 
 
-def http_session(settings: OAuthProviderSettings):
+def http_session(settings: OAuthProviderConfig):
     """A requests session for the identity endpoints: the provider's CA file (else the
     system's) and timeout on every request. Passed per request because requests lets
     REQUESTS_CA_BUNDLE in the environment override a session's own `verify`."""

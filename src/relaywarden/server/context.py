@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class TlsMode(enum.Enum):
+class ListenerTlsMode(enum.Enum):
     NONE = "none"
     STARTTLS = "starttls"      # offered, optional
     REQUIRED = "required"      # STARTTLS before MAIL (RFC 3207 4), except optional_networks
@@ -69,7 +69,7 @@ class ListenerContext:
     postmaster: str
     normalize_networks: tuple[IPNetwork, ...] = ()
     reverse_lookups: bool = False
-    tls_mode: TlsMode = TlsMode.NONE
+    tls_mode: ListenerTlsMode = ListenerTlsMode.NONE
     limits: Limits = field(default_factory=Limits)
     # The milters asked before the 250 at the end of DATA, in order (milter.MilterSpec).
     milters: tuple[Any, ...] = ()
