@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from test_receive import MSG, RawClient, smtp
+from support.raw import RawClient
+from support.smtp import MSG, smtp
 
 
 def session(relay, source="127.0.0.2"):

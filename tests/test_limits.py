@@ -15,6 +15,7 @@ import time
 import pytest
 
 from support.configs import HERMETIC
+from support.raw import RawClient
 from support.relay import free_port, start_relay, write_config
 
 MSG = b"From: app@example.com\r\nTo: user@example.com\r\nSubject: limits\r\n\r\nhello\r\n"
@@ -66,21 +67,11 @@ def limits_relay(tmp_path_factory):
     relay.stop()
 
 
-class Raw:
-    """A connection that has read its greeting (or refusal)."""
-
-    def __init__(self, port: int, source: str = "127.0.0.1") -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10,
-                                             source_address=(source, 0))
-        self.file = self.sock.makefile("rb")
-        self.greeting = self.file.readline()
-
-    def closed(self) -> bool:
-        return self.file.read() == b""
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
+def greeted(port: int, source: str = "127.0.0.1") -> RawClient:
+    """A connection that has read its greeting (or refusal): ``.greeting``."""
+    c = RawClient(port, source)
+    c.greeting = c.raw_reply()
+    return c
 
 
 def mail_log(relay, needle: str, timeout: float = 5) -> list[str]:
@@ -93,11 +84,11 @@ def mail_log(relay, needle: str, timeout: float = 5) -> list[str]:
         time.sleep(0.1)
 
 
-def greeted_until(port: int, source: str = "127.0.0.1", timeout: float = 5) -> Raw:
+def greeted_until(port: int, source: str = "127.0.0.1", timeout: float = 5) -> RawClient:
     """A new connection that gets 220 (closing ones are counted down asynchronously)."""
     deadline = time.monotonic() + timeout
     while True:
-        raw = Raw(port, source)
+        raw = greeted(port, source)
         if raw.greeting.startswith(b"220 "):
             return raw
         raw.close()
@@ -112,7 +103,7 @@ def test_max_connections_on_a_listener(limits_relay):
     port = limits_relay.ports["few"]
     held = [greeted_until(port, f"127.0.0.{10 + i}") for i in range(3)]
     try:
-        extra = Raw(port, "127.0.0.20")
+        extra = greeted(port, "127.0.0.20")
         assert extra.greeting == b"421 4.7.0 Too many connections, try again later\r\n"
         assert extra.closed()
         extra.close()
@@ -130,11 +121,11 @@ def test_max_connections_per_ip(limits_relay):
     port = limits_relay.ports["perip"]
     held = [greeted_until(port, "127.0.0.30") for _ in range(2)]
     try:
-        extra = Raw(port, "127.0.0.30")
+        extra = greeted(port, "127.0.0.30")
         assert extra.greeting.startswith(b"421 4.7.0 ")
         assert extra.closed()
         extra.close()
-        other = Raw(port, "127.0.0.31")             # another address is not affected
+        other = greeted(port, "127.0.0.31")             # another address is not affected
         assert other.greeting.startswith(b"220 ")
         other.close()
     finally:

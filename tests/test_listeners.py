@@ -8,7 +8,8 @@ import time
 
 from support.configs import HERMETIC
 from support.relay import free_port, start_relay, write_config
-from test_receive import MSG, RawClient
+from support.raw import RawClient
+from support.smtp import MSG
 
 TWO = HERMETIC + """
 [relay]

@@ -12,56 +12,8 @@ import time
 import aiosmtplib
 import pytest
 
-MSG = (
-    "From: app@example.com\r\nTo: user@example.com\r\nSubject: hello\r\n\r\n"
-    "line one\r\n.starts with a dot\r\n..two dots\r\nlast line\r\n"
-)
-
-
-def smtp(relay, source: str = "127.0.0.1") -> smtplib.SMTP:
-    return smtplib.SMTP("127.0.0.1", relay.port, source_address=(source, 0), timeout=10)
-
-
-def queued_id(reply_text: bytes) -> str:
-    m = re.search(rb"queued as (\S+)", reply_text)
-    assert m, reply_text
-    return m.group(1).decode()
-
-
-class RawClient:
-    """A socket client that sends exactly the bytes a test gives it."""
-
-    def __init__(self, relay, source: str = "127.0.0.1") -> None:
-        self.sock = socket.create_connection(("127.0.0.1", relay.port), timeout=10,
-                                             source_address=(source, 0))
-        self.buf = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def reply(self) -> tuple[int, bytes]:
-        """Read one whole (possibly multi-line) reply."""
-        while True:
-            lines = self.buf.split(b"\r\n")
-            for i, line in enumerate(lines[:-1]):
-                if len(line) >= 4 and line[3:4] == b" ":
-                    text = b"\r\n".join(lines[: i + 1])
-                    self.buf = b"\r\n".join(lines[i + 1:])
-                    return int(line[:3]), text
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"closed; pending {self.buf!r}")
-            self.buf += chunk
-
-    def closed(self) -> bool:
-        try:
-            return self.sock.recv(1) == b""
-        except ConnectionResetError:
-            return True
-
-    def close(self) -> None:
-        self.sock.close()
-
+from support.raw import RawClient
+from support.smtp import MSG, queued_id, smtp
 
 def test_smtplib_message_is_queued_durably_with_received_header(relay):
     with smtp(relay) as c:

@@ -22,38 +22,9 @@ from pathlib import Path
 import pytest
 
 from support.configs import BASIC, HERMETIC
+from support.raw import RawClient
 from support.relay import free_port, start_relay, write_config
 from downstream import Downstream
-
-
-class Raw:
-    """A socket client that sends exactly the bytes it is given and keeps the replies'."""
-
-    def __init__(self, port: int, source: str = "127.0.0.1") -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=15,
-                                             source_address=(source, 0))
-        self.buf = b""
-
-    def reply(self) -> bytes:
-        """One whole reply, as received (CRLFs included)."""
-        while True:
-            lines = self.buf.split(b"\r\n")
-            for i, line in enumerate(lines[:-1]):
-                if len(line) >= 4 and line[3:4] == b" ":
-                    size = sum(len(x) + 2 for x in lines[:i + 1])
-                    out, self.buf = self.buf[:size], self.buf[size:]
-                    return out
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"closed; pending {self.buf!r}")
-            self.buf += chunk
-
-    def say(self, line: bytes) -> bytes:
-        self.sock.sendall(line)
-        return self.reply()
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def entries(relay, prefix: str) -> list[dict]:
@@ -86,8 +57,8 @@ def wait_for(predicate, what: str, timeout: float = 20.0):
 # --- inbound ------------------------------------------------------------------------------
 
 def test_inbound_lines_keep_parameters_exact_octets_session_and_queue_id(relay):
-    c = Raw(relay.port, source="127.0.0.2")     # not a relay client: example.com only
-    greeting = c.reply()
+    c = RawClient(relay.port, source="127.0.0.2")     # not a relay client: example.com only
+    greeting = c.raw_reply()
     sent, got = {}, {}
 
     def say(method: str, line: bytes) -> bytes:
@@ -172,8 +143,8 @@ def test_auth_line_times_the_throttle_delay_and_masks_credentials(tmp_path):
     ports = {"local": free_port()}
     relay = start_relay(write_config(tmp_path, AUTH_CONFIG, **ports), tmp_path / "var", ports)
     try:
-        c = Raw(ports["local"])
-        c.reply()
+        c = RawClient(ports["local"])
+        c.raw_reply()
         c.say(b"EHLO client.test\r\n")
         wrong = base64.b64encode(b"\0alice\0wrong pw")
         plain = b"AUTH PLAIN " + wrong + b"\r\n"
@@ -256,8 +227,8 @@ def delivering(tmp_path):
 
 
 def send(relay, rcpts: list[bytes], body: bytes) -> str:
-    c = Raw(relay.port)
-    c.reply()
+    c = RawClient(relay.port)
+    c.raw_reply()
     c.say(b"EHLO client.test\r\n")
     assert c.say(b"MAIL FROM:<app@example.com> RET=HDRS ENVID=e1\r\n").startswith(b"250")
     for rcpt in rcpts:
