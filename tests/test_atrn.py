@@ -12,13 +12,13 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import trustme
 
+import support.site
 from support.relay import free_port, start_relay, write_config
 from downstream import Downstream
 
@@ -142,7 +142,9 @@ class Customer:
                 send("502 5.5.1 what")
 
 
-class Site:
+class Site(support.site.Site):
+    listeners = ("main", "tls")
+
     def __init__(self, tmp_path: Path) -> None:
         ca = trustme.CA()
         cert = ca.issue_cert("relay.test", "127.0.0.1")
@@ -157,11 +159,7 @@ class Site:
                                  timeout=60)
             assert out.returncode == 0, out.stderr
         (tmp_path / "cram").write_text(f"# ODMR clients\nShop:{CRAM_SECRET}\n")
-        self.ports = {"main": free_port(), "tls": free_port()}
-        self.down = Downstream(free_port()).start()
-        self.config = write_config(tmp_path, CONFIG, down=self.down.port, noport=free_port(),
-                                   **self.ports)
-        self.relay = start_relay(self.config, tmp_path / "var", self.ports)
+        super().__init__(tmp_path, CONFIG)
 
     def send(self, *to: str, sender: str = "app@example.com") -> str:
         with smtplib.SMTP("127.0.0.1", self.ports["main"], timeout=30) as c:
@@ -207,18 +205,6 @@ class Site:
         finally:
             r.close()
 
-    def wait(self, predicate, timeout: float = 20.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            now = self.statuses()
-            if predicate(now):
-                return now
-            assert time.monotonic() < deadline, f"queue never got there: {now}"
-            time.sleep(0.1)
-
-    def maillog(self) -> str:
-        self.relay.flush_logs()
-        return self.relay.logs("mail", ".log")
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import support.site
 from support.relay import free_port, start_relay, write_config
-from downstream import Downstream
 
 CONFIG = """
 [relay]
@@ -69,14 +69,9 @@ networks = ["127.0.0.0/8"]
 """
 
 
-class Site:
+class Site(support.site.Site):
     def __init__(self, tmp_path: Path) -> None:
-        self.ports = {"main": free_port()}
-        self.down_port = free_port()
-        self.config = write_config(tmp_path, CONFIG, main=self.ports["main"],
-                                   down=self.down_port, noport=free_port())
-        self.down = Downstream(self.down_port).start()
-        self.relay = start_relay(self.config, tmp_path / "var", self.ports)
+        super().__init__(tmp_path, CONFIG)
 
     def send(self, *to: str) -> str:
         with smtplib.SMTP("127.0.0.1", self.ports["main"], timeout=30) as c:
@@ -97,17 +92,6 @@ class Site:
             return [(code, text.decode()) for code, text in
                     (c.docmd("ETRN", node) if node else c.docmd("ETRN") for node in nodes)]
 
-    def statuses(self) -> dict[str, str]:
-        return {r["address"]: r["status"] for m in self.relay.messages() for r in m["recipients"]}
-
-    def wait(self, predicate, timeout: float = 20.0) -> dict[str, str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            now = self.statuses()
-            if predicate(now):
-                return now
-            assert time.monotonic() < deadline, f"queue never got there: {now}"
-            time.sleep(0.1)
 
     def show(self, queue_id: str) -> dict:
         r = self.relay.reader()

@@ -29,8 +29,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support.relay import free_port, start_relay, wait_admin, write_config
-from downstream import Downstream
+import support.site
+from support.relay import free_port, wait_admin
 
 CONFIG = """
 [relay]
@@ -67,21 +67,10 @@ MSG = b"From: app@example.com\r\nTo: x@example.net\r\nSubject: lease\r\n\r\nbody
 LEASED = re.compile(r"(\S+): (\S+): leased by a live attempt until (\d\d:\d\d:\d\d) UTC")
 
 
-class Site:
+class Site(support.site.Site):
     def __init__(self, tmp_path: Path, *, start_down: bool = True) -> None:
-        self.ports = {"main": free_port()}
-        self.down_port, self.http = free_port(), free_port()
-        self.config = write_config(tmp_path, CONFIG, main=self.ports["main"],
-                                   down=self.down_port, noport=free_port(), http=self.http)
-        self.data_dir = tmp_path / "var"
-        self.down = Downstream(self.down_port)
-        if start_down:
-            self.down.start()
-        self.relay = start_relay(self.config, self.data_dir, self.ports)
-
-    def close(self) -> None:
-        self.relay.stop()
-        self.down.stop()
+        self.http = free_port()
+        super().__init__(tmp_path, CONFIG, start_down=start_down, http=self.http)
 
     def send(self, content: bytes = MSG, to: str = "x@example.net") -> str:
         with smtplib.SMTP("127.0.0.1", self.ports["main"], timeout=30) as c:
@@ -91,12 +80,6 @@ class Site:
             code, text = c.data(content)
             assert code == 250, text
             return re.search(rb"queued as (\S+)", text).group(1).decode()
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "relaywarden", *args, "--config",
-                               str(self.config)], capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 0, proc.stderr
-        return proc
 
     def recipient(self, queue_id: str) -> dict | None:
         """The first recipient of a queued message, with its lease (None: gone)."""
@@ -110,7 +93,7 @@ class Site:
         finally:
             db.close()
 
-    def wait(self, what, timeout: float = 20.0, message: str = ""):
+    def wait_for(self, what, timeout: float = 20.0, message: str = ""):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             value = what()
@@ -145,14 +128,14 @@ def test_an_error_of_our_own_in_the_attempt_defers_at_once_with_the_reason(tmp_p
     try:
         big = MSG.replace(b"body\r\n", (b"x" * 998 + b"\r\n") * 1100)   # > 1 MiB: a body file
         qid = s.send(big)
-        s.wait(lambda: (s.recipient(qid) or {}).get("attempts") == 1, message="first attempt")
+        s.wait_for(lambda: (s.recipient(qid) or {}).get("attempts") == 1, message="first attempt")
         body = s.data_dir / "bodies" / qid
         assert body.is_file()
         body.rename(tmp_path / "aside")
         body.mkdir()                                     # open() fails: IsADirectoryError
         s.down.start()
         s.cli("queue", "flush")
-        r = s.wait(lambda: (lambda r: r if r["attempts"] == 2 else None)(s.recipient(qid)),
+        r = s.wait_for(lambda: (lambda r: r if r["attempts"] == 2 else None)(s.recipient(qid)),
                    message="the second attempt's outcome")
         now = time.time()
         assert r["status"] == "queued"
@@ -171,7 +154,7 @@ def test_an_error_of_our_own_in_the_attempt_defers_at_once_with_the_reason(tmp_p
         s.cli("queue", "flush")
         [got] = s.down.wait_for(1)
         assert got.content.count(b"x" * 998) == 1100
-        s.wait(lambda: s.recipient(qid) is None, message="the message leaves the queue")
+        s.wait_for(lambda: s.recipient(qid) is None, message="the message leaves the queue")
     finally:
         s.close()
 
@@ -186,7 +169,7 @@ def test_an_outcome_the_queue_cannot_take_is_written_when_it_can(site):
     as before."""
     site.down.behaviour.data_delay = 3
     qid = site.send()
-    site.wait(lambda: site.down.delayed >= 1, message="the attempt reached the final dot")
+    site.wait_for(lambda: site.down.delayed >= 1, message="the attempt reached the final dot")
     pid = site.delivery_pid()
     soft, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
     resource.prlimit(pid, resource.RLIMIT_FSIZE, (1, hard))
@@ -197,7 +180,7 @@ def test_an_outcome_the_queue_cannot_take_is_written_when_it_can(site):
         assert r is not None and r["status"] == "queued", r
     finally:
         resource.prlimit(pid, resource.RLIMIT_FSIZE, (soft, hard))
-    site.wait(lambda: site.recipient(qid) is None, timeout=10,
+    site.wait_for(lambda: site.recipient(qid) is None, timeout=10,
               message="the kept outcome (delivered) is written once the queue can be")
     time.sleep(2)
     assert len(site.down.messages) == 1      # delivered once: the outcome was not lost
@@ -212,7 +195,7 @@ def test_flush_and_retry_tell_which_recipients_a_live_attempt_holds(site):
     time its lease ends (short: renewed by the live process, not 40 minutes ahead)."""
     site.down.behaviour.data_delay = 4
     qid = site.send()
-    site.wait(lambda: site.down.delayed >= 1, message="the attempt reached the final dot")
+    site.wait_for(lambda: site.down.delayed >= 1, message="the attempt reached the final dot")
     out = site.cli("queue", "retry", qid).stdout
     assert f"{qid}: 0 recipient(s) due now" in out, out
     [(mid, address, until)] = LEASED.findall(out)
@@ -223,7 +206,7 @@ def test_flush_and_retry_tell_which_recipients_a_live_attempt_holds(site):
     out = site.cli("queue", "flush").stdout
     assert LEASED.findall(out) == [(qid, "x@example.net", until)], out
     site.down.wait_for(1)
-    site.wait(lambda: site.recipient(qid) is None, message="delivered")
+    site.wait_for(lambda: site.recipient(qid) is None, message="delivered")
     # The attempt is over: nothing is leased any more.
     assert LEASED.findall(site.cli("queue", "flush").stdout) == []
 
@@ -241,7 +224,7 @@ def test_the_api_tells_which_recipients_a_live_attempt_holds(site):
     api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=15)
     site.down.behaviour.data_delay = 4
     qid = site.send()
-    site.wait(lambda: site.down.delayed >= 1, message="the attempt reached the final dot")
+    site.wait_for(lambda: site.down.delayed >= 1, message="the attempt reached the final dot")
     lease_end = site.recipient(qid)["lease_until"]
     text = time.strftime("%H:%M:%S UTC", time.gmtime(lease_end))
     r = api.post(f"/api/v1/queue/{qid}/retry")
@@ -263,9 +246,9 @@ def test_an_admin_hold_during_an_attempt_wins_over_its_deferral(site):
     site.down.behaviour.data_delay = 3
     site.down.behaviour.data = "451 4.3.0 try later"
     qid = site.send()
-    site.wait(lambda: site.down.delayed >= 1, message="the attempt reached the final dot")
+    site.wait_for(lambda: site.down.delayed >= 1, message="the attempt reached the final dot")
     assert f"{qid}: 1 recipient(s) held" in site.cli("queue", "hold", qid).stdout
-    r = site.wait(lambda: (lambda r: r if r["attempts"] == 1 else None)(site.recipient(qid)),
+    r = site.wait_for(lambda: (lambda r: r if r["attempts"] == 1 else None)(site.recipient(qid)),
                   message="the attempt's outcome")
     assert (r["status"], r["held_by"]) == ("held", "admin"), r
     assert r["last_error"] == "451 4.3.0 try later" and r["lease_until"] == 0, r
@@ -276,7 +259,7 @@ def test_an_admin_hold_during_an_attempt_wins_over_its_deferral(site):
     site.down.behaviour.data = None
     site.down.behaviour.data_delay = 3
     assert "1 recipient(s) released" in site.cli("queue", "release", qid).stdout
-    site.wait(lambda: site.down.delayed >= 2, message="the second attempt")
+    site.wait_for(lambda: site.down.delayed >= 2, message="the second attempt")
     assert "1 recipient(s) held" in site.cli("queue", "hold", qid).stdout
     site.down.wait_for(1)
-    site.wait(lambda: site.recipient(qid) is None, message="delivered: the message is gone")
+    site.wait_for(lambda: site.recipient(qid) is None, message="delivered: the message is gone")

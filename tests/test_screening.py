@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from support.relay import free_port, start_relay, write_config
-from downstream import Downstream
+import support.site
 
 CONFIG = """
 [relay]
@@ -58,16 +57,9 @@ networks = ["127.0.0.1/32"]
 """
 
 
-class Site:
+class Site(support.site.Site):
     def __init__(self, tmp_path: Path, *, action: str = "reject", scope: str = "all") -> None:
-        self.tmp = tmp_path
-        self.ports = {"main": free_port()}
-        self.down = Downstream(free_port()).start()
-        self.config = write_config(
-            tmp_path, CONFIG.replace("{action}", action).replace("{scope}", scope),
-            main=self.ports["main"], down=self.down.port, noport=free_port())
-        self.data_dir = tmp_path / "var"
-        self.relay = start_relay(self.config, self.data_dir, self.ports)
+        super().__init__(tmp_path, CONFIG.replace("{action}", action).replace("{scope}", scope))
 
     def swaks(self, to: str, *attachments: Path) -> subprocess.CompletedProcess:
         args = [shutil.which("swaks"), "--server", "127.0.0.1", "--port",
@@ -76,10 +68,6 @@ class Site:
         for path in attachments:
             args += ["--attach", f"@{path}"]
         return subprocess.run(args, capture_output=True, text=True, timeout=60)
-
-    def maillog(self) -> str:
-        self.relay.flush_logs()
-        return self.relay.logs("mail", ".log")
 
 
 @pytest.fixture
@@ -107,8 +95,7 @@ def make_site(tmp_path):
         return made[-1]
     yield make
     for s in made:
-        s.relay.stop()
-        s.down.stop()
+        s.close()
 
 
 @pytest.fixture

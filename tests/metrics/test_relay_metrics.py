@@ -14,8 +14,8 @@ import pytest
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.relay import free_port, start_relay, write_config
-from downstream import Downstream
+import support.site
+from support.relay import free_port, start_relay
 from relaywarden import metrics
 
 PASSWORD = "correct horse battery"
@@ -102,7 +102,9 @@ def value(samples, name, **labels) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-class Site:
+class Site(support.site.Site):
+    listeners = ("main", "sub")
+
     def __init__(self, tmp):
         ca = trustme.CA()
         cert = ca.issue_cert("relay.test", "127.0.0.1")
@@ -114,24 +116,8 @@ class Site:
                               "--file", str(tmp / "users"), "--password-stdin"],
                              input=PASSWORD + "\n", capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
-        self.down_port = free_port()
-        self.down = Downstream(self.down_port).start()
-        self.ports = {"main": free_port(), "sub": free_port()}
         self.admin_port = free_port()
-        self.config = write_config(tmp, CONFIG, down=self.down_port, noport=free_port(),
-                                   admin=self.admin_port, **self.ports)
-        self.data_dir = tmp / "var"
-        self.relay = start_relay(self.config, self.data_dir, self.ports)
-
-    def close(self):
-        self.relay.stop()
-        self.down.stop()
-
-    def smtp(self, listener="main", source="127.0.0.1") -> smtplib.SMTP:
-        c = smtplib.SMTP("127.0.0.1", self.ports[listener], source_address=(source, 0),
-                         timeout=20)
-        c.ehlo("client.test")
-        return c
+        super().__init__(tmp, CONFIG, admin=self.admin_port)
 
     def send(self, to: str, source="127.0.0.1") -> None:
         with self.smtp(source=source) as c:

@@ -1,0 +1,75 @@
+"""A relay on loopback in front of a real downstream SMTP server: what most end-to-end tests
+start. A test file subclasses Site for what is its own (certificates, users, its send()), and
+keeps its config text; the ports, the downstream server, the relay process, the mail log and
+the queue's state come from here."""
+
+from __future__ import annotations
+
+import smtplib
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from downstream import Downstream
+from support.relay import free_port, start_relay, write_config
+
+__all__ = ["Site"]
+
+
+class Site:
+    #: The config's listeners; each gets a free port, written into the config as {NAME}.
+    listeners: tuple[str, ...] = ("main",)
+
+    def __init__(self, tmp_path: Path, config: str, *, start_down: bool = True,
+                 **fields: object) -> None:
+        """``config`` is the TOML text with {main}, {down} (the downstream server's port),
+        {noport} (a port nobody listens on) and any ``fields`` to fill in."""
+        self.tmp = tmp_path
+        self.ports = {name: free_port() for name in self.listeners}
+        self.down = Downstream(free_port())
+        self.down_port = self.down.port
+        if start_down:
+            self.down.start()
+        self.config = write_config(tmp_path, config, down=self.down_port, noport=free_port(),
+                                   **self.ports, **fields)
+        self.data_dir = tmp_path / "var"
+        self.relay = start_relay(self.config, self.data_dir, self.ports)
+
+    def close(self) -> None:
+        self.relay.stop()
+        self.down.stop()
+
+    def smtp(self, listener: str = "main", source: str = "127.0.0.1",
+             helo: str = "client.test") -> smtplib.SMTP:
+        """An smtplib session on a listener, after EHLO."""
+        c = smtplib.SMTP("127.0.0.1", self.ports[listener], source_address=(source, 0),
+                         timeout=30)
+        c.ehlo(helo)
+        return c
+
+    def maillog(self) -> str:
+        self.relay.flush_logs()
+        return self.relay.logs("mail", ".log")
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        """`relaywarden ARGS --config CONFIG`, which must succeed."""
+        proc = subprocess.run([sys.executable, "-m", "relaywarden", *args, "--config",
+                               str(self.config)], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    def statuses(self) -> dict:
+        """Each queued recipient's status, by address."""
+        return {r["address"]: r["status"] for m in self.relay.messages()
+                for r in m["recipients"]}
+
+    def wait(self, predicate, timeout: float = 20.0) -> dict:
+        """statuses() once ``predicate`` holds for it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            now = self.statuses()
+            if predicate(now):
+                return now
+            assert time.monotonic() < deadline, f"queue never got there: {now}"
+            time.sleep(0.1)
