@@ -5,6 +5,7 @@ the queue's state come from here."""
 
 from __future__ import annotations
 
+import re
 import smtplib
 import subprocess
 import sys
@@ -52,11 +53,38 @@ class Site:
         self.relay.flush_logs()
         return self.relay.logs("mail", ".log")
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
-        """`relaywarden ARGS --config CONFIG`, which must succeed."""
+    def wait_log(self, pattern: str, timeout: float = 20.0) -> str:
+        """The mail log once ``pattern`` (a regex) is in it: each look flushes the relay's
+        logs on demand (SIGUSR1), so this waits for the event, not for a timer."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.maillog()
+            if re.search(pattern, log):
+                return log
+            assert time.monotonic() < deadline, f"never logged {pattern!r}:\n{log[-3000:]}"
+            time.sleep(0.1)
+
+    def witness(self, to: str = "witness@example.com"):
+        """Absence, proven by an event: a message sent now to the downstream server, waited
+        for there. Once it has arrived, the delivery side has been running since the test's
+        step before; mail it would have sent by then (a due message comes first: the queue
+        is worked in due order) would be there too. Returns what the server holds."""
+        with self.smtp() as c:
+            c.mail("app@example.com")
+            assert c.rcpt(to)[0] == 250
+            code, text = c.data(b"Subject: witness\r\n\r\nwitness\r\n")
+            assert code == 250, text
+        deadline = time.monotonic() + 20
+        while not any(to in m.recipients for m in self.down.messages):
+            assert time.monotonic() < deadline, "the witness never arrived"
+            time.sleep(0.05)
+        return list(self.down.messages)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """`relaywarden ARGS --config CONFIG`; with ``check``, it must succeed."""
         proc = subprocess.run([sys.executable, "-m", "relaywarden", *args, "--config",
                                str(self.config)], capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 0, proc.stderr
+        assert not check or proc.returncode == 0, proc.stderr
         return proc
 
     def statuses(self) -> dict:
