@@ -108,10 +108,9 @@ def test_a_blocked_attachment_is_refused_at_the_end_of_data(site, files):
     assert out.returncode != 0
     assert "<** 550 5.7.1 Message refused: attachment 'setup.exe': .exe files are not allowed" \
         in out.stdout, out.stdout
-    time.sleep(0.5)
+    log = site.wait_log(r"event=reject stage=data")      # the session is done with it
     assert site.relay.messages() == []
     assert list((site.data_dir / "tmp").iterdir()) == []        # no spool file left
-    log = site.maillog()
     assert re.search(r"event=reject stage=data listener=main client=127\.0\.0\.1 id=\S+ "
                      r"code=550 sender=app@example\.com to=user@gmail\.test "
                      r"rule=screening\.blocked_extensions", log), log

@@ -4,6 +4,7 @@ config file, the process and what it wrote (queue, logs)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -102,6 +103,18 @@ class RelayProcess:
         except FileNotFoundError:
             return -1, ""
         return int(count), note.strip()
+
+    def wait_log(self, pattern: str, timeout: float = 20.0) -> str:
+        """The mail log once ``pattern`` (a regex) is in it. Each look flushes the relay's
+        logs on demand (flush_logs), so this waits for the event, not for a timer."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.flush_logs()
+            log = self.logs("mail", ".log")
+            if re.search(pattern, log):
+                return log
+            assert time.monotonic() < deadline, f"never logged {pattern!r}:\n{log[-3000:]}"
+            time.sleep(0.1)
 
     def flush_logs(self, timeout: float = 10) -> None:
         """Until the relay has written out its buffered log lines: SIGUSR1 to the relay,

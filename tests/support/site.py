@@ -5,7 +5,6 @@ the queue's state come from here."""
 
 from __future__ import annotations
 
-import re
 import smtplib
 import subprocess
 import sys
@@ -56,13 +55,7 @@ class Site:
     def wait_log(self, pattern: str, timeout: float = 20.0) -> str:
         """The mail log once ``pattern`` (a regex) is in it: each look flushes the relay's
         logs on demand (SIGUSR1), so this waits for the event, not for a timer."""
-        deadline = time.monotonic() + timeout
-        while True:
-            log = self.maillog()
-            if re.search(pattern, log):
-                return log
-            assert time.monotonic() < deadline, f"never logged {pattern!r}:\n{log[-3000:]}"
-            time.sleep(0.1)
+        return self.relay.wait_log(pattern, timeout)
 
     def witness(self, to: str = "witness@example.com"):
         """Absence, proven by an event: a message sent now to the downstream server, waited
