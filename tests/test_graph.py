@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 import pytest
-import trustme
 
-from support.relay import free_port, start_relay, write_config
+from support.cloud import CloudSetup, factory
+from support.relay import free_port
 from downstream import Downstream
-from oauthfake import TENANT, FakeGraph, FakeIdentity
+from oauthfake import FakeGraph
 from relaywarden.config import ConfigError, load_config
 from relaywarden.delivery.graph import GRAPH_MAX_REQUEST, rewrite_recipients
 
@@ -68,31 +68,21 @@ networks = ["127.0.0.1/32"]
 SENDER = "scanner@contoso.test"
 
 
-class Setup:
+class Setup(CloudSetup):
+    """The fake Graph beside the fake identity platform; DSNs go to their own server."""
+
     def __init__(self, tmp_path: Path, monkeypatch, *, secret: str = "s3cret",
                  route_extra: str = "", extra: str = "") -> None:
-        self.tmp = tmp_path
-        self.ca = trustme.CA()
-        self.ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-        self.idp = FakeIdentity(port=free_port(), ca=self.ca).start()
+        super().__init__(tmp_path, monkeypatch, secret=secret)
         self.graph = FakeGraph(port=free_port(), ca=self.ca, idp=self.idp).start()
-        (tmp_path / "m365.secret").write_text(secret + "\n")
         self.dsn = Downstream(free_port()).start()
-        self.ports = {"main": free_port()}
-        text = CONFIG.replace("{route_extra}", route_extra) + extra
-        self.config = write_config(tmp_path, text, main=self.ports["main"], idp=self.idp.port,
-                                   graph=self.graph.port, dsn=self.dsn.port,
-                                   noport=free_port(), tenant=TENANT)
-        self.data_dir = tmp_path / "var"
-        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{free_port()}")
-        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-        self.relay = start_relay(self.config, self.data_dir, self.ports)
+        self.start(CONFIG.replace("{route_extra}", route_extra) + extra,
+                   graph=self.graph.port, dsn=self.dsn.port)
 
     def close(self) -> None:
-        self.relay.stop()
+        super().close()
         self.dsn.stop()
         self.graph.stop()
-        self.idp.stop()
 
     def send(self, message: bytes, recipients: list[str], sender: str = SENDER) -> str:
         with smtplib.SMTP("127.0.0.1", self.ports["main"], timeout=30) as c:
@@ -116,40 +106,11 @@ class Setup:
             assert time.monotonic() < deadline, rows
             time.sleep(0.1)
 
-    def last_errors(self) -> list[str]:
-        reader = self.relay.reader()
-        try:
-            return [r["last_error"] or "" for m in reader.list()
-                    for r in reader.show(m["id"])["recipients"]]
-        finally:
-            reader.close()
-
-    def wait_reason(self, pattern: str, timeout: float = 20) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            for error in self.last_errors():
-                if re.search(pattern, error):
-                    return error
-            assert time.monotonic() < deadline, f"no reason matching {pattern}: {self.last_errors()}"
-            time.sleep(0.1)
-
-    def maillog(self) -> str:
-        self.relay.flush_logs()
-        return self.relay.logs("mail", ".log")
 
 
 @pytest.fixture
 def make(tmp_path, monkeypatch):
-    made = []
-
-    def factory(**kw) -> Setup:
-        s = Setup(tmp_path, monkeypatch, **kw)
-        made.append(s)
-        return s
-
-    yield factory
-    for s in made:
-        s.close()
+    yield from factory(Setup, tmp_path, monkeypatch)
 
 
 def msg(headers: str, body: str = "scan attached\r\n") -> bytes:

@@ -27,9 +27,10 @@ import httpx
 import pytest
 import trustme
 
-from support.relay import free_port, start_relay, write_config
+from support.cloud import CloudSetup, factory
+from support.relay import free_port, start_relay
 from downstream import Downstream
-from oauthfake import TENANT, FakeIdentity, OAuthSMTP, rsa_key_pem
+from oauthfake import TENANT, OAuthSMTP, rsa_key_pem
 from relaywarden.oauth.tokens import read_state, write_atomic
 
 PROVIDERS = {
@@ -133,15 +134,14 @@ networks = ["127.0.0.1/32"]
 MSG = b"From: scanner@contoso.test\r\nTo: x@example.net\r\nSubject: %s\r\n\r\nscan %s\r\n"
 
 
-class Setup:
+class Setup(CloudSetup):
+    """A next hop that checks XOAUTH2/OAUTHBEARER tokens against the fake identity platform,
+    with the provider kind and credentials of ``provider``."""
+
     def __init__(self, tmp_path: Path, monkeypatch, *, provider: str = "secret",
                  mechanism: str = "xoauth2", secret: str = "s3cret", extra: str = "",
                  idp_up: bool = True, hop_up: bool = True, hop_tls: bool = True) -> None:
-        self.tmp = tmp_path
-        self.ca = trustme.CA()
-        self.ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-        self.idp = FakeIdentity(port=free_port(), ca=self.ca)
-        (tmp_path / "m365.secret").write_text(secret + "\n")
+        super().__init__(tmp_path, monkeypatch, secret=secret, idp_up=False)
         if provider == "certificate":
             cert = self.ca.issue_cert("app-1.contoso.test", key_type=trustme.KeyType.RSA)
             cert.private_key_pem.write_to_path(str(tmp_path / "app.key"))
@@ -172,21 +172,12 @@ class Setup:
         self.hop = Downstream(self.hop_port, tls_context=tls, smtp_class=smtp_class)
         if hop_up:
             self.hop.start()
-        self.ports = {"main": free_port()}
-        body = PROVIDERS[provider] + CONFIG + extra
-        self.config = write_config(tmp_path, body, main=self.ports["main"], hop=self.hop_port,
-                                   idp=self.idp.port, noport=free_port(), tenant=TENANT,
-                                   mechanism=mechanism)
-        self.data_dir = tmp_path / "var"
-        # Nothing but loopback: a request to another host goes to a closed proxy port.
-        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{free_port()}")
-        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-        self.relay = start_relay(self.config, self.data_dir, self.ports)
+        self.start(PROVIDERS[provider] + CONFIG + extra, hop=self.hop_port,
+                   mechanism=mechanism)
 
     def close(self) -> None:
-        self.relay.stop()
+        super().close()
         self.hop.stop()
-        self.idp.stop()
 
     def send(self, n: int = 1, subject: str = "hello") -> list[str]:
         ids = []
@@ -203,49 +194,14 @@ class Setup:
     def queue(self) -> list[dict]:
         return self.relay.messages()
 
-    def last_errors(self) -> list[str | None]:
-        reader = self.relay.reader()
-        try:
-            return [r["last_error"] for m in reader.list()
-                    for r in reader.show(m["id"])["recipients"]]
-        finally:
-            reader.close()
-
-    def wait_reason(self, pattern: str, timeout: float = 20) -> str:
-        """The deferral reason (the queue's last_error) of a recipient, once it matches."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for error in self.last_errors() if self.queue() else []:
-                if error and re.search(pattern, error):
-                    return error
-            assert time.monotonic() < deadline, f"no deferral matching {pattern}: {self.queue()}"
-            time.sleep(0.1)
-
-    def maillog(self) -> str:
-        self.relay.flush_logs()
-        return self.relay.logs("mail", ".log")
-
     def state(self) -> dict:
         return json.loads((self.data_dir / "oauth" / "m365.json").read_text())
 
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "relaywarden", *args, "--config",
-                               str(self.config)], capture_output=True, text=True,
-                              timeout=timeout, env=dict(os.environ))
 
 
 @pytest.fixture
 def make(tmp_path, monkeypatch):
-    made = []
-
-    def factory(**kw) -> Setup:
-        s = Setup(tmp_path, monkeypatch, **kw)
-        made.append(s)
-        return s
-
-    yield factory
-    for s in made:
-        s.close()
+    yield from factory(Setup, tmp_path, monkeypatch)
 
 
 def _only_the_fake(s: Setup) -> None:
