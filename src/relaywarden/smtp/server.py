@@ -12,8 +12,13 @@ NOOP, RSET, QUIT, ...) and reports it as `Handled`. Everything that needs one (H
 RCPT, DATA, end of data, STARTTLS, AUTH) is a decision event: input after it stays
 buffered until `respond()`, so replies to pipelined commands (RFC 2920) come out in order.
 
-Which command is valid in which state is one table, `_VALID_IN`; what a reply to a decision
-does to the state is another, `_AFTER_REPLY` (h11's rule: every state change in one place).
+Which command is valid in which state is one table, `_VALID_IN`. Every change of `state` is
+in another, `_TRANSITIONS`: (state, cause) -> new state, applied by `_switch()`, the only
+method that assigns `self.state` (h11's rule); a cause that is not in the table for the
+current state raises UsageError. What a cause does besides changing the state (resetting
+the transaction, dropping plaintext after STARTTLS, ...) is named beside it, in `_EFFECTS`,
+and done by `_switch()` too. Line framing is in `framing.py` (message content in
+`_data.py`), ESMTP parameters in `params.py`.
 """
 
 from __future__ import annotations
@@ -22,13 +27,12 @@ import base64
 import binascii
 import enum
 import functools
-import re
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from ._data import BareLineEnds, DataReader
-from .address import AddressError, parse_domain, parse_path, split_path, xtext_decode
+from .address import AddressError, parse_domain, parse_path, split_path
 from .events import (
     DECISION_EVENTS,
     NEED_DATA,
@@ -45,12 +49,12 @@ from .events import (
     Handled,
     Hello,
     MailFrom,
-    MailParams,
     NeedData,
-    RcptParams,
     RcptTo,
     StartTls,
 )
+from .framing import LineReader, verb_of
+from .params import mail_params, rcpt_params
 from .reply import (
     AUTH_ALREADY,
     AUTH_BAD_BASE64,
@@ -63,7 +67,6 @@ from .reply import (
     ATRN_SYNTAX,
     BAD_ENCODING,
     BAD_SEQUENCE,
-    BARE_LINE_END_IN_COMMAND,
     CANNOT_VRFY,
     CLOSING,
     ETRN_IN_TRANSACTION,
@@ -71,9 +74,7 @@ from .reply import (
     ETRN_SYNTAX,
     HELO_SYNTAX,
     HELP,
-    LINE_TOO_LONG,
     MAIL_SYNTAX,
-    MESSAGE_TOO_BIG,
     NEED_HELO,
     NEED_MAIL,
     NEED_RCPT,
@@ -81,12 +82,7 @@ from .reply import (
     NO_ARGUMENTS_ALLOWED,
     NO_VALID_RECIPIENTS,
     NOT_IMPLEMENTED,
-    NUL_IN_COMMAND,
     OK,
-    PARAM_DUPLICATE,
-    PARAM_SYNTAX,
-    PARAM_UNKNOWN,
-    PARAMS_NEED_EHLO,
     RCPT_SYNTAX,
     RESET_OK,
     SENDER_NEEDS_DOMAIN,
@@ -99,10 +95,6 @@ from .reply import (
 )
 
 __all__ = ["BareLineEnds", "ServerConnection", "ServerSettings", "ServerState", "UsageError"]
-
-# RFC 4954 4: AUTH lines (the command with its initial response, and the responses to
-# challenges) may be up to 12288 octets, more than the 512 of other commands.
-AUTH_LINE_LIMIT = 12288
 
 
 class UsageError(RuntimeError):
@@ -142,10 +134,134 @@ class ServerState(enum.Enum):
     REVERSED = "reversed"      # 250 to ATRN: the driver is the client now, nothing is read
     CLOSED = "closed"
 
+    # Members are singletons compared by identity, so the identity hash will do; Enum's own
+    # (hash of the name, in Python) would be called for every table lookup, per command.
+    __hash__ = object.__hash__
+
+
+class Cause(enum.Enum):
+    """What changes the state: the driver's greeting, replies and calls, and RSET and closing."""
+
+    GREETING = "220 greeting"
+    GREETING_554 = "554 greeting"              # RFC 5321 3.1: then only QUIT is served
+    HELLO = "250 to EHLO/HELO"
+    HELLO_REFUSED = "4xx/5xx to EHLO/HELO"
+    MAIL = "250 to MAIL"
+    MAIL_REFUSED = "4xx/5xx to MAIL"
+    RCPT = "250/251 to RCPT"
+    RCPT_REFUSED = "4xx/5xx to RCPT"
+    DATA = "354 to DATA"
+    DATA_REFUSED = "4xx/5xx to DATA"
+    DATA_END = "any reply to the end of the data"
+    STARTTLS = "220 to STARTTLS"
+    STARTTLS_REFUSED = "4xx/5xx to STARTTLS"
+    TLS_STARTED = "tls_started()"
+    AUTH_CHALLENGE = "334 to AUTH or to a SASL response (auth_challenge())"
+    AUTH_OK = "235 to AUTH or to a SASL response"
+    AUTH_FAILED = "4xx/5xx to AUTH or a SASL response; a response that is *, bad or too long"
+    ETRN = "250-253 to ETRN"
+    ETRN_REFUSED = "4xx/5xx to ETRN"
+    ATRN = "250 to ATRN"
+    ATRN_REFUSED = "4xx/5xx to ATRN"
+    RSET = "RSET answered"
+    CLOSE = "221 to QUIT, a 421, EOF, or too many errors"
+
+    __hash__ = object.__hash__                 # see ServerState
+
 
 _S = ServerState
+_C = Cause
 _SESSION = frozenset({_S.GREETED, _S.READY, _S.MAIL, _S.RCPT})
 _TRANSACTION = frozenset({_S.MAIL, _S.RCPT, _S.DATA})
+
+# Rule 0 of the core, the one place the state changes: state -> {cause: new state}.
+# _switch() applies it; a cause not listed for the current state is a UsageError. A decision
+# event leaves the state as it is until the driver answers it (see _ANSWERS); a refusal
+# leaves it as it is then too, and is listed all the same, so that the table says which
+# answers can come in which state.
+_TRANSITIONS: dict[ServerState, dict[Cause, ServerState]] = {
+    _S.CONNECTED: {
+        _C.GREETING: _S.GREETED,
+        _C.GREETING_554: _S.CLOSING,
+        _C.CLOSE: _S.CLOSED,               # a 421 greeting, or EOF before greet()
+    },
+    _S.GREETED: {
+        _C.HELLO: _S.READY,
+        _C.HELLO_REFUSED: _S.GREETED,
+        _C.RSET: _S.GREETED,               # before EHLO the state stays (4.1.1.5)
+        _C.CLOSE: _S.CLOSED,
+    },
+    _S.READY: {
+        _C.HELLO: _S.READY,
+        _C.HELLO_REFUSED: _S.READY,
+        _C.MAIL: _S.MAIL,
+        _C.MAIL_REFUSED: _S.READY,
+        _C.STARTTLS: _S.STARTTLS,
+        _C.STARTTLS_REFUSED: _S.READY,
+        _C.AUTH_CHALLENGE: _S.AUTH,        # 334 to AUTH
+        _C.AUTH_OK: _S.READY,              # 235 to AUTH with an initial response
+        _C.AUTH_FAILED: _S.READY,
+        _C.ETRN: _S.READY,
+        _C.ETRN_REFUSED: _S.READY,
+        _C.ATRN: _S.REVERSED,              # RFC 2645 5.2.1: the roles turn
+        _C.ATRN_REFUSED: _S.READY,
+        _C.RSET: _S.READY,
+        _C.CLOSE: _S.CLOSED,
+    },
+    _S.MAIL: {
+        _C.HELLO: _S.READY,                # EHLO/HELO reset the transaction (4.1.4)
+        _C.HELLO_REFUSED: _S.MAIL,
+        _C.RCPT: _S.RCPT,
+        _C.RCPT_REFUSED: _S.MAIL,
+        _C.RSET: _S.READY,                 # 4.1.1.5
+        _C.CLOSE: _S.CLOSED,
+    },
+    _S.RCPT: {
+        _C.HELLO: _S.READY,
+        _C.HELLO_REFUSED: _S.RCPT,
+        _C.RCPT: _S.RCPT,
+        _C.RCPT_REFUSED: _S.RCPT,
+        _C.DATA: _S.DATA,
+        _C.DATA_REFUSED: _S.RCPT,
+        _C.RSET: _S.READY,
+        _C.CLOSE: _S.CLOSED,
+    },
+    _S.DATA: {
+        _C.DATA_END: _S.READY,             # 4.1.1.4: the transaction ends whatever the reply
+        _C.CLOSE: _S.CLOSED,               # EOF in the middle of the message
+    },
+    _S.AUTH: {
+        _C.AUTH_CHALLENGE: _S.AUTH,        # 334 to a SASL response: another round
+        _C.AUTH_OK: _S.READY,
+        _C.AUTH_FAILED: _S.READY,
+        _C.CLOSE: _S.CLOSED,
+    },
+    _S.STARTTLS: {
+        _C.TLS_STARTED: _S.GREETED,        # RFC 3207 4.2: EHLO again
+        _C.CLOSE: _S.CLOSED,
+    },
+    _S.CLOSING: {
+        _C.CLOSE: _S.CLOSED,
+    },
+    _S.REVERSED: {},                       # the driver's client reads and writes from now on
+    _S.CLOSED: {},
+}
+
+# What each cause does besides changing the state: the ServerConnection method _switch()
+# calls with the cause's argument (the answered event, the reason for closing), before it
+# sets the new state, so the method sees the state being left. An effect never switches.
+_EFFECTS: dict[Cause, str] = {
+    _C.HELLO: "_begin_session",            # 4.1.4: the transaction resets; EHLO or HELO
+    _C.MAIL: "_begin_transaction",         # the MailFrom (RCPT reads its SMTPUTF8)
+    _C.RCPT: "_add_recipient",             # counted against max_recipients
+    _C.DATA: "_begin_data",                # a new DataReader for the content
+    _C.DATA_END: "_reset_transaction",
+    _C.RSET: "_reset_transaction",
+    _C.STARTTLS: "_drop_input",            # CVE-2011-0411: plaintext pipelined after it
+    _C.TLS_STARTED: "_forget_session",     # RFC 3207 4.2: all that came before TLS
+    _C.AUTH_OK: "_authenticate",
+    _C.CLOSE: "_finish",                   # the Closed event; input and reader dropped
+}
 
 # Rule 1 of the core: the states in which each command may be given (RFC 5321 4.1.4 and
 # 3.3; RFC 3207 4; RFC 4954 4). Elsewhere the core answers 503 5.5.1 (see _refusal()).
@@ -182,60 +298,20 @@ _REFUSAL: dict[tuple[str, ServerState], Reply] = {
     ("ETRN", _S.RCPT): ETRN_IN_TRANSACTION,
 }
 
-# What the reply to a decision event does to the state: (event type, positive) -> state,
-# None: unchanged. The side effects that go with it live in respond().
-_AFTER_REPLY: dict[tuple[type, bool], ServerState | None] = {
-    (Hello, True): _S.READY,           # EHLO/HELO reset the transaction (4.1.4)
-    (Hello, False): None,
-    (MailFrom, True): _S.MAIL,
-    (MailFrom, False): None,
-    (RcptTo, True): _S.RCPT,
-    (RcptTo, False): None,
-    (DataStart, True): _S.DATA,
-    (DataStart, False): None,
-    (DataEnd, True): _S.READY,         # 4.1.1.4: the transaction ends whatever the reply
-    (DataEnd, False): _S.READY,
-    (StartTls, True): _S.STARTTLS,
-    (StartTls, False): None,
-    (Auth, True): _S.READY,
-    (Auth, False): _S.READY,
-    (AuthResponse, True): _S.READY,
-    (AuthResponse, False): _S.READY,
-    (Etrn, True): None,
-    (Etrn, False): None,
-    (Atrn, True): _S.REVERSED,
-    (Atrn, False): None,
+# The answers a driver may give to each decision and what they cause: (the positive codes,
+# any 4xx/5xx being allowed too; the cause of a 4xx/5xx; the cause of a positive answer).
+_ANSWERS: dict[type, tuple[frozenset[int], Cause, Cause]] = {
+    Hello: (frozenset({250}), _C.HELLO_REFUSED, _C.HELLO),
+    MailFrom: (frozenset({250}), _C.MAIL_REFUSED, _C.MAIL),
+    RcptTo: (frozenset({250, 251}), _C.RCPT_REFUSED, _C.RCPT),
+    DataStart: (frozenset({354}), _C.DATA_REFUSED, _C.DATA),
+    DataEnd: (frozenset({250}), _C.DATA_END, _C.DATA_END),
+    StartTls: (frozenset({220}), _C.STARTTLS_REFUSED, _C.STARTTLS),
+    Auth: (frozenset({235}), _C.AUTH_FAILED, _C.AUTH_OK),
+    AuthResponse: (frozenset({235}), _C.AUTH_FAILED, _C.AUTH_OK),
+    Etrn: (frozenset({250, 251, 252, 253}), _C.ETRN_REFUSED, _C.ETRN),     # RFC 1985 5
+    Atrn: (frozenset({250}), _C.ATRN_REFUSED, _C.ATRN),                    # RFC 2645 5.2.1
 }
-
-# The positive codes a driver may give to each decision; any 4xx/5xx is allowed too.
-_POSITIVE: dict[type, frozenset[int]] = {
-    Hello: frozenset({250}),
-    MailFrom: frozenset({250}),
-    RcptTo: frozenset({250, 251}),
-    DataStart: frozenset({354}),
-    DataEnd: frozenset({250}),
-    StartTls: frozenset({220}),
-    Auth: frozenset({235}),
-    AuthResponse: frozenset({235}),
-    Etrn: frozenset({250, 251, 252, 253}),     # RFC 1985 5
-    Atrn: frozenset({250}),                    # RFC 2645 5.2.1
-}
-
-# RFC 5321 4.1.2: esmtp-keyword and esmtp-value (+ UTF8-non-ascii, RFC 6531 3.3).
-_ESMTP_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
-_ESMTP_VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+")
-_SIZE_VALUE = re.compile(r"[0-9]{1,20}")
-# RFC 3461 4.2: ORCPT = addr-type ";" xtext, addr-type = atom.
-_ORCPT = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+;.+", re.DOTALL)
-_VERB_PREFIX = re.compile(rb"[A-Za-z]{0,16}")
-_NOTIFY_VALUES = frozenset({"SUCCESS", "FAILURE", "DELAY"})
-MAX_ENVID = 100            # RFC 3461 4.4
-MAX_ORCPT = 500            # RFC 3461 4.2
-MAX_AUTH_PARAM = 500       # RFC 4954 5 sets none; a mailbox fits in 256 octets (xtext: 3x)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-# What MAIL and RCPT without parameters carry (frozen values: one of each will do).
-_NO_MAIL_PARAMS = MailParams()
-_NO_RCPT_PARAMS = RcptParams()
 # The event classes are final (never subclassed): a set lookup by type is enough.
 _DECISION_TYPES = frozenset(DECISION_EVENTS)
 
@@ -252,9 +328,7 @@ class ServerConnection:
         self._pending: DecisionEvent | None = None   # waiting for respond()
         self._closed: Closed | None = None
         self._eof = False
-        self._discarding = False                 # inside an over-long command line
-        self._discard_verb = ""
-        self._discarded = 0                      # octets of the over-long line so far
+        self._lines = LineReader()
         self._line_octets = 0                    # the last line read, as received
         self._data_octets = 0                    # the message so far, as received
         self._errors = 0
@@ -308,11 +382,11 @@ class ServerConnection:
             raise UsageError(f"a greeting is 220, 554 or 421, not {reply.code}")
         self._send(reply)
         if reply.code == 220:
-            self.state = ServerState.GREETED
+            self._switch(Cause.GREETING)
         elif reply.code == 554:
-            self.state = ServerState.CLOSING
+            self._switch(Cause.GREETING_554)
         else:
-            self._close("shutdown")
+            self._switch(Cause.CLOSE, "shutdown")
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the peer; b"" means the peer closed its side (EOF)."""
@@ -350,9 +424,10 @@ class ServerConnection:
         if event is None:
             raise UsageError("respond() called but no decision is pending")
         kind = type(event)
+        positive_codes, refused, accepted = _ANSWERS[kind]
         code = reply.code
         positive = code < 400                    # Reply.positive
-        if positive and code not in _POSITIVE[kind]:
+        if positive and code not in positive_codes:
             hint = " (use auth_challenge())" if code == 334 else ""
             raise UsageError(f"{code} is not an answer to {kind.__name__}{hint}")
         if kind is DataEnd and event.problem is not None and positive:
@@ -360,30 +435,10 @@ class ServerConnection:
             raise UsageError("DataEnd has a problem: respond with it (or another 4xx/5xx)")
         self._pending = None
         self._out += reply.to_bytes()
-        if kind is Hello and positive:
-            self._reset_transaction()
-            self._extended = event.extended
-        elif kind is MailFrom and positive:
-            self._mail = event
-        elif kind is RcptTo and positive:
-            self._rcpt_accepted += 1
-        elif kind is DataStart and positive:
-            s = self.settings
-            self._data = DataReader(mode=s.bare_line_ends, max_line=s.max_text_line,
-                                    max_size=s.max_message_size)
-            self._data_octets = 0
-        elif kind is DataEnd:
-            self._reset_transaction()
-        elif kind is StartTls and positive:
-            # CVE-2011-0411: commands pipelined after STARTTLS were sent in plaintext and
-            # must not be executed as if they came over TLS.
-            self._in.clear()
-        elif kind in (Auth, AuthResponse) and positive:
-            self._authenticated = True
-        new_state = _AFTER_REPLY[kind, positive]
-        if new_state is not None:
-            self.state = new_state
-        if not positive:
+        if positive:
+            self._switch(accepted, event)
+        else:
+            self._switch(refused, event)
             self._count(reply)                   # nothing to count after 2xx/3xx
 
     def ehlo_reply(self, text: str = "") -> Reply:
@@ -402,18 +457,13 @@ class ServerConnection:
             raise UsageError("auth_challenge() needs a pending Auth or AuthResponse")
         self._pending = None
         self._out += b"334 " + base64.b64encode(challenge) + b"\r\n"
-        self.state = ServerState.AUTH
+        self._switch(Cause.AUTH_CHALLENGE)
 
     def tls_started(self) -> None:
         """The TLS handshake is done: RFC 3207 4.2, forget all that came before it."""
         if self.state is not ServerState.STARTTLS:
             raise UsageError("tls_started() without a STARTTLS answered 220")
-        self._in.clear()
-        self._reset_transaction()
-        self._extended = False
-        self._authenticated = False
-        self._encrypted = True
-        self.state = ServerState.GREETED
+        self._switch(Cause.TLS_STARTED)
 
     def take_input(self) -> bytes:
         """After ATRN's 250: what the peer sent that the core did not read (the start of
@@ -443,16 +493,12 @@ class ServerConnection:
             return self._step_eof()              # nothing is read before the greeting
         if state is ServerState.REVERSED:
             return False                         # the driver's client reads from now on
-        limit = self.settings.max_command_line
-        # AUTH lines get the larger limit. While the input is shorter than the normal
-        # limit, both limits read the same line (see _read_line): no need to look.
-        if state is ServerState.AUTH or (len(self._in) >= limit
-                                         and self._in[:5].upper() == b"AUTH "):
-            limit = max(limit, AUTH_LINE_LIMIT)
-        line = self._read_line(limit)
+        s = self.settings
+        line = self._lines.read(self._in, s.max_command_line, s.bare_line_ends,
+                                sasl=state is ServerState.AUTH)
         if line is None:
             return self._step_eof()
-        raw, problem = line
+        raw, problem, self._line_octets = line
         if state is ServerState.AUTH:
             self._auth_response(raw, problem)
         else:
@@ -461,7 +507,7 @@ class ServerConnection:
 
     def _step_eof(self) -> bool:
         if self._eof:
-            self._close("eof")
+            self._switch(Cause.CLOSE, "eof")
             return True
         return False
 
@@ -481,66 +527,14 @@ class ServerConnection:
         # A message cut short by EOF is never reported as complete (no DataEnd).
         return self._step_eof()
 
-    def _find_line_end(self, end: int | None) -> tuple[int, int] | None:
-        """(end of line content, start of next line) of the first line, or None.
-
-        Only CRLF ends a line (RFC 5321 2.3.8). With NORMALIZE a bare LF does too.
-        """
-        buf = self._in
-        if self.settings.bare_line_ends is BareLineEnds.NORMALIZE:
-            i = buf.find(b"\n", 0, end)
-            if i < 0:
-                return None
-            return (i - 1 if i > 0 and buf[i - 1] == 0x0D else i), i + 1
-        i = buf.find(b"\r\n", 0, end)
-        return None if i < 0 else (i, i + 2)
-
-    def _read_line(self, limit: int) -> tuple[bytes, Reply | None] | None:
-        """Take the next line from the input: (line without CRLF, line-level problem)."""
-        buf = self._in
-        if not self._discarding:
-            found = self._find_line_end(limit)
-            if found is not None:
-                content_end, next_start = found
-                raw = bytes(buf[:content_end])
-                del buf[:next_start]
-                self._line_octets = next_start
-                if content_end + 2 > limit:     # a bare LF just past the limit
-                    return raw, LINE_TOO_LONG
-                return raw, self._line_problem(raw)
-            if len(buf) < limit:
-                return None
-            # 4.5.3.1.4: too long. Drop it up to its CRLF; it is never read as a command.
-            self._discarding = True
-            self._discard_verb = _verb_of(bytes(buf[:16]))
-            self._discarded = 0
-        found = self._find_line_end(None)
-        if found is None:
-            keep = 1 if buf.endswith(b"\r") else 0   # maybe the CR of a CRLF
-            self._discarded += len(buf) - keep
-            del buf[:len(buf) - keep]
-            return None
-        del buf[:found[1]]
-        self._line_octets = self._discarded + found[1]
-        self._discarding = False
-        return self._discard_verb.encode(), LINE_TOO_LONG
-
-    @staticmethod
-    def _line_problem(raw: bytes) -> Reply | None:
-        if b"\r" in raw or b"\n" in raw:
-            return BARE_LINE_END_IN_COMMAND
-        if b"\0" in raw:
-            return NUL_IN_COMMAND
-        return None
-
     def _command(self, raw: bytes, problem: Reply | None) -> None:
         if problem is not None:
-            self._answer(_verb_of(raw), "", problem)
+            self._answer(verb_of(raw), "", problem)
             return
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            self._answer(_verb_of(raw), "", BAD_ENCODING)
+            self._answer(verb_of(raw), "", BAD_ENCODING)
             return
         word, _, arg = text.partition(" ")
         verb = word.upper()
@@ -601,7 +595,7 @@ class ServerConnection:
             path, param_text = split_path(arg[5:].lstrip(" "))
         except AddressError as e:
             return _for_sender(e.reply)
-        params = self._mail_params(param_text)
+        params = mail_params(param_text, self.settings, extended=self._extended)
         if isinstance(params, Reply):
             return params
         try:
@@ -621,7 +615,7 @@ class ServerConnection:
             path, param_text = split_path(arg[3:].lstrip(" "))
         except AddressError as e:
             return e.reply
-        params = self._rcpt_params(param_text)
+        params = rcpt_params(param_text, self.settings, extended=self._extended)
         if isinstance(params, Reply):
             return params
         assert self._mail is not None
@@ -645,9 +639,7 @@ class ServerConnection:
     def _cmd_rset(self, arg: str) -> Reply | Event:
         if arg.strip(" "):
             return NO_ARGUMENTS_ALLOWED
-        self._reset_transaction()
-        if self.state in _TRANSACTION:
-            self.state = ServerState.READY      # 4.1.1.5; before EHLO the state stays
+        self._switch(Cause.RSET)                # 4.1.1.5: the transaction ends
         return RESET_OK
 
     def _cmd_noop(self, arg: str) -> Reply | Event:
@@ -734,108 +726,18 @@ class ServerConnection:
 
     def _auth_response(self, raw: bytes, problem: Reply | None) -> None:
         """A line after "334": base64 data, or "*" to cancel (RFC 4954 4)."""
-        self.state = ServerState.READY
-        if problem is not None:
-            self._answer("AUTH", "", problem)
-            return
-        if raw == b"*":
-            self._answer("AUTH", "", AUTH_CANCELLED)
-            return
-        data = _b64decode(raw.decode("ascii", "replace"))
-        if data is None:
-            self._answer("AUTH", "", AUTH_BAD_BASE64)
-            return
-        self.state = ServerState.AUTH
-        self._events.append(AuthResponse(data=data, octets=self._line_octets))
-
-    # --- ESMTP parameters --------------------------------------------------------------------
-
-    def _params(self, text: str) -> list[tuple[str, str | None]] | Reply:
-        """Split "KEY=value KEY2" (RFC 5321 4.1.2 esmtp-param); keys upper-cased."""
-        params: list[tuple[str, str | None]] = []
-        seen: set[str] = set()
-        for token in text.split(" "):
-            if not token:
-                continue
-            key, eq, value = token.partition("=")
-            if not _ESMTP_KEYWORD.fullmatch(key) or (eq and not _ESMTP_VALUE.fullmatch(value)):
-                return PARAM_SYNTAX
-            key = key.upper()
-            if key in seen:
-                return PARAM_DUPLICATE
-            seen.add(key)
-            params.append((key, value if eq else None))
-        if params and not self._extended:
-            return PARAMS_NEED_EHLO             # RFC 1869 4.5: parameters are ESMTP only
-        return params
-
-    def _mail_params(self, text: str) -> MailParams | Reply:
-        if not text:
-            return _NO_MAIL_PARAMS              # the usual MAIL: no parameters at all
-        parsed = self._params(text)
-        if isinstance(parsed, Reply):
-            return parsed
-        s = self.settings
-        fields: dict[str, object] = {}
-        for key, value in parsed:
-            if key == "SIZE":                       # RFC 1870 6
-                if value is None or not _SIZE_VALUE.fullmatch(value):
-                    return PARAM_SYNTAX
-                size = int(value)
-                if s.max_message_size and size > s.max_message_size:
-                    return MESSAGE_TOO_BIG
-                fields["size"] = size
-            elif key == "BODY":                     # RFC 6152 2
-                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
-                    return PARAM_SYNTAX
-                fields["body"] = value.upper()
-            elif key == "SMTPUTF8" and s.smtputf8:  # RFC 6531 3.4
-                if value is not None:
-                    return PARAM_SYNTAX
-                fields["smtputf8"] = True
-            elif key == "RET" and s.dsn:            # RFC 3461 4.3
-                if value is None or value.upper() not in ("FULL", "HDRS"):
-                    return PARAM_SYNTAX
-                fields["ret"] = value.upper()
-            elif key == "ENVID" and s.dsn:          # RFC 3461 4.4
-                envid = _xtext_param(value, MAX_ENVID)
-                if envid is None:
-                    return PARAM_SYNTAX
-                fields["envid"] = envid
-            elif key == "AUTH" and s.auth_mechanisms:   # RFC 4954 5
-                identity = _xtext_param(value, MAX_AUTH_PARAM)
-                if identity is None:
-                    return PARAM_SYNTAX
-                fields["auth"] = identity
+        if problem is None:
+            if raw == b"*":
+                problem = AUTH_CANCELLED
             else:
-                return PARAM_UNKNOWN                # RFC 5321 4.1.1.11: 555
-        return MailParams(**fields)  # type: ignore[arg-type]
-
-    def _rcpt_params(self, text: str) -> RcptParams | Reply:
-        if not text:
-            return _NO_RCPT_PARAMS
-        parsed = self._params(text)
-        if isinstance(parsed, Reply):
-            return parsed
-        notify: tuple[str, ...] | None = None
-        orcpt: str | None = None
-        for key, value in parsed:
-            if key == "NOTIFY" and self.settings.dsn:     # RFC 3461 4.1
-                if value is None:
-                    return PARAM_SYNTAX
-                items = tuple(value.upper().split(","))
-                if len(set(items)) != len(items):
-                    return PARAM_SYNTAX
-                if items != ("NEVER",) and not set(items) <= _NOTIFY_VALUES:
-                    return PARAM_SYNTAX
-                notify = items
-            elif key == "ORCPT" and self.settings.dsn:    # RFC 3461 4.2
-                orcpt = _xtext_param(value, MAX_ORCPT)
-                if orcpt is None or not _ORCPT.fullmatch(orcpt):
-                    return PARAM_SYNTAX
-            else:
-                return PARAM_UNKNOWN
-        return RcptParams(notify=notify, orcpt=orcpt)
+                data = _b64decode(raw.decode("ascii", "replace"))
+                if data is not None:
+                    # The state stays AUTH until the driver answers (_ANSWERS).
+                    self._events.append(AuthResponse(data=data, octets=self._line_octets))
+                    return
+                problem = AUTH_BAD_BASE64
+        self._switch(Cause.AUTH_FAILED)
+        self._answer("AUTH", "", problem)
 
     # --- output, errors, closing -------------------------------------------------------------
 
@@ -849,14 +751,14 @@ class ServerConnection:
         self._events.append(Handled(verb=verb, argument="***" if verb == "AUTH" else arg,
                                     reply=reply, octets=self._line_octets))
         if reply is CLOSING:
-            self._close("quit")
+            self._switch(Cause.CLOSE, "quit")
         else:
             self._count(reply)
 
     def _count(self, reply: Reply) -> None:
         """Error accounting after any reply to a command (RFC 5321 4.5.3.2 spirit)."""
         if reply.code == 421:
-            self._close("shutdown")              # 3.8: 421 means the channel closes
+            self._switch(Cause.CLOSE, "shutdown")    # 3.8: 421 means the channel closes
             return
         # A 452 for too many recipients is the RFC's flow control (4.5.3.1.10), not an
         # error: counting it would disconnect a client that just has a long list.
@@ -866,16 +768,65 @@ class ServerConnection:
         limit = self.settings.max_errors
         if limit and self._errors >= limit:
             self._send(TOO_MANY_ERRORS)
-            self._close("errors")
+            self._switch(Cause.CLOSE, "errors")
 
-    def _close(self, reason: str) -> None:
+    # --- the state: the table's one applier and the effects it names ------------------------
+
+    def _switch(self, cause: Cause, arg: object = None) -> None:
+        """Apply _TRANSITIONS: the one place that assigns self.state (h11's rule).
+
+        The cause's effect (_EFFECTS) runs first, with `arg`, and sees the state being
+        left. A cause that is not in the table for the current state is a bug in the
+        driver or in the core, never the peer's doing: UsageError.
+        """
+        try:
+            new, effect = _TABLE[self.state][cause]
+        except KeyError:
+            raise UsageError(f"{cause.name} ({cause.value}) is not possible in state "
+                             f"{self.state.name}") from None
+        if effect is not None:
+            effect(self, arg)
+        self.state = new
+
+    def _begin_session(self, hello: Hello) -> None:
+        self._reset_transaction()
+        self._extended = hello.extended
+
+    def _begin_transaction(self, mail: MailFrom) -> None:
+        self._mail = mail
+
+    def _add_recipient(self, _: object) -> None:
+        self._rcpt_accepted += 1
+
+    def _begin_data(self, _: object) -> None:
+        s = self.settings
+        self._data = DataReader(mode=s.bare_line_ends, max_line=s.max_text_line,
+                                max_size=s.max_message_size)
+        self._data_octets = 0
+
+    def _drop_input(self, _: object) -> None:
+        # CVE-2011-0411: commands pipelined after STARTTLS were sent in plaintext and must
+        # not be executed as if they came over TLS.
+        self._in.clear()
+
+    def _forget_session(self, _: object) -> None:
+        # RFC 3207 4.2: forget all that came before the handshake.
+        self._in.clear()
+        self._reset_transaction()
+        self._extended = False
+        self._authenticated = False
+        self._encrypted = True
+
+    def _authenticate(self, _: object) -> None:
+        self._authenticated = True
+
+    def _finish(self, reason: str) -> None:
         self._closed = Closed(reason=reason, in_transaction=self.state in _TRANSACTION)
         self._events.append(self._closed)
-        self.state = ServerState.CLOSED
         self._in.clear()
         self._data = None
 
-    def _reset_transaction(self) -> None:
+    def _reset_transaction(self, _: object = None) -> None:
         self._mail = None
         self._rcpt_accepted = 0
         self._rcpt_given = 0
@@ -885,6 +836,16 @@ class ServerConnection:
 # The method of each command in _VALID_IN (the one table: a verb there needs its _cmd_).
 _HANDLER: dict[str, Callable[[ServerConnection, str], Reply | Event]] = {
     verb: getattr(ServerConnection, "_cmd_" + verb.lower()) for verb in _VALID_IN
+}
+
+# _TRANSITIONS with the methods _EFFECTS names, as _switch() reads them:
+# state -> cause -> (new state, effect or None).
+_TABLE: dict[ServerState, dict[Cause, tuple[ServerState, Callable[[ServerConnection, Any], None]
+                                             | None]]] = {
+    state: {cause: (new, getattr(ServerConnection, _EFFECTS[cause]) if cause in _EFFECTS
+                    else None)
+            for cause, new in row.items()}
+    for state, row in _TRANSITIONS.items()
 }
 
 
@@ -917,12 +878,6 @@ def _ehlo_reply(first: str, extensions: tuple[str, ...]) -> Reply:
     return Reply(250, None, (first, *extensions))
 
 
-def _verb_of(raw: bytes) -> str:
-    """The leading letters of a raw line, for the Handled event of a malformed line."""
-    match = _VERB_PREFIX.match(raw)
-    return match.group().decode("ascii").upper() if match else ""
-
-
 def _b64decode(text: str) -> bytes | None:
     """RFC 4954 4: base64 without line breaks; "=" is an empty initial response."""
     if text in ("=", ""):
@@ -931,21 +886,6 @@ def _b64decode(text: str) -> bytes | None:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         return None
-
-
-def _xtext_param(value: str | None, limit: int) -> str | None:
-    """Decode an xtext parameter value (RFC 3461 4); None when absent or malformed.
-
-    Decoded control characters are refused: these values end up in DSNs and logs, where
-    "+0D+0A" would be a header injection.
-    """
-    if value is None or len(value) > limit:
-        return None
-    try:
-        decoded = xtext_decode(value)
-    except ValueError:
-        return None
-    return None if _CONTROL.search(decoded) else decoded
 
 
 _SENDER_CODES = {"5.1.3": "5.1.7", "5.1.2": "5.1.8"}
