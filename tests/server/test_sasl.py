@@ -93,6 +93,15 @@ def test_a_new_exchange_starts_over():
     assert not machine.active
 
 
+def test_a_line_without_an_exchange_is_the_drivers_bug():
+    machine = exchange()
+    with pytest.raises(RuntimeError):
+        machine.respond(b"secret")
+    assert machine.start("PLAIN", b"\0ann\0pw") == Credentials("PLAIN", "ann", "pw")
+    with pytest.raises(RuntimeError):      # the exchange is over: idle again
+        machine.respond(b"again")
+
+
 def test_each_cram_challenge_is_new():
     nonces = iter([1, 2])
     machine = SaslExchange("relay.test", nonce=lambda: next(nonces), clock=lambda: 7.0)

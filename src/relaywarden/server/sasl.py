@@ -137,7 +137,10 @@ class SaslExchange:
         if state == _LOGIN_USER:
             self._user = data
             return self._ask(_LOGIN_PASSWORD, b"Password:")
-        return self._credentials("LOGIN", self._user, data)
+        if state == _LOGIN_PASSWORD:
+            return self._credentials("LOGIN", self._user, data)
+        # The core sends a client line only after a 334: a driver bug, not the client's.
+        raise RuntimeError("an AUTH response without an exchange in progress")
 
     def _ask(self, state: str, challenge: bytes) -> Challenge:
         self._state = state

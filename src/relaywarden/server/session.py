@@ -477,24 +477,6 @@ class SmtpSession(asyncio.Protocol):
         self.txn = _Transaction(sender=ev.sender, params=ev.params)
         self._respond("MAIL", query, SENDER_OK)
 
-    def _gated(self, verb: str, query: str, **fields: object) -> bool:
-        """The listener's own gates before MAIL (and ETRN): TLS first on a listener that
-        requires it, AUTH first on one that requires that. True: refused and answered.
-        The policy's rule (policy/gates.py), which `policy explain` asks too."""
-        refusal = self.services.policy.check_gates(self.client, tls=self.tls is not None, verb=verb)
-        if refusal is None:
-            return False
-        self._log_reject(verb.lower(), refusal.decision, **fields)
-        self._respond(verb, query, refusal.decision.reply)
-        return True
-
-    def _rate_keys(self) -> list[tuple[str, str]]:
-        """Rate windows count per client address and, once authenticated, per user too."""
-        keys = [("ip", self.client_ip)]
-        if self.client.user is not None:
-            keys.append(("user", self.client.user.casefold()))
-        return keys
-
     def _on_rcpt(self, ev: RcptTo) -> None:
         txn = self.txn
         rcpt = ev.recipient
@@ -520,26 +502,7 @@ class SmtpSession(asyncio.Protocol):
                 and self.services.policy.hosted(self.client, rcpt.domain)):
             found = validator.for_domain(rcpt.domain)
             if found is not None:
-                key, settings = found
-                throttle = self.services.recipient_throttle
-                if throttle is not None and throttle.locked(self.client_ip):
-                    # Over its address's limit of unknown recipients: no more lookups.
-                    self._log_limit("rcpt", THROTTLED, "recipient_throttle.client_limit",
-                                    f"{throttle.client_limit} unknown recipients from "
-                                    f"{self.client_ip} in {throttle.window:g} s",
-                                    sender=self._addr(txn.sender), recipient=address)
-                    self._respond("RCPT", query, THROTTLED)
-                    return
-                answers = validator.answer_now(address, settings)
-                if answers is None:
-                    # A callahead to make, or a client that guesses addresses: the session
-                    # waits (nothing more is read), the others go on.
-                    self._waiting = True
-                    self._update_reading()
-                    self._spawn(self._validate_later(ev, decision, address, key, settings,
-                                                     answers))
-                    return
-                self._validated(ev, decision, address, key, settings, answers)
+                self._validate(ev, decision, address, *found)   # a hosted domain's recipient
                 return
         self._accept_rcpt(ev, decision, address)
 
@@ -550,6 +513,152 @@ class SmtpSession(asyncio.Protocol):
             orcpt=ev.params.orcpt, notify=ev.params.notify,
         ))
         self._respond("RCPT", ev.argument, decision.reply)
+
+    def _on_data_start(self, ev: DataStart) -> None:
+        txn = self.txn
+        txn.queue_id = new_queue_id()
+        txn.spool = self.services.store.new_spool()
+        txn.spool.write(received(      # the trace header (server/trace.py)
+            hostname=self.ctx.hostname, listener=self.ctx.name, helo=self.helo,
+            client_ip=self.client_ip, note=rdns_note(self.rdns), esmtp=self.esmtp,
+            smtputf8=txn.params.smtputf8, tls=self.tls, user=self.client.user,
+            queue_id=txn.queue_id, recipients=txn.recipients, now=time.time()))
+        txn.hops = ReceivedCounter()
+        self._respond("DATA", "", START_DATA, queue_id=txn.queue_id)
+
+    def _on_data_end(self, ev: DataEnd) -> None:
+        txn = self.txn
+        if ev.problem is not None:
+            self.services.mail_log.event(
+                MailEvent.REJECT, stage="data", listener=self.ctx.name, client=self.client_ip,
+                id=txn.queue_id, code=ev.problem.code, reason=" ".join(ev.problem.lines),
+            )
+            self._drop_transaction()
+            self._respond(".", "", ev.problem, queue_id=txn.queue_id)
+            return
+        loop = gates.check_hops(txn.hops.count, self.ctx.limits.max_hops)
+        if loop is not None:
+            # RFC 5321 6.3: a loop. Accepted (250) so that the sending server stops
+            # retrying, and kept in badmail where the admin sees it.
+            txn.recipients = [
+                replace(r, status=RecipientStatus.BADMAIL, rule=loop.rule, reason=loop.detail)
+                for r in txn.recipients
+            ]
+            self.services.mail_log.event(
+                MailEvent.REJECT, stage="data", listener=self.ctx.name, client=self.client_ip,
+                id=txn.queue_id, code=loop.reply.code, enhanced=loop.reply.enhanced,
+                rule=loop.rule, reason=loop.detail, action="badmail",
+            )
+        if self.services.screener is not None and self._screen(ev):
+            return                        # the screener answers first (_screened)
+        self._commit(ev)
+
+    def _commit(self, ev: DataEnd) -> None:
+        txn = self.txn
+        if self.ctx.milters and not txn.filtered and txn.spool.error is None and any(
+                r.status is RecipientStatus.QUEUED for r in txn.recipients):
+            # The milters answer before the 250 (after the screener: what it refused they
+            # never see); nothing is read meanwhile, as while screening.
+            txn.filtered = True
+            self._waiting = True
+            self._update_reading()
+            self._spawn(self._milters(ev))
+            return
+        envelope = Envelope(
+            queue_id=txn.queue_id,
+            received_at=time.time(),
+            listener=self.ctx.name,
+            client_ip=self.client_ip,
+            client_name=self.client.verified_name,
+            helo=self.helo,
+            auth_user=self.client.user,
+            sender=self._addr(txn.sender),
+            recipients=tuple(txn.recipients),
+            ret=txn.params.ret,
+            envid=txn.params.envid,
+            body_type=txn.params.body,
+            smtputf8=txn.params.smtputf8,
+            client_group=self.services.policy.group_of(self.client),
+            tls=None if self.tls is None else f"{self.tls[0]} {self.tls[1]}",
+        )
+        self._waiting = True
+        self._update_reading()
+        spool = txn.spool
+        done = self.services.store.start_commit(envelope, spool)
+        done.add_done_callback(
+            functools.partial(self._committed, envelope, spool))
+
+    def _committed(self, envelope: Envelope, spool: BodySpool, done: asyncio.Future) -> None:
+        """The queue has answered: 250 only now that the message is on disk."""
+        error = "cancelled" if done.cancelled() else done.exception()
+        if error is not None:
+            # A full disk is 452 4.3.1 (RFC 5321 4.3.2 lists 452 after the final dot; RFC
+            # 3463 X.3.1 "mail system full"); anything else 451 4.3.0. Both: try later.
+            answer = (INSUFFICIENT_STORAGE if getattr(error, "full", False)
+                      else QUEUE_FAILED)
+            self.services.mail_log.event(
+                MailEvent.REJECT, stage="queue", listener=self.ctx.name, client=self.client_ip,
+                id=envelope.queue_id, code=answer.code, reason=str(error),
+            )
+        else:
+            answer = reply(250, "2.0.0", f"Ok: queued as {envelope.queue_id}")
+            self._messages += 1
+            self._log_queued(envelope, spool.size,
+                             stripped=self.txn.stripped if self.txn is not None else None)
+            self.services.on_queued()
+        spool.discard()
+        self.txn = None
+        self._waiting = False
+        if self._closed:
+            return
+        # time-taken: from the final dot to this reply, the screening and the durable
+        # commit included; cs-bytes: the message as it came (stuffed, with the final dot).
+        self._respond(".", f"id={envelope.queue_id}", answer, queue_id=envelope.queue_id)
+        self._update_reading()
+        self._pump()
+
+    # -- detours of the hot path: gates, recipient validation, screening, milters --------
+
+    def _gated(self, verb: str, query: str, **fields: object) -> bool:
+        """The listener's own gates before MAIL (and ETRN): TLS first on a listener that
+        requires it, AUTH first on one that requires that. True: refused and answered.
+        The policy's rule (policy/gates.py), which `policy explain` asks too."""
+        refusal = self.services.policy.check_gates(self.client, tls=self.tls is not None, verb=verb)
+        if refusal is None:
+            return False
+        self._log_reject(verb.lower(), refusal.decision, **fields)
+        self._respond(verb, query, refusal.decision.reply)
+        return True
+
+    def _rate_keys(self) -> list[tuple[str, str]]:
+        """Rate windows count per client address and, once authenticated, per user too."""
+        keys = [("ip", self.client_ip)]
+        if self.client.user is not None:
+            keys.append(("user", self.client.user.casefold()))
+        return keys
+
+    def _validate(self, ev: RcptTo, decision: Decision, address: str, key: str,
+                  settings) -> None:
+        """Recipient validation of a hosted domain (server/validate.py looks up,
+        policy/recipients.py decides): answered now from the cache, or later."""
+        throttle = self.services.recipient_throttle
+        if throttle is not None and throttle.locked(self.client_ip):
+            # Over its address's limit of unknown recipients: no more lookups.
+            self._log_limit("rcpt", THROTTLED, "recipient_throttle.client_limit",
+                            f"{throttle.client_limit} unknown recipients from "
+                            f"{self.client_ip} in {throttle.window:g} s",
+                            sender=self._addr(self.txn.sender), recipient=address)
+            self._respond("RCPT", ev.argument, THROTTLED)
+            return
+        answers = self.services.recipients.answer_now(address, settings)
+        if answers is None:
+            # A callahead to make, or a client that guesses addresses: the session
+            # waits (nothing more is read), the others go on.
+            self._waiting = True
+            self._update_reading()
+            self._spawn(self._validate_later(ev, decision, address, key, settings, answers))
+            return
+        self._validated(ev, decision, address, key, settings, answers)
 
     async def _validate_later(self, ev: RcptTo, decision: Decision, address: str, key: str,
                               settings, answers) -> None:
@@ -615,60 +724,28 @@ class SmtpSession(asyncio.Protocol):
         self._update_reading()
         self._pump()
 
-    def _on_data_start(self, ev: DataStart) -> None:
-        txn = self.txn
-        txn.queue_id = new_queue_id()
-        txn.spool = self.services.store.new_spool()
-        txn.spool.write(received(      # the trace header (server/trace.py)
-            hostname=self.ctx.hostname, listener=self.ctx.name, helo=self.helo,
-            client_ip=self.client_ip, note=rdns_note(self.rdns), esmtp=self.esmtp,
-            smtputf8=txn.params.smtputf8, tls=self.tls, user=self.client.user,
-            queue_id=txn.queue_id, recipients=txn.recipients, now=time.time()))
-        txn.hops = ReceivedCounter()
-        self._respond("DATA", "", START_DATA, queue_id=txn.queue_id)
-
-    def _on_data_end(self, ev: DataEnd) -> None:
-        txn = self.txn
-        if ev.problem is not None:
-            self.services.mail_log.event(
-                MailEvent.REJECT, stage="data", listener=self.ctx.name, client=self.client_ip,
-                id=txn.queue_id, code=ev.problem.code, reason=" ".join(ev.problem.lines),
-            )
-            self._drop_transaction()
-            self._respond(".", "", ev.problem, queue_id=txn.queue_id)
-            return
-        loop = gates.check_hops(txn.hops.count, self.ctx.limits.max_hops)
-        if loop is not None:
-            # RFC 5321 6.3: a loop. Accepted (250) so that the sending server stops
-            # retrying, and kept in badmail where the admin sees it.
-            txn.recipients = [
-                replace(r, status=RecipientStatus.BADMAIL, rule=loop.rule, reason=loop.detail)
-                for r in txn.recipients
-            ]
-            self.services.mail_log.event(
-                MailEvent.REJECT, stage="data", listener=self.ctx.name, client=self.client_ip,
-                id=txn.queue_id, code=loop.reply.code, enhanced=loop.reply.enhanced,
-                rule=loop.rule, reason=loop.detail, action="badmail",
-            )
-        screener = self.services.screener
-        if screener is not None and txn.spool.error is None and any(
+    def _screen(self, ev: DataEnd) -> bool:
+        """Start the attachment screener (screening/) when it applies to this message.
+        True: started; _screened goes on from its answer."""
+        txn, screener = self.txn, self.services.screener
+        if not (txn.spool.error is None and any(
                 r.status is RecipientStatus.QUEUED for r in txn.recipients) and screener.applies(
                 self.services.policy.hosted(self.client, domain_of(r.address))
-                for r in txn.recipients):
-            # MIME parsing is CPU work: a pool thread does it; nothing is read meanwhile.
-            self._waiting = True
-            self._update_reading()
-            spool = txn.spool
-            if screener.action == "strip":
-                hostname = self.ctx.hostname
-                found = self._loop.run_in_executor(
-                    _SCREEN_POOL, lambda: strip(spool.chunks(), screener.rules, hostname=hostname))
-            else:
-                found = self._loop.run_in_executor(
-                    _SCREEN_POOL, lambda: screen(spool.chunks(), screener.rules))
-            found.add_done_callback(functools.partial(self._screened, ev))
-            return
-        self._commit(ev)
+                for r in txn.recipients)):
+            return False
+        # MIME parsing is CPU work: a pool thread does it; nothing is read meanwhile.
+        self._waiting = True
+        self._update_reading()
+        spool = txn.spool
+        if screener.action == "strip":
+            hostname = self.ctx.hostname
+            found = self._loop.run_in_executor(
+                _SCREEN_POOL, lambda: strip(spool.chunks(), screener.rules, hostname=hostname))
+        else:
+            found = self._loop.run_in_executor(
+                _SCREEN_POOL, lambda: screen(spool.chunks(), screener.rules))
+        found.add_done_callback(functools.partial(self._screened, ev))
+        return True
 
     def _screened(self, ev: DataEnd, done: asyncio.Future) -> None:
         """The screener has answered: reject, quarantine, or go on to the commit."""
@@ -724,41 +801,6 @@ class SmtpSession(asyncio.Protocol):
         self._update_reading()
         self._pump()
 
-    def _commit(self, ev: DataEnd) -> None:
-        txn = self.txn
-        if self.ctx.milters and not txn.filtered and txn.spool.error is None and any(
-                r.status is RecipientStatus.QUEUED for r in txn.recipients):
-            # The milters answer before the 250 (after the screener: what it refused they
-            # never see); nothing is read meanwhile, as while screening.
-            txn.filtered = True
-            self._waiting = True
-            self._update_reading()
-            self._spawn(self._milters(ev))
-            return
-        envelope = Envelope(
-            queue_id=txn.queue_id,
-            received_at=time.time(),
-            listener=self.ctx.name,
-            client_ip=self.client_ip,
-            client_name=self.client.verified_name,
-            helo=self.helo,
-            auth_user=self.client.user,
-            sender=self._addr(txn.sender),
-            recipients=tuple(txn.recipients),
-            ret=txn.params.ret,
-            envid=txn.params.envid,
-            body_type=txn.params.body,
-            smtputf8=txn.params.smtputf8,
-            client_group=self.services.policy.group_of(self.client),
-            tls=None if self.tls is None else f"{self.tls[0]} {self.tls[1]}",
-        )
-        self._waiting = True
-        self._update_reading()
-        spool = txn.spool
-        done = self.services.store.start_commit(envelope, spool)
-        done.add_done_callback(
-            functools.partial(self._committed, envelope, spool))
-
     async def _milters(self, ev: DataEnd) -> None:
         """Ask the listener's milters (server/milters.py), then refuse, or commit the
         message as they left it."""
@@ -812,35 +854,6 @@ class SmtpSession(asyncio.Protocol):
         if result.badmail is not None:
             _quarantine(txn, result.badmail_rule, result.badmail)
         self._commit(ev)
-
-    def _committed(self, envelope: Envelope, spool: BodySpool, done: asyncio.Future) -> None:
-        """The queue has answered: 250 only now that the message is on disk."""
-        error = "cancelled" if done.cancelled() else done.exception()
-        if error is not None:
-            # A full disk is 452 4.3.1 (RFC 5321 4.3.2 lists 452 after the final dot; RFC
-            # 3463 X.3.1 "mail system full"); anything else 451 4.3.0. Both: try later.
-            answer = (INSUFFICIENT_STORAGE if getattr(error, "full", False)
-                      else QUEUE_FAILED)
-            self.services.mail_log.event(
-                MailEvent.REJECT, stage="queue", listener=self.ctx.name, client=self.client_ip,
-                id=envelope.queue_id, code=answer.code, reason=str(error),
-            )
-        else:
-            answer = reply(250, "2.0.0", f"Ok: queued as {envelope.queue_id}")
-            self._messages += 1
-            self._log_queued(envelope, spool.size,
-                             stripped=self.txn.stripped if self.txn is not None else None)
-            self.services.on_queued()
-        spool.discard()
-        self.txn = None
-        self._waiting = False
-        if self._closed:
-            return
-        # time-taken: from the final dot to this reply, the screening and the durable
-        # commit included; cs-bytes: the message as it came (stuffed, with the final dot).
-        self._respond(".", f"id={envelope.queue_id}", answer, queue_id=envelope.queue_id)
-        self._update_reading()
-        self._pump()
 
     # -- ETRN (RFC 1985) -------------------------------------------------------------------
 
