@@ -7,6 +7,11 @@ between them, and the replies and log lines back.
 It is an ``asyncio.Protocol`` (not a stream reader): bytes arrive in whatever chunks the kernel
 gives and go to the core in one call, so a pipelined burst or a 50 KB DATA block costs one
 callback, not one await per line.
+
+The hot path (``_on_mail`` to ``_committed``) comes first among the handlers, its detours
+after it. What is not the session's own lives beside it: the listener's gates (connection
+and rate limits, free space, hop count, TLS/AUTH/rDNS required) in policy/gates.py, the AUTH
+exchange in server/sasl.py, ATRN in server/atrn.py, the Received header in server/trace.py.
 """
 
 from __future__ import annotations
@@ -438,7 +443,7 @@ class SmtpSession(asyncio.Protocol):
             self.transport.resume_reading()
             self._read_paused = False
 
-    # -- handlers ------------------------------------------------------------------------
+    # -- handlers: the hot path ----------------------------------------------------------
 
     def _on_hello(self, ev: Hello) -> None:
         self._drop_transaction()
@@ -915,7 +920,7 @@ class SmtpSession(asyncio.Protocol):
         self._update_reading()
         self._pump()
 
-    # -- ATRN (RFC 2645) -------------------------------------------------------------------
+    # -- ATRN (RFC 2645; server/atrn.py) ---------------------------------------------------
 
     def _on_atrn(self, ev: Atrn) -> None:
         asked = ",".join(ev.domains)
@@ -1001,7 +1006,7 @@ class SmtpSession(asyncio.Protocol):
         if ev.reason not in ("quit",):
             self._protocol_log("CLOSE", ev.reason, None, 0, timed=False)
 
-    # -- AUTH (RFC 4954; PLAIN RFC 4616, LOGIN) -------------------------------------------
+    # -- AUTH (RFC 4954; the exchange is server/sasl.py's) --------------------------------
 
     def _advertise_auth(self) -> None:
         """AUTH is listed in EHLO only over TLS, or for networks allowed plaintext AUTH."""
