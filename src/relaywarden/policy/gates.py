@@ -14,6 +14,13 @@
 Pure, like the rest of policy/: the server (server/session.py, at MAIL, ETRN and AUTH) and
 ``policy explain`` (CLI and HTTP API) ask these same functions, so that explain says what
 the server answers.
+
+The listener's limits are gates too, asked by the session only (they count what happens at
+run time, which ``explain`` cannot know): the counters are policy/limits.py's and the hop
+counter policy/hops.py's; the functions below say what a full one answers, from plain
+numbers (connections at connect, free space at MAIL, the message and recipient windows at
+MAIL and RCPT, Received fields at the end of DATA). Each returns the ``Decision`` the
+session answers and logs (``rule`` is the config key that set the limit).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 from relaywarden.policy.match import first_network
 from relaywarden.policy.model import Action, Decision, Gates
-from relaywarden.smtp.reply import AUTH_NOT_AVAILABLE, reply
+from relaywarden.smtp.reply import AUTH_NOT_AVAILABLE, TOO_MANY_RECIPIENTS, reply
 
 MUST_STARTTLS = reply(530, "5.7.0", "Must issue a STARTTLS command first")      # RFC 3207 4
 AUTH_REQUIRED = reply(530, "5.7.0", "Authentication required")                  # RFC 4954 6
@@ -116,3 +123,70 @@ def check_auth(listener: str, gates: Gates, ip: IPv4Address | IPv6Address, *,
                                          rule=f"{key}.plaintext_networks", detail=detail),
                        need=Need.TLS if offered else None)
     return None
+
+
+# -- The listener's limits --------------------------------------------------------------
+
+# RFC 3463 4.7.0 (security or policy status), as Postfix and Exchange answer a connection
+# beyond their limits; 421 closes the channel (RFC 5321 3.8).
+TOO_MANY_CONNECTIONS = reply(421, "4.7.0", "Too many connections, try again later")
+# RFC 3463 4.3.1: mail system full. The queue is not harmed: nothing new is accepted.
+INSUFFICIENT_STORAGE = reply(452, "4.3.1", "Insufficient system storage")
+# RFC 3463 4.7.1 (delivery not authorized, temporary): a rate limit at MAIL.
+TOO_MANY_MESSAGES = reply(451, "4.7.1", "Too many messages, slow down and try again later")
+# RFC 3463 5.4.6 (routing loop detected). Never sent: a looping message is accepted (250,
+# so that the sending server stops retrying) and kept in badmail; the log says 554 5.4.6.
+LOOP_DETECTED = reply(554, "5.4.6", "Routing loop detected")
+
+
+def check_connections(listener: str, ip: str, *, total: int, from_ip: int, max_total: int,
+                      max_per_ip: int) -> Decision | None:
+    """One more connection from ``ip``, with ``total`` open on the listener and ``from_ip``
+    open from that address? None: yes (a maximum of 0 is no limit)."""
+    if max_total and total >= max_total:
+        return Decision(action=Action.REJECT, reply=TOO_MANY_CONNECTIONS,
+                        rule=f"listeners.{listener}.limits.max_connections",
+                        detail=f"too many connections on the listener ({total} open, "
+                               f"max_connections = {max_total})")
+    if max_per_ip and from_ip >= max_per_ip:
+        return Decision(action=Action.REJECT, reply=TOO_MANY_CONNECTIONS,
+                        rule=f"listeners.{listener}.limits.max_connections_per_ip",
+                        detail=f"too many connections from {ip} ({from_ip} open, "
+                               f"max_connections_per_ip = {max_per_ip})")
+    return None
+
+
+def check_disk(free: int | None, min_free: int) -> Decision | None:
+    """``relay.min_free_space`` at MAIL: ``free`` is the disk guard's reading of the data
+    directory's free bytes (None: it could not be read, which never refuses: the guard
+    protects the disk, it must not stop the relay by itself)."""
+    if min_free <= 0 or free is None or free >= min_free:
+        return None
+    return Decision(action=Action.REJECT, reply=INSUFFICIENT_STORAGE,
+                    rule="relay.min_free_space",
+                    detail=f"free space in data_dir {free} < relay.min_free_space {min_free}")
+
+
+def rate_limited(listener: str, what: str, *, limit: int, window: float, ip: str,
+                 user: str | None) -> Decision:
+    """The refusal of a rate window that is full (the window itself, which counts, is
+    policy/limits.WindowLimiter): ``what`` is "messages" (at MAIL: 451 4.7.1) or
+    "recipients" (at RCPT: 452 4.5.3, RFC 5321's flow control, 4.5.3.1.10: the client sends
+    the accepted recipients now and the rest in a later transaction, which is what a rate
+    limit wants; and the core does not count that reply as an error). The windows count
+    per client address and, once authenticated, per user too."""
+    subject = ip if user is None else f"{ip} or user {user}"
+    return Decision(action=Action.REJECT,
+                    reply=TOO_MANY_MESSAGES if what == "messages" else TOO_MANY_RECIPIENTS,
+                    rule=f"listeners.{listener}.limits.{what}_per_window",
+                    detail=f"more than {limit} {what} in {window:g} s from {subject}")
+
+
+def check_hops(count: int, max_hops: int) -> Decision | None:
+    """``relay.max_hops`` at the end of DATA (RFC 5321 6.3): more Received fields than that
+    is a loop. The decision is BADMAIL: every recipient goes to badmail with its rule and
+    detail, where the admin sees it; ``reply`` is what the log line says (554 5.4.6)."""
+    if count <= max_hops:
+        return None
+    return Decision(action=Action.BADMAIL, reply=LOOP_DETECTED, rule="relay.max_hops",
+                    detail=f"loop detected (5.4.6): {count} Received headers")

@@ -1,8 +1,8 @@
 """Counting for the abuse limits: pure bookkeeping, the clock is injected.
 
 Nothing here does I/O or reads the time by itself: the session driver asks, these classes
-count. The decisions they feed (which reply, which log line) stay in the driver; the
-numbers come from ``[listeners.NAME.limits]`` and ``[relay]``.
+count. What a full counter answers (the reply, the rule, the detail of the log line) is
+policy/gates.py's; the numbers come from ``[listeners.NAME.limits]`` and ``[relay]``.
 
 - ``WindowLimiter``: "at most N per window seconds" per key (client IP, user). A sliding
   window counter (the previous fixed window's count weighted by how much of it still
@@ -18,6 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+
+from relaywarden.policy.gates import check_connections, check_disk
+from relaywarden.policy.model import Decision
 
 Clock = Callable[[], float]
 
@@ -126,13 +129,11 @@ class ConnectionCounter:
         return self._per_ip.get(ip, 0)
 
     def check(self, ip: str, *, max_total: int, max_per_ip: int) -> str | None:
-        """None when one more connection from ``ip`` is allowed, else the reason (0 = no limit)."""
-        if max_total and self.total >= max_total:
-            return f"too many connections on the listener ({self.total} open, max_connections = {max_total})"
-        if max_per_ip and self.of(ip) >= max_per_ip:
-            return (f"too many connections from {ip} ({self.of(ip)} open, "
-                    f"max_connections_per_ip = {max_per_ip})")
-        return None
+        """None when one more connection from ``ip`` is allowed, else the reason (0 = no limit).
+        The decision is policy/gates.check_connections's, which the session asks itself."""
+        refused = check_connections("", ip, total=self.total, from_ip=self.of(ip),
+                                    max_total=max_total, max_per_ip=max_per_ip)
+        return None if refused is None else refused.detail
 
     def opened(self, ip: str) -> None:
         self.total += 1
@@ -174,7 +175,11 @@ class FreeSpaceGuard:
         return self._free
 
     def ok(self) -> bool:
+        return self.check() is None
+
+    def check(self) -> Decision | None:
+        """The disk gate (policy/gates.check_disk) on this guard's reading: None when there
+        is space enough, or when the guard is off (then the disk is not even read)."""
         if self.min_free <= 0:
-            return True
-        free = self.free()
-        return free is None or free >= self.min_free
+            return None
+        return check_disk(self.free(), self.min_free)

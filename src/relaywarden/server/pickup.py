@@ -56,6 +56,7 @@ from pathlib import Path
 from relaywarden.delivery.badmail import write_files
 from relaywarden.logs.maillog import MailEvent
 from relaywarden.policy import Action, ClientFacts, ListenerPolicy, Policy
+from relaywarden.policy.gates import check_hops
 from relaywarden.policy.hops import ReceivedCounter
 from relaywarden.queue.store import (
     Envelope,
@@ -446,23 +447,21 @@ class Pickup:
         policy, client = self.policy, self.client
         counter = ReceivedCounter()
         counter.feed(message.content)
-        hops = counter.count
-        loop = hops > self.cfg.relay.max_hops
-        if loop:
+        loop = check_hops(counter.count, self.cfg.relay.max_hops)
+        if loop is not None:
             # RFC 5321 6.3: a loop (this pickup is on its way, or a route leads back to it).
             # Every recipient to badmail, as the SMTP session does; the admin sees why.
-            why = f"loop detected (5.4.6): {hops} Received headers"
             self.services.mail_log.event(
                 MailEvent.REJECT, stage="data", listener=LISTENER, client="pickup", id=qid,
-                code=554, enhanced="5.4.6", rule="relay.max_hops", reason=why,
-                action="badmail")
+                code=loop.reply.code, enhanced=loop.reply.enhanced, rule=loop.rule,
+                reason=loop.detail, action="badmail")
         sender_decision = policy.check_sender(client, message.sender)
         records = []
         for rcpt in message.recipients:
-            if loop:
+            if loop is not None:
                 records.append(RecipientRecord(address=str(rcpt),
                                                status=RecipientStatus.BADMAIL,
-                                               rule="relay.max_hops", reason=why))
+                                               rule=loop.rule, reason=loop.detail))
                 continue
             decision = (sender_decision if sender_decision.action is not Action.ACCEPT
                         else policy.check_recipient(client, message.sender, rcpt))

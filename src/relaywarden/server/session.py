@@ -7,6 +7,11 @@ between them, and the replies and log lines back.
 It is an ``asyncio.Protocol`` (not a stream reader): bytes arrive in whatever chunks the kernel
 gives and go to the core in one call, so a pipelined burst or a 50 KB DATA block costs one
 callback, not one await per line.
+
+The hot path (``_on_mail`` to ``_committed``) comes first among the handlers, its detours
+after it. What is not the session's own lives beside it: the listener's gates (connection
+and rate limits, free space, hop count, TLS/AUTH/rDNS required) in policy/gates.py, the AUTH
+exchange in server/sasl.py, ATRN in server/atrn.py, the Received header in server/trace.py.
 """
 
 from __future__ import annotations
@@ -15,20 +20,14 @@ import asyncio
 import concurrent.futures
 import functools
 import ipaddress
-import re
-import secrets
 import time
 from dataclasses import dataclass, field, replace
-from email.utils import formatdate
 
-from relaywarden.auth import AUTH_INVALID, AuthResult
-from relaywarden.delivery.client import ClientPolicy, DeliveryError, OutboundConnection
-from relaywarden.delivery.tls import TlsMode
 from relaywarden.logs.maillog import MailEvent
 from relaywarden.logs.protocol import SessionLog
-from relaywarden.logs.stamp import SecondStamp
 from relaywarden.milter import Facts as MilterFacts
 from relaywarden.policy import gates
+from relaywarden.policy.gates import INSUFFICIENT_STORAGE
 from relaywarden.policy.hops import ReceivedCounter
 from relaywarden.policy.model import Action, ClientFacts, Decision
 from relaywarden.policy.recipients import THROTTLED, Answer, Known, combine
@@ -41,10 +40,13 @@ from relaywarden.queue.store import (
     new_queue_id,
 )
 from relaywarden.resolver import RdnsResult, RdnsStatus
+from relaywarden.server import atrn, sasl
 from relaywarden.server.context import ListenerContext, ListenerRuntime, Services
 from relaywarden.server.milters import Filtered, UNAVAILABLE, apply_envelope, run_chain
 from relaywarden.screening import Stripped, screen, strip
 from relaywarden.server.tls import describe as describe_tls
+from relaywarden.server.trace import clean as _clean
+from relaywarden.server.trace import rdns_note, received
 from relaywarden.smtp.address import Address, parse_path
 from relaywarden.smtp.events import (
     NEED_DATA,
@@ -63,7 +65,7 @@ from relaywarden.smtp.events import (
     RcptTo,
     StartTls,
 )
-from relaywarden.smtp.reply import START_DATA, TOO_MANY_RECIPIENTS, Reply, reply
+from relaywarden.smtp.reply import START_DATA, Reply, reply
 from relaywarden.smtp.server import BareLineEnds, ServerConnection
 
 QUEUE_FAILED = reply(451, "4.3.0", "Requested action aborted: local error in processing")
@@ -72,30 +74,14 @@ TIMEOUT = reply(421, "4.4.2", "Timeout exceeded, closing connection")
 INTERNAL_ERROR = reply(421, "4.3.0", "Local error, closing connection")
 READY_FOR_TLS = reply(220, "2.0.0", "Ready to start TLS")               # RFC 3207 4
 TLS_NOT_AVAILABLE = reply(454, "4.7.0", "TLS not available due to temporary reason")
-# RFC 3463 4.7.0 (security or policy status), as Postfix and Exchange answer a connection
-# beyond their limits; 421 closes the channel (RFC 5321 3.8).
-TOO_MANY_CONNECTIONS = reply(421, "4.7.0", "Too many connections, try again later")
-# RFC 4954 6; 530 5.7.0 (TLS or AUTH first) and 538 5.7.11 are the gates' (policy/gates.py).
-AUTH_MALFORMED = reply(501, "5.5.2", "Cannot decode the authentication data")
-AUTH_LOCKED = reply(454, "4.7.0", "Too many failed authentication attempts, try again later")
-# RFC 3463 4.3.1: mail system full. The queue is not harmed: nothing new is accepted.
-INSUFFICIENT_STORAGE = reply(452, "4.3.1", "Insufficient system storage")
-# RFC 3463 4.7.1 (delivery not authorized, temporary): a rate limit at MAIL.
-TOO_MANY_MESSAGES = reply(451, "4.7.1", "Too many messages, slow down and try again later")
+# The limits' replies (connections, disk, rates, hops) are the gates' (policy/gates.py),
+# AUTH's server/sasl.py's, ATRN's server/atrn.py's.
 SENDER_OK = reply(250, "2.1.0", "Ok")
 #: The attachment screener parses whole messages (a 35 MB one takes a few times that in
 #: memory): at most two at a time, the others wait their turn.
 _SCREEN_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="screen")
 #: ETRN commands one session may give; more are refused (each is a queue transaction).
 MAX_ETRN_PER_SESSION = 20
-# RFC 2645 5.2.1 and 7.
-ATRN_REFUSED = reply(450, "4.7.1", "ATRN request refused")
-ATRN_NOT_NOW = reply(451, "4.3.0", "Unable to process ATRN request now")
-ATRN_NO_MAIL = reply(453, "4.3.0", "You have no mail")
-ATRN_REVERSING = reply(250, "2.0.0", "OK now reversing the connection")
-#: How long mail claimed for an ATRN session is kept from the scheduler (it is held
-#: again, or delivered, well before: this only matters if the process dies meanwhile).
-ATRN_LEASE = 3600.0
 
 
 @dataclass(slots=True)
@@ -108,10 +94,6 @@ class _Transaction:
     hops: ReceivedCounter | None = None
     stripped: str | None = None        # what the screener removed (for the mail log)
     filtered: bool = False             # the listener's milters have been asked
-
-
-# RFC 5322 date, local time, for the Received header.
-_received_date = SecondStamp(lambda second: formatdate(second, localtime=True))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -127,15 +109,6 @@ def _client_facts(listener: str, address: str) -> ClientFacts:
 def _greeting(hostname: str, banner: str) -> Reply:
     """The 220 greeting of a listener: one Reply (encoded once) per hostname and banner."""
     return reply(220, None, f"{hostname} {banner}")
-
-
-def _clean(text: str, limit: int = 255) -> str:
-    """Make client-supplied text safe for a header line: printable ASCII, bounded."""
-    # ASCII that is printable is exactly " " to "~": the usual case, checked in C.
-    if text.isascii() and text.isprintable():
-        return text[:limit]
-    out = "".join(c if " " <= c <= "~" else "?" for c in text)
-    return out[:limit]
 
 
 def _quarantine(txn: "_Transaction", rule: str, reason: str) -> None:
@@ -172,7 +145,7 @@ class SmtpSession(asyncio.Protocol):
         # The DNS lists' verdict at connect (policy/dnsbl.py): (REJECT or None, note), or None.
         self._dnsbl: tuple | None = None
         self._unknown = 0              # unknown recipients named in this session
-        self._auth_state: tuple = ("",)
+        self._sasl: sasl.SaslExchange | None = None     # made at the first AUTH
         self.runtime: ListenerRuntime = services.runtimes.get(ctx.name) or ListenerRuntime()
         self._counted = False          # this connection counts towards the listener's limits
         self._finished = False
@@ -218,16 +191,14 @@ class SmtpSession(asyncio.Protocol):
             port=peer[1] if len(peer) > 1 else None,
         )
         self._last_activity = self._loop.time()
-        limits = self.ctx.limits
-        refused = self.runtime.connections.check(
-            self.client_ip, max_total=limits.max_connections,
-            max_per_ip=limits.max_connections_per_ip,
-        )
+        limits, counter = self.ctx.limits, self.runtime.connections
+        refused = gates.check_connections(
+            self.ctx.name, self.client_ip, total=counter.total, from_ip=counter.of(self.client_ip),
+            max_total=limits.max_connections, max_per_ip=limits.max_connections_per_ip)
         if refused is not None:
-            key = "max_connections" if refused.startswith("too many connections on") else "max_connections_per_ip"
-            self._log_limit("connect", TOO_MANY_CONNECTIONS, self._key(f"limits.{key}"), refused)
-            self.conn.greet(TOO_MANY_CONNECTIONS)
-            self._protocol_log("CONNECT", "", TOO_MANY_CONNECTIONS, 0)
+            self._log_reject("connect", refused)
+            self.conn.greet(refused.reply)
+            self._protocol_log("CONNECT", "", refused.reply, 0)
             self._flush()
             return
         self.runtime.connections.opened(self.client_ip)
@@ -352,37 +323,25 @@ class SmtpSession(asyncio.Protocol):
         rdns = self.rdns
         return self.services.policy.check_rdns(
             self.client, temporary=rdns is not None and rdns.temporary,
-            detail=f"reverse DNS: {self._rdns_note()}: {rdns.detail if rdns else 'no lookup'}")
+            detail=f"reverse DNS: {rdns_note(rdns)}: {rdns.detail if rdns else 'no lookup'}")
 
     def _greet(self) -> None:
         decision = self.services.policy.check_connect(self.client)
         if decision.action is Action.REJECT:
-            self._log_reject("connect", decision, rdns=self._rdns_note())
+            self._log_reject("connect", decision, rdns=rdns_note(self.rdns))
             greeting = decision.reply
         elif (refusal := self._rdns_gate()) is not None:
             greeting = refusal.decision.reply
-            self._log_limit("connect", greeting, refusal.decision.rule,
-                            refusal.decision.detail)
+            self._log_reject("connect", refusal.decision)
         elif self._dnsbl is not None and self._dnsbl[0] is not None:
             listed = self._dnsbl[0]
             greeting = listed.reply
-            self._log_limit("connect", greeting, listed.rule, listed.detail)
+            self._log_reject("connect", listed)
         else:
             greeting = _greeting(self.ctx.hostname, self.ctx.banner)
         self.conn.greet(greeting)
-        self._protocol_log("CONNECT", self._rdns_note() or "", greeting, 0)
+        self._protocol_log("CONNECT", rdns_note(self.rdns) or "", greeting, 0)
         self._flush()
-
-    def _rdns_note(self) -> str | None:
-        """What the Received header and the logs say of the client's name (as IIS did)."""
-        r = self.rdns
-        if r is None:
-            return None
-        if r.status is RdnsStatus.VERIFIED:
-            return r.name
-        if r.status is RdnsStatus.UNVERIFIED:
-            return f"{r.name} unverified" if r.name else "unverified"
-        return "RDNS failed"
 
     def data_received(self, data: bytes) -> None:
         self._last_activity = self._loop.time()
@@ -484,7 +443,7 @@ class SmtpSession(asyncio.Protocol):
             self.transport.resume_reading()
             self._read_paused = False
 
-    # -- handlers ------------------------------------------------------------------------
+    # -- handlers: the hot path ----------------------------------------------------------
 
     def _on_hello(self, ev: Hello) -> None:
         self._drop_transaction()
@@ -502,12 +461,10 @@ class SmtpSession(asyncio.Protocol):
         if self._gated("MAIL", query, sender=sender):
             return
         disk = self.services.disk
-        if disk is not None and not disk.ok():
+        if disk is not None and (full := disk.check()) is not None:
             # Checked first: when the disk is nearly full, nothing is worth a policy lookup.
-            self._log_limit("mail", INSUFFICIENT_STORAGE, "relay.min_free_space",
-                            f"free space in data_dir {disk.free()} < relay.min_free_space {disk.min_free}",
-                            sender=sender)
-            self._respond("MAIL", query, INSUFFICIENT_STORAGE)
+            self._log_reject("mail", full, sender=sender)
+            self._respond("MAIL", query, full.reply)
             return
         decision = self.services.policy.check_sender(self.client, ev.sender)
         if decision.action is not Action.ACCEPT:
@@ -516,37 +473,14 @@ class SmtpSession(asyncio.Protocol):
             return
         messages = self.runtime.messages
         if not messages.take_all(self._rate_keys()):
-            self._log_limit("mail", TOO_MANY_MESSAGES, self._key("limits.messages_per_window"),
-                            f"more than {messages.limit} messages in {messages.window:g} s "
-                            f"from {self._rate_subject()}", sender=sender)
-            self._respond("MAIL", query, TOO_MANY_MESSAGES)
+            slow = gates.rate_limited(self.ctx.name, "messages", limit=messages.limit,
+                                      window=messages.window, ip=self.client_ip,
+                                      user=self.client.user)
+            self._log_reject("mail", slow, sender=sender)
+            self._respond("MAIL", query, slow.reply)
             return
         self.txn = _Transaction(sender=ev.sender, params=ev.params)
         self._respond("MAIL", query, SENDER_OK)
-
-    def _gated(self, verb: str, query: str, **fields: object) -> bool:
-        """The listener's own gates before MAIL (and ETRN): TLS first on a listener that
-        requires it, AUTH first on one that requires that. True: refused and answered.
-        The policy's rule (policy/gates.py), which `policy explain` asks too."""
-        refusal = self.services.policy.check_gates(self.client, tls=self.tls is not None, verb=verb)
-        if refusal is None:
-            return False
-        gate = refusal.decision
-        self._log_limit(verb.lower(), gate.reply, gate.rule, gate.detail, **fields)
-        self._respond(verb, query, gate.reply)
-        return True
-
-    def _rate_keys(self) -> list[tuple[str, str]]:
-        """Rate windows count per client address and, once authenticated, per user too."""
-        keys = [("ip", self.client_ip)]
-        if self.client.user is not None:
-            keys.append(("user", self.client.user.casefold()))
-        return keys
-
-    def _rate_subject(self) -> str:
-        if self.client.user is not None:
-            return f"{self.client_ip} or user {self.client.user}"
-        return self.client_ip
 
     def _on_rcpt(self, ev: RcptTo) -> None:
         txn = self.txn
@@ -559,14 +493,12 @@ class SmtpSession(asyncio.Protocol):
             return
         recipients = self.runtime.recipients
         if not recipients.take_all(self._rate_keys()):
-            # 452 4.5.3 is RFC 5321's flow control (4.5.3.1.10): the client sends the
-            # accepted recipients now and the rest in a later transaction, which is what a
-            # rate limit wants; and the core does not count it as an error.
-            self._log_limit("rcpt", TOO_MANY_RECIPIENTS, self._key("limits.recipients_per_window"),
-                            f"more than {recipients.limit} recipients in {recipients.window:g} s "
-                            f"from {self._rate_subject()}",
-                            sender=self._addr(txn.sender), recipient=str(rcpt))
-            self._respond("RCPT", query, TOO_MANY_RECIPIENTS)
+            # 452 4.5.3, the core's own reply: flow control, not counted as an error.
+            slow = gates.rate_limited(self.ctx.name, "recipients", limit=recipients.limit,
+                                      window=recipients.window, ip=self.client_ip,
+                                      user=self.client.user)
+            self._log_reject("rcpt", slow, sender=self._addr(txn.sender), recipient=str(rcpt))
+            self._respond("RCPT", query, slow.reply)
             return
         # A bare <postmaster> (RFC 5321 4.5.1) is the relay's own postmaster.
         address = self.ctx.postmaster if rcpt.domain == "" else str(rcpt)
@@ -575,26 +507,7 @@ class SmtpSession(asyncio.Protocol):
                 and self.services.policy.hosted(self.client, rcpt.domain)):
             found = validator.for_domain(rcpt.domain)
             if found is not None:
-                key, settings = found
-                throttle = self.services.recipient_throttle
-                if throttle is not None and throttle.locked(self.client_ip):
-                    # Over its address's limit of unknown recipients: no more lookups.
-                    self._log_limit("rcpt", THROTTLED, "recipient_throttle.client_limit",
-                                    f"{throttle.client_limit} unknown recipients from "
-                                    f"{self.client_ip} in {throttle.window:g} s",
-                                    sender=self._addr(txn.sender), recipient=address)
-                    self._respond("RCPT", query, THROTTLED)
-                    return
-                answers = validator.answer_now(address, settings)
-                if answers is None:
-                    # A callahead to make, or a client that guesses addresses: the session
-                    # waits (nothing more is read), the others go on.
-                    self._waiting = True
-                    self._update_reading()
-                    self._spawn(self._validate_later(ev, decision, address, key, settings,
-                                                     answers))
-                    return
-                self._validated(ev, decision, address, key, settings, answers)
+                self._validate(ev, decision, address, *found)   # a hosted domain's recipient
                 return
         self._accept_rcpt(ev, decision, address)
 
@@ -605,6 +518,152 @@ class SmtpSession(asyncio.Protocol):
             orcpt=ev.params.orcpt, notify=ev.params.notify,
         ))
         self._respond("RCPT", ev.argument, decision.reply)
+
+    def _on_data_start(self, ev: DataStart) -> None:
+        txn = self.txn
+        txn.queue_id = new_queue_id()
+        txn.spool = self.services.store.new_spool()
+        txn.spool.write(received(      # the trace header (server/trace.py)
+            hostname=self.ctx.hostname, listener=self.ctx.name, helo=self.helo,
+            client_ip=self.client_ip, note=rdns_note(self.rdns), esmtp=self.esmtp,
+            smtputf8=txn.params.smtputf8, tls=self.tls, user=self.client.user,
+            queue_id=txn.queue_id, recipients=txn.recipients, now=time.time()))
+        txn.hops = ReceivedCounter()
+        self._respond("DATA", "", START_DATA, queue_id=txn.queue_id)
+
+    def _on_data_end(self, ev: DataEnd) -> None:
+        txn = self.txn
+        if ev.problem is not None:
+            self.services.mail_log.event(
+                MailEvent.REJECT, stage="data", listener=self.ctx.name, client=self.client_ip,
+                id=txn.queue_id, code=ev.problem.code, reason=" ".join(ev.problem.lines),
+            )
+            self._drop_transaction()
+            self._respond(".", "", ev.problem, queue_id=txn.queue_id)
+            return
+        loop = gates.check_hops(txn.hops.count, self.ctx.limits.max_hops)
+        if loop is not None:
+            # RFC 5321 6.3: a loop. Accepted (250) so that the sending server stops
+            # retrying, and kept in badmail where the admin sees it.
+            txn.recipients = [
+                replace(r, status=RecipientStatus.BADMAIL, rule=loop.rule, reason=loop.detail)
+                for r in txn.recipients
+            ]
+            self.services.mail_log.event(
+                MailEvent.REJECT, stage="data", listener=self.ctx.name, client=self.client_ip,
+                id=txn.queue_id, code=loop.reply.code, enhanced=loop.reply.enhanced,
+                rule=loop.rule, reason=loop.detail, action="badmail",
+            )
+        if self.services.screener is not None and self._screen(ev):
+            return                        # the screener answers first (_screened)
+        self._commit(ev)
+
+    def _commit(self, ev: DataEnd) -> None:
+        txn = self.txn
+        if self.ctx.milters and not txn.filtered and txn.spool.error is None and any(
+                r.status is RecipientStatus.QUEUED for r in txn.recipients):
+            # The milters answer before the 250 (after the screener: what it refused they
+            # never see); nothing is read meanwhile, as while screening.
+            txn.filtered = True
+            self._waiting = True
+            self._update_reading()
+            self._spawn(self._milters(ev))
+            return
+        envelope = Envelope(
+            queue_id=txn.queue_id,
+            received_at=time.time(),
+            listener=self.ctx.name,
+            client_ip=self.client_ip,
+            client_name=self.client.verified_name,
+            helo=self.helo,
+            auth_user=self.client.user,
+            sender=self._addr(txn.sender),
+            recipients=tuple(txn.recipients),
+            ret=txn.params.ret,
+            envid=txn.params.envid,
+            body_type=txn.params.body,
+            smtputf8=txn.params.smtputf8,
+            client_group=self.services.policy.group_of(self.client),
+            tls=None if self.tls is None else f"{self.tls[0]} {self.tls[1]}",
+        )
+        self._waiting = True
+        self._update_reading()
+        spool = txn.spool
+        done = self.services.store.start_commit(envelope, spool)
+        done.add_done_callback(
+            functools.partial(self._committed, envelope, spool))
+
+    def _committed(self, envelope: Envelope, spool: BodySpool, done: asyncio.Future) -> None:
+        """The queue has answered: 250 only now that the message is on disk."""
+        error = "cancelled" if done.cancelled() else done.exception()
+        if error is not None:
+            # A full disk is 452 4.3.1 (RFC 5321 4.3.2 lists 452 after the final dot; RFC
+            # 3463 X.3.1 "mail system full"); anything else 451 4.3.0. Both: try later.
+            answer = (INSUFFICIENT_STORAGE if getattr(error, "full", False)
+                      else QUEUE_FAILED)
+            self.services.mail_log.event(
+                MailEvent.REJECT, stage="queue", listener=self.ctx.name, client=self.client_ip,
+                id=envelope.queue_id, code=answer.code, reason=str(error),
+            )
+        else:
+            answer = reply(250, "2.0.0", f"Ok: queued as {envelope.queue_id}")
+            self._messages += 1
+            self._log_queued(envelope, spool.size,
+                             stripped=self.txn.stripped if self.txn is not None else None)
+            self.services.on_queued()
+        spool.discard()
+        self.txn = None
+        self._waiting = False
+        if self._closed:
+            return
+        # time-taken: from the final dot to this reply, the screening and the durable
+        # commit included; cs-bytes: the message as it came (stuffed, with the final dot).
+        self._respond(".", f"id={envelope.queue_id}", answer, queue_id=envelope.queue_id)
+        self._update_reading()
+        self._pump()
+
+    # -- detours of the hot path: gates, recipient validation, screening, milters --------
+
+    def _gated(self, verb: str, query: str, **fields: object) -> bool:
+        """The listener's own gates before MAIL (and ETRN): TLS first on a listener that
+        requires it, AUTH first on one that requires that. True: refused and answered.
+        The policy's rule (policy/gates.py), which `policy explain` asks too."""
+        refusal = self.services.policy.check_gates(self.client, tls=self.tls is not None, verb=verb)
+        if refusal is None:
+            return False
+        self._log_reject(verb.lower(), refusal.decision, **fields)
+        self._respond(verb, query, refusal.decision.reply)
+        return True
+
+    def _rate_keys(self) -> list[tuple[str, str]]:
+        """Rate windows count per client address and, once authenticated, per user too."""
+        keys = [("ip", self.client_ip)]
+        if self.client.user is not None:
+            keys.append(("user", self.client.user.casefold()))
+        return keys
+
+    def _validate(self, ev: RcptTo, decision: Decision, address: str, key: str,
+                  settings) -> None:
+        """Recipient validation of a hosted domain (server/validate.py looks up,
+        policy/recipients.py decides): answered now from the cache, or later."""
+        throttle = self.services.recipient_throttle
+        if throttle is not None and throttle.locked(self.client_ip):
+            # Over its address's limit of unknown recipients: no more lookups.
+            self._log_limit("rcpt", THROTTLED, "recipient_throttle.client_limit",
+                            f"{throttle.client_limit} unknown recipients from "
+                            f"{self.client_ip} in {throttle.window:g} s",
+                            sender=self._addr(self.txn.sender), recipient=address)
+            self._respond("RCPT", ev.argument, THROTTLED)
+            return
+        answers = self.services.recipients.answer_now(address, settings)
+        if answers is None:
+            # A callahead to make, or a client that guesses addresses: the session
+            # waits (nothing more is read), the others go on.
+            self._waiting = True
+            self._update_reading()
+            self._spawn(self._validate_later(ev, decision, address, key, settings, answers))
+            return
+        self._validated(ev, decision, address, key, settings, answers)
 
     async def _validate_later(self, ev: RcptTo, decision: Decision, address: str, key: str,
                               settings, answers) -> None:
@@ -670,57 +729,28 @@ class SmtpSession(asyncio.Protocol):
         self._update_reading()
         self._pump()
 
-    def _on_data_start(self, ev: DataStart) -> None:
-        txn = self.txn
-        txn.queue_id = new_queue_id()
-        txn.spool = self.services.store.new_spool()
-        txn.spool.write(self._received_header(txn))
-        txn.hops = ReceivedCounter()
-        self._respond("DATA", "", START_DATA, queue_id=txn.queue_id)
-
-    def _on_data_end(self, ev: DataEnd) -> None:
-        txn = self.txn
-        if ev.problem is not None:
-            self.services.mail_log.event(
-                MailEvent.REJECT, stage="data", listener=self.ctx.name, client=self.client_ip,
-                id=txn.queue_id, code=ev.problem.code, reason=" ".join(ev.problem.lines),
-            )
-            self._drop_transaction()
-            self._respond(".", "", ev.problem, queue_id=txn.queue_id)
-            return
-        hops = txn.hops.count
-        if hops > self.ctx.limits.max_hops:
-            # RFC 5321 6.3: a loop. Accepted (250) so that the sending server stops
-            # retrying, and kept in badmail where the admin sees it.
-            why = f"loop detected (5.4.6): {hops} Received headers"
-            txn.recipients = [
-                replace(r, status=RecipientStatus.BADMAIL, rule="relay.max_hops", reason=why)
-                for r in txn.recipients
-            ]
-            self.services.mail_log.event(
-                MailEvent.REJECT, stage="data", listener=self.ctx.name, client=self.client_ip,
-                id=txn.queue_id, code=554, enhanced="5.4.6", rule="relay.max_hops",
-                reason=why, action="badmail",
-            )
-        screener = self.services.screener
-        if screener is not None and txn.spool.error is None and any(
+    def _screen(self, ev: DataEnd) -> bool:
+        """Start the attachment screener (screening/) when it applies to this message.
+        True: started; _screened goes on from its answer."""
+        txn, screener = self.txn, self.services.screener
+        if not (txn.spool.error is None and any(
                 r.status is RecipientStatus.QUEUED for r in txn.recipients) and screener.applies(
                 self.services.policy.hosted(self.client, domain_of(r.address))
-                for r in txn.recipients):
-            # MIME parsing is CPU work: a pool thread does it; nothing is read meanwhile.
-            self._waiting = True
-            self._update_reading()
-            spool = txn.spool
-            if screener.action == "strip":
-                hostname = self.ctx.hostname
-                found = self._loop.run_in_executor(
-                    _SCREEN_POOL, lambda: strip(spool.chunks(), screener.rules, hostname=hostname))
-            else:
-                found = self._loop.run_in_executor(
-                    _SCREEN_POOL, lambda: screen(spool.chunks(), screener.rules))
-            found.add_done_callback(functools.partial(self._screened, ev))
-            return
-        self._commit(ev)
+                for r in txn.recipients)):
+            return False
+        # MIME parsing is CPU work: a pool thread does it; nothing is read meanwhile.
+        self._waiting = True
+        self._update_reading()
+        spool = txn.spool
+        if screener.action == "strip":
+            hostname = self.ctx.hostname
+            found = self._loop.run_in_executor(
+                _SCREEN_POOL, lambda: strip(spool.chunks(), screener.rules, hostname=hostname))
+        else:
+            found = self._loop.run_in_executor(
+                _SCREEN_POOL, lambda: screen(spool.chunks(), screener.rules))
+        found.add_done_callback(functools.partial(self._screened, ev))
+        return True
 
     def _screened(self, ev: DataEnd, done: asyncio.Future) -> None:
         """The screener has answered: reject, quarantine, or go on to the commit."""
@@ -776,41 +806,6 @@ class SmtpSession(asyncio.Protocol):
         self._update_reading()
         self._pump()
 
-    def _commit(self, ev: DataEnd) -> None:
-        txn = self.txn
-        if self.ctx.milters and not txn.filtered and txn.spool.error is None and any(
-                r.status is RecipientStatus.QUEUED for r in txn.recipients):
-            # The milters answer before the 250 (after the screener: what it refused they
-            # never see); nothing is read meanwhile, as while screening.
-            txn.filtered = True
-            self._waiting = True
-            self._update_reading()
-            self._spawn(self._milters(ev))
-            return
-        envelope = Envelope(
-            queue_id=txn.queue_id,
-            received_at=time.time(),
-            listener=self.ctx.name,
-            client_ip=self.client_ip,
-            client_name=self.client.verified_name,
-            helo=self.helo,
-            auth_user=self.client.user,
-            sender=self._addr(txn.sender),
-            recipients=tuple(txn.recipients),
-            ret=txn.params.ret,
-            envid=txn.params.envid,
-            body_type=txn.params.body,
-            smtputf8=txn.params.smtputf8,
-            client_group=self.services.policy.group_of(self.client),
-            tls=None if self.tls is None else f"{self.tls[0]} {self.tls[1]}",
-        )
-        self._waiting = True
-        self._update_reading()
-        spool = txn.spool
-        done = self.services.store.start_commit(envelope, spool)
-        done.add_done_callback(
-            functools.partial(self._committed, envelope, spool))
-
     async def _milters(self, ev: DataEnd) -> None:
         """Ask the listener's milters (server/milters.py), then refuse, or commit the
         message as they left it."""
@@ -864,35 +859,6 @@ class SmtpSession(asyncio.Protocol):
         if result.badmail is not None:
             _quarantine(txn, result.badmail_rule, result.badmail)
         self._commit(ev)
-
-    def _committed(self, envelope: Envelope, spool: BodySpool, done: asyncio.Future) -> None:
-        """The queue has answered: 250 only now that the message is on disk."""
-        error = "cancelled" if done.cancelled() else done.exception()
-        if error is not None:
-            # A full disk is 452 4.3.1 (RFC 5321 4.3.2 lists 452 after the final dot; RFC
-            # 3463 X.3.1 "mail system full"); anything else 451 4.3.0. Both: try later.
-            answer = (INSUFFICIENT_STORAGE if getattr(error, "full", False)
-                      else QUEUE_FAILED)
-            self.services.mail_log.event(
-                MailEvent.REJECT, stage="queue", listener=self.ctx.name, client=self.client_ip,
-                id=envelope.queue_id, code=answer.code, reason=str(error),
-            )
-        else:
-            answer = reply(250, "2.0.0", f"Ok: queued as {envelope.queue_id}")
-            self._messages += 1
-            self._log_queued(envelope, spool.size,
-                             stripped=self.txn.stripped if self.txn is not None else None)
-            self.services.on_queued()
-        spool.discard()
-        self.txn = None
-        self._waiting = False
-        if self._closed:
-            return
-        # time-taken: from the final dot to this reply, the screening and the durable
-        # commit included; cs-bytes: the message as it came (stuffed, with the final dot).
-        self._respond(".", f"id={envelope.queue_id}", answer, queue_id=envelope.queue_id)
-        self._update_reading()
-        self._pump()
 
     # -- ETRN (RFC 1985) -------------------------------------------------------------------
 
@@ -954,26 +920,24 @@ class SmtpSession(asyncio.Protocol):
         self._update_reading()
         self._pump()
 
-    # -- ATRN (RFC 2645) -------------------------------------------------------------------
+    # -- ATRN (RFC 2645; server/atrn.py) ---------------------------------------------------
 
     def _on_atrn(self, ev: Atrn) -> None:
         asked = ",".join(ev.domains)
         user = self.client.user
         engine = self.services.atrn
         allowed = engine.router.atrn_domains(user) if engine is not None and user else ()
-        refused = [d for d in ev.domains if d not in allowed]
-        if not allowed or refused:
-            reason = (f"user {user} may not collect mail for {','.join(refused)}" if refused
-                      else f"user {user} may collect no domain's mail")
+        refused = atrn.check(user, ev.domains, allowed)
+        if refused is not None:
             self.services.mail_log.event(
                 MailEvent.REJECT, stage="atrn", listener=self.ctx.name, client=self.client_ip,
-                user=user, code=ATRN_REFUSED.code, reason=reason, domains=asked or None)
-            self._respond("ATRN", asked, ATRN_REFUSED)
+                user=user, code=refused.reply.code, reason=refused.detail, domains=asked or None)
+            self._respond("ATRN", asked, refused.reply)
             return
         domains = ev.domains or allowed
         self._waiting = True
         self._update_reading()
-        done = self.services.store.start_atrn(domains, ATRN_LEASE)
+        done = self.services.store.start_atrn(domains, atrn.ATRN_LEASE)
         done.add_done_callback(functools.partial(self._atrn_claimed, asked, domains))
 
     def _atrn_claimed(self, asked: str, domains: tuple[str, ...], done: asyncio.Future) -> None:
@@ -981,20 +945,19 @@ class SmtpSession(asyncio.Protocol):
         messages = [] if error is not None else done.result()
         if self._closed:
             if messages:   # the client left meanwhile: what was claimed goes back on hold
-                self._spawn(self.services.atrn.hold_back(
-                    messages, reply(451, "4.4.2", "the ATRN client went away")))
+                self._spawn(self.services.atrn.hold_back(messages, atrn.CLIENT_GONE))
             return
         if error is not None:
             self.services.mail_log.event(
                 MailEvent.REJECT, stage="atrn", listener=self.ctx.name, client=self.client_ip,
-                user=self.client.user, code=ATRN_NOT_NOW.code, reason=str(error))
-            answer = ATRN_NOT_NOW
+                user=self.client.user, code=atrn.ATRN_NOT_NOW.code, reason=str(error))
+            answer = atrn.ATRN_NOT_NOW
         elif not messages:
-            answer = ATRN_NO_MAIL
+            answer = atrn.ATRN_NO_MAIL
         else:
             # RFC 2645 5.3: the roles reverse. The core reads nothing more; the relay is
             # the client on this connection until it has sent the mail and said QUIT.
-            self._respond("ATRN", asked, ATRN_REVERSING)
+            self._respond("ATRN", asked, atrn.ATRN_REVERSING)
             self._flush()
             self.services.mail_log.event(
                 MailEvent.ATRN, listener=self.ctx.name, client=self.client_ip,
@@ -1007,31 +970,12 @@ class SmtpSession(asyncio.Protocol):
         self._pump()
 
     async def _reversed(self, messages: list) -> None:
-        engine = self.services.atrn
-        s = engine.settings
-        policy = ClientPolicy(helo=s.helo, tls=TlsMode.NONE, connect_timeout=s.connect_timeout,
-                              command_timeout=s.command_timeout, data_timeout=s.data_timeout)
         delivered, held = 0, sum(len(m.recipients) for m in messages)
         try:
-            first = messages[0]
-            try:
-                # Its outbound protocol log lines carry this session's ID: the two halves
-                # of the connection are found together.
-                conn = await OutboundConnection.adopt(
-                    self.transport, policy, initial=self.conn.take_input(),
-                    log=engine.protocol_log,
-                    session_id=self._plog.session_id if self._plog is not None else None,
-                    queue_id=first.queue_id,
-                    route=engine.router.route(first.recipients[0].domain, sender=first.sender,
-                                              group=first.client_group,
-                                              user=first.auth_user).name)
-            except DeliveryError as err:
-                await engine.hold_back(messages, err.reply, remote=f"ATRN {self.client_ip}")
-                return
-            try:
-                delivered, held = await engine.deliver_over(conn, messages)
-            finally:
-                await conn.close()
+            delivered, held = await atrn.deliver(
+                self.services.atrn, self.transport, messages, initial=self.conn.take_input(),
+                session_id=self._plog.session_id if self._plog is not None else None,
+                client_ip=self.client_ip)
         except Exception as exc:  # noqa: BLE001 - a bug: what was not recorded comes back
             # when its lease runs out (ATRN_LEASE) and is held again by the scheduler.
             self.services.mail_log.event(
@@ -1048,10 +992,10 @@ class SmtpSession(asyncio.Protocol):
     def _on_handled(self, ev: Handled) -> None:
         if ev.verb.upper() in ("RSET", "HELO", "EHLO"):
             self._drop_transaction()
-        if ev.verb == "AUTH" and self._auth_state[0]:
+        if ev.verb == "AUTH" and self._sasl is not None and self._sasl.active:
             # The core ended an AUTH exchange ("*", or a response that is not base64): one
             # line for the whole exchange, as when it runs its course.
-            self._auth_state = ("",)
+            self._sasl.reset()
             self._protocol_log("AUTH", ev.argument, ev.reply, self._auth_in + ev.octets,
                                sent_before=self._auth_out)
             return
@@ -1062,7 +1006,7 @@ class SmtpSession(asyncio.Protocol):
         if ev.reason not in ("quit",):
             self._protocol_log("CLOSE", ev.reason, None, 0, timed=False)
 
-    # -- AUTH (RFC 4954; PLAIN RFC 4616, LOGIN) -------------------------------------------
+    # -- AUTH (RFC 4954; the exchange is server/sasl.py's) --------------------------------
 
     def _advertise_auth(self) -> None:
         """AUTH is listed in EHLO only over TLS, or for networks allowed plaintext AUTH."""
@@ -1077,102 +1021,46 @@ class SmtpSession(asyncio.Protocol):
         if not self.conn.settings.advertise_auth:
             self._auth_answer(mechanism, gates.ENCRYPTION_REQUIRED, "plaintext AUTH refused")
             return
-        if mechanism == "PLAIN":
-            if ev.initial is None:
-                self._auth_state = ("PLAIN",)
-                self._challenge(b"")
-            else:
-                self._auth_plain(ev.initial)
-        elif mechanism == "CRAM-MD5":
-            # RFC 2195 2: a challenge in the form of an RFC 5322 msg-id, unique per use.
-            if ev.initial is not None:
-                self._auth_answer(mechanism, AUTH_MALFORMED, "CRAM-MD5 with an initial response")
-                return
-            challenge = (f"<{secrets.randbelow(10**15)}.{int(time.time())}"
-                         f"@{self.ctx.hostname}>").encode()
-            self._auth_state = ("CRAM", challenge)
-            self._challenge(challenge)
-        else:  # LOGIN: the core only lets through the mechanisms the settings name
-            if ev.initial is None:
-                self._auth_state = ("LOGIN-USER",)
-                self._challenge(b"Username:")
-            else:
-                self._auth_state = ("LOGIN-PASSWORD", ev.initial)
-                self._challenge(b"Password:")
+        if self._sasl is None:
+            self._sasl = sasl.SaslExchange(self.ctx.hostname)
+        self._auth_step(self._sasl.start(mechanism, ev.initial))
 
     def _on_auth_response(self, ev: AuthResponse) -> None:
         self._auth_in += ev.octets
-        state = self._auth_state
-        if state[0] == "PLAIN":
-            self._auth_plain(ev.data)
-        elif state[0] == "CRAM":
-            user, _, digest = ev.data.rpartition(b" ")
-            if not user or not re.fullmatch(rb"[0-9a-fA-F]{32}", digest):
-                self._auth_answer("CRAM-MD5", AUTH_MALFORMED, "malformed CRAM-MD5 response")
-                return
-            self._auth_check("CRAM-MD5", user, digest, challenge=state[1])
-        elif state[0] == "LOGIN-USER":
-            self._auth_state = ("LOGIN-PASSWORD", ev.data)
-            self._challenge(b"Password:")
+        self._auth_step(self._sasl.respond(ev.data))
+
+    def _auth_step(self, step: sasl.Step) -> None:
+        """The exchange's next step (server/sasl.py): a 334 challenge, a refusal, or the
+        credentials to check (the throttle first, then the checker, in a task)."""
+        if isinstance(step, sasl.Challenge):
+            self.conn.auth_challenge(step.data)
+            self._auth_out += sasl.challenge_octets(step.data)
+        elif isinstance(step, sasl.Failed):
+            self._auth_answer(step.mechanism, step.reply, step.detail)
         else:
-            self._auth_check("LOGIN", state[1], ev.data)
-
-    def _auth_plain(self, data: bytes) -> None:
-        parts = data.split(b"\0")
-        if len(parts) != 3:
-            self._auth_answer("PLAIN", AUTH_MALFORMED, "malformed PLAIN response")
-            return
-        authzid, user, password = parts
-        if authzid and authzid != user:
-            # Acting for another identity (RFC 4616 2) is not something we grant anyone.
-            self._auth_answer("PLAIN", AUTH_INVALID, "authorization identity refused")
-            return
-        self._auth_check("PLAIN", user, password)
-
-    def _auth_check(self, mechanism: str, raw_user: bytes, raw_password: bytes, *,
-                    challenge: bytes | None = None) -> None:
-        """Check a name and password (or, for CRAM-MD5, the digest of ``challenge``)."""
-        try:
-            user, password = raw_user.decode("utf-8"), raw_password.decode("utf-8")
-        except UnicodeDecodeError:
-            self._auth_answer(mechanism, AUTH_MALFORMED, "credentials are not UTF-8")
-            return
-        throttle = self.services.auth_throttle
-        if throttle is not None:
-            verdict = throttle.check(client=self.client_ip, user=user)
-            if verdict.locked:
-                self._auth_answer(mechanism, AUTH_LOCKED, verdict.reason, user=user)
-                return
-        self._waiting = True
-        self._update_reading()
-        self._spawn(self._auth_verify(mechanism, user, password, challenge))
-
-    async def _auth_verify(self, mechanism: str, user: str, password: str,
-                           challenge: bytes | None = None) -> None:
-        backend, throttle = self.services.auth, self.services.auth_throttle
-        if challenge is not None:
-            cram = self.services.cram
-            result = (cram.verify(user, challenge, password) if cram is not None
-                      else AuthResult.failure("no CRAM-MD5 secrets", backend="cram-md5"))
-        elif backend is None:
-            result = AuthResult.unavailable("no authentication backend")
-        else:
-            result = await backend.verify(user, password)
-        if result.ok:
+            throttle = self.services.auth_throttle
             if throttle is not None:
-                throttle.success(client=self.client_ip, user=user)
+                verdict = throttle.check(client=self.client_ip, user=step.user)
+                if verdict.locked:
+                    self._auth_answer(step.mechanism, sasl.AUTH_LOCKED, verdict.reason,
+                                      user=step.user)
+                    return
+            self._waiting = True
+            self._update_reading()
+            self._spawn(self._auth_verify(step))
+
+    async def _auth_verify(self, credentials: sasl.Credentials) -> None:
+        services, user = self.services, credentials.user
+        result = await sasl.authenticate(credentials, client=self.client_ip,
+                                         backend=services.auth, cram=services.cram,
+                                         throttle=services.auth_throttle)
+        if result.ok:
             self.client = replace(self.client, user=result.user or user,
                                   directory_groups=frozenset(result.groups))
-        elif not result.temporary and throttle is not None:
-            verdict = throttle.failure(client=self.client_ip, user=user)
-            if verdict.delay:
-                # The growing delay is what makes guessing slow; the session waits, the
-                # rest of the relay does not.
-                await asyncio.sleep(verdict.delay)
         self._waiting = False
         if self._closed:
             return
-        self._auth_answer(mechanism, result.reply,
+        self._auth_answer(credentials.mechanism, result.reply,
                           result.detail or ("ok" if result.ok else "refused"), user=user,
                           backend=result.backend or None,
                           groups=",".join(sorted(result.groups)) if result.ok else None)
@@ -1180,7 +1068,6 @@ class SmtpSession(asyncio.Protocol):
         self._pump()
 
     def _auth_answer(self, mechanism: str, answer: Reply, detail: str, **fields: object) -> None:
-        self._auth_state = ("",)
         self.services.mail_log.event(
             MailEvent.AUTH, listener=self.ctx.name, client=self.client_ip, mechanism=mechanism,
             result="ok" if answer.positive else "fail", code=answer.code, detail=detail, **fields)
@@ -1190,10 +1077,6 @@ class SmtpSession(asyncio.Protocol):
         # password check and the throttle's delay).
         self.conn.respond(answer)
         self._protocol_log("AUTH", mechanism, answer, self._auth_in, sent_before=self._auth_out)
-
-    def _challenge(self, challenge: bytes) -> None:
-        self.conn.auth_challenge(challenge)
-        self._auth_out += 6 + (len(challenge) + 2) // 3 * 4     # "334 " base64 CRLF
 
     _HANDLERS = {
         Hello: _on_hello,
@@ -1227,31 +1110,6 @@ class SmtpSession(asyncio.Protocol):
     def _addr(address: Address | None) -> str:
         return "" if address is None else str(address)
 
-    def _received_header(self, txn: _Transaction) -> bytes:
-        """The trace header (RFC 5321 4.4), written before the first byte of content."""
-        client = self.client
-        proto = "UTF8SMTP" if txn.params.smtputf8 else ("ESMTP" if self.esmtp else "SMTP")
-        if self.tls is not None and proto != "SMTP":
-            proto += "S"   # RFC 3848 (ESMTPS), RFC 6531 (UTF8SMTPS); HELO has no TLS type
-        if client.user is not None:
-            proto += "A"   # RFC 3848
-        note = self._rdns_note()
-        helo = _clean(self.helo)
-        from_part = (f"{helo} ({_clean(note)} [{self.client_ip}])" if note
-                     else f"{helo} ([{self.client_ip}])")
-        tls = ""
-        if self.tls is not None:
-            version, cipher, bits = self.tls
-            tls = f"\r\n\t(version={_clean(version, 32)} cipher={_clean(cipher, 64)} bits={bits})"
-        # Only a single recipient is named: listing them all would disclose Bcc's.
-        rcpt = (f"\r\n\tfor <{_clean(txn.recipients[0].address, 900)}>"
-                if len(txn.recipients) == 1 else "")
-        ctx = self.ctx
-        return (f"Received: from {from_part}\r\n"
-                f"\tby {ctx.hostname} (relaywarden, listener {ctx.name})\r\n"
-                f"\twith {proto} id {txn.queue_id}{tls}{rcpt};\r\n"
-                f"\t{_received_date(time.time())}\r\n").encode("ascii")
-
     def _protocol_log(self, method: str, query: str, answer: Reply | None, cs_bytes: int, *,
                       queue_id: str = "", sent_before: int = 0, timed: bool = True) -> None:
         """One protocol log line. time-taken: from when the command's line arrived
@@ -1274,10 +1132,6 @@ class SmtpSession(asyncio.Protocol):
             MailEvent.REJECT, stage=stage, listener=self.ctx.name, client=self.client_ip,
             code=decision.reply.code, rule=decision.rule, reason=decision.detail, **fields,
         )
-
-    def _key(self, key: str) -> str:
-        """The dotted config key of a listener setting, as the rule of a log line."""
-        return f"listeners.{self.ctx.name}.{key}"
 
     def _log_limit(self, stage: str, answer: Reply, rule: str, reason: str,
                    **fields: object) -> None:
