@@ -5,20 +5,19 @@ retry, never a loss; see LEASE_SECONDS), the router says where each recipient go
 route into addresses, and the outbound client speaks SMTP to them. What comes back is
 written to the queue in one transaction together with any DSN it causes: delivered,
 deferred (next attempt on the retry schedule), bounced (a DSN to the sender), held, or
-badmail (a bounce that cannot be bounced).
+badmail (a bounce that cannot be bounced). Which of these, and which DSNs, is decided by
+`plan.plan_outcomes`, a pure function; this module does the I/O.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import enum
 import random
-import re
 import sys
 import time
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,9 @@ from relaywarden.delivery.client import (
     TransactionResult,
 )
 from relaywarden.delivery.courier import CourierContext
-from relaywarden.delivery.dsn import DsnAction, DsnRecipient, build_dsn, wants_notice
+from relaywarden.delivery.dsn import DsnRecipient, build_dsn
+from relaywarden.delivery.plan import Kind, Outcome, Plan, plan_outcomes
+from relaywarden.delivery.plan import show as _show
 from relaywarden.delivery.routing import Route, RouteKind, Router
 from relaywarden.logs.maillog import MailEvent, MailLog
 from relaywarden.logs.protocol import ProtocolLog
@@ -47,6 +48,9 @@ from relaywarden.queue.store import (
     StoreError,
     new_queue_id,
 )
+
+# Kind and Outcome live in delivery/plan.py; the couriers import them from here too.
+__all__ = ["DeliverySettings", "Engine", "Kind", "Outcome"]
 from relaywarden.resolver import MxStatus, Resolver
 from relaywarden.smtp.reply import Reply, reply
 
@@ -87,31 +91,6 @@ class DeliverySettings:
     ndr_copy_to: str | None = None
 
 
-#: The outcomes each DSN action reports on.
-_DSN_OUTCOME = {DsnAction.FAILED: ("bounced",), DsnAction.DELAYED: ("deferred",),
-                DsnAction.RELAYED: ("delivered",), DsnAction.DELIVERED: ("delivered",)}
-
-
-class Kind(enum.Enum):
-    DELIVERED = "delivered"
-    DEFERRED = "deferred"
-    BOUNCED = "bounced"
-    HELD = "held"
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    recipient: DueRecipient
-    kind: Kind
-    reply: Reply
-    remote: str = ""            # "host [address]" of the next hop that answered
-    dsn_passed_on: bool = False  # the next hop took NOTIFY/ORCPT itself (RFC 3461 4.1)
-    route: str = ""
-    tls: str = ""                # TLS version and cipher of the delivery, "" without TLS
-    synthesized: bool = False    # the reply is ours (no connection, timeout, expiry), not the host's
-    retry_at: float | None = None  # deferred: not before then (a courier's Retry-After)
-
-
 @dataclass(frozen=True, slots=True)
 class _Record:
     """An attempt's outcome for the queue: what `Store.record` takes."""
@@ -130,30 +109,6 @@ class _Hop:
     address: str
     port: int
     name: str                   # host name: TLS server name, Remote-MTA
-
-
-def _show(r: Reply) -> str:
-    return " ".join(str(part) for part in (r.code, r.enhanced, r.text) if part)
-
-
-# The next hop's own queue id in its reply to the final dot: Postfix and most MTAs say
-# "queued as ID", others "id=ID" (Exim) or "<ID> Queued mail" (Exchange gives none).
-_REMOTE_ID = re.compile(r"queued as:? ?<?([A-Za-z0-9._@-]+)|\bid=<?([A-Za-z0-9._@-]+)",
-                        re.IGNORECASE)
-
-
-def remote_queue_id(text: str) -> str | None:
-    m = _REMOTE_ID.search(text)
-    return None if m is None else (m.group(1) or m.group(2))
-
-
-def _event(o: "Outcome", outcome: str, now: float, attempts: int, **extra: object) -> dict:
-    """The journal's ``attempt`` entry of one recipient (queue.journal)."""
-    shown = _show(o.reply)
-    return {"at": now, "idx": o.recipient.idx, "to": o.recipient.address, "outcome": outcome,
-            "remote": o.remote, "tls": o.tls, "reply": shown, "route": o.route,
-            "attempts": attempts, "ours": o.synthesized,
-            "remote_id": remote_queue_id(shown) if outcome == "delivered" else None, **extra}
 
 
 def _read_original(path: Path) -> bytes:
@@ -227,6 +182,11 @@ class _Gate:
                 if not waiter.done():
                     waiter.set_result(None)
                     break
+
+
+def _jitter() -> float:
+    """A retry delay's factor: spread a backlog's retries (RFC 5321 4.5.4.1)."""
+    return random.uniform(0.9, 1.1)
 
 
 class _Pool:
@@ -780,119 +740,31 @@ class Engine:
 
     # -- outcomes --------------------------------------------------------------------------
 
-    def _retry_at(self, now: float, attempts: int) -> float:
-        schedule = self.settings.retry_schedule
-        delay = schedule[min(attempts, len(schedule)) - 1]
-        return now + delay * random.uniform(0.9, 1.1)   # jitter: spread a backlog's retries
-
     async def _finish(self, message: DueMessage, body: bytes | Path,
-                      outcomes: list[Outcome], *, rehold: set[int] = frozenset(),
+                      outcomes: list[Outcome], *, rehold: Collection[int] = frozenset(),
                       started: float | None = None) -> None:
+        """Record an attempt's outcomes: the decisions are `plan_outcomes`' (delivery/plan.py);
+        here only what they need done, in one queue transaction (Store.record)."""
         # The attempt's time in the delivered/deferred/bounced lines (ms=, the metrics).
         ms = None if started is None else int((time.monotonic() - started) * 1000)
         now = self._clock()
-        s = self.settings
-        updates: list[RecipientUpdate] = []
-        notices: dict[DsnAction, list[DsnRecipient]] = defaultdict(list)
-        double_bounces: list[Outcome] = []
-        log = self.mail_log
-        age = now - message.received_at
-        events: list[dict] = []
-        for o in outcomes:
-            r = o.recipient
-            attempts = r.attempts + (0 if o.kind is Kind.HELD else 1)
-            if o.kind is Kind.DEFERRED and r.idx in rehold:
-                events.append(_event(o, "held", now, attempts, deferred=True))
-                updates.append(RecipientUpdate(
-                    idx=r.idx, status=RecipientStatus.HELD, attempts=attempts,
-                    last_error=_show(o.reply), remote_mta=o.remote,
-                    delay_notified=r.delay_notified, held_by="route"))
-                log.event(MailEvent.DEFERRED, id=message.queue_id, to=r.address, relay=o.remote,
-                          reply=_show(o.reply), attempts=attempts, route=o.route,
-                          action="held")
-                continue
-            if o.kind is Kind.DEFERRED and age >= s.expire_after:
-                # RFC 3463: 4.4.7 "delivery time expired" is reported with Action: failed.
-                o = Outcome(r, Kind.BOUNCED, reply(
-                    451, "4.4.7", f"delivery time expired after {attempts} attempts; last: "
-                    f"{_show(o.reply)}"), o.remote, route=o.route, synthesized=True)
-            if o.kind is Kind.DELIVERED:
-                events.append(_event(o, "delivered", now, attempts))
-                updates.append(RecipientUpdate(idx=r.idx, status=RecipientStatus.DELIVERED,
-                                               attempts=attempts, remote_mta=o.remote))
-                log.event(MailEvent.DELIVERED, id=message.queue_id, to=r.address, relay=o.remote,
-                          route=o.route, tls=o.tls or "none", reply=_show(o.reply), ms=ms)
-                # RFC 3461 4.1: NOTIFY=SUCCESS and a next hop that cannot take it on.
-                if not o.dsn_passed_on and wants_notice(r.notify, DsnAction.RELAYED):
-                    notices[DsnAction.RELAYED].append(self._dsn_rcpt(r, DsnAction.RELAYED, o, now))
-            elif o.kind is Kind.BOUNCED:
-                if message.sender == "":
-                    # A bounce that cannot be delivered has nobody to go back to.
-                    double_bounces.append(o)
-                    events.append(_event(o, "badmail", now, attempts, double_bounce=True))
-                    updates.append(RecipientUpdate(
-                        idx=r.idx, status=RecipientStatus.BADMAIL, attempts=attempts,
-                        last_error=_show(o.reply), remote_mta=o.remote))
-                    log.event(MailEvent.BADMAIL, id=message.queue_id, to=r.address,
-                              reason=f"double bounce: {_show(o.reply)}")
-                    continue
-                events.append(_event(o, "bounced", now, attempts))
-                updates.append(RecipientUpdate(
-                    idx=r.idx, status=RecipientStatus.BOUNCED, attempts=attempts,
-                    last_error=_show(o.reply), remote_mta=o.remote))
-                log.event(MailEvent.BOUNCED, id=message.queue_id, to=r.address, relay=o.remote,
-                          reply=_show(o.reply), route=o.route, ms=ms)
-                if wants_notice(r.notify, DsnAction.FAILED):
-                    notices[DsnAction.FAILED].append(self._dsn_rcpt(r, DsnAction.FAILED, o, now))
-            elif o.kind is Kind.DEFERRED:
-                notified = r.delay_notified
-                retry_at = self._retry_at(now, attempts) if o.retry_at is None else o.retry_at
-                if (s.delay_notice_after and age >= s.delay_notice_after and not notified
-                        and message.sender != "" and wants_notice(r.notify, DsnAction.DELAYED)):
-                    notices[DsnAction.DELAYED].append(self._dsn_rcpt(
-                        r, DsnAction.DELAYED, o, now, until=message.received_at + s.expire_after))
-                    notified = True
-                events.append(_event(o, "deferred", now, attempts, next_attempt=retry_at))
-                updates.append(RecipientUpdate(
-                    idx=r.idx, status=RecipientStatus.QUEUED, next_attempt=retry_at,
-                    attempts=attempts, last_error=_show(o.reply),
-                    remote_mta=o.remote, delay_notified=notified))
-                log.event(MailEvent.DEFERRED, id=message.queue_id, to=r.address, relay=o.remote,
-                          reply=_show(o.reply), attempts=attempts, route=o.route, ms=ms,
-                          next=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(retry_at)))
-            else:  # HELD
-                events.append(_event(o, "held", now, attempts))
-                updates.append(RecipientUpdate(idx=r.idx, status=RecipientStatus.HELD,
-                                               attempts=attempts, held_by="route"))
-                log.event(MailEvent.DEFERRED, id=message.queue_id, to=r.address,
-                          route=o.route, reason="held")
-        new_messages = []
-        if notices and message.sender != "" and isinstance(body, Path):
-            body = await asyncio.to_thread(_read_original, body)   # only for the DSN
-        for action, recipients in notices.items():
-            if message.sender == "":
-                continue
-            copy = s.ndr_copy_to if action is DsnAction.FAILED else None
-            new_messages.append(self._dsn_message(message, body, recipients, now, copy))
-            # Which DSN told the sender about each recipient (the history shows its id).
-            told = {d.final for d in recipients}
-            for e in events:
-                if e["to"] in told and e["outcome"] in _DSN_OUTCOME[action]:
-                    e["dsn_id"] = new_messages[-1][0].queue_id
-        await self._record(_Record(message.queue_id, updates, new_messages, events))
+        plan = plan_outcomes(message, outcomes, now=now, settings=self.settings,
+                             rehold=rehold, ms=ms, jitter=_jitter)
+        for line in plan.log:
+            self.mail_log.event(line.event, **line.fields)
+        await self._record(await self._planned_record(message, body, plan, now))
 
-    def _dsn_rcpt(self, r: DueRecipient, action: DsnAction, o: Outcome, now: float, *,
-                  until: float | None = None) -> DsnRecipient:
-        return DsnRecipient(
-            final=r.address, original=r.orcpt, action=action,
-            status=o.reply.enhanced or ("2.0.0" if o.reply.positive else
-                                        "4.0.0" if o.reply.transient else "5.0.0"),
-            remote_mta=o.remote.split(" ")[0] if o.remote else None,
-            # RFC 3464 2.3.6: "smtp" only for what the remote host itself said.
-            diagnostic=f"smtp; {_show(o.reply)}" if o.remote and not o.synthesized else
-            f"X-relaywarden; {o.reply.text}",
-            last_attempt=now, will_retry_until=until,
-        )
+    async def _planned_record(self, message: DueMessage, body: bytes | Path, plan: Plan,
+                              now: float) -> _Record:
+        """The plan as the queue takes it, with the DSN messages it asks for made."""
+        original = b""       # what the DSN returns of the message (RET, RFC 3461 4.3)
+        if plan.notices:
+            original = (body if isinstance(body, bytes)
+                        else await asyncio.to_thread(_read_original, body))
+        new_messages = [self._dsn_message(message, original, notice.recipients, now,
+                                          notice.copy_to) for notice in plan.notices]
+        dsn_ids = [env.queue_id for env, _ in new_messages]
+        return _Record(message.queue_id, plan.updates, new_messages, plan.journal(dsn_ids))
 
     def _dsn_message(self, message: DueMessage, body: bytes, recipients: Sequence[DsnRecipient],
                      now: float, copy_to: str | None):
