@@ -17,11 +17,13 @@ import random
 import sys
 import time
 from collections import defaultdict, deque
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from relaywarden.delivery.client import (
+    Body,
     ClientPolicy,
     DeliveryError,
     OutboundConnection,
@@ -48,11 +50,12 @@ from relaywarden.queue.store import (
     StoreError,
     new_queue_id,
 )
+from relaywarden.resolver import MxStatus, Resolver
+from relaywarden.smtp.client import Extensions
+from relaywarden.smtp.reply import Reply, reply
 
 # Kind and Outcome live in delivery/plan.py; the couriers import them from here too.
-__all__ = ["DeliverySettings", "Engine", "Kind", "Outcome"]
-from relaywarden.resolver import MxStatus, Resolver
-from relaywarden.smtp.reply import Reply, reply
+__all__ = ["Connection", "Connector", "DeliverySettings", "Engine", "Kind", "Outcome"]
 
 #: How often the scheduler looks for due mail when nothing wakes it.
 POLL_SECONDS = 1.0
@@ -125,7 +128,45 @@ def _permanent_stage(err: DeliveryError) -> bool:
     return err.reply.permanent and err.stage in ("mail", "rcpt", "data")
 
 
-async def _transaction(conn: OutboundConnection, message: DueMessage, body: bytes | Path,
+class Connection(Protocol):
+    """An open connection to a next hop, as the scheduler uses it. `OutboundConnection`
+    (delivery/client.py) speaks SMTP; a test gives the engine a fake next hop in process
+    (tests/delivery/test_engine_next_hop.py), as chasquid's courier interface does."""
+
+    #: Called once the final dot is queued for sending: the next message to the hop may
+    #: go right behind it (RFC 2920 3.1; see OutboundConnection.on_dot).
+    on_dot: Callable[[Any], None] | None
+
+    @property
+    def extensions(self) -> Extensions: ...      # .dsn: the hop takes NOTIFY/ORCPT on
+    @property
+    def tls_version(self) -> str | None: ...
+    @property
+    def tls_cipher(self) -> str | None: ...
+    @property
+    def usable(self) -> bool: ...                # open and idle: may send a message
+    @property
+    def chainable(self) -> bool: ...             # its final dot's reply is still to come
+
+    def trace(self, queue_id: str, route: str) -> None: ...
+
+    async def send(self, *, sender: str, recipients: Sequence[OutRecipient], body: Body,
+                   size: int, eightbit: bool = False, smtputf8: bool = False,
+                   ret: str | None = None, envid: str | None = None) -> TransactionResult: ...
+
+    async def close(self) -> None: ...
+
+
+class Connector(Protocol):
+    """Opens a connection to a next hop, raising DeliveryError when it cannot (the
+    default is `OutboundConnection.open`). The scheduler's pool holds what it returns."""
+
+    def __call__(self, address: str, port: int, policy: ClientPolicy, *,
+                 log: ProtocolLog | None = None, queue_id: str = "",
+                 route: str = "") -> Awaitable[Connection]: ...
+
+
+async def _transaction(conn: Connection, message: DueMessage, body: bytes | Path,
                        recipients: Sequence[DueRecipient], route: str = "") -> TransactionResult:
     """One message over an open connection, with its envelope and DSN parameters."""
     conn.trace(message.queue_id, route)        # the protocol log's lines are this message's
@@ -192,10 +233,12 @@ def _jitter() -> float:
 class _Pool:
     """Idle outbound connections by next hop, and a cap on connections per next hop."""
 
-    def __init__(self, per_destination: int) -> None:
+    def __init__(self, per_destination: int,
+                 connect: Connector = OutboundConnection.open) -> None:
         self._limit = per_destination
+        self._connect = connect
         self._slots: dict[tuple[str, int], _Gate] = {}
-        self._idle: dict[tuple, list[tuple[float, OutboundConnection]]] = defaultdict(list)
+        self._idle: dict[tuple, list[tuple[float, Connection]]] = defaultdict(list)
 
     def slot(self, hop: _Hop) -> _Gate:
         key = (hop.address, hop.port)
@@ -211,9 +254,10 @@ class _Pool:
 
     async def take(self, hop: _Hop, policy: ClientPolicy, *, fresh: bool = False,
                    log: ProtocolLog | None = None, queue_id: str = "",
-                   route: str = "") -> tuple[OutboundConnection, bool]:
+                   route: str = "") -> tuple[Connection, bool]:
         """A connection to the hop, and whether it was reused from the idle pool. A new
-        one logs to ``log`` as ``queue_id``'s (OutboundConnection.open)."""
+        one logs to ``log`` as ``queue_id``'s (OutboundConnection.open, the default
+        connector)."""
         idle = self._idle[(hop.address, hop.port, policy)]
         while idle and not fresh:
             _, conn = idle.pop()
@@ -222,10 +266,10 @@ class _Pool:
             if conn.usable or conn.chainable:
                 return conn, True
             await conn.close()
-        return await OutboundConnection.open(hop.address, hop.port, policy, log=log,
-                                             queue_id=queue_id, route=route), False
+        return await self._connect(hop.address, hop.port, policy, log=log,
+                                   queue_id=queue_id, route=route), False
 
-    async def give_back(self, hop: _Hop, policy: ClientPolicy, conn: OutboundConnection) -> None:
+    async def give_back(self, hop: _Hop, policy: ClientPolicy, conn: Connection) -> None:
         # No RSET here: send() returned, so the transaction ended with the reply to the final
         # dot (the server has cleared its state, RFC 5321 4.1.1.4) or send() sent RSET itself.
         # A connection that has gone stale meanwhile is caught when it is next taken
@@ -235,7 +279,7 @@ class _Pool:
             return
         await conn.close()
 
-    def offer(self, hop: _Hop, policy: ClientPolicy, conn: OutboundConnection) -> None:
+    def offer(self, hop: _Hop, policy: ClientPolicy, conn: Connection) -> None:
         """A connection whose last message's final dot is out (its reply not read yet): the
         next message to this hop may take it at once. Its sender still reads that reply."""
         self._idle[(hop.address, hop.port, policy)].append((time.monotonic(), conn))
@@ -260,11 +304,14 @@ class _Pool:
 class Engine:
     def __init__(self, *, store: Store, router: Router, resolver: Resolver,
                  settings: DeliverySettings, mail_log: MailLog, clock=time.time,
-                 protocol_log: ProtocolLog | None = None) -> None:
+                 protocol_log: ProtocolLog | None = None,
+                 connect: Connector = OutboundConnection.open) -> None:
+        """``connect`` opens the connections to next hops (the seam for an in-process
+        next hop in tests); the relay always uses the default, SMTP."""
         self.store = store
         self.router = router
         self.resolver = resolver
-        self._pool = _Pool(settings.per_destination)
+        self._pool = _Pool(settings.per_destination, connect)
         self.settings = settings
         self.mail_log = mail_log
         self.protocol_log = protocol_log    # the outbound protocol log (None: off)
@@ -559,7 +606,7 @@ class Engine:
                 # hop may then go over the same connection, behind the dot) or at the end.
                 holding = [True]
 
-                def release(conn: OutboundConnection, hop=hop, policy=policy,
+                def release(conn: Connection, hop=hop, policy=policy,
                             holding=holding, gate=gate) -> None:
                     if holding[0]:
                         holding[0] = False
