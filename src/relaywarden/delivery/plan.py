@@ -15,11 +15,12 @@ The decisions, one recipient at a time:
   next hop did not take the DSN request on (RFC 3461 4.1, section 5).
 - deferred (a 4xx, or no next hop answered), released from a hold route (ETRN, admin): back
   to the hold, whatever the age, to wait for the next release rather than the schedule.
-- deferred past ``expire_after``: bounced with 4.4.7 (RFC 3463: "delivery time expired",
+- deferred at or past ``expire_after`` (the message's age): bounced with 4.4.7 (RFC 3463: "delivery time expired",
   reported with Action: failed, RFC 3464 2.3.3).
 - deferred: QUEUED with the next attempt on the retry schedule (RFC 5321 4.5.4.1: retry,
   with growing intervals, until the give-up time), or at the courier's ``retry_at``; one
-  delay DSN once the message is older than ``delay_notice_after`` (RFC 3461 4.1).
+  delay DSN once the message is ``delay_notice_after`` old (RFC 3461 4.1; 0: none), marked
+  in ``delay_notified`` so that it is sent once.
 - bounced (a 5xx, or expired): BOUNCED with a failure DSN to the sender (RFC 3464), a copy
   to ``ndr_copy_to``. A message with the null sender is itself a notice, and a notice about
   it would go to nobody (RFC 5321 4.5.5): its recipient goes to BADMAIL (a double bounce;
@@ -44,7 +45,8 @@ from relaywarden.queue.store import DueMessage, DueRecipient, RecipientStatus, R
 from relaywarden.smtp.reply import Reply, reply
 
 __all__ = ["Decision", "Kind", "LogLine", "Notice", "Outcome", "Plan", "PlanSettings",
-           "RecipientPlan", "plan_outcomes", "remote_queue_id", "show"]
+           "RecipientPlan", "dsn_recipient", "plan_outcomes", "remote_queue_id",
+           "retry_delay", "show"]
 
 
 class Kind(enum.Enum):
