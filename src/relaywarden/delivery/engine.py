@@ -5,24 +5,25 @@ retry, never a loss; see LEASE_SECONDS), the router says where each recipient go
 route into addresses, and the outbound client speaks SMTP to them. What comes back is
 written to the queue in one transaction together with any DSN it causes: delivered,
 deferred (next attempt on the retry schedule), bounced (a DSN to the sender), held, or
-badmail (a bounce that cannot be bounced).
+badmail (a bounce that cannot be bounced). Which of these, and which DSNs, is decided by
+`plan.plan_outcomes`, a pure function; this module does the I/O.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import enum
 import random
-import re
 import sys
 import time
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from relaywarden.delivery.client import (
+    Body,
     ClientPolicy,
     DeliveryError,
     OutboundConnection,
@@ -30,7 +31,9 @@ from relaywarden.delivery.client import (
     TransactionResult,
 )
 from relaywarden.delivery.courier import CourierContext
-from relaywarden.delivery.dsn import DsnAction, DsnRecipient, build_dsn, wants_notice
+from relaywarden.delivery.dsn import DsnRecipient, build_dsn
+from relaywarden.delivery.plan import Kind, Outcome, Plan, plan_outcomes
+from relaywarden.delivery.plan import show as _show
 from relaywarden.delivery.routing import Route, RouteKind, Router
 from relaywarden.logs.maillog import MailEvent, MailLog
 from relaywarden.logs.protocol import ProtocolLog
@@ -48,7 +51,11 @@ from relaywarden.queue.store import (
     new_queue_id,
 )
 from relaywarden.resolver import MxStatus, Resolver
+from relaywarden.smtp.client import Extensions
 from relaywarden.smtp.reply import Reply, reply
+
+# Kind and Outcome live in delivery/plan.py; the couriers import them from here too.
+__all__ = ["Connection", "Connector", "DeliverySettings", "Engine", "Kind", "Outcome"]
 
 #: How often the scheduler looks for due mail when nothing wakes it.
 POLL_SECONDS = 1.0
@@ -87,31 +94,6 @@ class DeliverySettings:
     ndr_copy_to: str | None = None
 
 
-#: The outcomes each DSN action reports on.
-_DSN_OUTCOME = {DsnAction.FAILED: ("bounced",), DsnAction.DELAYED: ("deferred",),
-                DsnAction.RELAYED: ("delivered",), DsnAction.DELIVERED: ("delivered",)}
-
-
-class Kind(enum.Enum):
-    DELIVERED = "delivered"
-    DEFERRED = "deferred"
-    BOUNCED = "bounced"
-    HELD = "held"
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    recipient: DueRecipient
-    kind: Kind
-    reply: Reply
-    remote: str = ""            # "host [address]" of the next hop that answered
-    dsn_passed_on: bool = False  # the next hop took NOTIFY/ORCPT itself (RFC 3461 4.1)
-    route: str = ""
-    tls: str = ""                # TLS version and cipher of the delivery, "" without TLS
-    synthesized: bool = False    # the reply is ours (no connection, timeout, expiry), not the host's
-    retry_at: float | None = None  # deferred: not before then (a courier's Retry-After)
-
-
 @dataclass(frozen=True, slots=True)
 class _Record:
     """An attempt's outcome for the queue: what `Store.record` takes."""
@@ -132,30 +114,6 @@ class _Hop:
     name: str                   # host name: TLS server name, Remote-MTA
 
 
-def _show(r: Reply) -> str:
-    return " ".join(str(part) for part in (r.code, r.enhanced, r.text) if part)
-
-
-# The next hop's own queue id in its reply to the final dot: Postfix and most MTAs say
-# "queued as ID", others "id=ID" (Exim) or "<ID> Queued mail" (Exchange gives none).
-_REMOTE_ID = re.compile(r"queued as:? ?<?([A-Za-z0-9._@-]+)|\bid=<?([A-Za-z0-9._@-]+)",
-                        re.IGNORECASE)
-
-
-def remote_queue_id(text: str) -> str | None:
-    m = _REMOTE_ID.search(text)
-    return None if m is None else (m.group(1) or m.group(2))
-
-
-def _event(o: "Outcome", outcome: str, now: float, attempts: int, **extra: object) -> dict:
-    """The journal's ``attempt`` entry of one recipient (queue.journal)."""
-    shown = _show(o.reply)
-    return {"at": now, "idx": o.recipient.idx, "to": o.recipient.address, "outcome": outcome,
-            "remote": o.remote, "tls": o.tls, "reply": shown, "route": o.route,
-            "attempts": attempts, "ours": o.synthesized,
-            "remote_id": remote_queue_id(shown) if outcome == "delivered" else None, **extra}
-
-
 def _read_original(path: Path) -> bytes:
     """A body file, for a DSN; empty if the message was removed meanwhile."""
     try:
@@ -170,7 +128,45 @@ def _permanent_stage(err: DeliveryError) -> bool:
     return err.reply.permanent and err.stage in ("mail", "rcpt", "data")
 
 
-async def _transaction(conn: OutboundConnection, message: DueMessage, body: bytes | Path,
+class Connection(Protocol):
+    """An open connection to a next hop, as the scheduler uses it. `OutboundConnection`
+    (delivery/client.py) speaks SMTP; a test gives the engine a fake next hop in process
+    (tests/delivery/test_engine_next_hop.py), as chasquid's courier interface does."""
+
+    #: Called once the final dot is queued for sending: the next message to the hop may
+    #: go right behind it (RFC 2920 3.1; see OutboundConnection.on_dot).
+    on_dot: Callable[[Any], None] | None
+
+    @property
+    def extensions(self) -> Extensions: ...      # .dsn: the hop takes NOTIFY/ORCPT on
+    @property
+    def tls_version(self) -> str | None: ...
+    @property
+    def tls_cipher(self) -> str | None: ...
+    @property
+    def usable(self) -> bool: ...                # open and idle: may send a message
+    @property
+    def chainable(self) -> bool: ...             # its final dot's reply is still to come
+
+    def trace(self, queue_id: str, route: str) -> None: ...
+
+    async def send(self, *, sender: str, recipients: Sequence[OutRecipient], body: Body,
+                   size: int, eightbit: bool = False, smtputf8: bool = False,
+                   ret: str | None = None, envid: str | None = None) -> TransactionResult: ...
+
+    async def close(self) -> None: ...
+
+
+class Connector(Protocol):
+    """Opens a connection to a next hop, raising DeliveryError when it cannot (the
+    default is `OutboundConnection.open`). The scheduler's pool holds what it returns."""
+
+    def __call__(self, address: str, port: int, policy: ClientPolicy, *,
+                 log: ProtocolLog | None = None, queue_id: str = "",
+                 route: str = "") -> Awaitable[Connection]: ...
+
+
+async def _transaction(conn: Connection, message: DueMessage, body: bytes | Path,
                        recipients: Sequence[DueRecipient], route: str = "") -> TransactionResult:
     """One message over an open connection, with its envelope and DSN parameters."""
     conn.trace(message.queue_id, route)        # the protocol log's lines are this message's
@@ -229,13 +225,20 @@ class _Gate:
                     break
 
 
+def _jitter() -> float:
+    """A retry delay's factor: spread a backlog's retries (RFC 5321 4.5.4.1)."""
+    return random.uniform(0.9, 1.1)
+
+
 class _Pool:
     """Idle outbound connections by next hop, and a cap on connections per next hop."""
 
-    def __init__(self, per_destination: int) -> None:
+    def __init__(self, per_destination: int,
+                 connect: Connector = OutboundConnection.open) -> None:
         self._limit = per_destination
+        self._connect = connect
         self._slots: dict[tuple[str, int], _Gate] = {}
-        self._idle: dict[tuple, list[tuple[float, OutboundConnection]]] = defaultdict(list)
+        self._idle: dict[tuple, list[tuple[float, Connection]]] = defaultdict(list)
 
     def slot(self, hop: _Hop) -> _Gate:
         key = (hop.address, hop.port)
@@ -251,9 +254,10 @@ class _Pool:
 
     async def take(self, hop: _Hop, policy: ClientPolicy, *, fresh: bool = False,
                    log: ProtocolLog | None = None, queue_id: str = "",
-                   route: str = "") -> tuple[OutboundConnection, bool]:
+                   route: str = "") -> tuple[Connection, bool]:
         """A connection to the hop, and whether it was reused from the idle pool. A new
-        one logs to ``log`` as ``queue_id``'s (OutboundConnection.open)."""
+        one logs to ``log`` as ``queue_id``'s (OutboundConnection.open, the default
+        connector)."""
         idle = self._idle[(hop.address, hop.port, policy)]
         while idle and not fresh:
             _, conn = idle.pop()
@@ -262,10 +266,10 @@ class _Pool:
             if conn.usable or conn.chainable:
                 return conn, True
             await conn.close()
-        return await OutboundConnection.open(hop.address, hop.port, policy, log=log,
-                                             queue_id=queue_id, route=route), False
+        return await self._connect(hop.address, hop.port, policy, log=log,
+                                   queue_id=queue_id, route=route), False
 
-    async def give_back(self, hop: _Hop, policy: ClientPolicy, conn: OutboundConnection) -> None:
+    async def give_back(self, hop: _Hop, policy: ClientPolicy, conn: Connection) -> None:
         # No RSET here: send() returned, so the transaction ended with the reply to the final
         # dot (the server has cleared its state, RFC 5321 4.1.1.4) or send() sent RSET itself.
         # A connection that has gone stale meanwhile is caught when it is next taken
@@ -275,7 +279,7 @@ class _Pool:
             return
         await conn.close()
 
-    def offer(self, hop: _Hop, policy: ClientPolicy, conn: OutboundConnection) -> None:
+    def offer(self, hop: _Hop, policy: ClientPolicy, conn: Connection) -> None:
         """A connection whose last message's final dot is out (its reply not read yet): the
         next message to this hop may take it at once. Its sender still reads that reply."""
         self._idle[(hop.address, hop.port, policy)].append((time.monotonic(), conn))
@@ -300,11 +304,14 @@ class _Pool:
 class Engine:
     def __init__(self, *, store: Store, router: Router, resolver: Resolver,
                  settings: DeliverySettings, mail_log: MailLog, clock=time.time,
-                 protocol_log: ProtocolLog | None = None) -> None:
+                 protocol_log: ProtocolLog | None = None,
+                 connect: Connector = OutboundConnection.open) -> None:
+        """``connect`` opens the connections to next hops (the seam for an in-process
+        next hop in tests); the relay always uses the default, SMTP."""
         self.store = store
         self.router = router
         self.resolver = resolver
-        self._pool = _Pool(settings.per_destination)
+        self._pool = _Pool(settings.per_destination, connect)
         self.settings = settings
         self.mail_log = mail_log
         self.protocol_log = protocol_log    # the outbound protocol log (None: off)
@@ -599,7 +606,7 @@ class Engine:
                 # hop may then go over the same connection, behind the dot) or at the end.
                 holding = [True]
 
-                def release(conn: OutboundConnection, hop=hop, policy=policy,
+                def release(conn: Connection, hop=hop, policy=policy,
                             holding=holding, gate=gate) -> None:
                     if holding[0]:
                         holding[0] = False
@@ -780,119 +787,31 @@ class Engine:
 
     # -- outcomes --------------------------------------------------------------------------
 
-    def _retry_at(self, now: float, attempts: int) -> float:
-        schedule = self.settings.retry_schedule
-        delay = schedule[min(attempts, len(schedule)) - 1]
-        return now + delay * random.uniform(0.9, 1.1)   # jitter: spread a backlog's retries
-
     async def _finish(self, message: DueMessage, body: bytes | Path,
-                      outcomes: list[Outcome], *, rehold: set[int] = frozenset(),
+                      outcomes: list[Outcome], *, rehold: Collection[int] = frozenset(),
                       started: float | None = None) -> None:
+        """Record an attempt's outcomes: the decisions are `plan_outcomes`' (delivery/plan.py);
+        here only what they need done, in one queue transaction (Store.record)."""
         # The attempt's time in the delivered/deferred/bounced lines (ms=, the metrics).
         ms = None if started is None else int((time.monotonic() - started) * 1000)
         now = self._clock()
-        s = self.settings
-        updates: list[RecipientUpdate] = []
-        notices: dict[DsnAction, list[DsnRecipient]] = defaultdict(list)
-        double_bounces: list[Outcome] = []
-        log = self.mail_log
-        age = now - message.received_at
-        events: list[dict] = []
-        for o in outcomes:
-            r = o.recipient
-            attempts = r.attempts + (0 if o.kind is Kind.HELD else 1)
-            if o.kind is Kind.DEFERRED and r.idx in rehold:
-                events.append(_event(o, "held", now, attempts, deferred=True))
-                updates.append(RecipientUpdate(
-                    idx=r.idx, status=RecipientStatus.HELD, attempts=attempts,
-                    last_error=_show(o.reply), remote_mta=o.remote,
-                    delay_notified=r.delay_notified, held_by="route"))
-                log.event(MailEvent.DEFERRED, id=message.queue_id, to=r.address, relay=o.remote,
-                          reply=_show(o.reply), attempts=attempts, route=o.route,
-                          action="held")
-                continue
-            if o.kind is Kind.DEFERRED and age >= s.expire_after:
-                # RFC 3463: 4.4.7 "delivery time expired" is reported with Action: failed.
-                o = Outcome(r, Kind.BOUNCED, reply(
-                    451, "4.4.7", f"delivery time expired after {attempts} attempts; last: "
-                    f"{_show(o.reply)}"), o.remote, route=o.route, synthesized=True)
-            if o.kind is Kind.DELIVERED:
-                events.append(_event(o, "delivered", now, attempts))
-                updates.append(RecipientUpdate(idx=r.idx, status=RecipientStatus.DELIVERED,
-                                               attempts=attempts, remote_mta=o.remote))
-                log.event(MailEvent.DELIVERED, id=message.queue_id, to=r.address, relay=o.remote,
-                          route=o.route, tls=o.tls or "none", reply=_show(o.reply), ms=ms)
-                # RFC 3461 4.1: NOTIFY=SUCCESS and a next hop that cannot take it on.
-                if not o.dsn_passed_on and wants_notice(r.notify, DsnAction.RELAYED):
-                    notices[DsnAction.RELAYED].append(self._dsn_rcpt(r, DsnAction.RELAYED, o, now))
-            elif o.kind is Kind.BOUNCED:
-                if message.sender == "":
-                    # A bounce that cannot be delivered has nobody to go back to.
-                    double_bounces.append(o)
-                    events.append(_event(o, "badmail", now, attempts, double_bounce=True))
-                    updates.append(RecipientUpdate(
-                        idx=r.idx, status=RecipientStatus.BADMAIL, attempts=attempts,
-                        last_error=_show(o.reply), remote_mta=o.remote))
-                    log.event(MailEvent.BADMAIL, id=message.queue_id, to=r.address,
-                              reason=f"double bounce: {_show(o.reply)}")
-                    continue
-                events.append(_event(o, "bounced", now, attempts))
-                updates.append(RecipientUpdate(
-                    idx=r.idx, status=RecipientStatus.BOUNCED, attempts=attempts,
-                    last_error=_show(o.reply), remote_mta=o.remote))
-                log.event(MailEvent.BOUNCED, id=message.queue_id, to=r.address, relay=o.remote,
-                          reply=_show(o.reply), route=o.route, ms=ms)
-                if wants_notice(r.notify, DsnAction.FAILED):
-                    notices[DsnAction.FAILED].append(self._dsn_rcpt(r, DsnAction.FAILED, o, now))
-            elif o.kind is Kind.DEFERRED:
-                notified = r.delay_notified
-                retry_at = self._retry_at(now, attempts) if o.retry_at is None else o.retry_at
-                if (s.delay_notice_after and age >= s.delay_notice_after and not notified
-                        and message.sender != "" and wants_notice(r.notify, DsnAction.DELAYED)):
-                    notices[DsnAction.DELAYED].append(self._dsn_rcpt(
-                        r, DsnAction.DELAYED, o, now, until=message.received_at + s.expire_after))
-                    notified = True
-                events.append(_event(o, "deferred", now, attempts, next_attempt=retry_at))
-                updates.append(RecipientUpdate(
-                    idx=r.idx, status=RecipientStatus.QUEUED, next_attempt=retry_at,
-                    attempts=attempts, last_error=_show(o.reply),
-                    remote_mta=o.remote, delay_notified=notified))
-                log.event(MailEvent.DEFERRED, id=message.queue_id, to=r.address, relay=o.remote,
-                          reply=_show(o.reply), attempts=attempts, route=o.route, ms=ms,
-                          next=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(retry_at)))
-            else:  # HELD
-                events.append(_event(o, "held", now, attempts))
-                updates.append(RecipientUpdate(idx=r.idx, status=RecipientStatus.HELD,
-                                               attempts=attempts, held_by="route"))
-                log.event(MailEvent.DEFERRED, id=message.queue_id, to=r.address,
-                          route=o.route, reason="held")
-        new_messages = []
-        if notices and message.sender != "" and isinstance(body, Path):
-            body = await asyncio.to_thread(_read_original, body)   # only for the DSN
-        for action, recipients in notices.items():
-            if message.sender == "":
-                continue
-            copy = s.ndr_copy_to if action is DsnAction.FAILED else None
-            new_messages.append(self._dsn_message(message, body, recipients, now, copy))
-            # Which DSN told the sender about each recipient (the history shows its id).
-            told = {d.final for d in recipients}
-            for e in events:
-                if e["to"] in told and e["outcome"] in _DSN_OUTCOME[action]:
-                    e["dsn_id"] = new_messages[-1][0].queue_id
-        await self._record(_Record(message.queue_id, updates, new_messages, events))
+        plan = plan_outcomes(message, outcomes, now=now, settings=self.settings,
+                             rehold=rehold, ms=ms, jitter=_jitter)
+        for line in plan.log:
+            self.mail_log.event(line.event, **line.fields)
+        await self._record(await self._planned_record(message, body, plan, now))
 
-    def _dsn_rcpt(self, r: DueRecipient, action: DsnAction, o: Outcome, now: float, *,
-                  until: float | None = None) -> DsnRecipient:
-        return DsnRecipient(
-            final=r.address, original=r.orcpt, action=action,
-            status=o.reply.enhanced or ("2.0.0" if o.reply.positive else
-                                        "4.0.0" if o.reply.transient else "5.0.0"),
-            remote_mta=o.remote.split(" ")[0] if o.remote else None,
-            # RFC 3464 2.3.6: "smtp" only for what the remote host itself said.
-            diagnostic=f"smtp; {_show(o.reply)}" if o.remote and not o.synthesized else
-            f"X-relaywarden; {o.reply.text}",
-            last_attempt=now, will_retry_until=until,
-        )
+    async def _planned_record(self, message: DueMessage, body: bytes | Path, plan: Plan,
+                              now: float) -> _Record:
+        """The plan as the queue takes it, with the DSN messages it asks for made."""
+        original = b""       # what the DSN returns of the message (RET, RFC 3461 4.3)
+        if plan.notices:
+            original = (body if isinstance(body, bytes)
+                        else await asyncio.to_thread(_read_original, body))
+        new_messages = [self._dsn_message(message, original, notice.recipients, now,
+                                          notice.copy_to) for notice in plan.notices]
+        dsn_ids = [env.queue_id for env, _ in new_messages]
+        return _Record(message.queue_id, plan.updates, new_messages, plan.journal(dsn_ids))
 
     def _dsn_message(self, message: DueMessage, body: bytes, recipients: Sequence[DsnRecipient],
                      now: float, copy_to: str | None):
