@@ -14,6 +14,13 @@ and each server's CPU seconds per 1,000 messages (all its processes, exited ones
 peak RSS. Every run checks at the sink that every message arrived exactly once (its count
 equals the number sent, no more).
 
+Issue 13's inbound guard adds columns (--systems): relaywarden+rspamd and postfix+rspamd,
+each asking the same rspamd (one instance this script starts on loopback, with a loopback
+DNS that answers at once) about every message before its 250, after a self-check that
+rspamd does the same work for both; relaywarden+validation (recipient validation from a
+file) and relaywarden+hosted (the same hosted domain without it), whose ratios to plain
+relaywarden are what each costs.
+
     bash scripts/bench.sh              # 3 runs x (1 KB, 50 KB, 5 MB) x (new conn, reused)
     bash scripts/bench.sh --quick      # one short run, under a minute
 
@@ -37,11 +44,27 @@ import threading
 import time
 from pathlib import Path
 
+from rspamd_milter import NxResolver, Rspamd
+
 ROOT = Path(__file__).resolve().parent.parent
-ANCHOR = ROOT.parent / "shared" / "anchors" / "postfix-relay.sh"
+
+
+def _anchors() -> Path:
+    """The reference set-up beside the checkout (shared/anchors), or beside the folder that
+    holds it (a git worktree in a folder of worktrees); RELAY_BENCH_ANCHORS names it."""
+    if os.environ.get("RELAY_BENCH_ANCHORS"):
+        return Path(os.environ["RELAY_BENCH_ANCHORS"])
+    for parent in (ROOT.parent, ROOT.parent.parent):
+        if (parent / "shared" / "anchors").is_dir():
+            return parent / "shared" / "anchors"
+    return ROOT.parent / "shared" / "anchors"
+
+
+ANCHORS = _anchors()
+ANCHOR = ANCHORS / "postfix-relay.sh"
 # The design probe of issue 15 (shared/anchors/pyrelay_proto.py, not part of relaywarden):
 # a floor for what Python can do on this machine, shown beside the product when asked.
-PROBE = ROOT.parent / "shared" / "anchors" / "pyrelay_proto.py"
+PROBE = ANCHORS / "pyrelay_proto.py"
 TIMEOUT = 600
 
 
@@ -152,13 +175,15 @@ def smtp_source(port: int, *, messages: int, size: int, sessions: int, reuse: bo
 
 
 class Sink:
-    """smtp-sink with its running counter (-c), read from its output."""
+    """smtp-sink with its running counter (-c), read from its output; with ``dump``, it
+    also appends every message it gets to that file (-D)."""
 
-    def __init__(self) -> None:
+    def __init__(self, dump: Path | None = None) -> None:
         self.port = free_port()
         self.count = 0
         self.proc = subprocess.Popen(
-            [tool("smtp-sink"), "-u", "postfix", "-c", f"127.0.0.1:{self.port}", "1000"],
+            [tool("smtp-sink"), "-u", "postfix", "-c", *(["-D", str(dump)] if dump else []),
+             f"127.0.0.1:{self.port}", "1000"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -224,6 +249,16 @@ class Relaywarden:
         self.workdir = workdir
         self.keep_dir = keep_dir   # reuse this directory (a seeded queue), keep it at stop
 
+    # What a variant adds to the config: lines of [relay], lines of the listener, tables.
+    def relay_lines(self) -> str:
+        return ""
+
+    def listener_lines(self) -> str:
+        return ""
+
+    def tables(self) -> str:
+        return ""
+
     def start(self, sink: Sink) -> int:
         self.dir = self.keep_dir or Path(tempfile.mkdtemp(dir=self.workdir, prefix="rw-"))
         self.port = free_port()
@@ -231,11 +266,13 @@ class Relaywarden:
         # Defaults everywhere (fsync before 250, protocol and mail logs on, Received header,
         # policy checks); only the next hop and a loopback-only DNS are set.
         config.write_text(
-            f'[relay]\nhostname = "bench.test"\ndata_dir = "var"\n\n'
+            f'[relay]\nhostname = "bench.test"\ndata_dir = "var"\n{self.relay_lines()}\n'
             f'[dns]\nnameservers = ["127.0.0.1"]\nport = 1\n\n'
             f'[routes."*"]\nnext_hops = ["[127.0.0.1]:{sink.port}"]\n\n'
             f'[routes."held.test"]\nhold = true\n\n'
+            f'{self.tables()}'
             f'[listeners.bench]\naddress = "127.0.0.1"\nport = {self.port}\n'
+            f'{self.listener_lines()}'
             f'[listeners.bench.relay]\nnetworks = ["127.0.0.0/8"]\n'
         )
         # Settings to try on top of the defaults (an A/B of one setting), as TOML tables.
@@ -365,6 +402,161 @@ class Postfix:
         return stats
 
 
+class RspamdService:
+    """The one rspamd that relaywarden+rspamd and postfix+rspamd both use as their milter,
+    started at first use (bench/rspamd_milter.py: its proxy worker in milter mode, one
+    process, logging at "info" as rspamd does by default: one line per message with its
+    symbols, scan time and DNS requests). Its DNS goes to a loopback server that answers
+    every question at once with NXDOMAIN: a lookup costs rspamd the same whichever MTA sent
+    the message, never a timeout, and nothing leaves the machine."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.rspamd: Rspamd | None = None
+        self.dns: NxResolver | None = None
+
+    def socket(self) -> str:
+        if self.rspamd is None:
+            self.dns = NxResolver()
+            self.rspamd = Rspamd(self.workdir / "rspamd", dns_port=self.dns.port,
+                                 log_level="info")
+            self.rspamd.start()
+            settle_pids(self.rspamd.cpu_seconds)
+        return self.rspamd.socket
+
+    def sample(self) -> tuple[float, int]:
+        """rspamd's CPU seconds so far, and where its log ends now."""
+        assert self.rspamd is not None
+        return self.rspamd.cpu_seconds(), self.rspamd.log_size()
+
+    def scans(self, since: int, expected: int, timeout: float = 10) -> list[dict]:
+        """The messages rspamd scanned since log offset ``since``, waiting (up to timeout)
+        until it has logged ``expected`` of them."""
+        assert self.rspamd is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            found = Rspamd.scans(self.rspamd.log(since))
+            if len(found) >= expected or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.rspamd is not None:
+            self.rspamd.stop()
+        if self.dns is not None:
+            self.dns.stop()
+
+
+def settle_pids(cpu, timeout: float = 15) -> None:
+    """Wait until cpu() stops growing (a process that has finished starting)."""
+    deadline = time.monotonic() + timeout
+    last = cpu()
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = cpu()
+        if now - last < 0.02:
+            return
+        last = now
+
+
+class RelaywardenRspamd(Relaywarden):
+    """relaywarden asking rspamd (RspamdService) about every message before its 250:
+    [milters.rspamd] on the listener, on_failure = "tempfail" (nothing unfiltered passes)."""
+    name = "relaywarden+rspamd"
+
+    def __init__(self, workdir: Path, milter: RspamdService) -> None:
+        super().__init__(workdir)
+        self.milter = milter
+
+    def listener_lines(self) -> str:
+        return 'milters = ["rspamd"]\n'
+
+    def tables(self) -> str:
+        return (f'[milters.rspamd]\nsocket = "{self.milter.socket()}"\n'
+                f'on_failure = "tempfail"\n\n')
+
+
+class PostfixRspamd(Postfix):
+    """The Postfix reference relay with the same rspamd as its milter (smtpd_milters,
+    milter_default_action = tempfail: as relaywarden+rspamd, nothing unfiltered passes).
+
+    smtpd_peername_lookup = no: otherwise Postfix names the client "localhost" (from
+    /etc/hosts) in the milter's connect, and rspamd then looks that name and the HELO name
+    up in three domain blocklists (six DNS requests per message), which it does not do for
+    relaywarden's "[127.0.0.1]" (relaywarden's reverse lookups need DNS, off in the bench).
+    With it, rspamd gets the same facts from both and does the same work."""
+    name = "postfix+rspamd"
+
+    def __init__(self, workdir: Path, milter: RspamdService) -> None:
+        super().__init__(workdir)
+        self.milter = milter
+
+    def start(self, sink: Sink) -> int:
+        socket_text = self.milter.socket()
+        port = super().start(sink)
+        config_dir = str(self.dir / "pf")
+        # The anchor writes main.cf afresh at each start; the milter goes on top of it. No
+        # smtpd has run yet, so every one the reload's master starts reads the milter.
+        subprocess.run(["postconf", "-c", config_dir, "-e", f"smtpd_milters = {socket_text}",
+                        "milter_default_action = tempfail", "smtpd_peername_lookup = no"],
+                       check=True, timeout=60)
+        subprocess.run(["postfix", "-c", config_dir, "reload"], check=True, timeout=60,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)   # the reload is asynchronous: let the master re-read main.cf
+        return port
+
+
+RECIPIENT = "sink@example.net"     # smtp-source's recipient (-t) for every message
+
+
+class RelaywardenHosted(Relaywarden):
+    """relaywarden with the recipients' domain (example.net) hosted, and its own route to
+    the sink: relaywarden+validation without the validation. Against it, the ratio is what
+    the validation itself costs; against plain relaywarden, what hosting the domain adds."""
+    name = "relaywarden+hosted"
+
+    def relay_lines(self) -> str:
+        return 'hosted_domains = ["example.net"]\n'
+
+    def tables(self) -> str:
+        return f'[routes."example.net"]\nnext_hops = ["[127.0.0.1]:{self.sink_port}"]\n\n'
+
+    def start(self, sink: Sink) -> int:
+        self.sink_port = sink.port
+        return super().start(sink)
+
+
+class RelaywardenValidation(RelaywardenHosted):
+    """relaywarden with recipient validation from a file: example.net hosted, its
+    recipients listed in a file of 10,000 addresses (the bench's one recipient among them);
+    the file source answers from memory, as a warm cache does. Against plain relaywarden
+    in the same run, the ratio is what validation costs (1.00 = free). At each start, one
+    session checks that validation is on: an unlisted address gets 550 5.1.1."""
+    name = "relaywarden+validation"
+
+    def tables(self) -> str:
+        listed = [f"user{i}@example.net" for i in range(9_999)] + [RECIPIENT]
+        (self.dir / "recipients.txt").write_text("\n".join(listed) + "\n")
+        return ('[recipients."example.net"]\nfiles = ["recipients.txt"]\n\n'
+                + super().tables())
+
+    def start(self, sink: Sink) -> int:
+        port = super().start(sink)
+        import smtplib
+
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.ehlo("bench.test")
+            client.mail("bench@example.com")
+            unknown = client.rcpt("nobody@example.net")
+            known = client.rcpt(RECIPIENT)
+            client.rset()
+        if unknown[0] != 550 or known[0] != 250:
+            raise RuntimeError(f"{self.name}: validation is not on: RCPT of an unlisted address "
+                               f"got {unknown}, of the listed one {known}")
+        self.cpu0 = cpu_seconds(self.proc.pid)   # the check is not the benchmark's work
+        return port
+
+
 class Probe:
     """The throw-away probe (PROBE): group-commit spool with fdatasync before 250, pipelined
     persistent next-hop connections, uvloop; no policy, logs, TLS or retries. A floor, not
@@ -419,16 +611,30 @@ class Direct:
 
 def one_run(system, *, messages: int, size: int, sessions: int, reuse: bool) -> dict:
     sink = Sink()
+    milter = getattr(system, "milter", None)
     try:
         port = system.start(sink)
         try:
+            if milter is not None:
+                milter_cpu0, log0 = milter.sample()
             started = time.monotonic()
             accepted = started + smtp_source(port, messages=messages, size=size,
                                              sessions=sessions, reuse=reuse)
             arrived = sink.wait(messages, TIMEOUT)
             time.sleep(0.5)   # a duplicate would arrive now: exactly once is checked below
+            if milter is not None:
+                milter_cpu1, _ = milter.sample()
+                scans = milter.scans(log0, messages)
         finally:
             stats = system.stop()
+        if milter is not None:
+            # rspamd's own log: it scanned each message once, with these DNS requests.
+            if len(scans) != messages:
+                raise RuntimeError(f"{system.name}: rspamd logged {len(scans)} scans for "
+                                   f"{messages} messages")
+            stats["milter_cpu_s"] = milter_cpu1 - milter_cpu0
+            stats["milter_dns"] = sum(scan["dns"] for scan in scans)
+            stats["milter_scan_ms"] = statistics.median(scan["ms"] for scan in scans)
         if sink.count != messages:
             raise RuntimeError(f"{system.name}: the sink got {sink.count} messages, "
                                f"{messages} were sent (each must arrive exactly once)")
@@ -436,6 +642,74 @@ def one_run(system, *, messages: int, size: int, sessions: int, reuse: bool) -> 
         sink.stop()
     return {"accept": messages / (accepted - started), "e2e": messages / (arrived - started),
             **stats}
+
+
+def spamd_result(message: str) -> tuple[str, list[str]]:
+    """rspamd's verdict line and its symbols (sorted names) from a message's
+    X-Spamd-Result header (folded over several lines)."""
+    found = re.search(r"^X-Spamd-Result:(.*(?:\r?\n[ \t].*)*)", message, re.M | re.I)
+    if not found:
+        return "", []
+    value = " ".join(found.group(1).split())
+    return value.split(";", 1)[0].strip(), sorted(re.findall(r"([A-Z][A-Z0-9_]*)\(", value))
+
+
+def compared(symbols: list[str]) -> list[str]:
+    """The symbols without those of the receiving MTA's own Received header (see
+    milter_self_check)."""
+    return [s for s in symbols if not s.startswith("RCVD_") and s != "PREVIOUSLY_DELIVERED"]
+
+
+def milter_self_check(systems: list, workdir: Path) -> dict[str, dict]:
+    """One message through each system that uses rspamd, caught at a dumping sink: rspamd's
+    verdict and symbols for each (from the X-Spamd-Result header it added), and how many
+    DNS questions it asked. The systems are compared only if rspamd did the same work for
+    each: same symbols, same number of questions; otherwise this stops the benchmark.
+
+    One difference is expected and left out of the comparison: relaywarden's milters see
+    the Received header it adds (rspamd then counts one: RCVD_COUNT_ONE, RCVD_NO_TLS_LAST,
+    PREVIOUSLY_DELIVERED from its "for <...>"), Postfix's do not see Postfix's own
+    (RCVD_COUNT_ZERO). Those are header rules rspamd runs for both; only their results
+    differ."""
+    dumps = workdir / "dumps"
+    dumps.mkdir(exist_ok=True)
+    os.chmod(dumps, 0o777)   # smtp-sink runs as postfix
+    seen: dict[str, dict] = {}
+    for system in systems:
+        dump = dumps / system.name
+        sink = Sink(dump)
+        try:
+            port = system.start(sink)
+            try:
+                _, log0 = system.milter.sample()
+                smtp_source(port, messages=1, size=1024, sessions=1, reuse=False)
+                sink.wait(1, 60)
+                scans = system.milter.scans(log0, 1)
+            finally:
+                system.stop()
+        finally:
+            sink.stop()
+        verdict, symbols = spamd_result(dump.read_text(errors="replace"))
+        if not verdict:
+            raise RuntimeError(f"{system.name}: the message arrived without rspamd's "
+                               "X-Spamd-Result header: the milter was not asked")
+        if len(scans) != 1 or scans[0]["symbols"] != symbols:
+            raise RuntimeError(f"{system.name}: rspamd's log does not show the one scan of "
+                               f"the message (header: {symbols}; log: {scans})")
+        seen[system.name] = {"verdict": verdict, "symbols": symbols, "dns": scans[0]["dns"],
+                             "scan_ms": scans[0]["ms"]}
+        print(f"rspamd self-check, one message through {system.name}: {verdict}; "
+              f"symbols {' '.join(symbols)}; {scans[0]['dns']} DNS requests; "
+              f"scanned in {scans[0]['ms']:.1f} ms", file=sys.stderr, flush=True)
+    first = next(iter(seen.values()))
+    for entry in seen.values():
+        if (compared(entry["symbols"]), entry["dns"]) != (compared(first["symbols"]),
+                                                          first["dns"]):
+            raise RuntimeError(
+                "rspamd did not do the same work for each MTA, so their rates are not "
+                "comparable: " + "; ".join(f"{n}: {e['symbols']}, {e['dns']} DNS questions"
+                                           for n, e in seen.items()))
+    return seen
 
 
 def held_queue(args) -> int:
@@ -507,7 +781,7 @@ def idle_sessions(count: int) -> dict:
             socks.append(s)
         greeted = sum(1 for s in socks if s.recv(512).startswith(b"220 "))
         latencies = []
-        for i in range(50):
+        for _ in range(50):
             started = time.monotonic()
             with socket.create_connection(("127.0.0.1", port), timeout=10,
                                           source_address=("127.0.2.1", 0)) as s:
@@ -532,6 +806,24 @@ def idle_sessions(count: int) -> dict:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+# The ratio rows: (what it says, numerator, denominator), shown when both ran.
+RATIOS = [
+    ("relaywarden / postfix", "relaywarden", "postfix"),
+    ("relaywarden+rspamd / postfix+rspamd (same rspamd)", "relaywarden+rspamd", "postfix+rspamd"),
+    ("validation's cost: relaywarden+validation / relaywarden (1.00 = free)",
+     "relaywarden+validation", "relaywarden"),
+    ("validation's own cost: relaywarden+validation / relaywarden+hosted (1.00 = free)",
+     "relaywarden+validation", "relaywarden+hosted"),
+    ("hosting the domain: relaywarden+hosted / relaywarden (1.00 = free)",
+     "relaywarden+hosted", "relaywarden"),
+    ("the console's cost: relaywarden+console / relaywarden (1.00 = free)",
+     "relaywarden+console", "relaywarden"),
+]
+RATIO_COLUMNS = dict(zip([label for label, _, _ in RATIOS],
+                         ["rw/pf", "rspamd rw/pf", "validation", "valid/hosted", "hosted",
+                          "console"]))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one short run (under a minute)")
@@ -545,9 +837,15 @@ def main() -> int:
     ap.add_argument("--systems", default="relaywarden,postfix,direct",
                     help="relaywarden, postfix, direct (smtp-source into smtp-sink: the ceiling), "
                     "relaywarden+console (the admin server on, /metrics scraped every second and "
-                    "the dashboard open; with relaywarden alone, the ratio column is the "
-                    "console's cost), probe (the design probe of shared/anchors/pyrelay_proto.py: "
-                    "a floor for Python on this machine, not a product)")
+                    "the dashboard open; with relaywarden, the 'console' ratio is its cost), "
+                    "relaywarden+rspamd and postfix+rspamd (each with the same rspamd as its "
+                    "milter, started once by the benchmark; the 'rspamd rw/pf' ratio), "
+                    "relaywarden+validation (recipient validation from a file; with relaywarden, "
+                    "the 'validation' ratio is its cost), relaywarden+hosted (the recipients' "
+                    "domain hosted, without validation: the 'valid/hosted' ratio isolates the "
+                    "validation), probe (the design probe of "
+                    "shared/anchors/pyrelay_proto.py: a floor for Python on this machine, not a "
+                    "product)")
     ap.add_argument("--json", dest="json_path", default="bench/results/latest.json")
     ap.add_argument("--held", type=int, metavar="N",
                     help="only compare the end-to-end rate with N messages already held in the queue")
@@ -573,12 +871,24 @@ def main() -> int:
         return args.big_messages if size >= 1 << 20 else args.messages
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     os.chmod(workdir, 0o755)
+    milter = RspamdService(workdir)
     systems = {"relaywarden": Relaywarden(workdir), "postfix": Postfix(workdir),
                "direct": Direct(workdir), "relaywarden+console": RelaywardenConsole(workdir),
-               "probe": Probe(workdir)}
+               "probe": Probe(workdir),
+               "relaywarden+rspamd": RelaywardenRspamd(workdir, milter),
+               "postfix+rspamd": PostfixRspamd(workdir, milter),
+               "relaywarden+validation": RelaywardenValidation(workdir),
+               "relaywarden+hosted": RelaywardenHosted(workdir)}
+    unknown = [s for s in args.systems.split(",") if s not in systems]
+    if unknown:
+        ap.error(f"--systems: unknown {', '.join(unknown)} (known: {', '.join(systems)})")
     chosen = [systems[s] for s in args.systems.split(",")]
     results: dict[str, list[dict]] = {}
+    self_check: dict[str, dict] = {}
     try:
+        with_milter = [s for s in chosen if getattr(s, "milter", None) is not None]
+        if with_milter:
+            self_check = milter_self_check(with_milter, workdir)
         for run in range(args.runs):
             for size in sizes:
                 for reuse in (False, True):
@@ -590,12 +900,13 @@ def main() -> int:
                         print(f"run {run + 1}: {key}: {entry['accept']:,.0f} msgs/s accepted, "
                               f"{entry['e2e']:,.0f} msgs/s end to end", file=sys.stderr)
     finally:
+        milter.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
     table = []
     for size in sizes:
         for mode in ("new-conn", "reused"):
-            row = {"size": size, "mode": mode}
+            row: dict = {"size": size, "mode": mode}
             for system in chosen:
                 runs = results.get(f"{system.name} {size}B {mode}", [])
                 cell = {}
@@ -607,42 +918,64 @@ def main() -> int:
                     cell["cpu_s_per_1000"] = statistics.median(
                         r["cpu_s"] / count(size) * 1000 for r in runs)
                     cell["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+                if runs and "milter_cpu_s" in runs[0]:
+                    cell["rspamd_cpu_s_per_1000"] = statistics.median(
+                        r["milter_cpu_s"] / count(size) * 1000 for r in runs)
+                    cell["rspamd_dns_per_message"] = statistics.median(
+                        r["milter_dns"] / count(size) for r in runs)
+                    cell["rspamd_scan_ms"] = statistics.median(r["milter_scan_ms"] for r in runs)
                 row[system.name] = cell
-            if "relaywarden" in row and "postfix" in row:
-                row["ratio"] = {m: row["relaywarden"][m]["median"] / row["postfix"][m]["median"]
-                                for m in ("accept", "e2e")}
-            elif "relaywarden" in row and "relaywarden+console" in row:
-                # The console's cost: with it on and watched, over without (1.00 = free).
-                row["ratio"] = {m: row["relaywarden+console"][m]["median"]
-                                / row["relaywarden"][m]["median"] for m in ("accept", "e2e")}
+            row["ratios"] = {
+                label: {m: row[a][m]["median"] / row[b][m]["median"] for m in ("accept", "e2e")}
+                for label, a, b in RATIOS if a in row and b in row}
+            if row["ratios"]:
+                # The first of them, under the name earlier results used.
+                row["ratio"] = next(iter(row["ratios"].values()))
             table.append(row)
 
     print(f"\nmsgs/s, median of {args.runs} (min-max); {args.messages} messages per run "
           f"({args.big_messages} of 1 MB and more), {args.sessions} sessions; "
           f"{time.strftime('%Y-%m-%d')}, {machine()}")
+    labels = [label for label, a, b in RATIOS if any(label in row["ratios"] for row in table)]
     for metric, title in (("e2e", "end to end"), ("accept", "accepted")):
         print(f"\n{title}:")
-        print(f"{'size':>7} {'mode':<9}" + "".join(f" {s.name:>24}" for s in chosen) + "   ratio")
+        print(f"{'size':>7} {'mode':<9}" + "".join(f" {s.name:>24}" for s in chosen)
+              + "".join(f" {RATIO_COLUMNS[label]:>12}" for label in labels))
         for row in table:
             cells = "".join(
                 f" {row[s.name][metric]['median']:>9,.0f} "
                 f"({row[s.name][metric]['min']:,.0f}-{row[s.name][metric]['max']:,.0f})".rjust(25)
                 for s in chosen)
-            ratio = f"{row['ratio'][metric]:7.2f}" if "ratio" in row else "      -"
-            print(f"{row['size']:>7} {row['mode']:<9}{cells} {ratio}")
+            ratios = "".join(f" {row['ratios'][label][metric]:12.2f}" for label in labels)
+            print(f"{row['size']:>7} {row['mode']:<9}{cells}{ratios}")
+    if labels:
+        print("\nratios: " + "; ".join(f"{RATIO_COLUMNS[label]} = {label}" for label in labels))
     measured = [s for s in chosen if s.name != "direct"]
     if measured:
-        print("\nserver CPU s per 1,000 messages (all its processes), peak RSS MB:")
+        print("\nserver CPU s per 1,000 messages (all its processes, not rspamd's), peak RSS MB:")
         print(f"{'size':>7} {'mode':<9}" + "".join(f" {s.name:>24}" for s in measured))
         for row in table:
             cells = "".join(
                 f"{row[s.name]['cpu_s_per_1000']:>9.2f} s {row[s.name]['peak_rss_mb']:>7.0f} MB".rjust(25)
                 for s in measured if "cpu_s_per_1000" in row[s.name])
             print(f"{row['size']:>7} {row['mode']:<9}{cells}")
+    if with_milter:
+        print("\nrspamd (the one milter, shared): its CPU s per 1,000 messages; from its log, "
+              "the median scan time (ms) and DNS requests per message:")
+        print(f"{'size':>7} {'mode':<9}" + "".join(f" {s.name:>30}" for s in with_milter))
+        for row in table:
+            cells = "".join(
+                (f"{row[s.name]['rspamd_cpu_s_per_1000']:.2f} s {row[s.name]['rspamd_scan_ms']:.1f} ms "
+                 f"{row[s.name]['rspamd_dns_per_message']:.2f} dns").rjust(31)
+                for s in with_milter)
+            print(f"{row['size']:>7} {row['mode']:<9}{cells}")
+        print("rspamd's symbols for one message through each (self-check): "
+              + "; ".join(f"{n}: {e['verdict']}, {' '.join(e['symbols'])}"
+                          for n, e in self_check.items()))
     out = Path(args.json_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(),
-                               "args": vars(args),
+                               "args": vars(args), "rspamd_self_check": self_check,
                                "table": table}, indent=2))
     return 0
 

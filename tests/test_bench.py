@@ -1,11 +1,13 @@
 """The benchmark script itself, in short runs: it must keep working (the README's figures come
-from it), count every message at the sink, and write its JSON. Postfix is not started here
-(it needs root and the reference set-up beside the checkout); relaywarden and the direct
-smtp-source -> smtp-sink ceiling are."""
+from it), count every message at the sink, and write its JSON. Postfix is started only by
+the rspamd test, and only where it can be (root, the reference set-up beside the checkout);
+relaywarden and the direct smtp-source -> smtp-sink ceiling everywhere."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +55,72 @@ def test_idle_mode_reports_rss_and_greeting_latency():
     out = bench("--idle", "300")
     assert "300 idle sessions (300 greeted)" in out.stdout, out.stdout
     assert "a new client is greeted in" in out.stdout
+
+
+def test_validation_systems_check_validation_and_show_its_ratios(tmp_path):
+    """relaywarden+validation (a recipients file) and relaywarden+hosted (the same domain
+    hosted, no validation) beside plain relaywarden: every message arrives once (the script
+    checks at the sink), validation is on (each start sees an unlisted address refused,
+    550), and the ratio rows name what each costs."""
+    result = tmp_path / "validation.json"
+    out = bench("--runs", "1", "--messages", "200", "--sizes", "1024", "--systems",
+                "relaywarden,relaywarden+validation,relaywarden+hosted", "--json", str(result))
+    data = json.loads(result.read_text())
+    assert {(row["size"], row["mode"]) for row in data["table"]} == {(1024, "new-conn"),
+                                                                     (1024, "reused")}
+    for row in data["table"]:
+        for system in ("relaywarden", "relaywarden+validation", "relaywarden+hosted"):
+            assert row[system]["e2e"]["median"] > 0 and row[system]["cpu_s_per_1000"] > 0
+        ratios = row["ratios"]
+        assert set(ratios) == {
+            "validation's cost: relaywarden+validation / relaywarden (1.00 = free)",
+            "validation's own cost: relaywarden+validation / relaywarden+hosted (1.00 = free)",
+            "hosting the domain: relaywarden+hosted / relaywarden (1.00 = free)"}
+        for ratio in ratios.values():
+            assert ratio["e2e"] > 0 and ratio["accept"] > 0
+    assert "validation" in out.stdout and "valid/hosted" in out.stdout
+    assert "validation = validation's cost" in out.stdout
+
+
+def _anchor() -> Path | None:
+    """The Postfix reference set-up, where the script looks for it (bench/relay_bench.py)."""
+    root = Path(__file__).resolve().parent.parent
+    candidates = [Path(os.environ["RELAY_BENCH_ANCHORS"])] if os.environ.get(
+        "RELAY_BENCH_ANCHORS") else [root.parent / "shared" / "anchors",
+                                     root.parent.parent / "shared" / "anchors"]
+    for where in candidates:
+        if (where / "postfix-relay.sh").exists():
+            return where / "postfix-relay.sh"
+    return None
+
+
+@pytest.mark.skipif(_anchor() is None or os.geteuid() != 0,
+                    reason="needs root and the Postfix reference set-up beside the checkout "
+                           "(../shared/anchors/postfix-relay.sh)")
+@pytest.mark.skipif(shutil.which("rspamd") is None, reason="needs Debian's rspamd")
+def test_rspamd_systems_share_one_rspamd_that_does_the_same_work(tmp_path):
+    """relaywarden+rspamd and postfix+rspamd with the one rspamd the script starts: the
+    self-check sends one message through each and finds rspamd's header with the same
+    symbols (but for the receiving MTA's own Received header) and the same DNS requests;
+    every run's messages each arrive once and each is scanned once (rspamd's log); the
+    ratio row is there."""
+    result = tmp_path / "rspamd.json"
+    out = bench("--runs", "1", "--messages", "100", "--sizes", "1024", "--systems",
+                "relaywarden+rspamd,postfix+rspamd", "--json", str(result), timeout=400)
+    data = json.loads(result.read_text())
+    check = data["rspamd_self_check"]
+    assert set(check) == {"relaywarden+rspamd", "postfix+rspamd"}
+    rw, pf = check["relaywarden+rspamd"], check["postfix+rspamd"]
+    assert rw["verdict"].startswith("default: False") and pf["verdict"].startswith("default: False")
+    assert "MISSING_SUBJECT" in rw["symbols"] and "RCVD_COUNT_ZERO" in pf["symbols"]
+    trace = ("RCVD_", "PREVIOUSLY_DELIVERED")
+    assert ([s for s in rw["symbols"] if not s.startswith(trace)]
+            == [s for s in pf["symbols"] if not s.startswith(trace)])
+    assert rw["dns"] == pf["dns"] == 0
+    for row in data["table"]:
+        for system in ("relaywarden+rspamd", "postfix+rspamd"):
+            cell = row[system]
+            assert cell["e2e"]["median"] > 0 and cell["rspamd_cpu_s_per_1000"] > 0
+            assert cell["rspamd_dns_per_message"] == 0
+        assert row["ratios"]["relaywarden+rspamd / postfix+rspamd (same rspamd)"]["e2e"] > 0
+    assert "rspamd rw/pf" in out.stdout and "rspamd self-check" in out.stderr

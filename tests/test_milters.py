@@ -12,6 +12,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +22,10 @@ import pytest
 from support.relay import free_port, start_relay, write_config
 from debian import apt_install
 from downstream import Downstream
+
+# rspamd's configuration and start-up are shared with the benchmark (bench/rspamd_milter.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import rspamd_milter  # noqa: E402
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
@@ -60,75 +65,26 @@ milters = ["filter"]
 networks = ["127.0.0.1/32"]
 """
 
-# A minimal rspamd: the stock modules (from /etc/rspamd), one proxy worker that scans by
-# itself (self_scan: no normal worker, no redis), DNS sent to a dead loopback port so
-# that nothing leaves the machine, no fuzzy servers.
-RSPAMD_CONF = """
-.include "$CONFDIR/common.conf"
-options {
-    pidfile = "$RUNDIR/rspamd.pid";
-    .include "$CONFDIR/options.inc"
-    dns { nameserver = ["127.0.0.1:%(noport)d"]; timeout = 0.2s; retransmits = 1; }
-}
-logging { type = "file"; filename = "$LOGDIR/rspamd.log"; level = "error"; }
-worker "rspamd_proxy" {
-    bind_socket = "127.0.0.1:%(port)d";
-    milter = yes;
-    timeout = 30s;
-    count = 1;
-    upstream "local" { default = yes; self_scan = yes; }
-}
-"""
-
-
 def _rspamd() -> str:
-    path = shutil.which("rspamd")
+    path = rspamd_milter.binary()
     if path is None:
         stderr = apt_install(["rspamd"])
-        path = shutil.which("rspamd")
+        path = rspamd_milter.binary()
         assert path, f"rspamd is not installed and apt-get could not install it: {stderr}"
     return path
 
 
 @pytest.fixture(scope="module")
 def rspamd(tmp_path_factory):
-    """rspamd's milter on a loopback port; its milter_headers module adds X-Spamd-Result
-    and X-Rspamd-Queue-Id (for loopback clients too: skip_local = false)."""
-    binary = _rspamd()
-    root = tmp_path_factory.mktemp("rspamd")
-    for sub in ("db", "run", "log", "local/local.d"):
-        (root / sub).mkdir(parents=True)
-    port = free_port()
-    (root / "rspamd.conf").write_text(RSPAMD_CONF % {"port": port, "noport": free_port()})
-    (root / "local/local.d/fuzzy_check.conf").write_text("enabled = false;\n")
-    (root / "local/local.d/milter_headers.conf").write_text(
-        'use = ["x-spamd-result", "x-rspamd-queue-id"];\n'
-        "skip_local = false;\nskip_authenticated = false;\n")
-    proc = subprocess.Popen(
-        # As root, rspamd would switch to its own user: it stays root (-i allows that).
-        [binary, "-f", *(["-i", "-u", "root", "-g", "root"] if os.geteuid() == 0 else []),
-         "-c", str(root / "rspamd.conf"),
-         f"--var=LOCAL_CONFDIR={root / 'local'}", f"--var=DBDIR={root / 'db'}",
-         f"--var=RUNDIR={root / 'run'}", f"--var=LOGDIR={root / 'log'}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    """rspamd's milter on a loopback port (bench/rspamd_milter.py, the benchmark's too); its
+    milter_headers module adds X-Spamd-Result and X-Rspamd-Queue-Id (for loopback clients
+    too: skip_local = false). Its DNS goes to a dead loopback port."""
+    server = rspamd_milter.Rspamd(tmp_path_factory.mktemp("rspamd"), rspamd=_rspamd())
+    server.start()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"rspamd exited: {proc.stderr.read().decode()}"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "rspamd did not listen"
-                time.sleep(0.2)
-        yield port
+        yield server.port
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        server.stop()
 
 
 class Site:
