@@ -509,6 +509,25 @@ class PostfixRspamd(Postfix):
 RECIPIENT = "sink@example.net"     # smtp-source's recipient (-t) for every message
 
 
+class RelaywardenInline(Relaywarden):
+    """relaywarden with one process receiving and delivering (delivery.process = "inline"),
+    every message through the SQLite queue: the baseline of relaywarden+handoff."""
+    name = "relaywarden+inline"
+
+    def tables(self) -> str:
+        return '[delivery]\nprocess = "inline"\n\n'
+
+
+class RelaywardenHandoff(Relaywarden):
+    """relaywarden with hand-off (issue 15, queue/log.py): one process; a message's durable
+    record is an entry in an append-only log (one fdatasync per batch, before the 250) and
+    it goes to delivery from memory; SQLite indexes only what waits."""
+    name = "relaywarden+handoff"
+
+    def tables(self) -> str:
+        return '[delivery]\nprocess = "inline"\nhandoff = true\n\n'
+
+
 class RelaywardenHosted(Relaywarden):
     """relaywarden with the recipients' domain (example.net) hosted, and its own route to
     the sink: relaywarden+validation without the validation. Against it, the ratio is what
@@ -878,7 +897,9 @@ def main() -> int:
                "relaywarden+rspamd": RelaywardenRspamd(workdir, milter),
                "postfix+rspamd": PostfixRspamd(workdir, milter),
                "relaywarden+validation": RelaywardenValidation(workdir),
-               "relaywarden+hosted": RelaywardenHosted(workdir)}
+               "relaywarden+hosted": RelaywardenHosted(workdir),
+               "relaywarden+inline": RelaywardenInline(workdir),
+               "relaywarden+handoff": RelaywardenHandoff(workdir)}
     unknown = [s for s in args.systems.split(",") if s not in systems]
     if unknown:
         ap.error(f"--systems: unknown {', '.join(unknown)} (known: {', '.join(systems)})")

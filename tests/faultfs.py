@@ -26,6 +26,7 @@ class FaultyFiles(FileOps):
         self.fail_write: OSError | None = None     # every spool write raises this
         self.fail_fsync: OSError | None = None     # every file fsync raises this
         self.fail_fsync_dir: OSError | None = None
+        self.fail_datasync: OSError | None = None  # every log segment fdatasync raises this
         self.fail_link: OSError | None = None
         # Every COMMIT raises this instead of committing (what SQLite raises when its WAL
         # write or fsync fails: sqlite3.OperationalError "disk I/O error").
@@ -68,6 +69,12 @@ class FaultyFiles(FileOps):
         if self.fail_fsync is not None:
             raise self.fail_fsync
         super().fsync(fd)
+
+    def datasync(self, fd) -> None:
+        self._count("datasync")
+        if self.fail_datasync is not None:
+            raise self.fail_datasync
+        super().datasync(fd)
 
     def fsync_dir(self, path) -> None:
         self._count("fsync_dir")

@@ -25,6 +25,7 @@ from faultfs import FaultyFiles, eio
 from relaywarden.app import Relay
 from relaywarden.config.load import load_config
 from relaywarden.metrics import _events
+from relaywarden.queue import log as qlog
 from relaywarden.queue.spool import SPOOL_MEMORY_LIMIT
 from relaywarden.queue.store import QueueReader
 
@@ -236,3 +237,35 @@ def test_a_failing_commit_refuses_every_message_of_its_batch(site):
     assert relay.queued() == 0
     files.fail_commit = None
     healthy_again(relay, down, "after-commit", 0)
+
+
+# --- hand-off (delivery.handoff = true): the durable record is a log entry ----------------
+
+@pytest.fixture
+def handoff_site(tmp_path):
+    down_port, main = free_port(), free_port()
+    config = write_config(tmp_path, CONFIG.replace('process = "inline"\n',
+                                                   'process = "inline"\nhandoff = true\n'),
+                          main=main, down=down_port, noport=free_port())
+    down = Downstream(down_port).start()
+    files = FaultyFiles()
+    relay = InProcessRelay(config, files).start()
+    yield relay, files, down
+    relay.stop()
+    down.stop()
+
+
+@pytest.mark.parametrize("fault", ["datasync", "write"])
+def test_a_failing_log_write_or_fdatasync_is_answered_451_and_nothing_is_delivered(handoff_site, fault):
+    """The message's durable record is its log entry: when its write or the batch's
+    fdatasync fails, the client gets 451 4.3.0 and the message is neither handed to
+    delivery nor left where a restart would find it."""
+    relay, files, down = handoff_site
+    setattr(files, f"fail_{fault}", eio(f"log {fault}"))
+    assert_refused(send(relay.port, f"broken-log-{fault}"))
+    assert files.calls[fault] >= 1
+    assert relay.queued() == 0
+    setattr(files, f"fail_{fault}", None)
+    healthy_again(relay, down, "healthy", 0)
+    # What a restart would recover: nothing (the refused entry went with its segment).
+    assert qlog.scan(relay.data_dir / "log")[0] == {}

@@ -216,6 +216,14 @@ class Relay:
             print(f"relaywarden: removed {spools} unfinished spool file(s) and {orphans} body"
                   " file(s) no queued message names (left by a crash)", file=sys.stderr,
                   flush=True)
+        # Messages a crash left in the hand-off log (queue/log.py) go into the index first,
+        # whatever delivery.handoff says now.
+        recovered = await store.recover_log()
+        if recovered:
+            print(f"relaywarden: {recovered} message(s) the hand-off log held unfinished are"
+                  " queued again (left by a crash)", file=sys.stderr, flush=True)
+        if self.cfg.delivery.handoff:
+            store.start_handoff()
         loop_time = asyncio.get_running_loop().time
         mail_log, protocol_log = build_logs(self.cfg)
         self.outbound_log = build_outbound_log(self.cfg)
@@ -242,6 +250,7 @@ class Relay:
             self.worker = DeliveryWorker(self.cfg, store=store, mail_log=mail_log,
                                          protocol_log=self.outbound_log)
             self.services.on_queued = self.worker.wake
+            store.on_index_scan = self.worker.wake
         else:
             self._start_child()
         self._start_admin()

@@ -45,6 +45,7 @@ SETTINGS: dict[str, str] = {
     "log.max_size": RESTART,
     "log.keep": RESTART,
     "delivery.process": RESTART,           # which processes run
+    "delivery.handoff": RESTART,           # where a received message is made durable
     "delivery.helo_name": APPLIED,
     "delivery.max_concurrent": APPLIED,
     "delivery.per_destination": APPLIED,   # the next connections to each next hop

@@ -13,6 +13,8 @@ What goes through it:
 - the body spool of a large message (queue/spool.py): creating the spill file, every write
   to it, its fsync, the hard link that names it ``bodies/<queue id>``, the unlinks, and the
   fsync of the ``bodies`` directory;
+- the writes and fdatasyncs of the queue's log segments (queue/log.py), and the fsyncs
+  of a new segment and of its directory;
 - the store's COMMIT (``commit``). SQLite writes and fsyncs its own files (the WAL) inside
   the C library, where Python cannot reach; a failure there surfaces as an error from
   COMMIT (SQLITE_IOERR_FSYNC, SQLITE_FULL, ...). ``commit`` is that boundary: the real one
@@ -53,6 +55,10 @@ class FileOps:
 
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
+
+    def datasync(self, fd: int) -> None:
+        """The data of a file whose size does not change (a preallocated log segment)."""
+        os.fdatasync(fd)
 
     def link(self, source: str | Path, target: Path) -> None:
         """A second name; never over an existing file (FileExistsError)."""

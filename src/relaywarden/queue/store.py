@@ -18,6 +18,7 @@ committed); ``Store.recover_files()`` removes those at start-up.
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import errno
 import fcntl
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from relaywarden.queue import journal
+from relaywarden.queue import log as qlog
 from relaywarden.queue.fileops import REAL, FileOps
 from relaywarden.queue.spool import SPOOL_MEMORY_LIMIT, BodySpool
 
@@ -107,6 +109,13 @@ CLAIM_BODIES_BYTES = 4 << 20
 #: Group commit: at most this many messages (or bytes) share one transaction.
 BATCH_MAX_MESSAGES = 512
 BATCH_MAX_BYTES = 64 << 20
+#: Hand-off (queue/log.py): at most this many messages (or bytes) wait in memory for their
+#: first attempt; past that, new messages go into the index as without hand-off.
+HANDOFF_MAX_MESSAGES = 5000
+HANDOFF_MAX_BYTES = 256 << 20
+#: With hand-off, the index is scanned for due recipients at most this often (a claim is
+#: served from memory meanwhile): retries, releases and ETRN wait at most this long more.
+INDEX_SCAN_SECONDS = 0.05
 
 
 class RecipientStatus(enum.Enum):
@@ -222,6 +231,10 @@ class _Job:
     rows: Callable[["_Rows"], None] | None = None
     # False for the delivery side's bookkeeping (leases, attempt outcomes): see _transaction.
     durable: bool = True
+    # A message whose durable record is a log entry (hand-off): (entry, envelope, body).
+    logged: tuple[bytes, "Envelope", bytes] | None = None
+    # Log markers (kind, queue id) appended once this job's transaction committed.
+    markers: tuple[tuple[bytes, str], ...] = ()
 
 
 class _Rows:
@@ -261,10 +274,14 @@ class _Rows:
             head = data[:16384]
         else:
             head = spool.head()
-        self.journal.append(journal.row(env.received_at, qid, "received", {
+        self.add_received(env, spool.size, head)
+
+    def add_received(self, env: Envelope, size: int, head: bytes) -> None:
+        """The journal's ``received`` entry of a message."""
+        self.journal.append(journal.row(env.received_at, env.queue_id, "received", {
             "listener": env.listener, "client_ip": env.client_ip,
             "client_name": env.client_name, "helo": env.helo, "tls": env.tls,
-            "auth_user": env.auth_user, "sender": env.sender, "size": spool.size,
+            "auth_user": env.auth_user, "sender": env.sender, "size": size,
             "envid": env.envid, "ret": env.ret, "group": env.client_group,
             **journal.header_fields(head),
             "recipients": [[r.address, r.status.value, r.rule, r.reason]
@@ -419,6 +436,53 @@ def _notify_tuple(text: str | None) -> tuple[str, ...] | None:
     return tuple(text.split(",")) if text is not None else None
 
 
+def envelope_record(env: Envelope) -> dict[str, Any]:
+    """An envelope as the log keeps it (JSON)."""
+    return {"queue_id": env.queue_id, "received_at": env.received_at,
+            "listener": env.listener, "client_ip": env.client_ip,
+            "client_name": env.client_name, "helo": env.helo, "auth_user": env.auth_user,
+            "sender": env.sender, "ret": env.ret, "envid": env.envid,
+            "body_type": env.body_type, "smtputf8": env.smtputf8,
+            "client_group": env.client_group, "tls": env.tls,
+            "recipients": [[r.address, r.status.value, r.rule, r.reason, r.orcpt,
+                            None if r.notify is None else list(r.notify)]
+                           for r in env.recipients]}
+
+
+def envelope_from_record(data: dict[str, Any]) -> Envelope:
+    return Envelope(
+        queue_id=data["queue_id"], received_at=data["received_at"], listener=data["listener"],
+        client_ip=data["client_ip"], client_name=data["client_name"], helo=data["helo"],
+        auth_user=data["auth_user"], sender=data["sender"], ret=data["ret"],
+        envid=data["envid"], body_type=data["body_type"], smtputf8=data["smtputf8"],
+        client_group=data["client_group"], tls=data["tls"],
+        recipients=tuple(
+            RecipientRecord(address=a, status=RecipientStatus(st), rule=rule, reason=reason,
+                            orcpt=orcpt, notify=None if notify is None else tuple(notify))
+            for a, st, rule, reason, orcpt, notify in data["recipients"]))
+
+
+def _handed_message(env: Envelope, body: bytes) -> "DueMessage":
+    """A message handed to delivery from memory, as a claim of it would read it."""
+    return DueMessage(
+        queue_id=env.queue_id, received_at=env.received_at, sender=env.sender,
+        client_group=env.client_group, auth_user=env.auth_user, ret=env.ret,
+        envid=env.envid, body_type=env.body_type, smtputf8=env.smtputf8, size=len(body),
+        recipients=tuple(
+            DueRecipient(idx=i, address=r.address, domain=domain_of(r.address),
+                         orcpt=r.orcpt, notify=r.notify, attempts=0, delay_notified=False)
+            for i, r in enumerate(env.recipients)),
+        body=body)
+
+
+@dataclass(slots=True)
+class _Handed:
+    """A message whose durable record is in the log and that is not in the index."""
+    envelope: Envelope
+    body: bytes
+    segment: qlog.Segment
+
+
 class Store:
     """The SQLite queue. Every write goes through one writer thread in shared transactions.
 
@@ -442,6 +506,18 @@ class Store:
         self._synchronous = "FULL"   # the write connection's current PRAGMA synchronous
         self.commits = 0   # transactions committed: group commit makes this < messages
         self._tasks: set[asyncio.Task] = set()
+        # Hand-off (queue/log.py; start_handoff()): None while messages go to the index.
+        self._log: qlog.Log | None = None
+        self._log_next = 1                   # the number of the next segment (recover_log)
+        self._in_log: dict[str, _Handed] = {}        # written by the writer thread only
+        self._in_log_bytes = 0                       # their bodies (writer thread only)
+        self._handed: collections.deque[DueMessage] = collections.deque()  # not yet claimed
+        self._scan_at = 0.0                  # time.monotonic() of the next index scan
+        self.log_syncs = 0                   # log fdatasyncs: group commit makes this < messages
+        # With hand-off: called when a claim that was told to wait for its index scan may
+        # look now (the delivery engine's wake-up; set by the app).
+        self.on_index_scan: Callable[[], None] | None = None
+        self._scan_timer = False
 
     @classmethod
     def open(cls, data_dir: Path, *, files: FileOps = REAL) -> "Store":
@@ -491,6 +567,38 @@ class Store:
                 orphans += 1
         return spools, orphans
 
+    async def recover_log(self) -> int:
+        """At start-up, before anything receives or delivers: the messages a crash left in
+        the log without a marker (answered 250, never finished) go into the index, due now,
+        with fsync; then the log's segments go. Returns how many were recovered."""
+        log_dir = self.data_dir / "log"
+        if not log_dir.is_dir():
+            return 0
+        messages, _, paths, self._log_next = await asyncio.to_thread(qlog.scan, log_dir)
+        pending = []
+        for queue_id, payload in messages.items():
+            with self._read_lock:
+                known = self._reader.execute(
+                    "SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone()
+            if known is None:
+                data, body = qlog.split_message(payload)
+                spool = self.new_spool()
+                spool.write(body)
+                pending.append(self.commit(envelope_from_record(data), spool))
+        if pending:
+            await asyncio.gather(*pending)
+        for path in paths:
+            path.unlink(missing_ok=True)
+        return len(pending)
+
+    def start_handoff(self) -> None:
+        """From now on a received message's durable record is a log entry and it goes to
+        delivery from memory (delivery.handoff; one process receives and delivers).
+        After recover_log()."""
+        log_dir = self.data_dir / "log"
+        log_dir.mkdir(exist_ok=True)
+        self._log = qlog.Log(log_dir, self.files, self._log_next)
+
     # -- writes ----------------------------------------------------------------------------
 
     def _write(self, apply: Callable[[sqlite3.Connection], Any] | None, size: int = 0, *,
@@ -510,6 +618,13 @@ class Store:
         """As commit(), for callers that want a future rather than a coroutine (the SMTP
         session answers from a done-callback: no task per message). The spool must stay
         open until the future is done."""
+        if self._log is not None and spool.in_memory and self._can_hand(envelope, spool):
+            (body,) = spool.chunks()
+            loop = asyncio.get_running_loop()
+            done = loop.create_future()
+            self._jobs.put(_Job(None, spool.size, done, loop, logged=(
+                qlog.message_entry(envelope_record(envelope), body), envelope, body)))
+            return done
         if spool.in_memory:
             return self._write(None, spool.size,
                                rows=lambda rows: rows.add_message(envelope, spool))
@@ -540,8 +655,48 @@ class Store:
 
         The lease is the crash guard: a recipient whose attempt never reports back (the
         process died) becomes due again when it runs out, so it is retried, not lost.
+
+        With hand-off, messages received since the last claim come first, from memory (no
+        lease: their crash guard is the log); the index is scanned at most every
+        INDEX_SCAN_SECONDS for the rest (retries, released mail).
         """
-        return await self._write(lambda db: _claim(db, now, limit, lease), durable=False)
+        if self._log is None:
+            return await self._write(lambda db: _claim(db, now, limit, lease), durable=False)
+        handed = self._take_handed(limit)
+        if len(handed) >= limit:
+            return handed
+        wait = self._scan_at - time.monotonic()
+        if wait > 0:
+            # Looked a moment ago. A wake-up that found nothing handed is mostly one for a
+            # message an earlier claim took already; if it was for the index (a release,
+            # ETRN), the look it asked for comes when the wait is over.
+            if not handed and self.on_index_scan is not None and not self._scan_timer:
+                self._scan_timer = True
+                asyncio.get_running_loop().call_later(wait, self._scan_due)
+            return handed
+        want = limit - len(handed)
+        rows = await self._write(lambda db: _claim(db, now, want, lease), durable=False)
+        # Fewer than asked: nothing else is due; the next look at the index can wait.
+        self._scan_at = time.monotonic() + INDEX_SCAN_SECONDS if len(rows) < want else 0.0
+        return handed + rows
+
+    def _scan_due(self) -> None:
+        self._scan_timer = False
+        if self.on_index_scan is not None:
+            self.on_index_scan()
+
+    def _take_handed(self, limit: int) -> list[DueMessage]:
+        out: list[DueMessage] = []
+        while self._handed and len(out) < limit:
+            out.append(self._handed.popleft())
+        return out
+
+    def _can_hand(self, envelope: Envelope, spool: BodySpool) -> bool:
+        """Hand-off takes a message every recipient of which waits for its first attempt,
+        while the memory it may use is not used up."""
+        return (all(r.status is RecipientStatus.QUEUED for r in envelope.recipients)
+                and len(self._in_log) < HANDOFF_MAX_MESSAGES
+                and self._in_log_bytes + spool.size <= HANDOFF_MAX_BYTES)
 
     async def record(self, queue_id: str, updates: list[RecipientUpdate], *,
                      new_messages: list[tuple[Envelope, BodySpool]] = (),
@@ -549,6 +704,11 @@ class Store:
         """Apply attempt outcomes and enqueue the messages they produce (DSNs, notices) in
         one transaction: a bounce and the recipient it reports on change state together.
         ``events`` are the attempts' journal entries (``attempt``, see queue.journal)."""
+        handed = self._in_log.get(queue_id) if self._log is not None else None
+        if handed is not None:
+            await self._record_handed(handed, updates, new_messages, events)
+            return
+
         def add(rows: _Rows) -> None:
             for env, spool in new_messages:
                 if not spool.in_memory:   # a large DSN (RET=FULL of a large message)
@@ -562,6 +722,40 @@ class Store:
         # Not durable on its own (see _transaction); the DSNs it may add go with it.
         await self._write(None, sum(sp.size for _, sp in new_messages), files=files,
                           rows=add, durable=False)
+
+    async def _record_handed(self, handed: _Handed, updates: list[RecipientUpdate],
+                             new_messages: Sequence[tuple[Envelope, BodySpool]],
+                             events: Sequence[dict]) -> None:
+        """The outcome of a handed message's first attempt. Finished (every recipient
+        delivered or bounced, no DSN): its journal entries and a ``D`` marker, nothing
+        fsynced (lost in a power loss: the delivery is made again). Otherwise it goes into
+        the index with its outcomes and any DSN, committed with fsync, then an ``I``
+        marker: from then on the index is where it lives."""
+        env = handed.envelope
+        queue_id = env.queue_id
+        finished = (not new_messages and len(updates) == len(env.recipients)
+                    and all(u.status.value in FINAL for u in updates))
+
+        def add(rows: _Rows) -> None:
+            if finished:
+                rows.add_received(env, len(handed.body), handed.body[:16384])
+            else:
+                for new_env, spool in new_messages:
+                    if not spool.in_memory:
+                        spool.persist(self.bodies_dir / new_env.queue_id)
+                    rows.add_message(new_env, spool)
+                spool = BodySpool(self.tmp_dir, self.files)
+                spool.write(handed.body)
+                rows.add_message(env, spool)
+                rows.add_outcomes(queue_id, updates)
+            rows.journal.extend(journal.row(e.get("at", 0.0), queue_id, "attempt", e)
+                                for e in events)
+        files = tuple(self.bodies_dir / e.queue_id for e, sp in new_messages if not sp.in_memory)
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._jobs.put(_Job(None, 0, done, loop, files, add, durable=not finished,
+                            markers=((qlog.DONE if finished else qlog.INDEXED, queue_id),)))
+        await done
 
     async def enqueue(self, envelope: Envelope, spool: BodySpool) -> None:
         await self.commit(envelope, spool)
@@ -658,6 +852,9 @@ class Store:
             durable=False)
 
     async def sender_of(self, queue_id: str) -> str | None:
+        handed = self._in_log.get(queue_id)
+        if handed is not None:
+            return handed.envelope.sender
         row = await self._write(lambda db: db.execute(
             "SELECT sender FROM messages WHERE id = ?", (queue_id,)).fetchone())
         return None if row is None else row[0]
@@ -684,6 +881,8 @@ class Store:
             self._jobs.put(None)
             self._writer.join(timeout=30)
             self._writer = None
+        if self._log is not None:
+            self._log.close()   # what is still handed stays in its segment: recover_log()
         for db in (self._db, self._reader):
             if db is not None:
                 db.close()
@@ -718,7 +917,13 @@ class Store:
 
     def _write_batch(self, batch: list[_Job]) -> None:
         outcomes: list[tuple[_Job, Any, BaseException | None]] = []
-        self._run_batch(batch, outcomes)
+        indexed = [job for job in batch if job.logged is None]
+        logged = [job for job in batch if job.logged is not None]
+        if indexed:
+            self._run_batch(indexed, outcomes)
+        markers = [m for job, _, error in outcomes if error is None for m in job.markers]
+        if logged or markers:
+            self._log_batch(logged, markers, outcomes)
         # One wake-up per loop for the whole batch, not one per message.
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for job, result, error in outcomes:
@@ -728,6 +933,39 @@ class Store:
                 loop.call_soon_threadsafe(_settle, settled)
             except RuntimeError:
                 pass   # that loop is closed: nobody waits any more (the writes stand)
+
+    def _log_batch(self, logged: list[_Job], markers: list[tuple[bytes, str]],
+                   outcomes: list) -> None:
+        """Append the batch's new messages and markers to the log; one fdatasync when it
+        holds new messages (their 250 waits for it), none for markers alone."""
+        log = self._log
+        assert log is not None
+        records = [job.logged for job in logged if job.logged is not None]
+        data = b"".join([entry for entry, _, _ in records]
+                        + [qlog.marker(kind, qid) for kind, qid in markers])
+        try:
+            segment = log.append(data, len(logged), sync=bool(logged))
+        except Exception as exc:  # noqa: BLE001 - every failure must reach the caller
+            error = StoreError(f"queue write failed: {exc}", full=disk_full(exc))
+            outcomes.extend((job, None, error) for job in logged)
+            segment = None
+        if logged and segment is not None:
+            self.log_syncs += 1
+        # A finished message leaves the log's books even if its marker was not written:
+        # its outcome is in the index (committed above); a crash before its segment goes
+        # makes recover() look at it, and the index has it or it is delivered again.
+        for _, queue_id in markers:
+            handed = self._in_log.pop(queue_id, None)
+            if handed is not None:
+                self._in_log_bytes -= len(handed.body)
+                log.finished(handed.segment)
+        if segment is None:
+            return
+        for job, (_, env, body) in zip(logged, records):
+            self._in_log[env.queue_id] = _Handed(env, body, segment)
+            self._in_log_bytes += len(body)
+            self._handed.append(_handed_message(env, body))
+            outcomes.append((job, None, None))
 
     def _run_batch(self, batch: list[_Job], outcomes: list) -> None:
         results, error = self._transaction(batch)

@@ -1,0 +1,248 @@
+"""The hand-off log (queue/log.py) and the store's hand-off path (delivery.handoff).
+
+The store is driven through its interface (start_commit, claim_due, record, recover_log)
+on a real data directory; what is on disk afterwards is read back with the log's reader
+and the queue's own QueueReader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from faultfs import FaultyFiles, eio
+from relaywarden.queue import log as qlog
+from relaywarden.queue.store import (Envelope, QueueReader, RecipientRecord,
+                                     RecipientStatus, RecipientUpdate, Store, StoreError,
+                                     new_queue_id)
+
+BODY = b"Subject: hand-off\r\nMessage-ID: <h@example.com>\r\n\r\nbody\r\n"
+
+
+def envelope(*recipients: str, status=RecipientStatus.QUEUED) -> Envelope:
+    return Envelope(
+        queue_id=new_queue_id(), received_at=time.time(), listener="main",
+        client_ip="127.0.0.1", client_name=None, helo="client.test", auth_user=None,
+        sender="from@example.com", tls=None,
+        recipients=tuple(RecipientRecord(address=r, status=status, rule="relay",
+                                         notify=("FAILURE",), orcpt="rfc822;" + r)
+                         for r in recipients or ("to@example.net",)))
+
+
+async def commit(store: Store, env: Envelope, body: bytes = BODY) -> None:
+    spool = store.new_spool()
+    spool.write(body)
+    await store.start_commit(env, spool)
+
+
+def open_store(data: Path, files=None) -> Store:
+    store = Store.open(data, **({} if files is None else {"files": files}))
+    store.start_handoff()
+    return store
+
+
+def entries(data: Path) -> list[tuple[bytes, str]]:
+    out = []
+    for path in qlog.segment_paths(data / "log"):
+        for kind, payload in qlog.read_entries(path.read_bytes()):
+            qid = qlog.split_message(payload)[0]["queue_id"] if kind == qlog.MESSAGE \
+                else payload.decode()
+            out.append((kind, qid))
+    return out
+
+
+def queued_ids(data: Path) -> list[str]:
+    reader = QueueReader(data)
+    try:
+        return [m["id"] for m in reader.list()]
+    finally:
+        reader.close()
+
+
+def journal_kinds(data: Path, qid: str) -> list[str]:
+    db = sqlite3.connect(data / "queue.sqlite3")
+    try:
+        return [k for (k,) in db.execute(
+            "SELECT kind FROM journal WHERE queue_id = ? ORDER BY seq", (qid,))]
+    finally:
+        db.close()
+
+
+# --- the log format -----------------------------------------------------------------------
+
+def test_entries_read_back_and_a_torn_or_damaged_tail_ends_the_segment():
+    one = qlog.message_entry({"queue_id": "A"}, b"x" * 100)
+    two = qlog.marker(qlog.DONE, "A")
+    data = one + two + b"\0" * 64
+    assert [k for k, _ in qlog.read_entries(data)] == [qlog.MESSAGE, qlog.DONE]
+    assert qlog.split_message(next(qlog.read_entries(data))[1]) == ({"queue_id": "A"}, b"x" * 100)
+    # A crash in the middle of the second entry: only the first is read.
+    assert [k for k, _ in qlog.read_entries(one + two[:-1])] == [qlog.MESSAGE]
+    # A flipped byte in the body fails the CRC: nothing from there on.
+    bad = bytearray(one + two)
+    bad[20] ^= 0xFF
+    assert list(qlog.read_entries(bytes(bad))) == []
+
+
+# --- the store with hand-off ----------------------------------------------------------------
+
+def test_a_handed_message_is_claimed_from_memory_and_leaves_only_its_journal(tmp_path):
+    async def main():
+        store = open_store(tmp_path)
+        try:
+            env = envelope("a@example.net", "b@example.org")
+            await commit(store, env)
+            assert store.log_syncs == 1 and store.commits == 0   # no SQLite transaction
+            assert queued_ids(tmp_path) == []                   # not in the index
+            [due] = await store.claim_due(time.time(), 10, 60)
+            assert due.queue_id == env.queue_id and due.body == BODY
+            assert [r.address for r in due.recipients] == ["a@example.net", "b@example.org"]
+            assert due.recipients[0].notify == ("FAILURE",)
+            await store.record(env.queue_id, [
+                RecipientUpdate(idx=0, status=RecipientStatus.DELIVERED, attempts=1),
+                RecipientUpdate(idx=1, status=RecipientStatus.BOUNCED, attempts=1)],
+                events=[{"at": time.time(), "outcome": "delivered"}])
+            assert journal_kinds(tmp_path, env.queue_id) == ["received", "attempt"]
+            assert queued_ids(tmp_path) == []
+            assert entries(tmp_path) == [(qlog.MESSAGE, env.queue_id), (qlog.DONE, env.queue_id)]
+        finally:
+            store.close()
+    asyncio.run(main())
+
+
+def test_a_deferred_handed_message_goes_into_the_index_with_its_outcome(tmp_path):
+    async def main():
+        store = open_store(tmp_path)
+        try:
+            env = envelope("a@example.net", "b@example.org")
+            await commit(store, env)
+            [due] = await store.claim_due(time.time(), 10, 60)
+            later = time.time() + 600
+            await store.record(env.queue_id, [
+                RecipientUpdate(idx=0, status=RecipientStatus.DELIVERED, attempts=1),
+                RecipientUpdate(idx=1, status=RecipientStatus.QUEUED, attempts=1,
+                                next_attempt=later, last_error="451 4.4.1 try later")])
+            reader = QueueReader(tmp_path)
+            try:
+                shown = reader.show(env.queue_id)
+                assert reader.body(env.queue_id) == BODY
+            finally:
+                reader.close()
+            assert [(r["address"], r["status"], r["attempts"], r["last_error"])
+                    for r in shown["recipients"]] == [
+                ("a@example.net", "delivered", 1, ""),
+                ("b@example.org", "queued", 1, "451 4.4.1 try later")]
+            assert shown["recipients"][1]["next_attempt"] == pytest.approx(later)
+            assert entries(tmp_path)[-1] == (qlog.INDEXED, env.queue_id)
+            # It is the index's now: a later claim reads it from there when it is due. The
+            # index is looked at once per INDEX_SCAN_SECONDS; a claim in between finds
+            # nothing and the store calls for another claim when the wait is over.
+            scans = asyncio.Event()
+            store.on_index_scan = scans.set
+            assert await store.claim_due(later + 1, 10, 60) == []
+            await asyncio.wait_for(scans.wait(), 5)
+            [again] = await store.claim_due(later + 1, 10, 60)
+            assert again.queue_id == env.queue_id and [r.idx for r in again.recipients] == [1]
+        finally:
+            store.close()
+    asyncio.run(main())
+
+
+def test_held_mail_is_not_handed_but_indexed(tmp_path):
+    async def main():
+        store = open_store(tmp_path)
+        try:
+            env = envelope("a@example.net", status=RecipientStatus.HELD)
+            await commit(store, env)
+            assert store.log_syncs == 0 and store.commits == 1
+            assert queued_ids(tmp_path) == [env.queue_id]
+        finally:
+            store.close()
+    asyncio.run(main())
+
+
+def test_a_crash_leaves_unfinished_messages_that_recovery_queues_and_finished_ones_it_does_not(tmp_path):
+    async def crash():
+        store = open_store(tmp_path)
+        envs = [envelope(f"r{i}@example.net") for i in range(3)]
+        for env in envs:
+            await commit(store, env)
+        due = await store.claim_due(time.time(), 10, 60)
+        assert [m.queue_id for m in due] == [e.queue_id for e in envs]
+        await store.record(envs[0].queue_id,
+                           [RecipientUpdate(idx=0, status=RecipientStatus.DELIVERED, attempts=1)])
+        await store.record(envs[1].queue_id, [RecipientUpdate(
+            idx=0, status=RecipientStatus.QUEUED, attempts=1, next_attempt=time.time() + 900)])
+        # kill -9 here: no close(); envs[2] was answered 250 and is under way.
+        store._jobs.put(None)
+        store._writer.join()
+        return envs
+
+    envs = asyncio.run(crash())
+    assert {k for k, _ in entries(tmp_path)} == {qlog.MESSAGE, qlog.DONE, qlog.INDEXED}
+
+    async def restart():
+        store = Store.open(tmp_path)
+        try:
+            assert await store.recover_log() == 1
+            assert list((tmp_path / "log").iterdir()) == []
+            store.start_handoff()
+            [due] = await store.claim_due(time.time(), 10, 60)
+            assert due.queue_id == envs[2].queue_id and due.body == BODY
+            assert due.recipients[0].orcpt == "rfc822;r2@example.net"
+        finally:
+            store.close()
+    asyncio.run(restart())
+    assert sorted(queued_ids(tmp_path)) == sorted([envs[1].queue_id, envs[2].queue_id])
+
+
+def test_a_failing_log_write_or_sync_refuses_the_message_and_hands_nothing(tmp_path):
+    async def main():
+        files = FaultyFiles()
+        store = open_store(tmp_path, files)
+        try:
+            files.fail_datasync = eio("log fdatasync")
+            with pytest.raises(StoreError):
+                await commit(store, envelope())
+            files.fail_datasync = None
+            files.fail_write = eio("log write")
+            with pytest.raises(StoreError):
+                await commit(store, envelope())
+            files.fail_write = None
+            assert await store.claim_due(time.time(), 10, 60) == []
+            # The disk is healthy again: the next message goes into a new segment.
+            env = envelope()
+            await commit(store, env)
+            [due] = await store.claim_due(time.time(), 10, 60)
+            assert due.queue_id == env.queue_id
+            assert [k for k, _ in entries(tmp_path)] == [qlog.MESSAGE]
+        finally:
+            store.close()
+    asyncio.run(main())
+
+
+def test_segments_rotate_and_a_finished_one_is_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(qlog, "SEGMENT_BYTES", 4096)
+
+    async def main():
+        store = open_store(tmp_path)
+        try:
+            envs = [envelope() for _ in range(12)]          # ~300 bytes each: 3 segments
+            for env in envs:
+                await commit(store, env)
+            assert len(qlog.segment_paths(tmp_path / "log")) >= 2
+            due = await store.claim_due(time.time(), 100, 60)
+            for message in due:
+                await store.record(message.queue_id, [RecipientUpdate(
+                    idx=0, status=RecipientStatus.DELIVERED, attempts=1)])
+            # Only the segment still being written to is left.
+            assert len(qlog.segment_paths(tmp_path / "log")) == 1
+        finally:
+            store.close()
+        assert os.listdir(tmp_path / "log") == []            # closed with nothing open
+    asyncio.run(main())
