@@ -47,9 +47,13 @@ def open_store(data: Path, files=None) -> Store:
 
 
 def entries(data: Path) -> list[tuple[bytes, str]]:
+    """The log's entries as recovery reads them (a sealed segment up to its end)."""
     out = []
     for path in qlog.segment_paths(data / "log"):
-        for kind, payload in qlog.read_entries(path.read_bytes()):
+        raw = path.read_bytes()
+        if qlog.end_path(path).exists():
+            raw = raw[:int(qlog.end_path(path).read_text())]
+        for kind, payload in qlog.read_entries(raw):
             qid = qlog.split_message(payload)[0]["queue_id"] if kind == qlog.MESSAGE \
                 else payload.decode()
             out.append((kind, qid))
@@ -246,3 +250,37 @@ def test_segments_rotate_and_a_finished_one_is_removed(tmp_path, monkeypatch):
             store.close()
         assert os.listdir(tmp_path / "log") == []            # closed with nothing open
     asyncio.run(main())
+
+
+def test_a_message_refused_by_a_failing_fdatasync_is_not_recovered_after_a_crash(tmp_path):
+    """The refused message's entry may be whole in its segment; the segment, kept for the
+    message before it that is still under way, is sealed where the last good append ended."""
+    files = FaultyFiles()
+
+    async def crash():
+        store = open_store(tmp_path, files)
+        kept = envelope("kept@example.net")
+        await commit(store, kept)
+        files.fail_datasync = eio("log fdatasync")
+        refused = envelope("refused@example.net")
+        with pytest.raises(StoreError):
+            await commit(store, refused)
+        files.fail_datasync = None
+        store._jobs.put(None)          # kill -9: no close()
+        store._writer.join()
+        return kept, refused
+
+    kept, refused = asyncio.run(crash())
+    assert (qlog.MESSAGE, refused.queue_id) not in entries(tmp_path)   # read as recovery reads
+    raw = b"".join(p.read_bytes() for p in qlog.segment_paths(tmp_path / "log"))
+    assert refused.queue_id.encode() in raw                           # though it is there
+
+    async def restart():
+        store = Store.open(tmp_path)
+        try:
+            assert await store.recover_log() == 1
+            assert os.listdir(tmp_path / "log") == []
+        finally:
+            store.close()
+    asyncio.run(restart())
+    assert queued_ids(tmp_path) == [kept.queue_id]

@@ -90,6 +90,11 @@ class Segment:
     closed: bool = False    # no more appends: removed once open_messages is 0
 
 
+def end_path(segment: Path) -> Path:
+    """Where a segment closed after a failed append says where its good entries end."""
+    return segment.with_suffix(".end")
+
+
 def segment_paths(log_dir: Path) -> list[Path]:
     return sorted(log_dir.glob("segment-*.log"), key=lambda p: int(p.stem.split("-")[1]))
 
@@ -137,6 +142,10 @@ class Log:
             if sync:
                 self.files.datasync(segment.fd)
         except BaseException:
+            # What this batch wrote (whole entries, perhaps, whose messages are now refused
+            # with 451) must never be read back: the segment ends where the last good
+            # append ended, and a crash-time recover() reads no further.
+            self._seal(segment)
             self._close(segment)
             raise
         segment.used += len(data)
@@ -156,6 +165,13 @@ class Log:
         if segment.open_messages == 0:
             self._remove(segment)
 
+    def _seal(self, segment: Segment) -> None:
+        try:
+            end = end_path(segment.path)
+            end.write_text(str(segment.used))
+        except OSError:
+            pass   # a dying disk: at worst a refused message is delivered after a restart
+
     def _remove(self, segment: Segment) -> None:
         # Not fsynced: a removal that a power loss takes back leaves a segment whose
         # messages all have markers, which recover() skips.
@@ -165,6 +181,7 @@ class Log:
         except OSError:
             pass
         segment.path.unlink(missing_ok=True)
+        end_path(segment.path).unlink(missing_ok=True)
 
     def close(self) -> None:
         """At shutdown: a segment with nothing open goes; the others stay for recover()."""
@@ -186,7 +203,12 @@ def scan(log_dir: Path) -> tuple[dict[str, bytes], set[str], list[Path], int]:
     marked: set[str] = set()
     paths = segment_paths(log_dir)
     for path in paths:
-        for kind, payload in read_entries(path.read_bytes()):
+        data = path.read_bytes()
+        try:
+            data = data[:int(end_path(path).read_text())]
+        except (OSError, ValueError):
+            pass                        # not sealed: its entries are whole up to the zeros
+        for kind, payload in read_entries(data):
             if kind == MESSAGE:
                 envelope, _ = split_message(payload)
                 messages[envelope["queue_id"]] = payload
@@ -195,4 +217,4 @@ def scan(log_dir: Path) -> tuple[dict[str, bytes], set[str], list[Path], int]:
     for queue_id in marked:
         messages.pop(queue_id, None)
     last = int(paths[-1].stem.split("-")[1]) if paths else 0
-    return messages, marked, paths, last + 1
+    return messages, marked, paths + [end_path(p) for p in paths if end_path(p).exists()], last + 1
