@@ -239,9 +239,11 @@ class Load:
 
 
 #: The delivery settings of the kill run: the default (a delivery process, every message
-#: in the SQLite queue), and hand-off (one process; the durable record is the log entry and
-#: the message goes to delivery from memory: queue/log.py).
-DELIVERY_MODES = {"separate": "", "handoff": 'process = "inline"\nhandoff = true\n'}
+#: in the SQLite queue), and hand-off (the durable record is the log entry: queue/log.py),
+#: with one process (the message goes to delivery from memory) or two (the delivery
+#: process follows the log).
+DELIVERY_MODES = {"separate": "", "handoff": 'process = "inline"\nhandoff = true\n',
+                  "separate+handoff": "handoff = true\n"}
 
 
 @pytest.mark.slow
@@ -309,7 +311,7 @@ def test_kill_9_of_the_whole_relay_again_and_again_under_load_loses_nothing(tmp_
         finally:
             db.close()
         assert list((data_dir / "bodies").iterdir()) == []
-        if mode == "handoff":
+        if "handoff" in mode:
             # What the log still holds is finished: every message has its marker.
             messages, _, _, _ = qlog.scan(data_dir / "log")
             assert messages == {}

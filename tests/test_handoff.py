@@ -22,7 +22,7 @@ hostname = "relay.test"
 data_dir = "var"
 
 [delivery]
-process = "inline"
+process = "{process}"
 handoff = true
 retry_schedule = [1]
 connect_timeout = 2
@@ -48,9 +48,11 @@ networks = ["127.0.0.1/32"]
 """
 
 
-@pytest.fixture
-def site(tmp_path):
-    site = Site(tmp_path, CONFIG)
+@pytest.fixture(params=["inline", "separate"])
+def site(tmp_path, request):
+    """One process handing messages to its own engine, or two: the delivery process
+    follows the receiving process's log."""
+    site = Site(tmp_path, CONFIG, process=request.param)
     yield site
     site.close()
 
@@ -81,9 +83,12 @@ def journal(site: Site, queue_id: str) -> list[str]:
 
 
 def log_entries(site: Site) -> list[tuple[bytes, str]]:
+    """The log's entries and markers (in the segments, or beside them in .marks files)."""
     out = []
     for path in qlog.segment_paths(site.data_dir / "log"):
-        for kind, payload in qlog.read_entries(path.read_bytes()):
+        marks = qlog.marks_path(path)
+        for kind, payload in [*qlog.read_entries(path.read_bytes()),
+                              *qlog.read_entries(marks.read_bytes() if marks.exists() else b"")]:
             out.append((kind, qlog.split_message(payload)[0]["queue_id"]
                         if kind == qlog.MESSAGE else payload.decode()))
     return out

@@ -223,7 +223,7 @@ class Relay:
             print(f"relaywarden: {recovered} message(s) the hand-off log held unfinished are"
                   " queued again (left by a crash)", file=sys.stderr, flush=True)
         if self.cfg.delivery.handoff:
-            store.start_handoff()
+            store.start_handoff(deliver_here=self.cfg.delivery.process == "inline")
         loop_time = asyncio.get_running_loop().time
         mail_log, protocol_log = build_logs(self.cfg)
         self.outbound_log = build_outbound_log(self.cfg)
@@ -504,6 +504,10 @@ async def deliver(cfg: Config, config_path: Path | None, wake_fd: int) -> int:
     mail_log, _ = build_logs(cfg)
     outbound_log = build_outbound_log(cfg)
     worker = DeliveryWorker(cfg, store=store, mail_log=mail_log, protocol_log=outbound_log)
+    if cfg.delivery.handoff:
+        # The receiving process's new mail comes from its log (queue/log.py, Follower).
+        store.start_following()
+        store.on_index_scan = worker.wake
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 

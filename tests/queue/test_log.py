@@ -17,6 +17,7 @@ import pytest
 
 from faultfs import FaultyFiles, eio
 from relaywarden.queue import log as qlog
+from relaywarden.queue import store as store_module
 from relaywarden.queue.store import (Envelope, QueueReader, RecipientRecord,
                                      RecipientStatus, RecipientUpdate, Store, StoreError,
                                      new_queue_id)
@@ -284,3 +285,96 @@ def test_a_message_refused_by_a_failing_fdatasync_is_not_recovered_after_a_crash
             store.close()
     asyncio.run(restart())
     assert queued_ids(tmp_path) == [kept.queue_id]
+
+
+# --- two processes: the delivery process follows the receiving process's log -------------
+
+def test_the_delivery_side_follows_the_log_marks_outcomes_and_removes_finished_segments(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(qlog, "SEGMENT_BYTES", 4096)
+
+    async def main():
+        receiving = Store.open(tmp_path)
+        receiving.start_handoff(deliver_here=False)
+        delivering = Store.open(tmp_path)
+        delivering.start_following()
+        try:
+            envs = [envelope(f"r{i}@example.net") for i in range(20)]   # 3+ segments
+            for env in envs:
+                await commit(receiving, env)
+            assert receiving.commits == 0 and len(qlog.segment_paths(tmp_path / "log")) >= 3
+            # The receiving side hands nothing to itself.
+            assert await receiving.claim_due(time.time(), 100, 60) == []
+            first = await delivering.claim_due(time.time(), 5, 60)
+            assert [m.queue_id for m in first] == [e.queue_id for e in envs[:5]]
+            assert first[0].body == BODY
+            rest = await delivering.claim_due(time.time(), 100, 60)
+            assert [m.queue_id for m in rest] == [e.queue_id for e in envs[5:]]
+            for message in first + rest[:-1]:
+                await delivering.record(message.queue_id, [RecipientUpdate(
+                    idx=0, status=RecipientStatus.DELIVERED, attempts=1)])
+            later = time.time() + 600
+            await delivering.record(rest[-1].queue_id, [RecipientUpdate(
+                idx=0, status=RecipientStatus.QUEUED, attempts=1, next_attempt=later)])
+            # Segments read to their seal with every message marked are gone; the one the
+            # receiving side still writes to stays.
+            assert len(qlog.segment_paths(tmp_path / "log")) == 1
+            assert queued_ids(tmp_path) == [envs[-1].queue_id]   # the deferred one, indexed
+            assert journal_kinds(tmp_path, envs[0].queue_id) == ["received"]   # no events given
+        finally:
+            delivering.close()
+            receiving.close()
+    asyncio.run(main())
+
+
+def test_a_restarted_delivery_process_skips_what_its_predecessor_finished(tmp_path):
+    async def main():
+        receiving = Store.open(tmp_path)
+        receiving.start_handoff(deliver_here=False)
+        try:
+            envs = [envelope(f"r{i}@example.net") for i in range(3)]
+            for env in envs:
+                await commit(receiving, env)
+            first = Store.open(tmp_path)
+            first.start_following()
+            due = await first.claim_due(time.time(), 10, 60)
+            await first.record(due[0].queue_id, [RecipientUpdate(
+                idx=0, status=RecipientStatus.DELIVERED, attempts=1)])
+            first._jobs.put(None)                # kill -9 of the delivery process alone
+            first._writer.join()
+            second = Store.open(tmp_path)
+            second.start_following()
+            try:
+                again = await second.claim_due(time.time(), 10, 60)
+                # The two it had under way come again (at least once); the finished one not.
+                assert [m.queue_id for m in again] == [e.queue_id for e in envs[1:]]
+            finally:
+                second.close()
+        finally:
+            receiving.close()
+    asyncio.run(main())
+
+
+def test_the_receiving_side_stops_handing_off_while_delivery_is_far_behind(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "HANDOFF_MAX_BACKLOG", 1000)
+    monkeypatch.setattr(store_module, "BACKLOG_CHECK_SECONDS", 0)
+
+    async def main():
+        receiving = Store.open(tmp_path)
+        receiving.start_handoff(deliver_here=False)
+        delivering = Store.open(tmp_path)
+        delivering.start_following()
+        try:
+            for _ in range(10):                  # ~300 bytes each, nobody reads them
+                await commit(receiving, envelope())
+            handed, indexed = receiving.log_syncs, receiving.commits
+            assert handed + indexed == 10 and 0 < handed < 10
+            # Delivery catches up (the handed ones from the log, the others from the index):
+            # hand-off again.
+            assert len(await delivering.claim_due(time.time(), 100, 60)) == 10
+            await commit(receiving, envelope())
+            assert receiving.commits == indexed
+        finally:
+            delivering.close()
+            receiving.close()
+    asyncio.run(main())

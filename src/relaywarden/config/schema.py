@@ -413,10 +413,10 @@ class DeliveryConfig(Strict):
     # "separate": delivery (scheduler, outbound SMTP, badmail) runs in a second process, so
     # receiving and delivering each have a core; "inline": one process does both.
     process: Literal["separate", "inline"] = "separate"
-    # true (with process = "inline"): a received message's durable record is an entry
-    # appended to a log (one fdatasync per batch) and it goes to delivery from memory; the
-    # SQLite index takes only what waits (queue/log.py, issue 15). A message on its first
-    # attempt is then not in `queue list`.
+    # true: a received message's durable record is an entry appended to a log (one
+    # fdatasync per batch) and it goes to delivery from memory (inline) or from the log
+    # (separate: the delivery process follows it); the SQLite index takes only what waits
+    # (queue/log.py, issue 15). A message on its first attempt is then not in `queue list`.
     handoff: bool = False
     helo_name: OptionalHeloName = None          # filled: relay.hostname
     max_concurrent: int = Field(default=50, ge=1)
@@ -436,13 +436,6 @@ class DeliveryConfig(Strict):
     tls: Tls = TlsMode.OPPORTUNISTIC
     ca_file: OptionalFile = None                # None: the system store
     ndr_copy_to: OptionalAddress = None
-
-    @model_validator(mode="after")
-    def _handoff_inline(self) -> DeliveryConfig:
-        if self.handoff and self.process != "inline":
-            raise problem(("handoff",), 'needs delivery.process = "inline" (one process'
-                          " receives and delivers: the message is handed on in memory)")
-        return self
 
     @model_validator(mode="after")
     def _notice_before_expiry(self) -> DeliveryConfig:

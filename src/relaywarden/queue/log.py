@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import sys
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -67,6 +68,12 @@ def split_message(payload: bytes) -> tuple[dict[str, Any], bytes]:
 def read_entries(data: bytes) -> Iterator[tuple[bytes, bytes]]:
     """The whole entries of a segment's bytes, in order, up to the end of what was written
     (zeros) or to the first torn or damaged entry."""
+    for kind, payload, _ in entries_to(data):
+        yield kind, payload
+
+
+def entries_to(data: bytes) -> Iterator[tuple[bytes, bytes, int]]:
+    """As read_entries(), each with the offset where it ends."""
     pos, end = 0, len(data)
     while pos + _HEAD.size <= end:
         kind, size, crc = _HEAD.unpack_from(data, pos)
@@ -76,8 +83,8 @@ def read_entries(data: bytes) -> Iterator[tuple[bytes, bytes]]:
         payload = data[start:start + size]
         if len(payload) != size or zlib.crc32(payload, zlib.crc32(kind)) != crc:
             return                      # torn by a crash mid-write: never acknowledged
-        yield kind, payload
         pos = start + size
+        yield kind, payload, pos
 
 
 @dataclass(slots=True)
@@ -99,15 +106,70 @@ def segment_paths(log_dir: Path) -> list[Path]:
     return sorted(log_dir.glob("segment-*.log"), key=lambda p: int(p.stem.split("-")[1]))
 
 
-class Log:
-    """The segments of one process's log. Used by the queue's writer thread only."""
+def marks_path(segment: Path) -> Path:
+    """The markers the delivery process writes for a segment's messages (two processes)."""
+    return segment.with_suffix(".marks")
 
-    def __init__(self, log_dir: Path, files: FileOps, first_number: int = 1) -> None:
+
+_SYNCED = struct.Struct("<QQI")
+
+
+def number_of(segment: Path) -> int:
+    return int(segment.stem.split("-")[1])
+
+
+def write_position(fd: int, number: int, offset: int) -> None:
+    head = struct.pack("<QQ", number, offset)
+    os.pwrite(fd, head + struct.pack("<I", zlib.crc32(head)), 0)
+
+
+def read_synced(log_dir: Path, name: str = "synced") -> tuple[int, int] | None:
+    """(segment number, offset): how far the receiving process's entries are durable
+    (``synced``), or how far the delivery process has read them (``followed``)."""
+    try:
+        with open(log_dir / name, "rb") as f:
+            raw = f.read(_SYNCED.size)
+    except FileNotFoundError:
+        return None
+    if len(raw) != _SYNCED.size:
+        return None
+    number, offset, crc = _SYNCED.unpack(raw)
+    # Read while it was being rewritten: the caller looks again at its next claim.
+    return (number, offset) if zlib.crc32(raw[:16]) == crc else None
+
+
+class Log:
+    """The segments of one process's log. Used by the queue's writer thread only.
+
+    ``removes``: this process removes finished segments (one process receives and
+    delivers). Otherwise (``delivery.process = "separate"``) the delivery process follows
+    the log (``Follower``) and removes them; this side publishes how far its entries are
+    durable in the file ``synced``, and seals each segment it leaves (``.end``)."""
+
+    def __init__(self, log_dir: Path, files: FileOps, first_number: int = 1, *,
+                 removes: bool = True) -> None:
         self.dir = log_dir
         self.files = files
+        self.removes = removes
         self._next_number = first_number
         self.current: Segment | None = None
         self.segments: dict[int, Segment] = {}
+        self._synced_fd: int | None = None
+        if not removes:
+            self._synced_fd = os.open(log_dir / "synced", os.O_RDWR | os.O_CREAT, 0o600)
+
+    def _publish(self, number: int, offset: int) -> None:
+        if self._synced_fd is not None:
+            write_position(self._synced_fd, number, offset)
+
+    def backlog(self) -> int | None:
+        """Bytes of entries the delivery process has not read yet (two processes), about."""
+        current = self.current
+        followed = read_synced(self.dir, "followed")
+        if current is None or followed is None:
+            return None if current is None else current.used
+        number, offset = followed
+        return (current.number - number) * SEGMENT_BYTES + current.used - offset
 
     def _open_segment(self) -> Segment:
         number = self._next_number
@@ -124,6 +186,7 @@ class Log:
         self._next_number += 1
         segment = Segment(number, path, fd)
         self.segments[number] = segment
+        self._publish(number, 0)
         return segment
 
     def append(self, data: bytes, messages: int, *, sync: bool) -> Segment:
@@ -145,11 +208,12 @@ class Log:
             # What this batch wrote (whole entries, perhaps, whose messages are now refused
             # with 451) must never be read back: the segment ends where the last good
             # append ended, and a crash-time recover() reads no further.
-            self._seal(segment)
             self._close(segment)
             raise
         segment.used += len(data)
         segment.open_messages += messages
+        if sync:
+            self._publish(segment.number, segment.used)
         return segment
 
     def finished(self, segment: Segment) -> None:
@@ -159,10 +223,11 @@ class Log:
             self._remove(segment)
 
     def _close(self, segment: Segment) -> None:
+        self._seal(segment)
         segment.closed = True
         if self.current is segment:
             self.current = None
-        if segment.open_messages == 0:
+        if segment.open_messages == 0 and self.removes:
             self._remove(segment)
 
     def _seal(self, segment: Segment) -> None:
@@ -180,11 +245,11 @@ class Log:
             os.close(segment.fd)
         except OSError:
             pass
-        segment.path.unlink(missing_ok=True)
-        end_path(segment.path).unlink(missing_ok=True)
+        remove_files(segment.path)
 
     def close(self) -> None:
-        """At shutdown: a segment with nothing open goes; the others stay for recover()."""
+        """At shutdown: a segment with nothing open goes (when this process removes
+        segments); the others stay for recover()."""
         for segment in list(self.segments.values()):
             self._close(segment)                 # removed (and its fd closed) if finished
             if segment.number in self.segments:
@@ -194,6 +259,22 @@ class Log:
                     pass
         self.segments.clear()
         self.current = None
+        if self._synced_fd is not None:
+            os.close(self._synced_fd)
+            self._synced_fd = None
+
+
+def remove_files(segment: Path) -> None:
+    """A segment and what goes with it (its seal, its markers)."""
+    for path in (segment, end_path(segment), marks_path(segment)):
+        path.unlink(missing_ok=True)
+
+
+def sealed_end(segment: Path) -> int | None:
+    try:
+        return int(end_path(segment).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def scan(log_dir: Path) -> tuple[dict[str, bytes], set[str], list[Path], int]:
@@ -204,10 +285,15 @@ def scan(log_dir: Path) -> tuple[dict[str, bytes], set[str], list[Path], int]:
     paths = segment_paths(log_dir)
     for path in paths:
         data = path.read_bytes()
+        end = sealed_end(path)
+        if end is not None:
+            data = data[:end]           # not sealed: its entries are whole up to the zeros
         try:
-            data = data[:int(end_path(path).read_text())]
-        except (OSError, ValueError):
-            pass                        # not sealed: its entries are whole up to the zeros
+            marks = marks_path(path).read_bytes()
+        except FileNotFoundError:
+            marks = b""
+        for kind, payload in read_entries(marks):
+            marked.add(payload.decode())
         for kind, payload in read_entries(data):
             if kind == MESSAGE:
                 envelope, _ = split_message(payload)
@@ -217,4 +303,132 @@ def scan(log_dir: Path) -> tuple[dict[str, bytes], set[str], list[Path], int]:
     for queue_id in marked:
         messages.pop(queue_id, None)
     last = int(paths[-1].stem.split("-")[1]) if paths else 0
-    return messages, marked, paths + [end_path(p) for p in paths if end_path(p).exists()], last + 1
+    extra = [f for p in paths for f in (end_path(p), marks_path(p)) if f.exists()]
+    synced = log_dir / "synced"
+    return messages, marked, paths + extra + ([synced] if synced.exists() else []), last + 1
+
+
+class Follower:
+    """The delivery process's reader of the receiving process's log (two processes).
+
+    It hands out new messages in order, only as far as they are durable (``synced``, or
+    a segment's seal once the receiving process has moved on), writes the markers of their
+    outcomes to ``segment-N.marks`` (not fsynced, like the markers of one process), and
+    removes a segment read to its seal whose messages all have markers. It says how far it
+    has read in ``followed`` (the receiving process stops handing off when it falls far
+    behind). Used on the delivery process's event loop thread only."""
+
+    READ_BYTES = 4 << 20        # more than the largest entry (a body in memory is <= 1 MiB)
+
+    def __init__(self, log_dir: Path) -> None:
+        self.dir = log_dir
+        self.number: int | None = None      # the segment being read
+        self.offset = 0
+        self._fd: int | None = None
+        self.open: dict[int, int] = {}      # segment -> messages handed out without a marker
+        self.read_to_end: set[int] = set()  # segments read to their seal
+        self._marked: set[str] = set()      # markers a previous delivery process wrote
+        self._marks: dict[int, int] = {}    # segment -> its .marks file, open for appends
+        self._followed = os.open(log_dir / "followed", os.O_RDWR | os.O_CREAT, 0o600)
+
+    def start(self) -> None:
+        """A delivery process that starts beside a running receiving process reads the log
+        from its first segment, skipping what the one before it marked."""
+        for path in segment_paths(self.dir):
+            try:
+                self._marked.update(p.decode() for _, p in read_entries(
+                    marks_path(path).read_bytes()))
+            except FileNotFoundError:
+                pass
+
+    def _path(self, number: int) -> Path:
+        return self.dir / f"segment-{number:08d}.log"
+
+    def read(self, want: int) -> list[tuple[int, dict[str, Any], bytes]]:
+        """Up to ``want`` new messages: (segment number, envelope record, body)."""
+        out: list[tuple[int, dict[str, Any], bytes]] = []
+        while len(out) < want:
+            synced = read_synced(self.dir)
+            if synced is None:
+                break
+            if self.number is None:
+                paths = segment_paths(self.dir)
+                if not paths:
+                    break
+                self.number = number_of(paths[0])
+            last, durable = synced
+            if self.number > last:
+                break
+            end = durable if self.number == last else sealed_end(self._path(self.number))
+            if end is None:
+                break                       # not sealed yet: the next look
+            if self.offset >= end:
+                if self.number == last:
+                    break
+                self._leave(self.number)
+                continue
+            if self._fd is None:
+                self._fd = os.open(self._path(self.number), os.O_RDONLY)
+            data = os.pread(self._fd, min(end - self.offset, self.READ_BYTES), self.offset)
+            consumed = 0
+            for kind, payload, at in entries_to(data):
+                consumed = at
+                if kind == MESSAGE:
+                    envelope, body = split_message(payload)
+                    if envelope["queue_id"] not in self._marked:
+                        out.append((self.number, envelope, body))
+                        self.open[self.number] = self.open.get(self.number, 0) + 1
+                if len(out) >= want:
+                    break
+            if not consumed:
+                # Durable bytes that are not whole entries: a damaged segment. What follows
+                # in it cannot be read; recovery at the next start reads what it can.
+                print(f"relaywarden: delivery: {self._path(self.number)}: damaged at offset"
+                      f" {self.offset}, the rest of it is skipped", file=sys.stderr, flush=True)
+                self.offset = end
+                continue
+            self.offset += consumed
+        if self.number is not None:
+            write_position(self._followed, self.number, self.offset)
+        return out
+
+    def _leave(self, number: int) -> None:
+        """Read to its seal: on to the next segment."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.read_to_end.add(number)
+        self.number, self.offset = number + 1, 0
+        if self.open.get(number, 0) == 0:
+            self._remove(number)
+
+    def mark(self, number: int, kind: bytes, queue_id: str) -> None:
+        fd = self._marks.get(number)
+        if fd is None:
+            fd = self._marks[number] = os.open(marks_path(self._path(number)),
+                                               os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, marker(kind, queue_id))
+        except OSError:
+            pass   # a lost marker: after a crash the message is delivered again, never lost
+        self.open[number] -= 1
+        if number in self.read_to_end and self.open[number] == 0:
+            self._remove(number)
+
+    def _remove(self, number: int) -> None:
+        fd = self._marks.pop(number, None)
+        if fd is not None:
+            os.close(fd)
+        self.open.pop(number, None)
+        self.read_to_end.discard(number)
+        remove_files(self._path(number))
+
+    def close(self) -> None:
+        for fd in (*self._marks.values(), self._fd, self._followed):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._marks.clear()
+        self._fd = None

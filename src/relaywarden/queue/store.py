@@ -116,6 +116,10 @@ HANDOFF_MAX_BYTES = 256 << 20
 #: With hand-off, the index is scanned for due recipients at most this often (a claim is
 #: served from memory meanwhile): retries, releases and ETRN wait at most this long more.
 INDEX_SCAN_SECONDS = 0.05
+#: Two processes: the receiving process hands off while the delivery process has read all
+#: but this many bytes of the log (about 4,000 messages of 1 KB), looked at this often.
+HANDOFF_MAX_BACKLOG = 4 << 20
+BACKLOG_CHECK_SECONDS = 0.5
 
 
 class RecipientStatus(enum.Enum):
@@ -480,7 +484,7 @@ class _Handed:
     """A message whose durable record is in the log and that is not in the index."""
     envelope: Envelope
     body: bytes
-    segment: qlog.Segment
+    segment: Any        # the Log's Segment (one process), or its number (qlog.Follower)
 
 
 class Store:
@@ -509,6 +513,10 @@ class Store:
         # Hand-off (queue/log.py; start_handoff()): None while messages go to the index.
         self._log: qlog.Log | None = None
         self._log_next = 1                   # the number of the next segment (recover_log)
+        self._deliver_here = True            # hand-off to this process's own engine
+        self._follower: qlog.Follower | None = None   # the delivery process's, two processes
+        self._backlog_checked = 0.0
+        self._backlog_ok = True
         self._in_log: dict[str, _Handed] = {}        # written by the writer thread only
         self._in_log_bytes = 0                       # their bodies (writer thread only)
         self._handed: collections.deque[DueMessage] = collections.deque()  # not yet claimed
@@ -591,13 +599,23 @@ class Store:
             path.unlink(missing_ok=True)
         return len(pending)
 
-    def start_handoff(self) -> None:
+    def start_handoff(self, *, deliver_here: bool = True) -> None:
         """From now on a received message's durable record is a log entry and it goes to
-        delivery from memory (delivery.handoff; one process receives and delivers).
-        After recover_log()."""
+        delivery from memory (delivery.handoff). ``deliver_here``: this process's engine
+        takes it (delivery.process = "inline"); otherwise the delivery process follows the
+        log (start_following()). After recover_log()."""
         log_dir = self.data_dir / "log"
         log_dir.mkdir(exist_ok=True)
-        self._log = qlog.Log(log_dir, self.files, self._log_next)
+        self._deliver_here = deliver_here
+        self._log = qlog.Log(log_dir, self.files, self._log_next, removes=deliver_here)
+
+    def start_following(self) -> None:
+        """The delivery process of a relay with hand-off: claims take the receiving
+        process's new messages from its log (queue/log.py, Follower)."""
+        log_dir = self.data_dir / "log"
+        log_dir.mkdir(exist_ok=True)
+        self._follower = qlog.Follower(log_dir)
+        self._follower.start()
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -660,9 +678,11 @@ class Store:
         lease: their crash guard is the log); the index is scanned at most every
         INDEX_SCAN_SECONDS for the rest (retries, released mail).
         """
-        if self._log is None:
+        if self._log is None and self._follower is None:
             return await self._write(lambda db: _claim(db, now, limit, lease), durable=False)
         handed = self._take_handed(limit)
+        if self._follower is not None and len(handed) < limit:
+            handed += self._follow(limit - len(handed))
         if len(handed) >= limit:
             return handed
         wait = self._scan_at - time.monotonic()
@@ -685,6 +705,15 @@ class Store:
         if self.on_index_scan is not None:
             self.on_index_scan()
 
+    def _follow(self, want: int) -> list[DueMessage]:
+        assert self._follower is not None
+        out = []
+        for number, record, body in self._follower.read(want):
+            env = envelope_from_record(record)
+            self._in_log[env.queue_id] = _Handed(env, body, number)
+            out.append(_handed_message(env, body))
+        return out
+
     def _take_handed(self, limit: int) -> list[DueMessage]:
         out: list[DueMessage] = []
         while self._handed and len(out) < limit:
@@ -694,9 +723,19 @@ class Store:
     def _can_hand(self, envelope: Envelope, spool: BodySpool) -> bool:
         """Hand-off takes a message every recipient of which waits for its first attempt,
         while the memory it may use is not used up."""
-        return (all(r.status is RecipientStatus.QUEUED for r in envelope.recipients)
-                and len(self._in_log) < HANDOFF_MAX_MESSAGES
-                and self._in_log_bytes + spool.size <= HANDOFF_MAX_BYTES)
+        if not all(r.status is RecipientStatus.QUEUED for r in envelope.recipients):
+            return False
+        if self._deliver_here:
+            return (len(self._in_log) < HANDOFF_MAX_MESSAGES
+                    and self._in_log_bytes + spool.size <= HANDOFF_MAX_BYTES)
+        # Two processes: while the delivery process is far behind (its next hop is down,
+        # say), new mail goes into the index, where `queue list` and the console show it.
+        now = time.monotonic()
+        if now - self._backlog_checked > BACKLOG_CHECK_SECONDS:
+            self._backlog_checked = now
+            backlog = self._log.backlog() if self._log is not None else None
+            self._backlog_ok = backlog is None or backlog <= HANDOFF_MAX_BACKLOG
+        return self._backlog_ok
 
     async def record(self, queue_id: str, updates: list[RecipientUpdate], *,
                      new_messages: list[tuple[Envelope, BodySpool]] = (),
@@ -704,7 +743,7 @@ class Store:
         """Apply attempt outcomes and enqueue the messages they produce (DSNs, notices) in
         one transaction: a bounce and the recipient it reports on change state together.
         ``events`` are the attempts' journal entries (``attempt``, see queue.journal)."""
-        handed = self._in_log.get(queue_id) if self._log is not None else None
+        handed = self._in_log.get(queue_id)
         if handed is not None:
             await self._record_handed(handed, updates, new_messages, events)
             return
@@ -753,9 +792,14 @@ class Store:
         files = tuple(self.bodies_dir / e.queue_id for e, sp in new_messages if not sp.in_memory)
         loop = asyncio.get_running_loop()
         done = loop.create_future()
+        kind = qlog.DONE if finished else qlog.INDEXED
+        follower = self._follower
         self._jobs.put(_Job(None, 0, done, loop, files, add, durable=not finished,
-                            markers=((qlog.DONE if finished else qlog.INDEXED, queue_id),)))
+                            markers=() if follower is not None else ((kind, queue_id),)))
         await done
+        if follower is not None:    # the log is the receiving process's: markers go beside it
+            del self._in_log[queue_id]
+            follower.mark(handed.segment, kind, queue_id)
 
     async def enqueue(self, envelope: Envelope, spool: BodySpool) -> None:
         await self.commit(envelope, spool)
@@ -883,6 +927,8 @@ class Store:
             self._writer = None
         if self._log is not None:
             self._log.close()   # what is still handed stays in its segment: recover_log()
+        if self._follower is not None:
+            self._follower.close()
         for db in (self._db, self._reader):
             if db is not None:
                 db.close()
@@ -962,9 +1008,10 @@ class Store:
         if segment is None:
             return
         for job, (_, env, body) in zip(logged, records):
-            self._in_log[env.queue_id] = _Handed(env, body, segment)
-            self._in_log_bytes += len(body)
-            self._handed.append(_handed_message(env, body))
+            if self._deliver_here:   # else the delivery process reads it from the log
+                self._in_log[env.queue_id] = _Handed(env, body, segment)
+                self._in_log_bytes += len(body)
+                self._handed.append(_handed_message(env, body))
             outcomes.append((job, None, None))
 
     def _run_batch(self, batch: list[_Job], outcomes: list) -> None:
