@@ -292,7 +292,7 @@ def scan(log_dir: Path) -> tuple[dict[str, bytes], set[str], list[Path], int]:
             marks = marks_path(path).read_bytes()
         except FileNotFoundError:
             marks = b""
-        for kind, payload in read_entries(marks):
+        for _, payload in read_entries(marks):
             marked.add(payload.decode())
         for kind, payload in read_entries(data):
             if kind == MESSAGE:
