@@ -519,10 +519,18 @@ class RelaywardenInline(Relaywarden):
 
 
 class RelaywardenHandoff(Relaywarden):
-    """relaywarden with hand-off (issue 15, queue/log.py): one process; a message's durable
-    record is an entry in an append-only log (one fdatasync per batch, before the 250) and
-    it goes to delivery from memory; SQLite indexes only what waits."""
+    """relaywarden with hand-off (issue 15, queue/log.py): a message's durable record is an
+    entry in an append-only log (one fdatasync per batch, before the 250); the delivery
+    process follows the log; SQLite indexes only what waits."""
     name = "relaywarden+handoff"
+
+    def tables(self) -> str:
+        return '[delivery]\nhandoff = true\n\n'
+
+
+class RelaywardenInlineHandoff(Relaywarden):
+    """Hand-off with one process: the message goes to delivery from memory."""
+    name = "relaywarden+inline+handoff"
 
     def tables(self) -> str:
         return '[delivery]\nprocess = "inline"\nhandoff = true\n\n'
@@ -899,7 +907,8 @@ def main() -> int:
                "relaywarden+validation": RelaywardenValidation(workdir),
                "relaywarden+hosted": RelaywardenHosted(workdir),
                "relaywarden+inline": RelaywardenInline(workdir),
-               "relaywarden+handoff": RelaywardenHandoff(workdir)}
+               "relaywarden+handoff": RelaywardenHandoff(workdir),
+               "relaywarden+inline+handoff": RelaywardenInlineHandoff(workdir)}
     unknown = [s for s in args.systems.split(",") if s not in systems]
     if unknown:
         ap.error(f"--systems: unknown {', '.join(unknown)} (known: {', '.join(systems)})")
