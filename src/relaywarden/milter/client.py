@@ -305,6 +305,9 @@ class Connection:
         self.key = key
         self.steps = p.Step(0)
         self.actions = p.Act(0)
+        # The steps not sent, and those sent without waiting for a reply (from ``steps``).
+        self.not_sent: frozenset[p.Cmd] = frozenset()
+        self.no_reply: frozenset[p.Cmd] = frozenset()
         self.sticky: Outcome | None = None
         self.messages = 0
         self.closed = False
@@ -341,13 +344,13 @@ class Connection:
     async def _step(self, cmd: p.Cmd, packet: bytes, macros: dict[str, str] | None = None):
         """Send one command (unless the milter asked not to get it) and, unless it said
         it does not answer it, read its verdict; a final verdict ends the conversation."""
-        if self.steps & p.NOT_SENT.get(cmd, 0):
+        if cmd in self.not_sent:
             return None
         link = self.link
         if macros:
             link.send(p.macros(cmd, macros))
         link.send(packet)
-        if self.steps & p.NO_REPLY.get(cmd, 0):
+        if cmd in self.no_reply:
             if link.out_size >= FLUSH_SIZE:
                 await link.drain(self.spec.command_timeout)
             return None
@@ -375,7 +378,9 @@ class Connection:
         # Postfix and Sendmail take it): a modification outside it is refused at end of
         # message.
         self.actions = neg.actions & p.OFFERED_ACTIONS
-        self.steps = neg.steps & p.OFFERED_STEPS
+        self.steps = steps = neg.steps & p.OFFERED_STEPS
+        self.not_sent = frozenset(cmd for cmd, flag in p.NOT_SENT.items() if steps & flag)
+        self.no_reply = frozenset(cmd for cmd, flag in p.NO_REPLY.items() if steps & flag)
         name = facts.client_name or f"[{facts.client_ip}]"
         connect_macros = {"j": facts.hostname, "_": f"{name} [{facts.client_ip}]",
                           "{daemon_name}": facts.listener, "{client_addr}": facts.client_ip,
