@@ -214,7 +214,8 @@ class BrokenMilter:
     "quarantine" is a working scripted milter: it changes and inserts headers and
     quarantines the message. Any other mode ("record") answers every step "continue";
     "close_after_eom" also closes the connection right after its end-of-message verdict,
-    "close_at_next" when the next message begins (without a word about it).
+    "close_at_next" when the next message begins (without a word about it);
+    "reject_connect" refuses at connect, with its own reply.
 
     ``conversations``: the commands of each connection it accepted, in order (so their
     number is the number of connections); ``changed`` is notified at each command."""
@@ -225,6 +226,7 @@ class BrokenMilter:
         self.sock = socket.create_server(("127.0.0.1", self.port))
         self.seen: list[bytes] = []
         self.conversations: list[list[bytes]] = []
+        self.helos: list[bytes] = []                   # SMFIC_HELO's data, in order
         self.changed = threading.Condition()
         # SMFIC_MACRO as received: (the command it goes with, {name: value}), in order.
         self.macros: list[tuple[bytes, dict[str, str]]] = []
@@ -284,6 +286,8 @@ class BrokenMilter:
                     self.changed.notify_all()
                 if self.mode == "close_at_next" and b"E" in mine and cmd != b"E":
                     return                                # the next message: no answer
+                if cmd == b"H":
+                    self.helos.append(data)
                 if cmd == b"O":
                     if self.mode == "garbage":
                         conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n" + os.urandom(64))
@@ -297,6 +301,8 @@ class BrokenMilter:
                     self.macros.append((data[:1], {k.decode(): v.decode() for k, v in
                                                    zip(parts[::2], parts[1::2])}))
                     continue                              # macros get no reply
+                elif cmd == b"C" and self.mode == "reject_connect":
+                    self._send(conn, b"y", b"550 5.7.1 Not from you\0")
                 elif cmd == b"B" and self.mode == "close":
                     conn.shutdown(socket.SHUT_RDWR)
                     return
@@ -468,6 +474,37 @@ def test_a_session_that_ends_without_quit_still_quits_the_milter(make_site, brok
     smtp.close()                                # the client goes away without QUIT
     milter.wait(lambda: milter.conversations[0][-1:] == [b"Q"])
     assert len(milter.conversations) == 1
+
+
+def test_a_refusal_at_connect_stands_for_every_message_of_the_session(make_site, broken):
+    milter = broken("reject_connect")
+    site = make_site(milter.port)
+    with smtplib.SMTP("127.0.0.1", site.ports["main"], timeout=30) as smtp:
+        smtp.ehlo("app.test")
+        replies = [_message(smtp, f"message {n}") for n in range(2)]
+    assert replies == [(550, "5.7.1 Not from you")] * 2, replies
+    milter.wait(lambda: milter.conversations[0][-1:] == [b"Q"])
+    # Asked once, at connect; not asked again about either message.
+    assert [b"".join(talk) for talk in milter.conversations] == [b"ODCQ"]
+    assert site.relay.messages() == []
+
+
+def test_a_new_ehlo_gets_a_new_milter_connection(make_site, broken):
+    """The connection's HELO (and TLS) facts are the session's at its first message: after
+    a new EHLO the next message gets a connection that was told the new name."""
+    milter = broken("record")
+    site = make_site(milter.port)
+    with smtplib.SMTP("127.0.0.1", site.ports["main"], timeout=30) as smtp:
+        smtp.ehlo("first.test")
+        assert _message(smtp, "one")[0] == 250
+        smtp.ehlo("second.test")
+        assert _message(smtp, "two")[0] == 250
+    milter.wait(lambda: len(milter.conversations) == 2
+                and all(talk[-1:] == [b"Q"] for talk in milter.conversations))
+    for talk in milter.conversations:
+        assert re.fullmatch(rb"ODCHDMDRDTL+DNB+DEQ", b"".join(talk)), talk
+    assert milter.helos == [b"first.test\0", b"second.test\0"]
+    assert len(site.down.wait_for(2)) == 2
 
 
 @pytest.mark.parametrize("mode", ["close_after_eom", "close_at_next"])
