@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import smtplib
 import socket
 import struct
 import subprocess
@@ -126,6 +127,27 @@ def make_site(tmp_path):
         s.down.stop()
 
 
+def _message(smtp: smtplib.SMTP, body: str, to: str = "user@gmail.test") -> tuple[int, str]:
+    """One more message in an SMTP session: the reply to its final dot."""
+    smtp.mail("app@example.com")
+    smtp.rcpt(to)
+    code, text = smtp.data(f"From: app@example.com\r\nTo: {to}\r\nSubject: test\r\n\r\n"
+                           f"{body}\r\n")
+    return code, text.decode()
+
+
+def _milter_links(port: int) -> set[int]:
+    """The local ports of the established loopback TCP connections to ``port`` (the
+    relay's connections to a milter there), from /proc/net/tcp."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state = fields[1], fields[2], fields[3]
+        if state == "01" and int(remote.rpartition(":")[2], 16) == port:
+            found.add(int(local.rpartition(":")[2], 16))
+    return found
+
+
 # --- rspamd -----------------------------------------------------------------------------
 
 def test_rspamd_refuses_gtube_with_its_own_reply(make_site, rspamd):
@@ -134,11 +156,10 @@ def test_rspamd_refuses_gtube_with_its_own_reply(make_site, rspamd):
     assert out.returncode != 0
     # rspamd's SMFIR_REPLYCODE, passed on as it is, before anything is queued.
     assert "<** 554 5.7.1 Gtube pattern" in out.stdout, out.stdout
-    time.sleep(0.5)
+    # The refusal is logged, and the spool file removed, before the reply is sent.
+    site.relay.wait_log(r"event=reject stage=data .*code=554 .*rule=milters\.filter")
     assert site.relay.messages() == []
     assert list((site.data_dir / "tmp").iterdir()) == []
-    log = site.maillog()
-    assert re.search(r"event=reject stage=data .*code=554 .*rule=milters\.filter", log), log
 
 
 def test_rspamd_adds_its_headers_to_a_clean_message(make_site, rspamd):
@@ -154,6 +175,36 @@ def test_rspamd_adds_its_headers_to_a_clean_message(make_site, rspamd):
     assert b"Hello, a clean message." in msg.content
 
 
+def test_rspamd_scans_each_message_of_a_session_over_one_connection(make_site, rspamd):
+    """Three messages in one SMTP session: rspamd scans each (its own queue id in its
+    headers), refuses the GTUBE one in the middle, and it is all one milter connection."""
+    site = make_site(rspamd)
+    with smtplib.SMTP("127.0.0.1", site.ports["main"], timeout=30) as smtp:
+        smtp.ehlo("app.test")
+        code, first = _message(smtp, "A first clean message.")
+        assert code == 250, first
+        links = _milter_links(rspamd)
+        assert len(links) == 1, links                      # kept open between messages
+        code, text = _message(smtp, GTUBE)
+        assert (code, text.split(" ", 1)[0]) == (554, "5.7.1"), text
+        assert "Gtube pattern" in text
+        code, third = _message(smtp, "A third clean message.")
+        assert code == 250, third
+        assert _milter_links(rspamd) == links              # the same connection throughout
+    qids = [re.search(r"queued as (\S+)", t).group(1) for t in (first, third)]
+    scanned = {}
+    for msg in site.down.wait_for(2):
+        head = msg.content.split(b"\r\n\r\n", 1)[0].decode()
+        assert re.search(r"^X-Spamd-Result: default: False \[", head, re.M), head
+        scanned[re.search(r"^X-Rspamd-Queue-Id: (\S+?)\r?$", head, re.M).group(1)] = msg
+    # Each clean message scanned as itself (its queue id, macro i, in its own headers).
+    assert sorted(scanned) == sorted(qids)
+    assert b"A first clean message." in scanned[qids[0]].content
+    assert b"A third clean message." in scanned[qids[1]].content
+    assert len(site.relay.messages()) <= 2                 # the GTUBE one was never queued
+    site.relay.wait_log(r"event=reject stage=data .*code=554 .*rule=milters\.filter")
+
+
 # --- a broken milter ------------------------------------------------------------------------
 
 class BrokenMilter:
@@ -161,13 +212,22 @@ class BrokenMilter:
     first body chunk), "garbage" (answers nonsense), "silent" (never answers).
 
     "quarantine" is a working scripted milter: it changes and inserts headers and
-    quarantines the message."""
+    quarantines the message. Any other mode ("record") answers every step "continue";
+    "close_after_eom" also closes the connection right after its end-of-message verdict,
+    "close_at_next" when the next message begins (without a word about it);
+    "reject_connect" refuses at connect, with its own reply.
+
+    ``conversations``: the commands of each connection it accepted, in order (so their
+    number is the number of connections); ``changed`` is notified at each command."""
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.port = free_port()
         self.sock = socket.create_server(("127.0.0.1", self.port))
         self.seen: list[bytes] = []
+        self.conversations: list[list[bytes]] = []
+        self.helos: list[bytes] = []                   # SMFIC_HELO's data, in order
+        self.changed = threading.Condition()
         # SMFIC_MACRO as received: (the command it goes with, {name: value}), in order.
         self.macros: list[tuple[bytes, dict[str, str]]] = []
         self.threads: list[threading.Thread] = []
@@ -205,14 +265,29 @@ class BrokenMilter:
     def _send(conn: socket.socket, cmd: bytes, data: bytes = b"") -> None:
         conn.sendall(struct.pack("!I", len(data) + 1) + cmd + data)
 
+    def wait(self, predicate, timeout: float = 10) -> None:
+        """Until ``predicate()`` holds (checked at each command the milter gets)."""
+        with self.changed:
+            assert self.changed.wait_for(predicate, timeout), self.conversations
+
     def _handle(self, conn: socket.socket) -> None:
+        mine: list[bytes] = []
+        with self.changed:
+            self.conversations.append(mine)
         with conn:
             while True:
                 got = self._read(conn)
                 if got is None:
                     return
                 cmd, data = got
-                self.seen.append(cmd)
+                with self.changed:
+                    self.seen.append(cmd)
+                    mine.append(cmd)
+                    self.changed.notify_all()
+                if self.mode == "close_at_next" and b"E" in mine and cmd != b"E":
+                    return                                # the next message: no answer
+                if cmd == b"H":
+                    self.helos.append(data)
                 if cmd == b"O":
                     if self.mode == "garbage":
                         conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n" + os.urandom(64))
@@ -226,6 +301,8 @@ class BrokenMilter:
                     self.macros.append((data[:1], {k.decode(): v.decode() for k, v in
                                                    zip(parts[::2], parts[1::2])}))
                     continue                              # macros get no reply
+                elif cmd == b"C" and self.mode == "reject_connect":
+                    self._send(conn, b"y", b"550 5.7.1 Not from you\0")
                 elif cmd == b"B" and self.mode == "close":
                     conn.shutdown(socket.SHUT_RDWR)
                     return
@@ -244,7 +321,12 @@ class BrokenMilter:
                         self._send(conn, b"i", struct.pack("!I", 0) + b"X-Filtered\0yes\n\tfolded\0")
                         self._send(conn, b"q", b"suspicious content\0")
                     self._send(conn, b"c")
-                elif cmd in (b"Q", b"A"):
+                    if self.mode == "close_after_eom":
+                        conn.shutdown(socket.SHUT_RDWR)
+                        return
+                elif cmd == b"A":
+                    continue                              # abort gets no reply
+                elif cmd == b"Q":
                     return
                 else:
                     self._send(conn, b"c")
@@ -276,11 +358,10 @@ def test_a_broken_milter_tempfails_the_message(make_site, broken, mode):
     assert "<** 451 4.7.1 Content filter unavailable, try again later" in out.stdout, out.stdout
     if mode == "silent":
         assert time.monotonic() - started < 10          # command_timeout = 1, not forever
-    time.sleep(0.5)
+    # The refusal is logged, and the spool file removed, before the reply is sent.
+    site.relay.wait_log(r"event=reject stage=data .*code=451 .*rule=milters\.filter")
     assert site.relay.messages() == []
     assert list((site.data_dir / "tmp").iterdir()) == []
-    log = site.maillog()
-    assert re.search(r"event=reject stage=data .*code=451 .*rule=milters\.filter", log), log
 
 
 @pytest.mark.parametrize("mode", ["close", "garbage", "silent"])
@@ -356,6 +437,99 @@ def test_envelope_and_body_changes_are_applied_before_the_commit(make_site, brok
     assert msg.recipients == ["other@gmail.test"]
     assert msg.content.endswith(b"\r\n\r\nreplaced body\r\n"), msg.content
     assert b"the original body" not in msg.content
+
+
+# --- one milter connection per SMTP session -------------------------------------------------
+
+def test_the_messages_of_a_session_share_one_milter_connection(make_site, broken):
+    milter = broken("record")
+    site = make_site(milter.port)
+    qids = []
+    with smtplib.SMTP("127.0.0.1", site.ports["main"], timeout=30) as smtp:
+        smtp.ehlo("app.test")
+        for n in range(3):
+            code, text = _message(smtp, f"message {n}")
+            assert code == 250, text
+            qids.append(re.search(r"queued as (\S+)", text).group(1))
+        assert len(milter.conversations) == 1               # still open, before QUIT
+    # The session's end is the milter connection's end: SMFIC_QUIT.
+    milter.wait(lambda: milter.conversations[0][-1:] == [b"Q"])
+    [talk] = milter.conversations
+    # Negotiation, connect and helo once; each message from MAIL to end of message, the
+    # next one after SMFIC_ABORT (as Postfix sends it after each message); then QUIT.
+    cmds = b"".join(talk)
+    assert re.fullmatch(rb"ODCH(DMDRDTL+DNB+DE)(A(DMDRDTL+DNB+DE)){2}Q", cmds), cmds
+    # Each message with its own queue id (macro i with MAIL).
+    assert [m["i"] for stage, m in milter.macros if stage == b"M"] == qids
+    assert len(site.down.wait_for(3)) == 3
+
+
+def test_a_session_that_ends_without_quit_still_quits_the_milter(make_site, broken):
+    milter = broken("record")
+    site = make_site(milter.port)
+    smtp = smtplib.SMTP("127.0.0.1", site.ports["main"], timeout=30)
+    smtp.ehlo("app.test")
+    code, text = _message(smtp, "one message")
+    assert code == 250, text
+    smtp.close()                                # the client goes away without QUIT
+    milter.wait(lambda: milter.conversations[0][-1:] == [b"Q"])
+    assert len(milter.conversations) == 1
+
+
+def test_a_refusal_at_connect_stands_for_every_message_of_the_session(make_site, broken):
+    milter = broken("reject_connect")
+    site = make_site(milter.port)
+    with smtplib.SMTP("127.0.0.1", site.ports["main"], timeout=30) as smtp:
+        smtp.ehlo("app.test")
+        replies = [_message(smtp, f"message {n}") for n in range(2)]
+    assert replies == [(550, "5.7.1 Not from you")] * 2, replies
+    milter.wait(lambda: milter.conversations[0][-1:] == [b"Q"])
+    # Asked once, at connect; not asked again about either message.
+    assert [b"".join(talk) for talk in milter.conversations] == [b"ODCQ"]
+    assert site.relay.messages() == []
+
+
+def test_a_new_ehlo_gets_a_new_milter_connection(make_site, broken):
+    """The connection's HELO (and TLS) facts are the session's at its first message: after
+    a new EHLO the next message gets a connection that was told the new name."""
+    milter = broken("record")
+    site = make_site(milter.port)
+    with smtplib.SMTP("127.0.0.1", site.ports["main"], timeout=30) as smtp:
+        smtp.ehlo("first.test")
+        assert _message(smtp, "one")[0] == 250
+        smtp.ehlo("second.test")
+        assert _message(smtp, "two")[0] == 250
+    milter.wait(lambda: len(milter.conversations) == 2
+                and all(talk[-1:] == [b"Q"] for talk in milter.conversations))
+    for talk in milter.conversations:
+        assert re.fullmatch(rb"ODCHDMDRDTL+DNB+DEQ", b"".join(talk)), talk
+    assert milter.helos == [b"first.test\0", b"second.test\0"]
+    assert len(site.down.wait_for(2)) == 2
+
+
+@pytest.mark.parametrize("mode", ["close_after_eom", "close_at_next"])
+def test_a_milter_that_closes_between_messages_gets_a_new_connection(make_site, broken, mode):
+    """The milter ends its connection after a message: right after its verdict, or when
+    the next message begins (before it answers any of it). The next message goes over a
+    new connection and passes; nothing is refused or passed unfiltered."""
+    milter = broken(mode)
+    site = make_site(milter.port, "tempfail")
+    with smtplib.SMTP("127.0.0.1", site.ports["main"], timeout=30) as smtp:
+        smtp.ehlo("app.test")
+        for n in range(2):
+            code, text = _message(smtp, f"message {n}")
+            assert code == 250, text
+    assert len(site.down.wait_for(2)) == 2
+    assert len(milter.conversations) == 2
+    for talk in milter.conversations:                       # each saw a whole message
+        assert re.match(rb"ODCHDMDRDTL+DNB+DE", b"".join(talk)), talk
+    if mode == "close_after_eom":
+        # Its end was seen before the next message: that one never went to it.
+        assert milter.conversations[0][-1] == b"E", milter.conversations
+    else:
+        # The next message began on it (SMFIC_ABORT first), then went again on a new one.
+        assert milter.conversations[0][-1] == b"A", milter.conversations
+    assert "stage=milter" not in site.maillog() and "event=reject" not in site.maillog()
 
 
 # --- ClamAV: clamd with a local test signature, clamav-milter in front of it -----------------
@@ -467,6 +641,24 @@ def test_clamav_refuses_eicar_and_passes_clean_mail_with_its_headers(make_site, 
     assert re.search(r"^X-Virus-Status: Clean\r?$", head, re.M), head
     assert re.search(r"^X-Virus-Scanned: clamav-milter ", head, re.M), head
     assert len(site.relay.messages()) <= 1          # only the clean one was queued
+
+
+def test_clamav_refuses_eicar_between_clean_messages_of_one_session(make_site, clamav_milter):
+    """clamav-milter (libmilter) takes the session's next message on the same connection
+    after a refusal at end of message."""
+    port = clamav_milter("Reject", 'RejectMsg "Virus found: %v"')
+    site = make_site(port)
+    with smtplib.SMTP("127.0.0.1", site.ports["main"], timeout=30) as smtp:
+        smtp.ehlo("app.test")
+        replies = [_message(smtp, body) for body in ("clean one", EICAR, "clean two")]
+        links = _milter_links(port)
+    assert [code for code, _ in replies] == [250, 550, 250], replies
+    assert replies[1][1].startswith("5.7.1 Virus found: Relaywarden.Test.EICAR"), replies
+    assert len(links) == 1, links
+    msgs = site.down.wait_for(2)
+    for msg in msgs:
+        assert re.search(rb"^X-Virus-Status: Clean\r?$", msg.content, re.M), msg.content[:400]
+    assert sorted(b"clean one" in m.content for m in msgs) == [False, True]
 
 
 def test_clamav_quarantine_puts_the_message_in_badmail(make_site, clamav_milter):

@@ -1,7 +1,10 @@
 """Content filters over the Sendmail milter protocol (rspamd, clamav-milter, OpenDKIM).
 
-protocol.py is the sans-IO codec; client.py talks to one milter over asyncio."""
+protocol.py is the sans-IO codec; client.py talks to one milter over asyncio (a connection
+per milter and SMTP session, or one for a single message: check)."""
 
-from relaywarden.milter.client import Facts, MilterSpec, Outcome, check, parse_socket, rewrite
+from relaywarden.milter.client import (Connection, Facts, MilterSpec, Outcome, check, connect,
+                                       connection_key, parse_socket, rewrite)
 
-__all__ = ["Facts", "MilterSpec", "Outcome", "check", "parse_socket", "rewrite"]
+__all__ = ["Connection", "Facts", "MilterSpec", "Outcome", "check", "connect", "connection_key",
+           "parse_socket", "rewrite"]

@@ -4,14 +4,18 @@ Each milter sees the message as the ones before left it (their header changes ap
 as in Postfix. The first refusal ends the chain; a quarantine or a discard marks the
 message for badmail and the chain goes on (a later milter may still refuse it, which the
 sender then learns: better than keeping it).
+
+A session keeps one connection per milter (MilterChain) for all its messages, as Postfix
+does, and closes them when it ends.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from relaywarden.milter import Facts, MilterSpec, check, rewrite
+from relaywarden.milter import (Connection, Facts, MilterSpec, Outcome, check, connect,
+                                connection_key, rewrite)
 from relaywarden.milter.protocol import EnvelopeChange
 from relaywarden.queue.spool import BodySpool
 from relaywarden.queue.store import RecipientRecord, RecipientStatus
@@ -69,13 +73,80 @@ def rules_of(changes: list[tuple[str, EnvelopeChange]]) -> str:
     return next((rule for rule, c in changes if c.kind == "-"), "milters")
 
 
+class MilterChain:
+    """The milter connections of one SMTP session: one per milter, opened at the first
+    message it is asked about and kept for the session's next messages (negotiation,
+    connect and helo once); ``close`` (the session's end) sends each one SMFIC_QUIT.
+
+    A connection that failed (refused, timed out, answered garbage, closed by the milter)
+    is dropped: the message in hand gets the milter's on_failure, the next one a new
+    connection. One the milter closed between two messages is found out before it is used
+    (its end arrived meanwhile), or, if that end comes with the next message before the
+    milter answered any of it, that message is sent once more on a new connection. A new
+    EHLO (after STARTTLS) or a config reload that changed the milter also means a new
+    connection."""
+
+    __slots__ = ("_conns", "_closed")
+
+    def __init__(self) -> None:
+        self._conns: dict[str, Connection] = {}
+        self._closed = False
+
+    async def ask(self, spec: MilterSpec, facts: Facts,
+                  chunks: Callable[[], Iterable[bytes]]) -> Outcome:
+        """One milter's verdict on one message (``chunks`` gives the message, each time
+        from its start); never raises for the milter's faults."""
+        conn = self._conns.pop(spec.name, None)
+        if conn is not None:
+            if conn.spec == spec and conn.key == connection_key(facts) and conn.reusable:
+                outcome = await self._over(conn, facts, chunks)
+                if outcome.action != "failed" or not conn.stale or self._closed:
+                    return outcome
+                # The milter had closed the connection, and its end came with this message
+                # before it answered any of it: once more, on a new connection.
+            else:
+                conn.close()
+        made = await connect(spec, facts)
+        if isinstance(made, Outcome):
+            return made
+        return await self._over(made, facts, chunks)
+
+    async def _over(self, conn: Connection, facts: Facts,
+                    chunks: Callable[[], Iterable[bytes]]) -> Outcome:
+        if self._closed:                      # the session ended while it was opened
+            conn.close()
+            return Outcome("failed", reason="the SMTP session ended")
+        name = conn.spec.name
+        self._conns[name] = conn
+        outcome = await conn.message(facts, chunks())
+        if conn.closed or self._closed:
+            conn.close()
+            if self._conns.get(name) is conn:
+                del self._conns[name]
+        return outcome
+
+    def close(self) -> None:
+        """The session is over: SMFIC_QUIT to every milter (a message under way is
+        abandoned: the client is gone)."""
+        self._closed = True
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+
 async def run_chain(milters: tuple[MilterSpec, ...], facts: Facts, spool: BodySpool,
-                    new_spool: Callable[[], BodySpool]) -> Filtered:
-    """Ask every milter; the spool given is discarded if a changed one replaces it."""
+                    new_spool: Callable[[], BodySpool],
+                    chain: MilterChain | None = None) -> Filtered:
+    """Ask every milter (over the session's connections, ``chain``, or a connection per
+    milter for this message alone); the spool given is discarded if a changed one
+    replaces it."""
     result = Filtered(spool=spool)
     for spec in milters:
         rule = f"milters.{spec.name}"
-        outcome = await check(spec, facts, result.spool.chunks())
+        if chain is not None:
+            outcome = await chain.ask(spec, facts, result.spool.chunks)
+        else:
+            outcome = await check(spec, facts, result.spool.chunks())
         if outcome.action == "failed":
             if spec.on_failure == "accept":
                 result.notes.append(f"{rule}: {outcome.reason} (passed: on_failure = accept)")

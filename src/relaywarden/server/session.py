@@ -42,7 +42,8 @@ from relaywarden.queue.store import (
 from relaywarden.resolver import RdnsResult, RdnsStatus
 from relaywarden.server import atrn, sasl
 from relaywarden.server.context import ListenerContext, ListenerRuntime, Services
-from relaywarden.server.milters import Filtered, UNAVAILABLE, apply_envelope, run_chain
+from relaywarden.server.milters import (Filtered, MilterChain, UNAVAILABLE, apply_envelope,
+                                        run_chain)
 from relaywarden.screening import Stripped, screen, strip
 from relaywarden.server.tls import describe as describe_tls
 from relaywarden.server.trace import clean as _clean
@@ -161,6 +162,9 @@ class SmtpSession(asyncio.Protocol):
         self._auth_in = 0
         self._auth_out = 0
         self._etrns = 0
+        # The session's milter connections (server/milters.py): opened at its first filtered
+        # message, closed (SMFIC_QUIT) when the session ends.
+        self._milter_chain = MilterChain()
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -365,6 +369,7 @@ class SmtpSession(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         self._drop_transaction()
+        self._milter_chain.close()
         self.services.sessions.discard(self)
         if self._counted:
             self._counted = False
@@ -822,7 +827,7 @@ class SmtpSession(asyncio.Protocol):
             tls=self.tls)
         try:
             result = await run_chain(self.ctx.milters, facts, txn.spool,
-                                     self.services.store.new_spool)
+                                     self.services.store.new_spool, self._milter_chain)
         except Exception as exc:      # a fault of ours: nothing unfiltered passes, no crash
             result = Filtered(spool=txn.spool, refusal=UNAVAILABLE, rule="milters",
                               reason=f"{type(exc).__name__}: {exc}")
