@@ -1203,6 +1203,19 @@ def queue_summary(db: sqlite3.Connection) -> tuple[dict[str, int], float | None]
     return by_state, oldest
 
 
+def logged_messages(log_dir: Path, db: sqlite3.Connection
+                    ) -> dict[str, tuple[dict[str, Any], bytes]]:
+    """Hand-off: the messages in the log without a marker that the index ``db`` does not
+    hold (on their first attempt, or waiting for it): queue id -> (envelope record, body).
+    For the admin's views; reads the segments (page cache) each time."""
+    found: dict[str, tuple[dict[str, Any], bytes]] = {}
+    if log_dir.is_dir():
+        for qid, payload in qlog.scan(log_dir)[0].items():
+            if db.execute("SELECT 1 FROM messages WHERE id = ?", (qid,)).fetchone() is None:
+                found[qid] = qlog.split_message(payload)
+    return found
+
+
 class QueueReader:
     """Read-only access for the CLI and the tests; safe while the relay runs (WAL).
 
@@ -1226,13 +1239,7 @@ class QueueReader:
         """The messages of the log without a marker that the index does not hold (read
         once per reader)."""
         if self._logged is None:
-            found: dict[str, tuple[dict[str, Any], bytes]] = {}
-            if self._log_dir.is_dir():
-                for qid, payload in qlog.scan(self._log_dir)[0].items():
-                    if self._db.execute("SELECT 1 FROM messages WHERE id = ?",
-                                        (qid,)).fetchone() is None:
-                        found[qid] = qlog.split_message(payload)
-            self._logged = found
+            self._logged = logged_messages(self._log_dir, self._db)
         return self._logged
 
     def _listed_from_log(self, status: str | None) -> list[dict]:
