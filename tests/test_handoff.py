@@ -8,6 +8,7 @@ history reads still gets every message."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 
@@ -129,3 +130,17 @@ def test_held_mail_goes_into_the_index_and_is_released_by_the_admin(site):
     site.cli("queue", "release", qid)
     [got] = site.down.wait_for(1, timeout=30)
     assert got.recipients == ["user@held.test"]
+
+
+def test_a_message_on_its_first_attempt_is_listed_and_shown_from_the_log(site):
+    """The admin sees it: `queue list` and `queue show` read the log for what the index
+    does not hold yet (the downstream server holds its answer to the final dot back)."""
+    site.down.behaviour.data_delay = 4.0
+    qid = send(site, "slow@example.net", "on its way")
+    listed = site.cli("queue", "list").stdout
+    assert qid in listed and "slow@example.net [queued]" in listed
+    shown = site.cli("queue", "show", qid, "--body").stdout
+    assert "handoff:" in shown and "slow@example.net [queued]" in shown and "on its way" in shown
+    assert json.loads(site.cli("queue", "list", "--json").stdout)[0]["handoff"] is True
+    site.down.wait_for(1, timeout=30)
+    until(lambda: site.cli("queue", "list").stdout.strip() == "queue is empty")

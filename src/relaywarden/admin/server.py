@@ -547,10 +547,55 @@ def _list_messages(cfg: Config, *, status: str | None, domain: str | None, sende
                 recipients = [r for r in recipients if r["status"] == only_status]
             items.append({"id": mid, "received_at": at, "listener": listener, "client_ip": ip,
                           "sender": snd, "size": size, "recipients": recipients})
+        if status in (None, "queued") and only_status in (None, "queued"):
+            logged = _logged_items(cfg, db, domain=domain, sender=sender, recipient=recipient,
+                                   after=after)
+            if logged:
+                # Merged in queue-id order with the index's page (its limit + 1 rows).
+                merged = sorted(items + logged, key=lambda m: m["id"])
+                more = more or len(merged) > limit
+                items = merged[:limit]
+                nxt = _cursor(items[-1]["received_at"], items[-1]["id"]) if more else None
+                return items, nxt
         nxt = _cursor(rows[-1][1], rows[-1][0]) if more and rows else None
         return items, nxt
     finally:
         db.close()
+
+
+def _logged_items(cfg: Config, db: sqlite3.Connection, *, domain: str | None,
+                  sender: str | None, recipient: str | None,
+                  after: tuple[float, str] | None) -> list[dict]:
+    """Hand-off (delivery.handoff): the messages on their first attempt, from the log, in
+    the shape of the index's items, filtered as the query asks."""
+    from relaywarden.queue.store import logged_messages
+
+    out = []
+    for qid, (env, body) in logged_messages(cfg.data_dir / "log", db).items():
+        if after is not None and qid <= after[1]:
+            continue
+        addresses = [r[0] for r in env["recipients"]]
+        if domain and not any(a.rpartition("@")[2].lower() == domain.strip().lower()
+                              .lstrip("@").rstrip(".") for a in addresses):
+            continue
+        if recipient and not any(a.lower() == recipient.strip().lower() for a in addresses):
+            continue
+        if sender:
+            text = sender.strip()
+            if "@" in text.lstrip("@"):
+                if env["sender"].lower() != text.lower():
+                    continue
+            elif env["sender"].rpartition("@")[2].lower() != text.lstrip("@").lower():
+                continue
+        out.append({"id": qid, "received_at": env["received_at"], "listener": env["listener"],
+                    "client_ip": env["client_ip"], "sender": env["sender"], "size": len(body),
+                    "handoff": True,
+                    "recipients": [
+                        {"address": a, "status": "queued", "rule": rule, "reason": reason,
+                         "attempts": 0, "next_attempt": env["received_at"], "last_error": "",
+                         "remote_mta": "", "held_by": ""}
+                        for a, _, rule, reason, _, _ in env["recipients"]]})
+    return out
 
 
 def _clean(text: str) -> str:

@@ -18,6 +18,7 @@ committed); ``Store.recover_files()`` removes those at start-up.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import collections
 import enum
 import errno
@@ -1202,8 +1203,25 @@ def queue_summary(db: sqlite3.Connection) -> tuple[dict[str, int], float | None]
     return by_state, oldest
 
 
+def logged_messages(log_dir: Path, db: sqlite3.Connection
+                    ) -> dict[str, tuple[dict[str, Any], bytes]]:
+    """Hand-off: the messages in the log without a marker that the index ``db`` does not
+    hold (on their first attempt, or waiting for it): queue id -> (envelope record, body).
+    For the admin's views; reads the segments (page cache) each time."""
+    found: dict[str, tuple[dict[str, Any], bytes]] = {}
+    if log_dir.is_dir():
+        for qid, payload in qlog.scan(log_dir)[0].items():
+            if db.execute("SELECT 1 FROM messages WHERE id = ?", (qid,)).fetchone() is None:
+                found[qid] = qlog.split_message(payload)
+    return found
+
+
 class QueueReader:
-    """Read-only access for the CLI and the tests; safe while the relay runs (WAL)."""
+    """Read-only access for the CLI and the tests; safe while the relay runs (WAL).
+
+    With hand-off (queue/log.py) a message on its first attempt is in the log, not in the
+    index: it is listed, shown and counted from there (``"handoff": True``), its
+    recipients ``queued``."""
 
     def __init__(self, data_dir: Path) -> None:
         path = data_dir / "queue.sqlite3"
@@ -1211,12 +1229,40 @@ class QueueReader:
             raise FileNotFoundError(f"no queue at {path}")
         self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         self._bodies_dir = data_dir / "bodies"
+        self._log_dir = data_dir / "log"
+        self._logged: dict[str, tuple[dict[str, Any], bytes]] | None = None
 
     def close(self) -> None:
         self._db.close()
 
+    def _in_log(self) -> dict[str, tuple[dict[str, Any], bytes]]:
+        """The messages of the log without a marker that the index does not hold (read
+        once per reader)."""
+        if self._logged is None:
+            self._logged = logged_messages(self._log_dir, self._db)
+        return self._logged
+
+    def _listed_from_log(self, status: str | None) -> list[dict]:
+        if status not in (None, "queued"):
+            return []
+        return [{"id": qid, "received_at": env["received_at"], "listener": env["listener"],
+                 "client_ip": env["client_ip"], "sender": env["sender"], "size": len(body),
+                 "handoff": True,
+                 "recipients": [{"address": a, "status": "queued", "rule": rule,
+                                 "reason": reason}
+                                for a, _, rule, reason, _, _ in env["recipients"]]}
+                for qid, (env, body) in self._in_log().items()]
+
     def list(self, *, status: str | None = None, limit: int = 1000) -> list[dict]:
         """Up to ``limit`` messages (not recipients), oldest first, each with its recipients."""
+        indexed = self._list_index(status=status, limit=limit)
+        logged = self._listed_from_log(status)
+        if not logged:
+            return indexed
+        both = sorted(indexed + logged, key=lambda m: (m["received_at"], m["id"]))
+        return both[:limit]
+
+    def _list_index(self, *, status: str | None, limit: int) -> builtins.list[dict]:
         where = ""
         args: tuple = ()
         if status is not None:
@@ -1248,7 +1294,7 @@ class QueueReader:
         )
         row = cur.fetchone()
         if row is None:
-            return None
+            return self._show_from_log(queue_id)
         cols = [c[0] for c in cur.description]
         msg = dict(zip(cols, row))
         msg["smtputf8"] = bool(msg["smtputf8"])
@@ -1263,9 +1309,29 @@ class QueueReader:
         ]
         return msg
 
+    def _show_from_log(self, queue_id: str) -> dict | None:
+        found = self._in_log().get(queue_id)
+        if found is None:
+            return None
+        env, body = found
+        msg = {k: env[k] for k in ("received_at", "listener", "client_ip", "client_name",
+                                   "helo", "auth_user", "sender", "ret", "envid",
+                                   "body_type", "smtputf8")}
+        msg = {"id": queue_id, **msg, "size": len(body), "handoff": True}
+        msg["recipients"] = [
+            {"address": a, "orcpt": orcpt, "notify": None if notify is None else ",".join(notify),
+             "status": "queued", "rule": rule, "reason": reason, "attempts": 0,
+             "next_attempt": env["received_at"], "last_error": "", "remote_mta": "",
+             "held_by": ""}
+            for a, _, rule, reason, orcpt, notify in env["recipients"]]
+        return msg
+
     def body(self, queue_id: str) -> bytes | None:
-        return _body(self._db, self._bodies_dir, queue_id)
+        found = _body(self._db, self._bodies_dir, queue_id)
+        if found is None and queue_id in self._in_log():
+            return self._in_log()[queue_id][1]
+        return found
 
     def count(self) -> int:
         (n,) = self._db.execute("SELECT COUNT(*) FROM messages").fetchone()
-        return n
+        return n + len(self._in_log())
