@@ -52,8 +52,9 @@ RELAY_TRICKS = [
 
 
 @pytest.mark.parametrize("rcpt,expected", RELAY_TRICKS)
-def test_open_relay_battery(relay, rcpt, expected):
-    c = session(relay)
+def test_open_relay_battery(shared_relay, rcpt, expected):
+    """Each trick in a session of its own, all to one relay (nothing is queued)."""
+    c = session(shared_relay)
     c.send(b"MAIL FROM:<spammer@internet.test>\r\n")
     assert c.reply()[0] == 250
     c.send(f"RCPT TO:{rcpt}\r\n".encode())
@@ -186,6 +187,7 @@ def test_overlong_command_line_is_refused_and_its_tail_not_executed(relay):
     c.close()
 
 
+@pytest.mark.slow   # 2,000 connections at once (load)
 def test_many_concurrent_connections_are_all_served(relay):
     """2,000 clients at once (bounded, loopback): each gets a greeting, the relay keeps working."""
     socks = []
