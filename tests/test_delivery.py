@@ -431,6 +431,7 @@ def test_expired_mail_bounces_with_4_4_7(tmp_path):
         s.close()
 
 
+@pytest.mark.slow   # load and kill -9; test_durability's quick case covers kill -9
 def test_kill_9_during_delivery_every_acknowledged_message_arrives(setup):
     acknowledged: list[str] = []
     stop = threading.Event()

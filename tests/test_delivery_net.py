@@ -382,6 +382,7 @@ next_hops = ["[127.0.0.1]:{port}"]
     setup.wait_log(rf"event=delivered id={qid} to=x@slow.test")
 
 
+@pytest.mark.slow   # waits out data_timeout; the greeting timeout case covers a slow next hop
 def test_next_hop_slow_after_the_final_dot_is_deferred_then_delivered(setup):
     down = setup.server()
     down.behaviour.data_delay = 5          # longer than data_timeout = 3
