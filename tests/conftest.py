@@ -27,3 +27,16 @@ def relay(tmp_path):
     r = start_relay(config, tmp_path / "var", {"main": port})
     yield r
     r.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_relay(tmp_path_factory):
+    """One relay with the BASIC config for the tests of a module that only talk to it and
+    leave nothing behind that another could see (no mail queued): one start instead of one
+    a test (each start is three Python processes)."""
+    tmp_path = tmp_path_factory.mktemp("shared-relay")
+    port = free_port()
+    config = write_config(tmp_path, BASIC, main=port)
+    r = start_relay(config, tmp_path / "var", {"main": port})
+    yield r
+    r.stop()

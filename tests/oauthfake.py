@@ -115,7 +115,8 @@ class FakeIdentity:
         self.ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
         server.socket = ctx.wrap_socket(server.socket, server_side=True)
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, daemon=True)
+        # stop() (shutdown) waits for the serving loop to look: every 0.05 s, not 0.5 s.
+        self._thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
         return self
 
@@ -472,7 +473,7 @@ class FakeGraph:
         self.ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
         server.socket = ctx.wrap_socket(server.socket, server_side=True)
         self._server = server
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         return self
 
     def stop(self) -> None:

@@ -141,6 +141,7 @@ def test_graph_202_delivered_as_the_senders_mailbox(make):
                      rf"/v1.0/users/{SENDER}/sendMail 202 0 \d+ \d+ \S+ {qid}", out), out
 
 
+@pytest.mark.slow   # a fault variant (waits out Retry-After)
 def test_429_defers_honouring_retry_after(make):
     """429 with Retry-After: 4: deferred (not bounced) and tried again not before 4 s,
     although the retry schedule says 1 s; then delivered."""
@@ -224,6 +225,7 @@ def test_401_new_token_once_then_delivered(make):
     assert len(s.idp.grants()) == 2
 
 
+@pytest.mark.slow   # a fault variant; test_401_new_token_once_then_delivered covers 401
 def test_401_twice_defers_not_bounces(make):
     s = make()
     s.graph.refuse_first = 1000
@@ -234,6 +236,7 @@ def test_401_twice_defers_not_bounces(make):
     assert s.dsn.messages == []
 
 
+@pytest.mark.slow   # a fault variant; test_oauth covers AADSTS errors
 def test_token_failure_defers_naming_aadsts(make):
     s = make(secret="wrong")
     s.send(msg(f"From: {SENDER}\nTo: x@example.net\nSubject: t\n"), ["x@example.net"])

@@ -52,8 +52,9 @@ RELAY_TRICKS = [
 
 
 @pytest.mark.parametrize("rcpt,expected", RELAY_TRICKS)
-def test_open_relay_battery(relay, rcpt, expected):
-    c = session(relay)
+def test_open_relay_battery(shared_relay, rcpt, expected):
+    """Each trick in a session of its own, all to one relay (nothing is queued)."""
+    c = session(shared_relay)
     c.send(b"MAIL FROM:<spammer@internet.test>\r\n")
     assert c.reply()[0] == 250
     c.send(f"RCPT TO:{rcpt}\r\n".encode())
@@ -95,10 +96,12 @@ SMUGGLE = [
 
 
 @pytest.mark.parametrize("fake_end", SMUGGLE, ids=repr)
-def test_smuggling_probe_yields_one_reply_and_no_second_message(relay, fake_end):
+def test_smuggling_probe_yields_one_reply_and_no_second_message(shared_relay, fake_end):
     """A fake end-of-data followed by a second transaction must not produce a second message.
 
-    Counted twice: the replies the client gets, and the messages in the queue."""
+    Counted twice: the replies the client gets, and the messages in the queue (of the relay
+    the battery and every probe share: nothing may ever be queued there)."""
+    relay = shared_relay
     c = RawClient(relay)
     c.reply()
     c.send(b"EHLO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
@@ -186,6 +189,7 @@ def test_overlong_command_line_is_refused_and_its_tail_not_executed(relay):
     c.close()
 
 
+@pytest.mark.slow   # 2,000 connections at once (load)
 def test_many_concurrent_connections_are_all_served(relay):
     """2,000 clients at once (bounded, loopback): each gets a greeting, the relay keeps working."""
     socks = []

@@ -211,6 +211,7 @@ def test_flush_and_retry_tell_which_recipients_a_live_attempt_holds(site):
     assert LEASED.findall(site.cli("queue", "flush").stdout) == []
 
 
+@pytest.mark.slow   # a slow attempt (fault); the CLI case tells the same facts
 def test_the_api_tells_which_recipients_a_live_attempt_holds(site):
     """The API's retry and flush answer the same facts as the CLI: which recipients a live
     attempt holds, and until when."""
@@ -239,6 +240,7 @@ def test_the_api_tells_which_recipients_a_live_attempt_holds(site):
     site.down.wait_for(1)
 
 
+@pytest.mark.slow   # a slow attempt (fault); history/test_history_store.py covers the hold
 def test_an_admin_hold_during_an_attempt_wins_over_its_deferral(site):
     """The admin holds a message while its attempt is under way; the next hop then defers
     it (451). The recipient stays held by the admin (it went back to queued before, and

@@ -7,6 +7,8 @@ import re
 import smtplib
 import time
 
+import pytest
+
 from support.relay import free_port, start_relay, write_config
 from downstream import Downstream
 
@@ -38,6 +40,7 @@ networks = ["127.0.0.0/8"]
 """
 
 
+@pytest.mark.slow   # a soak of both processes' writes; logs/test_logs.py covers size rotation
 def test_size_rotation_of_the_shared_mail_log_loses_and_repeats_nothing(tmp_path):
     ports = {"main": free_port()}
     down_port = free_port()

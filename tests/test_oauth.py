@@ -389,6 +389,7 @@ def test_login_device_code_then_delivered(make):
     _only_the_fake(s)
 
 
+@pytest.mark.slow   # several retry rounds; test_revoked_refresh_token_defers_naming_the_code covers revocation
 def test_revoked_refresh_token_one_notice_then_login_resumes(make, tmp_path):
     """A revoked refresh token (invalid_grant, AADSTS700082): the mail waits (three
     messages, several attempts each), the admin gets ONE notice (badmail.notify, as
@@ -664,6 +665,7 @@ def test_google_login_wrong_state_refused(make):
     assert "refresh_token" not in read_state(s.data_dir / "oauth" / "m365.json")
 
 
+@pytest.mark.slow   # a fault variant of the Google login
 def test_google_login_access_denied(make):
     """The user cancels on the consent screen: error=access_denied at the redirect."""
     s = make(provider="google_login")
@@ -678,6 +680,7 @@ def test_google_login_access_denied(make):
     assert s.idp.grants() == []
 
 
+@pytest.mark.slow   # fault variants of the Google login
 def test_google_login_invalid_grant_and_timeout(make):
     """A code the token endpoint refuses (expired, used): its invalid_grant; no browser
     coming back within --timeout: a timeout error. Both exit 1 naming the provider."""

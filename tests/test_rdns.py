@@ -129,44 +129,52 @@ def test_verified_name_in_deny_list_is_refused(tmp_path, dns):
         relay.stop()
 
 
+@pytest.fixture(scope="module")
+def rdns_required(tmp_path_factory, dns):
+    """One relay with access.require_rdns = true for every client of the test below."""
+    tmp_path = tmp_path_factory.mktemp("rdns-required")
+    port = free_port()
+    text = CONFIG.replace('deny = ["liar.clients.test"]', 'require_rdns = true')
+    config = write_config(tmp_path, text, main=port, dns=dns.port)
+    relay = start_relay(config, tmp_path / "var", {"main": port})
+    yield relay
+    relay.stop()
+
+
 @pytest.mark.parametrize("source,code,enhanced", [
     ("127.0.0.5", 220, None),          # verified
     ("127.0.0.6", 554, b"5.7.25"),     # PTR not confirmed by the forward lookup
     ("127.0.0.7", 554, b"5.7.25"),     # no PTR
     ("127.0.0.9", 421, b"4.7.25"),     # SERVFAIL: try again later
 ])
-def test_require_rdns_refuses_unverified_clients(tmp_path, dns, source, code, enhanced):
-    port = free_port()
-    text = CONFIG.replace('deny = ["liar.clients.test"]', 'require_rdns = true')
-    config = write_config(tmp_path, text, main=port, dns=dns.port)
-    relay = start_relay(config, tmp_path / "var", {"main": port})
-    try:
-        sock = socket.create_connection(("127.0.0.1", port), source_address=(source, 0), timeout=10)
-        greeting = sock.recv(512)
-        sock.close()
-        assert int(greeting[:3]) == code, greeting
-        if enhanced:
-            assert greeting[4:4 + len(enhanced)] == enhanced
-            relay.flush_logs()
-            assert re.search(rf"event=reject stage=connect .*client={re.escape(source)} .*"
-                             r"rule=listeners.main.access.require_rdns", relay.logs("mail", ".log"))
-        # policy explain says what the server said (issue 14 item 11): the client's
-        # verified name is --name; without one the gate refuses, and says what opens it.
-        # (A lookup that failed for now, the 421, is a fact of the moment explain cannot know.)
-        verified = {"127.0.0.5": "good.clients.test"}.get(source)
-        ask = [sys.executable, "-m", "relaywarden", "policy", "explain", "--config", str(config),
-               "--listener", "main", "--client", source, "--from", "a@example.com",
-               "--to", "b@example.com"] + (["--name", verified] if verified else [])
-        out = subprocess.run(ask, capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        first = out.stdout.splitlines()[0]
-        if code == 220:
-            assert first.startswith("connect: accept"), out.stdout
-        elif code == 554:
-            assert first == ("connect: reject 554 5.7.25 (listeners.main.access.require_rdns): "
-                             "the client has no verified reverse DNS name (give --name HOST, "
-                             "the client's verified host name, to see what happens then)"), first
-            assert out.stdout.splitlines()[1:] == ["sender: not reached",
-                                                   "recipient: not reached"], out.stdout
-    finally:
-        relay.stop()
+def test_require_rdns_refuses_unverified_clients(rdns_required, source, code, enhanced):
+    relay = rdns_required
+    port, config = relay.port, relay.config
+    # One relay for the four clients: each one's name is looked up on its own.
+    sock = socket.create_connection(("127.0.0.1", port), source_address=(source, 0), timeout=10)
+    greeting = sock.recv(512)
+    sock.close()
+    assert int(greeting[:3]) == code, greeting
+    if enhanced:
+        assert greeting[4:4 + len(enhanced)] == enhanced
+        relay.flush_logs()
+        assert re.search(rf"event=reject stage=connect .*client={re.escape(source)} .*"
+                         r"rule=listeners.main.access.require_rdns", relay.logs("mail", ".log"))
+    # policy explain says what the server said (issue 14 item 11): the client's
+    # verified name is --name; without one the gate refuses, and says what opens it.
+    # (A lookup that failed for now, the 421, is a fact of the moment explain cannot know.)
+    verified = {"127.0.0.5": "good.clients.test"}.get(source)
+    ask = [sys.executable, "-m", "relaywarden", "policy", "explain", "--config", str(config),
+           "--listener", "main", "--client", source, "--from", "a@example.com",
+           "--to", "b@example.com"] + (["--name", verified] if verified else [])
+    out = subprocess.run(ask, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    first = out.stdout.splitlines()[0]
+    if code == 220:
+        assert first.startswith("connect: accept"), out.stdout
+    elif code == 554:
+        assert first == ("connect: reject 554 5.7.25 (listeners.main.access.require_rdns): "
+                         "the client has no verified reverse DNS name (give --name HOST, "
+                         "the client's verified host name, to see what happens then)"), first
+        assert out.stdout.splitlines()[1:] == ["sender: not reached",
+                                               "recipient: not reached"], out.stdout

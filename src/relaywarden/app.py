@@ -14,6 +14,7 @@ import socket
 import ssl
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from relaywarden.config.build import (
     build_auth,
@@ -46,6 +47,9 @@ from relaywarden.policy.limits import FreeSpaceGuard
 from relaywarden.server.context import ListenerRuntime, Services
 from relaywarden.server.session import SmtpSession
 from relaywarden.server.tls import CertificateError, ImplicitTls
+
+if TYPE_CHECKING:
+    from relaywarden.server.pickup import Pickup
 
 #: How long a stopping relay lets sessions finish a transaction before it closes them.
 DRAIN_SECONDS = 10.0
@@ -204,8 +208,14 @@ class Relay:
         self.outbound_log: ProtocolLog | None = None
         self._poke_pending = False
         self.config_path: Path | None = None
-        self.pickup = None     # the Pickup directory task ([pickup]), issue 16
+        self.pickup: Pickup | None = None     # the Pickup directory task ([pickup]), issue 16
         self._flushes = 0      # SIGUSR1 flushes done (flush_now)
+
+    @property
+    def svc(self) -> Services:
+        """The services, once start() has made them."""
+        assert self.services is not None
+        return self.services
 
     async def start(self) -> None:
         # Before the delivery and admin processes start: they write to the same directory.
@@ -249,7 +259,7 @@ class Relay:
         if self.cfg.delivery.process == "inline":
             self.worker = DeliveryWorker(self.cfg, store=store, mail_log=mail_log,
                                          protocol_log=self.outbound_log)
-            self.services.on_queued = self.worker.wake
+            self.svc.on_queued = self.worker.wake
             store.on_index_scan = self.worker.wake
         else:
             self._start_child()
@@ -259,7 +269,7 @@ class Relay:
             if lc.tls.mode == "implicit":
                 factory = self._implicit_tls_factory(name, loop, float(lc.command_timeout))
             else:
-                factory = (lambda name=name: SmtpSession(self.contexts[name], self.services))
+                factory = (lambda name=name: SmtpSession(self.contexts[name], self.svc))
             server = await loop.create_server(
                 factory, host=str(lc.address), port=lc.port, reuse_address=True, backlog=1024,
                 family=socket.AF_INET6 if lc.address.version == 6 else socket.AF_INET,
@@ -283,13 +293,13 @@ class Relay:
         """Sessions of an implicit-TLS listener behind a TLS layer that logs failed
         handshakes (the loop's own TLS server would drop them silently)."""
         context = implicit_tls_context(self.runtimes[name])
-        mail_log = self.services.mail_log
+        mail_log = self.svc.mail_log
 
         def failed(client: str, reason: str) -> None:
             mail_log.event(MailEvent.REJECT, stage="tls", listener=name, client=client,
                            reason=f"TLS handshake failed: {reason}")
 
-        return lambda: ImplicitTls(loop, SmtpSession(self.contexts[name], self.services),
+        return lambda: ImplicitTls(loop, SmtpSession(self.contexts[name], self.svc),
                                    context, handshake_timeout=timeout, on_failure=failed)
 
     def _start_child(self) -> None:
@@ -304,7 +314,7 @@ class Relay:
         self.child = subprocess.Popen(argv, pass_fds=(read_fd,))
         os.close(read_fd)
         self._wake_fd = write_fd
-        self.services.on_queued = self._poke
+        self.svc.on_queued = self._poke
 
     def _start_admin(self) -> None:
         """The admin process (history indexer, metrics sampler, HTTP console and API). Its
@@ -325,6 +335,7 @@ class Relay:
 
     def _send_poke(self) -> None:
         self._poke_pending = False
+        assert self._wake_fd is not None       # set with the child
         try:
             os.write(self._wake_fd, b"!")
         except (BlockingIOError, BrokenPipeError):
@@ -333,9 +344,9 @@ class Relay:
     def flush_now(self) -> None:
         """SIGUSR1: write out the buffered log lines now, here and in the delivery process
         (once it is ready for the signal: it says so with its own marker file)."""
-        _flush_log(self.services.mail_log, "receiving")
-        if self.services.protocol_log is not None:
-            _flush_log(self.services.protocol_log, "receiving")
+        _flush_log(self.svc.mail_log, "receiving")
+        if self.svc.protocol_log is not None:
+            _flush_log(self.svc.protocol_log, "receiving")
         if self.outbound_log is not None:
             _flush_log(self.outbound_log, "receiving")
         forwarded = ""
@@ -349,9 +360,9 @@ class Relay:
     async def _flush_logs(self) -> None:
         while True:
             await asyncio.sleep(LOG_FLUSH_SECONDS)
-            _flush_log(self.services.mail_log, "receiving")
-            if self.services.protocol_log is not None:
-                _flush_log(self.services.protocol_log, "receiving")
+            _flush_log(self.svc.mail_log, "receiving")
+            if self.svc.protocol_log is not None:
+                _flush_log(self.svc.protocol_log, "receiving")
             if self.outbound_log is not None:
                 _flush_log(self.outbound_log, "receiving")
 
@@ -359,7 +370,7 @@ class Relay:
         """SIGHUP: every setting is applied (new sessions, attempts and connections use it)
         or listed as needing a restart (config.reload has the table), on stdout and in the
         mail log (event=reload). The delivery and admin processes reload too."""
-        log = self.services.mail_log
+        log = self.svc.mail_log
         try:
             cfg = load_config(path)
         except ConfigError as exc:
@@ -379,24 +390,24 @@ class Relay:
         # from the config the relay started with (listed at every reload until the restart).
         applied = reload_changes(self.cfg, cfg).applied
         restart = reload_changes(self.started_cfg, cfg).restart
-        self.services.policy = build_policy(cfg)
-        self.services.router = build_router(cfg)
-        self.services.atrn = atrn_engine(cfg, self.services.store, self.services.mail_log,
+        self.svc.policy = build_policy(cfg)
+        self.svc.router = build_router(cfg)
+        self.svc.atrn = atrn_engine(cfg, self.svc.store, self.svc.mail_log,
                                          self.outbound_log)
-        self.services.screener = build_screener(cfg)
-        self.services.cram = build_cram(cfg)
-        self.services.resolver = build_resolver(cfg)
+        self.svc.screener = build_screener(cfg)
+        self.svc.cram = build_cram(cfg)
+        self.svc.resolver = build_resolver(cfg)
         # A new validator: new files, TTLs and routes (its cache and connections start over).
-        self.services.recipients = build_validator(cfg, self.services.resolver)
+        self.svc.recipients = build_validator(cfg, self.svc.resolver)
         # New limits; the counts of unknown recipients are kept (a reload must not let a
         # dictionary attack start over).
         fresh = build_recipient_throttle(cfg)
-        if self.services.recipient_throttle is not None:
-            fresh._clients = self.services.recipient_throttle._clients
-        self.services.recipient_throttle = fresh
+        if self.svc.recipient_throttle is not None:
+            fresh._clients = self.svc.recipient_throttle._clients
+        self.svc.recipient_throttle = fresh
         # New password checkers (a changed LDAP server, a new users file); the throttle's
         # memory of failures is kept: a reload must not reset a brute-force lockout.
-        self.services.auth = build_auth(cfg)[0]
+        self.svc.auth = build_auth(cfg)[0]
         if self.worker is not None:
             self.worker.reload(cfg)
         if self.child is not None and self.child.poll() is None:
@@ -407,7 +418,9 @@ class Relay:
         for name, runtime in self.runtimes.items():
             if name in cfg.listeners:     # a listener gone from the file runs on as it was
                 runtime.configure(self.contexts[name], tls[name])
-        self.services.disk.min_free = cfg.relay.min_free_space
+        disk = self.svc.disk
+        assert disk is not None         # start() makes one
+        disk.min_free = cfg.relay.min_free_space
         self.cfg = cfg
         print("relaywarden: configuration reloaded", file=sys.stderr, flush=True)
         if applied:
@@ -419,18 +432,22 @@ class Relay:
         _flush_log(log, "receiving")
 
     def _reap_child(self) -> None:
+        child = self.child
+        assert child is not None
         try:
-            self.child.wait(timeout=DRAIN_SECONDS + 5)
+            child.wait(timeout=DRAIN_SECONDS + 5)
         except subprocess.TimeoutExpired:
-            self.child.kill()
-            self.child.wait()
+            child.kill()
+            child.wait()
 
     def _reap_admin(self) -> None:
+        child = self.admin_child
+        assert child is not None
         try:
-            self.admin_child.wait(timeout=10)
+            child.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            self.admin_child.kill()
-            self.admin_child.wait()
+            child.kill()
+            child.wait()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -442,9 +459,10 @@ class Relay:
         for server in self.servers:
             server.close()
         if self.admin_child is not None:
+            assert self._admin_fd is not None       # set with admin_child
             os.close(self._admin_fd)         # its lifeline: it stops (beside the drain below)
             self.admin_child.send_signal(signal.SIGTERM)
-        services = self.services
+        services = self.svc
         if self.pickup is not None:         # issue 16: its commits in flight finish first
             await self.pickup.stop()
         # Let sessions finish what they are doing (a commit in flight must answer its 250).
@@ -460,6 +478,7 @@ class Relay:
         if self.worker is not None:
             await self.worker.stop()
         if self.child is not None:
+            assert self._wake_fd is not None        # set with child
             os.close(self._wake_fd)          # the child's lifeline: it drains and exits
             self.child.send_signal(signal.SIGTERM)
             await asyncio.get_running_loop().run_in_executor(None, self._reap_child)

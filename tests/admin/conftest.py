@@ -1,7 +1,8 @@
 """A real relay with the admin process and its HTTP API on loopback, and its users.
 
 Users are made with the real CLI (`relaywarden admin-user add ... --password-stdin`,
-`admin-user token`); requests go over real HTTP with httpx; mail goes in with smtplib
+`admin-user token`) for the module-scoped console, with the same AdminAccounts calls in
+process elsewhere (a CLI run is a Python start: a second each); requests go over real HTTP with httpx; mail goes in with smtplib
 (every route points at a closed loopback port, so it stays queued)."""
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ class Console:
 
 
 def start_console(tmp_path: Path, extra: str = "", *, users: dict[str, str] = USERS,
-                  admin_table: str = "", scheme: str = "http", verify=True) -> Console:
+                  admin_table: str = "", scheme: str = "http", verify=True,
+                  via_cli: bool = False) -> Console:
     smtp, http = free_port(), free_port()
     config = write_config(tmp_path, BASIC + SECRET_ROUTE + f"""
 [admin]
@@ -93,16 +95,26 @@ address = "127.0.0.1"
 port = {http}
 {admin_table}
 """ + extra, main=smtp)
+    accounts = None
+    if not via_cli:
+        from relaywarden.admin.accounts import AdminAccounts
+        from relaywarden.config.load import load_config
+
+        accounts = AdminAccounts(load_config(config).admin.users_file)
     for name, role in users.items():
-        cli("admin-user", "add", name, "--role", role, "--config", str(config),
-            "--password-stdin", stdin=PASSWORD + "\n")
+        if accounts is None:
+            cli("admin-user", "add", name, "--role", role, "--config", str(config),
+                "--password-stdin", stdin=PASSWORD + "\n")
+        else:
+            accounts.add(name, PASSWORD, role)
     relay = start_relay(config, tmp_path / "var", {"main": smtp})
     console = Console(relay=relay, base=f"{scheme}://127.0.0.1:{http}")
     try:
         wait_admin(console.base, relay.proc, verify=verify)
         for name in users:
-            console.tokens[name] = cli("admin-user", "token", name, "--config",
-                                       str(config)).stdout.strip()
+            console.tokens[name] = (
+                cli("admin-user", "token", name, "--config", str(config)).stdout.strip()
+                if accounts is None else accounts.new_token(name))
     except Exception:
         relay.stop()
         raise
@@ -111,7 +123,7 @@ port = {http}
 
 @pytest.fixture(scope="module")
 def console(tmp_path_factory):
-    c = start_console(tmp_path_factory.mktemp("console"))
+    c = start_console(tmp_path_factory.mktemp("console"), via_cli=True)
     yield c
     c.relay.stop()
 

@@ -10,12 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from .conftest import start_console
 
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
           "response_schema_conformance")
 
 
+@pytest.mark.slow   # the API fuzzed for half a minute; test_api.py covers every endpoint
 def test_schemathesis(tmp_path):
     c = start_console(tmp_path, users={"ada": "admin"}, extra="""
 [auth.throttle]

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from support.relay import free_port, start_relay, write_config
 from downstream import Behaviour, Downstream
 
@@ -133,6 +135,7 @@ def test_an_admin_action_is_in_the_timeline_with_who_did_it(tmp_path):
         relay.stop()
 
 
+@pytest.mark.slow   # kill -9 (fault)
 def test_the_history_catches_up_after_kill_9(tmp_path):
     """The history is an index that may lag: messages the relay answered 250 for just
     before it was killed (with its admin process) are in the history after the restart,

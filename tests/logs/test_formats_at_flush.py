@@ -248,6 +248,7 @@ def test_batches_that_fill_the_buffer_write_the_same_lines(tmp_path, monkeypatch
     assert files_of(tmp_path / "new") == files_of(tmp_path / "ref")
 
 
+@pytest.mark.slow   # 1.2 million moments formatted
 def test_the_json_timestamp_is_the_rounded_float_python_writes(tmp_path):
     """``ts`` is written without round() (see protocol._json_lines): the same text for
     whole seconds, halfway cases and a million random moments."""

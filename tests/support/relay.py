@@ -16,7 +16,8 @@ from pathlib import Path
 
 from relaywarden.queue.store import QueueReader
 
-__all__ = ["RelayProcess", "free_port", "start_relay", "wait_admin", "wait_port", "write_config"]
+__all__ = ["RelayProcess", "free_port", "start_relay", "until", "wait_admin", "wait_port",
+           "write_config"]
 
 
 _HANDED_OUT: set[int] = set()
@@ -34,6 +35,20 @@ def free_port() -> int:
         if port not in _HANDED_OUT:
             _HANDED_OUT.add(port)
             return port
+
+
+def until(probe, predicate=bool, *, timeout: float = 20.0, step: float = 0.05,
+          what: str = "never got there"):
+    """``probe()``'s value once ``predicate`` holds for it (by default: once it is true);
+    the test fails with ``what`` and the last value if ``timeout`` seconds pass first. The
+    one polling loop of the tests: wait for the event, never for a fixed time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if predicate(value):
+            return value
+        assert time.monotonic() < deadline, f"{what}: {value!r}"[:3000]
+        time.sleep(step)
 
 
 def wait_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 15) -> None:

@@ -8,11 +8,10 @@ from __future__ import annotations
 import smtplib
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from downstream import Downstream
-from support.relay import free_port, start_relay, write_config
+from support.relay import free_port, start_relay, until, write_config
 
 __all__ = ["Site"]
 
@@ -67,10 +66,8 @@ class Site:
             assert c.rcpt(to)[0] == 250
             code, text = c.data(b"Subject: witness\r\n\r\nwitness\r\n")
             assert code == 250, text
-        deadline = time.monotonic() + 20
-        while not any(to in m.recipients for m in self.down.messages):
-            assert time.monotonic() < deadline, "the witness never arrived"
-            time.sleep(0.05)
+        until(lambda: any(to in m.recipients for m in self.down.messages),
+              what="the witness never arrived")
         return list(self.down.messages)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -87,10 +84,10 @@ class Site:
 
     def wait(self, predicate, timeout: float = 20.0) -> dict:
         """statuses() once ``predicate`` holds for it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            now = self.statuses()
-            if predicate(now):
-                return now
-            assert time.monotonic() < deadline, f"queue never got there: {now}"
-            time.sleep(0.1)
+        return until(self.statuses, predicate, timeout=timeout, step=0.1,
+                     what="queue never got there")
+
+    def wait_queue(self, predicate, timeout: float = 20.0) -> list[dict]:
+        """The queue's rows (relay.messages()) once ``predicate`` holds for them."""
+        return until(self.relay.messages, predicate, timeout=timeout, step=0.1,
+                     what="queue never got there")

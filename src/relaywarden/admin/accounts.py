@@ -191,8 +191,9 @@ class AdminAccounts:
             raise AccountError(f"role {role!r} is not one of {', '.join(ROLES)}")
         hash_ = self._hash(password)
         with self._writing():
-            if self._find(name) is not None:
-                raise AccountError(f"user {self._find(name)['name']} already exists")
+            existing = self._find(name)
+            if existing is not None:
+                raise AccountError(f"user {existing['name']} already exists")
             self._users.append({"name": name, "role": role, "hash": hash_, "tokens": []})
         return Account(name, role)
 
@@ -290,8 +291,9 @@ def admin_user_add(name, role, path, config_path, password_stdin) -> None:
         raise click.UsageError(f"NAME: {exc}") from None
     accounts = _accounts(path, config_path)
     try:
-        if accounts.get(name) is not None:
-            _fail(f"user {accounts.get(name).name} already exists in {accounts.path}")
+        existing = accounts.get(name)
+        if existing is not None:
+            _fail(f"user {existing.name} already exists in {accounts.path}")
         account = accounts.add(name, _password(password_stdin), role)
     except AccountError as exc:
         _fail(str(exc))

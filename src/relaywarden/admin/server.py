@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -117,6 +117,10 @@ async def _problem_handler(request: Request, exc: Exception) -> Response:
     return problem_response(500, "internal error (see the relay's log)")
 
 
+@overload
+def _text(value: Any, field: str, *, required: Literal[True], max_len: int = 998) -> str: ...
+@overload
+def _text(value: Any, field: str, *, required: bool = False, max_len: int = 998) -> str | None: ...
 def _text(value: Any, field: str, *, required: bool = False, max_len: int = 998) -> str | None:
     if value is None:
         if required:
@@ -144,6 +148,11 @@ def _limit(request: Request, default: int = 50) -> int:
     return value
 
 
+@overload
+def _choice(request: Request, name: str, choices: tuple[str, ...], default: str) -> str: ...
+@overload
+def _choice(request: Request, name: str, choices: tuple[str, ...], default: str | None = None
+            ) -> str | None: ...
 def _choice(request: Request, name: str, choices: tuple[str, ...], default: str | None = None) -> str | None:
     value = request.query_params.get(name, default)
     if value is not None and value not in choices:
@@ -433,6 +442,7 @@ async def login(request: Request) -> Response:
             raise Problem(429, "too many failed logins; try again later",
                           headers={"Retry-After": str(max(1, math.ceil(verdict.retry_after)))})
         raise Problem(401, "wrong user name or password (or no console role)")
+    assert source is not None       # set with role
     state.throttle.success(client=client, user=username)
     if len(state.sessions) >= MAX_SESSIONS:
         oldest = min(state.sessions.values(), key=lambda s: s.last_seen)

@@ -84,7 +84,7 @@ def track(config_path, sender, recipient, message_id, queue_id, client, status, 
     from relaywarden.history import History
 
     cfg = load_config_or_exit(config_path)
-    times = {}
+    times: dict[str, float] = {}
     for name, text in (("since", since), ("until", until)):
         if text is not None:
             try:
@@ -100,13 +100,13 @@ def track(config_path, sender, recipient, message_id, queue_id, client, status, 
     try:
         items, _ = history.search(sender=sender, recipient=recipient, message_id=message_id,
                                   queue_id=queue_id, client=client, status=status,
-                                  limit=limit, **times)
-        found = [history.timeline(item["queue_id"]) for item in items]
+                                  limit=limit, since=times.get("since"), until=times.get("until"))
+        timelines = [history.timeline(item["queue_id"]) for item in items]
     except HistoryError as exc:
         raise click.UsageError(f"--{exc.field.replace('_', '-')}: {exc}") from None
     finally:
         history.close()
-    found = [t for t in found if t is not None]
+    found = [t for t in timelines if t is not None]
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return

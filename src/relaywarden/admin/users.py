@@ -73,8 +73,9 @@ def user_add(name, path, password_stdin, groups) -> None:
     name = _name(name)
     group_list = _groups(groups)
     users = UserFile(path)
-    if name in users:
-        _fail(f"user {users.get(name).name} already exists in {path}")
+    existing = users.get(name)      # what `name in users` looks up
+    if existing is not None:
+        _fail(f"user {existing.name} already exists in {path}")
     password = _password(password_stdin)
     try:
         entry = users.add(name, password, groups=group_list)

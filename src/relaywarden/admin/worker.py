@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from relaywarden.config.load import ConfigError, load_config
 from relaywarden.config.schema import Config
@@ -69,7 +70,7 @@ def _http_server(cfg: Config, config_path: Path | None):
 
     state = AdminState(cfg=cfg, config_path=config_path)
     app = create_app(cfg, config_path, state=state)
-    ssl = {}
+    ssl: dict[str, Any] = {}
     if cfg.admin.tls:
         ssl = {"ssl_certfile": str(cfg.admin.cert_file), "ssl_keyfile": str(cfg.admin.key_file)}
     config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,

@@ -24,6 +24,7 @@ from how long the answer takes.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import fcntl
 import logging
@@ -316,7 +317,7 @@ class UserFile:
         finally:
             os.close(fd)
 
-    def _write(self, lines: list[str]) -> None:
+    def _write(self, lines: builtins.list[str]) -> None:   # list: a method of this class
         write_private(self.path, "".join(line + "\n" for line in lines))
         self._stamp = None
         self._refresh()

@@ -11,6 +11,7 @@ import ssl
 import time
 from ipaddress import ip_address
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from relaywarden import metrics
 from relaywarden.auth import Backend, ChainBackend
@@ -36,6 +37,9 @@ from relaywarden.smtp.server import BareLineEnds, ServerSettings
 from relaywarden.config.schema import Config, GroupConfig, HopConfig, ListenerConfig, parse_next_hop
 from relaywarden.delivery.routing import MX_PLACEHOLDER, NextHop, Route, RouteKind, Router, SenderRoute
 from relaywarden.policy.dnsbl import parse_site
+
+if TYPE_CHECKING:
+    from relaywarden.oauth import OAuthLogin
 from relaywarden.policy import (
     AccessRules,
     Action,
@@ -112,11 +116,13 @@ def _route(name: str, settings: HopConfig, *, hold: bool = False,
     couriers = [found for text in settings.next_hops if (found := courier.split(text))]
     # Routes with a courier are built from a whole config (build_router passes it).
     assert cfg is not None or not couriers
-    password = None if settings.password is None else settings.password.get_secret_value()
+    password: str | OAuthLogin | None = (
+        None if settings.password is None else settings.password.get_secret_value())
     if settings.auth in ("xoauth2", "oauthbearer"):
         # The secret is a token of the provider, fetched when the connection logs in.
         from relaywarden.oauth import OAuthLogin
 
+        assert oauth is not None        # build_router passes the providers of [oauth.*]
         password = OAuthLogin(oauth[settings.oauth], settings.auth.upper())
     return Route(
         name=name,

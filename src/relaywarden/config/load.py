@@ -11,6 +11,7 @@ import re
 import tomllib
 from importlib import resources
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -37,7 +38,7 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: Mapping[str, Any]) -> str:
     """pydantic's error -> our short "what is wrong" text."""
     kind = error["type"]
     value = error.get("input")

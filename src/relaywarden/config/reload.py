@@ -291,8 +291,9 @@ def changes(old: Config, new: Config) -> Changes:
             b[table].pop(name, None)
     flat_a, flat_b = _leaves(a), _leaves(b)
     for shown in sorted(set(flat_a) | set(flat_b)):
-        key, before = flat_a.get(shown, (None, None))
-        key, after = flat_b.get(shown, (key, None))
+        # The key as the new config names it, else as the old one did.
+        before = flat_a[shown][1] if shown in flat_a else None
+        key, after = flat_b[shown] if shown in flat_b else (flat_a[shown][0], None)
         if before == after:
             continue
         kind = classify(key)

@@ -58,10 +58,16 @@ def problem(path: Sequence[str | int], message: str) -> PydanticCustomError:
     })
 
 
-def problems(found: list[tuple[tuple[str | int, ...], str]]) -> PydanticCustomError:
+def problems(found: Sequence[tuple[Sequence[str | int], str]]) -> PydanticCustomError:
     return PydanticCustomError("relaywarden_problems", "{message}", {
         "message": "; ".join(message for _, message in found), "problems": tuple(found),
     })
+
+
+def found_in(exc: PydanticCustomError) -> list[tuple[tuple[str | int, ...], str]]:
+    """The (path, message) pairs of an error made by problem() or problems()."""
+    assert exc.context is not None
+    return list(exc.context["problems"])
 
 
 # ---------------------------------------------------------------------------- value types
@@ -425,7 +431,7 @@ class DeliveryConfig(Strict):
     # 15 min, then longer): a relay's next hops are mostly its own servers, so the first
     # retries come sooner than the 30 minutes RFC 5321 4.5.4.1 suggests for the internet.
     retry_schedule: list[Duration] = Field(
-        default_factory=lambda: [600, 900, 1800, 3600, 7200, 14400], min_length=1
+        default_factory=lambda: [600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0], min_length=1
     )
     expire_after: Duration = 172_800.0          # 2 days after arrival: bounce
     delay_notice_after: SecondsOrNever = 43_200.0   # None = never
@@ -586,7 +592,7 @@ class HopConfig(Strict):
         try:
             _unique_at("next_hops", self.next_hops)
         except PydanticCustomError as exc:
-            found += exc.context["problems"]
+            found += found_in(exc)
         couriers = [index for index, hop in enumerate(self.next_hops) if _courier(hop)]
         if couriers and len(self.next_hops) > 1:
             # A courier is the route's only way out: failover between it and SMTP hosts
@@ -768,7 +774,7 @@ def _unique_at(key: str, values: list[Any]) -> None:
         _unique(values)
     except PydanticCustomError as exc:
         raise problems([((key, *path), message)
-                        for path, message in exc.context["problems"]]) from None
+                        for path, message in found_in(exc)]) from None
 
 
 def _dnsbl_entry(text: str) -> str:
@@ -841,7 +847,7 @@ class ListenerTlsConfig(Strict):
         try:
             _unique_at("optional_networks", self.optional_networks)
         except PydanticCustomError as exc:
-            found += exc.context["problems"]
+            found += found_in(exc)
         if not found and self.cert_file is not None and self.key_file is not None:
             bad = certificate_problem(cert_file=self.cert_file, key_file=self.key_file,
                                       min_version=self.min_version)
@@ -1048,7 +1054,7 @@ class AdminConfig(Strict):
                 self._metrics_token = _read_password(self.metrics_token_file,
                                                      "metrics_token_file").strip()
             except PydanticCustomError as exc:   # the one password-file reader's problem
-                found.extend(exc.context["problems"])
+                found.extend(found_in(exc))
         if not self.address.is_loopback and self.cert_file is None:
             found.append((("address",), f"{self.address} is not a loopback address: the console "
                           "and API need TLS there (set cert_file and key_file)"))
@@ -1089,7 +1095,7 @@ MICROSOFT_GRAPH = "https://graph.microsoft.com"
 # The scopes a token is asked for when `scopes` is not set (docs/delivery.md): Exchange
 # Online's app-only SMTP (SMTP.SendAsApp is granted to the app), its delegated SMTP.Send,
 # and Gmail's full scope, the one SMTP accepts.
-DEFAULT_SCOPES = {
+DEFAULT_SCOPES: dict[tuple[str, str | None], list[str]] = {
     ("microsoft", "client_credentials"): ["https://outlook.office365.com/.default"],
     # (msal adds offline_access itself and refuses it in the list)
     ("microsoft", "refresh_token"): ["https://outlook.office.com/SMTP.Send"],
@@ -1100,8 +1106,11 @@ _KIND_KEYS = {
     "microsoft": {"tenant", "authority", "certificate_file", "key_file", "graph_endpoint"},
     "google": {"service_account_file", "subject", "token_uri", "auth_uri"},
 }
-_FLOWS = {"microsoft": ("client_credentials", "refresh_token"),
-          "google": ("service_account", "refresh_token")}
+OAuthFlow = Literal["client_credentials", "refresh_token", "service_account"]
+_FLOWS: dict[str, tuple[OAuthFlow, ...]] = {
+    "microsoft": ("client_credentials", "refresh_token"),
+    "google": ("service_account", "refresh_token"),
+}
 
 
 class OAuthProviderConfig(Strict):
@@ -1111,7 +1120,7 @@ class OAuthProviderConfig(Strict):
     # microsoft: "client_credentials" (app-only, the default) or "refresh_token" (a
     # delegated mailbox, `relaywarden oauth login`); google: "service_account" (the default:
     # domain-wide delegation, JWT bearer grant, RFC 7523) or "refresh_token".
-    flow: Literal["client_credentials", "refresh_token", "service_account"] | None = None
+    flow: OAuthFlow | None = None
     tenant: OptionalText = None                 # microsoft: the directory (tenant) ID or domain
     client_id: OptionalText = None
     client_secret_file: OptionalFile = None     # first line: the secret (read at load)
@@ -1199,7 +1208,7 @@ class OAuthProviderConfig(Strict):
                 self._refresh_token_seed = _read_password(self.refresh_token_file,
                                                           "refresh_token_file").strip()
         except PydanticCustomError as exc:
-            raise problems(list(exc.context["problems"])) from None
+            raise problems(found_in(exc)) from None
         try:
             if self.certificate_file is not None and self.key_file is not None:
                 self._certificate = load_certificate(self.certificate_file, self.key_file)
@@ -1386,6 +1395,7 @@ class Config(Strict):
         what = {"sender_routes": "sender route", "groups": "group", "listeners": "listener",
                 "oauth": "oauth provider", "milters": "milter"}
         if isinstance(value, dict):
+            assert info.field_name is not None     # a field validator
             for name in value:
                 _check_name(name, what[info.field_name])
         return value
@@ -1413,14 +1423,14 @@ class Config(Strict):
                               " are validated (mail to other domains is relayed or refused)"))
         used: dict[tuple[Any, int], str] = {}
         for name, listener in self.listeners.items():
-            key = (listener.address, listener.port)
+            endpoint = (listener.address, listener.port)
             where = _show_endpoint(listener.address, listener.port)
-            if key in used:
+            if endpoint in used:
                 found.append(
-                    (("listeners", name, "port"), f"{where} is already used by listener {used[key]!r}")
+                    (("listeners", name, "port"), f"{where} is already used by listener {used[endpoint]!r}")
                 )
             else:
-                used[key] = name
+                used[endpoint] = name
             for index, milter in enumerate(listener.milters):
                 if milter not in self.milters:
                     known = ", ".join(self.milters) or "none defined"
@@ -1499,8 +1509,8 @@ class Config(Strict):
                         if isinstance(entry, match.HostnameEntry):
                             found.append((("listeners", name, "access", kind, index),
                                           f"host name {entry.pattern!r} needs dns.reverse_lookups = true"))
-            for name, group in self.groups.items():
-                for index, pattern in enumerate(group.hostnames):
+            for name, group_config in self.groups.items():
+                for index, pattern in enumerate(group_config.hostnames):
                     found.append((("groups", name, "hostnames", index),
                                   f"host name {pattern!r} needs dns.reverse_lookups = true"))
         if found:
@@ -1672,7 +1682,8 @@ def _groups_outside_relay_networks(cfg: Config) -> list[str]:
                 continue
             for index, network in enumerate(group.networks):
                 net = _v4(network)
-                same = [r for r in relay if r.version == net.version]
+                # One IP version (collapse_addresses needs that); mypy cannot see it.
+                same: list[Any] = [r for r in relay if r.version == net.version]
                 covered = list(collapse_addresses(same))
                 if any(net.subnet_of(r) for r in covered):
                     continue

@@ -19,6 +19,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from relaywarden.logs.maillog import MailEvent, MailLog
 from relaywarden.queue.store import (
@@ -67,7 +68,7 @@ def write_files(directory: Path, queue_id: str, body: bytes | Path, entries: lis
             with open(tmp, "wb") as fh:
                 if src is not None:
                     shutil.copyfileobj(src, fh, 1 << 20)
-                else:
+                elif not isinstance(body, Path):
                     fh.write(body)
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -75,7 +76,8 @@ def write_files(directory: Path, queue_id: str, body: bytes | Path, entries: lis
             if src is not None:
                 src.close()
         tmp.replace(eml)
-    known = json.loads(meta.read_text()) if meta.exists() else {"id": queue_id, "recipients": []}
+    known: dict[str, Any] = (json.loads(meta.read_text()) if meta.exists()
+                             else {"id": queue_id, "recipients": []})
     seen = {r["address"] for r in known["recipients"]}
     known["recipients"].extend(e for e in entries if e["address"] not in seen)
     tmp = meta.with_suffix(".json.tmp")
@@ -195,7 +197,8 @@ class Badmail:
         """An admin notice other than badmail's (a revoked OAuth refresh token): to
         badmail.notify, from the null sender, like the badmail summary. False: nobody to
         tell (no badmail.notify)."""
-        if self.settings.notify is None:
+        notify = self.settings.notify
+        if notify is None:
             return False
         from email.utils import formatdate, make_msgid
 
@@ -203,7 +206,7 @@ class Badmail:
         s = self.settings
         headers = [
             f"From: relaywarden <{s.postmaster or f'postmaster@{s.hostname}'}>",
-            f"To: <{s.notify}>", f"Subject: [relaywarden] {subject}",
+            f"To: <{notify}>", f"Subject: [relaywarden] {subject}",
             f"Date: {formatdate(now, localtime=True)}",
             f"Message-ID: {make_msgid(domain=s.hostname)}", "Auto-Submitted: auto-generated",
             "MIME-Version: 1.0", "Content-Type: text/plain; charset=utf-8",
@@ -213,7 +216,7 @@ class Badmail:
         env = Envelope(
             queue_id=new_queue_id(), received_at=now, listener="-", client_ip="127.0.0.1",
             client_name=None, helo=s.hostname, auth_user=None, sender="",
-            recipients=(RecipientRecord(address=s.notify, status=RecipientStatus.QUEUED,
+            recipients=(RecipientRecord(address=notify, status=RecipientStatus.QUEUED,
                                         rule=NOTICE_RULE, reason=reason),))
         await self.store.enqueue(env, spool)
         spool.discard()

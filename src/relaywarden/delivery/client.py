@@ -208,6 +208,7 @@ class _Protocol(asyncio.Protocol):
         if self.parser.buffered > _READ_HIGH_WATER and not self.reading_paused:
             # A server that talks without being asked: stop reading until we catch up.
             self.reading_paused = True
+            assert self.transport is not None     # data comes after connection_made
             self.transport.pause_reading()
 
     def eof_received(self) -> bool:
@@ -609,6 +610,7 @@ class OutboundConnection:
         self._parser.clear()
         self.extensions = Extensions()
         old = self._transport
+        assert old is not None and self._proto is not None     # connected: EHLO was answered
         try:
             async with asyncio.timeout(self.policy.command_timeout):
                 new = await loop.start_tls(old, self._proto, ctx,
@@ -629,6 +631,7 @@ class OutboundConnection:
             else:
                 raise
             raise DeliveryError(_tls_failed(why), "starttls", repr(exc)) from None
+        assert new is not None      # start_tls returns None only for a closing transport
         self._transport = new
         self._record_tls(new)
         await self._hello()
@@ -984,6 +987,7 @@ class OutboundConnection:
     async def _block(self) -> None:
         """Until the protocol wakes us: data, EOF, loss, drain, or the timer."""
         proto = self._proto
+        assert proto is not None        # connected
         waiter = proto.waiter = self._loop.create_future()
         try:
             await waiter
@@ -1041,15 +1045,17 @@ class OutboundConnection:
 
     def _trace_line(self, method: str, query: str, answer: Reply | None, octets: int,
                     since: float, queue_id: str | None = None, route: str | None = None) -> None:
+        log = self._log
+        assert log is not None          # called only when there is a protocol log
         if queue_id is None:
             queue_id = self.queue_id
         if route is not None and route != self.route:
             # A command of the previous message, sent under another route: its own line.
-            slog = self._log.session(
+            other = log.session(
                 client_ip=self._slog.client_ip if self._slog else "", site=route,
                 server_name=self._server_name(), server_ip=self.address, server_port=self.port,
                 session_id=self._session_id)
-            slog.record(self._logged_in, method, query,
+            other.record(self._logged_in, method, query,
                         0 if answer is None else answer.code,
                         0 if answer is None else self._parser.last_octets, octets,
                         int((time.monotonic() - since) * 1000), queue_id)
@@ -1059,7 +1065,7 @@ class OutboundConnection:
             local = ("", 0)
             if self._transport is not None:
                 local = self._transport.get_extra_info("sockname") or local
-            slog = self._log.session(
+            slog = log.session(
                 client_ip=local[0].split("%", 1)[0], site=self.route,
                 server_name=self._server_name(), server_ip=self.address, server_port=self.port,
                 session_id=self._session_id)
@@ -1129,6 +1135,7 @@ class _BodySource:
             self._pos += len(chunk)
             return chunk
         # Disk reads go to a thread: a slow disk must not stall every other connection.
+        assert self._file is not None       # no bytes: a file
         chunk = await asyncio.to_thread(self._file.read, n)
         if not isinstance(chunk, (bytes, bytearray)):
             raise TypeError("the body file must be opened in binary mode")

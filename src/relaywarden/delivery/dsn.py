@@ -336,7 +336,7 @@ def _explain(r: DsnRecipient) -> str:
     if r.action in (DsnAction.FAILED, DsnAction.DELAYED):
         if reason:
             # "said" only for the host's own words (an "smtp" diagnostic, RFC 3464 2.3.6).
-            if host and r.diagnostic.strip().lower().startswith("smtp;"):
+            if host and r.diagnostic and r.diagnostic.strip().lower().startswith("smtp;"):
                 return f"{who}: host {host} said: {reason}"
             return f"{who}: {reason}" + (f" (host {host})" if host else "")
         what = "failed" if r.action is DsnAction.FAILED else "temporarily failed"

@@ -142,8 +142,9 @@ def _from_xml(raw: bytes, source: str, number: int | None) -> IisServer:
         props = {key: value for key, value in element.attrib.items()}
         # Properties without a friendly name are <Custom Name=... Value=.../> children.
         for child in element:
-            if _local(child.tag) == "Custom" and child.get("Name"):
-                props[child.get("Name")] = child.get("Value", "")
+            custom = child.get("Name")
+            if _local(child.tag) == "Custom" and custom:
+                props[custom] = child.get("Value", "")
         kind = _local(element.tag)
         if kind == "IIsSmtpService" and _SERVICE_PATH.match(location):
             service = props
@@ -251,12 +252,12 @@ def _wmi_ipsecurity(item: dict, source: str, where: str) -> IpSecList:
                 target.append(IPv4Network(f"{parts[0]}/{mask}"))
             except ValueError as exc:
                 raise IisImportError(f"{source}: {where} {key}[{index}]: {text!r}: {exc}") from None
-    for key, target in (("DomainGrant", result.grant_names), ("DomainDeny", result.deny_names)):
+    for key, names in (("DomainGrant", result.grant_names), ("DomainDeny", result.deny_names)):
         for index, text in enumerate(item.get(key) or []):
             name = str(text).strip().lower()
             if not name:
                 raise IisImportError(f"{source}: {where} {key}[{index}]: empty name")
-            target.append(NameEntry(name))
+            names.append(NameEntry(name))
     grant = item.get("GrantByDefault")
     if grant is not None and not isinstance(grant, bool):
         raise IisImportError(f"{source}: {where} GrantByDefault: expected true or false")
@@ -474,7 +475,7 @@ def _complement(networks: list[IPv4Network]) -> list[IPv4Network]:
     """Every IPv4 address except ``networks``, as few networks as possible."""
     remaining = [IPv4Network("0.0.0.0/0")]
     for excluded in collapse_addresses(networks):
-        nxt = []
+        nxt: list[IPv4Network] = []
         for net in remaining:
             if excluded.subnet_of(net):
                 nxt.extend(net.address_exclude(excluded))
@@ -576,11 +577,11 @@ def convert(server: IisServer, *, output_dir: Path | None = None) -> tuple[str, 
     connections = p.integer("MaxConnections")
     if connections is not None:
         limit = 0 if connections >= IIS_UNLIMITED or connections <= 0 else connections
-        keys = each("limits", "max_connections", limit, "IIS MaxConnections; 0 = unlimited")
+        limit_keys = each("limits", "max_connections", limit, "IIS MaxConnections; 0 = unlimited")
         if limit:
-            keys += ", " + each("limits", "max_connections_per_ip", min(50, limit),
-                                "at most max_connections")
-        plan.mapped(p.where("MaxConnections"), connections, keys)
+            limit_keys += ", " + each("limits", "max_connections_per_ip", min(50, limit),
+                                      "at most max_connections")
+        plan.mapped(p.where("MaxConnections"), connections, limit_keys)
     for prop, why in (
         ("MaxSessionSize", "relaywarden has no limit on the bytes of one session; "
                            "relay.max_message_size limits each message"),
@@ -743,10 +744,10 @@ def convert(server: IisServer, *, output_dir: Path | None = None) -> tuple[str, 
             plan.unmapped(p.where(prop), p.raw(prop),
                           "relaywarden has one retry schedule: a Drop route (IIS's local "
                           "delivery) follows [delivery] like every route")
-    port = p.integer("RemoteSmtpPort")
-    if port is not None:
-        plan.mapped(p.where("RemoteSmtpPort"), port,
-                    plan.set("delivery", "mx_port", port, "IIS outbound TCP port"))
+    remote_port = p.integer("RemoteSmtpPort")
+    if remote_port is not None:
+        plan.mapped(p.where("RemoteSmtpPort"), remote_port,
+                    plan.set("delivery", "mx_port", remote_port, "IIS outbound TCP port"))
     if p.has("RemoteSmtpSecurePort"):
         plan.unmapped(p.where("RemoteSmtpSecurePort"), p.raw("RemoteSmtpSecurePort"),
                       "IIS used it for TLS from the first byte; relaywarden writes the port "

@@ -192,9 +192,9 @@ def encode(value: IpSecList) -> bytes:
     for block in lists:
         heads.append(at)
         at += _PAIR.size + _ADDR_ENTRY.size * len(block)
-    for block in names:
+    for name_list in names:
         heads.append(at)
-        at += _PAIR.size + sum(_PAIR.size + 4 * len(group) for _, group in block)
+        at += _PAIR.size + sum(_PAIR.size + 4 * len(entries) for _, entries in name_list)
     ref_size = at
     out = bytearray(ref_size)
     _HEADER.pack_into(out, 0, *(h | _REF for h in heads), value.flags, ref_size)
@@ -208,13 +208,13 @@ def encode(value: IpSecList) -> bytes:
             _ADDR_ENTRY.pack_into(out, entry_at, AF_INET, len(group) + 1, prefix // 8,
                                   mask[prefix // 8] if prefix < 32 else 0, first | _REF)
             entry_at += _ADDR_ENTRY.size
-    for head, block, entries in zip(heads[2:], names, (value.deny_names, value.grant_names)):
-        _PAIR.pack_into(out, head, len(block), len(entries))
+    for head, name_list, entries in zip(heads[2:], names, (value.deny_names, value.grant_names)):
+        _PAIR.pack_into(out, head, len(name_list), len(entries))
         entry_at = head + _PAIR.size
-        for key, group in block:
-            _PAIR.pack_into(out, entry_at, key, len(group))
+        for key, name_group in name_list:
+            _PAIR.pack_into(out, entry_at, key, len(name_group))
             entry_at += _PAIR.size
-            for entry in group:
+            for entry in name_group:
                 struct.pack_into("<I", out, entry_at, len(out) | _REF)
                 entry_at += 4
                 out += entry.name.encode("ascii") + b"\0"

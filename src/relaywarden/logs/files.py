@@ -148,12 +148,13 @@ class RotatingFile:
             with self._locked():
                 self._choose_file()
                 self._write_pending()
+                fd, path = self._open_file()
                 if self.lost:
-                    notice = self.lost_notice(self.lost, self._path.name, now)
+                    notice = self.lost_notice(self.lost, path.name, now)
                     if notice:
                         self._pending += notice.encode("utf-8", "backslashreplace")
                         self._write_pending()
-                self._size = os.fstat(self._fd).st_size
+                self._size = os.fstat(fd).st_size
         except OSError as exc:
             self._failed(exc)
             return
@@ -167,10 +168,11 @@ class RotatingFile:
         """One appending write of the buffer (inside the lock). On a failure, the whole
         lines that reached the file leave the buffer, a line the disk cut short is cut off
         the file again, and the error goes up."""
-        start = os.fstat(self._fd).st_size     # the lock is ours: nobody else appends
+        fd = self._open_file()[0]
+        start = os.fstat(fd).st_size     # the lock is ours: nobody else appends
         written = 0
         try:
-            written = os.write(self._fd, self._pending)
+            written = os.write(fd, self._pending)
             if written < len(self._pending):
                 # A short write: the disk took only a part (the next one fails ENOSPC).
                 raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (short write)")
@@ -178,9 +180,14 @@ class RotatingFile:
             whole = self._pending.rfind(b"\n", 0, written) + 1
             del self._pending[:whole]
             if whole < written:
-                os.ftruncate(self._fd, start + whole)   # shrinking needs no space
+                os.ftruncate(fd, start + whole)   # shrinking needs no space
             raise
         self._pending.clear()
+
+    def _open_file(self) -> tuple[int, Path]:
+        """The file descriptor and path of the open file (set by _choose_file)."""
+        assert self._fd is not None and self._path is not None
+        return self._fd, self._path
 
     def _failed(self, exc: OSError) -> None:
         first = self._failing is None
@@ -248,6 +255,7 @@ class RotatingFile:
         """Keep the open file, or open the one to write now: another day, the file full
         (whoever filled it), or the name renamed away by the other process."""
         if self._fd is not None:
+            assert self._path is not None    # set with _fd
             try:
                 on_disk = os.stat(self._path)
             except FileNotFoundError:

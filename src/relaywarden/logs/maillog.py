@@ -139,9 +139,11 @@ class MailLog:
         events = self._events
         if not events:
             return
+        out = self._out
+        assert out is not None      # events are recorded only when there is a file
         self._events = []
-        self._out.write_lines(self._lines(events), [e[0] for e in events])
-        self._batch = 1 if self._out.failing else BATCH
+        out.write_lines(self._lines(events), [e[0] for e in events])
+        self._batch = 1 if out.failing else BATCH
 
     def _lines(self, events: list[tuple]) -> list[str]:
         """The lines of ``events``: ``_line`` for each, in one tight loop."""
@@ -149,7 +151,7 @@ class MailLog:
         # Text values seen in this batch (listener, client, route... repeat) and what
         # _value makes of them: a look-up is cheaper than the check.
         seen: dict[str, str] = {}
-        out = []
+        out: list[str] = []
         append = out.append
         for now, event, fields, at in events:
             second, micros = divmod(round((now if at is None else at) * 1_000_000), 1_000_000)

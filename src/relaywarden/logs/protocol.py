@@ -157,7 +157,7 @@ class ProtocolLog:
         # Escaped values seen in this batch: verbs, users and queue IDs repeat from line to
         # line, and escaping costs more than a look-up.
         esc: dict = {None: "-", "": "-"}
-        out = []
+        out: list[str] = []
         append = out.append
         for now, s, user, method, query, status, sc, cs, taken, qid in lines:
             pre = s._w3c or s._format()._w3c
@@ -196,7 +196,7 @@ class ProtocolLog:
 
 
 def _json_lines(lines: list[tuple]) -> list[str]:
-    out = []
+    out: list[str] = []
     append = out.append
     for now, s, user, method, query, status, sc, cs, taken, qid in lines:
         pre = s._json or s._format()._json

@@ -17,6 +17,7 @@ import asyncio
 import atexit
 import os
 from pathlib import Path
+from typing import Any
 
 #: Attempt latency buckets (seconds): a LAN smart host answers in milliseconds, a slow
 #: remote MX with a big message takes minutes (data_timeout).
@@ -71,8 +72,8 @@ DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "(mail.log, ex.log, ex.jsonl, out.log, out.jsonl)", ("log",)),
 }
 
-_metrics: dict[str, object] = {}
-_children: dict[tuple, object] = {}
+_metrics: dict[str, Any] = {}      # prometheus_client Counter / Gauge / Histogram
+_children: dict[tuple, Any] = {}
 _HANDLERS: dict = {}
 _state: dict = {"path": None, "role": None, "previous_value_class": None}
 # (listener, client) -> connections refused at connect whose disconnect is still to come
@@ -106,9 +107,9 @@ def flush() -> None:
             if amount:
                 child.inc(amount)
     if _observations:
-        items = list(_observations)
+        observed = list(_observations)
         _observations.clear()
-        for outcome, seconds in items:
+        for outcome, seconds in observed:
             _child("relaywarden_delivery_attempt_duration_seconds", outcome).observe(seconds)
 
 
@@ -406,7 +407,7 @@ def start(path: Path, role: str) -> None:
     if _state["previous_value_class"] is None:
         _state["previous_value_class"] = values.ValueClass
     values.close_all_multiprocess_files()
-    values.MmapedDict = _reserved_mmap()      # what MultiProcessValue's files are made with
+    values.MmapedDict = _reserved_mmap()  # type: ignore[misc]  # patched on purpose: what MultiProcessValue's files are made with
     values.ValueClass = values.MultiProcessValue()
     from prometheus_client import Counter, Gauge, Histogram
     for name, (kind, doc, labels) in DEFINITIONS.items():
@@ -441,7 +442,7 @@ def stop() -> None:
         return
     from prometheus_client import mmap_dict, values
     values.close_all_multiprocess_files()
-    values.MmapedDict = mmap_dict.MmapedDict
+    values.MmapedDict = mmap_dict.MmapedDict  # type: ignore[misc]  # put back
     if _state["previous_value_class"] is not None:
         values.ValueClass = _state["previous_value_class"]
     _state.update(path=None, role=None, previous_value_class=None)

@@ -346,7 +346,9 @@ class TokenProvider:
         s = self.settings
         if s.flow == "service_account":
             subject = s.subject or user
-            info = dict(s.service_account_info(), token_uri=s.token_uri)
+            account = s.service_account_info()
+            assert account is not None     # the config loads it for flow = "service_account"
+            info = dict(account, token_uri=s.token_uri)
             creds = google.oauth2.service_account.Credentials.from_service_account_info(
                 info, scopes=s.scopes, subject=subject)
             old_rt = None
@@ -407,7 +409,7 @@ def http_session(settings: OAuthProviderConfig):
 
 def _network_text(exc: Exception) -> str:
     """A requests error in one line, without urllib3's object reprs."""
-    inner = exc
+    inner: BaseException = exc
     while inner.__context__ is not None and inner.__context__ is not inner:
         inner = inner.__context__
     reason = getattr(inner, "strerror", None) or str(inner.args[0] if inner.args else inner)

@@ -230,14 +230,15 @@ class Policy:
         membership = find_group(listener, client)
         if membership is not None and membership.group.senders is not None:
             group = membership.group
-            index = match.first_sender(group.senders, sender)
+            senders = membership.group.senders
+            index = match.first_sender(senders, sender)
             if index is None:
                 return Decision(
                     action=Action.REJECT,
                     reply=SENDER_DENIED,
                     rule=f"groups.{group.name}.senders",
                     detail=(
-                        f"{_show_path(sender)} is not in {', '.join(group.senders)} "
+                        f"{_show_path(sender)} is not in {', '.join(senders)} "
                         f"(client in group {group.name} by {membership.reason})"
                     ),
                 )
@@ -246,7 +247,7 @@ class Policy:
                 reply=SENDER_OK,
                 rule="default",
                 detail=f"{_show_path(sender)} matches groups.{group.name}.senders[{index}] "
-                f"{group.senders[index]}",
+                f"{senders[index]}",
             )
         reason = "no group restricts senders" if membership is None else (
             f"group {membership.group.name} does not restrict senders"
@@ -326,8 +327,9 @@ class Policy:
         membership = find_group(listener, client)
         if membership is not None and membership.group.recipient_domains is not None:
             group = membership.group
-            if match.first_domain(group.recipient_domains, domain) is None:
-                detail = f"{domain} is not in {', '.join(group.recipient_domains)}"
+            domains = membership.group.recipient_domains
+            if match.first_domain(domains, domain) is None:
+                detail = f"{domain} is not in {', '.join(domains)}"
                 if group.on_violation is Action.BADMAIL:
                     return Decision(
                         action=Action.BADMAIL,

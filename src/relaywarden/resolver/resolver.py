@@ -446,7 +446,7 @@ class Resolver:
                 why.append(f"{host} has no {rtype} record")
         return RdnsResult(RdnsStatus.UNVERIFIED, names[0], "; ".join(why))
 
-    async def _lookups(self, queries: list[tuple[dns.name.Name, int]], deadline: float
+    async def _lookups(self, queries: list[tuple[dns.name.Name, dns.rdatatype.RdataType]], deadline: float
                        ) -> list[_Lookup]:
         """Run queries concurrently until the deadline; one that has not finished by then
         counts as timed out (dnspython's own lifetime tends to overrun by ~0.1 s)."""
@@ -469,7 +469,8 @@ class Resolver:
 
     # -- one query: cache, coalescing, dnspython
 
-    async def _lookup(self, name: dns.name.Name, rdtype: int, deadline: float) -> _Lookup:
+    async def _lookup(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, deadline: float
+                      ) -> _Lookup:
         key = (name, rdtype)  # dns.name.Name compares and hashes case-insensitively
         while True:
             hit = self._cache.get(key)
@@ -502,7 +503,7 @@ class Resolver:
         future.set_result(result)
         return result
 
-    async def _query(self, name: dns.name.Name, rdtype: int, deadline: float
+    async def _query(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, deadline: float
                      ) -> tuple[_Lookup, float]:
         """One query through dnspython; (outcome, seconds it may be cached)."""
         if self._dns is None:

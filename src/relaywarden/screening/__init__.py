@@ -28,8 +28,9 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from email.generator import BytesGenerator
-from email.message import Message
+from email.message import EmailMessage, Message
 from email.parser import BytesFeedParser
+from typing import cast
 from urllib.parse import quote
 
 __all__ = ["Finding", "ScreenRules", "Screener", "Stripped", "screen", "strip"]
@@ -82,11 +83,11 @@ class Screener:
         return any(h == wanted for h in hosted)
 
 
-def _parse(chunks: Iterable[bytes]) -> Message:
+def _parse(chunks: Iterable[bytes]) -> EmailMessage:
     parser = BytesFeedParser(policy=email.policy.default)
     for chunk in chunks:
         parser.feed(chunk)
-    return parser.close()
+    return cast(EmailMessage, parser.close())     # what email.policy.default makes
 
 
 def _findings(message: Message, rules: ScreenRules) -> Iterator[tuple[Message, Finding]]:
@@ -189,7 +190,8 @@ def _screen_part(part: Message, rules: ScreenRules) -> Finding | None:
     if not needs_payload:
         return None
     try:
-        payload = part.get_payload(decode=True) or b""
+        decoded = part.get_payload(decode=True)   # bytes, or None for a multipart
+        payload = decoded if isinstance(decoded, bytes) else b""
     except Exception:  # noqa: BLE001 - undecodable content: the recipient cannot open it either
         payload = b""
     if attachment and rules.max_attachment_size and len(payload) > rules.max_attachment_size:
@@ -221,10 +223,10 @@ def _lenient_names(part: Message) -> list[str]:
             legacy[key] = str(value)
     names = []
     try:
-        for value in (legacy.get_param("filename", header="content-disposition"),
+        for param in (legacy.get_param("filename", header="content-disposition"),
                       legacy.get_param("name")):
-            if value:
-                names.append(str(email.utils.collapse_rfc2231_value(value)))
+            if param:
+                names.append(str(email.utils.collapse_rfc2231_value(param)))
     except Exception:  # noqa: BLE001 - what neither parser reads is left to the strict one
         pass
     return names

@@ -55,7 +55,7 @@ from pathlib import Path
 
 from relaywarden.delivery.badmail import write_files
 from relaywarden.logs.maillog import MailEvent
-from relaywarden.policy import Action, ClientFacts, ListenerPolicy, Policy
+from relaywarden.policy import Action, ClientFacts, ClientGroup, ListenerPolicy, Policy
 from relaywarden.policy.gates import check_hops
 from relaywarden.policy.hops import ReceivedCounter
 from relaywarden.queue.store import (
@@ -102,6 +102,20 @@ def _address(text: str, what: str, *, null_ok: bool) -> Address | None:
         raise PickupError(f"{what}: {value!r} is not an address") from None
     if address is not None and address.domain == "":
         raise PickupError(f"{what}: {value!r} has no domain")
+    return address
+
+
+def _field_name(line: bytes) -> bytes:
+    """The name of a header field's first line (which matched _FIELD when it was read)."""
+    found = _FIELD.match(line)
+    assert found is not None
+    return found[1]
+
+
+def _recipient(text: str) -> Address:
+    """An X-Receiver line's address (never the null path: _address refuses it)."""
+    address = _address(text, "X-Receiver", null_ok=False)
+    assert address is not None
     return address
 
 
@@ -153,7 +167,7 @@ def parse(data: bytes, *, max_size: int = 0) -> PickupMessage:
     def values(name: bytes) -> list[str]:
         out = []
         for field in header:
-            fname = _FIELD.match(field[0])[1]
+            fname = _field_name(field[0])
             if fname.lower() == name:
                 text = b" ".join(part.strip() for part in [field[0][len(fname) + 1:], *field[1:]])
                 out.append(text.decode("utf-8", "replace").strip())
@@ -173,7 +187,7 @@ def parse(data: bytes, *, max_size: int = 0) -> PickupMessage:
         else:
             raise PickupError("no X-Sender line and no From: address")
     if receiver_lines:
-        recipients = [_address(text, "X-Receiver", null_ok=False) for text in receiver_lines]
+        recipients = [_recipient(text) for text in receiver_lines]
     else:
         recipients = (_field_addresses(values(b"to"), "To") + _field_addresses(values(b"cc"), "Cc")
                       + _field_addresses(values(b"bcc"), "Bcc"))
@@ -183,7 +197,7 @@ def parse(data: bytes, *, max_size: int = 0) -> PickupMessage:
     if not unique:
         raise PickupError("no recipients: no X-Receiver line and no To:, Cc: or Bcc: address")
     # Bcc: is for the envelope only: never sent on (RFC 5322 3.6.3).
-    kept = [field for field in header if _FIELD.match(field[0])[1].lower() != b"bcc"]
+    kept = [field for field in header if _field_name(field[0]).lower() != b"bcc"]
     content = b"\r\n".join(line for field in kept for line in field) + b"\r\n"
     content += b"\r\n" + b"".join(line + b"\r\n" for line in body[1:]) if body else b""
     smtputf8 = any(not str(a).isascii() for a in [*unique.values(), sender] if a is not None)
@@ -201,7 +215,7 @@ def pickup_policy(cfg) -> tuple[Policy, ClientFacts]:
     from relaywarden.config.build import _group
 
     everyone = (ip_network("0.0.0.0/0"), ip_network("::/0"))
-    groups = ()
+    groups: tuple[ClientGroup, ...] = ()
     name = cfg.pickup.group
     if name is not None:
         group = _group(name, cfg.groups[name])
@@ -473,10 +487,10 @@ class Pickup:
             records.append(RecipientRecord(address=str(rcpt), status=status,
                                            rule=decision.rule, reason=decision.detail))
         now = time.time()
-        rcpt = f"\r\n\tfor <{_clean(records[0].address)}>" if len(records) == 1 else ""
+        for_rcpt = f"\r\n\tfor <{_clean(records[0].address)}>" if len(records) == 1 else ""
         received = (f"Received: by {self.cfg.relay.hostname} (relaywarden, from pickup "
                     f"directory {_clean(str(self.dir))})\r\n"
-                    f"\tid {qid}{rcpt};\r\n\t{_received_date(now)}\r\n").encode("ascii")
+                    f"\tid {qid}{for_rcpt};\r\n\t{_received_date(now)}\r\n").encode("ascii")
         spool = self.services.store.new_spool()
         spool.write(received)
         spool.write(message.content)

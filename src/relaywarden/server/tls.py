@@ -106,7 +106,7 @@ class ImplicitTls(asyncio.sslproto.SSLProtocol):
                  on_failure: Callable[[str, str], None]) -> None:
         waiter = loop.create_future()
         super().__init__(loop, session, context, waiter, server_side=True,
-                         ssl_handshake_timeout=handshake_timeout)
+                         ssl_handshake_timeout=handshake_timeout)  # type: ignore[arg-type]  # typeshed says int; asyncio takes seconds as a float
         self._peer = ""
         self._on_failure = on_failure
         waiter.add_done_callback(self._handshake_done)

@@ -29,7 +29,7 @@ import enum
 import functools
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from ._data import BareLineEnds, DataReader
 from .address import AddressError, parse_domain, parse_path, split_path
@@ -411,7 +411,7 @@ class ServerConnection:
             if self._events:
                 event = self._events.popleft()
                 if type(event) in _DECISION_TYPES:
-                    self._pending = event
+                    self._pending = cast(DecisionEvent, event)
                 return event
             if self._closed is not None:
                 return self._closed
@@ -430,7 +430,7 @@ class ServerConnection:
         if positive and code not in positive_codes:
             hint = " (use auth_challenge())" if code == 334 else ""
             raise UsageError(f"{code} is not an answer to {kind.__name__}{hint}")
-        if kind is DataEnd and event.problem is not None and positive:
+        if type(event) is DataEnd and event.problem is not None and positive:
             # Chunks stopped when the problem was found: a 250 would accept a torn message.
             raise UsageError("DataEnd has a problem: respond with it (or another 4xx/5xx)")
         self._pending = None
