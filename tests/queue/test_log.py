@@ -62,9 +62,19 @@ def entries(data: Path) -> list[tuple[bytes, str]]:
 
 
 def queued_ids(data: Path) -> list[str]:
+    """The messages in the SQLite index (not those only in the log)."""
+    db = sqlite3.connect(data / "queue.sqlite3")
+    try:
+        return [mid for (mid,) in db.execute("SELECT id FROM messages ORDER BY id")]
+    finally:
+        db.close()
+
+
+def listed(data: Path) -> list[tuple[str, bool]]:
+    """What `queue list` shows: (queue id, from the log)."""
     reader = QueueReader(data)
     try:
-        return [m["id"] for m in reader.list()]
+        return [(m["id"], m.get("handoff", False)) for m in reader.list()]
     finally:
         reader.close()
 
@@ -104,6 +114,7 @@ def test_a_handed_message_is_claimed_from_memory_and_leaves_only_its_journal(tmp
             await commit(store, env)
             assert store.log_syncs == 1 and store.commits == 0   # no SQLite transaction
             assert queued_ids(tmp_path) == []                   # not in the index
+            assert listed(tmp_path) == [(env.queue_id, True)]   # but the admin sees it
             [due] = await store.claim_due(time.time(), 10, 60)
             assert due.queue_id == env.queue_id and due.body == BODY
             assert [r.address for r in due.recipients] == ["a@example.net", "b@example.org"]
@@ -113,7 +124,7 @@ def test_a_handed_message_is_claimed_from_memory_and_leaves_only_its_journal(tmp
                 RecipientUpdate(idx=1, status=RecipientStatus.BOUNCED, attempts=1)],
                 events=[{"at": time.time(), "outcome": "delivered"}])
             assert journal_kinds(tmp_path, env.queue_id) == ["received", "attempt"]
-            assert queued_ids(tmp_path) == []
+            assert queued_ids(tmp_path) == [] and listed(tmp_path) == []
             assert entries(tmp_path) == [(qlog.MESSAGE, env.queue_id), (qlog.DONE, env.queue_id)]
         finally:
             store.close()
