@@ -98,6 +98,9 @@ networks = ["127.0.0.1/32"]
 
 #: Messages the load run must have answered 250, kills or not.
 LOAD_MESSAGES = 20_000
+#: The load lasts at least this long (about 670 messages a second at most): room for 5 to 8
+#: kills, each a second or more after the previous restart.
+LOAD_SECONDS = 30.0
 #: Delivery attempts under way at once (delivery.max_concurrent): the most messages one
 #: kill can leave delivered downstream but not yet recorded as delivered (sent again after
 #: the restart: at-least-once, the only promise a relay can keep across a crash).
@@ -155,10 +158,15 @@ class Load:
     again until the relay answers; the message whose answer was lost is not sent again
     (it counts as unknown: the relay may or may not have it)."""
 
-    def __init__(self, port: int, clients: int, target: int) -> None:
+    def __init__(self, port: int, clients: int, target: int, min_seconds: float = 0.0) -> None:
         self.port = port
         self.clients = clients
         self.target = target
+        # Paced so that the load lasts at least this long: on an idle machine the relay
+        # took the 20,000 messages before the kill schedule (each kill at least a second
+        # after the previous restart) was through, and the run failed without a fault.
+        self.min_seconds = min_seconds
+        self._started = 0.0
         self.acked: list[str] = []
         self.tried = 0
         self.refused: list[str] = []        # answered with something else than 250
@@ -175,8 +183,16 @@ class Load:
         self._thread.join(timeout)
 
     async def _main(self) -> None:
+        self._started = time.monotonic()
         await asyncio.gather(*(self._client(n) for n in range(self.clients)))
         self.done.set()
+
+    async def _turn(self, number: int) -> None:
+        """Wait until message ``number`` may go (at most target / min_seconds a second)."""
+        if self.min_seconds:
+            due = self._started + number * self.min_seconds / self.target
+            if (wait := due - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
 
     def _token(self) -> str | None:
         if len(self.acked) >= self.target:
@@ -215,6 +231,7 @@ class Load:
         if (await self._reply(reader))[0] != 250:
             raise EOFError("EHLO")
         while (token := self._token()) is not None:
+            await self._turn(self._next)
             writer.write(b"MAIL FROM:<load@example.com>\r\nRCPT TO:<sink@example.net>\r\n"
                          b"DATA\r\n")
             replies = [await self._reply(reader) for _ in range(3)]
@@ -271,7 +288,8 @@ def test_kill_9_of_the_whole_relay_again_and_again_under_load_loses_nothing(tmp_
     try:
         assert sink.stdout.readline().strip() == "ready"
         relay = start_relay_group(config, data_dir, ports)
-        load = Load(ports["main"], clients=8, target=LOAD_MESSAGES).start()
+        load = Load(ports["main"], clients=8, target=LOAD_MESSAGES,
+                    min_seconds=LOAD_SECONDS).start()
         # The moments: 5 to 8 random points of the load's progress (the relay takes the
         # 20,000 messages in well under a minute, so fixed intervals of seconds would run
         # past its end), each at least a second after the previous restart, with a random
