@@ -578,7 +578,7 @@ def _logged_items(cfg: Config, db: sqlite3.Connection, *, domain: str | None,
                   after: tuple[float, str] | None) -> list[dict]:
     """Hand-off (delivery.handoff): the messages on their first attempt, from the log, in
     the shape of the index's items, filtered as the query asks."""
-    from relaywarden.queue.store import logged_messages
+    from relaywarden.queue.store import logged_messages, logged_summary
 
     out = []
     for qid, (env, body) in logged_messages(cfg.data_dir / "log", db).items():
@@ -597,14 +597,7 @@ def _logged_items(cfg: Config, db: sqlite3.Connection, *, domain: str | None,
                     continue
             elif env["sender"].rpartition("@")[2].lower() != text.lstrip("@").lower():
                 continue
-        out.append({"id": qid, "received_at": env["received_at"], "listener": env["listener"],
-                    "client_ip": env["client_ip"], "sender": env["sender"], "size": len(body),
-                    "handoff": True,
-                    "recipients": [
-                        {"address": a, "status": "queued", "rule": rule, "reason": reason,
-                         "attempts": 0, "next_attempt": env["received_at"], "last_error": "",
-                         "remote_mta": "", "held_by": ""}
-                        for a, _, rule, reason, _, _ in env["recipients"]]})
+        out.append(logged_summary(qid, env, body))
     return out
 
 

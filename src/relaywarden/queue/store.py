@@ -1216,6 +1216,17 @@ def logged_messages(log_dir: Path, db: sqlite3.Connection
     return found
 
 
+def logged_summary(queue_id: str, env: dict[str, Any], body: bytes) -> dict[str, Any]:
+    """A hand-off message from the log as the admin's views list one (QueueReader, API)."""
+    return {"id": queue_id, "received_at": env["received_at"], "listener": env["listener"],
+            "client_ip": env["client_ip"], "sender": env["sender"], "size": len(body),
+            "handoff": True,
+            "recipients": [{"address": a, "status": "queued", "rule": rule, "reason": reason,
+                            "attempts": 0, "next_attempt": env["received_at"],
+                            "last_error": "", "remote_mta": "", "held_by": ""}
+                           for a, _, rule, reason, _, _ in env["recipients"]]}
+
+
 class QueueReader:
     """Read-only access for the CLI and the tests; safe while the relay runs (WAL).
 
@@ -1245,13 +1256,14 @@ class QueueReader:
     def _listed_from_log(self, status: str | None) -> list[dict]:
         if status not in (None, "queued"):
             return []
-        return [{"id": qid, "received_at": env["received_at"], "listener": env["listener"],
-                 "client_ip": env["client_ip"], "sender": env["sender"], "size": len(body),
-                 "handoff": True,
-                 "recipients": [{"address": a, "status": "queued", "rule": rule,
-                                 "reason": reason}
-                                for a, _, rule, reason, _, _ in env["recipients"]]}
-                for qid, (env, body) in self._in_log().items()]
+        out = []
+        for qid, (env, body) in self._in_log().items():
+            item = logged_summary(qid, env, body)
+            # As the index's rows are listed here: address, status, rule, reason.
+            item["recipients"] = [{k: r[k] for k in ("address", "status", "rule", "reason")}
+                                  for r in item["recipients"]]
+            out.append(item)
+        return out
 
     def list(self, *, status: str | None = None, limit: int = 1000) -> list[dict]:
         """Up to ``limit`` messages (not recipients), oldest first, each with its recipients."""
