@@ -21,6 +21,11 @@ rspamd does the same work for both; relaywarden+validation (recipient validation
 file) and relaywarden+hosted (the same hosted domain without it), whose ratios to plain
 relaywarden are what each costs.
 
+Issue 15's layouts: relaywarden+index (every message through the SQLite queue before its
+250, delivery.handoff = false: the default before 2026-12-06), relaywarden+inline (one
+process, hand-off) and relaywarden+inline+index; relaywarden+handoff and
+relaywarden+inline+handoff say hand-off explicitly (the commands of earlier runs).
+
     bash scripts/bench.sh              # 3 runs x (1 KB, 50 KB, 5 MB) x (new conn, reused)
     bash scripts/bench.sh --quick      # one short run, under a minute
 
@@ -509,19 +514,35 @@ class PostfixRspamd(Postfix):
 RECIPIENT = "sink@example.net"     # smtp-source's recipient (-t) for every message
 
 
+class RelaywardenIndex(Relaywarden):
+    """relaywarden with every message through the SQLite queue before its 250
+    (delivery.handoff = false): the default until 2026-12-06, the baseline of hand-off."""
+    name = "relaywarden+index"
+
+    def tables(self) -> str:
+        return '[delivery]\nhandoff = false\n\n'
+
+
 class RelaywardenInline(Relaywarden):
-    """relaywarden with one process receiving and delivering (delivery.process = "inline"),
-    every message through the SQLite queue: the baseline of relaywarden+handoff."""
+    """relaywarden with one process receiving and delivering (delivery.process = "inline");
+    hand-off as by default: the message goes to delivery from memory."""
     name = "relaywarden+inline"
 
     def tables(self) -> str:
         return '[delivery]\nprocess = "inline"\n\n'
 
 
+class RelaywardenInlineIndex(Relaywarden):
+    """One process, every message through the SQLite queue (handoff = false)."""
+    name = "relaywarden+inline+index"
+
+    def tables(self) -> str:
+        return '[delivery]\nprocess = "inline"\nhandoff = false\n\n'
+
+
 class RelaywardenHandoff(Relaywarden):
-    """relaywarden with hand-off (issue 15, queue/log.py): a message's durable record is an
-    entry in an append-only log (one fdatasync per batch, before the 250); the delivery
-    process follows the log; SQLite indexes only what waits."""
+    """Hand-off said explicitly (issue 15, queue/log.py; the default since 2026-12-06, so
+    the same as relaywarden): kept so that the commands of earlier runs still work."""
     name = "relaywarden+handoff"
 
     def tables(self) -> str:
@@ -529,7 +550,7 @@ class RelaywardenHandoff(Relaywarden):
 
 
 class RelaywardenInlineHandoff(Relaywarden):
-    """Hand-off with one process: the message goes to delivery from memory."""
+    """One process, hand-off said explicitly (the same as relaywarden+inline now)."""
     name = "relaywarden+inline+handoff"
 
     def tables(self) -> str:
@@ -906,7 +927,9 @@ def main() -> int:
                "postfix+rspamd": PostfixRspamd(workdir, milter),
                "relaywarden+validation": RelaywardenValidation(workdir),
                "relaywarden+hosted": RelaywardenHosted(workdir),
+               "relaywarden+index": RelaywardenIndex(workdir),
                "relaywarden+inline": RelaywardenInline(workdir),
+               "relaywarden+inline+index": RelaywardenInlineIndex(workdir),
                "relaywarden+handoff": RelaywardenHandoff(workdir),
                "relaywarden+inline+handoff": RelaywardenInlineHandoff(workdir)}
     unknown = [s for s in args.systems.split(",") if s not in systems]

@@ -27,6 +27,7 @@ class FaultyFiles(FileOps):
         self.fail_fsync: OSError | None = None     # every file fsync raises this
         self.fail_fsync_dir: OSError | None = None
         self.fail_datasync: OSError | None = None  # every log segment fdatasync raises this
+        self.fail_allocate: OSError | None = None  # every new log segment's fallocate raises this
         self.fail_link: OSError | None = None
         # Every COMMIT raises this instead of committing (what SQLite raises when its WAL
         # write or fsync fails: sqlite3.OperationalError "disk I/O error").
@@ -69,6 +70,12 @@ class FaultyFiles(FileOps):
         if self.fail_fsync is not None:
             raise self.fail_fsync
         super().fsync(fd)
+
+    def allocate(self, fd, size) -> None:
+        self._count("allocate")
+        if self.fail_allocate is not None:
+            raise self.fail_allocate
+        super().allocate(fd, size)
 
     def datasync(self, fd) -> None:
         self._count("datasync")

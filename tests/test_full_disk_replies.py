@@ -14,13 +14,15 @@ import errno
 import os
 import sqlite3
 
-from test_disk_faults import (  # noqa: F401 - site is the fixture
+from test_disk_faults import (  # noqa: F401 - site and handoff_site are fixtures
     LARGE,
     assert_nothing_kept,
+    handoff_site,
     healthy_again,
     send,
     site,
 )
+from relaywarden.queue import log as qlog
 
 
 def enospc(what: str) -> OSError:
@@ -56,3 +58,17 @@ def test_a_commit_sqlite_cannot_write_for_want_of_space_is_answered_452(site):
     assert_nothing_kept(relay)
     files.fail_commit = None
     healthy_again(relay, down, "after-full-commit", 0)
+
+
+def test_a_log_segment_the_full_disk_cannot_hold_is_answered_452(handoff_site):
+    """Hand-off: a segment's space is reserved when it is made (posix_fallocate), so a full
+    disk shows there, before any entry is written: the message is refused with 452 4.3.1,
+    nothing is kept or recoverable, and mail flows again once there is space."""
+    relay, files, down = handoff_site
+    files.fail_allocate = enospc("log segment fallocate")
+    assert_full(send(relay.port, "full-log"))
+    assert files.calls["allocate"] >= 1
+    assert_nothing_kept(relay)
+    assert qlog.scan(qlog.directory(relay.data_dir))[0] == {}
+    files.fail_allocate = None
+    healthy_again(relay, down, "after-full-log", 0)

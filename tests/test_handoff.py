@@ -9,13 +9,18 @@ history reads still gets every message."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
 import time
 
 import pytest
 
+from support.relay import delivery_pid
 from support.site import Site
+from relaywarden.queue.admin import HANDOFF_WAIT_SECONDS
 from relaywarden.queue import log as qlog
+from relaywarden.queue.store import QueueReader
 
 CONFIG = """
 [relay]
@@ -86,7 +91,7 @@ def journal(site: Site, queue_id: str) -> list[str]:
 def log_entries(site: Site) -> list[tuple[bytes, str]]:
     """The log's entries and markers (in the segments, or beside them in .marks files)."""
     out = []
-    for path in qlog.segment_paths(site.data_dir / "log"):
+    for path in qlog.segment_paths(qlog.directory(site.data_dir)):
         marks = qlog.marks_path(path)
         for kind, payload in [*qlog.read_entries(path.read_bytes()),
                               *qlog.read_entries(marks.read_bytes() if marks.exists() else b"")]:
@@ -120,27 +125,109 @@ def test_a_deferred_message_is_the_admins_after_its_first_attempt_and_is_retried
     site.wait_log(rf"event=delivered .*id={qid}")
 
 
-def test_held_mail_goes_into_the_index_and_is_released_by_the_admin(site):
+def test_held_mail_goes_into_the_index_at_once_and_is_released_by_the_admin(site):
+    """Mail a hold route keeps skips the log: the session asks the router, and the message
+    is in the index before its 250 (where ETRN and ATRN look), held at its first attempt."""
     qid = send(site, "user@held.test", "held")
-    # The hold route is the delivery side's decision: the message is handed on, held,
-    # and from then on waits in the index (committed before its marker is written).
-    until(lambda: qid in site.cli("queue", "list").stdout)
-    until(lambda: (qlog.INDEXED, qid) in log_entries(site))
-    assert site.statuses() == {"user@held.test": "held"}
+    assert qid in queued_ids(site)
+    assert all(entry_id != qid for _, entry_id in log_entries(site))
+    until(lambda: site.statuses() == {"user@held.test": "held"})
     site.cli("queue", "release", qid)
     [got] = site.down.wait_for(1, timeout=30)
     assert got.recipients == ["user@held.test"]
 
 
-def test_a_message_on_its_first_attempt_is_listed_and_shown_from_the_log(site):
-    """The admin sees it: `queue list` and `queue show` read the log for what the index
-    does not hold yet (the downstream server holds its answer to the final dot back)."""
+def test_a_message_on_its_first_attempt_is_seen_from_the_log_then_from_the_index(site):
+    """The admin sees it all along: at first the log holds it and the queue's views read it
+    from there (read in process here: within the grace); once its first attempt has lasted
+    HANDOFF_GRACE_SECONDS (the downstream server holds its answer to the final dot back)
+    the delivery process puts it into the index, leased by that attempt."""
     site.down.behaviour.data_delay = 4.0
     qid = send(site, "slow@example.net", "on its way")
-    listed = site.cli("queue", "list").stdout
-    assert qid in listed and "slow@example.net [queued]" in listed
+    reader = QueueReader(site.data_dir)
+    try:
+        [listed] = reader.list()
+        shown = reader.show(qid)
+        body = reader.body(qid)
+    finally:
+        reader.close()
+    assert listed["id"] == qid and listed["handoff"] is True
+    assert shown["handoff"] is True and shown["recipients"][0]["address"] == "slow@example.net"
+    assert shown["recipients"][0]["status"] == "queued" and b"on its way" in body
+    until(lambda: lease_of(site, qid) > time.time())
     shown = site.cli("queue", "show", qid, "--body").stdout
-    assert "handoff:" in shown and "slow@example.net [queued]" in shown and "on its way" in shown
-    assert json.loads(site.cli("queue", "list", "--json").stdout)[0]["handoff"] is True
+    assert "handoff:" not in shown and "slow@example.net [queued]" in shown, shown
+    assert "on its way" in shown
+    [entry] = json.loads(site.cli("queue", "list", "--json").stdout)
+    assert entry["id"] == qid and "handoff" not in entry
+    assert (qlog.INDEXED, qid) in log_entries(site)
     site.down.wait_for(1, timeout=30)
     until(lambda: site.cli("queue", "list").stdout.strip() == "queue is empty")
+
+
+def test_the_admin_holds_a_message_on_its_first_attempt(site):
+    """`queue hold` right after the 250: the command waits for the delivery process to put
+    the message into the index (about HANDOFF_GRACE_SECONDS), then holds it. The attempt
+    under way goes on (as for any leased message); a deferral it ends with leaves the
+    message held by the admin (the scheduler does not take held mail)."""
+    site.down.behaviour.data_delay = 2.0
+    site.down.behaviour.data = "451 4.3.0 try later"
+    qid = send(site, "slow@example.net", "hold me")
+    held = site.cli("queue", "hold", qid)
+    assert f"{qid}: 1 recipient(s) held" in held.stdout, (held.stdout, held.stderr)
+    until(lambda: (lambda r: r and r[0] > 0)(attempts_of(site, qid)))
+    assert site.statuses() == {"slow@example.net": "held"}
+    assert attempts_of(site, qid) == (1, "451 4.3.0 try later")
+
+
+def queued_ids(site: Site) -> list[str]:
+    db = sqlite3.connect(f"file:{site.data_dir / 'queue.sqlite3'}?mode=ro", uri=True)
+    try:
+        return [mid for (mid,) in db.execute("SELECT id FROM messages")]
+    finally:
+        db.close()
+
+
+def lease_of(site: Site, queue_id: str) -> float:
+    db = sqlite3.connect(f"file:{site.data_dir / 'queue.sqlite3'}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT MAX(lease_until) FROM recipients WHERE message_id = ?",
+                         (queue_id,)).fetchone()
+    finally:
+        db.close()
+    return row[0] or 0.0
+
+
+def attempts_of(site: Site, queue_id: str) -> tuple[int, str] | None:
+    db = sqlite3.connect(f"file:{site.data_dir / 'queue.sqlite3'}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT attempts, last_error FROM recipients WHERE message_id = ?",
+                          (queue_id,)).fetchone()
+    finally:
+        db.close()
+
+
+def test_an_action_on_a_message_the_delivery_process_has_not_taken_says_try_again(tmp_path):
+    """Two processes, the delivery process stopped (SIGSTOP: as while it is down): a new
+    message stays in the log. `queue hold` waits for it to go into the index, gives up
+    after HANDOFF_WAIT_SECONDS and says so with EX_TEMPFAIL (75); once the delivery process
+    runs again the message goes out."""
+    site = Site(tmp_path, CONFIG, process="separate")
+    try:
+        pid = delivery_pid(site.relay.proc.pid)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            qid = send(site, "user@example.net", "paused")
+            started = time.monotonic()
+            held = site.cli("queue", "hold", qid, check=False)
+            assert held.returncode == 75, (held.returncode, held.stdout, held.stderr)
+            assert f"{qid} is on its first attempt" in held.stderr and "try again" in held.stderr
+            assert time.monotonic() - started >= HANDOFF_WAIT_SECONDS
+            missing = site.cli("queue", "hold", "NOSUCHMESSAGE", check=False)
+            assert missing.returncode == 1 and "no message NOSUCHMESSAGE" in missing.stderr
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        [got] = site.down.wait_for(1, timeout=30)
+        assert got.recipients == ["user@example.net"]
+    finally:
+        site.close()

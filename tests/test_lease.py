@@ -102,6 +102,14 @@ class Site(support.site.Site):
             time.sleep(0.1)
         raise AssertionError(f"timed out: {message}")
 
+    def wait_indexed(self, queue_id: str) -> dict:
+        """Hand-off (the default): a first attempt that lasts HANDOFF_GRACE_SECONDS puts its
+        message into the index, leased by that attempt; the slow attempts here outlast it."""
+        r = self.wait_for(lambda: self.recipient(queue_id), timeout=10,
+                          message="the slow first attempt put its message into the index")
+        assert r["lease_until"] > time.time(), r
+        return r
+
     def delivery_pid(self) -> int:
         """The delivery process (`relaywarden delivery-worker`), a child of the relay."""
         pid = self.relay.proc.pid
@@ -170,6 +178,7 @@ def test_an_outcome_the_queue_cannot_take_is_written_when_it_can(site):
     site.down.behaviour.data_delay = 3
     qid = site.send()
     site.wait_for(lambda: site.down.delayed >= 1, message="the attempt reached the final dot")
+    site.wait_indexed(qid)
     pid = site.delivery_pid()
     soft, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
     resource.prlimit(pid, resource.RLIMIT_FSIZE, (1, hard))
@@ -196,6 +205,7 @@ def test_flush_and_retry_tell_which_recipients_a_live_attempt_holds(site):
     site.down.behaviour.data_delay = 4
     qid = site.send()
     site.wait_for(lambda: site.down.delayed >= 1, message="the attempt reached the final dot")
+    site.wait_indexed(qid)
     out = site.cli("queue", "retry", qid).stdout
     assert f"{qid}: 0 recipient(s) due now" in out, out
     [(mid, address, until)] = LEASED.findall(out)
@@ -226,6 +236,7 @@ def test_the_api_tells_which_recipients_a_live_attempt_holds(site):
     site.down.behaviour.data_delay = 4
     qid = site.send()
     site.wait_for(lambda: site.down.delayed >= 1, message="the attempt reached the final dot")
+    site.wait_indexed(qid)
     lease_end = site.recipient(qid)["lease_until"]
     text = time.strftime("%H:%M:%S UTC", time.gmtime(lease_end))
     r = api.post(f"/api/v1/queue/{qid}/retry")
@@ -249,6 +260,7 @@ def test_an_admin_hold_during_an_attempt_wins_over_its_deferral(site):
     site.down.behaviour.data = "451 4.3.0 try later"
     qid = site.send()
     site.wait_for(lambda: site.down.delayed >= 1, message="the attempt reached the final dot")
+    site.wait_indexed(qid)
     assert f"{qid}: 1 recipient(s) held" in site.cli("queue", "hold", qid).stdout
     r = site.wait_for(lambda: (lambda r: r if r["attempts"] == 1 else None)(site.recipient(qid)),
                   message="the attempt's outcome")

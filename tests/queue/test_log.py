@@ -8,6 +8,7 @@ and the queue's own QueueReader.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import sqlite3
 import time
@@ -50,7 +51,7 @@ def open_store(data: Path, files=None) -> Store:
 def entries(data: Path) -> list[tuple[bytes, str]]:
     """The log's entries as recovery reads them (a sealed segment up to its end)."""
     out = []
-    for path in qlog.segment_paths(data / "log"):
+    for path in qlog.segment_paths(qlog.directory(data)):
         raw = path.read_bytes()
         if qlog.end_path(path).exists():
             raw = raw[:int(qlog.end_path(path).read_text())]
@@ -206,7 +207,7 @@ def test_a_crash_leaves_unfinished_messages_that_recovery_queues_and_finished_on
         store = Store.open(tmp_path)
         try:
             assert await store.recover_log() == 1
-            assert list((tmp_path / "log").iterdir()) == []
+            assert list((qlog.directory(tmp_path)).iterdir()) == []
             store.start_handoff()
             [due] = await store.claim_due(time.time(), 10, 60)
             assert due.queue_id == envs[2].queue_id and due.body == BODY
@@ -251,16 +252,16 @@ def test_segments_rotate_and_a_finished_one_is_removed(tmp_path, monkeypatch):
             envs = [envelope() for _ in range(12)]          # ~300 bytes each: 3 segments
             for env in envs:
                 await commit(store, env)
-            assert len(qlog.segment_paths(tmp_path / "log")) >= 2
+            assert len(qlog.segment_paths(qlog.directory(tmp_path))) >= 2
             due = await store.claim_due(time.time(), 100, 60)
             for message in due:
                 await store.record(message.queue_id, [RecipientUpdate(
                     idx=0, status=RecipientStatus.DELIVERED, attempts=1)])
             # Only the segment still being written to is left.
-            assert len(qlog.segment_paths(tmp_path / "log")) == 1
+            assert len(qlog.segment_paths(qlog.directory(tmp_path))) == 1
         finally:
             store.close()
-        assert os.listdir(tmp_path / "log") == []            # closed with nothing open
+        assert os.listdir(qlog.directory(tmp_path)) == []            # closed with nothing open
     asyncio.run(main())
 
 
@@ -284,14 +285,14 @@ def test_a_message_refused_by_a_failing_fdatasync_is_not_recovered_after_a_crash
 
     kept, refused = asyncio.run(crash())
     assert (qlog.MESSAGE, refused.queue_id) not in entries(tmp_path)   # read as recovery reads
-    raw = b"".join(p.read_bytes() for p in qlog.segment_paths(tmp_path / "log"))
+    raw = b"".join(p.read_bytes() for p in qlog.segment_paths(qlog.directory(tmp_path)))
     assert refused.queue_id.encode() in raw                           # though it is there
 
     async def restart():
         store = Store.open(tmp_path)
         try:
             assert await store.recover_log() == 1
-            assert os.listdir(tmp_path / "log") == []
+            assert os.listdir(qlog.directory(tmp_path)) == []
         finally:
             store.close()
     asyncio.run(restart())
@@ -313,7 +314,7 @@ def test_the_delivery_side_follows_the_log_marks_outcomes_and_removes_finished_s
             envs = [envelope(f"r{i}@example.net") for i in range(20)]   # 3+ segments
             for env in envs:
                 await commit(receiving, env)
-            assert receiving.commits == 0 and len(qlog.segment_paths(tmp_path / "log")) >= 3
+            assert receiving.commits == 0 and len(qlog.segment_paths(qlog.directory(tmp_path))) >= 3
             # The receiving side hands nothing to itself.
             assert await receiving.claim_due(time.time(), 100, 60) == []
             first = await delivering.claim_due(time.time(), 5, 60)
@@ -329,7 +330,7 @@ def test_the_delivery_side_follows_the_log_marks_outcomes_and_removes_finished_s
                 idx=0, status=RecipientStatus.QUEUED, attempts=1, next_attempt=later)])
             # Segments read to their seal with every message marked are gone; the one the
             # receiving side still writes to stays.
-            assert len(qlog.segment_paths(tmp_path / "log")) == 1
+            assert len(qlog.segment_paths(qlog.directory(tmp_path))) == 1
             assert queued_ids(tmp_path) == [envs[-1].queue_id]   # the deferred one, indexed
             assert journal_kinds(tmp_path, envs[0].queue_id) == ["received"]   # no events given
         finally:
@@ -387,5 +388,202 @@ def test_the_receiving_side_stops_handing_off_while_delivery_is_far_behind(tmp_p
             assert receiving.commits == indexed
         finally:
             delivering.close()
+            receiving.close()
+    asyncio.run(main())
+
+
+# --- a first attempt that lingers, a message that waits: into the index ----------------------
+
+def lease_of(data: Path, qid: str) -> float:
+    db = sqlite3.connect(data / "queue.sqlite3")
+    try:
+        return db.execute("SELECT MAX(lease_until) FROM recipients WHERE message_id = ?",
+                          (qid,)).fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_a_lingering_first_attempt_goes_into_the_index_leased_and_its_outcome_lands_there(
+        tmp_path):
+    async def main():
+        store = open_store(tmp_path)
+        try:
+            env = envelope()
+            await commit(store, env)
+            [due] = await store.claim_due(time.time(), 10, 60)
+            assert due.handed and queued_ids(tmp_path) == []
+            until = time.time() + 120
+            assert await store.index_handed([env.queue_id], until) == [env.queue_id]
+            assert queued_ids(tmp_path) == [env.queue_id]
+            assert lease_of(tmp_path, env.queue_id) == until     # the attempt holds it
+            assert (qlog.INDEXED, env.queue_id) in entries(tmp_path)
+            assert listed(tmp_path) == [(env.queue_id, False)]   # from the index now
+            assert journal_kinds(tmp_path, env.queue_id) == ["received"]
+            # Indexed once only: a second call finds it gone from the log's books.
+            assert await store.index_handed([env.queue_id], until) == []
+            await store.record(env.queue_id, [RecipientUpdate(
+                idx=0, status=RecipientStatus.DELIVERED, attempts=1)])
+            assert queued_ids(tmp_path) == []
+        finally:
+            store.close()
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("layout", ["inline", "separate"])
+def test_handed_messages_that_wait_for_an_attempt_go_into_the_index_due_now(tmp_path, layout):
+    """Delivery is busy (no claim took them): received before the cut-off, they go into
+    the index due now; a newer one stays handed and the next claim takes it from memory."""
+    async def main():
+        receiving = Store.open(tmp_path)
+        receiving.start_handoff(deliver_here=layout == "inline")
+        delivering = receiving
+        if layout == "separate":
+            delivering = Store.open(tmp_path)
+            delivering.start_following()
+        try:
+            old = [envelope(f"old{i}@example.net") for i in range(3)]
+            old = [dataclasses.replace(e, received_at=time.time() - 5) for e in old]
+            new = envelope("new@example.net")
+            for env in old + [new]:
+                await commit(receiving, env)
+            ids = await delivering.index_waiting(time.time() - 1)
+            assert sorted(ids) == sorted(e.queue_id for e in old)
+            assert sorted(queued_ids(tmp_path)) == sorted(ids)
+            assert all(lease_of(tmp_path, qid) == 0 for qid in ids)    # due now
+            [handed] = await delivering.claim_due(time.time(), 1, 60)
+            assert handed.queue_id == new.queue_id and handed.handed
+            rest = await delivering.claim_due(time.time() + 1, 10, 60)
+            assert sorted(m.queue_id for m in rest) == sorted(ids)
+            assert not any(m.handed for m in rest)
+        finally:
+            if delivering is not receiving:
+                delivering.close()
+            receiving.close()
+    asyncio.run(main())
+
+
+def test_a_restarted_delivery_process_skips_what_its_predecessor_indexed(tmp_path):
+    """The predecessor put a lingering message into the index and died before its marker
+    was written: the next delivery process does not hand it out again (the index has it,
+    and its lease lapses or is released), and marks it."""
+    async def main():
+        receiving = Store.open(tmp_path)
+        receiving.start_handoff(deliver_here=False)
+        try:
+            envs = [envelope(f"r{i}@example.net") for i in range(2)]
+            for env in envs:
+                await commit(receiving, env)
+            first = Store.open(tmp_path)
+            first.start_following()
+            await first.claim_due(time.time(), 10, 60)
+            await first.index_handed([envs[0].queue_id], time.time() + 120)
+            first._jobs.put(None)                # kill -9 of the delivery process alone
+            first._writer.join()
+            for marks in qlog.directory(tmp_path).glob("*.marks"):
+                marks.unlink()                   # ... before its marker reached the file
+            second = Store.open(tmp_path)
+            second.start_following()
+            try:
+                again = await second.claim_due(time.time(), 10, 60)
+                assert [m.queue_id for m in again if m.handed] == [envs[1].queue_id]
+                marks = b"".join(p.read_bytes() for p in
+                                 qlog.directory(tmp_path).glob("*.marks"))
+                assert qlog.marker(qlog.INDEXED, envs[0].queue_id) in marks
+            finally:
+                second.close()
+        finally:
+            receiving.close()
+    asyncio.run(main())
+
+
+def test_segments_written_beside_the_text_logs_are_adopted_and_recovered(tmp_path):
+    """A relay of 2026-12-05/06 kept its segments in data_dir/log (the text logs' directory):
+    a start moves them into data_dir/handoff and recovers what they hold."""
+    async def crash():
+        store = open_store(tmp_path)
+        env = envelope()
+        await commit(store, env)
+        store._jobs.put(None)
+        store._writer.join()
+        return env
+    env = asyncio.run(crash())
+    legacy = tmp_path / "log"
+    legacy.mkdir()
+    (legacy / "mail.log").write_text("a text log stays where it is\n")
+    for path in qlog.directory(tmp_path).iterdir():
+        os.replace(path, legacy / path.name)
+
+    async def restart():
+        store = Store.open(tmp_path)
+        try:
+            assert await store.recover_log() == 1
+        finally:
+            store.close()
+    asyncio.run(restart())
+    assert queued_ids(tmp_path) == [env.queue_id]
+    assert os.listdir(legacy) == ["mail.log"]
+
+
+@pytest.mark.parametrize("layout", ["inline", "separate"])
+def test_waiting_messages_the_index_cannot_take_stay_handed(tmp_path, layout):
+    """A full disk: the index cannot take the messages that waited (its COMMIT fails).
+    They stay where claims find them, in order; not lost until a restart's recovery."""
+    async def main():
+        files = FaultyFiles()
+        receiving = Store.open(tmp_path, files=files)
+        receiving.start_handoff(deliver_here=layout == "inline")
+        delivering = receiving
+        if layout == "separate":
+            delivering = Store.open(tmp_path, files=files)
+            delivering.start_following()
+        try:
+            old = [dataclasses.replace(envelope(f"old{i}@example.net"),
+                                       received_at=time.time() - 5) for i in range(3)]
+            for env in old:
+                await commit(receiving, env)
+            files.fail_commit = sqlite3.OperationalError("database or disk is full")
+            with pytest.raises(StoreError):
+                await delivering.index_waiting(time.time() - 1)
+            files.fail_commit = None
+            assert queued_ids(tmp_path) == []
+            due = await delivering.claim_due(time.time(), 10, 60)
+            assert [m.queue_id for m in due] == [e.queue_id for e in old]
+            assert all(m.handed for m in due)
+        finally:
+            if delivering is not receiving:
+                delivering.close()
+            receiving.close()
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("layout", ["inline", "separate"])
+def test_a_claim_whose_index_scan_fails_still_hands_out_what_it_took(tmp_path, layout):
+    """A full disk: a claim's scan of the index fails (it writes leases). The handed
+    messages it took already come out of it all the same; they have no other way."""
+    async def main():
+        files = FaultyFiles()
+        receiving = Store.open(tmp_path)
+        receiving.start_handoff(deliver_here=layout == "inline")
+        delivering = receiving
+        if layout == "separate":
+            delivering = Store.open(tmp_path, files=files)
+            delivering.start_following()
+        else:
+            receiving.files = files      # only its SQLite COMMIT fails, not the log
+        try:
+            envs = [envelope(f"r{i}@example.net") for i in range(3)]
+            for env in envs:
+                await commit(receiving, env)
+            files.fail_commit = sqlite3.OperationalError("database or disk is full")
+            due = await delivering.claim_due(time.time(), 10, 60)
+            assert [m.queue_id for m in due] == [e.queue_id for e in envs]
+            # With nothing handed, the failing scan is told (at the next look at the index).
+            await asyncio.sleep(store_module.INDEX_SCAN_SECONDS * 2)
+            with pytest.raises(StoreError):
+                await delivering.claim_due(time.time() + 1, 10, 60)
+        finally:
+            files.fail_commit = None
+            if delivering is not receiving:
+                delivering.close()
             receiving.close()
     asyncio.run(main())

@@ -51,6 +51,15 @@ def until(probe, predicate=bool, *, timeout: float = 20.0, step: float = 0.05,
         time.sleep(step)
 
 
+def delivery_pid(relay_pid: int) -> int:
+    """The delivery process (`relaywarden delivery-worker`) a relay process started."""
+    children = Path(f"/proc/{relay_pid}/task/{relay_pid}/children").read_text().split()
+    for child in children:
+        if b"delivery-worker" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return int(child)
+    raise AssertionError(f"no delivery process among {children}")
+
+
 def wait_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -269,7 +269,14 @@ def _admin(config_path):
 
 
 def _need(admin, queue_id: str) -> None:
-    if not admin.exists(queue_id):
+    from relaywarden.queue.admin import OnFirstAttempt
+
+    try:
+        found = admin.exists(queue_id)
+    except OnFirstAttempt as exc:
+        click.echo(f"relaywarden: {exc}", err=True)
+        sys.exit(75)     # EX_TEMPFAIL (sysexits.h): the same command works a moment later
+    if not found:
         click.echo(f"relaywarden: no message {queue_id}", err=True)
         sys.exit(1)
 

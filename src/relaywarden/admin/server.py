@@ -578,10 +578,11 @@ def _logged_items(cfg: Config, db: sqlite3.Connection, *, domain: str | None,
                   after: tuple[float, str] | None) -> list[dict]:
     """Hand-off (delivery.handoff): the messages on their first attempt, from the log, in
     the shape of the index's items, filtered as the query asks."""
+    from relaywarden.queue import log as qlog
     from relaywarden.queue.store import logged_messages, logged_summary
 
     out = []
-    for qid, (env, body) in logged_messages(cfg.data_dir / "log", db).items():
+    for qid, (env, body) in logged_messages(qlog.directory(cfg.data_dir), db).items():
         if after is not None and qid <= after[1]:
             continue
         addresses = [r[0] for r in env["recipients"]]
@@ -693,7 +694,7 @@ async def queue_eml(request: Request) -> Response:
 
 
 def _with_admin(cfg: Config, work: Callable):
-    from relaywarden.queue.admin import QueueAdmin
+    from relaywarden.queue.admin import OnFirstAttempt, QueueAdmin
 
     try:
         admin = QueueAdmin(cfg.data_dir)
@@ -701,6 +702,10 @@ def _with_admin(cfg: Config, work: Callable):
         return None
     try:
         return work(admin)
+    except OnFirstAttempt as exc:
+        # The delivery process has the message in memory and has not put it into the
+        # index in time: a moment later the same request works.
+        raise Problem(409, str(exc), headers={"Retry-After": "5"}) from None
     finally:
         admin.close()
 
@@ -1049,13 +1054,14 @@ def _delivery(snap: dict) -> dict:
 
 
 def _queue_counts(cfg: Config) -> dict:
+    from relaywarden.queue import log as qlog
     from relaywarden.queue.store import queue_summary
 
     db = _ro(cfg)
     if db is None:
         return {"by_state": {}, "oldest_age": None}
     try:
-        by_state, oldest = queue_summary(db)
+        by_state, oldest = queue_summary(db, qlog.directory(cfg.data_dir))
     finally:
         db.close()
     return {"by_state": by_state,

@@ -422,8 +422,10 @@ class DeliveryConfig(Strict):
     # true: a received message's durable record is an entry appended to a log (one
     # fdatasync per batch) and it goes to delivery from memory (inline) or from the log
     # (separate: the delivery process follows it); the SQLite index takes only what waits
-    # (queue/log.py, issue 15). A message on its first attempt is then not in `queue list`.
-    handoff: bool = False
+    # (queue/log.py, issue 15). A first attempt that lasts HANDOFF_GRACE_SECONDS puts the
+    # message into the index, leased by that attempt, where the admin can steer it.
+    # false: every message goes into the index before its 250 (as before 2026-12).
+    handoff: bool = True
     helo_name: OptionalHeloName = None          # filled: relay.hostname
     max_concurrent: int = Field(default=50, ge=1)
     per_destination: int = Field(default=10, ge=1)

@@ -47,6 +47,7 @@ from relaywarden.queue.store import (
     RecipientStatus,
     RecipientUpdate,
     Store,
+    HANDOFF_GRACE_SECONDS,
     StoreError,
     new_queue_id,
 )
@@ -328,6 +329,14 @@ class Engine:
         # before anything else once the queue takes writes again. Their recipients stay in
         # _live meanwhile, so nothing claims them; the process knows how their attempt ended.
         self._unrecorded: list[_Record] = []
+        # Hand-off: handed messages on their first attempt (queue id -> time.monotonic() it
+        # began). One that lasts HANDOFF_GRACE_SECONDS goes into the index, leased by the
+        # attempt (_index_lingering), so the admin can steer it; its outcome waits for that
+        # (_indexing) and is then recorded in the index.
+        self._first: dict[str, float] = {}
+        self._indexing: dict[str, asyncio.Future] = {}
+        self._linger_check = 0.0
+        self._tasks: set[asyncio.Task] = set()
 
     @property
     def settings(self) -> DeliverySettings:
@@ -393,6 +402,7 @@ class Engine:
                     task.add_done_callback(self._task_done)
                 if len(due) >= free:
                     continue   # more may be due: look again as soon as a slot frees
+            self._index_lingering()
             if time.monotonic() - last_reap > IDLE_SECONDS:
                 await self._pool.reap(IDLE_SECONDS)
                 last_reap = time.monotonic()
@@ -448,7 +458,48 @@ class Engine:
                                 " until it could be written")
         return True
 
+    def _index_lingering(self) -> None:
+        """Hand-off: first attempts that have lasted HANDOFF_GRACE_SECONDS, and handed
+        messages that have waited that long for one, go into the index (a task: the
+        scheduler does not wait for it)."""
+        now = time.monotonic()
+        if now < self._linger_check:
+            return
+        self._linger_check = now + HANDOFF_GRACE_SECONDS / 4
+        cutoff = now - HANDOFF_GRACE_SECONDS
+        lingering = [qid for qid, began in self._first.items() if began < cutoff]
+        for qid in lingering:
+            del self._first[qid]
+        if not lingering and not self.store.hands_off:
+            return
+        done = asyncio.get_running_loop().create_future()
+        for qid in lingering:
+            self._indexing[qid] = done
+        task = asyncio.get_running_loop().create_task(self._index(lingering, done))
+        self._tasks.add(task)     # asyncio keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
+
+    async def _index(self, lingering: list[str], done: asyncio.Future) -> None:
+        try:
+            if lingering:
+                await self.store.index_handed(lingering, self._clock() + LEASE_SECONDS)
+            if await self.store.index_waiting(self._clock() - HANDOFF_GRACE_SECONDS):
+                self.wake()
+        except Exception as exc:  # noqa: BLE001 - they stay handed: the log keeps them
+            self.mail_log.event(MailEvent.DEFERRED, error=f"indexing handed messages failed:"
+                                f" {exc}")
+        finally:
+            done.set_result(None)
+            for qid in lingering:
+                if self._indexing.get(qid) is done:
+                    del self._indexing[qid]
+
     async def _store_record(self, record: "_Record") -> None:
+        self._first.pop(record.queue_id, None)
+        indexing = self._indexing.get(record.queue_id)
+        if indexing is not None:
+            # Going into the index now: the outcome is recorded there, after it.
+            await asyncio.shield(indexing)
         await self.store.record(record.queue_id, record.updates,
                                 new_messages=record.new_messages, events=record.events)
         for env, spool in record.new_messages:
@@ -488,6 +539,8 @@ class Engine:
     async def _deliver(self, message: DueMessage) -> None:
         keys = {(message.queue_id, r.idx) for r in message.recipients}
         self._live.update(keys)
+        if message.handed:
+            self._first[message.queue_id] = time.monotonic()
         try:
             await self._attempt(message)
         except Exception as exc:  # noqa: BLE001 - a bug must defer the mail, not strand it
@@ -496,6 +549,7 @@ class Engine:
             # Recorded (or kept in _unrecorded, which holds its own keys): no longer ours.
             pending = {k for rec in self._unrecorded for k in rec.keys}
             self._live.difference_update(keys - pending)
+            self._first.pop(message.queue_id, None)
 
     async def _local_error(self, message: DueMessage, exc: Exception) -> None:
         """An attempt that ended by an exception of our own (a bug, an OSError of our disk;

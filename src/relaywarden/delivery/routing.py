@@ -171,6 +171,23 @@ class Router:
         self._catch_all = routes.get("*")
         self._sender_routes = tuple(sender_routes)
         self._default_tls = default_tls
+        #: Whether any route holds mail (ETRN/ATRN, hold = true): most relays have none,
+        #: and then nothing needs routing at receipt (holds()).
+        self.has_hold = any(r.kind is RouteKind.HOLD for r in routes.values()) or any(
+            s.route.kind is RouteKind.HOLD for s in self._sender_routes)
+
+    def holds(self, recipient_domain: str, *, sender: str, group: str | None,
+              user: str | None) -> bool:
+        """Whether a hold route takes this recipient's mail: it is then held at its first
+        attempt, so the receiving side queues it in the index at once, where ETRN and
+        ATRN find it (not the hand-off log). False for what cannot be routed."""
+        if not self.has_hold:
+            return False
+        try:
+            return self.route(recipient_domain, sender=sender, group=group,
+                              user=user).kind is RouteKind.HOLD
+        except ValueError:
+            return False
 
     def route(self, recipient_domain: str, *, sender: str, group: str | None, user: str | None) -> Route:
         """The route for one recipient.

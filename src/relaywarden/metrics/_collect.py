@@ -14,6 +14,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from relaywarden.queue import log as qlog
 from relaywarden.queue.store import queue_summary
 
 METRICS_DIR = "metrics"
@@ -103,7 +104,7 @@ def queue_state(data_dir: Path, now: float | None = None) -> dict | None:
         return None
     try:
         by_state = dict.fromkeys(QUEUE_STATES, 0)
-        counts, oldest = queue_summary(db)
+        counts, oldest = queue_summary(db, qlog.directory(Path(data_dir)))
         by_state.update(counts)
     except sqlite3.Error:
         return None

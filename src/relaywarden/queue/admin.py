@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 from relaywarden.queue import journal
+from relaywarden.queue import log as qlog
 from relaywarden.queue.store import (
+    HANDOFF_GRACE_SECONDS,
     Envelope,
     RecipientRecord,
     RecipientStatus,
@@ -20,6 +22,7 @@ from relaywarden.queue.store import (
     _remove_if_finished,
     _Rows,
     _unlink,
+    logged_messages,
     new_queue_id,
     start_domain,
 )
@@ -27,6 +30,14 @@ from relaywarden.queue.spool import BodySpool
 
 #: Recipient states an admin action can still change (delivered/bounced ones are history).
 _OPEN = ("queued", "held", "badmail")
+#: How long an action on a message on its first attempt from the hand-off log waits for the
+#: delivery process to put it into the index (it does after HANDOFF_GRACE_SECONDS).
+HANDOFF_WAIT_SECONDS = HANDOFF_GRACE_SECONDS + 4.0
+
+
+class OnFirstAttempt(Exception):
+    """The message is on its first attempt from the hand-off log and the delivery process
+    did not put it into the index in time (it is not running, or cannot write)."""
 
 
 def _journal(db: sqlite3.Connection, queue_id: str, action: str, by: str,
@@ -47,6 +58,7 @@ class QueueAdmin:
                                    check_same_thread=False)
         self._bodies_dir = data_dir / "bodies"
         self._tmp_dir = data_dir / "tmp"
+        self._log_dir = qlog.directory(data_dir)
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
 
@@ -64,8 +76,29 @@ class QueueAdmin:
         self._db.execute("COMMIT")
         return result
 
-    def exists(self, queue_id: str) -> bool:
-        return self._db.execute("SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone() is not None
+    def exists(self, queue_id: str, *, wait: float = HANDOFF_WAIT_SECONDS) -> bool:
+        """Whether the queue holds the message, so that an action can change it.
+
+        With hand-off (queue/log.py) a message on its first attempt is in the log, not in
+        the index, and only its delivery process knows how that attempt goes. Once the
+        attempt has lasted HANDOFF_GRACE_SECONDS that process puts the message into the
+        index, leased by the attempt; this waits for that, or for the attempt to end (False
+        if it finished the message: delivered or bounced). OnFirstAttempt: neither within
+        ``wait`` seconds."""
+        deadline = time.monotonic() + wait
+        while True:
+            if self._db.execute("SELECT 1 FROM messages WHERE id = ?",
+                                (queue_id,)).fetchone() is not None:
+                return True
+            if queue_id not in logged_messages(self._log_dir, self._db):
+                # Finished, unless the index took it between the two looks.
+                return self._db.execute("SELECT 1 FROM messages WHERE id = ?",
+                                        (queue_id,)).fetchone() is not None
+            if time.monotonic() >= deadline:
+                raise OnFirstAttempt(
+                    f"{queue_id} is on its first attempt (hand-off) and the delivery process"
+                    f" has not put it into the queue's index within {wait:.0f} s; try again")
+            time.sleep(0.05)
 
     def flush(self, *, domain: str | None = None, by: str = "") -> int:
         """Every queued recipient (of one domain) is due now; with a domain, held ones too

@@ -56,6 +56,11 @@ class FileOps:
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
 
+    def allocate(self, fd: int, size: int) -> None:
+        """Reserve ``size`` bytes for a file (a log segment): ENOSPC here when the disk is
+        full, not at a later write."""
+        os.posix_fallocate(fd, 0, size)
+
     def datasync(self, fd: int) -> None:
         """The data of a file whose size does not change (a preallocated log segment)."""
         os.fdatasync(fd)

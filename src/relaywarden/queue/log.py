@@ -46,6 +46,30 @@ _LEN = struct.Struct("<I")
 
 MESSAGE, DONE, INDEXED = b"M", b"D", b"I"
 
+#: The log's directory in the data directory. Not ``log/``: that is the text logs' (the
+#: mail log, the protocol logs), which people read, rotate and ship; segments are the queue.
+DIR_NAME = "handoff"
+
+
+def directory(data_dir: Path) -> Path:
+    return data_dir / DIR_NAME
+
+
+def adopt_legacy(data_dir: Path) -> int:
+    """Segments a relay of 2026-12-05/06 wrote into ``data_dir/log`` (beside the text logs)
+    move into the log's own directory, before recovery reads it. Returns how many files."""
+    old, new = data_dir / "log", directory(data_dir)
+    moved = 0
+    if not old.is_dir():
+        return 0
+    names = [p.name for p in old.glob("segment-*") if p.suffix in (".log", ".end", ".marks")]
+    names += [n for n in ("synced", "followed") if (old / n).is_file()]
+    for name in sorted(names):
+        new.mkdir(exist_ok=True)
+        os.replace(old / name, new / name)
+        moved += 1
+    return moved
+
 
 def entry(kind: bytes, payload: bytes) -> bytes:
     return _HEAD.pack(kind, len(payload), zlib.crc32(payload, zlib.crc32(kind))) + payload
@@ -176,7 +200,7 @@ class Log:
         path = self.dir / f"segment-{number:08d}.log"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.posix_fallocate(fd, 0, SEGMENT_BYTES)   # ENOSPC here: the disk is full
+            self.files.allocate(fd, SEGMENT_BYTES)     # ENOSPC here: the disk is full
             self.files.fsync(fd)                       # the allocation, before any entry
             self.files.fsync_dir(self.dir)             # and the name
         except BaseException:
@@ -328,6 +352,10 @@ class Follower:
         self.open: dict[int, int] = {}      # segment -> messages handed out without a marker
         self.read_to_end: set[int] = set()  # segments read to their seal
         self._marked: set[str] = set()      # markers a previous delivery process wrote
+        # Segments up to this one were there when this follower started: a message of
+        # theirs without a marker may be in the index already (its predecessor indexed it
+        # and died before writing the marker); the store checks those (Store._follow).
+        self.inherited = 0
         self._marks: dict[int, int] = {}    # segment -> its .marks file, open for appends
         self._followed = os.open(log_dir / "followed", os.O_RDWR | os.O_CREAT, 0o600)
 
@@ -335,6 +363,7 @@ class Follower:
         """A delivery process that starts beside a running receiving process reads the log
         from its first segment, skipping what the one before it marked."""
         for path in segment_paths(self.dir):
+            self.inherited = number_of(path)
             try:
                 self._marked.update(p.decode() for _, p in read_entries(
                     marks_path(path).read_bytes()))

@@ -121,6 +121,12 @@ INDEX_SCAN_SECONDS = 0.05
 #: but this many bytes of the log (about 4,000 messages of 1 KB), looked at this often.
 HANDOFF_MAX_BACKLOG = 4 << 20
 BACKLOG_CHECK_SECONDS = 0.5
+#: A handed message whose first attempt has lasted this long (a slow next hop), or that has
+#: waited this long for one (delivery is busy), goes into the index (Store.index_handed):
+#: from then on the admin sees and steers it as any other (hold, delete, retry, leases),
+#: and the memory it held is free. Most first attempts end well before: they never touch
+#: the index.
+HANDOFF_GRACE_SECONDS = 1.0
 
 
 class RecipientStatus(enum.Enum):
@@ -407,6 +413,8 @@ class DueMessage:
     # A small body comes with the claim (read in the same transaction): no second trip to
     # the queue per message. None: read it with Store.read_body().
     body: bytes | None = None
+    # Hand-off: its durable record is the log, not the index (first attempt, from memory).
+    handed: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -477,7 +485,7 @@ def _handed_message(env: Envelope, body: bytes) -> "DueMessage":
             DueRecipient(idx=i, address=r.address, domain=domain_of(r.address),
                          orcpt=r.orcpt, notify=r.notify, attempts=0, delay_notified=False)
             for i, r in enumerate(env.recipients)),
-        body=body)
+        body=body, handed=True)
 
 
 @dataclass(slots=True)
@@ -580,7 +588,8 @@ class Store:
         """At start-up, before anything receives or delivers: the messages a crash left in
         the log without a marker (answered 250, never finished) go into the index, due now,
         with fsync; then the log's segments go. Returns how many were recovered."""
-        log_dir = self.data_dir / "log"
+        await asyncio.to_thread(qlog.adopt_legacy, self.data_dir)
+        log_dir = qlog.directory(self.data_dir)
         if not log_dir.is_dir():
             return 0
         messages, _, paths, self._log_next = await asyncio.to_thread(qlog.scan, log_dir)
@@ -605,15 +614,20 @@ class Store:
         delivery from memory (delivery.handoff). ``deliver_here``: this process's engine
         takes it (delivery.process = "inline"); otherwise the delivery process follows the
         log (start_following()). After recover_log()."""
-        log_dir = self.data_dir / "log"
+        log_dir = qlog.directory(self.data_dir)
         log_dir.mkdir(exist_ok=True)
         self._deliver_here = deliver_here
         self._log = qlog.Log(log_dir, self.files, self._log_next, removes=deliver_here)
 
+    @property
+    def hands_off(self) -> bool:
+        """Messages reach this process's delivery from the log (hand-off)."""
+        return (self._log is not None and self._deliver_here) or self._follower is not None
+
     def start_following(self) -> None:
         """The delivery process of a relay with hand-off: claims take the receiving
         process's new messages from its log (queue/log.py, Follower)."""
-        log_dir = self.data_dir / "log"
+        log_dir = qlog.directory(self.data_dir)
         log_dir.mkdir(exist_ok=True)
         self._follower = qlog.Follower(log_dir)
         self._follower.start()
@@ -633,11 +647,14 @@ class Store:
         """Make the message durable. Raises StoreError if it could not be."""
         await self.start_commit(envelope, spool)
 
-    def start_commit(self, envelope: Envelope, spool: BodySpool) -> asyncio.Future:
+    def start_commit(self, envelope: Envelope, spool: BodySpool, *,
+                     handoff: bool = True) -> asyncio.Future:
         """As commit(), for callers that want a future rather than a coroutine (the SMTP
         session answers from a done-callback: no task per message). The spool must stay
-        open until the future is done."""
-        if self._log is not None and spool.in_memory and self._can_hand(envelope, spool):
+        open until the future is done. ``handoff=False``: into the index even with
+        hand-off (mail a hold route will keep: ETRN and ATRN look for it there)."""
+        if (handoff and self._log is not None and spool.in_memory
+                and self._can_hand(envelope, spool)):
             (body,) = spool.chunks()
             loop = asyncio.get_running_loop()
             done = loop.create_future()
@@ -696,7 +713,16 @@ class Store:
                 asyncio.get_running_loop().call_later(wait, self._scan_due)
             return handed
         want = limit - len(handed)
-        rows = await self._write(lambda db: _claim(db, now, want, lease), durable=False)
+        try:
+            rows = await self._write(lambda db: _claim(db, now, want, lease), durable=False)
+        except Exception:
+            if not handed:
+                raise
+            # The index cannot be written now (a full disk: a claim writes leases). The
+            # handed messages were taken already and have no other way to a claim: they go
+            # on; the scan is tried again later, and its failure told then.
+            self._scan_at = time.monotonic() + INDEX_SCAN_SECONDS
+            return handed
         # Fewer than asked: nothing else is due; the next look at the index can wait.
         self._scan_at = time.monotonic() + INDEX_SCAN_SECONDS if len(rows) < want else 0.0
         return handed + rows
@@ -711,9 +737,17 @@ class Store:
         out = []
         for number, record, body in self._follower.read(want):
             env = envelope_from_record(record)
+            if number <= self._follower.inherited and self._indexed(env.queue_id):
+                self._follower.mark(number, qlog.INDEXED, env.queue_id)
+                continue
             self._in_log[env.queue_id] = _Handed(env, body, number)
             out.append(_handed_message(env, body))
         return out
+
+    def _indexed(self, queue_id: str) -> bool:
+        with self._read_lock:
+            return self._reader.execute("SELECT 1 FROM messages WHERE id = ?",
+                                        (queue_id,)).fetchone() is not None
 
     def _take_handed(self, limit: int) -> list[DueMessage]:
         out: list[DueMessage] = []
@@ -801,6 +835,69 @@ class Store:
         if follower is not None:    # the log is the receiving process's: markers go beside it
             del self._in_log[queue_id]
             follower.mark(handed.segment, kind, queue_id)
+
+    async def index_handed(self, queue_ids: Sequence[str], lease_until: float = 0.0) -> list[str]:
+        """Handed messages (those of ``queue_ids`` still in the log's books) go into the
+        index, committed with fsync, then get an ``I`` marker: from then on they are queued
+        messages like any other. ``lease_until``: their first attempt is under way and
+        holds them (delivery.engine renews the lease while it lasts; its outcome is
+        recorded in the index); 0: they are due now. Returns the queue ids indexed. The
+        caller makes sure no outcome of theirs is recorded meanwhile (the engine waits)."""
+        found = [self._in_log[q] for q in queue_ids if q in self._in_log]
+        if not found:
+            return []
+        ids = [h.envelope.queue_id for h in found]
+
+        def add(rows: _Rows) -> None:
+            for handed in found:
+                spool = BodySpool(self.tmp_dir, self.files)
+                spool.write(handed.body)
+                rows.add_message(handed.envelope, spool)
+
+        def lease(db: sqlite3.Connection) -> None:
+            if lease_until:
+                db.execute("UPDATE recipients SET lease_until = ? WHERE message_id IN"
+                           " (SELECT value FROM json_each(?))", (lease_until, json.dumps(ids)))
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        follower = self._follower
+        self._jobs.put(_Job(lease, 0, done, loop, (), add, durable=True,
+                            markers=() if follower is not None
+                            else tuple((qlog.INDEXED, q) for q in ids)))
+        await done
+        if follower is not None:
+            for handed in found:
+                del self._in_log[handed.envelope.queue_id]
+                follower.mark(handed.segment, qlog.INDEXED, handed.envelope.queue_id)
+        return ids
+
+    async def index_waiting(self, before: float) -> list[str]:
+        """Handed messages received before ``before`` (epoch seconds) that no attempt has
+        taken yet (delivery is busy) go into the index, due now (index_handed). Two
+        processes: what the delivery process has not read of the log yet is read for it.
+        If the index cannot take them (a full disk), they wait for a claim as before."""
+        stale: list[DueMessage] = []
+        while self._handed and self._handed[0].received_at < before:
+            stale.append(self._handed.popleft())
+        if self._follower is not None and not self._handed:
+            while True:
+                got = self._follow(256)
+                for message in got:
+                    if message.received_at < before and not self._handed:
+                        stale.append(message)
+                    else:
+                        self._handed.append(message)      # the next claim takes it
+                if len(got) < 256 or self._handed:
+                    break
+        if not stale:
+            return []
+        try:
+            return await self.index_handed([m.queue_id for m in stale])
+        except BaseException:
+            # Taken from the queue of handed messages: back to its front, in order, or no
+            # claim would ever hand them out (they would wait for a restart's recovery).
+            self._handed.extendleft(reversed(stale))
+            raise
 
     async def enqueue(self, envelope: Envelope, spool: BodySpool) -> None:
         await self.commit(envelope, spool)
@@ -1191,15 +1288,21 @@ def _remove_if_finished(db: sqlite3.Connection, queue_id: str) -> bool:
     return bool(removed and removed[0][1])
 
 
-def queue_summary(db: sqlite3.Connection) -> tuple[dict[str, int], float | None]:
+def queue_summary(db: sqlite3.Connection, log_dir: Path | None = None
+                  ) -> tuple[dict[str, int], float | None]:
     """Recipients by state, and the arrival time of the oldest message with a recipient
     still waiting for delivery (None: nothing waits). Driven from the status index: the
     CROSS JOIN keeps SQLite from scanning the queued recipients once per message (it did,
-    without statistics: minutes with 100,000 messages)."""
+    without statistics: minutes with 100,000 messages). ``log_dir``: the hand-off log's
+    messages on (or waiting for) their first attempt count too, their recipients queued."""
     by_state = dict(db.execute("SELECT status, COUNT(*) FROM recipients GROUP BY status"))
     (oldest,) = db.execute(
         "SELECT MIN(m.received_at) FROM recipients r CROSS JOIN messages m"
         " ON m.id = r.message_id WHERE r.status = 'queued'").fetchone()
+    if log_dir is not None:
+        for env, _ in logged_messages(log_dir, db).values():
+            by_state["queued"] = by_state.get("queued", 0) + len(env["recipients"])
+            oldest = env["received_at"] if oldest is None else min(oldest, env["received_at"])
     return by_state, oldest
 
 
@@ -1240,7 +1343,7 @@ class QueueReader:
             raise FileNotFoundError(f"no queue at {path}")
         self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         self._bodies_dir = data_dir / "bodies"
-        self._log_dir = data_dir / "log"
+        self._log_dir = qlog.directory(data_dir)
         self._logged: dict[str, tuple[dict[str, Any], bytes]] | None = None
 
     def close(self) -> None:

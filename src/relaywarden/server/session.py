@@ -594,7 +594,12 @@ class SmtpSession(asyncio.Protocol):
         self._waiting = True
         self._update_reading()
         spool = txn.spool
-        done = self.services.store.start_commit(envelope, spool)
+        router = self.services.router
+        held = router.has_hold and any(
+            router.holds(domain_of(r.address), sender=envelope.sender,
+                         group=envelope.client_group, user=envelope.auth_user)
+            for r in envelope.recipients)
+        done = self.services.store.start_commit(envelope, spool, handoff=not held)
         done.add_done_callback(
             functools.partial(self._committed, envelope, spool))
 
