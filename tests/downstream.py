@@ -71,6 +71,8 @@ class _Handler:
             with self.server.lock:
                 self.server.delayed += 1
             await asyncio.sleep(delay)
+            with self.server.lock:
+                self.server.delayed_done += 1
             if server.transport is None or server.transport.is_closing():
                 return "451 4.4.2 client went away"
         if self.server.behaviour.data:
@@ -135,6 +137,7 @@ class Downstream:
         self.open_now = 0
         self.max_open = 0           # most connections open at the same time
         self.delayed = 0            # final-dot answers held back by behaviour.data_delay
+        self.delayed_done = 0       # ... and answered since (250, or 451 to a client gone)
         self._counting = False
         self._tls_context = tls_context
         self._require_starttls = require_starttls

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from support.cloud import CloudSetup, factory
-from support.relay import free_port
+from support.relay import free_port, until
 from downstream import Downstream
 from oauthfake import FakeGraph
 from relaywarden.config import ConfigError, load_config
@@ -201,7 +201,8 @@ def test_envelope_recipients_exactly_once_bcc_and_header_only(make):
     s.send(msg(f"From: {SENDER}\nTo: A <a@example.net>, Outsider <out@example.net>\n"
                "Cc: b@example.org, a@example.net\nSubject: multi\n"), envelope)
     s.graph.wait_for(4)
-    time.sleep(0.5)
+    # Once the queue is empty nothing more is sent: the recipients are final.
+    until(s.relay.messages, lambda rows: rows == [], what="still queued")
     sent = s.graph.sent
     assert sorted(x.recipient for x in sent) == sorted(envelope), sent
     assert {x.mailbox for x in sent} == {"relay@contoso.test"}

@@ -84,7 +84,7 @@ def test_sighup_reloads_policy_and_a_bad_config_is_refused(tmp_path):
         # A broken config is refused on reload; the relay keeps the last good one.
         config.write_text(config.read_text() + "\n[relay.oops]\n")
         relay.proc.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
+        relay.wait_log(r"event=reload result=refused")
         with smtplib.SMTP("127.0.0.1", ports["inbound"], timeout=10) as c:
             c.ehlo("x")
             c.mail("a@internet.test")

@@ -28,7 +28,7 @@ import pytest
 import trustme
 
 from support.cloud import CloudSetup, factory
-from support.relay import free_port, start_relay
+from support.relay import free_port, start_relay, until
 from downstream import Downstream
 from oauthfake import TENANT, OAuthSMTP, rsa_key_pem
 from relaywarden.oauth.tokens import read_state, write_atomic
@@ -291,8 +291,9 @@ def test_expired_token_one_refresh_for_many_waiting(make):
     s.hop.stop()
     s.idp.expires_in = 3600
     s.send(25)
-    s.wait_reason(r"4\.4\.1|refused|connect")
-    time.sleep(1)
+    # All 25 waiting (each tried once and deferred), so that they go out together.
+    until(s.last_errors, lambda errors: len(errors) == 25 and all(errors),
+          what="not all 25 deferred")
     s.hop.start()
     s.hop.wait_for(26, timeout=40)
     assert len(s.idp.grants()) == 2, s.idp.grants()
@@ -307,7 +308,9 @@ def test_wrong_secret_defers_naming_aadsts(make):
     reason = s.wait_reason("AADSTS7000215")
     assert reason.startswith("4") and "oauth.m365" in reason
     assert "AADSTS7000215" in s.maillog()
-    time.sleep(1.5)
+    # Attempts go on (retry_schedule = [1]); none of them bounces it.
+    until(s.maillog, lambda log: len(re.findall(r"event=deferred .*AADSTS7000215", log)) >= 3,
+          step=0.2, what="no further attempts")
     rows = s.queue()
     assert rows and all(r["status"] not in ("bounced", "delivered") for m in rows
                         for r in m["recipients"])
@@ -409,9 +412,16 @@ tls = "none"
         s.send(3)
         s.wait_reason("AADSTS700082")
         [notice] = admin.wait_for(1)
-        time.sleep(3)                   # more attempts (retry_schedule = [1]): no more notices
+        # More attempts (retry_schedule = [1]): each message tried twice again after the
+        # notice went out, and no more notices. A second one would be in the queue (its
+        # delivery to the admin not yet done) or at the admin's server.
+        deferred = len(re.findall(r"event=deferred .*AADSTS700082", s.maillog()))
+        until(s.maillog, lambda log: len(re.findall(r"event=deferred .*AADSTS700082", log))
+              >= deferred + 2 * 3, step=0.2, what="no further attempts")
         assert len(admin.messages) == 1
-        assert len(re.findall(r"event=deferred .*AADSTS700082", s.maillog())) >= 3
+        assert not [m for m in s.queue() for r in m["recipients"]
+                    if r["address"] == "admin@admin.test"]
+        assert s.state()["revoked"]["noticed"] is True
         text = notice.content.decode()
         assert notice.sender == "" and notice.recipients == ["admin@admin.test"]
         assert "oauth.m365: refresh token no longer valid" in text and "AADSTS700082" in text

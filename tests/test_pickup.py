@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from support.relay import free_port, start_relay, write_config
+from support.relay import free_port, start_relay, until, write_config
 from downstream import Downstream
 
 from relaywarden.server.pickup import PickupError, parse
@@ -236,7 +236,10 @@ def test_kill_9_during_pickup_of_many_files_loses_and_duplicates_nothing(tmp_pat
                 relay = start_relay(config, tmp_path / "var", {"main": main})
         assert kills >= 2
         down.wait_for(total, timeout=90)
-        time.sleep(3)                      # anything extra would arrive now
+        # A duplicate would be a message in the queue still (a row leaves it only once its
+        # delivery got its 250): once the queue is empty, nothing more can arrive.
+        until(relay.messages, lambda rows: rows == [], timeout=60,
+              what="messages left in the queue")
         ids = [m.content.split(b"Message-ID: ")[1].split(b"\r\n")[0] for m in down.messages]
         assert len(ids) - len(set(ids)) == 0, f"{len(ids) - len(set(ids))} duplicates"
         assert len(set(ids)) == total
@@ -392,11 +395,19 @@ def test_the_directories_are_fsynced_once_a_batch_not_once_a_file(tmp_path):
     try:
         _wait(lambda: relay.queued() == total)
         _wait(lambda: not os.listdir(folder / ".inflight"))
-        time.sleep(0.5)
+        # The last batch's fsync after its unlinks may still be under way: a witness file
+        # dropped now is a batch of its own, in a later round (its settle time lets idle
+        # rounds go by first), so its three fsyncs come after all of the others.
+        witness = drop(folder, "witness.eml", b"X-Sender: app@example.com\r\n"
+                                              b"X-Receiver: w@held.example\r\n"
+                                              b"Subject: witness\r\n\r\nheld\r\n")
+        _wait(lambda: relay.queued() == total + 1 and not witness.exists())
+        _wait(lambda: not os.listdir(folder / ".inflight"))
+        _wait(lambda: files.calls.get("fsync_dir", 0) >= (3 + 1) * 3)
         # Each batch: the claims (Pickup and .inflight) before the commit, .inflight after
-        # the unlinks. Nothing else in this run fsyncs a directory (small bodies).
-        assert files.calls.get("fsync_dir") == 3 * 3
-        assert relay.queued() == total and not list(folder.glob("*.eml"))
+        # the unlinks. Nothing else in this run fsyncs a directory (small bodies, idle rounds).
+        assert files.calls.get("fsync_dir") == (3 + 1) * 3
+        assert relay.queued() == total + 1 and not list(folder.glob("*.eml"))
     finally:
         relay.stop()
 
@@ -418,12 +429,16 @@ def test_a_failing_directory_fsync_holds_the_batch_back_and_loses_nothing(tmp_pa
                                       b"Subject: s\r\n\r\nbody\r\n" % n)
         if code == "EIO":
             _wait(lambda: len(os.listdir(folder / ".inflight")) == 3)
-            time.sleep(1.5)                # rounds go by: still nothing committed
+            # Rounds go by (each one tries the fsync again, and counts): still nothing
+            # committed.
+            tried = files.calls["fsync_dir"]
+            _wait(lambda: files.calls["fsync_dir"] >= tried + 3)
             assert relay.queued() == 0 and len(os.listdir(folder / ".inflight")) == 3
             files.fail_fsync_dir = None
         _wait(lambda: relay.queued() == 3)
         _wait(lambda: not os.listdir(folder / ".inflight"))
-        time.sleep(0.5)
+        # No file is left to commit again: a second commit of one would have come before
+        # its unlink, so the count is final now.
         assert relay.queued() == 3 and not list(folder.glob("*.eml"))
     finally:
         relay.stop()

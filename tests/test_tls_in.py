@@ -483,7 +483,7 @@ def test_sighup_reloads_certificates_without_dropping_sessions(tmp_path, ca):
         # A broken pair on reload is refused; the relay keeps serving the last good one.
         (tmp_path / "relay.key").write_text("not a key\n")
         relay.proc.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
+        relay.wait_log(r"event=reload result=refused")
         assert peer_der(ports["opt"], ca) == der(second)
         assert relay.proc.poll() is None
     finally:

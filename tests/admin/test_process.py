@@ -63,6 +63,7 @@ def test_session_times_out(strict):
     if r.status_code == 429:
         pytest.fail("the user name is locked by the throttle test; use another user")
     assert r.status_code == 200, r.text
+    # session_timeout = 2 (above): the idle timer is what this test is about.
     time.sleep(1.2)
     assert c.get("/api/v1/session").status_code == 200      # a request keeps it alive
     time.sleep(1.2)

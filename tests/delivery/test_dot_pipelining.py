@@ -188,8 +188,8 @@ def test_the_next_envelope_follows_the_final_dot_in_the_same_segment(chained):
     relay, down = chained
     subjects = _queue(relay, 6)
     _wait(lambda: len(down.accepted) >= 6, "six messages at the next hop")
-    time.sleep(0.5)
-    # Each message arrived exactly once.
+    _wait(lambda: relay.messages() == [], "the queue to empty")
+    # Each message arrived exactly once (the queue is empty: nothing more is sent).
     assert sorted(down.subjects()) == sorted(subjects)
     # One connection (per_destination = 1) carried them all...
     used = [c for c in down.conns if any(w == ("in", ".") for w in c.wire)]
@@ -206,7 +206,9 @@ def test_the_outbound_log_gives_each_reply_to_its_own_message(chained):
     relay, down = chained
     _queue(relay, 4)
     _wait(lambda: len(down.accepted) >= 4, "four messages at the next hop")
-    time.sleep(0.5)
+    # Every reply read (a message leaves the queue once its outcome is written): then the
+    # stop writes out the log.
+    _wait(lambda: relay.messages() == [], "the queue to empty")
     assert relay.stop() == 0
     rows = [json.loads(line) for line in relay.logs("out", ".jsonl").splitlines()]
     rows = [r for r in rows if r["cs-method"] in ("MAIL", "RCPT", "DATA", ".")]
@@ -228,7 +230,7 @@ def test_a_421_to_the_dot_does_not_lose_the_message_behind_it(tmp_path):
     try:
         subjects = _queue(relay, 5)
         _wait(lambda: len(down.accepted) >= 5, "five messages at the next hop")
-        time.sleep(1.5)
+        _wait(lambda: relay.messages() == [], "the queue to empty")    # nothing more is sent
         assert sorted(down.subjects()) == sorted(subjects)
         assert len(down.conns) >= 2
         first = down.conns[0]

@@ -50,6 +50,8 @@ def test_the_indexer_waits_out_a_full_disk_and_then_indexes_everything(tmp_path,
                                         history=types.SimpleNamespace(keep_days=30))
             stop = asyncio.Event()
             task = asyncio.create_task(run_indexer(cfg, stop))
+            # Several of its retries (INTERVAL = 1 s) on the full disk: it goes on, and says
+            # so once, not at each retry (the timer is what this test is about).
             await asyncio.sleep(3)
             assert not task.done(), f"the indexer stopped on a full disk: {task.exception()!r}"
             (disk / "filler").unlink()                # space again

@@ -23,7 +23,7 @@ import pytest
 
 from support.configs import BASIC, HERMETIC
 from support.raw import RawClient
-from support.relay import free_port, start_relay, write_config
+from support.relay import free_port, start_relay, until, write_config
 from downstream import Downstream
 
 
@@ -247,8 +247,9 @@ def test_outbound_log_has_every_command_and_reply_with_the_queue_id(delivering):
     qid = send(relay, [b"RCPT TO:<user@example.com> NOTIFY=FAILURE\r\n"], body)
     [received] = down.wait_for(1)
     # The connection waits in the pool for the next message; a stop closes it (QUIT) and
-    # writes out the logs.
-    time.sleep(0.5)
+    # writes out the logs. First the final dot's reply is read (the outcome written: the
+    # message leaves the queue).
+    until(relay.messages, lambda rows: rows == [], what="the outcome was never written")
     assert relay.stop() == 0
     for rows in (entries(relay, "out"), w3c_rows(relay, "out")):
         w3c = isinstance(rows[0]["sc-status"], str)

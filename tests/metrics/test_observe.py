@@ -255,7 +255,7 @@ def test_in_a_process_with_a_loop_sums_are_written_once_a_second(tmp_path):
             # Not written yet: the hot path only adds to a dict.
             assert value(scrape(tmp_path), "relaywarden_messages_received_total",
                          listener="main") == 0
-            await asyncio.sleep(_events.FLUSH_SECONDS + 0.3)
+            await asyncio.sleep(_events.FLUSH_SECONDS + 0.3)     # the flush timer under test
             assert value(scrape(tmp_path), "relaywarden_messages_received_total",
                          listener="main") == 3
             log.event(E.QUEUED, id="Q", listener="main")

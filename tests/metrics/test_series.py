@@ -95,7 +95,7 @@ def test_run_sampler_samples_until_stopped_and_once_more(mdir):
         task = asyncio.create_task(metrics.run_sampler(types.SimpleNamespace(data_dir=mdir),
                                                        stop, interval=0.05))
         receive(2)
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)        # some samples at interval 0.05: the timer under test
         receive(3)
         stop.set()
         await asyncio.wait_for(task, 5)

@@ -67,7 +67,7 @@ def test_entries_expire_with_their_ttl() -> None:
         assert run(resolver.addresses("short.cached.test")).status is MxStatus.HOSTS
         assert run(resolver.mx("nosuch.cached.test")).status is MxStatus.NO_DOMAIN
         server.stop()
-        time.sleep(1.3)
+        time.sleep(1.3)         # past negative_ttl = 1 and the positive TTL: the timers under test
         assert run(resolver.addresses("short.cached.test")).status is MxStatus.TEMP_FAIL
         assert run(resolver.mx("nosuch.cached.test")).status is MxStatus.TEMP_FAIL
 
@@ -100,6 +100,6 @@ def test_ttl_cache_bounds() -> None:
     cache.put("zero", ok, 0)  # TTL 0: never stored
     assert cache.get("zero") is None
     cache.put("brief", ok, 0.05)
-    time.sleep(0.1)
+    time.sleep(0.1)         # past its TTL (the timer under test)
     assert cache.get("brief") is None
     assert NEGATIVE_TTL_MAX <= 300  # negative answers live "a short time"

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 from relaywarden import metrics
 from relaywarden.auth import Backend, ChainBackend
 from relaywarden.auth.cram import CramSecrets
-from relaywarden.auth.ldap import LdapBackend
 from relaywarden.auth.throttle import AuthThrottle, ThrottleSettings
 from relaywarden.auth.users import LocalBackend, UserFile
 from relaywarden.config.errors import dotted_key
@@ -258,6 +257,8 @@ def build_validator(cfg: Config, resolver: Resolver) -> RecipientValidator | Non
         return None
     directory = None
     if cfg.auth.ldap is not None and any(rv.ldap for rv in cfg.recipients.values()):
+        from relaywarden.auth.ldap import LdapBackend   # ldap3: only with [auth.ldap]
+
         directory = LdapBackend(build_ldap_settings(cfg))
     return RecipientValidator(cfg.recipients, helo=cfg.delivery.helo_name or cfg.relay.hostname,
                               hops=route_hops(build_router(cfg), resolver, cfg.delivery.mx_port),
@@ -315,6 +316,8 @@ def build_auth(cfg: Config) -> tuple[Backend | None, AuthThrottle]:
     if a.users_file is not None:
         found["local"] = LocalBackend(UserFile(a.users_file))
     if a.ldap is not None:
+        from relaywarden.auth.ldap import LdapBackend   # ldap3: only with [auth.ldap]
+
         found["ldap"] = LdapBackend(build_ldap_settings(cfg))
     backends = [found[name] for name in a.order if name in found]
     backend = None if not backends else backends[0] if len(backends) == 1 else ChainBackend(backends)

@@ -16,6 +16,7 @@ from `[relay]` are filled in. Code using the config never re-derives a default.
 
 from __future__ import annotations
 
+import functools
 import re
 import socket
 from collections.abc import Sequence
@@ -103,6 +104,8 @@ def _network(value: Any) -> match.IPNetwork:
 
 
 def _address(value: Any) -> IPv4Address | IPv6Address:
+    if isinstance(value, (IPv4Address, IPv6Address)):
+        return value                    # a default, or a config built in code
     if not isinstance(value, str):
         raise ValueError("expected a string such as \"127.0.0.1\" or \"::\"")
     try:
@@ -186,8 +189,10 @@ def _helo_name(text: str) -> str:
 
 def _config_path(value: Any, info: ValidationInfo) -> Path | None:
     """A path relative to the config file's directory that need not exist yet."""
-    if value is None or isinstance(value, Path):
+    if value is None or isinstance(value, Path) and value.is_absolute():
         return value
+    if isinstance(value, Path):
+        value = str(value)              # a relative default: it starts where a written one does
     if not isinstance(value, str):
         raise ValueError("expected a path string")
     if not value.strip():
@@ -258,6 +263,27 @@ def _check_name(name: str, what: str) -> None:
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_tables(cls, data: Any) -> Any:
+        """A sub-table the file leaves out ([relay], [listeners.NAME.tls], ...) is read as an
+        empty one. Filled in here, not by a field default, so that it is validated like a
+        written table, with the file's context: its relative paths (relay.data_dir,
+        admin.users_file) start at the config file's directory too."""
+        if isinstance(data, dict):
+            missing = [name for name in _tables(cls) if name not in data]
+            if missing:
+                data = {**data, **{name: {} for name in missing}}
+        return data
+
+
+@functools.cache
+def _tables(model: type[Strict]) -> tuple[str, ...]:
+    """The fields of ``model`` that are sub-tables (a Strict model, always there)."""
+    return tuple(name for name, field in model.model_fields.items()
+                 if isinstance(field.annotation, type) and issubclass(field.annotation, Strict)
+                 and field.is_required())
 
 
 # ---------------------------------------------------------------------------- tables
@@ -907,12 +933,12 @@ class ListenerConfig(Strict):
     command_timeout: Duration = 300.0
     data_timeout: Duration = 300.0
     groups: list[str] | None = None            # filled: all defined groups, in file order
-    access: AccessConfig = Field(default_factory=dict)
-    relay: ListenerRelayConfig = Field(default_factory=dict)
-    line_endings: LineEndingConfig = Field(default_factory=dict)
-    tls: ListenerTlsConfig = Field(default_factory=dict)
-    limits: LimitConfig = Field(default_factory=dict)
-    auth: ListenerAuthConfig = Field(default_factory=dict)
+    access: AccessConfig
+    relay: ListenerRelayConfig
+    line_endings: LineEndingConfig
+    tls: ListenerTlsConfig
+    limits: LimitConfig
+    auth: ListenerAuthConfig
     # [milters.NAME] asked, in this order, before the 250 at the end of DATA.
     milters: list[str] = []
 
@@ -987,7 +1013,7 @@ class AuthConfig(Strict):
     users_file: OptionalPath = None             # local users (relaywarden user add); relative to the config file
     ldap: LdapAuthConfig | None = None
     order: list[Literal["local", "ldap"]] = ["local", "ldap"]   # which backend is asked first
-    throttle: ThrottleConfig = Field(default_factory=dict)
+    throttle: ThrottleConfig
     # name:secret lines for CRAM-MD5 (RFC 2195), the mechanism ATRN clients such as
     # fetchmail use; secrets in clear, so a file of its own (see relaywarden.auth.cram).
     cram_md5_file: OptionalFile = None
@@ -1030,14 +1056,14 @@ class AdminConfig(Strict):
     """The admin process's HTTP server: web console, JSON API, /metrics (docs/admin.md)."""
 
     enabled: bool = False                       # the embedded default config turns it on
-    address: IPAddr = "127.0.0.1"               # not loopback: cert_file and key_file needed
+    address: IPAddr = IPv4Address("127.0.0.1")             # not loopback: cert_file and key_file needed
     port: int = Field(default=8025, ge=1, le=65535)
     cert_file: OptionalFile = None              # PEM, relative to the config file
     key_file: OptionalFile = None
-    users_file: OptionalPath = "admin-users"    # relaywarden admin-user add ...
+    users_file: OptionalPath = Path("admin-users")  # relaywarden admin-user add ...
     session_timeout: DurationText = 8 * 3600.0  # idle time before a console login ends
     metrics_token_file: OptionalFile = None     # None: /metrics open to loopback clients only
-    ldap_roles: LdapRoleConfig = Field(default_factory=dict)
+    ldap_roles: LdapRoleConfig
     _metrics_token: str | None = PrivateAttr(default=None)   # metrics_token_file's, at load
 
     @model_validator(mode="after")
@@ -1338,16 +1364,16 @@ class MilterConfig(Strict):
 
 
 class Config(Strict):
-    relay: RelayConfig = Field(default_factory=dict)
-    queue: QueueConfig = Field(default_factory=dict)
-    log: LogConfig = Field(default_factory=dict)
-    delivery: DeliveryConfig = Field(default_factory=dict)
-    dns: DnsConfig = Field(default_factory=dict)
-    badmail: BadmailConfig = Field(default_factory=dict)
-    screening: ScreeningConfig = Field(default_factory=dict)
-    auth: AuthConfig = Field(default_factory=dict)
-    admin: AdminConfig = Field(default_factory=dict)
-    history: HistoryConfig = Field(default_factory=dict)
+    relay: RelayConfig
+    queue: QueueConfig
+    log: LogConfig
+    delivery: DeliveryConfig
+    dns: DnsConfig
+    badmail: BadmailConfig
+    screening: ScreeningConfig
+    auth: AuthConfig
+    admin: AdminConfig
+    history: HistoryConfig
     pickup: PickupConfig | None = None
     routes: dict[str, RouteConfig] = {}
     sender_routes: dict[str, SenderRouteConfig] = {}   # in file order: the order they are tried
@@ -1356,7 +1382,7 @@ class Config(Strict):
     oauth: dict[str, OAuthProviderConfig] = {}   # token providers for auth = "xoauth2"
     # Recipient validation per hosted domain ("*": every hosted domain without its own).
     recipients: dict[str, RecipientValidationConfig] = {}
-    recipient_throttle: RecipientThrottleConfig = Field(default_factory=dict)
+    recipient_throttle: RecipientThrottleConfig
     milters: dict[str, MilterConfig] = {}    # used by listeners.NAME.milters, in order
 
     # Where the config came from: the path as given, or "<default>". Set by load.py;

@@ -499,8 +499,8 @@ class Connection:
             elif isinstance(reply, p.Verdict):
                 if reply.kind == "skip":
                     raise p.ProtocolError("skip at end of message")
-                body = None if body_parts is None else b"".join(body_parts)
-                return _verdict(reply, changes, quarantine, envelope, body)
+                new_body = None if body_parts is None else b"".join(body_parts)
+                return _verdict(reply, changes, quarantine, envelope, new_body)
 
 
 async def connect(spec: MilterSpec, facts: Facts) -> Connection | Outcome:

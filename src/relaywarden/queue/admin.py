@@ -124,7 +124,7 @@ class QueueAdmin:
         end), soonest end first: a flush or retry cannot make them due before that attempt
         ends (its outcome sets the next attempt). The scheduler renews the lease while the
         attempt lasts (delivery.engine.LEASE_SECONDS); it is free when the attempt ends."""
-        where, args = "", ()
+        where, args = "", tuple[str, ...]()
         if queue_id is not None:
             where, args = " AND message_id = ?", (queue_id,)
         elif domain is not None:

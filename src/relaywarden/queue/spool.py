@@ -53,7 +53,7 @@ class BodySpool:
                     buf, self._buf = self._buf, None
                     self._files.write(self._fd, buf)
             else:
-                self._files.write(self._fd, data)
+                self._files.write(self._spilled(), data)
         except OSError as exc:
             self.error = exc
             self._buf = None                # nothing of it is kept in memory either
@@ -63,13 +63,21 @@ class BodySpool:
         if self.error is not None:
             raise self.error
 
+    def _spilled(self) -> int:
+        """The spool file of a body that is no longer in memory. It is open whenever ``_buf``
+        is None and no write failed: a failed write drops both, and discard() starts over in
+        memory."""
+        assert self._fd is not None, "a spilled body without its spool file"
+        return self._fd
+
     def chunks(self) -> Iterator[bytes]:
         self._check()
         if self._buf is not None:
             yield bytes(self._buf)
             return
         offset = 0
-        while chunk := os.pread(self._fd, _COPY_CHUNK, offset):
+        fd = self._spilled()
+        while chunk := os.pread(fd, _COPY_CHUNK, offset):
             offset += len(chunk)
             yield chunk
 
@@ -79,7 +87,7 @@ class BodySpool:
         self._check()
         if self._buf is not None:
             return bytes(self._buf[:limit])
-        return os.pread(self._fd, limit, 0)
+        return os.pread(self._spilled(), limit, 0)
 
     @property
     def in_memory(self) -> bool:
