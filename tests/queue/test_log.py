@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -586,4 +587,49 @@ def test_a_claim_whose_index_scan_fails_still_hands_out_what_it_took(tmp_path, l
             if delivering is not receiving:
                 delivering.close()
             receiving.close()
+    asyncio.run(main())
+
+
+def test_a_message_that_moves_into_the_index_while_it_is_listed_is_seen_once(tmp_path,
+                                                                            monkeypatch):
+    """The views read the log before the index: a message that goes from one to the other
+    between the two reads is listed, shown and counted once (read the other way round it
+    was in neither: `queue list` missed it)."""
+    async def main():
+        store = open_store(tmp_path)
+        try:
+            env = envelope()
+            await commit(store, env)
+            await store.claim_due(time.time(), 10, 60)
+
+            def move() -> None:      # the delivery side indexes it, in the middle of a read
+                runner = threading.Thread(
+                    target=lambda: asyncio.run(store.index_handed([env.queue_id], 0.0)))
+                runner.start()
+                runner.join()
+            # It moves right after the first of the two reads, whichever that is.
+            moved = []
+
+            def after_first_read(name):
+                original = getattr(QueueReader, name)
+
+                def read(self, *args, **kwargs):
+                    result = original(self, *args, **kwargs)
+                    if not moved:
+                        moved.append(name)
+                        move()
+                    return result
+                monkeypatch.setattr(QueueReader, name, read)
+            after_first_read("_list_index")
+            after_first_read("_listed_from_log")
+            reader = QueueReader(tmp_path)
+            try:
+                assert [m["id"] for m in reader.list()] == [env.queue_id]
+                assert reader.count() == 1
+                assert reader.show(env.queue_id)["id"] == env.queue_id
+            finally:
+                reader.close()
+            assert queued_ids(tmp_path) == [env.queue_id]
+        finally:
+            store.close()
     asyncio.run(main())

@@ -514,6 +514,12 @@ def _list_messages(cfg: Config, *, status: str | None, domain: str | None, sende
     if db is None:
         return [], None
     try:
+        # Hand-off: the log before the index (a message only moves from the log into the
+        # index: read in this order it is seen at least once; in both, the index's wins).
+        logged = []
+        if status in (None, "queued") and only_status in (None, "queued"):
+            logged = _logged_items(cfg, db, domain=domain, sender=sender, recipient=recipient,
+                                   after=after)
         # Messages in queue-id order (ids are sortable by arrival time), walked along the
         # primary key until a page is full. A status is checked per message through the
         # recipients' primary key ("+r.status": never the status index, which SQLite
@@ -557,16 +563,15 @@ def _list_messages(cfg: Config, *, status: str | None, domain: str | None, sende
                 recipients = [r for r in recipients if r["status"] == only_status]
             items.append({"id": mid, "received_at": at, "listener": listener, "client_ip": ip,
                           "sender": snd, "size": size, "recipients": recipients})
-        if status in (None, "queued") and only_status in (None, "queued"):
-            logged = _logged_items(cfg, db, domain=domain, sender=sender, recipient=recipient,
-                                   after=after)
-            if logged:
-                # Merged in queue-id order with the index's page (its limit + 1 rows).
-                merged = sorted(items + logged, key=lambda m: m["id"])
-                more = more or len(merged) > limit
-                items = merged[:limit]
-                nxt = _cursor(items[-1]["received_at"], items[-1]["id"]) if more else None
-                return items, nxt
+        ids = {m["id"] for m in items}
+        logged = [m for m in logged if m["id"] not in ids]
+        if logged:
+            # Merged in queue-id order with the index's page (its limit + 1 rows).
+            merged = sorted(items + logged, key=lambda m: m["id"])
+            more = more or len(merged) > limit
+            items = merged[:limit]
+            nxt = _cursor(items[-1]["received_at"], items[-1]["id"]) if more else None
+            return items, nxt
         nxt = _cursor(rows[-1][1], rows[-1][0]) if more and rows else None
         return items, nxt
     finally:

@@ -1295,12 +1295,15 @@ def queue_summary(db: sqlite3.Connection, log_dir: Path | None = None
     CROSS JOIN keeps SQLite from scanning the queued recipients once per message (it did,
     without statistics: minutes with 100,000 messages). ``log_dir``: the hand-off log's
     messages on (or waiting for) their first attempt count too, their recipients queued."""
+    # The log first (see QueueReader.list): a message moving into the index meanwhile may
+    # count twice, never not at all.
+    logged = logged_messages(log_dir, db) if log_dir is not None else {}
     by_state = dict(db.execute("SELECT status, COUNT(*) FROM recipients GROUP BY status"))
     (oldest,) = db.execute(
         "SELECT MIN(m.received_at) FROM recipients r CROSS JOIN messages m"
         " ON m.id = r.message_id WHERE r.status = 'queued'").fetchone()
-    if log_dir is not None:
-        for env, _ in logged_messages(log_dir, db).values():
+    if logged:
+        for env, _ in logged.values():
             by_state["queued"] = by_state.get("queued", 0) + len(env["recipients"])
             oldest = env["received_at"] if oldest is None else min(oldest, env["received_at"])
     return by_state, oldest
@@ -1369,12 +1372,18 @@ class QueueReader:
         return out
 
     def list(self, *, status: str | None = None, limit: int = 1000) -> list[dict]:
-        """Up to ``limit`` messages (not recipients), oldest first, each with its recipients."""
-        indexed = self._list_index(status=status, limit=limit)
+        """Up to ``limit`` messages (not recipients), oldest first, each with its recipients.
+
+        The log first, then the index: a message only ever moves from the log into the
+        index, so read in this order it is seen at least once (read the other way round,
+        one that moved in between was in neither); seen in both, the index's row wins."""
         logged = self._listed_from_log(status)
+        indexed = self._list_index(status=status, limit=limit)
         if not logged:
             return indexed
-        both = sorted(indexed + logged, key=lambda m: (m["received_at"], m["id"]))
+        ids = {m["id"] for m in indexed}
+        both = sorted(indexed + [m for m in logged if m["id"] not in ids],
+                      key=lambda m: (m["received_at"], m["id"]))
         return both[:limit]
 
     def _list_index(self, *, status: str | None, limit: int) -> builtins.list[dict]:
@@ -1409,7 +1418,10 @@ class QueueReader:
         )
         row = cur.fetchone()
         if row is None:
-            return self._show_from_log(queue_id)
+            # Not in the index: in the log, or moved from there into the index since the
+            # look above (then it is the index's; see list()).
+            return self._show_from_log(queue_id) or (
+                self.show(queue_id) if self._indexed(queue_id) else None)
         cols = [c[0] for c in cur.description]
         msg = dict(zip(cols, row))
         msg["smtputf8"] = bool(msg["smtputf8"])
@@ -1441,12 +1453,26 @@ class QueueReader:
             for a, _, rule, reason, orcpt, notify in env["recipients"]]
         return msg
 
+    def _indexed(self, queue_id: str) -> bool:
+        return self._db.execute("SELECT 1 FROM messages WHERE id = ?",
+                                (queue_id,)).fetchone() is not None
+
     def body(self, queue_id: str) -> bytes | None:
         found = _body(self._db, self._bodies_dir, queue_id)
         if found is None and queue_id in self._in_log():
             return self._in_log()[queue_id][1]
+        if found is None and self._indexed(queue_id):     # moved in since (see list())
+            return _body(self._db, self._bodies_dir, queue_id)
         return found
 
     def count(self) -> int:
+        """Messages in the queue. The log first (see list()); one that moved into the index
+        since counts once."""
+        logged = list(self._in_log())
         (n,) = self._db.execute("SELECT COUNT(*) FROM messages").fetchone()
-        return n + len(self._in_log())
+        if logged:
+            (moved,) = self._db.execute("SELECT COUNT(*) FROM messages WHERE id IN"
+                                        " (SELECT value FROM json_each(?))",
+                                        (json.dumps(logged),)).fetchone()
+            n += len(logged) - moved
+        return n
