@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Where relaywarden's CPU goes on the benchmark's load: py-spy on each of its processes.
+
+Starts relaywarden as bench/relay_bench.py does (its defaults, one smtp-sink next hop),
+attaches py-spy (sampling, --nonblocking: the relay is not paused) to the receiving and the
+delivery process, runs smtp-source, and prints for each process the functions with the
+most samples, by self time and by total time (a function and what it calls), plus the
+share of samples in a few named parts (the queue writer thread, the log, the protocol
+logs, the SMTP core, the session, policy, outbound SMTP, the event loop's own C code).
+
+    .venv/bin/python bench/profile_relay.py --messages 20000 [--reuse] [--top 30]
+    RELAY_BENCH_EXTRA_TOML='[delivery]\\nhandoff = false' ... (an A/B of one setting)
+
+Needs py-spy (pip install py-spy) and Postfix's smtp-source/smtp-sink (scripts/bench.sh
+installs those). Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from relay_bench import Relaywarden, Sink, smtp_source  # noqa: E402
+
+#: Parts of the code, by the file a sampled frame is in (first match wins, innermost frame
+#: first): what the profile says in one line per part.
+PARTS = [
+    ("queue writer (SQLite)", ("queue/store.py:_transaction", "queue/store.py:_write_batch",
+                               "sqlite3")),
+    ("hand-off log", ("queue/log.py",)),
+    ("protocol/mail logs", ("logs/",)),
+    ("SMTP core (smtp/)", ("relaywarden/smtp/",)),
+    ("policy", ("relaywarden/policy/",)),
+    ("session", ("server/session.py", "server/trace.py")),
+    ("outbound (delivery/)", ("relaywarden/delivery/",)),
+    ("queue (store)", ("queue/store.py", "queue/spool.py")),
+]
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) of one process, its threads included."""
+    import os
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def summarise(raw: Path, top: int) -> str:
+    """py-spy's raw output: one collapsed stack per line, "frame;frame;... count"."""
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    parts: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count_text)
+        samples += n
+        frames = stack.split(";")
+        own[frames[-1]] += n
+        for frame in set(frames):
+            total[frame] += n
+        part = "other (event loop, threads, C code)"
+        for frame in reversed(frames):
+            name = next((p for p, keys in PARTS if any(k in frame for k in keys)), None)
+            if name is not None:
+                part = name
+                break
+        parts[part] += n
+    out = [f"  {samples} samples"]
+    out.append("  parts (innermost relaywarden frame decides):")
+    for name, n in parts.most_common():
+        out.append(f"    {100 * n / samples:5.1f}%  {name}")
+    out.append(f"  top {top} by self time:")
+    for frame, n in own.most_common(top):
+        out.append(f"    {100 * n / samples:5.1f}%  {frame}")
+    out.append(f"  top {top} by total time:")
+    for frame, n in total.most_common(top):
+        out.append(f"    {100 * n / samples:5.1f}%  {frame}")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--messages", type=int, default=20000)
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--reuse", action="store_true", help="connections reused (smtp-source -d)")
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    ap.add_argument("--gil", action="store_true",
+                    help="sample only the thread holding the GIL: Python's own CPU, not the"
+                         " time threads spend in system calls (fdatasync, send) or waiting")
+    args = ap.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="relay-profile-"))
+    sink = Sink()
+    relay = Relaywarden(workdir)
+    port = relay.start(sink)
+    pids = {"receiving": relay.proc.pid}
+    for child in children(relay.proc.pid):
+        if "delivery-worker" in cmdline(child):
+            pids["delivery"] = child
+    spies = {}
+    for name, pid in pids.items():
+        out = workdir / f"{name}.raw"
+        spies[name] = (out, subprocess.Popen(
+            ["py-spy", "record", "--pid", str(pid), "--rate", str(args.rate), "--nonblocking",
+             "--threads", "--format", "raw", "--output", str(out),
+             *(["--gil"] if args.gil else [])],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(1.0)     # py-spy attached
+    cpu0 = {name: cpu_of(pid) for name, pid in pids.items()}
+    elapsed = smtp_source(port, messages=args.messages, size=args.size,
+                          sessions=args.sessions, reuse=args.reuse)
+    sink.wait(args.messages, timeout=300)
+    cpu = {name: cpu_of(pid) - cpu0[name] for name, pid in pids.items()}
+    stats = relay.stop()            # SIGTERM: py-spy sees its target go and writes its file
+    for _, spy in spies.values():
+        try:
+            spy.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            spy.terminate()
+    sink.stop()
+    mode = "reused" if args.reuse else "new connection per message"
+    print(f"{args.messages} messages of {args.size} B, {mode}: {args.messages / elapsed:,.0f}"
+          f" msgs/s accepted; relaywarden CPU {1000 * stats['cpu_s'] / args.messages:.3f} ms"
+          " per message (all processes, py-spy's sampling included)")
+    for name, (out, _) in spies.items():
+        print(f"\n{name} process (pid {pids[name]}): {1000 * cpu[name] / args.messages:.3f} ms"
+              " of CPU per message")
+        print(summarise(out, args.top) if out.exists() else "  (no profile written)")
+
+
+if __name__ == "__main__":
+    main()
