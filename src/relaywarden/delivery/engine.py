@@ -633,8 +633,9 @@ class Engine:
         domain = recipients[0].domain
         hops, dns_failure = await self._hops(route, domain)
         if not hops:
-            kind = Kind.BOUNCED if dns_failure.permanent else Kind.DEFERRED
-            return [Outcome(r, kind, dns_failure, route=route.name) for r in recipients]
+            failure = dns_failure or reply(451, "4.4.1", "no next hop to try")
+            kind = Kind.BOUNCED if failure.permanent else Kind.DEFERRED
+            return [Outcome(r, kind, failure, route=route.name) for r in recipients]
 
         last = dns_failure or reply(451, "4.4.1", "no next hop answered")
         last_remote = ""
@@ -797,6 +798,7 @@ class Engine:
                           recipients: list[DueRecipient]) -> list[Outcome]:
         """A route whose next hop is not SMTP (delivery.courier): the courier answers."""
         courier = route.courier
+        assert courier is not None
         self.mail_log.event(MailEvent.ATTEMPT, id=message.queue_id, route=route.name,
                             relay=courier.label, to=",".join(r.address for r in recipients))
         context = CourierContext(settings=self.settings, mail_log=self.mail_log,

@@ -37,7 +37,7 @@ import re
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from relaywarden.delivery.dsn import DsnAction, DsnRecipient, wants_notice
 from relaywarden.logs.maillog import MailEvent
@@ -98,7 +98,7 @@ class Decision(enum.Enum):
 class LogLine:
     """One mail log line: `MailLog.event(event, **fields)`."""
     event: MailEvent
-    fields: Mapping[str, object]
+    fields: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

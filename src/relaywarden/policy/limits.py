@@ -16,7 +16,7 @@ policy/gates.py's; the numbers come from ``[listeners.NAME.limits]`` and ``[rela
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from relaywarden.policy.gates import check_connections, check_disk
@@ -94,7 +94,7 @@ class WindowLimiter:
         slot.current += n
         self._prune(now)
 
-    def take_all(self, keys: list[Hashable], n: int = 1) -> bool:
+    def take_all(self, keys: Sequence[Hashable], n: int = 1) -> bool:
         """Count ``n`` for every key if every key allows it; False (nothing counted) otherwise."""
         if self.limit == 0:
             return True                   # no limit: nothing to count (as allows/take)

@@ -574,7 +574,7 @@ class Store:
             stale.unlink(missing_ok=True)
             spools += 1
         with self._read_lock:
-            kept = {mid for (mid,) in self._reader.execute(
+            kept = {mid for (mid,) in self._reading().execute(
                 "SELECT id FROM messages WHERE body_file = 1")}
         orphans = 0
         for path in self.bodies_dir.iterdir():
@@ -596,7 +596,7 @@ class Store:
         pending = []
         for queue_id, payload in messages.items():
             with self._read_lock:
-                known = self._reader.execute(
+                known = self._reading().execute(
                     "SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone()
             if known is None:
                 data, body = qlog.split_message(payload)
@@ -746,7 +746,7 @@ class Store:
 
     def _indexed(self, queue_id: str) -> bool:
         with self._read_lock:
-            return self._reader.execute("SELECT 1 FROM messages WHERE id = ?",
+            return self._reading().execute("SELECT 1 FROM messages WHERE id = ?",
                                         (queue_id,)).fetchone() is not None
 
     def _take_handed(self, limit: int) -> list[DueMessage]:
@@ -773,8 +773,8 @@ class Store:
         return self._backlog_ok
 
     async def record(self, queue_id: str, updates: list[RecipientUpdate], *,
-                     new_messages: list[tuple[Envelope, BodySpool]] = (),
-                     events: list[dict] = ()) -> None:
+                     new_messages: Sequence[tuple[Envelope, BodySpool]] = (),
+                     events: Sequence[dict] = ()) -> None:
         """Apply attempt outcomes and enqueue the messages they produce (DSNs, notices) in
         one transaction: a bounce and the recipient it reports on change state together.
         ``events`` are the attempts' journal entries (``attempt``, see queue.journal)."""
@@ -920,7 +920,7 @@ class Store:
         connection in a pool thread, so that it never holds up the writer's commits."""
         suffix = "." + domain       # not LIKE: "_" in a domain would be a wildcard
         with self._read_lock:
-            return [d for (d,) in self._reader.execute(
+            return [d for (d,) in self._reading().execute(
                 "SELECT DISTINCT domain FROM recipients WHERE status IN ('queued', 'held')"
                 " AND (domain = ? OR substr(domain, -?) = ?)", (domain, len(suffix), suffix))]
 
@@ -1012,11 +1012,16 @@ class Store:
 
     def _locate_body(self, queue_id: str) -> bytes | Path | None:
         with self._read_lock:
-            return _body(self._reader, self.bodies_dir, queue_id, as_path=True)
+            return _body(self._reading(), self.bodies_dir, queue_id, as_path=True)
 
     def _read_body(self, queue_id: str) -> bytes | None:
         with self._read_lock:
-            return _body(self._reader, self.bodies_dir, queue_id)
+            return _body_bytes(self._reading(), self.bodies_dir, queue_id)
+
+    def _reading(self) -> sqlite3.Connection:
+        """The read connection (open from Store.open() until close())."""
+        assert self._reader is not None, "the store is not open"
+        return self._reader
 
     def close(self) -> None:
         if self._writer is not None:
@@ -1153,6 +1158,7 @@ class Store:
         if mode != self._synchronous:
             db.execute(f"PRAGMA synchronous={mode}")
             self._synchronous = mode
+        assert self._lock_fd is not None
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -1181,8 +1187,8 @@ def _pass_on(target: asyncio.Future, source: asyncio.Future) -> None:
         return
     if source.cancelled():
         target.cancel()
-    elif source.exception() is not None:
-        target.set_exception(source.exception())
+    elif (error := source.exception()) is not None:
+        target.set_exception(error)
     else:
         target.set_result(source.result())
 
@@ -1212,6 +1218,13 @@ def _body(db: sqlite3.Connection, bodies_dir: Path, queue_id: str, *,
     if as_path and db.execute("SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone():
         raise BodyMissing(f"the body file {path} of a queued message is missing")
     return None   # removed between the looks (delivered, deleted)
+
+
+def _body_bytes(db: sqlite3.Connection, bodies_dir: Path, queue_id: str) -> bytes | None:
+    """_body() as bytes (never a path)."""
+    found = _body(db, bodies_dir, queue_id)
+    assert not isinstance(found, Path)
+    return found
 
 
 def _claim(db: sqlite3.Connection, now: float, limit: int, lease: float) -> list[DueMessage]:
@@ -1458,11 +1471,11 @@ class QueueReader:
                                 (queue_id,)).fetchone() is not None
 
     def body(self, queue_id: str) -> bytes | None:
-        found = _body(self._db, self._bodies_dir, queue_id)
+        found = _body_bytes(self._db, self._bodies_dir, queue_id)
         if found is None and queue_id in self._in_log():
             return self._in_log()[queue_id][1]
         if found is None and self._indexed(queue_id):     # moved in since (see list())
-            return _body(self._db, self._bodies_dir, queue_id)
+            return _body_bytes(self._db, self._bodies_dir, queue_id)
         return found
 
     def count(self) -> int:

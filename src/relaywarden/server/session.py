@@ -21,7 +21,9 @@ import concurrent.futures
 import functools
 import ipaddress
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from relaywarden.logs.maillog import MailEvent
 from relaywarden.logs.protocol import SessionLog
@@ -44,7 +46,7 @@ from relaywarden.server import atrn, sasl
 from relaywarden.server.context import ListenerContext, ListenerRuntime, Services
 from relaywarden.server.milters import (Filtered, MilterChain, UNAVAILABLE, apply_envelope,
                                         run_chain)
-from relaywarden.screening import Stripped, screen, strip
+from relaywarden.screening import Finding, Stripped, screen, strip
 from relaywarden.server.tls import describe as describe_tls
 from relaywarden.server.trace import clean as _clean
 from relaywarden.server.trace import rdns_note, received
@@ -96,6 +98,12 @@ class _Transaction:
     stripped: str | None = None        # what the screener removed (for the mail log)
     filtered: bool = False             # the listener's milters have been asked
 
+    @property
+    def body(self) -> BodySpool:
+        """The spool, from DATA on (before, there is none: a bug to ask)."""
+        assert self.spool is not None, "no DATA yet"
+        return self.spool
+
 
 @functools.lru_cache(maxsize=4096)
 def _client_facts(listener: str, address: str) -> ClientFacts:
@@ -122,12 +130,15 @@ def _quarantine(txn: "_Transaction", rule: str, reason: str) -> None:
 
 
 class SmtpSession(asyncio.Protocol):
+    # Set by connection_made(), which asyncio calls before anything else of the protocol.
+    transport: asyncio.Transport
+    conn: ServerConnection
+    client: ClientFacts
+    _loop: asyncio.AbstractEventLoop
+
     def __init__(self, ctx: ListenerContext, services: Services) -> None:
         self.ctx = ctx
         self.services = services
-        self.transport: asyncio.Transport | None = None
-        self.conn: ServerConnection | None = None
-        self.client: ClientFacts | None = None
         self.client_ip = ""
         self.server_ip = ""
         self.server_port = 0
@@ -140,7 +151,6 @@ class SmtpSession(asyncio.Protocol):
         self._closed = False
         self._last_activity = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._messages = 0
         self.rdns: RdnsResult | None = None
         # The DNS lists' verdict at connect (policy/dnsbl.py): (REJECT or None, note), or None.
@@ -231,6 +241,7 @@ class SmtpSession(asyncio.Protocol):
 
     async def _reverse_then_greet(self, zones: tuple[str, ...] = ()) -> None:
         resolver = self.services.resolver
+        assert resolver is not None           # connection_made asks only with a resolver
         if zones:
             # RFC 5782 lists, asked beside the reverse lookup (one wait, not two).
             lists = self._loop.create_task(resolver.dnsbl(self.client_ip, zones))
@@ -397,14 +408,15 @@ class SmtpSession(asyncio.Protocol):
                 event = conn.next_event()
                 if event is NEED_DATA:
                     break
-                kind = type(event)
-                if kind is DataChunk:
+                if isinstance(event, DataChunk):
                     txn = self.txn
                     if txn is not None and txn.spool is not None:
                         txn.spool.write(event.data)
-                        if not txn.hops.done:
-                            txn.hops.feed(event.data)
+                        hops = txn.hops
+                        if hops is not None and not hops.done:
+                            hops.feed(event.data)
                     continue
+                kind = type(event)
                 handler = self._HANDLERS.get(kind)
                 if handler is None:
                     conn.respond(NOT_AVAILABLE)
@@ -488,7 +500,7 @@ class SmtpSession(asyncio.Protocol):
         self._respond("MAIL", query, SENDER_OK)
 
     def _on_rcpt(self, ev: RcptTo) -> None:
-        txn = self.txn
+        txn = self._txn()
         rcpt = ev.recipient
         query = ev.argument          # as received, with NOTIFY= and ORCPT=
         decision = self.services.policy.check_recipient(self.client, txn.sender, rcpt)
@@ -518,17 +530,17 @@ class SmtpSession(asyncio.Protocol):
 
     def _accept_rcpt(self, ev: RcptTo, decision: Decision, address: str) -> None:
         status = RecipientStatus.BADMAIL if decision.action is Action.BADMAIL else RecipientStatus.QUEUED
-        self.txn.recipients.append(RecipientRecord(
+        self._txn().recipients.append(RecipientRecord(
             address=address, status=status, rule=decision.rule, reason=decision.detail,
             orcpt=ev.params.orcpt, notify=ev.params.notify,
         ))
         self._respond("RCPT", ev.argument, decision.reply)
 
     def _on_data_start(self, ev: DataStart) -> None:
-        txn = self.txn
+        txn = self._txn()
         txn.queue_id = new_queue_id()
-        txn.spool = self.services.store.new_spool()
-        txn.spool.write(received(      # the trace header (server/trace.py)
+        txn.spool = spool = self.services.store.new_spool()
+        spool.write(received(      # the trace header (server/trace.py)
             hostname=self.ctx.hostname, listener=self.ctx.name, helo=self.helo,
             client_ip=self.client_ip, note=rdns_note(self.rdns), esmtp=self.esmtp,
             smtputf8=txn.params.smtputf8, tls=self.tls, user=self.client.user,
@@ -537,7 +549,7 @@ class SmtpSession(asyncio.Protocol):
         self._respond("DATA", "", START_DATA, queue_id=txn.queue_id)
 
     def _on_data_end(self, ev: DataEnd) -> None:
-        txn = self.txn
+        txn = self._txn()
         if ev.problem is not None:
             self.services.mail_log.event(
                 MailEvent.REJECT, stage="data", listener=self.ctx.name, client=self.client_ip,
@@ -546,7 +558,8 @@ class SmtpSession(asyncio.Protocol):
             self._drop_transaction()
             self._respond(".", "", ev.problem, queue_id=txn.queue_id)
             return
-        loop = gates.check_hops(txn.hops.count, self.ctx.limits.max_hops)
+        hops = txn.hops
+        loop = gates.check_hops(hops.count if hops is not None else 0, self.ctx.limits.max_hops)
         if loop is not None:
             # RFC 5321 6.3: a loop. Accepted (250) so that the sending server stops
             # retrying, and kept in badmail where the admin sees it.
@@ -564,8 +577,8 @@ class SmtpSession(asyncio.Protocol):
         self._commit(ev)
 
     def _commit(self, ev: DataEnd) -> None:
-        txn = self.txn
-        if self.ctx.milters and not txn.filtered and txn.spool.error is None and any(
+        txn = self._txn()
+        if self.ctx.milters and not txn.filtered and txn.body.error is None and any(
                 r.status is RecipientStatus.QUEUED for r in txn.recipients):
             # The milters answer before the 250 (after the screener: what it refused they
             # never see); nothing is read meanwhile, as while screening.
@@ -593,9 +606,9 @@ class SmtpSession(asyncio.Protocol):
         )
         self._waiting = True
         self._update_reading()
-        spool = txn.spool
+        spool = txn.body
         router = self.services.router
-        held = router.has_hold and any(
+        held = router is not None and router.has_hold and any(
             router.holds(domain_of(r.address), sender=envelope.sender,
                          group=envelope.client_group, user=envelope.auth_user)
             for r in envelope.recipients)
@@ -662,7 +675,7 @@ class SmtpSession(asyncio.Protocol):
             self._log_limit("rcpt", THROTTLED, "recipient_throttle.client_limit",
                             f"{throttle.client_limit} unknown recipients from "
                             f"{self.client_ip} in {throttle.window:g} s",
-                            sender=self._addr(self.txn.sender), recipient=address)
+                            sender=self._addr(self._txn().sender), recipient=address)
             self._respond("RCPT", ev.argument, THROTTLED)
             return
         answers = self.services.recipients.answer_now(address, settings)
@@ -705,7 +718,7 @@ class SmtpSession(asyncio.Protocol):
             self._accept_rcpt(ev, replace(decision, detail=f"{decision.detail}; {verdict.detail}"
                                           if decision.detail else verdict.detail), address)
             return False
-        txn = self.txn
+        txn = self._txn()
         self._log_reject("rcpt", verdict, sender=self._addr(txn.sender), recipient=address)
         answer, delay = verdict.reply, 0.0
         throttle = self.services.recipient_throttle
@@ -742,8 +755,9 @@ class SmtpSession(asyncio.Protocol):
     def _screen(self, ev: DataEnd) -> bool:
         """Start the attachment screener (screening/) when it applies to this message.
         True: started; _screened goes on from its answer."""
-        txn, screener = self.txn, self.services.screener
-        if not (txn.spool.error is None and any(
+        txn, screener = self._txn(), self.services.screener
+        assert screener is not None       # _screen is called only with a screener
+        if not (txn.body.error is None and any(
                 r.status is RecipientStatus.QUEUED for r in txn.recipients) and screener.applies(
                 self.services.policy.hosted(self.client, domain_of(r.address))
                 for r in txn.recipients)):
@@ -751,14 +765,15 @@ class SmtpSession(asyncio.Protocol):
         # MIME parsing is CPU work: a pool thread does it; nothing is read meanwhile.
         self._waiting = True
         self._update_reading()
-        spool = txn.spool
+        spool, rules = txn.body, screener.rules
+        found: asyncio.Future[Stripped | Finding | None]
         if screener.action == "strip":
             hostname = self.ctx.hostname
             found = self._loop.run_in_executor(
-                _SCREEN_POOL, lambda: strip(spool.chunks(), screener.rules, hostname=hostname))
+                _SCREEN_POOL, lambda: strip(spool.chunks(), rules, hostname=hostname))
         else:
             found = self._loop.run_in_executor(
-                _SCREEN_POOL, lambda: screen(spool.chunks(), screener.rules))
+                _SCREEN_POOL, lambda: screen(spool.chunks(), rules))
         found.add_done_callback(functools.partial(self._screened, ev))
         return True
 
@@ -790,7 +805,7 @@ class SmtpSession(asyncio.Protocol):
                     # The message goes on without what was forbidden in it.
                     spool = self.services.store.new_spool()
                     spool.write(found.content)
-                    txn.spool.discard()
+                    txn.body.discard()
                     txn.spool = spool
                     txn.stripped = "; ".join(f.detail for f in found.findings)
                     self._commit(ev)
@@ -819,7 +834,7 @@ class SmtpSession(asyncio.Protocol):
     async def _milters(self, ev: DataEnd) -> None:
         """Ask the listener's milters (server/milters.py), then refuse, or commit the
         message as they left it."""
-        txn = self.txn
+        txn = self._txn()
         user = self.client.user
         facts = MilterFacts(
             queue_id=txn.queue_id, hostname=self.ctx.hostname, listener=self.ctx.name,
@@ -831,10 +846,10 @@ class SmtpSession(asyncio.Protocol):
             auth_user=user,
             tls=self.tls)
         try:
-            result = await run_chain(self.ctx.milters, facts, txn.spool,
+            result = await run_chain(self.ctx.milters, facts, txn.body,
                                      self.services.store.new_spool, self._milter_chain)
         except Exception as exc:      # a fault of ours: nothing unfiltered passes, no crash
-            result = Filtered(spool=txn.spool, refusal=UNAVAILABLE, rule="milters",
+            result = Filtered(spool=txn.body, refusal=UNAVAILABLE, rule="milters",
                               reason=f"{type(exc).__name__}: {exc}")
         self._waiting = False
         if result.spool is not txn.spool and (result.refusal is not None or self._closed
@@ -860,7 +875,7 @@ class SmtpSession(asyncio.Protocol):
             self._pump()
             return
         if result.spool is not txn.spool:
-            txn.spool.discard()
+            txn.body.discard()
             txn.spool = result.spool
         if result.envelope:
             sender, txn.recipients = apply_envelope(self._addr(txn.sender), txn.recipients,
@@ -881,6 +896,7 @@ class SmtpSession(asyncio.Protocol):
             self._etrn_refused(node, None, "too many ETRN commands in this session")
             return
         router, ip = self.services.router, self.client.ip
+        assert router is not None             # every relay has one (app.Relay.start)
         route, refusal = router.etrn_refusal(ev.domain, ip)
         if refusal is not None and not ev.subdomains:
             self._etrn_refused(node, route, refusal)
@@ -955,7 +971,9 @@ class SmtpSession(asyncio.Protocol):
         messages = [] if error is not None else done.result()
         if self._closed:
             if messages:   # the client left meanwhile: what was claimed goes back on hold
-                self._spawn(self.services.atrn.hold_back(messages, atrn.CLIENT_GONE))
+                engine = self.services.atrn
+                assert engine is not None     # ATRN is offered only with its engine
+                self._spawn(engine.hold_back(messages, atrn.CLIENT_GONE))
             return
         if error is not None:
             self.services.mail_log.event(
@@ -981,9 +999,11 @@ class SmtpSession(asyncio.Protocol):
 
     async def _reversed(self, messages: list) -> None:
         delivered, held = 0, sum(len(m.recipients) for m in messages)
+        engine = self.services.atrn
+        assert engine is not None             # ATRN is offered only with its engine
         try:
             delivered, held = await atrn.deliver(
-                self.services.atrn, self.transport, messages, initial=self.conn.take_input(),
+                engine, self.transport, messages, initial=self.conn.take_input(),
                 session_id=self._plog.session_id if self._plog is not None else None,
                 client_ip=self.client_ip)
         except Exception as exc:  # noqa: BLE001 - a bug: what was not recorded comes back
@@ -1037,6 +1057,7 @@ class SmtpSession(asyncio.Protocol):
 
     def _on_auth_response(self, ev: AuthResponse) -> None:
         self._auth_in += ev.octets
+        assert self._sasl is not None         # the core sends responses only after AUTH
         self._auth_step(self._sasl.respond(ev.data))
 
     def _auth_step(self, step: sasl.Step) -> None:
@@ -1077,7 +1098,7 @@ class SmtpSession(asyncio.Protocol):
         self._update_reading()
         self._pump()
 
-    def _auth_answer(self, mechanism: str, answer: Reply, detail: str, **fields: object) -> None:
+    def _auth_answer(self, mechanism: str, answer: Reply, detail: str, **fields: Any) -> None:
         self.services.mail_log.event(
             MailEvent.AUTH, listener=self.ctx.name, client=self.client_ip, mechanism=mechanism,
             result="ok" if answer.positive else "fail", code=answer.code, detail=detail, **fields)
@@ -1088,7 +1109,8 @@ class SmtpSession(asyncio.Protocol):
         self.conn.respond(answer)
         self._protocol_log("AUTH", mechanism, answer, self._auth_in, sent_before=self._auth_out)
 
-    _HANDLERS = {
+    # The core's events (smtp/events.py) and what handles each.
+    _HANDLERS: dict[type, Callable[["SmtpSession", Any], None]] = {
         Hello: _on_hello,
         MailFrom: _on_mail,
         RcptTo: _on_rcpt,
@@ -1109,6 +1131,12 @@ class SmtpSession(asyncio.Protocol):
         """Answer the command being handled, and log it (its octets as received)."""
         self.conn.respond(answer)
         self._protocol_log(method, query, answer, self._cmd_octets, queue_id=queue_id)
+
+    def _txn(self) -> _Transaction:
+        """The transaction under way (where the protocol guarantees one: after MAIL)."""
+        txn = self.txn
+        assert txn is not None, "no transaction"
+        return txn
 
     def _drop_transaction(self) -> None:
         if self.txn is not None and not self._waiting:
@@ -1137,14 +1165,14 @@ class SmtpSession(asyncio.Protocol):
             plog.record(user, method, query, answer.code,
                         sent_before + len(answer.to_bytes()), cs_bytes, taken, queue_id)
 
-    def _log_reject(self, stage: str, decision: Decision, **fields: object) -> None:
+    def _log_reject(self, stage: str, decision: Decision, **fields: Any) -> None:
         self.services.mail_log.event(
             MailEvent.REJECT, stage=stage, listener=self.ctx.name, client=self.client_ip,
             code=decision.reply.code, rule=decision.rule, reason=decision.detail, **fields,
         )
 
     def _log_limit(self, stage: str, answer: Reply, rule: str, reason: str,
-                   **fields: object) -> None:
+                   **fields: Any) -> None:
         """A refusal by a limit (not by the policy): the rule is the config key that set it."""
         self.services.mail_log.event(
             MailEvent.REJECT, stage=stage, listener=self.ctx.name, client=self.client_ip,
