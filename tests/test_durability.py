@@ -158,14 +158,20 @@ class Load:
     again until the relay answers; the message whose answer was lost is not sent again
     (it counts as unknown: the relay may or may not have it)."""
 
-    def __init__(self, port: int, clients: int, target: int, min_seconds: float = 0.0) -> None:
+    def __init__(self, port: int, clients: int, target: int, min_seconds: float = 0.0,
+                 hold_after: float = 1.0) -> None:
         self.port = port
         self.clients = clients
         self.target = target
-        # Paced so that the load lasts at least this long: on an idle machine the relay
-        # took the 20,000 messages before the kill schedule (each kill at least a second
-        # after the previous restart) was through, and the run failed without a fault.
+        # Paced so that the load lasts at least this long, and the messages past
+        # ``hold_after`` (a share of the target) wait for ``release``: the kills must land
+        # under load. On an idle machine the relay took the 20,000 messages before the
+        # kill schedule (each kill at least a second after the previous restart) was
+        # through, and the run failed without a fault; pacing alone (30 s) did not always
+        # cover eight kills and their restarts.
         self.min_seconds = min_seconds
+        self.hold_at = int(target * hold_after)
+        self.release = threading.Event()
         self._started = 0.0
         self.acked: list[str] = []
         self.tried = 0
@@ -193,6 +199,8 @@ class Load:
             due = self._started + number * self.min_seconds / self.target
             if (wait := due - time.monotonic()) > 0:
                 await asyncio.sleep(wait)
+        while number > self.hold_at and not self.release.is_set():
+            await asyncio.sleep(0.01)
 
     def _token(self) -> str | None:
         if len(self.acked) >= self.target:
@@ -288,7 +296,7 @@ def test_kill_9_of_the_whole_relay_again_and_again_under_load_loses_nothing(tmp_
         assert sink.stdout.readline().strip() == "ready"
         relay = start_relay_group(config, data_dir, ports)
         load = Load(ports["main"], clients=8, target=LOAD_MESSAGES,
-                    min_seconds=LOAD_SECONDS).start()
+                    min_seconds=LOAD_SECONDS, hold_after=0.95).start()
         # The moments: 5 to 8 random points of the load's progress (the relay takes the
         # 20,000 messages in well under a minute, so fixed intervals of seconds would run
         # past its end), each at least a second after the previous restart, with a random
@@ -302,6 +310,7 @@ def test_kill_9_of_the_whole_relay_again_and_again_under_load_loses_nothing(tmp_
             assert not load.done.is_set()
             kills.append((round(time.monotonic() - started, 1), len(load.acked), kill_group(relay)))
             relay = start_relay_group(config, data_dir, ports)
+        load.release.set()             # the last messages may go now
         load.join(300)
         assert load.done.is_set(), f"the load did not finish: {len(load.acked)} acked"
         acked = set(load.acked)

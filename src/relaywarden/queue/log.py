@@ -155,6 +155,10 @@ def read_synced(log_dir: Path, name: str = "synced") -> tuple[int, int] | None:
             raw = f.read(_SYNCED.size)
     except FileNotFoundError:
         return None
+    return _position(raw)
+
+
+def _position(raw: bytes) -> tuple[int, int] | None:
     if len(raw) != _SYNCED.size:
         return None
     number, offset, crc = _SYNCED.unpack(raw)
@@ -358,6 +362,9 @@ class Follower:
         self.inherited = 0
         self._marks: dict[int, int] = {}    # segment -> its .marks file, open for appends
         self._followed = os.open(log_dir / "followed", os.O_RDWR | os.O_CREAT, 0o600)
+        # The receiving process rewrites ``synced`` in place (write_position): an open
+        # descriptor reads each new position (one pread per claim, not open/read/close).
+        self._synced: int | None = None
 
     def start(self) -> None:
         """A delivery process that starts beside a running receiving process reads the log
@@ -377,7 +384,7 @@ class Follower:
         """Up to ``want`` new messages: (segment number, envelope record, body)."""
         out: list[tuple[int, dict[str, Any], bytes]] = []
         while len(out) < want:
-            synced = read_synced(self.dir)
+            synced = self._read_synced()
             if synced is None:
                 break
             if self.number is None:
@@ -421,6 +428,14 @@ class Follower:
             write_position(self._followed, self.number, self.offset)
         return out
 
+    def _read_synced(self) -> tuple[int, int] | None:
+        if self._synced is None:
+            try:
+                self._synced = os.open(self.dir / "synced", os.O_RDONLY)
+            except FileNotFoundError:
+                return None     # the receiving process has not started its log yet
+        return _position(os.pread(self._synced, _SYNCED.size, 0))
+
     def _leave(self, number: int) -> None:
         """Read to its seal: on to the next segment."""
         if self._fd is not None:
@@ -453,7 +468,7 @@ class Follower:
         remove_files(self._path(number))
 
     def close(self) -> None:
-        for fd in (*self._marks.values(), self._fd, self._followed):
+        for fd in (*self._marks.values(), self._fd, self._followed, self._synced):
             if fd is not None:
                 try:
                     os.close(fd)

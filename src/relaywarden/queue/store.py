@@ -27,6 +27,7 @@ import functools
 import json
 import os
 import queue as thread_queue
+import random
 import secrets
 import sqlite3
 import threading
@@ -206,6 +207,13 @@ class BodyMissing(StoreError):
 _ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXZ"
 
 
+# The random part of queue IDs only keeps processes apart, it guards nothing: a generator
+# seeded from the OS once per process (and again in a forked child) instead of a getrandom
+# system call per message (secrets.randbits).
+_ids = random.Random(secrets.randbits(128))
+os.register_at_fork(after_in_child=lambda: _ids.seed(secrets.randbits(128)))
+
+
 def new_queue_id() -> str:
     """A sortable, unique queue ID: microseconds since the epoch, then 40 random bits.
 
@@ -218,7 +226,7 @@ def new_queue_id() -> str:
         n, r = divmod(n, len(_ALPHABET))
         out.append(_ALPHABET[r])
     stamp = "".join(reversed(out))
-    rand = secrets.randbits(40)
+    rand = _ids.getrandbits(40)
     tail = []
     for _ in range(8):
         rand, r = divmod(rand, len(_ALPHABET))
