@@ -70,6 +70,7 @@ def add(db: sqlite3.Connection, rows: list[tuple]) -> None:
 _HEADER = re.compile(rb"^(message-id|subject)[ \t]*:(.*(?:\r?\n[ \t].*)*)",
                      re.IGNORECASE | re.MULTILINE)
 _END = re.compile(rb"\r?\n\r?\n")
+_FOLD = re.compile(rb"\r?\n[ \t]")
 
 
 def header_fields(head: bytes) -> dict[str, str]:
@@ -83,7 +84,10 @@ def header_fields(head: bytes) -> dict[str, str]:
         name = m.group(1).lower().decode()
         if name in found:
             continue   # the first one counts (a second is malformed anyway)
-        value = re.sub(rb"\r?\n[ \t]", b" ", m.group(2)).strip()
+        value = m.group(2)
+        if b"\n" in value:        # folded (RFC 5322 2.2.3): unfold
+            value = _FOLD.sub(b" ", value)
+        value = value.strip()
         found["message_id" if name == "message-id" else "subject"] = \
             value[:FIELD_LIMIT].decode("utf-8", "replace")
     return found
