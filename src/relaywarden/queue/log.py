@@ -89,6 +89,21 @@ def split_message(payload: bytes) -> tuple[dict[str, Any], bytes]:
     return json.loads(payload[4:4 + n]), payload[4 + n:]
 
 
+_ID_PREFIX = b'{"queue_id":"'
+
+
+def message_id(payload: bytes) -> str:
+    """The queue id of an ``M`` entry's payload, without decoding its envelope: the JSON
+    starts with it (message_entry of store.envelope_record, whose first key it is; queue
+    ids need no JSON escaping). Anything else is decoded in full."""
+    start = _LEN.size + len(_ID_PREFIX)
+    if payload[_LEN.size:start] == _ID_PREFIX:
+        end = payload.find(b'"', start)
+        if end > start:
+            return payload[start:end].decode()
+    return split_message(payload)[0]["queue_id"]
+
+
 def read_entries(data: bytes) -> Iterator[tuple[bytes, bytes]]:
     """The whole entries of a segment's bytes, in order, up to the end of what was written
     (zeros) or to the first torn or damaged entry."""
@@ -324,8 +339,7 @@ def scan(log_dir: Path) -> tuple[dict[str, bytes], set[str], list[Path], int]:
             marked.add(payload.decode())
         for kind, payload in read_entries(data):
             if kind == MESSAGE:
-                envelope, _ = split_message(payload)
-                messages[envelope["queue_id"]] = payload
+                messages[message_id(payload)] = payload
             else:
                 marked.add(payload.decode())
     for queue_id in marked:
