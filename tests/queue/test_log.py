@@ -49,6 +49,40 @@ def open_store(data: Path, files=None) -> Store:
     return store
 
 
+def stores(data: Path, layout: str, files=None) -> tuple[Store, Store]:
+    """The receiving store (hand-off) and the one that delivers: the same store
+    (``inline``), or a delivery process's that follows the log (``separate``). ``files``:
+    the delivering side's file operations (inline: used for SQLite only, not the log)."""
+    receiving = Store.open(data)
+    receiving.start_handoff(deliver_here=layout == "inline")
+    if layout == "inline":
+        if files is not None:
+            receiving.files = files
+        return receiving, receiving
+    delivering = Store.open(data, **({} if files is None else {"files": files}))
+    delivering.start_following()
+    return receiving, delivering
+
+
+def close(*opened: Store) -> None:
+    for store in dict.fromkeys(opened):        # each once, in the order given
+        store.close()
+
+
+def killed(store: Store) -> None:
+    """kill -9 of a process: its writer stops, nothing is closed."""
+    store._jobs.put(None)
+    store._writer.join()
+
+
+async def committed(store: Store, count: int, prefix: str = "r", **changes) -> list[Envelope]:
+    envs = [dataclasses.replace(envelope(f"{prefix}{i}@example.net"), **changes)
+            for i in range(count)]
+    for env in envs:
+        await commit(store, env)
+    return envs
+
+
 def entries(data: Path) -> list[tuple[bytes, str]]:
     """The log's entries as recovery reads them (a sealed segment up to its end)."""
     out = []
@@ -342,19 +376,13 @@ def test_the_delivery_side_follows_the_log_marks_outcomes_and_removes_finished_s
 
 def test_a_restarted_delivery_process_skips_what_its_predecessor_finished(tmp_path):
     async def main():
-        receiving = Store.open(tmp_path)
-        receiving.start_handoff(deliver_here=False)
+        receiving, first = stores(tmp_path, "separate")
         try:
-            envs = [envelope(f"r{i}@example.net") for i in range(3)]
-            for env in envs:
-                await commit(receiving, env)
-            first = Store.open(tmp_path)
-            first.start_following()
+            envs = await committed(receiving, 3)
             due = await first.claim_due(time.time(), 10, 60)
             await first.record(due[0].queue_id, [RecipientUpdate(
                 idx=0, status=RecipientStatus.DELIVERED, attempts=1)])
-            first._jobs.put(None)                # kill -9 of the delivery process alone
-            first._writer.join()
+            killed(first)                        # the delivery process alone
             second = Store.open(tmp_path)
             second.start_following()
             try:
@@ -435,18 +463,10 @@ def test_handed_messages_that_wait_for_an_attempt_go_into_the_index_due_now(tmp_
     """Delivery is busy (no claim took them): received before the cut-off, they go into
     the index due now; a newer one stays handed and the next claim takes it from memory."""
     async def main():
-        receiving = Store.open(tmp_path)
-        receiving.start_handoff(deliver_here=layout == "inline")
-        delivering = receiving
-        if layout == "separate":
-            delivering = Store.open(tmp_path)
-            delivering.start_following()
+        receiving, delivering = stores(tmp_path, layout)
         try:
-            old = [envelope(f"old{i}@example.net") for i in range(3)]
-            old = [dataclasses.replace(e, received_at=time.time() - 5) for e in old]
-            new = envelope("new@example.net")
-            for env in old + [new]:
-                await commit(receiving, env)
+            old = await committed(receiving, 3, "old", received_at=time.time() - 5)
+            [new] = await committed(receiving, 1, "new")
             ids = await delivering.index_waiting(time.time() - 1)
             assert sorted(ids) == sorted(e.queue_id for e in old)
             assert sorted(queued_ids(tmp_path)) == sorted(ids)
@@ -457,9 +477,7 @@ def test_handed_messages_that_wait_for_an_attempt_go_into_the_index_due_now(tmp_
             assert sorted(m.queue_id for m in rest) == sorted(ids)
             assert not any(m.handed for m in rest)
         finally:
-            if delivering is not receiving:
-                delivering.close()
-            receiving.close()
+            close(delivering, receiving)
     asyncio.run(main())
 
 
@@ -468,18 +486,12 @@ def test_a_restarted_delivery_process_skips_what_its_predecessor_indexed(tmp_pat
     was written: the next delivery process does not hand it out again (the index has it,
     and its lease lapses or is released), and marks it."""
     async def main():
-        receiving = Store.open(tmp_path)
-        receiving.start_handoff(deliver_here=False)
+        receiving, first = stores(tmp_path, "separate")
         try:
-            envs = [envelope(f"r{i}@example.net") for i in range(2)]
-            for env in envs:
-                await commit(receiving, env)
-            first = Store.open(tmp_path)
-            first.start_following()
+            envs = await committed(receiving, 2)
             await first.claim_due(time.time(), 10, 60)
             await first.index_handed([envs[0].queue_id], time.time() + 120)
-            first._jobs.put(None)                # kill -9 of the delivery process alone
-            first._writer.join()
+            killed(first)                        # the delivery process alone ...
             for marks in qlog.directory(tmp_path).glob("*.marks"):
                 marks.unlink()                   # ... before its marker reached the file
             second = Store.open(tmp_path)
@@ -531,17 +543,9 @@ def test_waiting_messages_the_index_cannot_take_stay_handed(tmp_path, layout):
     They stay where claims find them, in order; not lost until a restart's recovery."""
     async def main():
         files = FaultyFiles()
-        receiving = Store.open(tmp_path, files=files)
-        receiving.start_handoff(deliver_here=layout == "inline")
-        delivering = receiving
-        if layout == "separate":
-            delivering = Store.open(tmp_path, files=files)
-            delivering.start_following()
+        receiving, delivering = stores(tmp_path, layout, files)
         try:
-            old = [dataclasses.replace(envelope(f"old{i}@example.net"),
-                                       received_at=time.time() - 5) for i in range(3)]
-            for env in old:
-                await commit(receiving, env)
+            old = await committed(receiving, 3, "old", received_at=time.time() - 5)
             files.fail_commit = sqlite3.OperationalError("database or disk is full")
             with pytest.raises(StoreError):
                 await delivering.index_waiting(time.time() - 1)
@@ -551,9 +555,7 @@ def test_waiting_messages_the_index_cannot_take_stay_handed(tmp_path, layout):
             assert [m.queue_id for m in due] == [e.queue_id for e in old]
             assert all(m.handed for m in due)
         finally:
-            if delivering is not receiving:
-                delivering.close()
-            receiving.close()
+            close(delivering, receiving)
     asyncio.run(main())
 
 
@@ -563,18 +565,9 @@ def test_a_claim_whose_index_scan_fails_still_hands_out_what_it_took(tmp_path, l
     messages it took already come out of it all the same; they have no other way."""
     async def main():
         files = FaultyFiles()
-        receiving = Store.open(tmp_path)
-        receiving.start_handoff(deliver_here=layout == "inline")
-        delivering = receiving
-        if layout == "separate":
-            delivering = Store.open(tmp_path, files=files)
-            delivering.start_following()
-        else:
-            receiving.files = files      # only its SQLite COMMIT fails, not the log
+        receiving, delivering = stores(tmp_path, layout, files)
         try:
-            envs = [envelope(f"r{i}@example.net") for i in range(3)]
-            for env in envs:
-                await commit(receiving, env)
+            envs = await committed(receiving, 3)
             files.fail_commit = sqlite3.OperationalError("database or disk is full")
             due = await delivering.claim_due(time.time(), 10, 60)
             assert [m.queue_id for m in due] == [e.queue_id for e in envs]
@@ -584,9 +577,7 @@ def test_a_claim_whose_index_scan_fails_still_hands_out_what_it_took(tmp_path, l
                 await delivering.claim_due(time.time() + 1, 10, 60)
         finally:
             files.fail_commit = None
-            if delivering is not receiving:
-                delivering.close()
-            receiving.close()
+            close(delivering, receiving)
     asyncio.run(main())
 
 
