@@ -9,16 +9,22 @@ share of samples in a few named parts (the queue writer thread, the log, the pro
 logs, the SMTP core, the session, policy, outbound SMTP, the event loop's own C code).
 
     .venv/bin/python bench/profile_relay.py --messages 20000 [--reuse] [--top 30]
+    .venv/bin/python bench/profile_relay.py --perf     # perf stat instead of py-spy
     RELAY_BENCH_EXTRA_TOML='[delivery]\\nhandoff = false' ... (an A/B of one setting)
 
-Needs py-spy (pip install py-spy) and Postfix's smtp-source/smtp-sink (scripts/bench.sh
-installs those). Loopback only.
+With ``--perf``, `perf stat` instead of py-spy: per message, each process's CPU, context
+switches and read/write/futex system calls (what the thread hand-offs cost: the issue
+counts futex wake-ups against the probe's).
+
+Needs py-spy (pip install py-spy) or perf (Debian's linux-perf), and Postfix's
+smtp-source/smtp-sink (scripts/bench.sh installs those). Loopback only.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import signal
 import subprocess
 import sys
 import tempfile
@@ -65,6 +71,26 @@ def cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+PERF_EVENTS = ("task-clock", "context-switches", "syscalls:sys_enter_write",
+               "syscalls:sys_enter_read", "syscalls:sys_enter_futex",
+               "syscalls:sys_enter_fdatasync")
+
+
+def perf_summary(out: Path, messages: int) -> str:
+    """perf stat's CSV (-x ,): value,unit,event,... per line; per message."""
+    lines = []
+    for line in out.read_text().splitlines():
+        fields = line.split(",")
+        if len(fields) < 3 or line.startswith("#") or not fields[0].replace(".", "").isdigit():
+            continue
+        value, event = float(fields[0]), fields[2]
+        if event == "task-clock":
+            lines.append(f"    {value / messages:8.3f} ms  CPU (task-clock)")
+        else:
+            lines.append(f"    {value / messages:8.2f}     {event}")
+    return "\n".join(["  per message:"] + lines)
+
+
 def summarise(raw: Path, top: int) -> str:
     """py-spy's raw output: one collapsed stack per line, "frame;frame;... count"."""
     own: collections.Counter[str] = collections.Counter()
@@ -109,6 +135,8 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="connections reused (smtp-source -d)")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    ap.add_argument("--perf", action="store_true",
+                    help="perf stat (context switches, system calls) instead of py-spy")
     ap.add_argument("--gil", action="store_true",
                     help="sample only the thread holding the GIL: Python's own CPU, not the"
                          " time threads spend in system calls (fdatasync, send) or waiting")
@@ -123,18 +151,23 @@ def main() -> None:
             pids["delivery"] = child
     spies = {}
     for name, pid in pids.items():
-        out = workdir / f"{name}.raw"
-        spies[name] = (out, subprocess.Popen(
-            ["py-spy", "record", "--pid", str(pid), "--rate", str(args.rate), "--nonblocking",
-             "--threads", "--format", "raw", "--output", str(out),
-             *(["--gil"] if args.gil else [])],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        out = workdir / f"{name}.{'perf' if args.perf else 'raw'}"
+        command = (["perf", "stat", "-x", ",", "-e", ",".join(PERF_EVENTS), "-p", str(pid),
+                    "-o", str(out)] if args.perf else
+                   ["py-spy", "record", "--pid", str(pid), "--rate", str(args.rate),
+                    "--nonblocking", "--threads", "--format", "raw", "--output", str(out),
+                    *(["--gil"] if args.gil else [])])
+        spies[name] = (out, subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.DEVNULL))
     time.sleep(1.0)     # py-spy attached
     cpu0 = {name: cpu_of(pid) for name, pid in pids.items()}
     elapsed = smtp_source(port, messages=args.messages, size=args.size,
                           sessions=args.sessions, reuse=args.reuse)
     sink.wait(args.messages, timeout=300)
     cpu = {name: cpu_of(pid) - cpu0[name] for name, pid in pids.items()}
+    if args.perf:
+        for _, spy in spies.values():
+            spy.send_signal(signal.SIGINT)     # perf stat writes its counts and exits
     stats = relay.stop()            # SIGTERM: py-spy sees its target go and writes its file
     for _, spy in spies.values():
         try:
@@ -145,11 +178,16 @@ def main() -> None:
     mode = "reused" if args.reuse else "new connection per message"
     print(f"{args.messages} messages of {args.size} B, {mode}: {args.messages / elapsed:,.0f}"
           f" msgs/s accepted; relaywarden CPU {1000 * stats['cpu_s'] / args.messages:.3f} ms"
-          " per message (all processes, py-spy's sampling included)")
+          " per message (all processes, the profiler's own work included)")
     for name, (out, _) in spies.items():
         print(f"\n{name} process (pid {pids[name]}): {1000 * cpu[name] / args.messages:.3f} ms"
               " of CPU per message")
-        print(summarise(out, args.top) if out.exists() else "  (no profile written)")
+        if not out.exists():
+            print("  (nothing written)")
+        elif args.perf:
+            print(perf_summary(out, args.messages))
+        else:
+            print(summarise(out, args.top))
 
 
 if __name__ == "__main__":
