@@ -43,11 +43,11 @@ from relaywarden.queue.store import (
     DueMessage,
     DueRecipient,
     Envelope,
+    HANDOFF_GRACE_SECONDS,
     RecipientRecord,
     RecipientStatus,
     RecipientUpdate,
     Store,
-    HANDOFF_GRACE_SECONDS,
     StoreError,
     new_queue_id,
 )

@@ -184,10 +184,12 @@ class Router:
         if not self.has_hold:
             return False
         try:
-            return self.route(recipient_domain, sender=sender, group=group,
-                              user=user).kind is RouteKind.HOLD
+            domain = _domain_key(recipient_domain)
         except ValueError:
-            return False
+            return False          # an address literal the router cannot read: not held
+        found = self._match(domain, sender, group, user)
+        # Only the kind is asked: no Route with the domain's MX hops is made (route()).
+        return found is not None and found[0].kind is RouteKind.HOLD
 
     def route(self, recipient_domain: str, *, sender: str, group: str | None, user: str | None) -> Route:
         """The route for one recipient.
@@ -200,28 +202,43 @@ class Router:
         domain = _domain_key(recipient_domain)
         if not domain:
             raise ValueError("a recipient without a domain cannot be routed (<postmaster> is rewritten first)")
-        exact = self._exact.get(domain)
-        if exact is not None:
-            return self._for(exact, domain)
+        found = self._match(domain, sender, group, user)
+        if found is not None:
+            route, per_domain = found
+            return self._for(route, domain) if per_domain else route
         if domain.startswith("["):
             # RFC 5321 4.1.3: an address literal names the host; no MX lookup, and no
             # route but its own exact one applies (wildcards never match literals).
             literal = NextHop(host=str(match.parse_literal(domain)), port=None, literal=True, mx=False)
             return Route(name=LITERAL_ROUTE, kind=RouteKind.DELIVER, hops=(literal,), tls=self._default_tls)
-        for key, route in self._wildcards:
-            if match.domain_matches(key, domain):
-                return self._for(route, domain)
-        for sender_route in self._sender_routes:
-            if sender_route.matches(sender=sender, group=group, user=user):
-                return sender_route.route
-        if self._catch_all is not None:
-            return self._for(self._catch_all, domain)
         return Route(
             name=DEFAULT_ROUTE,
             kind=RouteKind.DELIVER,
             hops=(NextHop(host=domain, port=None, literal=False, mx=True),),
             tls=self._default_tls,
         )
+
+    def _match(self, domain: str, sender: str, group: str | None,
+               user: str | None) -> tuple[Route, bool] | None:
+        """The configured route that decides for a normalised domain, and whether its MX
+        hops are named for the domain (_for; a sender route's are not). None: an address
+        literal without an exact route, or no route at all (route() makes those)."""
+        if not domain:
+            return None
+        exact = self._exact.get(domain)
+        if exact is not None:
+            return exact, True
+        if domain.startswith("["):
+            return None
+        for key, route in self._wildcards:
+            if match.domain_matches(key, domain):
+                return route, True
+        for sender_route in self._sender_routes:
+            if sender_route.matches(sender=sender, group=group, user=user):
+                return sender_route.route, False
+        if self._catch_all is not None:
+            return self._catch_all, True
+        return None
 
     def etrn_refusal(self, domain: str, client_ip: match.IPAddress) -> tuple[str, str | None]:
         """May this client start the queue of `domain` with ETRN (RFC 1985)? Returns the

@@ -22,6 +22,7 @@ from relaywarden.queue.store import (
     _remove_if_finished,
     _Rows,
     _unlink,
+    has_message,
     logged_messages,
     new_queue_id,
     start_domain,
@@ -87,13 +88,11 @@ class QueueAdmin:
         ``wait`` seconds."""
         deadline = time.monotonic() + wait
         while True:
-            if self._db.execute("SELECT 1 FROM messages WHERE id = ?",
-                                (queue_id,)).fetchone() is not None:
+            if has_message(self._db, queue_id):
                 return True
             if queue_id not in logged_messages(self._log_dir, self._db):
                 # Finished, unless the index took it between the two looks.
-                return self._db.execute("SELECT 1 FROM messages WHERE id = ?",
-                                        (queue_id,)).fetchone() is not None
+                return has_message(self._db, queue_id)
             if time.monotonic() >= deadline:
                 raise OnFirstAttempt(
                     f"{queue_id} is on its first attempt (hand-off) and the delivery process"

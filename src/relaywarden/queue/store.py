@@ -603,10 +603,7 @@ class Store:
         messages, _, paths, self._log_next = await asyncio.to_thread(qlog.scan, log_dir)
         pending = []
         for queue_id, payload in messages.items():
-            with self._read_lock:
-                known = self._reading().execute(
-                    "SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone()
-            if known is None:
+            if not self._indexed(queue_id):
                 data, body = qlog.split_message(payload)
                 spool = self.new_spool()
                 spool.write(body)
@@ -754,8 +751,7 @@ class Store:
 
     def _indexed(self, queue_id: str) -> bool:
         with self._read_lock:
-            return self._reading().execute("SELECT 1 FROM messages WHERE id = ?",
-                                        (queue_id,)).fetchone() is not None
+            return has_message(self._reading(), queue_id)
 
     def _take_handed(self, limit: int) -> list[DueMessage]:
         out: list[DueMessage] = []
@@ -851,7 +847,7 @@ class Store:
         holds them (delivery.engine renews the lease while it lasts; its outcome is
         recorded in the index); 0: they are due now. Returns the queue ids indexed. The
         caller makes sure no outcome of theirs is recorded meanwhile (the engine waits)."""
-        found = [self._in_log[q] for q in queue_ids if q in self._in_log]
+        found = [h for q in queue_ids if (h := self._in_log.get(q)) is not None]
         if not found:
             return []
         ids = [h.envelope.queue_id for h in found]
@@ -1223,9 +1219,14 @@ def _body(db: sqlite3.Connection, bodies_dir: Path, queue_id: str, *,
         return path if as_path and path.exists() else path.read_bytes()
     except FileNotFoundError:
         pass
-    if as_path and db.execute("SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone():
+    if as_path and has_message(db, queue_id):
         raise BodyMissing(f"the body file {path} of a queued message is missing")
     return None   # removed between the looks (delivered, deleted)
+
+
+def has_message(db: sqlite3.Connection, queue_id: str) -> bool:
+    """Whether the index holds the message (hand-off: whether it left the log for it)."""
+    return db.execute("SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone() is not None
 
 
 def _body_bytes(db: sqlite3.Connection, bodies_dir: Path, queue_id: str) -> bytes | None:
@@ -1338,7 +1339,7 @@ def logged_messages(log_dir: Path, db: sqlite3.Connection
     found: dict[str, tuple[dict[str, Any], bytes]] = {}
     if log_dir.is_dir():
         for qid, payload in qlog.scan(log_dir)[0].items():
-            if db.execute("SELECT 1 FROM messages WHERE id = ?", (qid,)).fetchone() is None:
+            if not has_message(db, qid):
                 found[qid] = qlog.split_message(payload)
     return found
 
@@ -1475,8 +1476,7 @@ class QueueReader:
         return msg
 
     def _indexed(self, queue_id: str) -> bool:
-        return self._db.execute("SELECT 1 FROM messages WHERE id = ?",
-                                (queue_id,)).fetchone() is not None
+        return has_message(self._db, queue_id)
 
     def body(self, queue_id: str) -> bytes | None:
         found = _body_bytes(self._db, self._bodies_dir, queue_id)
