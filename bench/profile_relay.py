@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,6 +128,14 @@ def summarise(raw: Path, top: int) -> str:
     return "\n".join(out)
 
 
+def _py_spy() -> str:
+    """py-spy from PATH, else beside this interpreter (a virtual environment's bin/)."""
+    found = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if not found:
+        sys.exit("py-spy not found: pip install py-spy")
+    return found
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--messages", type=int, default=20000)
@@ -154,7 +163,7 @@ def main() -> None:
         out = workdir / f"{name}.{'perf' if args.perf else 'raw'}"
         command = (["perf", "stat", "-x", ",", "-e", ",".join(PERF_EVENTS), "-p", str(pid),
                     "-o", str(out)] if args.perf else
-                   ["py-spy", "record", "--pid", str(pid), "--rate", str(args.rate),
+                   [_py_spy(), "record", "--pid", str(pid), "--rate", str(args.rate),
                     "--nonblocking", "--threads", "--format", "raw", "--output", str(out),
                     *(["--gil"] if args.gil else [])])
         spies[name] = (out, subprocess.Popen(command, stdout=subprocess.DEVNULL,

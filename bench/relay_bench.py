@@ -244,6 +244,25 @@ def seed_held(data_dir: Path, count: int) -> None:
         store.close()
 
     asyncio.run(fill())
+    index_history(data_dir)
+
+
+def index_history(data_dir: Path) -> None:
+    """The queue's journal moved into the message history, as the admin process does while
+    a relay receives mail: seeded messages are in the history like any others, and the runs
+    do not pay for indexing a million entries at once (a relay that received them over
+    weeks indexed them as they came)."""
+    from relaywarden.history.indexer import index_once
+    from relaywarden.history.store import History
+    from relaywarden.queue.journal import Journal
+
+    history, journal = History.open(data_dir), Journal(data_dir)
+    try:
+        while index_once(history, journal, batch=20000):
+            pass
+    finally:
+        journal.close()
+        history.close()
 
 
 class Relaywarden:

@@ -143,6 +143,11 @@ HOP_CASES = [
     ("no header section", b"hello world\r\n" + RECEIVED * 4, 0),
     ("long field names", b"X-Microsoft-Antispam-Mailbox-Delivery-Long-Name: 1\r\n" + RECEIVED, 1),
     ("X-Received is another field", b"X-Received: a\r\nReceived: b\r\n\r\n", 1),
+    # The one-search path (no "received" before the blank line) and its edges.
+    ("received in the body only", b"Subject: x\r\nFrom: <a@b>\r\n\r\n" + RECEIVED * 3, 0),
+    ("received in a value", b"Subject: received\r\nReceived: a\r\n\r\n" + RECEIVED, 1),
+    ("bare LF blank line first", b"Subject: x\n\nReceived: a\r\n\r\n", 0),
+    ("empty header section", b"\r\n" + RECEIVED + b"\r\n", 0),
 ]
 
 

@@ -68,6 +68,30 @@ def test_queue_ids_are_unique_and_sortable():
     assert ids[0][:10] <= ids[-1][:10]
 
 
+def test_queue_id_is_the_stamp_then_the_random_tail_in_base_30(monkeypatch):
+    # The definition, one digit at a time; new_queue_id() computes it two digits at a time.
+    from relaywarden.queue import store as store_module
+    alphabet = store_module._ALPHABET
+
+    def reference(micros: int, rand: int) -> str:
+        stamp = ""
+        while micros:
+            micros, r = divmod(micros, 30)
+            stamp = alphabet[r] + stamp
+        tail = ""
+        for _ in range(8):                    # least significant digit first
+            rand, r = divmod(rand, 30)
+            tail += alphabet[r]
+        return stamp + tail
+
+    cases = [(1, 0), (29, 2**40 - 1), (30, 1), (899, 899), (900, 900), (30**11 - 1, 30**8),
+             (1_796_000_000_000_000, 123_456_789_012)]
+    for micros, rand in cases:
+        monkeypatch.setattr(store_module.time, "time_ns", lambda m=micros: m * 1000)
+        monkeypatch.setattr(store_module._ids, "getrandbits", lambda bits, r=rand: r)
+        assert new_queue_id() == reference(micros, rand), (micros, rand)
+
+
 def test_concurrent_commits_share_transactions_and_all_survive(tmp_path):
     files = FaultyFiles()
 

@@ -18,6 +18,7 @@ _PREFIX = 32
 _NAME = b"received"
 # RFC 5322 2.2 ftext without ":" (printable US-ASCII, 33 to 126).
 _FTEXT = re.compile(rb"[\x21-\x7e]+")
+_ANY_RECEIVED = re.compile(rb"received", re.IGNORECASE)
 
 
 def _field_name(start: bytes) -> bytes | None:
@@ -55,6 +56,15 @@ class ReceivedCounter:
     def feed(self, data: bytes) -> None:
         if self.done:
             return
+        if not self._head:
+            # At a line's start, with the rest of the header section in this chunk and no
+            # "received" anywhere before its blank line (an app's or a scanner's message):
+            # nothing more to count, and counting ends at that blank line at the latest.
+            # One search instead of the walk line by line below.
+            blank = data.find(b"\n\r\n")
+            if blank != -1 and _ANY_RECEIVED.search(data, 0, blank) is None:
+                self.done = True
+                return
         pos = 0
         size = len(data)
         while pos < size:

@@ -214,24 +214,32 @@ _ids = random.Random(secrets.randbits(128))
 os.register_at_fork(after_in_child=lambda: _ids.seed(secrets.randbits(128)))
 
 
+# Base-30 digits two at a time (900 = 30 ** 2): half the divisions of one at a time.
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]          # most significant first
+_PAIRS_LOW_FIRST = [b + a for a in _ALPHABET for b in _ALPHABET]
+
+
 def new_queue_id() -> str:
     """A sortable, unique queue ID: microseconds since the epoch, then 40 random bits.
 
     Sortable so that `queue list` shows arrival order; random so that several processes
     (SO_REUSEPORT workers, several nodes) never collide without coordinating.
+    The stamp is base 30 without leading zeros; the tail is the random number's 8 lowest
+    base-30 digits, least significant first.
     """
     n = time.time_ns() // 1000
     out = []
     while n:
-        n, r = divmod(n, len(_ALPHABET))
-        out.append(_ALPHABET[r])
-    stamp = "".join(reversed(out))
+        n, r = divmod(n, 900)
+        out.append(_PAIRS[r])
+    stamp = "".join(reversed(out)).lstrip("0")
     rand = _ids.getrandbits(40)
-    tail = []
-    for _ in range(8):
-        rand, r = divmod(rand, len(_ALPHABET))
-        tail.append(_ALPHABET[r])
-    return stamp + "".join(tail)
+    a, r0 = divmod(rand, 900)
+    a, r1 = divmod(a, 900)
+    a, r2 = divmod(a, 900)
+    r3 = a % 900
+    return (stamp + _PAIRS_LOW_FIRST[r0] + _PAIRS_LOW_FIRST[r1] + _PAIRS_LOW_FIRST[r2]
+            + _PAIRS_LOW_FIRST[r3])
 
 
 @dataclass(slots=True)
