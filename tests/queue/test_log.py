@@ -626,6 +626,44 @@ def test_a_message_that_moves_into_the_index_while_it_is_listed_is_seen_once(tmp
     asyncio.run(main())
 
 
+def test_a_message_that_moves_into_the_index_while_it_is_counted_is_counted_once(
+        tmp_path, monkeypatch):
+    """queue_summary (the metrics' and the status page's counts) reads the log, then asks
+    the index which of its messages it holds, then counts the index: a message that goes
+    from the log into the index between the question and the count is counted once (in
+    one snapshot of the index), not twice."""
+    async def main():
+        store = open_store(tmp_path)
+        try:
+            env = envelope("a@example.net", "b@example.net")
+            await commit(store, env)
+            await store.claim_due(time.time(), 10, 60)
+            original = store_module.has_message
+            moved = []
+
+            def has_message(db, queue_id):
+                found = original(db, queue_id)
+                if not moved:       # the delivery side indexes it, right after the question
+                    moved.append(queue_id)
+                    runner = threading.Thread(
+                        target=lambda: asyncio.run(store.index_handed([env.queue_id], 0.0)))
+                    runner.start()
+                    runner.join()
+                return found
+            monkeypatch.setattr(store_module, "has_message", has_message)
+            db = sqlite3.connect(f"file:{tmp_path / 'queue.sqlite3'}?mode=ro", uri=True)
+            try:
+                counts, oldest = store_module.queue_summary(db, qlog.directory(tmp_path))
+            finally:
+                db.close()
+            assert moved == [env.queue_id] and queued_ids(tmp_path) == [env.queue_id]
+            assert counts == {"queued": 2}
+            assert oldest == pytest.approx(env.received_at)
+        finally:
+            store.close()
+    asyncio.run(main())
+
+
 def test_a_message_entry_names_its_queue_id_without_decoding_its_envelope():
     env = envelope()
     entry = qlog.message_entry(store_module.envelope_record(env), BODY)

@@ -1325,13 +1325,24 @@ def queue_summary(db: sqlite3.Connection, log_dir: Path | None = None
     CROSS JOIN keeps SQLite from scanning the queued recipients once per message (it did,
     without statistics: minutes with 100,000 messages). ``log_dir``: the hand-off log's
     messages on (or waiting for) their first attempt count too, their recipients queued."""
-    # The log first (see QueueReader.list): a message moving into the index meanwhile may
-    # count twice, never not at all.
-    logged = logged_messages(log_dir, db) if log_dir is not None else {}
-    by_state = dict(db.execute("SELECT status, COUNT(*) FROM recipients GROUP BY status"))
-    (oldest,) = db.execute(
-        "SELECT MIN(m.received_at) FROM recipients r CROSS JOIN messages m"
-        " ON m.id = r.message_id WHERE r.status = 'queued'").fetchone()
+    # The log first (see QueueReader.list), then the index in ONE read transaction (one WAL
+    # snapshot): a message that moved into the index since the log was read is counted
+    # there and only there, one that moves later from the log only. Each query in a
+    # snapshot of its own counted a message on its way into the index twice.
+    scanned = (qlog.scan(log_dir)[0] if log_dir is not None and log_dir.is_dir() else {})
+    began = not db.in_transaction
+    if began:
+        db.execute("BEGIN")
+    try:
+        logged = {qid: qlog.split_message(payload) for qid, payload in scanned.items()
+                  if not has_message(db, qid)}
+        by_state = dict(db.execute("SELECT status, COUNT(*) FROM recipients GROUP BY status"))
+        (oldest,) = db.execute(
+            "SELECT MIN(m.received_at) FROM recipients r CROSS JOIN messages m"
+            " ON m.id = r.message_id WHERE r.status = 'queued'").fetchone()
+    finally:
+        if began:
+            db.execute("COMMIT")
     if logged:
         for env, _ in logged.values():
             by_state["queued"] = by_state.get("queued", 0) + len(env["recipients"])

@@ -49,6 +49,16 @@ class LineReader:
         `limit` counts octets including the CRLF; `sasl` says a SASL response line is due
         (state AUTH), which, like an AUTH command, may have AUTH_LINE_LIMIT octets.
         """
+        # The common case first: a whole line within the normal limit, ended by CRLF. Any
+        # larger limit (AUTH) would read the same line, so the AUTH test is not needed.
+        if not self._discarding and mode is not _NORMALIZE:
+            i = buf.find(b"\r\n", 0, limit)
+            if i >= 0:
+                raw = bytes(buf[:i])
+                del buf[:i + 2]
+                if b"\r" in raw or b"\n" in raw or b"\0" in raw:
+                    return raw, _line_problem(raw), i + 2
+                return raw, None, i + 2
         # While the input is shorter than the normal limit, both limits read the same
         # line (see below): no need to look for "AUTH " before that.
         if sasl or (len(buf) >= limit and buf[:5].upper() == b"AUTH "):
