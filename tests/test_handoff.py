@@ -19,6 +19,7 @@ import pytest
 from support.relay import delivery_pid
 from support.site import Site
 from relaywarden.queue.admin import HANDOFF_WAIT_SECONDS
+from relaywarden.queue import journal as qjournal
 from relaywarden.queue import log as qlog
 from relaywarden.queue.store import QueueReader
 
@@ -80,12 +81,17 @@ def until(condition, timeout: float = 20.0) -> None:
 
 
 def journal(site: Site, queue_id: str) -> list[str]:
+    """The message's journal entries: in the queue's table, or in the journal's files (a
+    message its first attempt finished never was in the queue's tables)."""
     db = sqlite3.connect(f"file:{site.data_dir / 'queue.sqlite3'}?mode=ro", uri=True)
     try:
-        return [kind for (kind,) in db.execute(
+        kinds = [kind for (kind,) in db.execute(
             "SELECT kind FROM journal WHERE queue_id = ? ORDER BY seq", (queue_id,))]
     finally:
         db.close()
+    return kinds + [e.kind for e in qjournal.read_files(
+        qjournal.files_directory(site.data_dir), qjournal.START, 100000)[0]
+        if e.queue_id == queue_id]
 
 
 def log_entries(site: Site) -> list[tuple[bytes, str]]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from faultfs import FaultyFiles, eio
+from relaywarden.queue import journal as qjournal
 from relaywarden.queue import log as qlog
 from relaywarden.queue import store as store_module
 from relaywarden.queue.store import (Envelope, QueueReader, RecipientRecord,
@@ -116,12 +117,16 @@ def listed(data: Path) -> list[tuple[str, bool]]:
 
 
 def journal_kinds(data: Path, qid: str) -> list[str]:
+    """In the queue's table, or in the journal's files (a message its first attempt
+    finished)."""
     db = sqlite3.connect(data / "queue.sqlite3")
     try:
-        return [k for (k,) in db.execute(
+        kinds = [k for (k,) in db.execute(
             "SELECT kind FROM journal WHERE queue_id = ? ORDER BY seq", (qid,))]
     finally:
         db.close()
+    return kinds + [e.kind for e in qjournal.read_files(
+        qjournal.files_directory(data), qjournal.START, 100000)[0] if e.queue_id == qid]
 
 
 # --- the log format -----------------------------------------------------------------------

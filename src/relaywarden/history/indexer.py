@@ -2,7 +2,8 @@
 
 Reads entries after the history's cursor, indexes them in one transaction that also moves
 the cursor (FULL sync: on disk before anything is trimmed), then trims the journal up to
-the cursor. A crash at any point loses nothing: untrimmed entries at or below the cursor
+the cursor; the same for the journal's files (queue.journal.read_files), whose position is
+a second cursor and whose finished files are removed. A crash at any point loses nothing: untrimmed entries at or below the cursor
 are skipped when read again. All SQLite work runs in a worker thread so that the admin
 server on the same loop stays responsive.
 """
@@ -46,14 +47,25 @@ def seed_from_queue(history: History, data_dir: Path) -> int:
 
 
 def index_once(history: History, journal: Journal, batch: int = BATCH) -> int:
-    """One step: index up to ``batch`` entries, trim what is indexed. Returns how many
-    entries were read."""
+    """One step: index up to ``batch`` entries of the journal's table and up to ``batch``
+    of its files, trim what is indexed. Returns how many entries were read (``batch`` or
+    more: look again at once)."""
     cursor = history.cursor()
     entries = journal.read(cursor, batch)
     if entries:
         cursor = history.apply(entries)
     journal.trim(cursor)
-    return len(entries)
+    # The files: one at a time (queue.journal.read_files); a finished one goes once its
+    # entries and the position past them are committed, so a crash in between finds it
+    # again at its end and reads nothing twice.
+    position = history.files_position()
+    filed, to, finished = journal.read_files(position, batch)
+    if (filed or to != position) and not history.apply_files(filed, position, to):
+        return batch             # another indexer went ahead: it removes the file
+    if finished is not None:
+        journal.remove_file(finished)
+        return max(batch, len(entries) + len(filed))   # the next file may be waiting
+    return len(entries) + len(filed)
 
 
 async def run_indexer(cfg, stop: asyncio.Event) -> None:
@@ -131,6 +143,7 @@ async def run_trimmer(cfg, stop: asyncio.Event, *, interval: float = TRIM_EVERY)
                     journal = Journal(cfg.data_dir)
                 if journal is not None:
                     await asyncio.to_thread(lambda: journal.trim(journal.last_seq()))  # noqa: B023
+                    await asyncio.to_thread(journal.trim_files)
             except sqlite3.Error as exc:
                 print(f"relaywarden: journal: {exc}", file=sys.stderr, flush=True)
             try:

@@ -3,8 +3,9 @@
 It is an index of the queue's journal (relaywarden.queue.journal), kept in its own SQLite
 file (``history.sqlite3`` in the data directory) by the admin process. It may lag the queue
 by a moment; after a crash it catches up from the journal, which the queue trims only
-behind the history's durable cursor (``meta.cursor``, committed in the same transaction
-as the entries it covers).
+behind the history's durable cursors (``meta.cursor`` for the journal's SQLite table,
+``meta.files`` for its files, each committed in the same transaction as the entries it
+covers).
 
 Each message has one row (what arrived, and a status summed up from its recipients), each
 recipient one row (its latest state), and each journal entry one event (the timeline).
@@ -24,7 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from relaywarden.queue.journal import JournalEntry
+from relaywarden.queue.journal import START, JournalEntry, Position
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -70,7 +71,7 @@ CREATE TABLE IF NOT EXISTS recipients (
 CREATE INDEX IF NOT EXISTS r_address ON recipients(address_lc, received_at);
 CREATE INDEX IF NOT EXISTS r_domain ON recipients(domain, received_at);
 CREATE TABLE IF NOT EXISTS events (
-    seq       INTEGER PRIMARY KEY,               -- the journal's: one order for all processes
+    seq       INTEGER PRIMARY KEY,               -- the order the history indexed them in
     queue_id  TEXT NOT NULL,
     at        REAL NOT NULL,
     kind      TEXT NOT NULL,                     -- received | attempt | admin
@@ -223,28 +224,15 @@ class History:
         return int(row[0]) if row else 0
 
     def apply(self, entries: list[JournalEntry]) -> int:
-        """Index journal entries (in seq order) and move the cursor past them, in one
-        transaction. Returns the new cursor."""
+        """Index entries of the journal's table (in seq order) and move the cursor past
+        them, in one transaction. Returns the new cursor."""
         if not entries:
             return self.cursor()
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            touched: set[str] = set()
-            events: list[tuple] = []
             cursor = self._cursor_in_tx()    # another indexer may have gone ahead
-            for e in entries:
-                if e.seq <= cursor:
-                    continue
-                recipient = getattr(self, f"_apply_{e.kind}", self._apply_other)(db, e)
-                events.append((e.seq, e.queue_id, e.at, e.kind, recipient,
-                               e.text if e.text is not None
-                               else json.dumps(e.data, separators=(",", ":"))))
-                touched.add(e.queue_id)
-            db.executemany("INSERT OR IGNORE INTO events (seq, queue_id, at, kind, recipient,"
-                           " data) VALUES (?, ?, ?, ?, ?, ?)", events)
-            if touched:
-                db.execute(_UPDATE_STATUS, (time.time(), json.dumps(list(touched))))
+            self._index(db, [e for e in entries if e.seq > cursor])
             last = entries[-1].seq
             db.execute("INSERT INTO meta (key, value) VALUES ('cursor', ?) ON CONFLICT(key)"
                        " DO UPDATE SET value = excluded.value WHERE CAST(value AS INTEGER) < ?",
@@ -254,6 +242,51 @@ class History:
             _rollback(db)
             raise
         return self.cursor()
+
+    def files_position(self) -> Position:
+        """Where the indexer stands in the journal's files (queue.journal.read_files)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'files'").fetchone()
+        if row is None:
+            return START
+        name, _, offset = row[0].partition("\t")
+        return name, int(offset)
+
+    def apply_files(self, entries: list[JournalEntry], after: Position, to: Position) -> bool:
+        """Index entries read from the journal's files at ``after`` and move the position
+        to ``to``, in one transaction. False (nothing done) if the history is no longer at
+        ``after``: another indexer took them."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if self.files_position() != after:
+                db.execute("ROLLBACK")
+                return False
+            self._index(db, entries)
+            db.execute("INSERT INTO meta (key, value) VALUES ('files', ?) ON CONFLICT(key)"
+                       " DO UPDATE SET value = excluded.value", (f"{to[0]}\t{to[1]}",))
+            db.execute("COMMIT")
+        except BaseException:
+            _rollback(db)
+            raise
+        return True
+
+    def _index(self, db: sqlite3.Connection, entries: list[JournalEntry]) -> None:
+        """Inside the caller's transaction: the entries' effects on messages and
+        recipients, their events, and the touched messages' status."""
+        touched: set[str] = set()
+        events: list[tuple] = []
+        for e in entries:
+            recipient = getattr(self, f"_apply_{e.kind}", self._apply_other)(db, e)
+            events.append((e.queue_id, e.at, e.kind, recipient,
+                           e.text if e.text is not None
+                           else json.dumps(e.data, separators=(",", ":"))))
+            touched.add(e.queue_id)
+        # seq: the history's own order. The journal's seq cannot be it: the entries from its
+        # files have none, and the cursors (not the key) keep an entry from being indexed twice.
+        db.executemany("INSERT INTO events (queue_id, at, kind, recipient, data)"
+                       " VALUES (?, ?, ?, ?, ?)", events)
+        if touched:
+            db.execute(_UPDATE_STATUS, (time.time(), json.dumps(list(touched))))
 
     def _cursor_in_tx(self) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'cursor'").fetchone()

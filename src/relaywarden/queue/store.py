@@ -262,6 +262,21 @@ class _Job:
     logged: tuple[bytes, "Envelope", bytes] | None = None
     # Log markers (kind, queue id) appended once this job's transaction committed.
     markers: tuple[tuple[bytes, str], ...] = ()
+    # Markers only (a handed message its first attempt finished, one process): no
+    # transaction.
+    markers_only: bool = False
+
+
+def received_row(env: Envelope, size: int, head: bytes) -> tuple:
+    """The journal's ``received`` entry of a message."""
+    return journal.row(env.received_at, env.queue_id, "received", {
+        "listener": env.listener, "client_ip": env.client_ip,
+        "client_name": env.client_name, "helo": env.helo, "tls": env.tls,
+        "auth_user": env.auth_user, "sender": env.sender, "size": size,
+        "envid": env.envid, "ret": env.ret, "group": env.client_group,
+        **journal.header_fields(head),
+        "recipients": [[r.address, r.status.value, r.rule, r.reason]
+                       for r in env.recipients]})
 
 
 class _Rows:
@@ -304,15 +319,7 @@ class _Rows:
         self.add_received(env, spool.size, head)
 
     def add_received(self, env: Envelope, size: int, head: bytes) -> None:
-        """The journal's ``received`` entry of a message."""
-        self.journal.append(journal.row(env.received_at, env.queue_id, "received", {
-            "listener": env.listener, "client_ip": env.client_ip,
-            "client_name": env.client_name, "helo": env.helo, "tls": env.tls,
-            "auth_user": env.auth_user, "sender": env.sender, "size": size,
-            "envid": env.envid, "ret": env.ret, "group": env.client_group,
-            **journal.header_fields(head),
-            "recipients": [[r.address, r.status.value, r.rule, r.reason]
-                           for r in env.recipients]}))
+        self.journal.append(received_row(env, size, head))
 
     def add_outcomes(self, queue_id: str, updates: list[RecipientUpdate]) -> None:
         """Attempt outcomes; the message leaves the queue if they finish it."""
@@ -551,6 +558,7 @@ class Store:
         # look now (the delivery engine's wake-up; set by the app).
         self.on_index_scan: Callable[[], None] | None = None
         self._scan_timer = False
+        self._appender: journal.Appender | None = None   # the loop thread's, made at first use
 
     @classmethod
     def open(cls, data_dir: Path, *, files: FileOps = REAL) -> "Store":
@@ -813,7 +821,8 @@ class Store:
                              new_messages: Sequence[tuple[Envelope, BodySpool]],
                              events: Sequence[dict]) -> None:
         """The outcome of a handed message's first attempt. Finished (every recipient
-        delivered or bounced, no DSN): its journal entries and a ``D`` marker, nothing
+        delivered or bounced, no DSN): its journal entries go to the journal's files
+        (queue.journal.Appender; no SQLite transaction) and it gets a ``D`` marker, nothing
         fsynced (lost in a power loss: the delivery is made again). Otherwise it goes into
         the index with its outcomes and any DSN, committed with fsync, then an ``I``
         marker: from then on the index is where it lives."""
@@ -821,32 +830,55 @@ class Store:
         queue_id = env.queue_id
         finished = (not new_messages and len(updates) == len(env.recipients)
                     and all(u.status.value in FINAL for u in updates))
+        attempts = [journal.row(e.get("at", 0.0), queue_id, "attempt", e) for e in events]
 
         def add(rows: _Rows) -> None:
-            if finished:
-                rows.add_received(env, len(handed.body), handed.body[:16384])
-            else:
-                for new_env, spool in new_messages:
-                    if not spool.in_memory:
-                        spool.persist(self.bodies_dir / new_env.queue_id)
-                    rows.add_message(new_env, spool)
-                spool = BodySpool(self.tmp_dir, self.files)
-                spool.write(handed.body)
-                rows.add_message(env, spool)
-                rows.add_outcomes(queue_id, updates)
-            rows.journal.extend(journal.row(e.get("at", 0.0), queue_id, "attempt", e)
-                                for e in events)
+            for new_env, spool in new_messages:
+                if not spool.in_memory:
+                    spool.persist(self.bodies_dir / new_env.queue_id)
+                rows.add_message(new_env, spool)
+            spool = BodySpool(self.tmp_dir, self.files)
+            spool.write(handed.body)
+            rows.add_message(env, spool)
+            rows.add_outcomes(queue_id, updates)
+            rows.journal.extend(attempts)
+        kind = qlog.DONE if finished else qlog.INDEXED
+        follower = self._follower
+        if finished:
+            # On this thread, now: one small write() to the page cache (as the follower's
+            # marker below), where a hop to the writer thread and back cost more than the
+            # write (issue 15). Before the marker: a marker without its journal entries
+            # would leave the history without the message.
+            self._append_journal([received_row(env, len(handed.body), handed.body[:16384]),
+                                  *attempts])
+            if follower is not None:
+                del self._in_log[queue_id]
+                follower.mark(handed.segment, kind, queue_id)
+                return
         files = tuple(self.bodies_dir / e.queue_id for e, sp in new_messages if not sp.in_memory)
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        kind = qlog.DONE if finished else qlog.INDEXED
-        follower = self._follower
-        self._jobs.put(_Job(None, 0, done, loop, files, add, durable=not finished,
-                            markers=() if follower is not None else ((kind, queue_id),)))
+        markers = () if follower is not None else ((kind, queue_id),)
+        if finished:
+            # One process: the marker goes into the log, which the writer thread appends to.
+            self._jobs.put(_Job(None, 0, done, loop, markers=markers, markers_only=True))
+        else:
+            self._jobs.put(_Job(None, 0, done, loop, files, add, markers=markers))
         await done
         if follower is not None:    # the log is the receiving process's: markers go beside it
             del self._in_log[queue_id]
             follower.mark(handed.segment, kind, queue_id)
+
+    def _append_journal(self, rows: list[tuple]) -> None:
+        """Journal rows of a handed message its first attempt finished, to the journal's
+        files (queue.journal.Appender; the event loop's thread only)."""
+        if self._appender is None:
+            self._appender = journal.Appender(journal.files_directory(self.data_dir),
+                                              self.files)
+        try:
+            self._appender.append(rows)
+        except Exception as exc:  # noqa: BLE001 - the engine keeps the outcome, tries again
+            raise StoreError(f"queue write failed: {exc}", full=disk_full(exc)) from exc
 
     async def index_handed(self, queue_ids: Sequence[str], lease_until: float = 0.0) -> list[str]:
         """Handed messages (those of ``queue_ids`` still in the log's books) go into the
@@ -1040,6 +1072,9 @@ class Store:
             self._jobs.put(None)
             self._writer.join(timeout=30)
             self._writer = None
+        if self._appender is not None:
+            self._appender.close()
+            self._appender = None
         if self._log is not None:
             self._log.close()   # what is still handed stays in its segment: recover_log()
         if self._follower is not None:
@@ -1078,8 +1113,9 @@ class Store:
 
     def _write_batch(self, batch: list[_Job]) -> None:
         outcomes: list[tuple[_Job, Any, BaseException | None]] = []
-        indexed = [job for job in batch if job.logged is None]
+        indexed = [job for job in batch if job.logged is None and not job.markers_only]
         logged = [job for job in batch if job.logged is not None]
+        outcomes.extend((job, None, None) for job in batch if job.markers_only)
         if indexed:
             self._run_batch(indexed, outcomes)
         markers = [m for job, _, error in outcomes if error is None for m in job.markers]
