@@ -379,6 +379,32 @@ def test_the_delivery_side_follows_the_log_marks_outcomes_and_removes_finished_s
     asyncio.run(main())
 
 
+def test_the_follower_reads_a_window_and_an_entry_larger_than_it_whole(tmp_path, capsys):
+    """The delivery side reads the log in windows sized for the claim (not all that is
+    durable at once); an entry larger than the window is read whole, not taken for damage,
+    and small entries that straddle a window's end are read whole at the next."""
+    async def main():
+        receiving, delivering = stores(tmp_path, "separate")
+        try:
+            big = b"Subject: big\r\n\r\n" + b"x" * 998 + b"\r\n"
+            bodies = [BODY * (1 + i % 7) for i in range(40)]
+            bodies[3] = big * 300                                # ~300 KB, in the log
+            envs = [envelope(f"r{i}@example.net") for i in range(len(bodies))]
+            for env, body in zip(envs, bodies):
+                await commit(receiving, env, body)
+            got = []
+            while len(got) < len(envs):
+                taken = await delivering.claim_due(time.time(), 1 + len(got) % 3, 60)
+                assert taken, "the follower stopped short"
+                got += taken
+            assert [m.queue_id for m in got] == [e.queue_id for e in envs]
+            assert [m.body for m in got] == bodies
+        finally:
+            close(delivering, receiving)
+    asyncio.run(main())
+    assert "damaged" not in capsys.readouterr().err
+
+
 def test_a_restarted_delivery_process_skips_what_its_predecessor_finished(tmp_path):
     async def main():
         receiving, first = stores(tmp_path, "separate")
