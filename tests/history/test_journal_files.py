@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.stores import stores
 
 from relaywarden.history import History
 from relaywarden.history.indexer import index_once
@@ -31,18 +32,6 @@ def envelope(to: str = "to@example.net") -> Envelope:
         client_ip="127.0.0.1", client_name=None, helo="client.test", auth_user=None,
         sender="from@example.com", tls=None,
         recipients=(RecipientRecord(address=to, status=RecipientStatus.QUEUED, rule="relay"),))
-
-
-def stores(data: Path, layout: str, files: FileOps | None = None) -> tuple[Store, Store]:
-    receiving = Store.open(data)
-    receiving.start_handoff(deliver_here=layout == "inline")
-    if layout == "inline":
-        if files is not None:
-            receiving.files = files
-        return receiving, receiving
-    delivering = Store.open(data, **({} if files is None else {"files": files}))
-    delivering.start_following()
-    return receiving, delivering
 
 
 async def relay_one(receiving: Store, delivering: Store, to: str = "to@example.net") -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from faultfs import FaultyFiles, eio
+from support.stores import stores
 from relaywarden.queue import journal as qjournal
 from relaywarden.queue import log as qlog
 from relaywarden.queue import store as store_module
@@ -48,21 +49,6 @@ def open_store(data: Path, files=None) -> Store:
     store = Store.open(data, **({} if files is None else {"files": files}))
     store.start_handoff()
     return store
-
-
-def stores(data: Path, layout: str, files=None) -> tuple[Store, Store]:
-    """The receiving store (hand-off) and the one that delivers: the same store
-    (``inline``), or a delivery process's that follows the log (``separate``). ``files``:
-    the delivering side's file operations (inline: used for SQLite only, not the log)."""
-    receiving = Store.open(data)
-    receiving.start_handoff(deliver_here=layout == "inline")
-    if layout == "inline":
-        if files is not None:
-            receiving.files = files
-        return receiving, receiving
-    delivering = Store.open(data, **({} if files is None else {"files": files}))
-    delivering.start_following()
-    return receiving, delivering
 
 
 def close(*opened: Store) -> None:
