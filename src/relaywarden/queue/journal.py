@@ -10,12 +10,12 @@ One kind of message has no queue transaction to ride in: one that hand-off (queu
 finished on its first attempt, delivered or bounced without a DSN, never in the SQLite
 queue. Its entries (``received`` and its ``attempt``s, all it will ever have) are appended
 to a journal file instead (``data_dir/journal/*.jsonl``, one JSON array per line, see
-``Appender``): one write() per batch, no SQLite transaction, no queue lock, no fsync (as the
-transaction it replaces had none: a power loss may take back the tail of both, and the
-hand-off log's done marker with them, so the message is delivered again and journaled
-again). That was the largest single cost of finishing a delivery (issue 15: 0.06 ms of the
-delivery process's 0.3 ms per message, and the indexer's trim fought the writers for the
-queue lock).
+``Appender``): one write() on the delivering process's event loop thread, no SQLite
+transaction, no queue lock, no hop to the queue's writer thread, no fsync (the transaction
+it replaces had none either: a power loss may take back the tail of the file, and the
+hand-off log's done marker with it, so the message is delivered again and journaled
+again). That was the largest single cost of finishing a delivery (issue 15: the delivery
+process costs 8-14% less CPU per message without it, docs/benchmarks.md).
 
 The history (``relaywarden.history``) is an index fed from here: it reads entries after
 its cursor and trims what it has made durable. That is the whole interface between the
@@ -146,11 +146,12 @@ def line(row: tuple) -> bytes:
 
 
 class Appender:
-    """Appends rows to this process's journal file (the delivering process's queue writer
-    thread, one call per batch). While a file may still grow its writer holds an exclusive
-    flock on it: that is how a reader knows a file is closed for good (its writer closed it,
-    or died: the kernel drops the lock). A new file is created under a hidden name, locked,
-    then renamed, so no reader ever sees it unlocked before it is finished."""
+    """Appends rows to this process's journal file (on the delivering process's event
+    loop thread, one call per finished message). While a file may still grow its writer
+    holds an exclusive flock on it: that is how a reader knows a file is closed for good
+    (its writer closed it, or died: the kernel drops the lock). A new file is created under
+    a hidden name, locked, then renamed, so no reader ever sees it unlocked before it is
+    finished."""
 
     def __init__(self, directory: Path, files: FileOps = REAL, *,
                  file_bytes: int = FILE_BYTES) -> None:
