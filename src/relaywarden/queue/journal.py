@@ -259,14 +259,28 @@ def _parse(raw: bytes) -> JournalEntry:
     """A line ``[at,"queue id","kind",{data}]`` (see ``line``). The data's JSON text is kept
     as it is (``JournalEntry.text``: the history stores it without encoding it again); the
     first three items never hold a comma. ValueError: not such a line."""
-    head, queue_id, kind, rest = raw.split(b",", 3)
-    if head[:1] != b"[" or rest[-1:] != b"]":
+    head, queue_id, kind, rest = raw.decode().split(",", 3)
+    if head[:1] != "[" or rest[-1:] != "]":
         raise ValueError("not a journal line")
-    text = rest[:-1].decode()
-    fields, qid, what = json.loads(text), json.loads(queue_id), json.loads(kind)
-    if not (isinstance(fields, dict) and isinstance(qid, str) and isinstance(what, str)):
+    text = rest[:-1]
+    fields = json.loads(text)          # one JSON parse per line: most of the indexer's read
+    qid, what = _string(queue_id), _string(kind)
+    if not isinstance(fields, dict):
         raise ValueError("not a journal line")
     return JournalEntry(0, float(head[1:]), qid, what, fields, text)
+
+
+def _string(item: str) -> str:
+    """A JSON string item of a journal line: a queue id and a kind are plain (no escapes),
+    read without the JSON parser; anything else goes through it."""
+    plain = item[1:-1]
+    if len(item) >= 2 and item[0] == '"' and item[-1] == '"' and "\\" not in plain \
+            and '"' not in plain:
+        return plain
+    value = json.loads(item)
+    if not isinstance(value, str):
+        raise ValueError("not a journal line")
+    return value
 
 
 def remove_closed_files(directory: Path) -> int:
