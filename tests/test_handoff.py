@@ -18,8 +18,8 @@ import pytest
 
 from support.relay import delivery_pid
 from support.site import Site
+from support.stores import journal_kinds
 from relaywarden.queue.admin import HANDOFF_WAIT_SECONDS
-from relaywarden.queue import journal as qjournal
 from relaywarden.queue import log as qlog
 from relaywarden.queue.store import QueueReader
 
@@ -80,20 +80,6 @@ def until(condition, timeout: float = 20.0) -> None:
         time.sleep(0.05)
 
 
-def journal(site: Site, queue_id: str) -> list[str]:
-    """The message's journal entries: in the queue's table, or in the journal's files (a
-    message its first attempt finished never was in the queue's tables)."""
-    db = sqlite3.connect(f"file:{site.data_dir / 'queue.sqlite3'}?mode=ro", uri=True)
-    try:
-        kinds = [kind for (kind,) in db.execute(
-            "SELECT kind FROM journal WHERE queue_id = ? ORDER BY seq", (queue_id,))]
-    finally:
-        db.close()
-    return kinds + [e.kind for e in qjournal.read_files(
-        qjournal.files_directory(site.data_dir), qjournal.START, 100000)[0]
-        if e.queue_id == queue_id]
-
-
 def log_entries(site: Site) -> list[tuple[bytes, str]]:
     """The log's entries and markers (in the segments, or beside them in .marks files)."""
     out = []
@@ -115,7 +101,7 @@ def test_a_message_goes_from_memory_to_its_next_hop_and_never_into_the_index(sit
     until(lambda: (qlog.DONE, qid) in log_entries(site))
     # The index never held it; the journal (the history's feed) has its whole story.
     assert site.cli("queue", "list").stdout.strip() == "queue is empty"
-    assert journal(site, qid) in (["received", "attempt"], [])   # [] once the history took it
+    assert journal_kinds(site.data_dir, qid) in (["received", "attempt"], [])   # [] once the history took it
 
 
 def test_a_deferred_message_is_the_admins_after_its_first_attempt_and_is_retried(site):

@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from faultfs import FaultyFiles, eio
-from support.stores import stores
-from relaywarden.queue import journal as qjournal
+from support.stores import journal_kinds, stores
 from relaywarden.queue import log as qlog
 from relaywarden.queue import store as store_module
 from relaywarden.queue.store import (Envelope, QueueReader, RecipientRecord,
@@ -100,19 +99,6 @@ def listed(data: Path) -> list[tuple[str, bool]]:
         return [(m["id"], m.get("handoff", False)) for m in reader.list()]
     finally:
         reader.close()
-
-
-def journal_kinds(data: Path, qid: str) -> list[str]:
-    """In the queue's table, or in the journal's files (a message its first attempt
-    finished)."""
-    db = sqlite3.connect(data / "queue.sqlite3")
-    try:
-        kinds = [k for (k,) in db.execute(
-            "SELECT kind FROM journal WHERE queue_id = ? ORDER BY seq", (qid,))]
-    finally:
-        db.close()
-    return kinds + [e.kind for e in qjournal.read_files(
-        qjournal.files_directory(data), qjournal.START, 100000)[0] if e.queue_id == qid]
 
 
 # --- the log format -----------------------------------------------------------------------

@@ -831,19 +831,9 @@ class Store:
         finished = (not new_messages and len(updates) == len(env.recipients)
                     and all(u.status.value in FINAL for u in updates))
         attempts = [journal.row(e.get("at", 0.0), queue_id, "attempt", e) for e in events]
-
-        def add(rows: _Rows) -> None:
-            for new_env, spool in new_messages:
-                if not spool.in_memory:
-                    spool.persist(self.bodies_dir / new_env.queue_id)
-                rows.add_message(new_env, spool)
-            spool = BodySpool(self.tmp_dir, self.files)
-            spool.write(handed.body)
-            rows.add_message(env, spool)
-            rows.add_outcomes(queue_id, updates)
-            rows.journal.extend(attempts)
         kind = qlog.DONE if finished else qlog.INDEXED
         follower = self._follower
+        markers = () if follower is not None else ((kind, queue_id),)
         if finished:
             # On this thread, now: one small write() to the page cache (as the follower's
             # marker below), where a hop to the writer thread and back cost more than the
@@ -855,14 +845,24 @@ class Store:
                 del self._in_log[queue_id]
                 follower.mark(handed.segment, kind, queue_id)
                 return
-        files = tuple(self.bodies_dir / e.queue_id for e, sp in new_messages if not sp.in_memory)
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        markers = () if follower is not None else ((kind, queue_id),)
         if finished:
             # One process: the marker goes into the log, which the writer thread appends to.
             self._jobs.put(_Job(None, 0, done, loop, markers=markers, markers_only=True))
         else:
+            def add(rows: _Rows) -> None:
+                for new_env, spool in new_messages:
+                    if not spool.in_memory:
+                        spool.persist(self.bodies_dir / new_env.queue_id)
+                    rows.add_message(new_env, spool)
+                spool = BodySpool(self.tmp_dir, self.files)
+                spool.write(handed.body)
+                rows.add_message(env, spool)
+                rows.add_outcomes(queue_id, updates)
+                rows.journal.extend(attempts)
+            files = tuple(self.bodies_dir / e.queue_id for e, sp in new_messages
+                          if not sp.in_memory)
             self._jobs.put(_Job(None, 0, done, loop, files, add, markers=markers))
         await done
         if follower is not None:    # the log is the receiving process's: markers go beside it
