@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from relay_bench import Relaywarden, Sink, smtp_source  # noqa: E402
+from relay_bench import Probe, Relaywarden, Sink, smtp_source  # noqa: E402
 
 #: Parts of the code, by the file a sampled frame is in (first match wins, innermost frame
 #: first): what the profile says in one line per part.
@@ -65,11 +65,13 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def cpu_of(pid: int) -> float:
-    """CPU seconds (user + system) of one process, its threads included."""
+def cpu_of(pid: int) -> tuple[float, float]:
+    """CPU seconds (user, system) of one process, its threads included: Python and uvloop
+    run in user time; sends, fdatasync and the loopback TCP stack in system time."""
     import os
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 PERF_EVENTS = ("task-clock", "context-switches", "syscalls:sys_enter_write",
@@ -78,17 +80,24 @@ PERF_EVENTS = ("task-clock", "context-switches", "syscalls:sys_enter_write",
 
 
 def perf_summary(out: Path, messages: int) -> str:
-    """perf stat's CSV (-x ,): value,unit,event,... per line; per message."""
+    """perf stat's CSV (-x ,): value,unit,event,... per line (with --per-thread, the thread
+    first: comm-tid,value,unit,event,...); per message."""
     lines = []
     for line in out.read_text().splitlines():
         fields = line.split(",")
+        thread = ""
+        if fields and not fields[0].replace(".", "").isdigit() and len(fields) > 3:
+            thread, fields = fields[0], fields[1:]
         if len(fields) < 3 or line.startswith("#") or not fields[0].replace(".", "").isdigit():
             continue
         value, event = float(fields[0]), fields[2]
+        if thread and value == 0:
+            continue
+        where = f"  [{thread}]" if thread else ""
         if event == "task-clock":
-            lines.append(f"    {value / messages:8.3f} ms  CPU (task-clock)")
+            lines.append(f"    {value / messages:8.3f} ms  CPU (task-clock){where}")
         else:
-            lines.append(f"    {value / messages:8.2f}     {event}")
+            lines.append(f"    {value / messages:8.2f}     {event}{where}")
     return "\n".join(["  per message:"] + lines)
 
 
@@ -146,15 +155,20 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     ap.add_argument("--perf", action="store_true",
                     help="perf stat (context switches, system calls) instead of py-spy")
+    ap.add_argument("--probe", action="store_true",
+                    help="measure the throw-away probe (shared/anchors) the same way, for the"
+                         " floor beside relaywarden's figures")
+    ap.add_argument("--threads", action="store_true",
+                    help="with --perf: the counts of each thread, not of the process")
     ap.add_argument("--gil", action="store_true",
                     help="sample only the thread holding the GIL: Python's own CPU, not the"
                          " time threads spend in system calls (fdatasync, send) or waiting")
     args = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="relay-profile-"))
     sink = Sink()
-    relay = Relaywarden(workdir)
+    relay: Relaywarden | Probe = Probe(workdir) if args.probe else Relaywarden(workdir)
     port = relay.start(sink)
-    pids = {"receiving": relay.proc.pid}
+    pids = {"probe" if args.probe else "receiving": relay.proc.pid}
     for child in children(relay.proc.pid):
         if "delivery-worker" in cmdline(child):
             pids["delivery"] = child
@@ -162,7 +176,8 @@ def main() -> None:
     for name, pid in pids.items():
         out = workdir / f"{name}.{'perf' if args.perf else 'raw'}"
         command = (["perf", "stat", "-x", ",", "-e", ",".join(PERF_EVENTS), "-p", str(pid),
-                    "-o", str(out)] if args.perf else
+                    *(["--per-thread"] if args.threads else []), "-o", str(out)]
+                   if args.perf else
                    [_py_spy(), "record", "--pid", str(pid), "--rate", str(args.rate),
                     "--nonblocking", "--threads", "--format", "raw", "--output", str(out),
                     *(["--gil"] if args.gil else [])])
@@ -173,7 +188,8 @@ def main() -> None:
     elapsed = smtp_source(port, messages=args.messages, size=args.size,
                           sessions=args.sessions, reuse=args.reuse)
     sink.wait(args.messages, timeout=300)
-    cpu = {name: cpu_of(pid) - cpu0[name] for name, pid in pids.items()}
+    cpu = {name: tuple(now - before for now, before in zip(cpu_of(pid), cpu0[name]))
+           for name, pid in pids.items()}
     if args.perf:
         for _, spy in spies.values():
             spy.send_signal(signal.SIGINT)     # perf stat writes its counts and exits
@@ -186,11 +202,12 @@ def main() -> None:
     sink.stop()
     mode = "reused" if args.reuse else "new connection per message"
     print(f"{args.messages} messages of {args.size} B, {mode}: {args.messages / elapsed:,.0f}"
-          f" msgs/s accepted; relaywarden CPU {1000 * stats['cpu_s'] / args.messages:.3f} ms"
+          f" msgs/s accepted; {relay.name} CPU {1000 * stats['cpu_s'] / args.messages:.3f} ms"
           " per message (all processes, the profiler's own work included)")
     for name, (out, _) in spies.items():
-        print(f"\n{name} process (pid {pids[name]}): {1000 * cpu[name] / args.messages:.3f} ms"
-              " of CPU per message")
+        user, system = (1000 * part / args.messages for part in cpu[name])
+        print(f"\n{name} process (pid {pids[name]}): {user + system:.3f} ms of CPU per message"
+              f" (user {user:.3f}, system {system:.3f})")
         if not out.exists():
             print("  (nothing written)")
         elif args.perf:

@@ -187,6 +187,19 @@ def test_a_line_reads_back_as_written_escapes_and_all(tmp_path, capsys):
     assert capsys.readouterr().err.count("a damaged line") == 1
 
 
+def test_a_line_is_what_json_would_write():
+    """line() writes a row's time, queue id and kind without the JSON encoder where the
+    encoder would write them unchanged: the bytes must be the encoder's all the same."""
+    import json
+    for at, qid, kind in [(1765000000.123456, "AB12cd34", "received"),
+                          (0.1 + 0.2, "q-1.x@y+z", "attempt"), (7, "Q", "admin"),
+                          (float("inf"), "caf\u00e9", "a b"), (float("nan"), 'q"1', "k\\"),
+                          (1e22, "", "\n")]:
+        data = json.dumps({"n": 1}, separators=(",", ":"))
+        expected = f"[{json.dumps(at)},{json.dumps(qid)},{json.dumps(kind)},{data}]\n"
+        assert qjournal.line((at, qid, kind, data)) == expected.encode()
+
+
 class TornFiles(FileOps):
     """A disk that fills up in the middle of a write: half the data lands, then ENOSPC."""
 

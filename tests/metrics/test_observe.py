@@ -267,6 +267,27 @@ def test_in_a_process_with_a_loop_sums_are_written_once_a_second(tmp_path):
     asyncio.run(run())
 
 
+def test_in_a_process_with_a_loop_in_flight_deliveries_are_written_by_the_flush(tmp_path):
+    """The in-flight gauge is summed like the counters (no mmap write per transaction) and
+    reaches the file with the next flush; a transaction that ended by then counts 0."""
+    async def run():
+        metrics.setup(tmp_path, role="test", fresh=True)
+        try:
+            async with metrics.in_flight("mx1.example.net"):
+                async with metrics.in_flight("mx1.example.net"):
+                    pass
+                assert metrics.snapshot(tmp_path)["delivery"]["in_flight"] == 0  # not yet
+                await asyncio.sleep(_events.FLUSH_SECONDS + 0.3)  # the flush timer under test
+                assert metrics.snapshot(tmp_path)["delivery"] == {
+                    "in_flight": 1,
+                    "destinations": [{"destination": "mx1.example.net", "in_flight": 1}]}
+        finally:
+            _events.stop()          # as at exit: what is pending is written
+        assert metrics.snapshot(tmp_path)["delivery"] == {"in_flight": 0, "destinations": []}
+
+    asyncio.run(run())
+
+
 def test_per_event_cost_is_a_few_microseconds(tmp_path):
     """The hot path as the relay runs it (a loop, so the flush is the timer's): MailLog.event
     with the file off, with and without the observer."""

@@ -8,7 +8,7 @@ its own DNS lookups). That keeps every decision testable from one line of data.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
 from relaywarden.policy.match import IPNetwork, Matcher
@@ -42,6 +42,17 @@ class ClientFacts:
     verified_name: str | None = None
     user: str | None = None                     # authenticated user (SMTP AUTH), or None
     directory_groups: frozenset[str] = frozenset()
+    # The hash, made at the first look-up: the policy's verdict caches hash these facts
+    # several times per message, and an ip_address hashes in Python (hex of its int).
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __hash__(self) -> int:
+        cached = self._hash
+        if cached is None:
+            cached = hash((self.listener, self.ip, self.verified_name, self.user,
+                           self.directory_groups))
+            object.__setattr__(self, "_hash", cached)   # frozen: set once, as __init__ would
+        return cached
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -139,10 +139,26 @@ def files_directory(data_dir: Path) -> Path:
     return data_dir / FILES
 
 
+#: Text JSON writes as it is between quotes (no escapes): queue ids and kinds always are.
+_PLAIN = re.compile(r"[A-Za-z0-9._@+-]*")
+
+
+def _json_item(value: Any) -> str:
+    """``json.dumps(value)`` for a row's time, queue id and kind, without the encoder for
+    what it would write unchanged (a finite float is its repr; a plain string, quoted):
+    two rows per delivered message, and the encoder's calls were 5% of the delivery
+    process's (issue 15)."""
+    if type(value) is float and value - value == 0:     # not inf or nan
+        return repr(value)
+    if type(value) is str and _PLAIN.fullmatch(value):
+        return f'"{value}"'
+    return json.dumps(value)
+
+
 def line(row: tuple) -> bytes:
     """One row (see ``row``) as a line of a journal file: [at, queue id, kind, data]."""
     at, queue_id, kind, data = row
-    return f"[{json.dumps(at)},{json.dumps(queue_id)},{json.dumps(kind)},{data}]\n".encode()
+    return f"[{_json_item(at)},{_json_item(queue_id)},{_json_item(kind)},{data}]\n".encode()
 
 
 class Appender:
