@@ -76,7 +76,9 @@ def cpu_of(pid: int) -> tuple[float, float]:
 
 PERF_EVENTS = ("task-clock", "context-switches", "syscalls:sys_enter_write",
                "syscalls:sys_enter_read", "syscalls:sys_enter_futex",
-               "syscalls:sys_enter_fdatasync")
+               "syscalls:sys_enter_fdatasync", "syscalls:sys_enter_io_uring_enter",
+               "syscalls:sys_enter_epoll_ctl", "syscalls:sys_enter_epoll_pwait",
+               "syscalls:sys_enter_getpid")
 
 
 def perf_summary(out: Path, messages: int) -> str:

@@ -389,6 +389,7 @@ class Engine:
 
     async def _run(self) -> None:
         last_reap = time.monotonic()
+        loop = asyncio.get_running_loop()   # once: each look-up is a getpid() under 3.11
         while not self._stopping:
             self._wakeup.clear()
             free = self.settings.max_concurrent - len(self._active)
@@ -403,7 +404,7 @@ class Engine:
                     due = []
                 due = [m for m in map(self._not_live, due) if m is not None]
                 for message in due:
-                    task = asyncio.get_running_loop().create_task(self._deliver(message))
+                    task = loop.create_task(self._deliver(message))
                     # asyncio keeps only weak references to tasks (docs/architecture.md, known traps).
                     self._active.add(task)
                     task.add_done_callback(self._task_done)
