@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from relaywarden.queue.fileops import FileOps
+from relaywarden.queue.journal import COMPACT as _COMPACT
 
 #: Bytes preallocated per segment; an entry that does not fit starts the next segment.
 SEGMENT_BYTES = 8 << 20
@@ -76,7 +77,7 @@ def entry(kind: bytes, payload: bytes) -> bytes:
 
 
 def message_entry(envelope: dict[str, Any], body: bytes) -> bytes:
-    head = json.dumps(envelope, separators=(",", ":")).encode()
+    head = _COMPACT.encode(envelope).encode()
     return entry(MESSAGE, _LEN.pack(len(head)) + head + body)
 
 
