@@ -4,8 +4,8 @@ Reads entries after the history's cursor, indexes them in one transaction that a
 the cursor (FULL sync: on disk before anything is trimmed), then trims the journal up to
 the cursor; the same for the journal's files (queue.journal.read_files), whose position is
 a second cursor and whose finished files are removed. A crash at any point loses nothing:
-untrimmed entries at or below the cursor are skipped when read again. All SQLite work runs in a worker thread so that the admin
-server on the same loop stays responsive.
+untrimmed entries at or below the cursor are skipped when read again. All SQLite work runs
+in a worker thread so that the admin server on the same loop stays responsive.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from relaywarden.queue.journal import START, JournalEntry, Position
+from relaywarden.queue.journal import COMPACT, START, JournalEntry, Position
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -278,8 +278,7 @@ class History:
         for e in entries:
             recipient = getattr(self, f"_apply_{e.kind}", self._apply_other)(db, e)
             events.append((e.queue_id, e.at, e.kind, recipient,
-                           e.text if e.text is not None
-                           else json.dumps(e.data, separators=(",", ":"))))
+                           e.text if e.text is not None else COMPACT.encode(e.data)))
             touched.add(e.queue_id)
         # seq: the history's own order. The journal's seq cannot be it: the entries from its
         # files have none, and the cursors (not the key) keep an entry from being indexed twice.

@@ -841,30 +841,28 @@ class Store:
             # would leave the history without the message.
             self._append_journal([received_row(env, len(handed.body), handed.body[:16384]),
                                   *attempts])
-            if follower is not None:
-                del self._in_log[queue_id]
-                follower.mark(handed.segment, kind, queue_id)
-                return
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        if finished:
-            # One process: the marker goes into the log, which the writer thread appends to.
-            self._jobs.put(_Job(None, 0, done, loop, markers=markers, markers_only=True))
-        else:
-            def add(rows: _Rows) -> None:
-                for new_env, spool in new_messages:
-                    if not spool.in_memory:
-                        spool.persist(self.bodies_dir / new_env.queue_id)
-                    rows.add_message(new_env, spool)
-                spool = BodySpool(self.tmp_dir, self.files)
-                spool.write(handed.body)
-                rows.add_message(env, spool)
-                rows.add_outcomes(queue_id, updates)
-                rows.journal.extend(attempts)
-            files = tuple(self.bodies_dir / e.queue_id for e, sp in new_messages
-                          if not sp.in_memory)
-            self._jobs.put(_Job(None, 0, done, loop, files, add, markers=markers))
-        await done
+        if not finished or follower is None:
+            # The writer thread: the index's transaction, or (one process, finished) the
+            # marker, which goes into the log the writer thread appends to.
+            loop = asyncio.get_running_loop()
+            done = loop.create_future()
+            if finished:
+                self._jobs.put(_Job(None, 0, done, loop, markers=markers, markers_only=True))
+            else:
+                def add(rows: _Rows) -> None:
+                    for new_env, spool in new_messages:
+                        if not spool.in_memory:
+                            spool.persist(self.bodies_dir / new_env.queue_id)
+                        rows.add_message(new_env, spool)
+                    spool = BodySpool(self.tmp_dir, self.files)
+                    spool.write(handed.body)
+                    rows.add_message(env, spool)
+                    rows.add_outcomes(queue_id, updates)
+                    rows.journal.extend(attempts)
+                files = tuple(self.bodies_dir / e.queue_id for e, sp in new_messages
+                              if not sp.in_memory)
+                self._jobs.put(_Job(None, 0, done, loop, files, add, markers=markers))
+            await done
         if follower is not None:    # the log is the receiving process's: markers go beside it
             del self._in_log[queue_id]
             follower.mark(handed.segment, kind, queue_id)
