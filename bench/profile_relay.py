@@ -81,6 +81,20 @@ PERF_EVENTS = ("task-clock", "context-switches", "syscalls:sys_enter_write",
                "syscalls:sys_enter_getpid")
 
 
+def settle(pid: int, quiet: float = 1.5, limit: float = 30.0) -> None:
+    """Until the process has used no CPU for ``quiet`` seconds (at most ``limit``): the
+    admin process indexes the history once a second, behind the load, and its share is
+    only whole once it has caught up."""
+    deadline = time.monotonic() + limit
+    last = sum(cpu_of(pid))
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = sum(cpu_of(pid))
+        if now - last < 0.01:
+            return
+        last = now
+
+
 def perf_summary(out: Path, messages: int) -> str:
     """perf stat's CSV (-x ,): value,unit,event,... per line (with --per-thread, the thread
     first: comm-tid,value,unit,event,...); per message."""
@@ -174,6 +188,8 @@ def main() -> None:
     for child in children(relay.proc.pid):
         if "delivery-worker" in cmdline(child):
             pids["delivery"] = child
+        elif "admin-worker" in cmdline(child):
+            pids["admin"] = child       # the history indexer, the metrics sampler
     spies = {}
     for name, pid in pids.items():
         out = workdir / f"{name}.{'perf' if args.perf else 'raw'}"
@@ -190,6 +206,8 @@ def main() -> None:
     elapsed = smtp_source(port, messages=args.messages, size=args.size,
                           sessions=args.sessions, reuse=args.reuse)
     sink.wait(args.messages, timeout=300)
+    if "admin" in pids:
+        settle(pids["admin"])
     cpu = {name: tuple(now - before for now, before in zip(cpu_of(pid), cpu0[name]))
            for name, pid in pids.items()}
     if args.perf:

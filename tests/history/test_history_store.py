@@ -4,14 +4,16 @@ indexer step moves entries into a History, searches and timelines read them back
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
 
 from relaywarden.history import History, HistoryError, message_status, parse_since
 from relaywarden.history.indexer import index_once, seed_from_queue
+from relaywarden.history.store import _whole
 from relaywarden.queue.admin import QueueAdmin
-from relaywarden.queue.journal import Journal, header_fields
+from relaywarden.queue.journal import START, Journal, JournalEntry, header_fields
 from relaywarden.queue.store import (
     Envelope,
     QueueReader,
@@ -233,3 +235,94 @@ def test_message_status_and_since_parsing():
     assert parse_since("2026-12-01T00:00:00Z") == 1796083200.0
     with pytest.raises(ValueError):
         parse_since("yesterday")
+
+
+def _entry(at: float, qid: str, kind: str, data: dict) -> JournalEntry:
+    return JournalEntry(0, at, qid, kind, data, json.dumps(data, separators=(",", ":")))
+
+
+def _rows(history: History) -> dict[str, list[tuple]]:
+    """Every row of the history's tables, but the moment a status was worked out and the
+    events' own numbering."""
+    db = history._db
+    return {
+        "messages": db.execute("SELECT queue_id, received_at, listener, client_ip, client_name,"
+                               " helo, tls, auth_user, sender, sender_lc, sender_domain, size,"
+                               " message_id, subject, status FROM messages"
+                               " ORDER BY queue_id").fetchall(),
+        "recipients": db.execute("SELECT * FROM recipients ORDER BY queue_id, idx").fetchall(),
+        "events": db.execute("SELECT queue_id, at, kind, recipient, data FROM events"
+                             " ORDER BY seq").fetchall(),
+    }
+
+
+def test_a_batch_indexes_whole_messages_as_entry_by_entry_would(tmp_path):
+    """The indexer builds the rows of a message whose arrival and attempts come in one batch
+    itself (History._index): the tables must hold exactly what indexing one entry at a time
+    gives, for whole messages and for every case that goes entry by entry."""
+    def received(at, qid, recipients):
+        return _entry(at, qid, "received", {
+            "listener": "main", "client_ip": "10.0.5.20", "client_name": None, "helo": "scan",
+            "tls": None, "auth_user": "scanner", "sender": "Scan@Example.COM", "size": 321,
+            "message_id": " <id.1@example.com> ", "subject": "=?utf-8?q?r=C3=A9sultat?=",
+            "recipients": [[a, status, "relay.networks[0]", "why"] for a, status in recipients]})
+
+    def attempt(at, qid, idx, to, outcome, reply="250 2.0.0 Ok"):
+        return _entry(at, qid, "attempt", {"at": at, "idx": idx, "to": to, "outcome": outcome,
+                                           "reply": reply, "remote": "mx [192.0.2.1]:25"})
+
+    earlier = [received(1.0, "OLD", [("a@x.example", "queued")]),
+               received(1.5, "DUP", [("a@x.example", "queued")])]
+    batch = [
+        # whole: two recipients, the second tried twice in the batch
+        received(2.0, "W1", [("A@X.example", "queued"), ("b@y.example", "queued")]),
+        attempt(2.1, "W1", 0, "A@X.example", "delivered"),
+        attempt(2.2, "W1", 1, "b@y.example", "deferred", "451 4.7.1 later"),
+        # whole: a held recipient stays held when deferred; a badmail one is left as it is
+        received(3.0, "W2", [("h@x.example", "held"), ("q@x.example", "badmail")]),
+        attempt(3.1, "W2", 0, "h@x.example", "deferred", "451 4.4.1 no"),
+        attempt(2.3, "W1", 1, "b@y.example", "delivered"),
+        # entry by entry: an arrival alone; attempts of an earlier arrival; an attempt naming
+        # no recipient of its message; an admin action between arrival and attempt
+        received(4.0, "R1", [("c@x.example", "queued")]),
+        attempt(4.1, "OLD", 0, "a@x.example", "bounced", "550 5.1.1 no such user"),
+        received(5.0, "P3", [("d@x.example", "queued")]),
+        attempt(5.1, "P3", 7, "e@x.example", "delivered"),
+        received(6.0, "P4", [("f@x.example", "queued")]),
+        _entry(6.1, "P4", "admin", {"action": "hold", "by": "alice", "recipients": ["-"]}),
+        attempt(6.2, "P4", 0, "f@x.example", "deferred", "451 4.4.1 no"),
+    ]
+    # Whole in form, but DUP's arrival is in the history already: the insert finds it, and
+    # the batch goes entry by entry, W3 too.
+    last = [received(1.5, "DUP", [("a@x.example", "queued")]),
+            attempt(1.6, "DUP", 0, "a@x.example", "delivered"),
+            received(7.0, "W3", [("g@x.example", "queued")]),
+            attempt(7.1, "W3", 0, "g@x.example", "delivered")]
+    assert set(_whole(batch)) == {"W1", "W2"}       # the rest goes entry by entry
+    assert set(_whole(last)) == {"DUP", "W3"}
+    (tmp_path / "one").mkdir()
+    (tmp_path / "batch").mkdir()
+    one_by_one = History.open(tmp_path / "one")
+    at_once = History.open(tmp_path / "batch")
+    position = START
+    for n, e in enumerate(earlier + batch + last, 1):
+        assert one_by_one.apply_files([e], position, ("f", n))
+        position = ("f", n)
+    assert at_once.apply_files(earlier, START, ("f", 1))
+    assert at_once.apply_files(batch, ("f", 1), ("f", 2))
+    assert at_once.apply_files(last, ("f", 2), ("f", 3))
+    expected, got = _rows(one_by_one), _rows(at_once)
+    assert got == expected
+    # What the whole messages came to, spelt out (not only "the same as the slow path").
+    statuses = {qid: status for qid, *_, status in got["messages"]}
+    assert statuses["W1"] == "delivered" and statuses["W2"] == "badmail"
+    assert statuses["DUP"] == statuses["W3"] == "delivered" and statuses["P4"] == "held"
+    w1 = [r for r in got["recipients"] if r[0] == "W1"]
+    assert [(r[2], r[3], r[6], r[9]) for r in w1] == [
+        ("A@X.example", "a@x.example", "delivered", "250 2.0.0 Ok"),
+        ("b@y.example", "b@y.example", "delivered", "250 2.0.0 Ok")]
+    assert [r[6] for r in got["recipients"] if r[0] == "W2"] == ["held", "badmail"]
+    assert at_once.timeline("W1")["subject"] == "résultat"
+    assert at_once.timeline("W1")["message_id"] == "id.1@example.com"
+    one_by_one.close()
+    at_once.close()
