@@ -1250,3 +1250,33 @@ def _interop_with_smtp_sink(dump: Path) -> None:
     assert b"X-Rcpt-Args: <a@example.com> NOTIFY=FAILURE ORCPT=rfc822;a@example.com\n" in dumped
     # smtp-sink stores LF line ends; the dot is de-stuffed there as here.
     assert b"\n\n.dot line\nplain line\n" in dumped
+
+
+def test_a_chained_send_cancelled_while_waiting_for_its_turn_leaves_the_turn_alone():
+    """The next message's envelope went out behind the final dot; its send is cancelled
+    (the engine stopping) while the reply to that dot is still to come. The cancelled send
+    ends with CancelledError and nothing else; the transaction before it ends on its own
+    terms (the connection is dropped: bytes of a transaction nobody finishes were sent),
+    and its turn is not cancelled by the wait that was."""
+    async def main():
+        async with FakeServer(delay=0.2) as fake:
+            conn = await OutboundConnection.open(HOST, fake.port, policy())
+            ready = asyncio.Event()
+            conn.on_dot = lambda c: ready.set()
+            first = asyncio.ensure_future(send(conn, "a@example.com"))
+            await ready.wait()
+            assert conn.chainable
+            turn = conn._turn
+            second = asyncio.ensure_future(send(conn, "b@example.com"))
+            await asyncio.sleep(0.05)          # second waits for the dot's reply
+            assert conn._turn_waiters and not turn.done()
+            second.cancel()
+            results = await asyncio.gather(first, second, return_exceptions=True)
+            await conn.close()
+            return results, turn, conn._turn_waiters
+
+    (first, second), turn, waiters = run(main())
+    assert isinstance(second, asyncio.CancelledError)
+    assert not isinstance(first, asyncio.CancelledError), first
+    assert turn.done() and not turn.cancelled()
+    assert waiters == []

@@ -277,6 +277,10 @@ class OutboundConnection:
         # written in that round, leaves in the same segment.
         self.on_dot: Callable[[OutboundConnection], None] | None = None
         self._turn: asyncio.Future[None] | None = None
+        # The next transaction waiting for `_turn`, woken directly when it is resolved:
+        # asyncio.shield() cost a loop round and three calls more per message (issue 15),
+        # and a waiter cancelled (its task stopped) must not cancel the turn itself.
+        self._turn_waiters: list[asyncio.Future[None]] = []
         self._outbuf: list[bytes] = []
         self._writer: object | None = None     # the send() that owns the writing side
         # The protocol log: commands sent and waiting for their reply, oldest first, as
@@ -763,7 +767,7 @@ class OutboundConnection:
                 # Right behind the previous transaction's final dot (in the same segment
                 # when that dot still waits in _outbuf), then wait for its reply to be read.
                 self._write_behind(group)
-                await asyncio.shield(previous)
+                await self._after(previous)
                 if self._dead or self._failed or self._proto is None or self._proto.lost:
                     # That transaction broke the connection: ours was never answered. Not
                     # this host's fault: the engine tries again on a new connection.
@@ -834,14 +838,35 @@ class OutboundConnection:
                 self._write_behind(held)
                 final = await self._reply("data", timeout=self.policy.data_timeout)
             finally:
-                if not turn.done():
-                    turn.set_result(None)
+                self._end_turn(turn)
         else:
             await self._write(held, "data")
             final = await self._reply("data", timeout=self.policy.data_timeout)
         for i in accepted:
             results[i] = final
         return TransactionResult(recipients=tuple(results), data=final)
+
+    async def _after(self, turn: asyncio.Future[None]) -> None:
+        """Until ``turn`` (the previous transaction's) is resolved, without cancelling it
+        if this wait is cancelled."""
+        if turn.done():
+            return
+        waiter = self._loop.create_future()
+        self._turn_waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:           # cancelled: ours no longer waits
+            with contextlib.suppress(ValueError):
+                self._turn_waiters.remove(waiter)
+            raise
+
+    def _end_turn(self, turn: asyncio.Future[None]) -> None:
+        if not turn.done():
+            turn.set_result(None)
+        waiters, self._turn_waiters = self._turn_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def _rset_after_failure(self) -> None:
         """RSET after a transaction that did not end with the final dot (RFC 5321 4.1.1.5).
