@@ -30,6 +30,7 @@ class Received:
     tls: str | None = None          # TLS version of the session ("TLSv1.3"), None: plaintext
     login: str | None = None        # the AUTH user the session authenticated as
     connection: int = 0             # which connection (1, 2, ...) carried the message
+    helo: str | None = None         # the name the client gave in EHLO/HELO
 
 
 @dataclass
@@ -89,7 +90,7 @@ class _Handler:
                 rcpt_options=[list(o) for o in envelope.rcpt_options],
                 tls=ssl_object.version() if ssl_object is not None else None,
                 login=login.decode() if isinstance(login, bytes) else login,
-                connection=server._connection_no))
+                connection=server._connection_no, helo=session.host_name))
         return "250 2.0.0 accepted"
 
 

@@ -131,3 +131,31 @@ def test_a_reload_lists_what_needs_a_restart_until_the_restart(tmp_path):
         relay.stop()
     out = relay.proc.stdout.read()
     assert out.count("relaywarden: reload: needs a restart: log.keep\n") == 2, out
+
+
+def test_a_reloaded_helo_name_greets_the_next_hop_on_the_next_message(tmp_path):
+    """The delivery process keeps how it talks to each next hop between messages (the
+    client policy, delivery.engine Engine._policy); a SIGHUP that changes it must not leave
+    the next message on the old one, nor on a pooled connection opened under it."""
+    main, down_port, noport = free_port(), free_port(), free_port()
+    config = write_config(tmp_path, CONFIG.replace("{per}", "1").replace(
+        "[delivery]\n", '[delivery]\nhelo_name = "old.relay.test"\n'),
+        main=main, down=down_port, noport=noport)
+    down = Downstream(down_port).start()
+    relay = start_relay(config, tmp_path / "var", {"main": main})
+    try:
+        send(main, 2)
+        assert [m.helo for m in down.wait_for(2)] == ["old.relay.test"] * 2
+        config.write_text(config.read_text().replace("old.relay.test", "new.relay.test"))
+        relay.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not reload_lines(relay):
+            assert time.monotonic() < deadline, "no event=reload in the mail log"
+        assert "applied=delivery.helo_name" in reload_lines(relay)[0]
+        send(main, 2)
+        later = down.wait_for(4)[2:]
+        assert [m.helo for m in later] == ["new.relay.test"] * 2
+        assert {m.connection for m in later}.isdisjoint({m.connection for m in down.messages[:2]})
+    finally:
+        relay.stop()
+        down.stop()

@@ -30,7 +30,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO, Callable, Union
 
 from relaywarden.delivery.tls import TlsMode
@@ -83,6 +83,19 @@ class ClientPolicy:
     connect_timeout: float = 30
     command_timeout: float = 300        # RFC 5321 4.5.3.2: 5 minutes for most replies
     data_timeout: float = 600           # 4.5.3.2.6: 10 minutes for the reply to the final dot
+    # The hash, made at the first look-up: the pool looks a policy up twice per message,
+    # and the generated hash goes through all twelve fields (the TLS mode's in Python).
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __hash__(self) -> int:
+        cached = self._hash
+        if cached is None:
+            cached = hash((self.helo, self.tls, self.implicit_tls, self.ca_file,
+                           self.server_name, self.username, self.password,
+                           self.auth_without_tls, self.connect_timeout, self.command_timeout,
+                           self.data_timeout))
+            object.__setattr__(self, "_hash", cached)   # frozen: set once, as __init__ would
+        return cached
 
     def __repr__(self) -> str:          # never a password in a log line
         secret = ("***" if isinstance(self.password, str) else self.password

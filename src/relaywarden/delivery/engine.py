@@ -233,6 +233,10 @@ class _Gate:
                 waiter.set_result(None)
 
 
+#: Client policies kept (Engine._policy): routes x next hops of a large config, at most.
+_POLICIES_KEPT = 1024
+
+
 def _jitter() -> float:
     """A retry delay's factor: spread a backlog's retries (RFC 5321 4.5.4.1)."""
     return random.uniform(0.9, 1.1)
@@ -325,6 +329,8 @@ class Engine:
         self.protocol_log = protocol_log    # the outbound protocol log (None: off)
         self._clock = clock
         self._wakeup = asyncio.Event()
+        # (route name, next hop name) -> (route, settings, ClientPolicy): see _policy
+        self._policies: dict[tuple[str, str], tuple[Route, DeliverySettings, ClientPolicy]] = {}
         self._active: set[asyncio.Task] = set()
         self._stopping = False
         self._loop_task: asyncio.Task | None = None
@@ -650,15 +656,7 @@ class Engine:
         last_synth = True
         refused_everywhere = True   # every host refused us outright (5xx greeting or EHLO)
         for hop in hops:
-            policy = ClientPolicy(
-                helo=self.settings.helo, tls=route.tls, implicit_tls=route.implicit_tls,
-                ca_file=self.settings.ca_file, server_name=hop.name,
-                username=route.username, password=route.password,
-                auth_without_tls=route.auth_without_tls,
-                connect_timeout=self.settings.connect_timeout,
-                command_timeout=self.settings.command_timeout,
-                data_timeout=self.settings.data_timeout,
-            )
+            policy = self._policy(route, hop)
             remote = f"{hop.name} [{hop.address}]:{hop.port}"
             self.mail_log.event(MailEvent.ATTEMPT, id=message.queue_id, route=route.name,
                                 relay=remote, to=",".join(r.address for r in recipients))
@@ -723,6 +721,30 @@ class Engine:
         kind = Kind.BOUNCED if refused_everywhere else Kind.DEFERRED
         return [Outcome(r, kind, last, last_remote, route=route.name, synthesized=last_synth)
                 for r in recipients]
+
+    def _policy(self, route: Route, hop: _Hop) -> ClientPolicy:
+        """How to talk to ``hop`` for ``route``: made once per route, next hop and settings
+        (not per message), so that the pool's look-ups hash the same object, whose hash is
+        kept. Checked by identity: a reload brings new settings and routes, and an MX
+        route is a new object per domain (not kept: the cache stays small)."""
+        key = (route.name, hop.name)
+        cached = self._policies.get(key)
+        settings = self.settings
+        if cached is not None and cached[0] is route and cached[1] is settings:
+            return cached[2]
+        policy = ClientPolicy(
+            helo=settings.helo, tls=route.tls, implicit_tls=route.implicit_tls,
+            ca_file=settings.ca_file, server_name=hop.name,
+            username=route.username, password=route.password,
+            auth_without_tls=route.auth_without_tls,
+            connect_timeout=settings.connect_timeout,
+            command_timeout=settings.command_timeout,
+            data_timeout=settings.data_timeout,
+        )
+        if len(self._policies) >= _POLICIES_KEPT:
+            self._policies.clear()
+        self._policies[key] = (route, settings, policy)
+        return policy
 
     async def deliver_over(self, conn: OutboundConnection,
                            messages: Sequence[DueMessage]) -> tuple[int, int]:

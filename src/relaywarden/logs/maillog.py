@@ -28,6 +28,11 @@ from relaywarden.logs.stamp import SecondStamp
 
 
 class MailEvent(enum.Enum):
+    # Members are singletons compared by identity: the identity hash agrees with that, in
+    # C, where Enum's own hashes the name in Python (the log and the metrics look events up
+    # in dicts several times per message, issue 15).
+    __hash__ = object.__hash__
+
     CONNECT = "connect"
     DISCONNECT = "disconnect"
     AUTH = "auth"
