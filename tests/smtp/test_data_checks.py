@@ -2,7 +2,7 @@
 line-by-line reading of RFC 5321: bare CR or LF (2.3.8), NUL, the text line limit
 (4.5.3.1.6) across segments, and what NORMALIZE makes of the content. The reader does
 these in a few passes of bytes methods (issue 15); this is the slow, obvious version it
-must agree with, on any input."""
+must agree with, on any input (hypothesis)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from hypothesis import given, settings, strategies as st
 from relaywarden.smtp._data import BareLineEnds, DataReader
 from relaywarden.smtp.reply import BARE_LF, NUL_IN_DATA, TEXT_LINE_TOO_LONG
 
-_PIECES = [b"X", b"XXXXXXXX", b"\r\n", b"\r", b"\n", b".", b"\0", b"\xc3\xa9"]
+# \x0b \x0c \x1c \x85: line boundaries for str.splitlines, never for bytes (only CR, LF).
+_PIECES = [b"X", b"XXXXXXXX", b"\r\n", b"\r", b"\n", b".", b"\0", b"\xc3\xa9", b"\x0b",
+           b"\x0c", b"\x1c", b"\x85"]
 
 
 def _reference(segments: list[bytes], mode: BareLineEnds, max_line: int):
