@@ -2,8 +2,9 @@
 """Where relaywarden's CPU goes on the benchmark's load: py-spy on each of its processes.
 
 Starts relaywarden as bench/relay_bench.py does (its defaults, one smtp-sink next hop),
-attaches py-spy (sampling, --nonblocking: the relay is not paused) to the receiving and the
-delivery process, runs smtp-source, and prints for each process the functions with the
+attaches py-spy (sampling, --nonblocking: the relay is not paused) to the receiving, the
+delivery and the admin process (the history indexer: its CPU is counted once it has caught
+up with the load), runs smtp-source, and prints for each process the functions with the
 most samples, by self time and by total time (a function and what it calls), plus the
 share of samples in a few named parts (the queue writer thread, the log, the protocol
 logs, the SMTP core, the session, policy, outbound SMTP, the event loop's own C code).
