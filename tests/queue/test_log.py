@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import os
 import sqlite3
 import threading
@@ -676,17 +675,3 @@ def test_a_message_entry_names_its_queue_id_without_decoding_its_envelope():
     # An envelope written some other way (keys in another order) is decoded in full.
     other = qlog.message_entry({"received_at": 1.0, "queue_id": "ABC"}, BODY)
     assert qlog.message_id(list(qlog.read_entries(other))[0][1]) == "ABC"
-
-
-@pytest.mark.parametrize("body", [b"", b"hello\r\n", bytes(range(256)) * 4096])
-def test_a_message_entry_is_the_entry_of_its_envelope_and_body(body):
-    """message_entry builds the entry in one copy of the body; the bytes must be those of
-    entry() over the payload (length of the envelope, envelope, body), which recovery and
-    the delivery process read back, checksum and all."""
-    record = {"queue_id": "ABC", "note": "é", "n": [1, 2.5, None]}
-    head = json.dumps(record, separators=(",", ":")).encode()
-    expected = qlog.entry(qlog.MESSAGE, len(head).to_bytes(4, "little") + head + body)
-    made = qlog.message_entry(record, body)
-    assert made == expected
-    [(kind, payload)] = list(qlog.read_entries(made))
-    assert kind == qlog.MESSAGE and qlog.split_message(payload) == (record, body)

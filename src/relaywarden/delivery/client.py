@@ -833,9 +833,9 @@ class OutboundConnection:
                 await self._write(held, "data")
                 sent += len(held)
             held = stuffer.feed(chunk)
-        end = stuffer.end()
+        held += stuffer.end()
         # time-taken of "." runs from the final dot to the reply, as in the inbound log.
-        self._note(None, ".", "", sent + len(held) + len(end))
+        self._note(None, ".", "", sent + len(held))
         on_dot = self.on_dot
         if on_dot is not None and self.extensions.pipelining:
             # The writing side is free once the dot is out: the owner may give the
@@ -848,15 +848,12 @@ class OutboundConnection:
                 # The owner wakes the next message first, the dot is queued after: that
                 # message runs before the queued bytes leave, and its envelope joins them.
                 on_dot(self)
-                # Two parts, one segment: _flush_out joins them with the next envelope
-                # (the last chunk is not copied once more to append the dot).
                 self._write_behind(held)
-                self._write_behind(end)
                 final = await self._reply("data", timeout=self.policy.data_timeout)
             finally:
                 self._end_turn(turn)
         else:
-            await self._write(held + end, "data")
+            await self._write(held, "data")
             final = await self._reply("data", timeout=self.policy.data_timeout)
         for i in accepted:
             results[i] = final
@@ -1154,19 +1151,16 @@ def _b64(text: str) -> str:
 class _BodySource:
     """Message content from bytes, a path or a binary file, read without blocking the loop."""
 
-    def __init__(self, data: memoryview | None, file: BinaryIO | None, owned: bool,
-                 whole: bytes | None = None) -> None:
+    def __init__(self, data: memoryview | None, file: BinaryIO | None, owned: bool) -> None:
         self._data = data
         self._pos = 0
         self._file = file
         self._owned = owned
-        self._whole = whole     # the body as given, when it is bytes: read whole, not copied
 
     @classmethod
     async def open(cls, body: Body) -> _BodySource:
         if isinstance(body, (bytes, bytearray, memoryview)):
-            return cls(memoryview(body).cast("B"), None, False,
-                       body if type(body) is bytes else None)
+            return cls(memoryview(body).cast("B"), None, False)
         if isinstance(body, os.PathLike):
             return cls(None, await asyncio.to_thread(open, body, "rb"), True)
         if hasattr(body, "read"):
@@ -1175,10 +1169,6 @@ class _BodySource:
 
     async def read(self, n: int) -> bytes:
         if self._data is not None:
-            whole = self._whole
-            if whole is not None and self._pos == 0 and n >= len(whole):
-                self._pos = len(whole)
-                return whole
             chunk = bytes(self._data[self._pos:self._pos + n])
             self._pos += len(chunk)
             return chunk
