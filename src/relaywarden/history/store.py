@@ -105,8 +105,9 @@ _UPDATE_STATUS = (
 _MESSAGE_COLUMNS = ("queue_id, received_at, listener, client_ip, client_name, helo, tls,"
                     " auth_user, sender, sender_lc, sender_domain, size, message_id, subject,"
                     " status, updated_at")
-#: What an attempt's outcome leaves a held recipient (queue/store.py _UPDATE_OUTCOMES, and
-#: History._apply_attempt): an admin hold wins over an outcome that would have it wait on.
+#: The outcomes that leave a held recipient held (queue/store.py _UPDATE_OUTCOMES; here for
+#: _whole and History._apply_attempt): an admin hold wins over an outcome that would have
+#: it wait on.
 _STAYS_HELD = ("deferred", "held", "queued")
 
 
@@ -142,6 +143,11 @@ def _whole(entries: list[JournalEntry]) -> dict[str, list[list[str]]]:
         else:
             whole[qid] = final
     return whole
+
+
+def _addresses(recipients: list) -> str:
+    """A ``received`` entry's recipients as its event names them."""
+    return ",".join(r[0] for r in recipients)
 
 
 def _rollback(db: sqlite3.Connection) -> None:
@@ -331,8 +337,8 @@ class History:
             whole = {}                  # rows already there: entry by entry, as any other
         for e in entries:
             if e.queue_id in whole:
-                recipient = (",".join(r[0] for r in e.data["recipients"])
-                             if e.kind == "received" else e.data.get("to") or "")
+                recipient = (_addresses(e.data["recipients"]) if e.kind == "received"
+                             else e.data.get("to") or "")
             else:
                 recipient = getattr(self, f"_apply_{e.kind}", self._apply_other)(db, e)
                 touched.add(e.queue_id)
@@ -413,7 +419,7 @@ class History:
             " rule = excluded.rule, reason = excluded.reason",
             [(e.queue_id, idx, address, address.lower(), _domain(address), e.at, status,
               rule, reason) for idx, (address, status, rule, reason) in enumerate(recipients)])
-        return ",".join(r[0] for r in recipients)
+        return _addresses(recipients)
 
     def _stub(self, db: sqlite3.Connection, e: JournalEntry) -> float:
         """A message the history never saw arrive (its journal entry was trimmed before a
@@ -435,10 +441,11 @@ class History:
         # the attempt was under way wins over an outcome that would have it wait on. Only
         # an admin hold can be there: a held recipient is never attempted, and the hold's
         # entry is before the attempt's in the journal (it committed first).
-        if db.execute("UPDATE recipients SET status = CASE WHEN status = 'held' AND ? IN"
-                      " ('deferred', 'held', 'queued') THEN 'held' ELSE ? END,"
+        if db.execute("UPDATE recipients SET status = CASE WHEN status = 'held' AND ?"
+                      " THEN 'held' ELSE ? END,"
                       " last_reply = ?, remote = ? WHERE queue_id = ? AND idx = ?",
-                      (outcome, outcome, reply, remote, e.queue_id, idx)).rowcount:
+                      (outcome in _STAYS_HELD, outcome, reply, remote, e.queue_id,
+                       idx)).rowcount:
             return address      # the common case: its arrival was indexed
         received_at = self._stub(db, e)
         db.execute(
