@@ -16,10 +16,47 @@ from itertools import islice
 
 from .reply import BARE_LF, MESSAGE_TOO_BIG, NUL_IN_DATA, TEXT_LINE_TOO_LONG, Reply
 
-__all__ = ["BareLineEnds", "DataReader"]
+__all__ = ["BareLineEnds", "DataReader", "find_dot_line"]
 
 _CR, _LF, _DOT = 0x0D, 0x0A, 0x2E
 _END = b".\r\n"          # at a line start: the end of the data
+
+#: Octets after a dot inside a line that the substring search takes in one go, at first
+#: (see find_dot_line).
+_WINDOW = 2048
+
+
+def find_dot_line(data: bytes, start: int = 0) -> int:
+    r"""``data.find(b"\r\n.", start)``, faster where the content has no dots.
+
+    The substring search costs ~0.7 ns per octet here (Python 3.11 steps through the text
+    a few octets at a time for a short pattern); the search for one octet is memchr, some
+    fifty times faster. The bulk of a large message is base64, which has no dot: the next
+    dot is found first, and only from a dot inside a line on (a header, text) does the
+    substring search take a window of the content, then the dots are looked for again. The
+    window doubles while dots keep coming (text: a few windows per message, not one per
+    sentence) and starts small again after content without dots (issue 15).
+
+    Every match that starts at ``start`` or later is seen, whatever the windows: a dot
+    before the window is the one just checked, the window holds the matches that start
+    before its end minus two, and the next dot search begins where those have their dot."""
+    find = data.find
+    pos = start
+    window = _WINDOW
+    while True:
+        i = find(b".", pos + 2)
+        if i < 0:
+            return -1
+        if data.startswith(b"\r\n", i - 2):
+            return i - 2
+        if i - pos > window:
+            window = _WINDOW          # came through content without dots
+        # From i + 1: the octet at i is this dot, neither the CR nor the LF of a match.
+        j = find(b"\r\n.", i + 1, i + window)
+        if j >= 0:
+            return j
+        pos = i + window - 2
+        window *= 2
 
 
 class BareLineEnds(enum.Enum):
@@ -67,7 +104,7 @@ class DataReader:
                 self.line_start = False
                 continue
             # Everything up to the next CRLF that starts a dot line is plain content.
-            i = data.find(b"\r\n.", pos)
+            i = find_dot_line(data, pos)
             if i >= 0:
                 end, self.line_start = i + 2, True
             elif data.endswith(b"\r\n", pos):

@@ -25,6 +25,7 @@ import functools
 import re
 from dataclasses import dataclass
 
+from ._data import find_dot_line
 from .address import parse_path
 from .reply import Reply
 
@@ -396,10 +397,16 @@ class DotStuffer:
         elif self._tail == 1 and chunk[:2] == b"\n.":
             split = 1
         # bytes.replace does the lines inside the chunk in C; only the boundary is Python.
+        # Found first by find_dot_line: a chunk without a dot line (base64, most of a large
+        # message) is sent as it is, without replace()'s slower search of it (issue 15).
         if split >= 0:
-            out = chunk[:split] + b"." + chunk[split:].replace(b"\r\n.", b"\r\n..")
+            rest = chunk[split:]
+            at = find_dot_line(rest)
+            out = chunk[:split] + b"." + (rest if at < 0 else
+                                          rest[:at] + rest[at:].replace(b"\r\n.", b"\r\n.."))
         else:
-            out = chunk.replace(b"\r\n.", b"\r\n..")
+            at = find_dot_line(chunk)
+            out = chunk if at < 0 else chunk[:at] + chunk[at:].replace(b"\r\n.", b"\r\n..")
         if chunk.endswith(b"\r\n") or (self._tail == 1 and chunk == b"\n"):
             self._tail = 2
         elif chunk.endswith(b"\r"):
