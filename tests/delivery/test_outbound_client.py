@@ -10,6 +10,7 @@ Certificates are made per module with trustme.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import ssl
@@ -33,6 +34,7 @@ from relaywarden.delivery.client import (
     TlsMode,
     TransactionResult,
 )
+from relaywarden.delivery import client as client_module
 from relaywarden.delivery.tls import TlsMode as SharedTlsMode
 
 pytestmark = pytest.mark.timeout(30)
@@ -848,6 +850,80 @@ def test_large_message_from_a_file(smtpd, tmp_path):
     assert codes(result) == ["250 2.0.0"]
     assert handler.messages[0].content == content
     assert f"SIZE={len(content)}" in handler.messages[0].mail_options
+
+
+def _nowait_supported(path: Path) -> bool:
+    """Whether this file system reads with RWF_NOWAIT (ext4, xfs, btrfs do; Linux 4.14)."""
+    if not hasattr(os, "RWF_NOWAIT"):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+@pytest.mark.parametrize("mode", ["cached", "evicted", "unsupported", "short"])
+def test_a_body_file_is_read_from_the_page_cache_or_in_a_thread(smtpd, tmp_path, monkeypatch,
+                                                                 mode):
+    """A body file (a queued message) is read on the loop's thread when its pages are
+    cached, in a thread when they are not (a slow disk must not stall the other
+    connections), or when the file system cannot say (no RWF_NOWAIT); a read that returns
+    part of what was asked for is not the end. The message arrives whole in every case."""
+    content = b"".join(b"%07d " % i + b"x" * 91 + b"\r\n" for i in range(6000))   # ~600 KB
+    path = tmp_path / "message.eml"
+    path.write_bytes(content)
+    supported = _nowait_supported(path)
+    real_preadv = os.preadv
+    if mode == "evicted":
+        fd = os.open(path, os.O_RDONLY)
+        os.fsync(fd)                    # clean pages, which the kernel may drop
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    elif mode in ("unsupported", "short"):
+        def preadv(fd, buffers, offset, flags=0):
+            if flags & os.RWF_NOWAIT and mode == "unsupported":
+                raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+            if flags & os.RWF_NOWAIT:                   # at most 1000 octets at once
+                return real_preadv(fd, [memoryview(buffers[0])[:1000]], offset, flags)
+            return real_preadv(fd, buffers, offset, flags)
+        monkeypatch.setattr(os, "preadv", preadv)
+    monkeypatch.setattr(client_module, "_nowait", hasattr(os, "RWF_NOWAIT"))
+    threaded = []
+    to_thread = asyncio.to_thread
+
+    async def counting(fn, *args, **kw):
+        if getattr(fn, "__func__", None) is client_module._BodySource._pread:
+            threaded.append(args)
+        return await to_thread(fn, *args, **kw)
+    monkeypatch.setattr(asyncio, "to_thread", counting)
+    handler = Recorder()
+    port = smtpd(handler)
+
+    async def main():
+        conn = await OutboundConnection.open(HOST, port, policy())
+        result = await conn.send(sender=SENDER, recipients=rcpts("r@example.com"), body=path,
+                                 size=len(content))
+        await conn.close()
+        return result
+
+    assert codes(run(main())) == ["250 2.0.0"]
+    assert handler.messages[0].content == content
+    reads = -(-len(content) // (128 * 1024))
+    if mode == "unsupported" or not supported:
+        # Every read in a thread, and the file system's answer remembered.
+        assert len(threaded) == reads + 1 and client_module._nowait is False
+    elif mode == "cached":
+        assert len(threaded) == 1           # only the end, which a cached read cannot tell
+    elif mode == "evicted":
+        assert len(threaded) >= 2           # the first read waited for the disk, the end
+    else:
+        assert threaded == [(128 * 1024, 0)]    # short cached reads, then the end
 
 
 def test_body_as_a_file_object(smtpd, tmp_path):

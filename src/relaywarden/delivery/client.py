@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import functools
 import os
 import ssl
@@ -1148,14 +1149,27 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode("utf-8")).decode("ascii")
 
 
+#: Reads that do not wait for the disk (preadv2 RWF_NOWAIT, Linux 4.14): False once the
+#: file system said it cannot do them.
+_nowait = hasattr(os, "RWF_NOWAIT")
+
+
 class _BodySource:
-    """Message content from bytes, a path or a binary file, read without blocking the loop."""
+    """Message content from bytes, a path or a binary file, read without blocking the loop.
+
+    A body file (a path) is read at positions, on the loop's thread when the octets are in
+    the page cache (RWF_NOWAIT: the read either copies cached pages or fails at once), in a
+    thread otherwise. A queued message's file was written a moment ago, so it is nearly
+    always cached; a thread for each read cost ~55 us of hand-over (the 40 reads of a 5 MB
+    message: 2 ms of the delivery process's CPU, issue 15). A slow disk still never stalls
+    the other connections: what is not cached is read in a thread, as before."""
 
     def __init__(self, data: memoryview | None, file: BinaryIO | None, owned: bool) -> None:
         self._data = data
         self._pos = 0
         self._file = file
         self._owned = owned
+        self._fd = file.fileno() if owned and file is not None else -1
 
     @classmethod
     async def open(cls, body: Body) -> _BodySource:
@@ -1172,12 +1186,40 @@ class _BodySource:
             chunk = bytes(self._data[self._pos:self._pos + n])
             self._pos += len(chunk)
             return chunk
+        if self._fd >= 0:
+            # Our own file: read at self._pos (its offset is never used), cached pages here.
+            cached = self._cached(n) if _nowait else None
+            if cached is not None:
+                return cached
+            # Not cached, or its end (RWF_NOWAIT cannot tell the two apart from a read of
+            # nothing): a thread reads, waiting for the disk if need be.
+            return await asyncio.to_thread(self._pread, n, 0)
         # Disk reads go to a thread: a slow disk must not stall every other connection.
         assert self._file is not None       # no bytes: a file
         chunk = await asyncio.to_thread(self._file.read, n)
         if not isinstance(chunk, (bytes, bytearray)):
             raise TypeError("the body file must be opened in binary mode")
         return bytes(chunk)
+
+    def _cached(self, n: int) -> bytes | None:
+        """What of the next ``n`` octets is in the page cache; None: nothing (or the end)."""
+        global _nowait
+        try:
+            chunk = self._pread(n, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                _nowait = False             # this file system (or kernel) has no RWF_NOWAIT
+                return None
+            raise
+        return chunk or None
+
+    def _pread(self, n: int, flags: int) -> bytes:
+        buf = bytearray(n)
+        got = os.preadv(self._fd, [buf], self._pos, flags)
+        self._pos += got
+        return bytes(buf) if got == n else bytes(memoryview(buf)[:got])
 
     async def close(self) -> None:
         if self._owned and self._file is not None:
