@@ -12,7 +12,7 @@ of a line, so ".\\r\\n" right after the 354 is an empty message.
 from __future__ import annotations
 
 import enum
-from itertools import islice
+from io import IncrementalNewlineDecoder
 
 from .reply import BARE_LF, MESSAGE_TOO_BIG, NUL_IN_DATA, TEXT_LINE_TOO_LONG, Reply
 
@@ -135,12 +135,7 @@ class DataReader:
             seg = seg.replace(b"\0", b"")     # NORMALIZE (legacy senders): dropped
         if not seg:
             return
-        # One split into lines serves both checks: a CR or LF that is not half of a CRLF
-        # (RFC 5321 2.3.8) shows as a line break of one octet instead of two, and the
-        # lines' lengths are the text line limit's. Three counts and a second split cost
-        # twice as much (a 5 MB message: ~14 ms of bytes passes, now ~6; issue 15).
-        lens, ended = _lines(seg)
-        if len(seg) - sum(lens) != 2 * (len(lens) - (not ended)):
+        if _bare(seg):
             if self.mode is BareLineEnds.REJECT:
                 self.problem = BARE_LF
                 self.size += len(seg)
@@ -148,11 +143,8 @@ class DataReader:
             # NORMALIZE: every bare CR and bare LF becomes CRLF. Dots after them were
             # not de-stuffed (scan() only treats a real CRLF as a line start).
             seg = seg.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-            lens, ended = _lines(seg)
         self.size += len(seg)
-        if ended:
-            lens.append(0)        # the next line has begun, empty so far
-        if self.max_line and self._too_long(lens):
+        if self.max_line and self._too_long(seg):
             self.problem = TEXT_LINE_TOO_LONG      # RFC 5321 4.5.3.1.6
             return
         if self.max_size and self.size > self.max_size:
@@ -160,25 +152,43 @@ class DataReader:
             return
         out.append(seg)
 
-    def _too_long(self, lens: list[int]) -> bool:
-        """The text line limit over the lengths of a segment's lines without their CRLFs
-        (the first ends the line the previous segment left unfinished, the last is the
-        unfinished one that the next segment goes on with), without a Python step per
-        line."""
+    def _too_long(self, seg: bytes) -> bool:
+        """The text line limit (octets with the CRLF) over a segment without a bare CR or
+        LF: its first line ends the one the previous segment left unfinished, its last is
+        the unfinished one the next segment goes on with. The lines between are checked a
+        window of ``limit`` octets at a time (the last LF in each: every line before it is
+        short enough; none: the line is too long), not one Python step per line."""
         limit = self.max_line
-        if len(lens) == 1:
-            self.line_len += lens[0]
+        first = seg.find(b"\r")              # no bare CR: the first CRLF (memchr)
+        if first < 0:
+            self.line_len += len(seg)
             # The line is not finished, but it cannot fit any more: its CRLF is still due.
             return self.line_len + 2 > limit
-        if self.line_len + lens[0] + 2 > limit:
+        if self.line_len + first + 2 > limit:
             return True
-        if len(lens) > 2 and max(islice(lens, 1, len(lens) - 1)) + 2 > limit:
-            return True
-        self.line_len = lens[-1]
+        end = seg.rfind(b"\n") + 1            # after the last CRLF
+        pos = first + 2                       # the lines in seg[pos:end] are whole
+        rfind = seg.rfind
+        while end - pos > limit:
+            # A line of c octets before its CRLF is too long when c + 2 > limit, that is
+            # when its LF is not among the ``limit`` octets from its start.
+            last = rfind(b"\n", pos, pos + limit)
+            if last < 0:
+                return True
+            pos = last + 1
+        self.line_len = len(seg) - end
         return self.line_len + 2 > limit
 
 
-def _lines(seg: bytes) -> tuple[list[int], bool]:
-    """The lengths of ``seg``'s lines without their line breaks (bytes.splitlines: CRLF,
-    a bare CR or a bare LF), and whether it ends with a break."""
-    return list(map(len, seg.splitlines())), seg.endswith((b"\r", b"\n"))
+def _bare(seg: bytes) -> bool:
+    """Whether ``seg`` has a CR or an LF that is not half of a CRLF (RFC 5321 2.3.8).
+
+    The newline decoder of io notes which line ends it met (a lone CR, a lone LF, CRLF) in
+    one pass in C, ~0.6 ns per octet with the latin-1 decoding (one octet per character,
+    any octet); bytes.splitlines made an object for every line, ~1.3 ns per octet of
+    80-column text (issue 15)."""
+    if b"\r" not in seg:                     # memchr: without CR, any LF is bare
+        return b"\n" in seg
+    decoder = IncrementalNewlineDecoder(None, translate=False)
+    decoder.decode(seg.decode("latin-1"), final=True)
+    return decoder.newlines not in (None, "\r\n")
