@@ -827,6 +827,15 @@ def test_421_mid_session_is_an_error():
     assert err.stage == "rcpt" and err.reply.code == 421 and not usable
 
 
+async def send_file(port: int, path: Path) -> TransactionResult:
+    """One message whose body is the file at ``path``, over a new connection."""
+    conn = await OutboundConnection.open(HOST, port, policy())
+    result = await conn.send(sender=SENDER, recipients=rcpts("r@example.com"), body=path,
+                             size=path.stat().st_size)
+    await conn.close()
+    return result
+
+
 def test_large_message_from_a_file(smtpd, tmp_path):
     # ~5 MB of dot lines. The first 128 KiB read ends between CR and LF, with a dot line
     # after it; then 256-octet lines, so later reads end right before a leading dot.
@@ -837,17 +846,7 @@ def test_large_message_from_a_file(smtpd, tmp_path):
     path = tmp_path / "message.eml"
     path.write_bytes(content)
     handler = Recorder()
-    port = smtpd(handler)
-
-    async def main():
-        conn = await OutboundConnection.open(HOST, port, policy())
-        result = await conn.send(sender=SENDER, recipients=rcpts("r@example.com"), body=path,
-                                 size=len(content))
-        await conn.close()
-        return result
-
-    result = run(main())
-    assert codes(result) == ["250 2.0.0"]
+    assert codes(run(send_file(smtpd(handler), path))) == ["250 2.0.0"]
     assert handler.messages[0].content == content
     assert f"SIZE={len(content)}" in handler.messages[0].mail_options
 
@@ -903,16 +902,7 @@ def test_a_body_file_is_read_from_the_page_cache_or_in_a_thread(smtpd, tmp_path,
         return await to_thread(fn, *args, **kw)
     monkeypatch.setattr(asyncio, "to_thread", counting)
     handler = Recorder()
-    port = smtpd(handler)
-
-    async def main():
-        conn = await OutboundConnection.open(HOST, port, policy())
-        result = await conn.send(sender=SENDER, recipients=rcpts("r@example.com"), body=path,
-                                 size=len(content))
-        await conn.close()
-        return result
-
-    assert codes(run(main())) == ["250 2.0.0"]
+    assert codes(run(send_file(smtpd(handler), path))) == ["250 2.0.0"]
     assert handler.messages[0].content == content
     reads = -(-len(content) // (128 * 1024))
     if mode == "unsupported" or not supported:
