@@ -1160,9 +1160,9 @@ class _BodySource:
     A body file (a path) is read at positions, on the loop's thread when the octets are in
     the page cache (RWF_NOWAIT: the read either copies cached pages or fails at once), in a
     thread otherwise. A queued message's file was written a moment ago, so it is nearly
-    always cached; a thread for each read cost ~55 us of hand-over (the 40 reads of a 5 MB
-    message: 2 ms of the delivery process's CPU, issue 15). A slow disk still never stalls
-    the other connections: what is not cached is read in a thread, as before."""
+    always cached; a thread for each read cost ~50 us of hand-over (the 40 reads of a 5 MB
+    message: about half of the delivery process's CPU for it, issue 15). A slow disk still
+    never stalls the other connections: what is not cached is read in a thread, as before."""
 
     def __init__(self, data: memoryview | None, file: BinaryIO | None, owned: bool) -> None:
         self._data = data
