@@ -17,6 +17,12 @@ With ``--perf``, `perf stat` instead of py-spy: per message, each process's CPU,
 switches and read/write/futex system calls (what the thread hand-offs cost: the issue
 counts futex wake-ups against the probe's).
 
+With ``--cprofile``, each process runs under cProfile instead (a sitecustomize.py put on
+the relay's PYTHONPATH starts it, and writes its stats at the process's exit): Python calls
+per message, which are the same from run to run where timings are not, and the functions
+and files they go to. Times are the main thread's CPU under the profiler (every call costs
+more under it); other threads (the queue writer, the indexer's) are not profiled.
+
 Needs py-spy (pip install py-spy) or perf (Debian's linux-perf), and Postfix's
 smtp-source/smtp-sink (scripts/bench.sh installs those). Loopback only.
 """
@@ -25,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
+import pstats
 import shutil
 import signal
 import subprocess
@@ -154,6 +162,53 @@ def summarise(raw: Path, top: int) -> str:
     return "\n".join(out)
 
 
+#: Put on the relay's PYTHONPATH by --cprofile: the relay's processes (and only they) run
+#: under cProfile, each writing <role>.prof into RELAYWARDEN_CPROFILE_DIR at its exit.
+SITECUSTOMIZE = """\
+import atexit, cProfile, os, sys, time
+_roles = {"serve": "receiving", "delivery-worker": "delivery", "admin-worker": "admin"}
+_role = next((_roles[a] for a in sys.argv if a in _roles), None)
+_dir = os.environ.get("RELAYWARDEN_CPROFILE_DIR")
+if _role and _dir:
+    _profile = cProfile.Profile(time.thread_time)     # CPU, not the loop's idle waits
+
+    def _dump():
+        _profile.disable()
+        _profile.dump_stats(os.path.join(_dir, _role + ".prof"))
+    atexit.register(_dump)
+    _profile.enable()
+"""
+
+
+def cprofile_summary(path: Path, messages: int, top: int) -> str:
+    """Python calls per message, the files they are in, and the functions with the most
+    time of their own (the profiler's time: compare calls, and shares within one run)."""
+    stats = pstats.Stats(str(path)).stats          # type: ignore[attr-defined]
+    def where(filename: str) -> str:
+        for mark in ("src/", "python3.11/", "site-packages/"):
+            if mark in filename:
+                return filename.split(mark)[-1]
+        return filename
+    calls = sum(v[1] for v in stats.values())
+    own = sum(v[2] for v in stats.values()) or 1.0
+    by_file: collections.Counter[str] = collections.Counter()
+    calls_by_file: collections.Counter[str] = collections.Counter()
+    for (filename, _, _), (_, ncalls, tottime, _, _) in stats.items():
+        key = "C functions" if filename == "~" else where(filename)
+        by_file[key] += tottime
+        calls_by_file[key] += ncalls
+    out = [f"  {calls / messages:.0f} Python calls per message (coroutine resumes count as"
+           " calls)", "  by file (own time, calls per message):"]
+    for key, tottime in by_file.most_common(top):
+        out.append(f"    {100 * tottime / own:5.1f}%  {calls_by_file[key] / messages:7.1f}  {key}")
+    out.append(f"  top {top} functions by own time (calls per message):")
+    ranked = sorted(stats.items(), key=lambda item: -item[1][2])[:top]
+    for (filename, line, name), (_, ncalls, tottime, _, _) in ranked:
+        out.append(f"    {100 * tottime / own:5.1f}%  {ncalls / messages:7.2f}  "
+                   f"{where(filename)}:{line} {name}")
+    return "\n".join(out)
+
+
 def _py_spy() -> str:
     """py-spy from PATH, else beside this interpreter (a virtual environment's bin/)."""
     found = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
@@ -177,11 +232,23 @@ def main() -> None:
                          " floor beside relaywarden's figures")
     ap.add_argument("--threads", action="store_true",
                     help="with --perf: the counts of each thread, not of the process")
+    ap.add_argument("--cprofile", action="store_true",
+                    help="cProfile in each process instead of py-spy: calls per message")
     ap.add_argument("--gil", action="store_true",
                     help="sample only the thread holding the GIL: Python's own CPU, not the"
                          " time threads spend in system calls (fdatasync, send) or waiting")
     args = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="relay-profile-"))
+    if args.cprofile:
+        if args.perf or args.probe:
+            sys.exit("--cprofile profiles relaywarden's own processes, without --perf or --probe")
+        site = workdir / "site"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        # Inherited by the relay and its children (and by the tools, which are not Python).
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(site), os.environ.get("PYTHONPATH", "")]))
+        os.environ["RELAYWARDEN_CPROFILE_DIR"] = str(workdir)
     sink = Sink()
     relay: Relaywarden | Probe = Probe(workdir) if args.probe else Relaywarden(workdir)
     port = relay.start(sink)
@@ -193,6 +260,9 @@ def main() -> None:
             pids["admin"] = child       # the history indexer, the metrics sampler
     spies = {}
     for name, pid in pids.items():
+        if args.cprofile:
+            spies[name] = (workdir / f"{name}.prof", None)
+            continue
         out = workdir / f"{name}.{'perf' if args.perf else 'raw'}"
         command = (["perf", "stat", "-x", ",", "-e", ",".join(PERF_EVENTS), "-p", str(pid),
                     *(["--per-thread"] if args.threads else []), "-o", str(out)]
@@ -216,6 +286,8 @@ def main() -> None:
             spy.send_signal(signal.SIGINT)     # perf stat writes its counts and exits
     stats = relay.stop()            # SIGTERM: py-spy sees its target go and writes its file
     for _, spy in spies.values():
+        if spy is None:
+            continue
         try:
             spy.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -233,6 +305,8 @@ def main() -> None:
             print("  (nothing written)")
         elif args.perf:
             print(perf_summary(out, args.messages))
+        elif args.cprofile:
+            print(cprofile_summary(out, args.messages, args.top))
         else:
             print(summarise(out, args.top))
 
