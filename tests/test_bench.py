@@ -124,3 +124,23 @@ def test_rspamd_systems_share_one_rspamd_that_does_the_same_work(tmp_path):
             assert cell["rspamd_dns_per_message"] == 0
         assert row["ratios"]["relaywarden+rspamd / postfix+rspamd (same rspamd)"]["e2e"] > 0
     assert "rspamd rw/pf" in out.stdout and "rspamd self-check" in out.stderr
+
+
+def test_the_profiler_counts_each_processes_python_calls_per_message():
+    """bench/profile_relay.py --cprofile (what the performance notes cite): every relay
+    process runs under cProfile and the summary divides by the messages relayed."""
+    script = BENCH.parent / "profile_relay.py"
+    out = subprocess.run([sys.executable, str(script), "--cprofile", "--reuse",
+                          "--messages", "300", "--sessions", "5", "--top", "5"],
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = out.stdout
+    assert report.startswith("300 messages of 1024 B, reused:")
+    for process in ("receiving", "delivery", "admin"):
+        section = report.split(f"\n{process} process (pid ")[1]
+        calls = int(section.split("\n")[1].split()[0])
+        # A relayed message is hundreds of calls in the two SMTP processes (startup
+        # counts too, divided by 300); the admin process's main thread does little.
+        assert calls > (50 if process != "admin" else 0), section[:400]
+    assert "relaywarden/server/session.py" in report.split("\ndelivery process")[0]
+    assert "relaywarden/delivery/engine.py" in report.split("\ndelivery process")[1]
