@@ -131,7 +131,7 @@ def test_the_profiler_counts_each_processes_python_calls_per_message():
     process runs under cProfile and the summary divides by the messages relayed."""
     script = BENCH.parent / "profile_relay.py"
     out = subprocess.run([sys.executable, str(script), "--cprofile", "--reuse",
-                          "--messages", "300", "--sessions", "5", "--top", "5"],
+                          "--messages", "300", "--sessions", "5", "--top", "500"],
                          capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout + out.stderr
     report = out.stdout
@@ -142,5 +142,8 @@ def test_the_profiler_counts_each_processes_python_calls_per_message():
         # A relayed message is hundreds of calls in the two SMTP processes (startup
         # counts too, divided by 300); the admin process's main thread does little.
         assert calls > (50 if process != "admin" else 0), section[:400]
-    assert "relaywarden/server/session.py" in report.split("\ndelivery process")[0]
-    assert "relaywarden/delivery/engine.py" in report.split("\ndelivery process")[1]
+    # Every file is listed (--top 500; with 300 messages the start-up's imports weigh as
+    # much as the load, so ranks say little): each process's own code in its profile.
+    receiving, delivery = report.split("\ndelivery process")
+    assert "relaywarden/server/session.py" in receiving
+    assert "relaywarden/delivery/engine.py" in delivery.split("\nadmin process")[0]
