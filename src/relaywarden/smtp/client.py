@@ -371,6 +371,13 @@ def rcpt_to(address: str, *, notify: tuple[str, ...] | None, orcpt: str | None) 
 
 # --- DATA ---------------------------------------------------------------------------------------
 
+def _stuffed(data: bytes) -> bytes:
+    """A dot more before every dot that starts a line after the first octet (RFC 5321
+    4.5.2); ``data`` itself when there is none."""
+    at = find_dot_line(data)
+    return data if at < 0 else data[:at] + data[at:].replace(b"\r\n.", b"\r\n..")
+
+
 class DotStuffer:
     """Message content -> DATA wire bytes, chunk by chunk (RFC 5321 4.5.2).
 
@@ -400,13 +407,9 @@ class DotStuffer:
         # Found first by find_dot_line: a chunk without a dot line (base64, most of a large
         # message) is sent as it is, without replace()'s slower search of it (issue 15).
         if split >= 0:
-            rest = chunk[split:]
-            at = find_dot_line(rest)
-            out = chunk[:split] + b"." + (rest if at < 0 else
-                                          rest[:at] + rest[at:].replace(b"\r\n.", b"\r\n.."))
+            out = chunk[:split] + b"." + _stuffed(chunk[split:])
         else:
-            at = find_dot_line(chunk)
-            out = chunk if at < 0 else chunk[:at] + chunk[at:].replace(b"\r\n.", b"\r\n..")
+            out = _stuffed(chunk)
         if chunk.endswith(b"\r\n") or (self._tail == 1 and chunk == b"\n"):
             self._tail = 2
         elif chunk.endswith(b"\r"):
