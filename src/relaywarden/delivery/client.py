@@ -435,7 +435,7 @@ class OutboundConnection:
         ext = self.extensions
         # Build every command first: a bad address is refused before a byte is written.
         if not smtputf8 and not (sender.isascii()
-                                 and all(r.address.isascii() for r in recipients)):
+                                 and all([r.address.isascii() for r in recipients])):
             raise ValueError("non-ASCII address in a message without SMTPUTF8")
         mail_cmd = mail_from(
             sender,

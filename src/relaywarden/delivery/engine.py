@@ -436,7 +436,8 @@ class Engine:
     def _not_live(self, message: DueMessage) -> DueMessage | None:
         """A claimed message without the recipients an attempt of ours already has (a lease
         that lapsed while the queue could not be written to renew it)."""
-        keep = tuple(r for r in message.recipients if (message.queue_id, r.idx) not in self._live)
+        keep = tuple([r for r in message.recipients
+                      if (message.queue_id, r.idx) not in self._live])
         if len(keep) == len(message.recipients):
             return message
         return dataclasses.replace(message, recipients=keep) if keep else None
@@ -619,7 +620,7 @@ class Engine:
             hold = route.kind is RouteKind.HOLD and not (rcpt.released and route.sends)
             # MX routes are per recipient domain; a smart host (or courier) takes every
             # domain at once.
-            per_domain = any(h.mx for h in route.hops) or not route.sends
+            per_domain = any([h.mx for h in route.hops]) or not route.sends
             key = (route.name, rcpt.domain if per_domain else "", hold)
             groups.setdefault(key, (route, hold, []))[2].append(rcpt)
         if len(groups) == 1:   # the common case: no extra task for the one group
@@ -659,7 +660,7 @@ class Engine:
             policy = self._policy(route, hop)
             remote = f"{hop.name} [{hop.address}]:{hop.port}"
             self.mail_log.event(MailEvent.ATTEMPT, id=message.queue_id, route=route.name,
-                                relay=remote, to=",".join(r.address for r in recipients))
+                                relay=remote, to=",".join([r.address for r in recipients]))
             gate = self._pool.slot(hop)
             async with in_flight(hop.name):
                 await gate.__aenter__()

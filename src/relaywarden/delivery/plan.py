@@ -153,7 +153,10 @@ _DSN_OUTCOME = {DsnAction.FAILED: ("bounced",), DsnAction.DELAYED: ("deferred",)
 
 def show(r: Reply) -> str:
     """A reply on one line, as the mail log and the queue show it."""
-    return " ".join(str(part) for part in (r.code, r.enhanced, r.text) if part)
+    # (Written out, not joined from a generator: twice per delivered message, issue 15.)
+    text = r.text
+    head = f"{r.code} {r.enhanced}" if r.enhanced else str(r.code)
+    return f"{head} {text}" if text else head
 
 
 # The next hop's own queue id in its reply to the final dot: Postfix and most MTAs say

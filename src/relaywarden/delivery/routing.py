@@ -261,7 +261,7 @@ class Router:
 
     @staticmethod
     def _for(route: Route, domain: str) -> Route:
-        if not any(hop.mx for hop in route.hops):
+        if not any([hop.mx for hop in route.hops]):
             return route
         hops = tuple(
             NextHop(host=domain, port=hop.port, literal=False, mx=True) if hop.mx else hop

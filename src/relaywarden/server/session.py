@@ -1192,7 +1192,7 @@ class SmtpSession(asyncio.Protocol):
         log.event(
             MailEvent.QUEUED, at=at, id=envelope.queue_id, listener=self.ctx.name,
             client=self.client_ip, helo=self.helo, user=envelope.auth_user,
-            sender=envelope.sender, to=",".join(r.address for r in envelope.recipients),
+            sender=envelope.sender, to=",".join([r.address for r in envelope.recipients]),
             size=size, stripped=stripped,
         )
 

@@ -56,7 +56,9 @@ _ENHANCED = re.compile(r"([245])\.(?:0|[1-9][0-9]{0,2})\.(?:0|[1-9][0-9]{0,2})")
 _VERB = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
 # RFC 3461 4.2: addr-type = atom.
 _ADDR_TYPE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
-_FORBIDDEN = ("\r", "\n", "\0")
+# CR, LF or NUL anywhere (one C search; a generator over the three cost ~8 calls per
+# relayed message, issue 15).
+_FORBIDDEN = re.compile("[\r\n\0]").search
 _NOTIFY_VALUES = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 
 
@@ -272,7 +274,7 @@ def command(verb: str, *args: str) -> bytes:
     for arg in args:
         if not isinstance(arg, str):
             raise TypeError(f"command arguments are str, not {type(arg).__name__}")
-        if any(c in arg for c in _FORBIDDEN):
+        if _FORBIDDEN(arg):
             raise ValueError(f"CR, LF or NUL in an argument of {verb}: {arg!r}")
     return (" ".join((verb, *args)) + "\r\n").encode("utf-8")
 
@@ -280,7 +282,7 @@ def command(verb: str, *args: str) -> bytes:
 def _no_line_ends(value: str, what: str) -> str:
     # Even xtext-encoded, CR/LF would come back decoded in the next hop's DSN report
     # (Original-Envelope-Id, Original-Recipient fields: RFC 3464 2.2.1, 2.3.1).
-    if any(c in value for c in _FORBIDDEN):
+    if _FORBIDDEN(value):
         raise ValueError(f"CR, LF or NUL in {what}: {value!r}")
     return value
 
@@ -309,7 +311,7 @@ def _path(address: str, *, utf8: bool, null_ok: bool) -> str:
     a relay sends for the same few senders and recipients again and again (a refusal is
     an exception, never cached).
     """
-    if any(c in address for c in _FORBIDDEN):
+    if _FORBIDDEN(address):
         raise ValueError(f"CR, LF or NUL in an address: {address!r}")
     path = f"<{address}>"
     parsed = parse_path(path, utf8=utf8)       # AddressError is a ValueError

@@ -415,6 +415,10 @@ class ServerConnection:
                 return event
             if self._closed is not None:
                 return self._closed
+            if not self._in and not self._eof:
+                # Nothing to read, no EOF: no state can make an event of that (the driver
+                # asks once more after each command; issue 15: three calls saved each time).
+                return NEED_DATA
             if not self._step():
                 return NEED_DATA
 
