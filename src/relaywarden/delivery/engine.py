@@ -398,7 +398,7 @@ class Engine:
         loop = asyncio.get_running_loop()   # once: each look-up is a getpid() under 3.11
         while not self._stopping:
             self._wakeup.clear()
-            free = self.settings.max_concurrent - len(self._active)
+            free = self._settings.max_concurrent - len(self._active)
             # Outcomes the queue owes first, then the live attempts' leases: no new claim
             # while either failed (the queue cannot be written; a claim would fail too).
             writable = await self._write_unrecorded() and await self._renew_leases()
@@ -730,7 +730,7 @@ class Engine:
         route is a new object per domain (not kept: the cache stays small)."""
         key = (route.name, hop.name)
         cached = self._policies.get(key)
-        settings = self.settings
+        settings = self._settings
         if cached is not None and cached[0] is route and cached[1] is settings:
             return cached[2]
         policy = ClientPolicy(
@@ -841,7 +841,7 @@ class Engine:
         """Addresses to try, in order, and the DNS failure if there is nothing to try."""
         hops: list[_Hop] = []
         failure: Reply | None = None
-        port_default = self.settings.mx_port
+        port_default = self._settings.mx_port
         for hop in route.hops:
             if hop.literal:
                 hops.append(_Hop(hop.host, hop.port or port_default, hop.host))
@@ -882,7 +882,7 @@ class Engine:
         # The attempt's time in the delivered/deferred/bounced lines (ms=, the metrics).
         ms = None if started is None else int((time.monotonic() - started) * 1000)
         now = self._clock()
-        plan = plan_outcomes(message, outcomes, now=now, settings=self.settings,
+        plan = plan_outcomes(message, outcomes, now=now, settings=self._settings,
                              rehold=rehold, ms=ms, jitter=_jitter)
         for line in plan.log:
             self.mail_log.event(line.event, **line.fields)

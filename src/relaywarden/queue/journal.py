@@ -163,7 +163,12 @@ def _json_item(value: Any) -> str:
 def line(row: tuple) -> bytes:
     """One row (see ``row``) as a line of a journal file: [at, queue id, kind, data]."""
     at, queue_id, kind, data = row
-    return f"[{_json_item(at)},{_json_item(queue_id)},{_json_item(kind)},{data}]\n".encode()
+    # _json_item's fast cases written out here (two rows per relayed message, issue 15).
+    a = repr(at) if type(at) is float and at - at == 0 else _json_item(at)
+    q = f'"{queue_id}"' if type(queue_id) is str and _PLAIN.fullmatch(queue_id) \
+        else _json_item(queue_id)
+    k = f'"{kind}"' if type(kind) is str and _PLAIN.fullmatch(kind) else _json_item(kind)
+    return f"[{a},{q},{k},{data}]\n".encode()
 
 
 class Appender:
