@@ -119,8 +119,12 @@ HANDOFF_MAX_BYTES = 256 << 20
 #: served from memory meanwhile): retries, releases and ETRN wait at most this long more.
 INDEX_SCAN_SECONDS = 0.05
 #: Two processes: the receiving process hands off while the delivery process has read all
-#: but this many bytes of the log (about 4,000 messages of 1 KB), looked at this often.
-HANDOFF_MAX_BACKLOG = 4 << 20
+#: but this many bytes of the log (about 640 messages of 50 KB, 32,000 of 1 KB), looked at
+#: this often. What it guards is the log's disk space and the messages that wait on it while
+#: delivery is stuck; a burst that runs ahead of delivery for a moment must not send mail to
+#: the index, which costs each message several times as much (with 4 MB, 14% of the 50 KB
+#: messages of a profiled benchmark run went there; docs/benchmarks.md, 2026-12-07).
+HANDOFF_MAX_BACKLOG = 32 << 20
 BACKLOG_CHECK_SECONDS = 0.5
 #: A handed message whose first attempt has lasted this long (a slow next hop), or that has
 #: waited this long for one (delivery is busy), goes into the index (Store.index_handed):
