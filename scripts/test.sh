@@ -30,4 +30,7 @@ echo "ruff check src tests" >&2
 .venv/bin/ruff check src tests || { echo "scripts/test.sh: ruff found problems (above)" >&2; exit 1; }
 echo "mypy src" >&2
 .venv/bin/mypy src || { echo "scripts/test.sh: mypy found problems (above)" >&2; exit 1; }
-exec .venv/bin/python -m pytest "$@"
+# Two worker processes (pytest-xdist): most of a test's time is waiting on the real relay,
+# its peers and the disk, so two of them share the two cores well (17.6 -> 10.6 minutes for
+# the whole suite on 2026-12-07). `-n 0` among the arguments runs it in one process (for -s).
+exec .venv/bin/python -m pytest -n 2 "$@"
