@@ -1072,6 +1072,13 @@ class OutboundConnection:
             method, query = _shown(line)
         if method == "AUTH" and answer.code == 235:
             self._logged_in = self.policy.username
+        slog = self._slog
+        if slog is not None and route == self.route and queue_id is not None:
+            # The common case, written out (four lines per relayed message, issue 15): a
+            # reply of this message, on a connection whose session log is made.
+            slog.record(self._logged_in, method, query, answer.code, self._parser.last_octets,
+                        octets, int((time.monotonic() - sent_at) * 1000), queue_id)
+            return
         self._trace_line(method, query, answer, octets, sent_at, queue_id, route)
 
     def _trace_unanswered(self) -> None:
