@@ -1072,13 +1072,6 @@ class OutboundConnection:
             method, query = _shown(line)
         if method == "AUTH" and answer.code == 235:
             self._logged_in = self.policy.username
-        slog = self._slog
-        if slog is not None and route == self.route and queue_id is not None:
-            # The common case, written out (four lines per relayed message, issue 15): a
-            # reply of this message, on a connection whose session log is made.
-            slog.record(self._logged_in, method, query, answer.code, self._parser.last_octets,
-                        octets, int((time.monotonic() - sent_at) * 1000), queue_id)
-            return
         self._trace_line(method, query, answer, octets, sent_at, queue_id, route)
 
     def _trace_unanswered(self) -> None:
@@ -1095,19 +1088,14 @@ class OutboundConnection:
         assert log is not None          # called only when there is a protocol log
         if queue_id is None:
             queue_id = self.queue_id
+        slog = self._slog
         if route is not None and route != self.route:
             # A command of the previous message, sent under another route: its own line.
-            other = log.session(
-                client_ip=self._slog.client_ip if self._slog else "", site=route,
+            slog = log.session(
+                client_ip=slog.client_ip if slog else "", site=route,
                 server_name=self._server_name(), server_ip=self.address, server_port=self.port,
                 session_id=self._session_id)
-            other.record(self._logged_in, method, query,
-                        0 if answer is None else answer.code,
-                        0 if answer is None else self._parser.last_octets, octets,
-                        int((time.monotonic() - since) * 1000), queue_id)
-            return
-        slog = self._slog
-        if slog is None:
+        elif slog is None:
             local = ("", 0)
             if self._transport is not None:
                 local = self._transport.get_extra_info("sockname") or local

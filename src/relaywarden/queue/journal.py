@@ -148,26 +148,18 @@ def files_directory(data_dir: Path) -> Path:
 _PLAIN = re.compile(r"[A-Za-z0-9._@+-]*")
 
 
-def _json_item(value: Any) -> str:
-    """``json.dumps(value)`` for a row's time, queue id and kind, without the encoder for
-    what it would write unchanged (a finite float is its repr; a plain string, quoted):
-    two rows per delivered message, and the encoder's calls were 5% of the delivery
-    process's (issue 15)."""
-    if type(value) is float and value - value == 0:     # not inf or nan
-        return repr(value)
-    if type(value) is str and _PLAIN.fullmatch(value):
-        return f'"{value}"'
-    return json.dumps(value)
-
-
 def line(row: tuple) -> bytes:
-    """One row (see ``row``) as a line of a journal file: [at, queue id, kind, data]."""
+    """One row (see ``row``) as a line of a journal file: [at, queue id, kind, data].
+
+    The time, queue id and kind are written as ``json.dumps`` would write them, without
+    the encoder for what it writes unchanged (a finite float is its repr; a plain string,
+    quoted): two rows per delivered message, and the encoder's calls were 5% of the
+    delivery process's (issue 15)."""
     at, queue_id, kind, data = row
-    # _json_item's fast cases written out here (two rows per relayed message, issue 15).
-    a = repr(at) if type(at) is float and at - at == 0 else _json_item(at)
-    q = f'"{queue_id}"' if type(queue_id) is str and _PLAIN.fullmatch(queue_id) \
-        else _json_item(queue_id)
-    k = f'"{kind}"' if type(kind) is str and _PLAIN.fullmatch(kind) else _json_item(kind)
+    a = repr(at) if type(at) is float and at - at == 0 else json.dumps(at)   # not inf/nan
+    q = (f'"{queue_id}"' if type(queue_id) is str and _PLAIN.fullmatch(queue_id)
+         else json.dumps(queue_id))
+    k = f'"{kind}"' if type(kind) is str and _PLAIN.fullmatch(kind) else json.dumps(kind)
     return f"[{a},{q},{k},{data}]\n".encode()
 
 

@@ -143,8 +143,8 @@ class RecipientStatus(enum.Enum):
 
 
 #: Recipients in these states are finished; a message whose recipients all are is removed.
-FINAL = (RecipientStatus.DELIVERED.value, RecipientStatus.BOUNCED.value)
 _FINAL_STATUS = (RecipientStatus.DELIVERED, RecipientStatus.BOUNCED)
+FINAL = tuple(s.value for s in _FINAL_STATUS)      # as the SQL compares them
 
 
 def domain_of(address: str) -> str:

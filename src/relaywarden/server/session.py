@@ -336,11 +336,8 @@ class SmtpSession(asyncio.Protocol):
         explain` asks too). self.client carries the name only when it was verified
         (_reverse_then_greet)."""
         rdns = self.rdns
-        temporary = rdns is not None and rdns.temporary
-        if self.services.policy.check_rdns(self.client, temporary=temporary) is None:
-            return None     # (the detail is made only for a refusal: issue 15)
         return self.services.policy.check_rdns(
-            self.client, temporary=temporary,
+            self.client, temporary=rdns is not None and rdns.temporary,
             detail=f"reverse DNS: {rdns_note(rdns)}: {rdns.detail if rdns else 'no lookup'}")
 
     def _greet(self) -> None:
