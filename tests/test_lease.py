@@ -205,7 +205,9 @@ def test_an_outcome_the_queue_cannot_take_is_written_when_it_can(site):
 def test_flush_and_retry_tell_which_recipients_a_live_attempt_holds(site):
     """During a slow attempt the CLI's flush and retry name the leased recipient and the
     time its lease ends (short: renewed by the live process, not 40 minutes ahead)."""
-    site.down.behaviour.data_delay = 4
+    # Long enough for two CLI runs on a loaded machine (4 s was not, under CI's two test
+    # workers), short of a lease renewal (30 s), which would move the end both must name.
+    site.down.behaviour.data_delay = 10
     qid = site.send()
     site.wait_for(lambda: site.down.delayed >= 1, message="the attempt reached the final dot")
     site.wait_indexed(qid)
@@ -236,7 +238,7 @@ def test_the_api_tells_which_recipients_a_live_attempt_holds(site):
     base = f"http://127.0.0.1:{site.http}"
     wait_admin(base, site.relay.proc)
     api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=15)
-    site.down.behaviour.data_delay = 4
+    site.down.behaviour.data_delay = 10   # as the CLI case above: room for the calls
     qid = site.send()
     site.wait_for(lambda: site.down.delayed >= 1, message="the attempt reached the final dot")
     site.wait_indexed(qid)
