@@ -251,7 +251,11 @@ def main() -> None:
         os.environ["RELAYWARDEN_CPROFILE_DIR"] = str(workdir)
     sink = Sink()
     relay: Relaywarden | Probe = Probe(workdir) if args.probe else Relaywarden(workdir)
-    port = relay.start(sink)
+    try:
+        port = relay.start(sink)
+    except BaseException:
+        sink.stop()         # a relay that did not start (a bad RELAY_BENCH_EXTRA_TOML, say)
+        raise
     pids = {"probe" if args.probe else "receiving": relay.proc.pid}
     for child in children(relay.proc.pid):
         if "delivery-worker" in cmdline(child):

@@ -37,7 +37,7 @@ from relaywarden.config.load import ConfigError, load_config
 from relaywarden.config.reload import changes as reload_changes
 from relaywarden.config.schema import Config
 from relaywarden.logs.maillog import MailEvent, MailLog
-from relaywarden import metrics
+from relaywarden import collector, metrics
 from relaywarden.logs.protocol import ProtocolLog
 from relaywarden.delivery.badmail import Badmail
 from relaywarden.delivery.engine import Engine
@@ -585,6 +585,7 @@ async def deliver(cfg: Config, config_path: Path | None, wake_fd: int) -> int:
 
 
 def run_worker(cfg: Config, config_path: Path | None, wake_fd: int) -> int:
+    collector.tune()
     try:
         import uvloop
     except ImportError:
@@ -601,6 +602,7 @@ def _raise_fd_limit() -> None:
 
 def run(cfg: Config, config_path: Path | None) -> int:
     _raise_fd_limit()
+    collector.tune()
     try:
         import uvloop  # optional: the "fast" extra
     except ImportError:

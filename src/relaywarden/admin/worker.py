@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from relaywarden import collector
 from relaywarden.config.load import ConfigError, load_config
 from relaywarden.config.schema import Config
 
@@ -178,6 +179,7 @@ def run_admin(cfg: Config, config_path: Path | None, lifeline_fd: int) -> int:
         os.nice(NICENESS)
     except OSError:
         pass
+    collector.tune()
     try:
         import uvloop
     except ImportError:
