@@ -323,3 +323,44 @@ def test_per_event_cost_is_a_few_microseconds(tmp_path):
     assert value(scrape(tmp_path), "relaywarden_messages_received_total",
                  listener="main") == 3 * n
     assert max(costs.values()) < 10e-6     # generous: 2 shared cores; measured ~1 us
+
+
+def _samples(histogram) -> dict[tuple, float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in histogram.collect() for s in family.samples
+            if not s.name.endswith("_created")}
+
+
+@pytest.mark.parametrize("amounts", [
+    [0.003, 0.05, 0.05000001, 0.1, 0.7, 2.5, 599.9, 600.0, 600.1, 1e9, 0.0, -1.0],
+    [0.2] * 500,
+    [],
+])
+def test_observations_written_per_bucket_count_as_one_observe_each(amounts):
+    """The flush adds a batch of latencies to the histogram once per bucket (observe_many):
+    the same buckets, count and sum as an observe() for each, bounds included."""
+    from prometheus_client import Histogram
+    one = Histogram("h_one", "one by one", registry=None, buckets=_events.LATENCY_BUCKETS)
+    bulk = Histogram("h_bulk", "in bulk", registry=None, buckets=_events.LATENCY_BUCKETS)
+    for a in amounts:
+        one.observe(a)
+    _events.observe_many(bulk, amounts)
+    expected = {(n.replace("h_one", "h_bulk"), labels): v
+                for (n, labels), v in _samples(one).items()}
+    got = _samples(bulk)
+    assert got.keys() == expected.keys()
+    for key, v in expected.items():
+        assert got[key] == pytest.approx(v), key
+
+
+def test_a_histogram_without_the_known_insides_is_given_observe_calls():
+    class Plain:
+        def __init__(self):
+            self.seen = []
+
+        def observe(self, amount):
+            self.seen.append(amount)
+
+    plain = Plain()
+    _events.observe_many(plain, [0.1, 5.0])
+    assert plain.seen == [0.1, 5.0]
