@@ -795,19 +795,19 @@ class OutboundConnection:
         else:
             mail_answer = await self._command(mail_cmd, "mail")
             rcpt_answers = []
-            if mail_answer.positive:
+            if mail_answer.code < 400:        # .positive, without its call
                 for cmd in rcpt_cmds:
                     rcpt_answers.append(await self._command(cmd, "rcpt"))
-                if any(a.positive for a in rcpt_answers):
+                if any([a.code < 400 for a in rcpt_answers]):
                     data_answer = await self._command(b"DATA\r\n", "data")
 
-        if not mail_answer.positive:
+        if mail_answer.code >= 400:
             # The sender was refused: that is the answer for every recipient (their own
             # replies, if pipelined, only say "need MAIL first").
             results = [mail_answer] * n
         else:
             results = list(rcpt_answers)
-        accepted = [i for i, a in enumerate(results) if a.positive]
+        accepted = [i for i, a in enumerate(results) if a.code < 400]
 
         if not accepted:
             if data_answer is not None and data_answer.code == 354:

@@ -158,9 +158,12 @@ class MailLog:
         seen: dict[str, str] = {}
         out: list[str] = []
         append = out.append
+        last, when = None, ""    # the stamp of the last line's second (most share one)
         for now, event, fields, at in events:
             second, micros = divmod(round((now if at is None else at) * 1_000_000), 1_000_000)
-            parts = [f"{stamp(second)}.{micros:06d}Z{_EVENT_TEXT[event]}"]
+            if second != last:
+                last, when = second, stamp(second)
+            parts = [f"{when}.{micros:06d}Z{_EVENT_TEXT[event]}"]
             for k, v in fields.items():
                 if v is None:
                     continue

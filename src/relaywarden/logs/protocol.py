@@ -18,6 +18,7 @@ outbound client shows its AUTH lines as "***".
 from __future__ import annotations
 
 import itertools
+import math
 import secrets
 import time
 from json.encoder import encode_basestring as _json_str
@@ -159,7 +160,13 @@ class ProtocolLog:
         esc: dict = {None: "-", "": "-"}
         out: list[str] = []
         append = out.append
+        # The stamp of the second the last line fell in: most lines of a batch share one
+        # (asked of the SecondStamp only when the second changes: a call per line saved).
+        second, when = -math.inf, ""
         for now, s, user, method, query, status, sc, cs, taken, qid in lines:
+            if not second <= now < second + 1:
+                when = stamp(now)
+                second = float(int(now))
             pre = s._w3c or s._format()._w3c
             try:
                 u = esc[user]
@@ -169,15 +176,22 @@ class ProtocolLog:
                 m = esc[method]
             except KeyError:
                 m = esc[method] = _w3c(method)
+            # Queue IDs and arguments are mostly new: _w3c written out (non-empty here).
             try:
                 q = esc[qid]
             except KeyError:
-                q = esc[qid] = _w3c(qid)
+                q = qid.replace(" ", "+")
+                if not q.isprintable():
+                    q = _w3c(qid)
+                esc[qid] = q
             try:
                 r = esc[query]
             except KeyError:
-                r = esc[query] = _w3c(query)
-            append(f"{stamp(now)} {pre[0]} {u} {pre[1]} {m} {r} "
+                r = query.replace(" ", "+")
+                if not r.isprintable():
+                    r = _w3c(query)
+                esc[query] = r
+            append(f"{when} {pre[0]} {u} {pre[1]} {m} {r} "
                    f"{status} {sc} {cs} {taken} {pre[2]} {q}\n")
         return out
 

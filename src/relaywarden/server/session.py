@@ -69,7 +69,7 @@ from relaywarden.smtp.events import (
     StartTls,
 )
 from relaywarden.smtp.reply import START_DATA, Reply, reply
-from relaywarden.smtp.server import BareLineEnds, ServerConnection
+from relaywarden.smtp.server import BareLineEnds, ServerConnection, ServerState
 
 QUEUE_FAILED = reply(451, "4.3.0", "Requested action aborted: local error in processing")
 NOT_AVAILABLE = reply(502, "5.5.1", "Command not implemented")
@@ -445,7 +445,7 @@ class SmtpSession(asyncio.Protocol):
         out = self.conn.data_to_send()
         if out and not self._closed:
             self.transport.write(out)
-        if self.conn.closing and not self._closed:
+        if self.conn.state is ServerState.CLOSED and not self._closed:   # conn.closing
             self._closed = True
             self.transport.close()
 
@@ -474,33 +474,35 @@ class SmtpSession(asyncio.Protocol):
 
     def _on_mail(self, ev: MailFrom) -> None:
         query = ev.argument          # as received, with its parameters (SIZE=, RET=, ...)
-        sender = self._addr(ev.sender)
-        if self._gated("MAIL", query, sender=sender):
+        # The sender as text only for a refusal's log line (two calls per message saved).
+        if self._gated("MAIL", query, sender=self._addr(ev.sender)):
             return
         disk = self.services.disk
         if disk is not None and (full := disk.check()) is not None:
             # Checked first: when the disk is nearly full, nothing is worth a policy lookup.
-            self._log_reject("mail", full, sender=sender)
+            self._log_reject("mail", full, sender=self._addr(ev.sender))
             self._respond("MAIL", query, full.reply)
             return
         decision = self.services.policy.check_sender(self.client, ev.sender)
         if decision.action is not Action.ACCEPT:
-            self._log_reject("mail", decision, sender=sender)
+            self._log_reject("mail", decision, sender=self._addr(ev.sender))
             self._respond("MAIL", query, decision.reply)
             return
         messages = self.runtime.messages
-        if not messages.take_all(self._rate_keys()):
+        # No limit (limits.messages_per_window = 0): no keys to make, nothing to count.
+        if messages.limit and not messages.take_all(self._rate_keys()):
             slow = gates.rate_limited(self.ctx.name, "messages", limit=messages.limit,
                                       window=messages.window, ip=self.client_ip,
                                       user=self.client.user)
-            self._log_reject("mail", slow, sender=sender)
+            self._log_reject("mail", slow, sender=self._addr(ev.sender))
             self._respond("MAIL", query, slow.reply)
             return
         self.txn = _Transaction(sender=ev.sender, params=ev.params)
         self._respond("MAIL", query, SENDER_OK)
 
     def _on_rcpt(self, ev: RcptTo) -> None:
-        txn = self._txn()
+        txn = self.txn
+        assert txn is not None, "no transaction"     # RCPT comes after MAIL (the core)
         rcpt = ev.recipient
         query = ev.argument          # as received, with NOTIFY= and ORCPT=
         decision = self.services.policy.check_recipient(self.client, txn.sender, rcpt)
@@ -509,7 +511,7 @@ class SmtpSession(asyncio.Protocol):
             self._respond("RCPT", query, decision.reply)
             return
         recipients = self.runtime.recipients
-        if not recipients.take_all(self._rate_keys()):
+        if recipients.limit and not recipients.take_all(self._rate_keys()):
             # 452 4.5.3, the core's own reply: flow control, not counted as an error.
             slow = gates.rate_limited(self.ctx.name, "recipients", limit=recipients.limit,
                                       window=recipients.window, ip=self.client_ip,
@@ -530,14 +532,17 @@ class SmtpSession(asyncio.Protocol):
 
     def _accept_rcpt(self, ev: RcptTo, decision: Decision, address: str) -> None:
         status = RecipientStatus.BADMAIL if decision.action is Action.BADMAIL else RecipientStatus.QUEUED
-        self._txn().recipients.append(RecipientRecord(
+        txn = self.txn
+        assert txn is not None, "no transaction"
+        txn.recipients.append(RecipientRecord(
             address=address, status=status, rule=decision.rule, reason=decision.detail,
             orcpt=ev.params.orcpt, notify=ev.params.notify,
         ))
         self._respond("RCPT", ev.argument, decision.reply)
 
     def _on_data_start(self, ev: DataStart) -> None:
-        txn = self._txn()
+        txn = self.txn
+        assert txn is not None, "no transaction"
         txn.queue_id = new_queue_id()
         txn.spool = spool = self.services.store.new_spool()
         spool.write(received(      # the trace header (server/trace.py)
@@ -549,7 +554,8 @@ class SmtpSession(asyncio.Protocol):
         self._respond("DATA", "", START_DATA, queue_id=txn.queue_id)
 
     def _on_data_end(self, ev: DataEnd) -> None:
-        txn = self._txn()
+        txn = self.txn
+        assert txn is not None, "no transaction"
         if ev.problem is not None:
             self.services.mail_log.event(
                 MailEvent.REJECT, stage="data", listener=self.ctx.name, client=self.client_ip,
@@ -577,7 +583,8 @@ class SmtpSession(asyncio.Protocol):
         self._commit(ev)
 
     def _commit(self, ev: DataEnd) -> None:
-        txn = self._txn()
+        txn = self.txn
+        assert txn is not None, "no transaction"
         if self.ctx.milters and not txn.filtered and txn.body.error is None and any(
                 r.status is RecipientStatus.QUEUED for r in txn.recipients):
             # The milters answer before the 250 (after the screener: what it refused they
@@ -608,10 +615,13 @@ class SmtpSession(asyncio.Protocol):
         self._update_reading()
         spool = txn.body
         router = self.services.router
-        held = router is not None and router.has_hold and any(
-            router.holds(domain_of(r.address), sender=envelope.sender,
-                         group=envelope.client_group, user=envelope.auth_user)
-            for r in envelope.recipients)
+        held = False
+        if router is not None and router.has_hold:
+            for r in envelope.recipients:        # a loop: no generator per message
+                if router.holds(domain_of(r.address), sender=envelope.sender,
+                                group=envelope.client_group, user=envelope.auth_user):
+                    held = True
+                    break
         done = self.services.store.start_commit(envelope, spool, handoff=not held)
         done.add_done_callback(
             functools.partial(self._committed, envelope, spool))
@@ -1128,9 +1138,14 @@ class SmtpSession(asyncio.Protocol):
     # -- helpers -------------------------------------------------------------------------
 
     def _respond(self, method: str, query: str, answer: Reply, *, queue_id: str = "") -> None:
-        """Answer the command being handled, and log it (its octets as received)."""
-        self.conn.respond(answer)
-        self._protocol_log(method, query, answer, self._cmd_octets, queue_id=queue_id)
+        """Answer the command being handled, and log it (its octets as received): the line
+        _protocol_log would write, recorded here (once per command: two calls fewer)."""
+        sent = self.conn.respond(answer)
+        plog = self._plog
+        if plog is not None:
+            plog.record(self.client.user if self.client else None, method, query,
+                        answer.code, sent, self._cmd_octets,
+                        int((self._loop.time() - self._cmd_at) * 1000), queue_id)
 
     def _txn(self) -> _Transaction:
         """The transaction under way (where the protocol guarantees one: after MAIL)."""

@@ -179,54 +179,55 @@ class ReplyParser:
         if self._broken is not None:
             raise self._broken
         try:
-            return self._next()
+            # The reading itself, here rather than in a method of its own: a call fewer for
+            # each of the ~5 replies of a relayed message (issue 15).
+            while True:
+                end = self._buf.find(b"\n")
+                if end < 0:
+                    if len(self._buf) >= MAX_REPLY_LINE:
+                        raise ProtocolError(f"reply line longer than {MAX_REPLY_LINE} octets")
+                    return None
+                if end + 1 > MAX_REPLY_LINE:
+                    raise ProtocolError(f"reply line longer than {MAX_REPLY_LINE} octets")
+                raw = bytes(self._buf[:end])
+                del self._buf[:end + 1]
+                if raw.endswith(b"\r"):
+                    raw = raw[:-1]
+                if self._code is None and raw[3:4] != b"-":
+                    # A one-line reply, the usual case ("250 2.1.5 Ok"): read through a cache,
+                    # as a server says the same few replies again and again.
+                    self.last_octets = end + 1
+                    return _single_reply(raw)
+                self._octets += end + 1
+                code, sep, text = raw[:3], raw[3:4], raw[4:]
+                if not _CODE.fullmatch(code):
+                    raise ProtocolError(
+                        f"reply line does not start with a reply code: {raw[:40]!r}")
+                if sep not in (b" ", b"-", b""):
+                    raise ProtocolError(f"bad separator after the reply code: {raw[:40]!r}")
+                if self._code is not None and code != self._code:
+                    # RFC 5321 4.2.1: every line of a multi-line reply has the same code.
+                    raise ProtocolError(
+                        f"multi-line reply changes code from {self._code.decode()}"
+                        f" to {code.decode()}")
+                self._code = code
+                self._lines.append(_text(text))
+                if len(self._lines) > MAX_REPLY_LINES:
+                    raise ProtocolError(f"multi-line reply longer than {MAX_REPLY_LINES} lines")
+                if sep != b"-":
+                    lines, self._lines, self._code = self._lines, [], None
+                    self.last_octets, self._octets = self._octets, 0
+                    return _make_reply(int(code), lines)
         except ProtocolError as exc:
             self._broken = exc
             raise
-
-    def _next(self) -> Reply | None:
-        while True:
-            end = self._buf.find(b"\n")
-            if end < 0:
-                if len(self._buf) >= MAX_REPLY_LINE:
-                    raise ProtocolError(f"reply line longer than {MAX_REPLY_LINE} octets")
-                return None
-            if end + 1 > MAX_REPLY_LINE:
-                raise ProtocolError(f"reply line longer than {MAX_REPLY_LINE} octets")
-            raw = bytes(self._buf[:end])
-            del self._buf[:end + 1]
-            if raw.endswith(b"\r"):
-                raw = raw[:-1]
-            if self._code is None and raw[3:4] != b"-":
-                # A one-line reply, the usual case ("250 2.1.5 Ok"): read through a cache,
-                # as a server says the same few replies again and again.
-                self.last_octets = end + 1
-                return _single_reply(raw)
-            self._octets += end + 1
-            code, sep, text = raw[:3], raw[3:4], raw[4:]
-            if not _CODE.fullmatch(code):
-                raise ProtocolError(f"reply line does not start with a reply code: {raw[:40]!r}")
-            if sep not in (b" ", b"-", b""):
-                raise ProtocolError(f"bad separator after the reply code: {raw[:40]!r}")
-            if self._code is not None and code != self._code:
-                # RFC 5321 4.2.1: every line of a multi-line reply has the same code.
-                raise ProtocolError(
-                    f"multi-line reply changes code from {self._code.decode()} to {code.decode()}")
-            self._code = code
-            self._lines.append(_text(text))
-            if len(self._lines) > MAX_REPLY_LINES:
-                raise ProtocolError(f"multi-line reply longer than {MAX_REPLY_LINES} lines")
-            if sep != b"-":
-                lines, self._lines, self._code = self._lines, [], None
-                self.last_octets, self._octets = self._octets, 0
-                return _make_reply(int(code), lines)
 
 
 @functools.lru_cache(maxsize=256)
 def _single_reply(raw: bytes) -> Reply:
     """A one-line reply (its CRLF removed) as a Reply; ProtocolError if it is not one.
 
-    The same checks as the multi-line path in ReplyParser._next. Memoised: a Reply is an
+    The same checks as the multi-line path in ReplyParser.next_reply. Memoised: a Reply is an
     immutable value of the bytes alone, and most replies repeat exactly; the unique ones
     ("250 2.0.0 Ok: queued as 4XyZ") only push old entries out (an error is never cached)."""
     code, sep, text = raw[:3], raw[3:4], raw[4:]

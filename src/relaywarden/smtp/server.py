@@ -422,8 +422,9 @@ class ServerConnection:
             if not self._step():
                 return NEED_DATA
 
-    def respond(self, reply: Reply) -> None:
-        """Answer the pending decision event."""
+    def respond(self, reply: Reply) -> int:
+        """Answer the pending decision event. Returns the octets of the reply as queued
+        (the protocol log's sc-bytes)."""
         event = self._pending
         if event is None:
             raise UsageError("respond() called but no decision is pending")
@@ -438,12 +439,14 @@ class ServerConnection:
             # Chunks stopped when the problem was found: a 250 would accept a torn message.
             raise UsageError("DataEnd has a problem: respond with it (or another 4xx/5xx)")
         self._pending = None
-        self._out += reply.to_bytes()
+        wire = reply.to_bytes()
+        self._out += wire
         if positive:
             self._switch(accepted, event)
         else:
             self._switch(refused, event)
             self._count(reply)                   # nothing to count after 2xx/3xx
+        return len(wire)
 
     def ehlo_reply(self, text: str = "") -> Reply:
         """The positive answer to Hello: "250-hostname text" and the extension list.
