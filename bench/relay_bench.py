@@ -811,7 +811,9 @@ def held_queue(args) -> int:
           f"({min(rates[args.held]):,.0f}-{max(rates[args.held]):,.0f})")
     print(f"ratio: {full / empty:.2f}")
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps(
+        out = Path(args.json_path)
+        out.parent.mkdir(parents=True, exist_ok=True)   # bench/results/ on a fresh clone
+        out.write_text(json.dumps(
             {"held": args.held, "runs": args.runs, "messages": args.messages,
              "e2e_empty": rates[0], "e2e_held": rates[args.held], "ratio": full / empty},
             indent=2))

@@ -43,7 +43,7 @@ def test_quick_run_measures_both_modes_and_writes_json(tmp_path):
 
 
 def test_held_queue_mode_seeds_and_compares(tmp_path):
-    result = tmp_path / "held.json"
+    result = tmp_path / "results" / "held.json"   # not made yet, as bench/results/ in a clone
     out = bench("--held", "3000", "--runs", "1", "--messages", "300", "--json", str(result))
     data = json.loads(result.read_text())
     assert data["held"] == 3000 and len(data["e2e_empty"]) == len(data["e2e_held"]) == 1
