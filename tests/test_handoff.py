@@ -13,6 +13,7 @@ import os
 import signal
 import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 
@@ -221,5 +222,45 @@ def test_an_action_on_a_message_the_delivery_process_has_not_taken_says_try_agai
             os.kill(pid, signal.SIGCONT)
         [got] = site.down.wait_for(1, timeout=30)
         assert got.recipients == ["user@example.net"]
+    finally:
+        site.close()
+
+
+def syncer_pids(relay_pid: int) -> list[int]:
+    """The receiving process's fdatasync children (queue/syncer.py; two processes)."""
+    children = Path(f"/proc/{relay_pid}/task/{relay_pid}/children").read_text().split()
+    return [int(c) for c in children
+            if b"relaywarden.queue.syncer" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def test_the_fdatasync_child_killed_is_replaced_and_no_acknowledged_message_is_lost(tmp_path):
+    """Two processes: the receiving one's log is made durable by a child (queue/syncer.py).
+    SIGKILL it between messages and during a burst: every message answered 250 reaches the
+    next hop, one that was refused got a 451, and a new child takes over."""
+    site = Site(tmp_path, CONFIG, process="separate")
+    try:
+        first = send(site, "user@example.net", "before")
+        [old] = syncer_pids(site.relay.proc.pid)
+        os.kill(old, signal.SIGKILL)
+        accepted, refused = [first], 0
+        for n in range(30):
+            with site.smtp() as c:
+                c.mail("app@example.com")
+                assert c.rcpt("user@example.net")[0] == 250
+                code, text = c.data(f"Subject: after {n}\r\n\r\nhello\r\n".encode())
+            if code == 250:
+                accepted.append(text.decode().split()[-1])
+            else:
+                assert code == 451 and text.startswith(b"4.3.0"), text
+                refused += 1
+            if n == 10:
+                for pid in syncer_pids(site.relay.proc.pid):
+                    os.kill(pid, signal.SIGKILL)
+        assert refused <= 2 and len(accepted) >= 29
+        got = site.down.wait_for(len(accepted))
+        subjects = sorted(m.content.split(b"Subject: ")[1].split(b"\r\n")[0] for m in got)
+        assert len(subjects) == len(set(subjects)) == len(accepted)
+        [new] = syncer_pids(site.relay.proc.pid)
+        assert new != old
     finally:
         site.close()

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import os
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from faultfs import FaultyFiles, eio
 from support.stores import journal_kinds, stores
 from relaywarden.queue import log as qlog
 from relaywarden.queue import store as store_module
+from relaywarden.queue import syncer
 from relaywarden.queue.store import (Envelope, QueueReader, RecipientRecord,
                                      RecipientStatus, RecipientUpdate, Store, StoreError,
                                      new_queue_id)
@@ -675,3 +677,57 @@ def test_a_message_entry_names_its_queue_id_without_decoding_its_envelope():
     # An envelope written some other way (keys in another order) is decoded in full.
     other = qlog.message_entry({"received_at": 1.0, "queue_id": "ABC"}, BODY)
     assert qlog.message_id(list(qlog.read_entries(other))[0][1]) == "ABC"
+
+
+# --- two processes: the receiving side's fdatasync in a child (queue/syncer.py) -------------
+
+#: A child whose first fdatasync fails (it answers EIO, then goes on as the real one), and
+#: one that dies without an answer.
+FAILING_CHILD = ("import os, sys; sys.stdin.buffer.readline(); os.write(1, b'5\\n'); "
+                 "os.execv(sys.executable, [sys.executable, '-m', 'relaywarden.queue.syncer'])")
+DYING_CHILD = "import sys; sys.stdin.buffer.readline()"
+
+
+@pytest.mark.parametrize("child, says", [(FAILING_CHILD, "Input/output error"),
+                                         (DYING_CHILD, "process ended")])
+def test_a_failed_sync_in_the_child_refuses_its_batch_and_the_next_child_takes_over(
+        tmp_path, monkeypatch, child, says):
+    """The receiving process appends on its loop and a child fdatasyncs (two processes).
+    When the child says the sync failed, or ends without an answer, the batch it was asked
+    about is refused (the client gets a 451), its segment ends before it (never read back
+    by the delivery process), and the next message gets a new child and its 250."""
+    async def main():
+        receiving = Store.open(tmp_path)
+        receiving.start_handoff(deliver_here=False)
+        delivering = Store.open(tmp_path)
+        delivering.start_following()
+        try:
+            kept = envelope("kept@example.net")
+            await commit(receiving, kept)
+            monkeypatch.setattr(syncer, "COMMAND", [sys.executable, "-c", child])
+            receiving._syncer.close()      # the next question starts the failing child
+            refused = envelope("refused@example.net")
+            with pytest.raises(StoreError, match=says) as caught:
+                await commit(receiving, refused)
+            assert not caught.value.full
+            monkeypatch.undo()              # a new child (after the dead one) is a real one
+            after = envelope("after@example.net")
+            await commit(receiving, after)
+            assert receiving.log_syncs == 2
+            claimed = await delivering.claim_due(time.time(), 100, 60)
+            assert [m.queue_id for m in claimed] == [kept.queue_id, after.queue_id]
+            segments = qlog.segment_paths(qlog.directory(tmp_path))
+            assert len(segments) == 2
+            assert qlog.sealed_end(segments[0]) == len(entries_of(segments[0], kept))
+        finally:
+            delivering.close()
+            receiving.close()
+    asyncio.run(main())
+
+
+def entries_of(segment: Path, env: Envelope) -> bytes:
+    """The bytes of the segment's first entry (``env``'s), from the file."""
+    data = segment.read_bytes()
+    entry = qlog.message_entry(store_module.envelope_record(env), BODY)
+    assert data.startswith(entry)
+    return entry

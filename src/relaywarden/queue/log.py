@@ -260,6 +260,19 @@ class Log:
             self._publish(segment.number, segment.used)
         return segment
 
+    def synced(self, segment: Segment, end: int) -> None:
+        """An append made with ``sync=False`` was made durable up to ``end`` by another
+        process's fdatasync (queue/syncer.py): the delivery process may read it now."""
+        self._publish(segment.number, end)
+
+    def unsynced(self, segment: Segment, start: int, messages: int) -> None:
+        """The fdatasync of an append made with ``sync=False`` failed: as after a failed
+        append, the segment is closed where the last good append ended (``start``), so
+        that its last batch, whose messages are refused, is never read back."""
+        segment.used = start
+        segment.open_messages -= messages
+        self._close(segment)
+
     def finished(self, segment: Segment) -> None:
         """One of the segment's messages got its marker."""
         segment.open_messages -= 1

@@ -39,6 +39,7 @@ from typing import Any
 
 from relaywarden.queue import journal
 from relaywarden.queue import log as qlog
+from relaywarden.queue import syncer
 from relaywarden.queue.fileops import REAL, FileOps
 from relaywarden.queue.spool import SPOOL_MEMORY_LIMIT, BodySpool
 
@@ -557,6 +558,11 @@ class Store:
         self._log: qlog.Log | None = None
         self._log_next = 1                   # the number of the next segment (recover_log)
         self._deliver_here = True            # hand-off to this process's own engine
+        self._by_child = False               # appends on the loop, fdatasync by a child
+        self._syncer: syncer.Syncer | None = None
+        self._here_pending: list[_Job] = []
+        self._here_scheduled = False
+        self._here_flight: tuple[list[_Job], qlog.Segment, int, int] | None = None
         self._follower: qlog.Follower | None = None   # the delivery process's, two processes
         self._backlog_checked = 0.0
         self._backlog_ok = True
@@ -650,6 +656,11 @@ class Store:
         log_dir.mkdir(exist_ok=True)
         self._deliver_here = deliver_here
         self._log = qlog.Log(log_dir, self.files, self._log_next, removes=deliver_here)
+        # Two processes: the receiving one appends on its loop and a child fdatasyncs
+        # (queue/syncer.py); nothing else appends to its log (markers are the delivery
+        # process's). A store with injected file faults keeps the writer thread, whose
+        # FileOps the fault tests drive.
+        self._by_child = not deliver_here and self.files is REAL
 
     @property
     def hands_off(self) -> bool:
@@ -690,8 +701,12 @@ class Store:
             (body,) = spool.chunks()
             loop = asyncio.get_running_loop()
             done = loop.create_future()
-            self._jobs.put(_Job(None, spool.size, done, loop, logged=(
-                qlog.message_entry(envelope_record(envelope), body), envelope, body)))
+            job = _Job(None, spool.size, done, loop, logged=(
+                qlog.message_entry(envelope_record(envelope), body), envelope, body))
+            if self._by_child:
+                self._append_here(job)
+            else:
+                self._jobs.put(job)
             return done
         if spool.in_memory:
             return self._write(None, spool.size,
@@ -717,6 +732,58 @@ class Store:
 
         loop.run_in_executor(None, spool.persist, target).add_done_callback(stored)
         return done
+
+    # -- the hand-off's appends on the loop, synced by a child (two processes) ----------
+
+    def _append_here(self, job: _Job) -> None:
+        """Group commit on the loop: the messages of one loop turn are one append and one
+        fdatasync; those that come while it is in flight are the next batch."""
+        self._here_pending.append(job)
+        if self._syncer is None:
+            self._syncer = syncer.Syncer(job.loop, self._synced)
+        if not self._here_scheduled and self._here_flight is None:
+            self._here_scheduled = True
+            job.loop.call_soon(self._append_batch)
+
+    def _append_batch(self) -> None:
+        self._here_scheduled = False
+        if self._here_flight is not None or not self._here_pending:
+            return
+        batch, self._here_pending = self._here_pending, []
+        log = self._log
+        assert log is not None and self._syncer is not None
+        records = [job.logged for job in batch if job.logged is not None]
+        current = log.current
+        start = current.used if current is not None else 0
+        try:
+            segment = log.append(b"".join([entry for entry, _, _ in records]), len(batch),
+                                 sync=False)
+        except Exception as exc:  # noqa: BLE001 - every failure must reach the caller
+            error = StoreError(f"queue write failed: {exc}", full=disk_full(exc))
+            _settle([(job.done, None, error) for job in batch])
+            return
+        if segment is not current:
+            start = 0        # a new segment: the batch is its first append
+        self._here_flight = (batch, segment, start, segment.used)
+        self._syncer.ask(segment.path)
+
+    def _synced(self, error: OSError | None) -> None:
+        """The child's answer for the batch in flight."""
+        flight, self._here_flight = self._here_flight, None
+        assert flight is not None and self._log is not None
+        batch, segment, start, end = flight
+        if error is not None:
+            # As QueueLog.append after a failed fdatasync: nothing more goes into this
+            # segment, and its batch is refused (451, or 452 when the disk is full).
+            self._log.unsynced(segment, start, len(batch))
+            failed = StoreError(f"queue write failed: {error}", full=disk_full(error))
+            _settle([(job.done, None, failed) for job in batch])
+        else:
+            self.log_syncs += 1
+            self._log.synced(segment, end)
+            _settle([(job.done, None, None) for job in batch])
+        if self._here_pending:
+            self._append_batch()
 
     async def claim_due(self, now: float, limit: int, lease: float) -> list[DueMessage]:
         """Due recipients, earliest first, leased until ``now + lease``.
@@ -1078,6 +1145,9 @@ class Store:
         return self._reader
 
     def close(self) -> None:
+        if self._syncer is not None:
+            self._syncer.close()
+            self._syncer = None
         if self._writer is not None:
             self._jobs.put(None)
             self._writer.join(timeout=30)
