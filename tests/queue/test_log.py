@@ -46,6 +46,16 @@ async def commit(store: Store, env: Envelope, body: bytes = BODY) -> None:
     await store.start_commit(env, spool)
 
 
+def two_processes(data: Path) -> tuple[Store, Store]:
+    """The receiving side of two processes (hand-off to the log) and the delivering side
+    that follows it, on one data directory."""
+    receiving = Store.open(data)
+    receiving.start_handoff(deliver_here=False)
+    delivering = Store.open(data)
+    delivering.start_following()
+    return receiving, delivering
+
+
 def open_store(data: Path, files=None) -> Store:
     store = Store.open(data, **({} if files is None else {"files": files}))
     store.start_handoff()
@@ -320,10 +330,7 @@ def test_the_delivery_side_follows_the_log_marks_outcomes_and_removes_finished_s
     monkeypatch.setattr(qlog, "SEGMENT_BYTES", 4096)
 
     async def main():
-        receiving = Store.open(tmp_path)
-        receiving.start_handoff(deliver_here=False)
-        delivering = Store.open(tmp_path)
-        delivering.start_following()
+        receiving, delivering = two_processes(tmp_path)
         try:
             envs = [envelope(f"r{i}@example.net") for i in range(20)]   # 3+ segments
             for env in envs:
@@ -406,10 +413,7 @@ def test_the_receiving_side_stops_handing_off_while_delivery_is_far_behind(tmp_p
     monkeypatch.setattr(store_module, "BACKLOG_CHECK_SECONDS", 0)
 
     async def main():
-        receiving = Store.open(tmp_path)
-        receiving.start_handoff(deliver_here=False)
-        delivering = Store.open(tmp_path)
-        delivering.start_following()
+        receiving, delivering = two_processes(tmp_path)
         try:
             for _ in range(10):                  # ~300 bytes each, nobody reads them
                 await commit(receiving, envelope())
@@ -697,10 +701,7 @@ def test_a_failed_sync_in_the_child_refuses_its_batch_and_the_next_child_takes_o
     about is refused (the client gets a 451), its segment ends before it (never read back
     by the delivery process), and the next message gets a new child and its 250."""
     async def main():
-        receiving = Store.open(tmp_path)
-        receiving.start_handoff(deliver_here=False)
-        delivering = Store.open(tmp_path)
-        delivering.start_following()
+        receiving, delivering = two_processes(tmp_path)
         try:
             kept = envelope("kept@example.net")
             await commit(receiving, kept)
