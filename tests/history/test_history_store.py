@@ -8,12 +8,14 @@ import json
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relaywarden.history import History, HistoryError, message_status, parse_since
 from relaywarden.history.indexer import index_once, seed_from_queue
 from relaywarden.history.store import _whole
 from relaywarden.queue.admin import QueueAdmin
-from relaywarden.queue.journal import START, Journal, JournalEntry, header_fields
+from relaywarden.queue.journal import START, Journal, JournalEntry, _header_end, header_fields
 from relaywarden.queue.store import (
     Envelope,
     QueueReader,
@@ -59,6 +61,48 @@ def test_header_fields_unfold_and_take_the_first():
             b"Subject: in the body\r\n")
     assert header_fields(head) == {"subject": "one two", "message_id": "<x@y>"}
     assert header_fields(b"From: a\r\n\r\nSubject: body\r\n") == {}
+
+
+def _header_fields_by_regex(head: bytes) -> dict[str, str]:
+    """What header_fields found before it used bytes.find (2026-12-07): the reference."""
+    import re
+    end = re.search(rb"\r?\n\r?\n", head)
+    section = head if end is None else head[:end.start()]
+    found: dict[str, str] = {}
+    for m in re.finditer(rb"^(message-id|subject)[ \t]*:(.*(?:\r?\n[ \t].*)*)", section,
+                         re.IGNORECASE | re.MULTILINE):
+        name = m.group(1).lower().decode()
+        if name in found:
+            continue
+        value = m.group(2)
+        if b"\n" in value:
+            value = re.sub(rb"\r?\n[ \t]", b" ", value)
+        found["message_id" if name == "message-id" else "subject"] = \
+            value.strip()[:998].decode("utf-8", "replace")
+    return found
+
+
+_PIECES = [b"Subject", b"subject", b"SUBJECT", b"Message-ID", b"message-id", b"Message-Id",
+           b"Subjects", b"X-Subject", b"Message-IDs", b":", b" :", b"\t:", b": ", b" ",
+           b"\t", b"\r\n", b"\n", b"\r", b"\r\n ", b"\n\t", b"\r\n\r\n", b"\n\n",
+           b"\n\r\n", b"text", b"<a@b>", b"\xc3\xa9", b"\xff", b"x" * 1000]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=40))
+def test_header_fields_find_what_the_regular_expression_found(pieces):
+    import re
+    head = b"".join(pieces)
+    assert header_fields(head) == _header_fields_by_regex(head)
+    end = re.search(rb"\r?\n\r?\n", head)
+    assert _header_end(head) == (len(head) if end is None else end.start())
+
+
+def test_header_fields_at_the_start_with_bare_line_ends_and_no_end():
+    assert header_fields(b"subject :x\n\tb\n\nMessage-ID: <no>") == {"subject": "x b"}
+    assert header_fields(b"Subjectx: no\r\nSubject: yes") == {"subject": "yes"}
+    assert header_fields(b"X: a\r\n\nSubject: after a bare LF\r\n") == {}
+    assert header_fields(b"") == {}
 
 
 def test_arrival_attempts_and_outcome_make_one_timeline(tmp_path):

@@ -88,29 +88,62 @@ def add(db: sqlite3.Connection, rows: list[tuple]) -> None:
         db.executemany(INSERT.format(values="(?,?,?,?)"), rows)
 
 
-_HEADER = re.compile(rb"^(message-id|subject)[ \t]*:(.*(?:\r?\n[ \t].*)*)",
-                     re.IGNORECASE | re.MULTILINE)
-_END = re.compile(rb"\r?\n\r?\n")
 _FOLD = re.compile(rb"\r?\n[ \t]")
+#: The fields looked for, as they are named in a lower-cased header section.
+_FIELDS = ((b"message-id", "message_id"), (b"subject", "subject"))
+
+
+def _header_end(head: bytes) -> int:
+    """Where the header section ends: at the first empty line (its line end included in
+    neither), or the end of ``head``. Line ends are CRLF or a bare LF."""
+    # CRLF first (as messages are stored): the bare-LF search then stops where it begins.
+    end = head.find(b"\n\r\n")
+    bare = head.find(b"\n\n", 0, len(head) if end < 0 else end + 1)
+    if bare >= 0:
+        end = bare
+    elif end < 0:
+        return len(head)
+    return end - 1 if end and head[end - 1] == 13 else end      # the CR of its CRLF
 
 
 def header_fields(head: bytes) -> dict[str, str]:
     """Message-ID and Subject of a message from its first bytes (the header section ends
     at the first empty line, RFC 5322 2.1), unfolded, raw: RFC 2047 words are decoded by
-    the reader, not on the hot path."""
-    end = _END.search(head)
-    section = head if end is None else head[:end.start()]
+    the reader, not on the hot path.
+
+    A field is a line that starts with its name (any case), then optional blanks and a
+    colon (RFC 5322 3.6.4, 3.6.5; the blanks are the obsolete syntax, 4.5.3), and runs on
+    over the lines that start with a blank (folding, 2.2.3). Found with ``bytes.find`` in
+    the lower-cased section rather than a case-insensitive regular expression tried at
+    every line, and the empty line with ``bytes.find`` too (a regular expression for it
+    took 5 us): 12.5 -> ~3 us for a 1 KB message, once per delivered message (issue 15)."""
+    section = head[:_header_end(head)]
+    # With a line end in front, every field's name follows a "\n", the first one's too;
+    # an index in ``low`` is the next character's in ``section``.
+    low = b"\n" + section.lower()
     found: dict[str, str] = {}
-    for m in _HEADER.finditer(section):
-        name = m.group(1).lower().decode()
-        if name in found:
-            continue   # the first one counts (a second is malformed anyway)
-        value = m.group(2)
+    for name, key in _FIELDS:
+        # The first line that starts with the name and is the field (the first one counts:
+        # a second is malformed anyway).
+        needle = b"\n" + name
+        at = low.find(needle)
+        while at >= 0:
+            colon = at + len(needle)
+            while low[colon:colon + 1] in (b" ", b"\t"):
+                colon += 1
+            if low[colon:colon + 1] == b":":
+                break
+            at = low.find(needle, at + 1)
+        else:
+            continue
+        start = colon                   # in ``section``: the character after the colon
+        stop = section.find(b"\n", start)
+        while stop >= 0 and section[stop + 1:stop + 2] in (b" ", b"\t"):
+            stop = section.find(b"\n", stop + 1)      # a folded line goes on
+        value = section[start:] if stop < 0 else section[start:stop]
         if b"\n" in value:        # folded (RFC 5322 2.2.3): unfold
             value = _FOLD.sub(b" ", value)
-        value = value.strip()
-        found["message_id" if name == "message-id" else "subject"] = \
-            value[:FIELD_LIMIT].decode("utf-8", "replace")
+        found[key] = value.strip()[:FIELD_LIMIT].decode("utf-8", "replace")
     return found
 
 
