@@ -75,6 +75,8 @@ RENEW_SECONDS = 30.0
 #: An attempt that ends by an error of our own (a bug, the disk: not a reply of the next
 #: hop) is tried again this soon, not on the retry schedule meant for remote trouble.
 LOCAL_RETRY_SECONDS = 60.0
+#: A group's outcome until a next hop answers (made once: every message sets it, issue 15).
+NO_HOP_ANSWERED = reply(451, "4.4.1", "no next hop answered")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -655,7 +657,7 @@ class Engine:
             kind = Kind.BOUNCED if failure.permanent else Kind.DEFERRED
             return [Outcome(r, kind, failure, route=route.name) for r in recipients]
 
-        last = dns_failure or reply(451, "4.4.1", "no next hop answered")
+        last = dns_failure or NO_HOP_ANSWERED
         last_remote = ""
         last_synth = True
         refused_everywhere = True   # every host refused us outright (5xx greeting or EHLO)

@@ -64,6 +64,13 @@ __all__ = [
 _ENHANCED = re.compile(r"[245]\.(?:0|[1-9][0-9]{0,2})\.(?:0|[1-9][0-9]{0,2})")
 
 
+#: (code, enhanced code) pairs found valid: a few dozen in practice, checked once each
+#: rather than by the regular expression for every reply made (a remote server's unique
+#: "250 2.0.0 Ok: queued as ..." is one per delivered message, issue 15). Bounded, so that a
+#: server sending every possible code cannot grow it without end.
+_CHECKED: set[tuple[int, str]] = set()
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """One SMTP reply: `code`, optional RFC 3463 `enhanced` code, one or more text lines."""
@@ -79,12 +86,15 @@ class Reply:
         # Programming errors are caught here, where the reply is made, not on the wire.
         if not 200 <= self.code <= 599:
             raise ValueError(f"SMTP reply code out of range: {self.code}")
-        if self.enhanced is not None:
-            if not _ENHANCED.fullmatch(self.enhanced):
-                raise ValueError(f"malformed enhanced status code: {self.enhanced!r}")
+        enhanced = self.enhanced
+        if enhanced is not None and (self.code, enhanced) not in _CHECKED:
+            if not _ENHANCED.fullmatch(enhanced):
+                raise ValueError(f"malformed enhanced status code: {enhanced!r}")
             # RFC 3463 3.1: the class of the enhanced code matches the reply class.
-            if self.enhanced[0] != str(self.code)[0]:
-                raise ValueError(f"enhanced code {self.enhanced} does not match {self.code}")
+            if enhanced[0] != str(self.code)[0]:
+                raise ValueError(f"enhanced code {enhanced} does not match {self.code}")
+            if len(_CHECKED) < 4096:
+                _CHECKED.add((self.code, enhanced))
         if not isinstance(self.lines, tuple) or not self.lines:
             raise ValueError("a reply needs at least one text line (as a tuple)")
         for line in self.lines:
