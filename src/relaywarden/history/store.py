@@ -25,7 +25,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from relaywarden.queue.journal import COMPACT, START, JournalEntry, Position
+from relaywarden.queue import compact
+from relaywarden.queue.journal import START, JournalEntry, Position
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -343,7 +344,7 @@ class History:
                 recipient = getattr(self, f"_apply_{e.kind}", self._apply_other)(db, e)
                 touched.add(e.queue_id)
             events.append((e.queue_id, e.at, e.kind, recipient,
-                           e.text if e.text is not None else COMPACT.encode(e.data)))
+                           e.text if e.text is not None else compact.dumps(e.data)))
         # seq: the history's own order. The journal's seq cannot be it: the entries from its
         # files have none, and the cursors (not the key) keep an entry from being indexed twice.
         db.executemany("INSERT INTO events (queue_id, at, kind, recipient, data)"

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from relaywarden.queue import compact
 from relaywarden.queue.fileops import REAL, FileOps
 
 SCHEMA = """
@@ -72,14 +73,11 @@ class JournalEntry:
     text: str | None = None     # ``data`` as stored (JSON), so a reader need not re-encode it
 
 
-#: ``json.dumps(x, separators=(",", ":"))`` is ``COMPACT.encode(x)``, without a new encoder
-#: object for every call (three per relayed message, issue 15).
-COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 def row(at: float, queue_id: str, kind: str, data: dict[str, Any]) -> tuple:
     """The parameters of one journal row (for a multi-row INSERT)."""
-    return (at, queue_id, kind, COMPACT.encode(data))
+    return (at, queue_id, kind, compact.dumps(data))
 
 
 def add(db: sqlite3.Connection, rows: list[tuple]) -> None:
@@ -148,7 +146,7 @@ def header_fields(head: bytes) -> dict[str, str]:
 
 
 def read_journal(db: sqlite3.Connection, after_seq: int, limit: int) -> list[JournalEntry]:
-    return [JournalEntry(seq, at, qid, kind, json.loads(data), data)
+    return [JournalEntry(seq, at, qid, kind, compact.loads(data), data)
             for seq, at, qid, kind, data in
             db.execute("SELECT seq, at, queue_id, kind, data FROM journal WHERE seq > ?"
                        " ORDER BY seq LIMIT ?", (after_seq, limit))]
@@ -314,7 +312,7 @@ def _parse(raw: bytes) -> JournalEntry:
     if head[:1] != "[" or rest[-1:] != "]":
         raise ValueError("not a journal line")
     text = rest[:-1]
-    fields = json.loads(text)          # one JSON parse per line: most of the indexer's read
+    fields = compact.loads(text)          # one JSON parse per line: most of the indexer's read
     qid, what = _string(queue_id), _string(kind)
     if not isinstance(fields, dict):
         raise ValueError("not a journal line")

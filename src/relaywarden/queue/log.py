@@ -27,7 +27,6 @@ in the middle of a write) fails its CRC: reading stops there; it was never answe
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 import sys
@@ -37,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from relaywarden.queue import compact
 from relaywarden.queue.fileops import FileOps
-from relaywarden.queue.journal import COMPACT as _COMPACT
 
 #: Bytes preallocated per segment; an entry that does not fit starts the next segment.
 SEGMENT_BYTES = 8 << 20
@@ -77,7 +76,7 @@ def entry(kind: bytes, payload: bytes) -> bytes:
 
 
 def message_entry(envelope: dict[str, Any], body: bytes) -> bytes:
-    head = _COMPACT.encode(envelope).encode()
+    head = compact.dumps(envelope).encode()
     return entry(MESSAGE, _LEN.pack(len(head)) + head + body)
 
 
@@ -87,7 +86,7 @@ def marker(kind: bytes, queue_id: str) -> bytes:
 
 def split_message(payload: bytes) -> tuple[dict[str, Any], bytes]:
     (n,) = _LEN.unpack_from(payload)
-    return json.loads(payload[4:4 + n]), payload[4 + n:]
+    return compact.loads(payload[4:4 + n]), payload[4 + n:]
 
 
 _ID_PREFIX = b'{"queue_id":"'

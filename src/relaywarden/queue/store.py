@@ -264,8 +264,9 @@ class _Job:
     rows: Callable[["_Rows"], None] | None = None
     # False for the delivery side's bookkeeping (leases, attempt outcomes): see _transaction.
     durable: bool = True
-    # A message whose durable record is a log entry (hand-off): (entry, envelope, body).
-    logged: tuple[bytes, "Envelope", bytes] | None = None
+    # A message whose durable record is a log entry (hand-off): (entry, its envelope as a
+    # record (envelope_record), the Envelope, body).
+    logged: tuple[bytes, dict[str, Any], "Envelope", bytes] | None = None
     # Log markers (kind, queue id) appended once this job's transaction committed.
     markers: tuple[tuple[bytes, str], ...] = ()
     # Markers only (a handed message its first attempt finished, one process): no
@@ -273,16 +274,16 @@ class _Job:
     markers_only: bool = False
 
 
-def received_row(env: Envelope, size: int, head: bytes) -> tuple:
-    """The journal's ``received`` entry of a message."""
-    return journal.row(env.received_at, env.queue_id, "received", {
-        "listener": env.listener, "client_ip": env.client_ip,
-        "client_name": env.client_name, "helo": env.helo, "tls": env.tls,
-        "auth_user": env.auth_user, "sender": env.sender, "size": size,
-        "envid": env.envid, "ret": env.ret, "group": env.client_group,
+def received_row(record: dict[str, Any], size: int, head: bytes) -> tuple:
+    """The journal's ``received`` entry of a message, from its envelope as the log keeps it
+    (envelope_record): the delivery process has that, not an Envelope (issue 15)."""
+    return journal.row(record["received_at"], record["queue_id"], "received", {
+        "listener": record["listener"], "client_ip": record["client_ip"],
+        "client_name": record["client_name"], "helo": record["helo"], "tls": record["tls"],
+        "auth_user": record["auth_user"], "sender": record["sender"], "size": size,
+        "envid": record["envid"], "ret": record["ret"], "group": record["client_group"],
         **journal.header_fields(head),
-        "recipients": [[r.address, r.status.value, r.rule, r.reason]
-                       for r in env.recipients]})
+        "recipients": [r[:4] for r in record["recipients"]]})
 
 
 class _Rows:
@@ -325,7 +326,7 @@ class _Rows:
         self.add_received(env, spool.size, head)
 
     def add_received(self, env: Envelope, size: int, head: bytes) -> None:
-        self.journal.append(received_row(env, size, head))
+        self.journal.append(received_row(envelope_record(env), size, head))
 
     def add_outcomes(self, queue_id: str, updates: list[RecipientUpdate]) -> None:
         """Attempt outcomes; the message leaves the queue if they finish it."""
@@ -510,25 +511,37 @@ def envelope_from_record(data: dict[str, Any]) -> Envelope:
 _STATUS = {s.value: s for s in RecipientStatus}
 
 
-def _handed_message(env: Envelope, body: bytes) -> "DueMessage":
-    """A message handed to delivery from memory, as a claim of it would read it."""
+def _handed_message(record: dict[str, Any], body: bytes) -> "DueMessage":
+    """A message handed to delivery from memory, as a claim of it would read it, from its
+    envelope as the log keeps it (envelope_record)."""
     return DueMessage(
-        queue_id=env.queue_id, received_at=env.received_at, sender=env.sender,
-        client_group=env.client_group, auth_user=env.auth_user, ret=env.ret,
-        envid=env.envid, body_type=env.body_type, smtputf8=env.smtputf8, size=len(body),
+        queue_id=record["queue_id"], received_at=record["received_at"],
+        sender=record["sender"], client_group=record["client_group"],
+        auth_user=record["auth_user"], ret=record["ret"], envid=record["envid"],
+        body_type=record["body_type"], smtputf8=record["smtputf8"], size=len(body),
         recipients=tuple([
-            DueRecipient(idx=i, address=r.address, domain=domain_of(r.address),
-                         orcpt=r.orcpt, notify=r.notify, attempts=0, delay_notified=False)
-            for i, r in enumerate(env.recipients)]),
+            DueRecipient(idx=i, address=address, domain=domain_of(address), orcpt=orcpt,
+                         notify=None if notify is None else tuple(notify), attempts=0,
+                         delay_notified=False)
+            for i, (address, _, _, _, orcpt, notify) in enumerate(record["recipients"])]),
         body=body, handed=True)
 
 
 @dataclass(slots=True)
 class _Handed:
     """A message whose durable record is in the log and that is not in the index."""
-    envelope: Envelope
+    record: dict[str, Any]      # its envelope as the log keeps it (envelope_record)
     body: bytes
     segment: Any        # the Log's Segment (one process), or its number (qlog.Follower)
+    made: Envelope | None = None
+
+    @property
+    def envelope(self) -> Envelope:
+        """Made from the record when first asked for (going into the index, sender_of)."""
+        env = self.made
+        if env is None:
+            env = self.made = envelope_from_record(self.record)
+        return env
 
 
 class Store:
@@ -701,8 +714,9 @@ class Store:
             (body,) = spool.chunks()
             loop = asyncio.get_running_loop()
             done = loop.create_future()
+            record = envelope_record(envelope)
             job = _Job(None, spool.size, done, loop, logged=(
-                qlog.message_entry(envelope_record(envelope), body), envelope, body))
+                qlog.message_entry(record, body), record, envelope, body))
             if self._by_child:
                 self._append_here(job)
             else:
@@ -756,7 +770,7 @@ class Store:
         current = log.current
         start = current.used if current is not None else 0
         try:
-            segment = log.append(b"".join([entry for entry, _, _ in records]), len(batch),
+            segment = log.append(b"".join([entry for entry, _, _, _ in records]), len(batch),
                                  sync=False)
         except Exception as exc:  # noqa: BLE001 - every failure must reach the caller
             error = StoreError(f"queue write failed: {exc}", full=disk_full(exc))
@@ -835,12 +849,14 @@ class Store:
         assert self._follower is not None
         out = []
         for number, record, body in self._follower.read(want):
-            env = envelope_from_record(record)
-            if number <= self._follower.inherited and self._indexed(env.queue_id):
-                self._follower.mark(number, qlog.INDEXED, env.queue_id)
+            queue_id = record["queue_id"]
+            if number <= self._follower.inherited and self._indexed(queue_id):
+                self._follower.mark(number, qlog.INDEXED, queue_id)
                 continue
-            self._in_log[env.queue_id] = _Handed(env, body, number)
-            out.append(_handed_message(env, body))
+            # No Envelope: the record has what delivery needs (made when it goes into the
+            # index, which most messages never do).
+            self._in_log[queue_id] = _Handed(record, body, number)
+            out.append(_handed_message(record, body))
         return out
 
     def _indexed(self, queue_id: str) -> bool:
@@ -905,9 +921,9 @@ class Store:
         fsynced (lost in a power loss: the delivery is made again). Otherwise it goes into
         the index with its outcomes and any DSN, committed with fsync, then an ``I``
         marker: from then on the index is where it lives."""
-        env = handed.envelope
-        queue_id = env.queue_id
-        finished = (not new_messages and len(updates) == len(env.recipients)
+        record = handed.record
+        queue_id = record["queue_id"]
+        finished = (not new_messages and len(updates) == len(record["recipients"])
                     and all([u.status in _FINAL_STATUS for u in updates]))
         attempts = [journal.row(e.get("at", 0.0), queue_id, "attempt", e) for e in events]
         kind = qlog.DONE if finished else qlog.INDEXED
@@ -918,7 +934,7 @@ class Store:
             # marker below), where a hop to the writer thread and back cost more than the
             # write (issue 15). Before the marker: a marker without its journal entries
             # would leave the history without the message.
-            self._append_journal([received_row(env, len(handed.body), handed.body[:16384]),
+            self._append_journal([received_row(record, len(handed.body), handed.body[:16384]),
                                   *attempts])
         if not finished or follower is None:
             # The writer thread: the index's transaction, or (one process, finished) the
@@ -935,7 +951,7 @@ class Store:
                         rows.add_message(new_env, spool)
                     spool = BodySpool(self.tmp_dir, self.files)
                     spool.write(handed.body)
-                    rows.add_message(env, spool)
+                    rows.add_message(handed.envelope, spool)
                     rows.add_outcomes(queue_id, updates)
                     rows.journal.extend(attempts)
                 files = tuple(self.bodies_dir / e.queue_id for e, sp in new_messages
@@ -967,7 +983,7 @@ class Store:
         found = [h for q in queue_ids if (h := self._in_log.get(q)) is not None]
         if not found:
             return []
-        ids = [h.envelope.queue_id for h in found]
+        ids = [h.record["queue_id"] for h in found]
 
         def add(rows: _Rows) -> None:
             for handed in found:
@@ -988,8 +1004,9 @@ class Store:
         await done
         if follower is not None:
             for handed in found:
-                del self._in_log[handed.envelope.queue_id]
-                follower.mark(handed.segment, qlog.INDEXED, handed.envelope.queue_id)
+                queue_id = handed.record["queue_id"]
+                del self._in_log[queue_id]
+                follower.mark(handed.segment, qlog.INDEXED, queue_id)
         return ids
 
     async def index_waiting(self, before: float) -> list[str]:
@@ -1117,7 +1134,7 @@ class Store:
     async def sender_of(self, queue_id: str) -> str | None:
         handed = self._in_log.get(queue_id)
         if handed is not None:
-            return handed.envelope.sender
+            return handed.record["sender"]
         row = await self._write(lambda db: db.execute(
             "SELECT sender FROM messages WHERE id = ?", (queue_id,)).fetchone())
         return None if row is None else row[0]
@@ -1218,7 +1235,7 @@ class Store:
         log = self._log
         assert log is not None
         records = [job.logged for job in logged if job.logged is not None]
-        data = b"".join([entry for entry, _, _ in records]
+        data = b"".join([entry for entry, _, _, _ in records]
                         + [qlog.marker(kind, qid) for kind, qid in markers])
         try:
             segment = log.append(data, len(logged), sync=bool(logged))
@@ -1238,11 +1255,11 @@ class Store:
                 log.finished(handed.segment)
         if segment is None:
             return
-        for job, (_, env, body) in zip(logged, records):
+        for job, (_, record, env, body) in zip(logged, records):
             if self._deliver_here:   # else the delivery process reads it from the log
-                self._in_log[env.queue_id] = _Handed(env, body, segment)
+                self._in_log[env.queue_id] = _Handed(record, body, segment, env)
                 self._in_log_bytes += len(body)
-                self._handed.append(_handed_message(env, body))
+                self._handed.append(_handed_message(record, body))
             outcomes.append((job, None, None))
 
     def _run_batch(self, batch: list[_Job], outcomes: list) -> None:
