@@ -64,21 +64,23 @@ def test_header_fields_unfold_and_take_the_first():
 
 
 def _header_fields_by_regex(head: bytes) -> dict[str, str]:
-    """What header_fields found before it used bytes.find (2026-12-07): the reference."""
+    """What header_fields found before it used bytes.find (2026-12-07): the reference. With
+    one fix: that code looked a second Message-ID up under its header name, not its key,
+    so the last one won where its docstring said the first; here the first counts for
+    both fields, as it does now."""
     import re
     end = re.search(rb"\r?\n\r?\n", head)
     section = head if end is None else head[:end.start()]
     found: dict[str, str] = {}
     for m in re.finditer(rb"^(message-id|subject)[ \t]*:(.*(?:\r?\n[ \t].*)*)", section,
                          re.IGNORECASE | re.MULTILINE):
-        name = m.group(1).lower().decode()
-        if name in found:
+        key = "message_id" if m.group(1).lower() == b"message-id" else "subject"
+        if key in found:
             continue
         value = m.group(2)
         if b"\n" in value:
             value = re.sub(rb"\r?\n[ \t]", b" ", value)
-        found["message_id" if name == "message-id" else "subject"] = \
-            value.strip()[:998].decode("utf-8", "replace")
+        found[key] = value.strip()[:998].decode("utf-8", "replace")
     return found
 
 
@@ -103,6 +105,9 @@ def test_header_fields_at_the_start_with_bare_line_ends_and_no_end():
     assert header_fields(b"Subjectx: no\r\nSubject: yes") == {"subject": "yes"}
     assert header_fields(b"X: a\r\n\nSubject: after a bare LF\r\n") == {}
     assert header_fields(b"") == {}
+    # The first of two counts, for each field (RFC 5322 3.6 allows one of each).
+    assert header_fields(b"Message-ID: <1@a>\r\nSubject: one\r\nMessage-ID: <2@a>\r\n"
+                         b"Subject: two\r\n") == {"message_id": "<1@a>", "subject": "one"}
 
 
 def test_arrival_attempts_and_outcome_make_one_timeline(tmp_path):
