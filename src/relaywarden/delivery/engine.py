@@ -238,6 +238,48 @@ class _Gate:
                 waiter.set_result(None)
 
 
+def _resolve(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class _Wakeup:
+    """The scheduler's wake-up: asyncio.Event's set() and clear(), and a wait with a
+    timeout that is one future and one timer. ``asyncio.wait_for(event.wait(), t)`` made a
+    task of the wait and a waiter for it, every round of the scheduler; at the rate of new
+    connections that is a round for every one or two messages (issue 15)."""
+
+    __slots__ = ("_set", "_waiter")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future | None = None
+
+    def set(self) -> None:
+        self._set = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    async def wait(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        """Until set() or ``timeout`` seconds, whichever comes first."""
+        if self._set:
+            return
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+
 #: Client policies kept (Engine._policy): routes x next hops of a large config, at most.
 _POLICIES_KEPT = 1024
 
@@ -333,7 +375,7 @@ class Engine:
         self.mail_log = mail_log
         self.protocol_log = protocol_log    # the outbound protocol log (None: off)
         self._clock = clock
-        self._wakeup = asyncio.Event()
+        self._wakeup = _Wakeup()
         # (route name, next hop name) -> (route, settings, ClientPolicy): see _policy
         self._policies: dict[tuple[str, str], tuple[Route, DeliverySettings, ClientPolicy]] = {}
         # A route whose next hops are all addresses: its hops, made once (Engine._deliver_group).
@@ -431,10 +473,7 @@ class Engine:
             if time.monotonic() - last_reap > IDLE_SECONDS:
                 await self._pool.reap(IDLE_SECONDS)
                 last_reap = time.monotonic()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), POLL_SECONDS)
-            except asyncio.TimeoutError:
-                pass
+            await self._wakeup.wait(loop, POLL_SECONDS)
 
     def _task_done(self, task: asyncio.Task) -> None:
         self._active.discard(task)
