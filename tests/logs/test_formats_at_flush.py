@@ -179,14 +179,19 @@ def run(directory: Path, reference: bool, *, seed: int, max_size: int) -> None:
                     clock=clock)
     mail = mail_cls(series(directory, clock, "mail", ".log", max_size=max_size), clock=clock)
     rng = random.Random(seed)
-    sessions = [plog.session(client_ip=rng.choice(["10.0.0.9", "::1", "fe80::1%eth0"]),
-                             site=rng.choice(["inbound", "routes.\"*\"", "sïte x"]),
-                             server_name=rng.choice(TEXTS[1:]), server_ip="10.0.0.1",
-                             server_port=rng.choice([25, 587]), session_id=f"5e55-{n:x}")
-                for n in range(8)]
+    constants = [dict(client_ip=rng.choice(["10.0.0.9", "::1", "fe80::1%eth0"]),
+                      site=rng.choice(["inbound", "routes.\"*\"", "sïte x"]),
+                      server_name=rng.choice(TEXTS[1:]), server_ip="10.0.0.1",
+                      server_port=rng.choice([25, 587])) for _ in range(8)]
+    sessions = [plog.session(**c, session_id=f"5e55-{n:x}") for n, c in enumerate(constants)]
+    # A second session of each client (the constants are formatted once for all of a
+    # client's sessions): each line must still carry its own session's ID.
+    siblings = {id(s): plog.session(**c, session_id=f"5e55-{n + 8:x}")
+                for n, (s, c) in enumerate(zip(sessions, constants))}
     for n, now in enumerate(moments(rng, 1500)):
         clock.t = now
-        rng.choice(sessions).record(
+        chosen = rng.choice(sessions)
+        (siblings[id(chosen)] if n % 3 == 0 else chosen).record(
             rng.choice(USERS), rng.choice(METHODS), rng.choice(TEXTS), rng.choice([0, 220, 250,
                                                                                   354, 550]),
             rng.randrange(0, 500), rng.randrange(0, 10**6), rng.randrange(0, 30000),

@@ -231,6 +231,12 @@ def _json_lines(lines: list[tuple]) -> list[str]:
     return out
 
 
+#: A session's constant fields as formatted (SessionLog._format), by (client IP, site,
+#: server name, server IP, server port): clients and next hops are few, sessions many.
+_constants: dict[tuple[str, str, str, str, int], tuple[str, str, str, str]] = {}
+_CONSTANTS_KEPT = 4096
+
+
 class SessionLog:
     """Records one session's protocol log lines (see ProtocolLog)."""
 
@@ -255,17 +261,27 @@ class SessionLog:
         return self._client_ip
 
     def _format(self) -> "SessionLog":
-        self._w3c = (_w3c(self._client_ip),
-                     f"{_w3c(self._site)} {_w3c(self._server_name)} {_w3c(self._server_ip)}"
-                     f" {self._server_port}",
-                     _w3c(self.session_id))
-        self._json = (
-            f', "c-ip": {_json_str(self._client_ip)}, "cs-username": ',
-            f', "s-sitename": {_json_str(self._site)},'
-            f' "s-computername": {_json_str(self._server_name)},'
-            f' "s-ip": {_json_str(self._server_ip)}, "s-port": {int(self._server_port)},'
-            ' "cs-method": ',
-            f', "x-session-id": {_json_str(self.session_id)}, "x-queue-id": ')
+        # The fields but the session ID are the same for every session of a client on a
+        # listener (or of the relay to a next hop): formatted once for all of them.
+        key = (self._client_ip, self._site, self._server_name, self._server_ip,
+               self._server_port)
+        formatted = _constants.get(key)
+        if formatted is None:
+            if len(_constants) >= _CONSTANTS_KEPT:
+                _constants.clear()
+            formatted = _constants[key] = (
+                _w3c(self._client_ip),
+                f"{_w3c(self._site)} {_w3c(self._server_name)} {_w3c(self._server_ip)}"
+                f" {self._server_port}",
+                f', "c-ip": {_json_str(self._client_ip)}, "cs-username": ',
+                f', "s-sitename": {_json_str(self._site)},'
+                f' "s-computername": {_json_str(self._server_name)},'
+                f' "s-ip": {_json_str(self._server_ip)}, "s-port": {int(self._server_port)},'
+                ' "cs-method": ')
+        w3c_ip, w3c_rest, json_ip, json_rest = formatted
+        self._w3c = (w3c_ip, w3c_rest, _w3c(self.session_id))
+        self._json = (json_ip, json_rest,
+                      f', "x-session-id": {_json_str(self.session_id)}, "x-queue-id": ')
         return self
 
     def record(self, username: str | None, method: str, query: str, status: int,

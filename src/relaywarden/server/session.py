@@ -120,6 +120,13 @@ def _greeting(hostname: str, banner: str) -> Reply:
     return reply(220, None, f"{hostname} {banner}")
 
 
+@functools.lru_cache(maxsize=64)
+def _helo_reply(hostname: str) -> Reply:
+    """The 250 to HELO (no extensions, RFC 5321 4.1.1.1): one Reply (encoded once) per
+    hostname, not one per session."""
+    return reply(250, None, hostname)
+
+
 def _quarantine(txn: "_Transaction", rule: str, reason: str) -> None:
     """The message is accepted and kept in badmail, where the admin is told (as a policy
     violation with on_violation = "badmail" is): every recipient still to be delivered."""
@@ -469,7 +476,7 @@ class SmtpSession(asyncio.Protocol):
         if ev.extended:
             answer = self.conn.ehlo_reply(f"Hello {_clean(ev.name, 64)} [{self.client_ip}]")
         else:
-            answer = reply(250, None, self.ctx.hostname)
+            answer = _helo_reply(self.ctx.hostname)
         self._respond("EHLO" if ev.extended else "HELO", ev.name, answer)
 
     def _on_mail(self, ev: MailFrom) -> None:
