@@ -381,6 +381,7 @@ class Engine:
         # A route whose next hops are all addresses: its hops, made once (Engine._deliver_group).
         self._literal_hops: dict[str, tuple[Route, int, tuple[_Hop, ...]]] = {}
         self._active: set[asyncio.Task] = set()
+        self._starved = False            # the last claim filled every free slot (_run)
         self._stopping = False
         self._loop_task: asyncio.Task | None = None
         # The recipients (queue id, idx) of the attempts under way: their leases are
@@ -451,6 +452,8 @@ class Engine:
             # Outcomes the queue owes first, then the live attempts' leases: no new claim
             # while either failed (the queue cannot be written; a claim would fail too).
             writable = await self._write_unrecorded() and await self._renew_leases()
+            # Slots all taken: the end of an attempt is what lets the next claim in.
+            self._starved = free <= 0
             if free > 0 and writable:
                 try:
                     due = await self.store.claim_due(self._clock(), free, LEASE_SECONDS)
@@ -468,6 +471,7 @@ class Engine:
                     self._active.add(task)
                     task.add_done_callback(self._task_done)
                 if len(due) >= free:
+                    self._starved = True
                     continue   # more may be due: look again as soon as a slot frees
             self._index_lingering()
             if time.monotonic() - last_reap > IDLE_SECONDS:
@@ -479,7 +483,12 @@ class Engine:
         self._active.discard(task)
         if not task.cancelled() and task.exception() is not None:
             self.mail_log.event(MailEvent.DEFERRED, error=f"delivery failed: {task.exception()!r}")
-        self._wakeup.set()
+        # A round of the scheduler after an attempt only when it can do something the
+        # attempt's end allows: claim more (the last claim filled every free slot) or write
+        # an outcome the queue could not take. New mail wakes it itself (wake()); a round
+        # for every finished message was most of its rounds with new connections (issue 15).
+        if self._starved or self._unrecorded or self._stopping:
+            self._wakeup.set()
 
     # -- leases and outcomes the queue could not take ------------------------------------
 
