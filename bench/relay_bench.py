@@ -26,6 +26,12 @@ Issue 15's layouts: relaywarden+index (every message through the SQLite queue be
 process, hand-off) and relaywarden+inline+index; relaywarden+handoff and
 relaywarden+inline+handoff say hand-off explicitly (the commands of earlier runs).
 
+An A/B of a change: relaywarden@PATH runs the code of another checkout (PATH/src) beside
+this tree's in the same runs, alternately, so both share the machine's hour:
+
+    .venv/bin/python bench/relay_bench.py --sizes 1024 --runs 5 \
+        --systems relaywarden,relaywarden@../before    # git worktree add ../before <commit>
+
     bash scripts/bench.sh              # 3 runs x (1 KB, 50 KB, 5 MB) x (new conn, reused)
     bash scripts/bench.sh --quick      # one short run, under a minute
 
@@ -283,6 +289,10 @@ class Relaywarden:
     def tables(self) -> str:
         return ""
 
+    def env(self) -> dict[str, str] | None:
+        """The relay's environment (None: this process's)."""
+        return None
+
     def start(self, sink: Sink) -> int:
         self.dir = self.keep_dir or Path(tempfile.mkdtemp(dir=self.workdir, prefix="rw-"))
         self.port = free_port()
@@ -311,10 +321,11 @@ class Relaywarden:
                         f'port = {self.admin_port}\nusers_file = "admin-users"\n')
             subprocess.run([sys.executable, "-m", "relaywarden", "admin-user", "add", "bench",
                             "--role", "viewer", "--config", str(config), "--password-stdin"],
-                           input=b"bench-password\n", check=True, stdout=subprocess.DEVNULL)
+                           input=b"bench-password\n", check=True, stdout=subprocess.DEVNULL,
+                           env=self.env())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "relaywarden", "serve", "--config", str(config)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=self.env(),
         )
         wait_port(self.port)
         if self.console:
@@ -540,6 +551,23 @@ class RelaywardenIndex(Relaywarden):
 
     def tables(self) -> str:
         return '[delivery]\nhandoff = false\n\n'
+
+
+class RelaywardenTree(Relaywarden):
+    """relaywarden from another checkout: ``relaywarden@PATH`` in --systems runs the code of
+    PATH/src (put first on PYTHONPATH; the same Python and packages) beside this tree's,
+    alternately inside each run, so that both share the machine's hour. An A/B of a change
+    made in separate runs drifts with the hour: on a shared machine the same code's CPU per
+    message moved by a third within minutes (docs/benchmarks.md, 2026-12-07)."""
+
+    def __init__(self, workdir: Path, tree: Path) -> None:
+        super().__init__(workdir)
+        self.tree = tree
+        self.name = f"rw@{tree.name}"[:24]
+
+    def env(self) -> dict[str, str]:
+        path = [str(self.tree / "src"), os.environ.get("PYTHONPATH", "")]
+        return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
 
 
 class RelaywardenInline(Relaywarden):
@@ -915,7 +943,8 @@ def main() -> int:
                     "domain hosted, without validation: the 'valid/hosted' ratio isolates the "
                     "validation), probe (the design probe of "
                     "shared/anchors/pyrelay_proto.py: a floor for Python on this machine, not a "
-                    "product)")
+                    "product), relaywarden@PATH (the code of another checkout, PATH/src, beside "
+                    "this one's in the same runs: an A/B of a change)")
     ap.add_argument("--json", dest="json_path", default="bench/results/latest.json")
     ap.add_argument("--held", type=int, metavar="N",
                     help="only compare the end-to-end rate with N messages already held in the queue")
@@ -954,6 +983,12 @@ def main() -> int:
                "relaywarden+inline+index": RelaywardenInlineIndex(workdir),
                "relaywarden+handoff": RelaywardenHandoff(workdir),
                "relaywarden+inline+handoff": RelaywardenInlineHandoff(workdir)}
+    for name in args.systems.split(","):
+        if name.startswith("relaywarden@"):
+            tree = Path(name.split("@", 1)[1]).expanduser().resolve()
+            if not (tree / "src" / "relaywarden" / "__init__.py").is_file():
+                ap.error(f"--systems: {name}: no src/relaywarden in {tree}")
+            systems[name] = RelaywardenTree(workdir, tree)
     unknown = [s for s in args.systems.split(",") if s not in systems]
     if unknown:
         ap.error(f"--systems: unknown {', '.join(unknown)} (known: {', '.join(systems)})")

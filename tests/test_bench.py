@@ -147,3 +147,27 @@ def test_the_profiler_counts_each_processes_python_calls_per_message():
     receiving, delivery = report.split("\ndelivery process")
     assert "relaywarden/server/session.py" in receiving
     assert "relaywarden/delivery/engine.py" in delivery.split("\nadmin process")[0]
+
+
+def test_another_checkout_runs_beside_this_one_in_the_same_runs(tmp_path):
+    # A tree whose src holds this checkout's package and a sitecustomize.py that marks every
+    # process started with it on PYTHONPATH: proof that relaywarden@PATH runs PATH/src.
+    tree = tmp_path / "before"
+    (tree / "src").mkdir(parents=True)
+    (tree / "src" / "relaywarden").symlink_to(BENCH.parent.parent / "src" / "relaywarden")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    (tree / "src" / "sitecustomize.py").write_text(
+        f"import os\nopen(os.path.join({str(marks)!r}, str(os.getpid())), 'w').close()\n")
+    result = tmp_path / "ab.json"
+    out = bench("--quick", "--systems", f"relaywarden,relaywarden@{tree}", "--json", str(result))
+    data = json.loads(result.read_text())
+    for row in data["table"]:
+        for name in ("relaywarden", "rw@before"):
+            assert row[name]["e2e"]["median"] > 0 and row[name]["cpu_s_per_1000"] > 0, name
+    assert "rw@before" in out.stdout
+    assert list(marks.iterdir()), "no process ran with the other tree's src on PYTHONPATH"
+    missing = subprocess.run([sys.executable, str(BENCH), "--quick", "--systems",
+                              f"relaywarden,relaywarden@{tmp_path / 'nowhere'}"],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "no src/relaywarden" in missing.stderr
