@@ -774,12 +774,8 @@ class OutboundConnection:
             # RFC 2920 3.1: MAIL, the RCPTs and DATA go as one group; the replies come back
             # in order and each of them must be checked.
             if self._log is not None:
-                # (_note's tuple for each, made here: one clock read for the group)
-                noted, now, qid, route = self._sent, time.monotonic(), self.queue_id, self.route
-                noted.append((mail_cmd, "", "", len(mail_cmd), now, qid, route))
-                for line in rcpt_cmds:
-                    noted.append((line, "", "", len(line), now, qid, route))
-                noted.append((b"DATA\r\n", "", "", 6, now, qid, route))
+                for line in (mail_cmd, *rcpt_cmds, b"DATA\r\n"):
+                    self._note(line)
             group = mail_cmd + b"".join(rcpt_cmds) + b"DATA\r\n"
             if previous is not None:
                 # Right behind the previous transaction's final dot (in the same segment
@@ -1073,15 +1069,9 @@ class OutboundConnection:
             return
         line, method, query, octets, sent_at, queue_id, route = self._sent.popleft()
         if line is not None:
-            method, query = _CONSTANT_SHOWN.get(line) or _shown(line)
+            method, query = _shown(line)
         if method == "AUTH" and answer.code == 235:
             self._logged_in = self.policy.username
-        slog = self._slog
-        if slog is not None and route == self.route:
-            # The usual case, _trace_line's first lines written out (4 replies a message).
-            slog.record(self._logged_in, method, query, answer.code, self._parser.last_octets,
-                        octets, int((time.monotonic() - sent_at) * 1000), queue_id)
-            return
         self._trace_line(method, query, answer, octets, sent_at, queue_id, route)
 
     def _trace_unanswered(self) -> None:
@@ -1148,6 +1138,9 @@ _CONSTANT_SHOWN = {f"{verb}\r\n".encode(): (verb, "") for verb in ("DATA", "RSET
 def _shown(line: bytes) -> tuple[str, str]:
     """A command line as the protocol log shows it: (verb, argument). AUTH shows its
     mechanism only, whatever follows it (the initial response holds the password)."""
+    constant = _CONSTANT_SHOWN.get(line)
+    if constant is not None:
+        return constant
     verb, _, argument = line.rstrip(b"\r\n").decode("utf-8", "replace").partition(" ")
     verb = verb.upper()
     if verb == "AUTH" and " " in argument:

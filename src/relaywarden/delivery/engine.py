@@ -378,8 +378,6 @@ class Engine:
         self._wakeup = _Wakeup()
         # (route name, next hop name) -> (route, settings, ClientPolicy): see _policy
         self._policies: dict[tuple[str, str], tuple[Route, DeliverySettings, ClientPolicy]] = {}
-        # A route whose next hops are all addresses: its hops, made once (Engine._deliver_group).
-        self._literal_hops: dict[str, tuple[Route, int, tuple[_Hop, ...]]] = {}
         self._active: set[asyncio.Task] = set()
         self._starved = False            # the last claim filled every free slot (_run)
         self._stopping = False
@@ -460,11 +458,7 @@ class Engine:
                 except Exception as exc:  # noqa: BLE001 - the queue may be busy; try again
                     self.mail_log.event(MailEvent.DEFERRED, error=f"queue scan failed: {exc}")
                     due = []
-                if self._live:
-                    # A handed message (from the hand-off log, never attempted yet) has no
-                    # attempt of ours under way; only one from the index can (a lapsed lease).
-                    kept = [m if m.handed else self._not_live(m) for m in due]
-                    due = [m for m in kept if m is not None]
+                due = [m for m in map(self._not_live, due) if m is not None]
                 for message in due:
                     task = loop.create_task(self._deliver(message))
                     # asyncio keeps only weak references to tasks (docs/architecture.md, known traps).
@@ -494,7 +488,10 @@ class Engine:
 
     def _not_live(self, message: DueMessage) -> DueMessage | None:
         """A claimed message without the recipients an attempt of ours already has (a lease
-        that lapsed while the queue could not be written to renew it)."""
+        that lapsed while the queue could not be written to renew it). A handed message
+        (from the hand-off log, never attempted yet) has none: only one from the index can."""
+        if message.handed or not self._live:
+            return message
         keep = tuple([r for r in message.recipients
                       if (message.queue_id, r.idx) not in self._live])
         if len(keep) == len(message.recipients):
@@ -707,16 +704,7 @@ class Engine:
         if route.courier is not None:
             return await self._by_courier(message, body, route, recipients)
         domain = recipients[0].domain
-        hops: Sequence[_Hop]
-        literal = self._literal_hops.get(route.name)
-        if literal is not None and literal[0] is route and literal[1] == self._settings.mx_port:
-            hops, dns_failure = literal[2], None    # a smart host by address: no look-up
-        else:
-            hops, dns_failure = await self._hops(route, domain)
-            if route.hops and all([h.literal for h in route.hops]):
-                if len(self._literal_hops) >= _POLICIES_KEPT:
-                    self._literal_hops.clear()
-                self._literal_hops[route.name] = (route, self._settings.mx_port, tuple(hops))
+        hops, dns_failure = await self._hops(route, domain)
         if not hops:
             failure = dns_failure or reply(451, "4.4.1", "no next hop to try")
             kind = Kind.BOUNCED if failure.permanent else Kind.DEFERRED
@@ -907,7 +895,7 @@ class Engine:
         async with in_flight(courier.label):
             return await courier.deliver(message, body, recipients, route, context)
 
-    async def _hops(self, route: Route, domain: str) -> tuple[Sequence[_Hop], Reply | None]:
+    async def _hops(self, route: Route, domain: str) -> tuple[list[_Hop], Reply | None]:
         """Addresses to try, in order, and the DNS failure if there is nothing to try."""
         hops: list[_Hop] = []
         failure: Reply | None = None

@@ -70,11 +70,8 @@ def check_gates(listener: str, gates: Gates, ip: IPv4Address | IPv6Address, *,
                 tls: bool, user: str | None, verb: str = "MAIL") -> Refusal | None:
     """The gates before MAIL (and ETRN, `verb`): None when the client may go on to the
     policy's sender rules. TLS is asked first, as the server answers it first."""
-    # has_tls() and tls_required() written out (before every MAIL): "required" is not
-    # "implicit", so the session's own TLS is what counts.
-    if (gates.tls_mode == "required" and not tls
-            and first_network(gates.tls_optional_networks, ip) is None):
-        key = f"listeners.{listener}"
+    if not has_tls(gates, tls) and tls_required(gates, ip):
+        key = f"listeners.{listener}"    # (made only for a refusal: before every MAIL)
         detail = f"TLS required: {verb} before STARTTLS"
         if gates.tls_optional_networks:
             detail += f" ({ip} is not in {key}.tls.optional_networks)"

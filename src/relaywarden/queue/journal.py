@@ -73,8 +73,6 @@ class JournalEntry:
     text: str | None = None     # ``data`` as stored (JSON), so a reader need not re-encode it
 
 
-
-
 def row(at: float, queue_id: str, kind: str, data: dict[str, Any]) -> tuple:
     """The parameters of one journal row (for a multi-row INSERT)."""
     return (at, queue_id, kind, compact.dumps(data))
