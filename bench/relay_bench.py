@@ -293,6 +293,9 @@ class Relaywarden:
         """The relay's environment (None: this process's)."""
         return None
 
+    #: The interpreter the relay runs on (relaywarden%PYTHON: another one).
+    python = sys.executable
+
     def start(self, sink: Sink) -> int:
         self.dir = self.keep_dir or Path(tempfile.mkdtemp(dir=self.workdir, prefix="rw-"))
         self.port = free_port()
@@ -319,12 +322,12 @@ class Relaywarden:
             with config.open("a") as f:
                 f.write(f'\n[admin]\nenabled = true\naddress = "127.0.0.1"\n'
                         f'port = {self.admin_port}\nusers_file = "admin-users"\n')
-            subprocess.run([sys.executable, "-m", "relaywarden", "admin-user", "add", "bench",
+            subprocess.run([self.python, "-m", "relaywarden", "admin-user", "add", "bench",
                             "--role", "viewer", "--config", str(config), "--password-stdin"],
                            input=b"bench-password\n", check=True, stdout=subprocess.DEVNULL,
                            env=self.env())
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relaywarden", "serve", "--config", str(config)],
+            [self.python, "-m", "relaywarden", "serve", "--config", str(config)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=self.env(),
         )
         wait_port(self.port)
@@ -568,6 +571,20 @@ class RelaywardenTree(Relaywarden):
     def env(self) -> dict[str, str]:
         path = [str(self.tree / "src"), os.environ.get("PYTHONPATH", "")]
         return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+
+
+class RelaywardenPython(Relaywarden):
+    """relaywarden on another Python: ``relaywarden%PYTHON`` in --systems runs this tree's
+    code with the interpreter PYTHON (a virtual environment with relaywarden installed,
+    made from another build of CPython), alternately with the others inside each run. The
+    same source runs 12-17% faster on Debian's python3.11 (PGO, LTO, libpython linked into
+    the executable) than on a CPython built with --enable-shared and no optimisations, as
+    pyenv builds it (docs/benchmarks.md, 2026-12-07): an interpreter is part of a figure."""
+
+    def __init__(self, workdir: Path, python: Path) -> None:
+        super().__init__(workdir)
+        self.python = str(python)
+        self.name = f"rw%{python.parent.parent.name}"[:24]
 
 
 class RelaywardenInline(Relaywarden):
@@ -944,7 +961,9 @@ def main() -> int:
                     "validation), probe (the design probe of "
                     "shared/anchors/pyrelay_proto.py: a floor for Python on this machine, not a "
                     "product), relaywarden@PATH (the code of another checkout, PATH/src, beside "
-                    "this one's in the same runs: an A/B of a change)")
+                    "this one's in the same runs: an A/B of a change), relaywarden%PYTHON (this tree's "
+                    "code run by the interpreter PYTHON, a virtual environment's python with "
+                    "relaywarden installed: an A/B of interpreters)")
     ap.add_argument("--json", dest="json_path", default="bench/results/latest.json")
     ap.add_argument("--held", type=int, metavar="N",
                     help="only compare the end-to-end rate with N messages already held in the queue")
@@ -989,6 +1008,11 @@ def main() -> int:
             if not (tree / "src" / "relaywarden" / "__init__.py").is_file():
                 ap.error(f"--systems: {name}: no src/relaywarden in {tree}")
             systems[name] = RelaywardenTree(workdir, tree)
+        elif name.startswith("relaywarden%"):
+            python = Path(name.split("%", 1)[1]).expanduser().absolute()
+            if not (python.is_file() and os.access(python, os.X_OK)):
+                ap.error(f"--systems: {name}: {python} is not an executable")
+            systems[name] = RelaywardenPython(workdir, python)
     unknown = [s for s in args.systems.split(",") if s not in systems]
     if unknown:
         ap.error(f"--systems: unknown {', '.join(unknown)} (known: {', '.join(systems)})")

@@ -23,12 +23,22 @@ apt_install() {
   [ -z "$guard" ] || $sudo rm -f /usr/sbin/policy-rc.d
 }
 
-python3 - <<'PY' || { echo "relaywarden needs Python 3.11 or newer" >&2; exit 1; }
-import sys
-sys.exit(sys.version_info < (3, 11))
-PY
+# The interpreter .venv is made from: RELAYWARDEN_PYTHON if set; else the distribution's
+# /usr/bin/python3 if it is 3.11 or newer (Debian builds it with PGO and LTO and links
+# libpython into the executable: the same code ran 10-17% faster on it than on a CPython
+# built from source with the defaults, --enable-shared and no --enable-optimizations, as
+# pyenv builds it; docs/benchmarks.md, 2026-12-07); else python3 on PATH. An existing .venv
+# is kept whatever it was made from: `rm -rf .venv` to make it again.
+new_enough() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
+python="${RELAYWARDEN_PYTHON:-}"
+if [ -z "$python" ]; then
+  if [ -x /usr/bin/python3 ] && new_enough /usr/bin/python3; then python=/usr/bin/python3
+  else python=python3; fi
+fi
+new_enough "$python" || { echo "relaywarden needs Python 3.11 or newer ($python)" >&2; exit 1; }
 if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv 2>/dev/null || { rm -rf .venv; apt_install python3-venv; python3 -m venv .venv; }
+  "$python" -m venv .venv 2>/dev/null \
+    || { rm -rf .venv; apt_install python3-venv; "$python" -m venv .venv; }
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q -e ".[${1}]"

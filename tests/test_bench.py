@@ -171,3 +171,28 @@ def test_another_checkout_runs_beside_this_one_in_the_same_runs(tmp_path):
                               f"relaywarden,relaywarden@{tmp_path / 'nowhere'}"],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "no src/relaywarden" in missing.stderr
+
+
+def test_another_interpreter_runs_beside_this_one_in_the_same_runs(tmp_path):
+    # An "interpreter" that marks each process it starts, then runs this one: proof that
+    # relaywarden%PYTHON starts the relay with PYTHON (named by its environment's folder).
+    python = tmp_path / "other" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    python.write_text(f"#!/bin/sh\ntouch {marks}/$$\nexec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    result = tmp_path / "ab.json"
+    out = bench("--quick", "--systems", f"relaywarden,relaywarden%{python}", "--json",
+                str(result))
+    data = json.loads(result.read_text())
+    for row in data["table"]:
+        for name in ("relaywarden", "rw%other"):
+            assert row[name]["e2e"]["median"] > 0 and row[name]["cpu_s_per_1000"] > 0, name
+    assert "rw%other" in out.stdout
+    assert list(marks.iterdir()), "no process was started with the other interpreter"
+    python.chmod(0o644)
+    refused = subprocess.run([sys.executable, str(BENCH), "--quick", "--systems",
+                              f"relaywarden,relaywarden%{python}"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "is not an executable" in refused.stderr
