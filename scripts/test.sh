@@ -15,6 +15,8 @@ command -v smtp-source >/dev/null 2>&1 || need+=(postfix)
 command -v unbound >/dev/null 2>&1 || need+=(unbound)
 command -v slapd >/dev/null 2>&1 || need+=(slapd)
 command -v fetchmail >/dev/null 2>&1 || need+=(fetchmail)
+# bench/profile_relay.py --callgrind (tests/test_bench.py): instructions per message.
+command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 # Milters (tests/test_milters.py): a real rspamd (its proxy worker in milter mode), and
 # clamav-milter in front of clamd (a local test signature: no freshclam download).
 command -v rspamd >/dev/null 2>&1 || need+=(rspamd)

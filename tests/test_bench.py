@@ -196,3 +196,26 @@ def test_another_interpreter_runs_beside_this_one_in_the_same_runs(tmp_path):
                               f"relaywarden,relaywarden%{python}"],
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "is not an executable" in refused.stderr
+
+
+def test_the_profiler_counts_instructions_per_message_during_the_load_only():
+    """bench/profile_relay.py --callgrind (the A/Bs of docs/benchmarks.md since 2026-12-07):
+    every relay process runs under callgrind, counting from the load's start to its end
+    only, so a message's instructions do not include the start-up's imports."""
+    script = BENCH.parent / "profile_relay.py"
+    out = subprocess.run([sys.executable, str(script), "--callgrind", "--reuse",
+                          "--messages", "300", "--sessions", "5"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = out.stdout
+    assert report.startswith("300 messages of 1024 B, reused:")
+    counts = {}
+    for process in ("receiving", "delivery", "admin"):
+        section = report.split(f"\n{process} process (pid ")[1]
+        counts[process] = float(section.split("\n")[1].split()[0].replace(",", ""))
+    # A relayed message is some hundred thousand instructions in each SMTP process; the
+    # start-up (hundreds of millions, imports and config) would be over a million per
+    # message of 300 if it were counted.
+    for process in ("receiving", "delivery"):
+        assert 50 < counts[process] < 1500, report
+    assert 0 < counts["admin"] < 1500, report
