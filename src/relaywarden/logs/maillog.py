@@ -168,9 +168,10 @@ class MailLog:
                 if v is None:
                     continue
                 if type(v) is str:
-                    try:
-                        text = seen[v]
-                    except KeyError:
+                    # get(): a queue ID or a message ID is new in every line, and a
+                    # KeyError raised and caught costs several look-ups.
+                    text = seen.get(v)
+                    if text is None:
                         text = seen[v] = _value(v)
                 else:
                     text = _value(v)

@@ -176,17 +176,18 @@ class ProtocolLog:
                 m = esc[method]
             except KeyError:
                 m = esc[method] = _w3c(method)
-            # Queue IDs and arguments are mostly new: _w3c written out (non-empty here).
-            try:
-                q = esc[qid]
-            except KeyError:
+            # Queue IDs and arguments are mostly new: _w3c written out (non-empty here),
+            # and looked up with get(), not by a KeyError caught (a raised exception costs
+            # several times a look-up; two a line were ~1% of the receiving process's
+            # instructions, issue 15).
+            q = esc.get(qid)
+            if q is None:
                 q = qid.replace(" ", "+")
                 if not q.isprintable():
                     q = _w3c(qid)
                 esc[qid] = q
-            try:
-                r = esc[query]
-            except KeyError:
+            r = esc.get(query)
+            if r is None:
                 r = query.replace(" ", "+")
                 if not r.isprintable():
                     r = _w3c(query)
