@@ -127,7 +127,10 @@ class DataReader:
         if self.problem is not None:
             self.size += len(seg)
             return
-        if b"\0" in seg:                 # one memchr: free for clean mail
+        # One memchr: free for clean mail. find(), not `in`: bytes.__contains__ tries
+        # its argument as an int first, and the TypeError it drops costs ~1,800
+        # instructions (CPython 3.11; issue 15, callgrind).
+        if seg.find(b"\0") >= 0:
             if self.mode is BareLineEnds.REJECT:
                 self.problem = NUL_IN_DATA
                 self.size += len(seg)
@@ -187,8 +190,8 @@ def _bare(seg: bytes) -> bool:
     one pass in C, ~0.6 ns per octet with the latin-1 decoding (one octet per character,
     any octet); bytes.splitlines made an object for every line, ~1.3 ns per octet of
     80-column text (issue 15)."""
-    if b"\r" not in seg:                     # memchr: without CR, any LF is bare
-        return b"\n" in seg
+    if seg.find(b"\r") < 0:                  # memchr: without CR, any LF is bare
+        return seg.find(b"\n") >= 0           # (find(), not `in`: see _take)
     decoder = IncrementalNewlineDecoder(None, translate=False)
     decoder.decode(seg.decode("latin-1"), final=True)
     return decoder.newlines not in (None, "\r\n")
