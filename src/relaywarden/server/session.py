@@ -85,6 +85,9 @@ SENDER_OK = reply(250, "2.1.0", "Ok")
 _SCREEN_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="screen")
 #: ETRN commands one session may give; more are refused (each is a queue transaction).
 MAX_ETRN_PER_SESSION = 20
+#: A global, not ServerState.CLOSED on every flush: CPython 3.11 reads an Enum member
+#: through EnumType.__getattr__'s attribute hook (see smtp/server.py's state globals).
+_CLOSED = ServerState.CLOSED
 
 
 @dataclass(slots=True)
@@ -452,7 +455,7 @@ class SmtpSession(asyncio.Protocol):
         out = self.conn.data_to_send()
         if out and not self._closed:
             self.transport.write(out)
-        if self.conn.state is ServerState.CLOSED and not self._closed:   # conn.closing
+        if self.conn.state is _CLOSED and not self._closed:   # conn.closing
             self._closed = True
             self.transport.close()
 
