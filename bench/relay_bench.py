@@ -577,7 +577,7 @@ class RelaywardenPython(Relaywarden):
     """relaywarden on another Python: ``relaywarden%PYTHON`` in --systems runs this tree's
     code with the interpreter PYTHON (a virtual environment with relaywarden installed,
     made from another build of CPython), alternately with the others inside each run. The
-    same source runs 12-17% faster on Debian's python3.11 (PGO, LTO, libpython linked into
+    same source used 10-15% less CPU on Debian's python3.11 (PGO, LTO, libpython linked into
     the executable) than on a CPython built with --enable-shared and no optimisations, as
     pyenv builds it (docs/benchmarks.md, 2026-12-07): an interpreter is part of a figure."""
 
@@ -961,9 +961,9 @@ def main() -> int:
                     "validation), probe (the design probe of "
                     "shared/anchors/pyrelay_proto.py: a floor for Python on this machine, not a "
                     "product), relaywarden@PATH (the code of another checkout, PATH/src, beside "
-                    "this one's in the same runs: an A/B of a change), relaywarden%PYTHON (this tree's "
-                    "code run by the interpreter PYTHON, a virtual environment's python with "
-                    "relaywarden installed: an A/B of interpreters)")
+                    "this one's in the same runs: an A/B of a change), relaywarden%PYTHON "
+                    "(this tree's code run by the interpreter PYTHON, a virtual environment's "
+                    "python with relaywarden installed: an A/B of interpreters)")
     ap.add_argument("--json", dest="json_path", default="bench/results/latest.json")
     ap.add_argument("--held", type=int, metavar="N",
                     help="only compare the end-to-end rate with N messages already held in the queue")

@@ -25,7 +25,7 @@ apt_install() {
 
 # The interpreter .venv is made from: RELAYWARDEN_PYTHON if set; else the distribution's
 # /usr/bin/python3 if it is 3.11 or newer (Debian builds it with PGO and LTO and links
-# libpython into the executable: the same code ran 10-17% faster on it than on a CPython
+# libpython into the executable: the same code used 10-15% less CPU on it than on a CPython
 # built from source with the defaults, --enable-shared and no --enable-optimizations, as
 # pyenv builds it; docs/benchmarks.md, 2026-12-07); else python3 on PATH. An existing .venv
 # is kept whatever it was made from: `rm -rf .venv` to make it again.
