@@ -303,6 +303,11 @@ def main() -> None:
         if args.cprofile:
             spies[name] = (workdir / f"{name}.prof", None)
             continue
+        if args.callgrind:      # counting on: the load starts
+            subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            spies[name] = (workdir / f"callgrind.{pid}", None)
+            continue
         out = workdir / f"{name}.{'perf' if args.perf else 'raw'}"
         command = (["perf", "stat", "-x", ",", "-e", ",".join(PERF_EVENTS), "-p", str(pid),
                     *(["--per-thread"] if args.threads else []), "-o", str(out)]
@@ -312,11 +317,6 @@ def main() -> None:
                     *(["--gil"] if args.gil else [])])
         spies[name] = (out, subprocess.Popen(command, stdout=subprocess.DEVNULL,
                                              stderr=subprocess.DEVNULL))
-    if args.callgrind:
-        for name, pid in pids.items():
-            subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            spies[name] = (workdir / f"callgrind.{pid}", None)
     time.sleep(1.0)     # py-spy attached
     cpu0 = {name: cpu_of(pid) for name, pid in pids.items()}
     elapsed = smtp_source(port, messages=args.messages, size=args.size,
