@@ -28,6 +28,26 @@ def bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
 pytestmark = pytest.mark.slow
 
 
+def measured_beside(tmp_path: Path, system: str, column: str) -> None:
+    """A quick run of ``system`` beside plain relaywarden: both measured in every row of the
+    JSON (rates and CPU), the other one under ``column`` in the printed tables."""
+    result = tmp_path / "ab.json"
+    out = bench("--quick", "--systems", f"relaywarden,{system}", "--json", str(result))
+    data = json.loads(result.read_text())
+    for row in data["table"]:
+        for name in ("relaywarden", column):
+            assert row[name]["e2e"]["median"] > 0 and row[name]["cpu_s_per_1000"] > 0, name
+    assert column in out.stdout
+
+
+def refused(system: str) -> str:
+    """The benchmark's error for a --systems entry it must refuse (before any run)."""
+    out = subprocess.run([sys.executable, str(BENCH), "--quick", "--systems",
+                          f"relaywarden,{system}"], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0, out.stdout
+    return out.stderr
+
+
 def test_quick_run_measures_both_modes_and_writes_json(tmp_path):
     result = tmp_path / "quick.json"
     out = bench("--quick", "--systems", "relaywarden,direct", "--json", str(result))
@@ -159,18 +179,9 @@ def test_another_checkout_runs_beside_this_one_in_the_same_runs(tmp_path):
     marks.mkdir()
     (tree / "src" / "sitecustomize.py").write_text(
         f"import os\nopen(os.path.join({str(marks)!r}, str(os.getpid())), 'w').close()\n")
-    result = tmp_path / "ab.json"
-    out = bench("--quick", "--systems", f"relaywarden,relaywarden@{tree}", "--json", str(result))
-    data = json.loads(result.read_text())
-    for row in data["table"]:
-        for name in ("relaywarden", "rw@before"):
-            assert row[name]["e2e"]["median"] > 0 and row[name]["cpu_s_per_1000"] > 0, name
-    assert "rw@before" in out.stdout
+    measured_beside(tmp_path, f"relaywarden@{tree}", "rw@before")
     assert list(marks.iterdir()), "no process ran with the other tree's src on PYTHONPATH"
-    missing = subprocess.run([sys.executable, str(BENCH), "--quick", "--systems",
-                              f"relaywarden,relaywarden@{tmp_path / 'nowhere'}"],
-                             capture_output=True, text=True, timeout=60)
-    assert missing.returncode != 0 and "no src/relaywarden" in missing.stderr
+    assert "no src/relaywarden" in refused(f"relaywarden@{tmp_path / 'nowhere'}")
 
 
 def test_another_interpreter_runs_beside_this_one_in_the_same_runs(tmp_path):
@@ -182,20 +193,10 @@ def test_another_interpreter_runs_beside_this_one_in_the_same_runs(tmp_path):
     marks.mkdir()
     python.write_text(f"#!/bin/sh\ntouch {marks}/$$\nexec {sys.executable} \"$@\"\n")
     python.chmod(0o755)
-    result = tmp_path / "ab.json"
-    out = bench("--quick", "--systems", f"relaywarden,relaywarden%{python}", "--json",
-                str(result))
-    data = json.loads(result.read_text())
-    for row in data["table"]:
-        for name in ("relaywarden", "rw%other"):
-            assert row[name]["e2e"]["median"] > 0 and row[name]["cpu_s_per_1000"] > 0, name
-    assert "rw%other" in out.stdout
+    measured_beside(tmp_path, f"relaywarden%{python}", "rw%other")
     assert list(marks.iterdir()), "no process was started with the other interpreter"
     python.chmod(0o644)
-    refused = subprocess.run([sys.executable, str(BENCH), "--quick", "--systems",
-                              f"relaywarden,relaywarden%{python}"],
-                             capture_output=True, text=True, timeout=60)
-    assert refused.returncode != 0 and "is not an executable" in refused.stderr
+    assert "is not an executable" in refused(f"relaywarden%{python}")
 
 
 def test_the_profiler_counts_instructions_per_message_during_the_load_only():
