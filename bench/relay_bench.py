@@ -961,7 +961,7 @@ def main() -> int:
                     "validation), probe (the design probe of "
                     "shared/anchors/pyrelay_proto.py: a floor for Python on this machine, not a "
                     "product), relaywarden@PATH (the code of another checkout, PATH/src, beside "
-                    "this one's in the same runs: an A/B of a change), relaywarden%PYTHON "
+                    "this one's in the same runs: an A/B of a change), relaywarden%%PYTHON "
                     "(this tree's code run by the interpreter PYTHON, a virtual environment's "
                     "python with relaywarden installed: an A/B of interpreters)")
     ap.add_argument("--json", dest="json_path", default="bench/results/latest.json")

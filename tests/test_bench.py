@@ -220,3 +220,14 @@ def test_the_profiler_counts_instructions_per_message_during_the_load_only():
     for process in ("receiving", "delivery"):
         assert 50 < counts[process] < 1500, report
     assert 0 < counts["admin"] < 1500, report
+
+
+@pytest.mark.parametrize("script", ["admin_bench.py", "engine_bench.py", "history_bench.py",
+                                    "profile_relay.py", "relay_bench.py", "validation_cost.py"])
+def test_each_benchmark_prints_its_help(script):
+    # argparse %-formats every help string: a bare "%" (relaywarden%PYTHON) made --help
+    # itself raise a ValueError.
+    out = subprocess.run([sys.executable, str(BENCH.parent / script), "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "usage:" in out.stdout
