@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from relaywarden.queue import binds  # noqa: F401 - sqlite3 binds None and bool fast
 from relaywarden.queue import compact
 from relaywarden.queue.fileops import REAL, FileOps
 
