@@ -213,6 +213,10 @@ class ProtocolLog:
 def _json_lines(lines: list[tuple]) -> list[str]:
     out: list[str] = []
     append = out.append
+    # JSON strings made in this batch: verbs, users, a message's queue ID and the
+    # addresses repeat from line to line, and a look-up costs a tenth of encode_basestring
+    # (callgrind: ~1,200 instructions a call). None: the JSON null.
+    esc: dict = {None: "null", "": '""'}
     for now, s, user, method, query, status, sc, cs, taken, qid in lines:
         pre = s._json or s._format()._json
         # "ts" is ``round(now, 3)`` as Python writes that float, made 2.5x cheaper: both
@@ -224,11 +228,24 @@ def _json_lines(lines: list[tuple]) -> list[str]:
         ts = f"{now:.3f}".rstrip("0")
         if ts[-1] == ".":
             ts += "0"
-        append(f'{{"ts": {ts}{pre[0]}{"null" if user is None else _json_str(user)}'
-               f'{pre[1]}{_json_str(method)}, "cs-uri-query": {_json_str(query)},'
-               f' "sc-status": {int(status)}, "sc-bytes": {int(sc)},'
-               f' "cs-bytes": {int(cs)}, "time-taken": {int(taken)}'
-               f'{pre[2]}{_json_str(qid) if qid else "null"}}}\n')
+        u = esc.get(user)
+        if u is None:
+            u = esc[user] = _json_str(user)
+        m = esc.get(method)
+        if m is None:
+            m = esc[method] = _json_str(method)
+        r = esc.get(query)
+        if r is None:
+            r = esc[query] = _json_str(query)
+        q = esc.get(qid) if qid else "null"
+        if q is None:
+            q = esc[qid] = _json_str(qid)
+        # The numbers as they are: the callers' are ints (SessionLog.record's signature),
+        # and an int() around each cost ~900 instructions, a third of the line's.
+        append(f'{{"ts": {ts}{pre[0]}{u}{pre[1]}{m}, "cs-uri-query": {r},'
+               f' "sc-status": {status}, "sc-bytes": {sc},'
+               f' "cs-bytes": {cs}, "time-taken": {taken}'
+               f'{pre[2]}{q}}}\n')
     return out
 
 
