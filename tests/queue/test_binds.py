@@ -20,4 +20,3 @@ def test_none_and_bool_bind_as_before():
         [(None, "null", 0, "integer", 1, "integer")] * 3
     # IS NULL still finds them: the adapter's None is SQL NULL, not a text or a blob.
     assert db.execute("SELECT count(*) FROM t WHERE a IS NULL").fetchone() == (4,)
-
