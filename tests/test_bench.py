@@ -223,7 +223,8 @@ def test_the_profiler_counts_instructions_per_message_during_the_load_only():
 
 
 @pytest.mark.parametrize("script", ["admin_bench.py", "engine_bench.py", "history_bench.py",
-                                    "profile_relay.py", "relay_bench.py", "validation_cost.py"])
+                                    "log_line_cost.py", "profile_relay.py", "relay_bench.py",
+                                    "validation_cost.py"])
 def test_each_benchmark_prints_its_help(script):
     # argparse %-formats every help string: a bare "%" (relaywarden%PYTHON) made --help
     # itself raise a ValueError.
@@ -231,3 +232,18 @@ def test_each_benchmark_prints_its_help(script):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "usage:" in out.stdout
+
+
+def test_the_line_cost_counts_instructions_per_line_of_a_formatter():
+    script = BENCH.parent / "log_line_cost.py"
+    out = subprocess.run([sys.executable, str(script), "--messages", "100", "--formats",
+                          "json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    figure = float(out.stdout.split("json", 1)[1].split()[0])
+    # Thousands of instructions per JSON line: 9.4 at this writing. A count that took in
+    # Python's start-up (~200 million instructions here, ~250 thousand a line) would be far
+    # above, a count of nothing 0.
+    assert 2 < figure < 40, out.stdout
+    refused = subprocess.run([sys.executable, str(script), "--formats", "xml"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "--formats: unknown xml" in refused.stderr
