@@ -386,6 +386,43 @@ def test_the_follower_reads_a_window_and_an_entry_larger_than_it_whole(tmp_path,
     assert "damaged" not in capsys.readouterr().err
 
 
+def test_the_follower_reads_about_what_it_hands_out_behind_a_backlog_of_large_entries(
+        tmp_path, monkeypatch):
+    """Claims of a few 50 KB messages each, with hundreds durable behind them: each read is
+    sized by the entries' length, not all that is durable (a window too small for one entry
+    used to be followed by a read of up to 4 MB: six times the content, issue 15)."""
+    read = []
+    real_pread = os.pread
+
+    def counting_pread(fd, size, offset):
+        data = real_pread(fd, size, offset)
+        read.append(len(data))
+        return data
+    monkeypatch.setattr(qlog.os, "pread", counting_pread)
+
+    async def main():
+        receiving, delivering = stores(tmp_path, "separate")
+        try:
+            body = b"Subject: large\r\n\r\n" + (b"X" * 78 + b"\r\n") * 640   # ~51 KB
+            envs = [envelope(f"r{i}@example.net") for i in range(200)]
+            for env in envs:
+                await commit(receiving, env, body)
+            read.clear()
+            got = []
+            while len(got) < len(envs):
+                taken = await delivering.claim_due(time.time(), 1 + len(got) % 4, 60)
+                assert taken, "the follower stopped short"
+                got += taken
+            assert [m.queue_id for m in got] == [e.queue_id for e in envs]
+            assert all(m.body == body for m in got)
+            content = len(body) * len(envs)
+            # The 20-octet reads of the synced position are counted too.
+            assert sum(read) < 1.5 * content, (sum(read), content)
+        finally:
+            close(delivering, receiving)
+    asyncio.run(main())
+
+
 def test_a_restarted_delivery_process_skips_what_its_predecessor_finished(tmp_path):
     async def main():
         receiving, first = stores(tmp_path, "separate")
