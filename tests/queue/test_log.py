@@ -423,6 +423,32 @@ def test_the_follower_reads_about_what_it_hands_out_behind_a_backlog_of_large_en
     asyncio.run(main())
 
 
+def test_the_follower_reads_each_segments_seal_once(tmp_path, monkeypatch):
+    """A sealed segment's end never changes: claims one message at a time through several
+    sealed segments read each seal once, not once per claim."""
+    monkeypatch.setattr(qlog, "SEGMENT_BYTES", 4096)
+    asked = []
+    real = qlog.sealed_end
+    monkeypatch.setattr(qlog, "sealed_end", lambda path: asked.append(path.name) or real(path))
+
+    async def main():
+        receiving, delivering = two_processes(tmp_path)
+        try:
+            envs = await committed(receiving, 30)
+            segments = len(qlog.segment_paths(qlog.directory(tmp_path)))
+            assert segments >= 4
+            got = []
+            while len(got) < len(envs):
+                taken = await delivering.claim_due(time.time(), 1, 60)
+                assert taken, "the follower stopped short"
+                got += taken
+            assert [m.queue_id for m in got] == [e.queue_id for e in envs]
+            assert len(asked) == len(set(asked)) == segments - 1, asked
+        finally:
+            close(delivering, receiving)
+    asyncio.run(main())
+
+
 def test_a_restarted_delivery_process_skips_what_its_predecessor_finished(tmp_path):
     async def main():
         receiving, first = stores(tmp_path, "separate")

@@ -396,6 +396,7 @@ class Follower:
     def __init__(self, log_dir: Path) -> None:
         self.dir = log_dir
         self._entry = _PAGE                 # the size of the last message entry read
+        self._seals: dict[int, int] = {}    # segment -> its seal (_sealed_end)
         self.number: int | None = None      # the segment being read
         self.offset = 0
         self._fd: int | None = None
@@ -441,7 +442,7 @@ class Follower:
             last, durable = synced
             if self.number > last:
                 break
-            end = durable if self.number == last else sealed_end(self._path(self.number))
+            end = durable if self.number == last else self._sealed_end(self.number)
             if end is None:
                 break                       # not sealed yet: the next look
             if self.offset >= end:
@@ -489,6 +490,17 @@ class Follower:
         if self.number is not None:
             write_position(self._followed, self.number, self.offset)
         return out
+
+    def _sealed_end(self, number: int) -> int | None:
+        """The seal of a segment the receiving side has left, read once: it never changes
+        once written, and a claim behind a backlog asked for it (a file opened, read and
+        closed through pathlib) every time, ~1% of the delivery process (issue 15)."""
+        end = self._seals.get(number)
+        if end is None:
+            end = sealed_end(self._path(number))
+            if end is not None:
+                self._seals = {number: end}     # the one segment being read
+        return end
 
     def _read_synced(self) -> tuple[int, int] | None:
         if self._synced is None:
