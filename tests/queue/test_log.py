@@ -493,6 +493,70 @@ def test_the_receiving_side_stops_handing_off_while_delivery_is_far_behind(tmp_p
     asyncio.run(main())
 
 
+def test_past_the_bound_hand_off_goes_on_while_delivery_reads_on_up_to_the_memory_bound(
+        tmp_path, monkeypatch):
+    """A burst that runs ahead of a delivery process that keeps reading stays on the log
+    (it moves what waits a second into the index itself); once it stops reading, or the
+    log is HANDOFF_MAX_BYTES behind, new mail goes into the index."""
+    monkeypatch.setattr(store_module, "HANDOFF_MAX_BACKLOG", 1000)
+    monkeypatch.setattr(store_module, "HANDOFF_MAX_BYTES", 8000)
+    # The receiving side looks at the delivery's position every BACKLOG_CHECK_SECONDS; here
+    # only where the test says (look()), so that what happens between two looks is known.
+    monkeypatch.setattr(store_module, "BACKLOG_CHECK_SECONDS", 3600)
+
+    async def main():
+        receiving, delivering = two_processes(tmp_path)
+        sent: list[str] = []
+        taken: list[str] = []
+
+        def look() -> None:
+            receiving._backlog_checked = float("-inf")
+
+        async def send() -> None:
+            env = envelope()
+            sent.append(env.queue_id)
+            await commit(receiving, env)
+
+        async def take() -> None:
+            taken.extend(m.queue_id for m in await delivering.claim_due(time.time(), 1, 60))
+
+        try:
+            await send()
+            await take()
+            for _ in range(15):        # ~440 bytes each: two in, one out between two looks
+                look()
+                await send()
+                await send()
+                await take()
+            assert receiving.log_syncs == 31 and receiving.commits == 0
+            assert receiving._log.backlog() > 1000      # past the bound, reading on
+            # Delivery stops reading: a look sees its last read; the next one sees its
+            # position where it was, and new mail goes into the index.
+            look()
+            await send()
+            assert receiving.commits == 0
+            look()
+            await send()
+            await send()
+            assert receiving.commits == 2
+            # Reading on again, until the log is HANDOFF_MAX_BYTES behind.
+            await take()
+            for _ in range(10):
+                look()
+                await send()
+                await send()
+                await take()
+            assert receiving.commits > 2
+            assert receiving._log.backlog() > 8000 - 1000
+            # Every message is delivered once: from the log or from the index.
+            while more := await delivering.claim_due(time.time() + 1, 100, 60):
+                taken.extend(m.queue_id for m in more)
+            assert sorted(taken) == sorted(sent)
+        finally:
+            close(delivering, receiving)
+    asyncio.run(main())
+
+
 # --- a first attempt that lingers, a message that waits: into the index ----------------------
 
 def lease_of(data: Path, qid: str) -> float:

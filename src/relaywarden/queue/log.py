@@ -207,12 +207,17 @@ class Log:
 
     def backlog(self) -> int | None:
         """Bytes of entries the delivery process has not read yet (two processes), about."""
+        return self.progress()[0]
+
+    def progress(self) -> tuple[int | None, tuple[int, int] | None]:
+        """The backlog (as ``backlog()``) and how far the delivery process has read
+        (segment number, offset; None: it has not said yet)."""
         current = self.current
         followed = read_synced(self.dir, "followed")
         if current is None or followed is None:
-            return None if current is None else current.used
+            return (None if current is None else current.used), followed
         number, offset = followed
-        return (current.number - number) * SEGMENT_BYTES + current.used - offset
+        return (current.number - number) * SEGMENT_BYTES + current.used - offset, followed
 
     def _open_segment(self) -> Segment:
         number = self._next_number

@@ -122,10 +122,16 @@ HANDOFF_MAX_BYTES = 256 << 20
 INDEX_SCAN_SECONDS = 0.05
 #: Two processes: the receiving process hands off while the delivery process has read all
 #: but this many bytes of the log (about 640 messages of 50 KB, 32,000 of 1 KB), looked at
-#: this often. What it guards is the log's disk space and the messages that wait on it while
-#: delivery is stuck; a burst that runs ahead of delivery for a moment must not send mail to
-#: the index, which costs each message several times as much (with 4 MB, 14% of the 50 KB
-#: messages of a profiled benchmark run went there; docs/benchmarks.md, 2026-12-07).
+#: this often; past it, only while the delivery process is seen reading on (its position
+#: moved since the last look) and the log is less than HANDOFF_MAX_BYTES behind, the bound
+#: of one process's memory. What it guards is the mail that waits on the log while delivery
+#: is stuck (not running, or hung): that goes into the index, where every admin action
+#: reaches it. A delivery process that runs moves what waits a second into the index itself
+#: (Engine._index_lingering), so a burst that runs ahead of it must not send mail to the
+#: index here, which costs each message several times as much: with the bound alone, 23-32%
+#: of a burst of 10,000 messages of 50 KB went there, and the relay delivered the burst
+#: 14-17% slower, with 13-15% more CPU per message (docs/benchmarks.md, 2026-12-07, an
+#: eighth session).
 HANDOFF_MAX_BACKLOG = 32 << 20
 BACKLOG_CHECK_SECONDS = 0.5
 #: A handed message whose first attempt has lasted this long (a slow next hop), or that has
@@ -580,6 +586,7 @@ class Store:
         self._follower: qlog.Follower | None = None   # the delivery process's, two processes
         self._backlog_checked = 0.0
         self._backlog_ok = True
+        self._followed: tuple[int, int] | None = None   # the delivery's position, last look
         self._in_log: dict[str, _Handed] = {}        # written by the writer thread only
         self._in_log_bytes = 0                       # their bodies (writer thread only)
         self._handed: collections.deque[DueMessage] = collections.deque()  # not yet claimed
@@ -879,13 +886,18 @@ class Store:
         if self._deliver_here:
             return (len(self._in_log) < HANDOFF_MAX_MESSAGES
                     and self._in_log_bytes + spool.size <= HANDOFF_MAX_BYTES)
-        # Two processes: while the delivery process is far behind (its next hop is down,
-        # say), new mail goes into the index, where `queue list` and the console show it.
+        # Two processes: while the delivery process is far behind and does not read on
+        # (it is not running, or hung), or is very far behind, new mail goes into the
+        # index, where every admin action reaches it (HANDOFF_MAX_BACKLOG).
         now = time.monotonic()
         if now - self._backlog_checked > BACKLOG_CHECK_SECONDS:
             self._backlog_checked = now
-            backlog = self._log.backlog() if self._log is not None else None
-            self._backlog_ok = backlog is None or backlog <= HANDOFF_MAX_BACKLOG
+            backlog, followed = (self._log.progress() if self._log is not None
+                                 else (None, None))
+            reading = followed is not None and followed != self._followed
+            self._followed = followed
+            self._backlog_ok = (backlog is None or backlog <= HANDOFF_MAX_BACKLOG
+                                or (reading and backlog <= HANDOFF_MAX_BYTES))
         return self._backlog_ok
 
     async def record(self, queue_id: str, updates: list[RecipientUpdate], *,
