@@ -226,6 +226,53 @@ def test_an_action_on_a_message_the_delivery_process_has_not_taken_says_try_agai
         site.close()
 
 
+def test_while_delivery_is_behind_the_250_waits_up_to_in_flow_delay(tmp_path):
+    """Back-pressure (delivery.in_flow_delay, as Postfix's): with the delivery process
+    stopped, messages wait in the log; once the oldest has waited half a second, each 250
+    after the final dot comes only after in_flow_delay (the message is on disk already).
+    When the delivery process runs again, the answers come at once again, and every message
+    is delivered once."""
+    site = Site(tmp_path, CONFIG.replace("handoff = true", "handoff = true\nin_flow_delay = 0.6"),
+                process="separate")
+    try:
+        pid = delivery_pid(site.relay.proc.pid)
+        os.kill(pid, signal.SIGSTOP)
+        sent, waits = [], []
+        try:
+            with site.smtp() as c:
+                began = time.monotonic()
+                while time.monotonic() - began < 2.5:
+                    c.mail("app@example.com")
+                    assert c.rcpt("user@example.net")[0] == 250
+                    started = time.monotonic()
+                    code, text = c.data(b"Subject: pressed\r\n\r\nhello\r\n")
+                    waits.append(time.monotonic() - started)
+                    assert code == 250, text
+                    sent.append(text.decode().split()[-1])
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # The first answers came at once; once the log held a message half a second old,
+        # each waited in_flow_delay (not more: the delivery process did not read).
+        assert waits[0] < 0.3, waits
+        slow = [w for w in waits if w >= 0.5]
+        assert slow and max(waits) < 2.0, waits
+        assert waits[-1] >= 0.5, waits
+        # Delivery runs again: it catches up, and the answers are quick again.
+        got = site.down.wait_for(len(sent), timeout=30)
+        with site.smtp() as c:
+            c.mail("app@example.com")
+            assert c.rcpt("user@example.net")[0] == 250
+            started = time.monotonic()
+            code, text = c.data(b"Subject: again\r\n\r\nhello\r\n")
+            assert code == 250 and time.monotonic() - started < 0.3, text
+        got = site.down.wait_for(len(sent) + 1, timeout=30)
+        subjects = [m.content.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0] for m in got]
+        assert sorted(subjects) == sorted([b"pressed"] * len(sent) + [b"again"])
+        assert len(site.down.messages) == len(sent) + 1          # each once
+    finally:
+        site.close()
+
+
 def syncer_pids(relay_pid: int) -> list[int]:
     """The receiving process's fdatasync children (queue/syncer.py; two processes)."""
     children = Path(f"/proc/{relay_pid}/task/{relay_pid}/children").read_text().split()

@@ -234,6 +234,7 @@ class Relay:
                   " queued again (left by a crash)", file=sys.stderr, flush=True)
         if self.cfg.delivery.handoff:
             store.start_handoff(deliver_here=self.cfg.delivery.process == "inline")
+        store.in_flow_delay = self.cfg.delivery.in_flow_delay
         loop_time = asyncio.get_running_loop().time
         mail_log, protocol_log = build_logs(self.cfg)
         self.outbound_log = build_outbound_log(self.cfg)
@@ -421,6 +422,7 @@ class Relay:
         disk = self.svc.disk
         assert disk is not None         # start() makes one
         disk.min_free = cfg.relay.min_free_space
+        self.svc.store.in_flow_delay = cfg.delivery.in_flow_delay
         self.cfg = cfg
         print("relaywarden: configuration reloaded", file=sys.stderr, flush=True)
         if applied:

@@ -557,6 +557,47 @@ def test_past_the_bound_hand_off_goes_on_while_delivery_reads_on_up_to_the_memor
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("layout", ["one process", "two processes"])
+def test_back_pressure_the_answer_waits_while_delivery_is_behind(tmp_path, monkeypatch, layout):
+    """delivery.in_flow_delay: once the oldest message delivery has not taken has waited
+    FLOW_SECONDS, Store.inflow() gives the session a future to answer after: resolved
+    when delivery has caught up, or after in_flow_delay, whichever comes first."""
+    monkeypatch.setattr(store_module, "FLOW_SECONDS", 0.05)
+
+    async def main():
+        if layout == "one process":
+            receiving = delivering = open_store(tmp_path)
+        else:
+            receiving, delivering = two_processes(tmp_path)
+        try:
+            receiving.in_flow_delay = 0.4
+            await committed(receiving, 3)
+            assert receiving.inflow() is None           # nothing has waited yet
+            await asyncio.sleep(0.1)
+            # Nobody takes them: an answer waits the whole in_flow_delay.
+            waiter = receiving.inflow()
+            assert waiter is not None
+            started = time.monotonic()
+            await waiter
+            assert 0.3 < time.monotonic() - started < 2.0
+            # Delivery takes them: the next poll lets the answer go.
+            waiter = receiving.inflow()
+            assert waiter is not None
+            started = time.monotonic()
+            assert len(await delivering.claim_due(time.time(), 100, 60)) == 3
+            await waiter
+            assert time.monotonic() - started < 0.3
+            assert receiving.inflow() is None
+            # Off: never a wait, however far behind.
+            await committed(receiving, 1)
+            await asyncio.sleep(0.1)
+            receiving.in_flow_delay = 0.0
+            assert receiving.inflow() is None
+        finally:
+            close(receiving, delivering)
+    asyncio.run(main())
+
+
 # --- a first attempt that lingers, a message that waits: into the index ----------------------
 
 def lease_of(data: Path, qid: str) -> float:

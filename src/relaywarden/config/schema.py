@@ -130,6 +130,15 @@ def _duration(value: Any) -> float:
     return float(value)
 
 
+def _in_flow_delay(value: Any) -> float:
+    """Seconds from 0 (off) to 10, Postfix's range for its in_flow_delay."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("expected a number of seconds")
+    if not 0 <= value <= 10:
+        raise ValueError(f"{value} is not between 0 and 10 seconds (0: off)")
+    return float(value)
+
+
 def _hosted_domain(text: str) -> str:
     if text.strip() == "*":
         raise ValueError("'*' would accept mail for every domain from anyone: an open relay")
@@ -452,6 +461,10 @@ class DeliveryConfig(Strict):
     # message into the index, leased by that attempt, where the admin can steer it.
     # false: every message goes into the index before its 250 (as before 2026-12).
     handoff: bool = True
+    # Back-pressure with hand-off, as Postfix's in_flow_delay: while delivery is behind
+    # (a message waits half a second for delivery to take it), the 250 after the final dot
+    # waits for it to catch up, at most this long (seconds, 0 to 10; 0: off).
+    in_flow_delay: Annotated[float, BeforeValidator(_in_flow_delay)] = 1.0
     helo_name: OptionalHeloName = None          # filled: relay.hostname
     max_concurrent: int = Field(default=50, ge=1)
     per_destination: int = Field(default=10, ge=1)

@@ -654,14 +654,26 @@ class SmtpSession(asyncio.Protocol):
             self._log_queued(envelope, spool.size,
                              stripped=self.txn.stripped if self.txn is not None else None)
             self.services.on_queued()
+            # Back-pressure (delivery.in_flow_delay): while delivery is behind, the 250
+            # waits for it to catch up, at most that long; the message is on disk already.
+            later = self.services.store.inflow()
+            if later is not None:
+                spool.discard()
+                self.txn = None
+                later.add_done_callback(
+                    lambda _: self._answer_commit(envelope.queue_id, answer))
+                return
         spool.discard()
         self.txn = None
+        self._answer_commit(envelope.queue_id, answer)
+
+    def _answer_commit(self, queue_id: str, answer: Reply) -> None:
         self._waiting = False
         if self._closed:
             return
         # time-taken: from the final dot to this reply, the screening and the durable
         # commit included; cs-bytes: the message as it came (stuffed, with the final dot).
-        self._respond(".", f"id={envelope.queue_id}", answer, queue_id=envelope.queue_id)
+        self._respond(".", f"id={queue_id}", answer, queue_id=queue_id)
         self._update_reading()
         self._pump()
 
