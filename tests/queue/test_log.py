@@ -360,6 +360,17 @@ def test_the_delivery_side_follows_the_log_marks_outcomes_and_removes_finished_s
     asyncio.run(main())
 
 
+async def claimed(delivering: Store, count: int, sizes: int = 1) -> list:
+    """Claims of 1, 2, ... ``sizes`` messages in turn until ``count`` are taken; each claim
+    must take some (a follower that stops short fails here)."""
+    got: list = []
+    while len(got) < count:
+        taken = await delivering.claim_due(time.time(), 1 + len(got) % sizes, 60)
+        assert taken, "the follower stopped short"
+        got += taken
+    return got
+
+
 def test_the_follower_reads_a_window_and_an_entry_larger_than_it_whole(tmp_path, capsys):
     """The delivery side reads the log in windows sized for the claim (not all that is
     durable at once); an entry larger than the window is read whole, not taken for damage,
@@ -373,11 +384,7 @@ def test_the_follower_reads_a_window_and_an_entry_larger_than_it_whole(tmp_path,
             envs = [envelope(f"r{i}@example.net") for i in range(len(bodies))]
             for env, body in zip(envs, bodies):
                 await commit(receiving, env, body)
-            got = []
-            while len(got) < len(envs):
-                taken = await delivering.claim_due(time.time(), 1 + len(got) % 3, 60)
-                assert taken, "the follower stopped short"
-                got += taken
+            got = await claimed(delivering, len(envs), 3)
             assert [m.queue_id for m in got] == [e.queue_id for e in envs]
             assert [m.body for m in got] == bodies
         finally:
@@ -408,11 +415,7 @@ def test_the_follower_reads_about_what_it_hands_out_behind_a_backlog_of_large_en
             for env in envs:
                 await commit(receiving, env, body)
             read.clear()
-            got = []
-            while len(got) < len(envs):
-                taken = await delivering.claim_due(time.time(), 1 + len(got) % 4, 60)
-                assert taken, "the follower stopped short"
-                got += taken
+            got = await claimed(delivering, len(envs), 4)
             assert [m.queue_id for m in got] == [e.queue_id for e in envs]
             assert all(m.body == body for m in got)
             content = len(body) * len(envs)
@@ -437,11 +440,7 @@ def test_the_follower_reads_each_segments_seal_once(tmp_path, monkeypatch):
             envs = await committed(receiving, 30)
             segments = len(qlog.segment_paths(qlog.directory(tmp_path)))
             assert segments >= 4
-            got = []
-            while len(got) < len(envs):
-                taken = await delivering.claim_due(time.time(), 1, 60)
-                assert taken, "the follower stopped short"
-                got += taken
+            got = await claimed(delivering, len(envs))
             assert [m.queue_id for m in got] == [e.queue_id for e in envs]
             assert len(asked) == len(set(asked)) == segments - 1, asked
         finally:
