@@ -15,6 +15,7 @@ API:
 - ``observe(event, fields)``: the mail log's observer;
 - ``in_flight(destination)``: (async) context manager around one delivery transaction;
 - ``log_lines_lost(log, lines)``: log lines a full disk did not take (RotatingFile.on_lost);
+- ``inflow_delayed(listener, seconds)``: a 250 that back-pressure held back (Store.inflow);
 - ``exposition(data_dir) -> (bytes, content_type)``: the text for /metrics;
 - ``snapshot(data_dir) -> dict``: the live gauges (connections, deliveries in flight);
 - ``run_sampler(cfg, stop)``: the admin process's per-minute sampler;
@@ -28,11 +29,11 @@ import uuid
 from pathlib import Path
 
 from relaywarden.metrics._collect import EPOCH_FILE, exposition, metrics_dir, snapshot
-from relaywarden.metrics._events import in_flight, log_lines_lost, observe
+from relaywarden.metrics._events import in_flight, inflow_delayed, log_lines_lost, observe
 from relaywarden.metrics._series import run_sampler, sample_once, series
 
-__all__ = ["setup", "observe", "in_flight", "log_lines_lost", "exposition", "snapshot", "run_sampler",
-           "series", "sample_once", "metrics_dir"]
+__all__ = ["setup", "observe", "in_flight", "inflow_delayed", "log_lines_lost", "exposition",
+           "snapshot", "run_sampler", "series", "sample_once", "metrics_dir"]
 
 ROLES = ("receiving", "delivery", "admin")
 

@@ -68,6 +68,11 @@ DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "relaywarden_tls_outbound_recipients": (
         "counter", "Recipients delivered, by route and the TLS version of the connection "
         "that carried them (none: plaintext)", ("route", "version")),
+    "relaywarden_inflow_delayed": (
+        "counter", "250s after the final dot held back while delivery was behind "
+        "(back-pressure, delivery.in_flow_delay), by listener", ("listener",)),
+    "relaywarden_inflow_delay_seconds": (
+        "counter", "Seconds those 250s waited, in all, by listener", ("listener",)),
     "relaywarden_log_lines_lost": (
         "counter", "Log lines that could not be written (the disk was full), by log "
         "(mail.log, ex.log, ex.jsonl, out.log, out.jsonl)", ("log",)),
@@ -291,6 +296,14 @@ def observe(event, fields: dict) -> None:
                 flush()
         except Exception:  # noqa: BLE001
             pass
+
+
+def inflow_delayed(listener: str, seconds: float) -> None:
+    """A 250 of ``listener`` waited ``seconds`` for delivery to catch up (back-pressure,
+    Store.inflow)."""
+    if _HANDLERS:
+        _add(("relaywarden_inflow_delayed", (listener,)))
+        _add(("relaywarden_inflow_delay_seconds", (listener,)), seconds)
 
 
 def log_lines_lost(log: str, lines: int) -> None:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from relaywarden import metrics
 from relaywarden.logs.maillog import MailEvent
 from relaywarden.logs.protocol import SessionLog
 from relaywarden.milter import Facts as MilterFacts
@@ -660,12 +661,17 @@ class SmtpSession(asyncio.Protocol):
             if later is not None:
                 spool.discard()
                 self.txn = None
-                later.add_done_callback(
-                    lambda _: self._answer_commit(envelope.queue_id, answer))
+                later.add_done_callback(functools.partial(
+                    self._answer_delayed, envelope.queue_id, answer, self._loop.time()))
                 return
         spool.discard()
         self.txn = None
         self._answer_commit(envelope.queue_id, answer)
+
+    def _answer_delayed(self, queue_id: str, answer: Reply, since: float,
+                        _: asyncio.Future) -> None:
+        metrics.inflow_delayed(self.ctx.name, self._loop.time() - since)
+        self._answer_commit(queue_id, answer)
 
     def _answer_commit(self, queue_id: str, answer: Reply) -> None:
         self._waiting = False
