@@ -601,7 +601,7 @@ class Store:
         self._followed: tuple[int, int] | None = None   # the delivery's position, last look
         # Back-pressure (FLOW_SECONDS): delivery.in_flow_delay, set by the app (0: off);
         # the durable ends of the batches appended with two processes, (segment, offset,
-        # epoch seconds), until the delivery process has read past them; the sessions that
+        # time.monotonic()), until the delivery process has read past them; the sessions that
         # wait, with their deadlines; the poll's timer.
         self.in_flow_delay = 0.0
         self._appended: collections.deque[tuple[int, int, float]] = collections.deque(
@@ -828,7 +828,7 @@ class Store:
             self.log_syncs += 1
             self._log.synced(segment, end)
             if self.in_flow_delay > 0:
-                self._appended.append((segment.number, end, time.time()))
+                self._appended.append((segment.number, end, time.monotonic()))
             _settle([(job.done, None, None) for job in batch])
         if self._here_pending:
             self._append_batch()
@@ -857,23 +857,23 @@ class Store:
         return waiter
 
     def _is_behind(self) -> bool:
-        oldest = self._oldest_waiting()
-        return oldest is not None and time.time() - oldest > FLOW_SECONDS
+        return self._longest_wait() > FLOW_SECONDS
 
-    def _oldest_waiting(self) -> float | None:
-        """When (epoch seconds) the oldest handed message that delivery has not taken yet
-        arrived; None: none waits. One process: the first not claimed; two: the first batch
-        the delivery process has not read past (its ``followed`` position)."""
+    def _longest_wait(self) -> float:
+        """Seconds the oldest handed message that delivery has not taken yet has waited (0:
+        none waits). One process: the first no claim has taken (by its arrival time); two:
+        the first batch the delivery process has not read past (its ``followed`` position),
+        by the monotonic clock."""
         if self._deliver_here:
-            return self._handed[0].received_at if self._handed else None
+            return time.time() - self._handed[0].received_at if self._handed else 0.0
         appended = self._appended
         if not appended or self._log is None:
-            return None
+            return 0.0
         followed = self._log.progress()[1]
         if followed is not None:
             while appended and (appended[0][0], appended[0][1]) <= followed:
                 appended.popleft()
-        return appended[0][2] if appended else None
+        return time.monotonic() - appended[0][2] if appended else 0.0
 
     def _flow_poll(self) -> None:
         self._flow_timer = None
