@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -290,6 +291,53 @@ def test_claimed_files_left_by_a_crash_are_committed_once(tmp_path):
             c.sendmail("app@example.com", ["w@example.com"], b"Subject: witness\r\n\r\nw\r\n")
         got = down.wait_for(2)
         assert [m.recipients for m in got] == [["y@example.com"], ["w@example.com"]]
+    finally:
+        relay.stop()
+        down.stop()
+
+
+def test_while_delivery_is_behind_the_next_batch_waits_up_to_in_flow_delay(tmp_path):
+    """Back-pressure reaches the Pickup directory too: with the delivery process stopped
+    (SIGSTOP), once a picked-up message has waited half a second, the next batch waits
+    in_flow_delay after its commit (counted under listener "pickup"); when delivery runs
+    again, every message is delivered."""
+    from support.relay import delivery_pid
+    from relaywarden import metrics as relay_metrics
+
+    down_port, main = free_port(), free_port()
+    down = Downstream(down_port).start()
+    folder = tmp_path / "Pickup"
+    folder.mkdir()
+    config = config_for(tmp_path, "poll", 0.1, down=down_port, main=main)
+    config.write_text(config.read_text().replace(
+        "retry_schedule = [1]\n", 'retry_schedule = [1]\nprocess = "separate"\n'
+        "in_flow_delay = 0.8\n"))
+    relay = start_relay(config, tmp_path / "var", {"main": main})
+
+    def counted() -> tuple[float, float]:
+        body = relay_metrics.exposition(tmp_path / "var")[0]
+        found = [re.search(rb'relaywarden_inflow_delay%s_total\{listener="pickup"\} (\S+)'
+                           % name, body) for name in (b"ed", b"_seconds")]
+        delayed, seconds = (float(m.group(1)) if m else 0.0 for m in found)
+        return delayed, seconds
+
+    try:
+        pid = delivery_pid(relay.proc.pid)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            wait_gone(drop(folder, "first.eml", DOTNET))
+            time.sleep(0.7)                    # the first message now waits for delivery
+            later = [drop(folder, f"later{n}.eml", DOTNET) for n in range(3)]
+            for path in later:
+                wait_gone(path)
+            delayed, seconds = until(counted, lambda c: c[0] >= 1,
+                                     what="no relaywarden_inflow_delayed_total for pickup")
+            assert 0.6 <= seconds <= 2 * delayed, (delayed, seconds)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        got = down.wait_for(4, timeout=30)
+        assert sorted(r for m in got for r in m.recipients) == sorted(
+            ["alice@example.com", "hidden@example.org"] * 4)
     finally:
         relay.stop()
         down.stop()

@@ -69,10 +69,11 @@ DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "counter", "Recipients delivered, by route and the TLS version of the connection "
         "that carried them (none: plaintext)", ("route", "version")),
     "relaywarden_inflow_delayed": (
-        "counter", "250s after the final dot held back while delivery was behind "
-        "(back-pressure, delivery.in_flow_delay), by listener", ("listener",)),
+        "counter", "250s after the final dot (and Pickup batches, listener pickup) held "
+        "back while delivery was behind (back-pressure, delivery.in_flow_delay), by "
+        "listener", ("listener",)),
     "relaywarden_inflow_delay_seconds": (
-        "counter", "Seconds those 250s waited, in all, by listener", ("listener",)),
+        "counter", "Seconds they waited, in all, by listener", ("listener",)),
     "relaywarden_log_lines_lost": (
         "counter", "Log lines that could not be written (the disk was full), by log "
         "(mail.log, ex.log, ex.jsonl, out.log, out.jsonl)", ("log",)),

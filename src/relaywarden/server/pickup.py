@@ -53,6 +53,7 @@ from email.utils import formatdate, getaddresses
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 
+from relaywarden import metrics
 from relaywarden.delivery.badmail import write_files
 from relaywarden.logs.maillog import MailEvent
 from relaywarden.policy import Action, ClientFacts, ClientGroup, ListenerPolicy, Policy
@@ -308,9 +309,20 @@ class Pickup:
             if not claimed:
                 break
             queued += await self._commit(claimed)
+            await self._inflow()
             if len(claimed) < BATCH:
                 break
         return queued
+
+    async def _inflow(self) -> None:
+        """Back-pressure (delivery.in_flow_delay), as for an SMTP client and as Postfix's
+        pickup meets it in cleanup: while delivery is behind, the next batch waits for it
+        to catch up, at most that long."""
+        later = self.services.store.inflow()
+        if later is not None:
+            started = time.monotonic()
+            await later
+            metrics.inflow_delayed(LISTENER, time.monotonic() - started)
 
     # -- files ---------------------------------------------------------------------------
 
