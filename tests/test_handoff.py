@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import sqlite3
 import time
@@ -18,11 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from support.relay import delivery_pid
+from support.relay import delivery_pid, inflow_counts
 from support.relay import until as value_once
 from support.site import Site
 from support.stores import journal_kinds
-from relaywarden import metrics as relay_metrics
 from relaywarden.queue.admin import HANDOFF_WAIT_SECONDS
 from relaywarden.queue import log as qlog
 from relaywarden.queue.store import QueueReader
@@ -273,14 +271,8 @@ def test_while_delivery_is_behind_the_250_waits_up_to_in_flow_delay(tmp_path):
         # second: until they have caught up).
         held = [w for w in waits if w >= 0.5]
 
-        def counts() -> tuple[float, float]:
-            body = relay_metrics.exposition(site.data_dir)[0]
-            found = [re.search(rb"relaywarden_inflow_delay%s_total\{listener=\"main\"\} (\S+)"
-                               % name, body) for name in (b"ed", b"_seconds")]
-            delayed, seconds = (float(m.group(1)) if m else 0.0 for m in found)
-            return delayed, seconds
-
-        delayed, seconds = value_once(counts, lambda c: c[0] >= len(held),
+        delayed, seconds = value_once(lambda: inflow_counts(site.data_dir, "main"),
+                                      lambda c: c[0] >= len(held),
                                       what="relaywarden_inflow_delayed_total short")
         assert delayed >= len(held) and seconds >= 0.5 * len(held), (delayed, seconds, waits)
         subjects = [m.content.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0] for m in got]

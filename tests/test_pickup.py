@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import time
 from pathlib import Path
 
 import pytest
 
-from support.relay import free_port, start_relay, until, write_config
+from support.relay import delivery_pid, free_port, inflow_counts, start_relay, until, write_config
 from downstream import Downstream
 
 from relaywarden.server.pickup import PickupError, parse
@@ -301,9 +300,6 @@ def test_while_delivery_is_behind_the_next_batch_waits_up_to_in_flow_delay(tmp_p
     (SIGSTOP), once a picked-up message has waited half a second, the next batch waits
     in_flow_delay after its commit (counted under listener "pickup"); when delivery runs
     again, every message is delivered."""
-    from support.relay import delivery_pid
-    from relaywarden import metrics as relay_metrics
-
     down_port, main = free_port(), free_port()
     down = Downstream(down_port).start()
     folder = tmp_path / "Pickup"
@@ -314,13 +310,6 @@ def test_while_delivery_is_behind_the_next_batch_waits_up_to_in_flow_delay(tmp_p
         "in_flow_delay = 0.8\n"))
     relay = start_relay(config, tmp_path / "var", {"main": main})
 
-    def counted() -> tuple[float, float]:
-        body = relay_metrics.exposition(tmp_path / "var")[0]
-        found = [re.search(rb'relaywarden_inflow_delay%s_total\{listener="pickup"\} (\S+)'
-                           % name, body) for name in (b"ed", b"_seconds")]
-        delayed, seconds = (float(m.group(1)) if m else 0.0 for m in found)
-        return delayed, seconds
-
     try:
         pid = delivery_pid(relay.proc.pid)
         os.kill(pid, signal.SIGSTOP)
@@ -330,7 +319,8 @@ def test_while_delivery_is_behind_the_next_batch_waits_up_to_in_flow_delay(tmp_p
             later = [drop(folder, f"later{n}.eml", DOTNET) for n in range(3)]
             for path in later:
                 wait_gone(path)
-            delayed, seconds = until(counted, lambda c: c[0] >= 1,
+            delayed, seconds = until(lambda: inflow_counts(tmp_path / "var", "pickup"),
+                                     lambda c: c[0] >= 1,
                                      what="no relaywarden_inflow_delayed_total for pickup")
             assert 0.6 <= seconds <= 2 * delayed, (delayed, seconds)
         finally:

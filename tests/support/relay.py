@@ -51,6 +51,18 @@ def until(probe, predicate=bool, *, timeout: float = 20.0, step: float = 0.05,
         time.sleep(step)
 
 
+def inflow_counts(data_dir: Path, listener: str) -> tuple[float, float]:
+    """Back-pressure's counters for ``listener`` as GET /metrics shows them (read from the
+    metrics files): (answers or batches held back, seconds they waited); 0 before any."""
+    from relaywarden import metrics
+
+    body = metrics.exposition(data_dir)[0]
+    found = [re.search(rb'relaywarden_inflow_delay%s_total\{listener="%s"\} (\S+)'
+                       % (name, listener.encode()), body) for name in (b"ed", b"_seconds")]
+    delayed, seconds = (float(m.group(1)) if m else 0.0 for m in found)
+    return delayed, seconds
+
+
 def delivery_pid(relay_pid: int) -> int:
     """The delivery process (`relaywarden delivery-worker`) a relay process started."""
     children = Path(f"/proc/{relay_pid}/task/{relay_pid}/children").read_text().split()

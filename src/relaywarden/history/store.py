@@ -25,7 +25,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from relaywarden.queue import binds  # noqa: F401 - sqlite3 binds None and bool fast
 from relaywarden.queue import compact
 from relaywarden.queue.journal import START, JournalEntry, Position
 

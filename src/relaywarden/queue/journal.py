@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Imported here for its effect: the queue's store and the history import the journal, so
+# every process that binds SQLite parameters on the hot path gets it once.
 from relaywarden.queue import binds  # noqa: F401 - sqlite3 binds None and bool fast
 from relaywarden.queue import compact
 from relaywarden.queue.fileops import REAL, FileOps

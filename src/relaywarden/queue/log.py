@@ -162,18 +162,9 @@ def write_position(fd: int, number: int, offset: int) -> None:
     os.pwrite(fd, head + struct.pack("<I", zlib.crc32(head)), 0)
 
 
-def read_synced(log_dir: Path, name: str = "synced") -> tuple[int, int] | None:
-    """(segment number, offset): how far the receiving process's entries are durable
-    (``synced``), or how far the delivery process has read them (``followed``)."""
-    try:
-        with open(log_dir / name, "rb") as f:
-            raw = f.read(_SYNCED.size)
-    except FileNotFoundError:
-        return None
-    return _position(raw)
-
-
 def _position(raw: bytes) -> tuple[int, int] | None:
+    """(segment number, offset) from ``synced`` (how far the receiving process's entries
+    are durable) or ``followed`` (how far the delivery process has read them)."""
     if len(raw) != _SYNCED.size:
         return None
     number, offset, crc = _SYNCED.unpack(raw)
@@ -200,6 +191,7 @@ class Log:
         self._synced_fd: int | None = None
         if not removes:
             self._synced_fd = os.open(log_dir / "synced", os.O_RDWR | os.O_CREAT, 0o600)
+        self._followed_fd: int | None = None     # opened once the delivery process made it
 
     def _publish(self, number: int, offset: int) -> None:
         if self._synced_fd is not None:
@@ -213,11 +205,23 @@ class Log:
         """The backlog (as ``backlog()``) and how far the delivery process has read
         (segment number, offset; None: it has not said yet)."""
         current = self.current
-        followed = read_synced(self.dir, "followed")
+        followed = self.followed()
         if current is None or followed is None:
             return (None if current is None else current.used), followed
         number, offset = followed
         return (current.number - number) * SEGMENT_BYTES + current.used - offset, followed
+
+    def followed(self) -> tuple[int, int] | None:
+        """How far the delivery process has read (segment number, offset; None: it has
+        not said yet), from a descriptor kept open: it rewrites ``followed`` in place
+        (Follower), and hand-off's backlog and back-pressure ask up to a hundred times a
+        second, where an open, read and close each time cost three system calls."""
+        if self._followed_fd is None:
+            try:
+                self._followed_fd = os.open(self.dir / "followed", os.O_RDONLY)
+            except FileNotFoundError:
+                return None
+        return _position(os.pread(self._followed_fd, _SYNCED.size, 0))
 
     def _open_segment(self) -> Segment:
         number = self._next_number
@@ -320,9 +324,10 @@ class Log:
                     pass
         self.segments.clear()
         self.current = None
-        if self._synced_fd is not None:
-            os.close(self._synced_fd)
-            self._synced_fd = None
+        for fd in (self._synced_fd, self._followed_fd):
+            if fd is not None:
+                os.close(fd)
+        self._synced_fd = self._followed_fd = None
 
 
 def remove_files(segment: Path) -> None:
@@ -401,7 +406,7 @@ class Follower:
     def __init__(self, log_dir: Path) -> None:
         self.dir = log_dir
         self._entry = _PAGE                 # the size of the last message entry read
-        self._seals: dict[int, int] = {}    # segment -> its seal (_sealed_end)
+        self._seal: tuple[int, int] | None = None   # (segment, its seal): _sealed_end
         self.number: int | None = None      # the segment being read
         self.offset = 0
         self._fd: int | None = None
@@ -500,11 +505,11 @@ class Follower:
         """The seal of a segment the receiving side has left, read once: it never changes
         once written, and a claim behind a backlog asked for it (a file opened, read and
         closed through pathlib) every time, ~1% of the delivery process (issue 15)."""
-        end = self._seals.get(number)
-        if end is None:
-            end = sealed_end(self._path(number))
-            if end is not None:
-                self._seals = {number: end}     # the one segment being read
+        if self._seal is not None and self._seal[0] == number:
+            return self._seal[1]
+        end = sealed_end(self._path(number))
+        if end is not None:
+            self._seal = (number, end)          # the one segment being read
         return end
 
     def _read_synced(self) -> tuple[int, int] | None:

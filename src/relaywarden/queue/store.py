@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from relaywarden.queue import binds  # noqa: F401 - sqlite3 binds None and bool fast
 from relaywarden.queue import journal
 from relaywarden.queue import log as qlog
 from relaywarden.queue import syncer
@@ -601,8 +600,10 @@ class Store:
         self._followed: tuple[int, int] | None = None   # the delivery's position, last look
         # Back-pressure (FLOW_SECONDS): delivery.in_flow_delay, set by the app (0: off);
         # the durable ends of the batches appended with two processes, (segment, offset,
-        # time.monotonic()), until the delivery process has read past them; the sessions that
-        # wait, with their deadlines; the poll's timer.
+        # time.monotonic()), until the delivery process has read past them (the loop's
+        # appends, _synced; a store with injected file faults appends on its writer thread
+        # and never looks behind); the sessions that wait, with their deadlines; the poll's
+        # timer.
         self.in_flow_delay = 0.0
         self._appended: collections.deque[tuple[int, int, float]] = collections.deque(
             maxlen=1 << 16)
@@ -869,7 +870,7 @@ class Store:
         appended = self._appended
         if not appended or self._log is None:
             return 0.0
-        followed = self._log.progress()[1]
+        followed = self._log.followed()
         if followed is not None:
             while appended and (appended[0][0], appended[0][1]) <= followed:
                 appended.popleft()
