@@ -282,6 +282,46 @@ def test_while_delivery_is_behind_the_250_waits_up_to_in_flow_delay(tmp_path):
         site.close()
 
 
+def niceness(pid: int) -> list[int]:
+    """The nice value of each thread of process ``pid`` (proc(5): stat's 19th field)."""
+    return [int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+            for task in Path(f"/proc/{pid}/task").iterdir()]
+
+
+@pytest.mark.parametrize("nice", [None, 0, 12])
+def test_the_delivery_process_runs_at_delivery_nice_below_the_receiving_one(tmp_path, nice):
+    """delivery.nice (default 5): every thread of the delivery process runs that much
+    below the receiving process, which stays as it was started; 0 leaves them equal.
+    Messages still go through."""
+    config = CONFIG if nice is None else CONFIG.replace(
+        "handoff = true", f"handoff = true\nnice = {nice}")
+    site = Site(tmp_path, config, process="separate")
+    try:
+        relay = site.relay.proc.pid
+        base = os.getpriority(os.PRIO_PROCESS, 0)     # the relay inherits the test's
+        expected = min(base + (5 if nice is None else nice), 19)
+        # A message delivered: the delivery process is up and has done its work.
+        queue_id = send(site, "user@example.net", "niced")
+        [got] = site.down.wait_for(1, timeout=30)
+        assert b"Subject: niced" in got.content, queue_id
+        assert set(niceness(relay)) == {base}
+        # All its threads: those made as it started, and any made later (a body read,
+        # the index's writer) take their creator's.
+        assert set(niceness(delivery_pid(relay))) == {expected}
+    finally:
+        site.close()
+
+
+def test_delivery_nice_out_of_range_is_a_config_error_naming_the_key(tmp_path):
+    from relaywarden.config import ConfigError, load_config
+
+    for bad in ("20", "-1", '"low"'):
+        path = tmp_path / "relay.toml"
+        path.write_text(f'[relay]\nhostname = "r.test"\n[delivery]\nnice = {bad}\n')
+        with pytest.raises(ConfigError, match=r"delivery\.nice"):
+            load_config(path)
+
+
 def syncer_pids(relay_pid: int) -> list[int]:
     """The receiving process's fdatasync children (queue/syncer.py; two processes)."""
     children = Path(f"/proc/{relay_pid}/task/{relay_pid}/children").read_text().split()

@@ -588,6 +588,10 @@ async def deliver(cfg: Config, config_path: Path | None, wake_fd: int) -> int:
 
 def run_worker(cfg: Config, config_path: Path | None, wake_fd: int) -> int:
     collector.tune()
+    # delivery.nice: before any thread starts, so that every thread of the process has it
+    # (a thread takes its creator's). Lowering a priority needs no privilege.
+    if cfg.delivery.nice:
+        os.nice(cfg.delivery.nice)
     try:
         import uvloop
     except ImportError:

@@ -47,6 +47,7 @@ SETTINGS: dict[str, str] = {
     "delivery.process": RESTART,           # which processes run
     "delivery.handoff": RESTART,           # where a received message is made durable
     "delivery.in_flow_delay": APPLIED,     # the next 250s
+    "delivery.nice": RESTART,              # set once, as the delivery process starts
     "delivery.helo_name": APPLIED,
     "delivery.max_concurrent": APPLIED,
     "delivery.per_destination": APPLIED,   # the next connections to each next hop

@@ -465,6 +465,11 @@ class DeliveryConfig(Strict):
     # (a message waits half a second for delivery to take it), the 250 after the final dot
     # waits for it to catch up, at most this long (seconds, 0 to 10; 0: off).
     in_flow_delay: Annotated[float, BeforeValidator(_in_flow_delay)] = 1.0
+    # The delivery process's CPU priority below the receiving process's, as nice(1)
+    # counts it (0 to 19; 0: the same). When both want a core, SMTP clients' replies come
+    # first and delivery, whose queue absorbs a wait, takes more messages per round (issue
+    # 15). process = "inline" has one process: nothing to lower.
+    nice: int = Field(default=5, ge=0, le=19)
     helo_name: OptionalHeloName = None          # filled: relay.hostname
     max_concurrent: int = Field(default=50, ge=1)
     per_destination: int = Field(default=10, ge=1)
