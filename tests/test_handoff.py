@@ -312,6 +312,34 @@ def test_the_delivery_process_runs_at_delivery_nice_below_the_receiving_one(tmp_
         site.close()
 
 
+def test_a_refused_delivery_nice_is_said_and_delivery_runs_on(tmp_path, monkeypatch):
+    """Where nice(2) is refused (a sandbox), the delivery process says so on stderr and
+    delivers at the priority it has: the setting never stops the relay."""
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    # Every Python process of the relay imports this; only the delivery process's nice()
+    # fails.
+    (inject / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "if 'delivery-worker' in sys.argv:\n"
+        "    def _refused(increment):\n"
+        "        raise PermissionError(1, 'Operation not permitted')\n"
+        "    os.nice = _refused\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(inject), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    site = Site(tmp_path, CONFIG, process="separate")
+    try:
+        send(site, "user@example.net", "unniced")
+        [got] = site.down.wait_for(1, timeout=30)
+        assert b"Subject: unniced" in got.content
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        assert set(niceness(delivery_pid(site.relay.proc.pid))) == {base}
+    finally:
+        site.close()
+    err = site.relay.proc.stderr.read()
+    assert "delivery.nice: cannot lower the delivery process's priority" in err, err
+
+
 def test_delivery_nice_out_of_range_is_a_config_error_naming_the_key(tmp_path):
     from relaywarden.config import ConfigError, load_config
 

@@ -591,7 +591,11 @@ def run_worker(cfg: Config, config_path: Path | None, wake_fd: int) -> int:
     # delivery.nice: before any thread starts, so that every thread of the process has it
     # (a thread takes its creator's). Lowering a priority needs no privilege.
     if cfg.delivery.nice:
-        os.nice(cfg.delivery.nice)
+        try:
+            os.nice(cfg.delivery.nice)
+        except OSError as exc:     # (a sandbox that forbids it): deliver at full priority
+            print(f"relaywarden: delivery.nice: cannot lower the delivery process's priority:"
+                  f" {exc}", file=sys.stderr, flush=True)
     try:
         import uvloop
     except ImportError:
