@@ -11,8 +11,9 @@ Both systems relay to their own smtp-sink; a third column ("direct") sends strai
 smtp-sink, the ceiling of the machine. Figures: the ACCEPT rate (messages per second until
 smtp-source has its last 250), the END-TO-END rate (until the sink has counted every message),
 and each server's CPU seconds per 1,000 messages (all its processes, exited ones included) and
-peak RSS. Every run checks at the sink that every message arrived exactly once (its count
-equals the number sent, no more).
+peak RSS, and how idle the machine was meanwhile (near 0%: the cores were the bound; well
+above: the clients' round trips were). Every run checks at the sink that every message
+arrived exactly once (its count equals the number sent, no more).
 
 Issue 13's inbound guard adds columns (--systems): relaywarden+rspamd and postfix+rspamd,
 each asking the same rspamd (one instance this script starts on loopback, with a loopback
@@ -145,6 +146,13 @@ def cpu_seconds(pid: int) -> float:
         # utime + stime + cutime + cstime
         total += (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / ticks
     return total
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(idle, total) CPU ticks of the whole machine since boot, all cores (proc(5),
+    /proc/stat's "cpu" line; idle counts iowait too: a core waiting for the disk is free)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[3] + fields[4], sum(fields[:8])     # steal included, guest already in user
 
 
 def settle(pid: int, timeout: float = 15) -> None:
@@ -729,10 +737,12 @@ def one_run(system, *, messages: int, size: int, sessions: int, reuse: bool) -> 
         try:
             if milter is not None:
                 milter_cpu0, log0 = milter.sample()
+            idle0, total0 = machine_ticks()
             started = time.monotonic()
             accepted = started + smtp_source(port, messages=messages, size=size,
                                              sessions=sessions, reuse=reuse)
             arrived = sink.wait(messages, TIMEOUT)
+            idle1, total1 = machine_ticks()
             time.sleep(0.5)   # a duplicate would arrive now: exactly once is checked below
             if milter is not None:
                 milter_cpu1, _ = milter.sample()
@@ -752,8 +762,11 @@ def one_run(system, *, messages: int, size: int, sessions: int, reuse: bool) -> 
                                f"{messages} were sent (each must arrive exactly once)")
     finally:
         sink.stop()
+    # The machine's idle share while the messages went through: near 0, the cores were the
+    # bound; well above it, the clients' round trips were (issue 15).
+    idle = 100 * (idle1 - idle0) / max(total1 - total0, 1)
     return {"accept": messages / (accepted - started), "e2e": messages / (arrived - started),
-            **stats}
+            "idle_pct": idle, **stats}
 
 
 def spamd_result(message: str) -> tuple[str, list[str]]:
@@ -1032,7 +1045,8 @@ def main() -> int:
                         key = f"{system.name} {size}B {'reused' if reuse else 'new-conn'}"
                         results.setdefault(key, []).append(entry)
                         print(f"run {run + 1}: {key}: {entry['accept']:,.0f} msgs/s accepted, "
-                              f"{entry['e2e']:,.0f} msgs/s end to end", file=sys.stderr)
+                              f"{entry['e2e']:,.0f} msgs/s end to end, machine "
+                              f"{entry['idle_pct']:.0f}% idle", file=sys.stderr)
     finally:
         milter.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -1048,6 +1062,8 @@ def main() -> int:
                     rates = [r[metric] for r in runs]
                     cell[metric] = {"median": statistics.median(rates), "min": min(rates),
                                     "max": max(rates)}
+                if runs:
+                    cell["idle_pct"] = statistics.median(r["idle_pct"] for r in runs)
                 if runs and "cpu_s" in runs[0]:
                     cell["cpu_s_per_1000"] = statistics.median(
                         r["cpu_s"] / count(size) * 1000 for r in runs)
@@ -1093,6 +1109,11 @@ def main() -> int:
                 f"{row[s.name]['cpu_s_per_1000']:>9.2f} s {row[s.name]['peak_rss_mb']:>7.0f} MB".rjust(25)
                 for s in measured if "cpu_s_per_1000" in row[s.name])
             print(f"{row['size']:>7} {row['mode']:<9}{cells}")
+    print("\nthe machine idle while the messages went through (% of all cores, median):")
+    print(f"{'size':>7} {'mode':<9}" + "".join(f" {s.name:>24}" for s in chosen))
+    for row in table:
+        print(f"{row['size']:>7} {row['mode']:<9}"
+              + "".join(f"{row[s.name]['idle_pct']:>23.0f} %" for s in chosen))
     if with_milter:
         print("\nrspamd (the one milter, shared): its CPU s per 1,000 messages; from its log, "
               "the median scan time (ms) and DNS requests per message:")

@@ -59,7 +59,9 @@ def test_quick_run_measures_both_modes_and_writes_json(tmp_path):
         rw = row["relaywarden"]
         assert rw["e2e"]["median"] > 0 and rw["accept"]["median"] >= rw["e2e"]["median"] * 0.5
         assert rw["cpu_s_per_1000"] > 0 and rw["peak_rss_mb"] > 10
+        assert 0 <= rw["idle_pct"] <= 100
     assert "end to end:" in out.stdout and "relaywarden" in out.stdout
+    assert "the machine idle while the messages went through" in out.stdout
 
 
 def test_held_queue_mode_seeds_and_compares(tmp_path):
