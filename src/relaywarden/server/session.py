@@ -655,17 +655,16 @@ class SmtpSession(asyncio.Protocol):
             self._log_queued(envelope, spool.size,
                              stripped=self.txn.stripped if self.txn is not None else None)
             self.services.on_queued()
+        spool.discard()
+        self.txn = None
+        if error is None:
             # Back-pressure (delivery.in_flow_delay): while delivery is behind, the 250
             # waits for it to catch up, at most that long; the message is on disk already.
             later = self.services.store.inflow()
             if later is not None:
-                spool.discard()
-                self.txn = None
                 later.add_done_callback(functools.partial(
                     self._answer_delayed, envelope.queue_id, answer, self._loop.time()))
                 return
-        spool.discard()
-        self.txn = None
         self._answer_commit(envelope.queue_id, answer)
 
     def _answer_delayed(self, queue_id: str, answer: Reply, since: float,
